@@ -1,0 +1,75 @@
+package bridge
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+)
+
+// EmbeddedConfig configures the embedded evaluation Kafka.
+type EmbeddedConfig struct {
+	Addr    string // listen address, e.g. 127.0.0.1:9092
+	DataDir string // records and topics persist under DataDir/kafka
+}
+
+// Embedded is an in-process Kafka-compatible broker (franz-go's kfake) for
+// evaluation and tests: one command runs the whole product, and any Kafka
+// client can read what arrived.
+type Embedded struct {
+	c    *kfake.Cluster
+	addr string
+}
+
+// StartEmbedded starts the embedded Kafka.
+func StartEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
+	dir := filepath.Join(cfg.DataDir, "kafka")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("creating embedded Kafka data dir: %w", err)
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("starting embedded Kafka on %s: %w", cfg.Addr, err)
+	}
+	used := false
+	c, err := kfake.NewCluster(
+		kfake.NumBrokers(1),
+		kfake.DataDir(dir),
+		kfake.ListenFn(func(network, address string) (net.Listener, error) {
+			if used {
+				return nil, fmt.Errorf("embedded Kafka has one listener")
+			}
+			used = true
+			return ln, nil
+		}),
+		kfake.WithLogger(kfakeLogger{log}),
+	)
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("starting embedded Kafka in %s: %w", dir, err)
+	}
+	return &Embedded{c: c, addr: ln.Addr().String()}, nil
+}
+
+// Addr is the bootstrap address of the embedded Kafka.
+func (e *Embedded) Addr() string { return e.addr }
+
+// Close stops it, writing its state to the data dir.
+func (e *Embedded) Close() { e.c.Close() }
+
+type kfakeLogger struct{ log *slog.Logger }
+
+func (l kfakeLogger) Logf(level kfake.LogLevel, msg string, args ...any) {
+	if level > kfake.LogLevelWarn {
+		return
+	}
+	text := fmt.Sprintf(msg, args...)
+	if level == kfake.LogLevelError {
+		l.log.Error(text, "component", "embedded-kafka")
+		return
+	}
+	l.log.Warn(text, "component", "embedded-kafka")
+}

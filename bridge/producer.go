@@ -1,0 +1,466 @@
+// Package bridge owns Tributary's Kafka core: the shared producer with
+// delivery tracking and an in-flight byte budget, topic management, and the
+// embedded evaluation Kafka. Every face (MQTT broker, upstream sources,
+// WebSocket API) hands records to the same Producer and gets its delivery
+// report back through a DeliveryHandler.
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Record is one Kafka record to produce.
+type Record struct {
+	Topic     string
+	Key       []byte
+	Value     []byte
+	Headers   []Header
+	Timestamp time.Time // when the bridge received it; also the start of the ack latency
+}
+
+// Header is one Kafka record header.
+type Header struct {
+	Key   string
+	Value []byte
+}
+
+// Size is the record's size as the in-flight budget and the message size
+// limit count it.
+func (r *Record) Size() int {
+	n := len(r.Key) + len(r.Value)
+	for _, h := range r.Headers {
+		n += len(h.Key) + len(h.Value)
+	}
+	return n
+}
+
+// Delivery is the outcome of producing one record.
+type Delivery struct {
+	Topic     string
+	Partition int32
+	Offset    int64
+	Err       error // nil when Kafka acknowledged the record
+}
+
+// DeliveryHandler receives a record's delivery report. Delivered is called
+// from the producer's event goroutine and must not block.
+type DeliveryHandler interface {
+	Delivered(Delivery)
+}
+
+// DeliveryFunc adapts a function to DeliveryHandler.
+type DeliveryFunc func(Delivery)
+
+// Delivered calls f.
+func (f DeliveryFunc) Delivered(d Delivery) { f(d) }
+
+var (
+	// ErrRecordTooLarge means the record exceeds kafka.max_message_bytes.
+	ErrRecordTooLarge = errors.New("record larger than kafka.max_message_bytes")
+	// ErrUnknownTopic means the Kafka topic does not exist and topic
+	// creation is disabled.
+	ErrUnknownTopic = errors.New("Kafka topic does not exist and kafka.create_topics is false")
+	// ErrBudgetExhausted means the in-flight byte budget is used up; only
+	// TryProduce returns it.
+	ErrBudgetExhausted = errors.New("in-flight budget exhausted")
+	// ErrClosed means the producer is shutting down.
+	ErrClosed = errors.New("producer closed")
+)
+
+// Permanent reports whether a produce or delivery error will not go away by
+// retrying the same record.
+func Permanent(err error) bool {
+	if errors.Is(err, ErrRecordTooLarge) || errors.Is(err, ErrUnknownTopic) {
+		return true
+	}
+	var ke kafka.Error
+	if errors.As(err, &ke) {
+		switch ke.Code() {
+		case kafka.ErrMsgSizeTooLarge, kafka.ErrTopicAuthorizationFailed, kafka.ErrInvalidMsg,
+			kafka.ErrTopicException, kafka.ErrInvalidRecord, kafka.ErrRecordListTooLarge,
+			kafka.ErrUnknownTopic, kafka.ErrInvalidMsgSize:
+			return true
+		}
+		return ke.IsFatal()
+	}
+	return false
+}
+
+// ProducerConfig configures the Producer.
+type ProducerConfig struct {
+	Bootstrap              string
+	Properties             map[string]string
+	MaxMessageBytes        int
+	InflightBudgetBytes    int64
+	CreateTopics           bool
+	TopicPartitions        int
+	TopicReplicationFactor int
+	FlushTimeout           time.Duration
+	Registerer             prometheus.Registerer
+}
+
+// Producer is the bridge's shared Kafka producer.
+type Producer struct {
+	cfg     ProducerConfig
+	log     *slog.Logger
+	p       *kafka.Producer
+	admin   *kafka.AdminClient
+	budget  *budget
+	topics  *topics
+	metrics *producerMetrics
+
+	delivered chan struct{} // signalled after each delivery report, for queue-full waits
+	ready     atomic.Bool
+	closing   atomic.Bool
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+	stop      chan struct{}
+}
+
+type envelope struct {
+	h    DeliveryHandler
+	size int64
+	at   time.Time
+}
+
+var envelopes = sync.Pool{New: func() any { return new(envelope) }}
+
+// NewProducer connects a producer to Kafka. It does not wait for Kafka to
+// be reachable; Ready tells whether it is.
+func NewProducer(cfg ProducerConfig, log *slog.Logger) (*Producer, error) {
+	cm := kafka.ConfigMap{
+		"bootstrap.servers":                     cfg.Bootstrap,
+		"acks":                                  "all",
+		"enable.idempotence":                    true,
+		"message.max.bytes":                     cfg.MaxMessageBytes,
+		"queue.buffering.max.messages":          1000000,
+		"allow.auto.create.topics":              false,
+		"enable.metrics.push":                   false,
+		"go.delivery.report.fields":             "none",
+		"go.logs.channel.enable":                true,
+		"client.id":                             "tributary",
+		"topic.metadata.refresh.interval.ms":    30000,
+		"socket.connection.setup.timeout.ms":    10000,
+		"reconnect.backoff.max.ms":              2000,
+		"partitioner":                           "murmur2_random",
+		"go.events.channel.size":                1000000,
+	}
+	for k, v := range cfg.Properties {
+		if err := cm.SetKey(k, v); err != nil {
+			return nil, fmt.Errorf("setting kafka.properties.%s: %w", k, err)
+		}
+	}
+	p, err := kafka.NewProducer(&cm)
+	if err != nil {
+		return nil, fmt.Errorf("creating Kafka producer: %w", err)
+	}
+	admin, err := kafka.NewAdminClientFromProducer(p)
+	if err != nil {
+		p.Close()
+		return nil, fmt.Errorf("creating Kafka admin client: %w", err)
+	}
+	reg := cfg.Registerer
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	pr := &Producer{
+		cfg:       cfg,
+		log:       log,
+		p:         p,
+		admin:     admin,
+		budget:    newBudget(cfg.InflightBudgetBytes),
+		delivered: make(chan struct{}, 1),
+		stop:      make(chan struct{}),
+	}
+	pr.metrics = newProducerMetrics(reg, pr.budget)
+	pr.topics = newTopics(pr)
+	pr.wg.Add(3)
+	go pr.events()
+	go pr.logs()
+	go pr.watchReady()
+	return pr, nil
+}
+
+// Produce hands rec to Kafka; h gets its delivery report. It blocks while
+// the in-flight budget or librdkafka's queue is full, until ctx ends: that
+// is the backpressure publishing sockets feel. Errors returned here mean
+// the record was not produced and h will not be called.
+func (p *Producer) Produce(ctx context.Context, rec *Record, h DeliveryHandler) error {
+	size, err := p.admit(ctx, rec)
+	if err != nil {
+		return err
+	}
+	if err := p.budget.Acquire(ctx, size); err != nil {
+		return err
+	}
+	return p.produce(ctx, rec, h, size, true)
+}
+
+// TryProduce is Produce for best-effort records: it returns
+// ErrBudgetExhausted instead of waiting for budget or queue space.
+func (p *Producer) TryProduce(ctx context.Context, rec *Record, h DeliveryHandler) error {
+	size, err := p.admit(ctx, rec)
+	if err != nil {
+		return err
+	}
+	if !p.budget.TryAcquire(size) {
+		return ErrBudgetExhausted
+	}
+	return p.produce(ctx, rec, h, size, false)
+}
+
+func (p *Producer) admit(ctx context.Context, rec *Record) (int64, error) {
+	if p.closing.Load() {
+		return 0, ErrClosed
+	}
+	size := rec.Size()
+	if size > p.cfg.MaxMessageBytes {
+		return 0, fmt.Errorf("producing to %q: %d bytes: %w (%d)", rec.Topic, size, ErrRecordTooLarge, p.cfg.MaxMessageBytes)
+	}
+	if err := p.topics.ensure(ctx, rec.Topic); err != nil {
+		return 0, err
+	}
+	return int64(size), nil
+}
+
+func (p *Producer) produce(ctx context.Context, rec *Record, h DeliveryHandler, size int64, wait bool) error {
+	env := envelopes.Get().(*envelope)
+	env.h, env.size, env.at = h, size, rec.Timestamp
+	msg := &kafka.Message{
+		TopicPartition: kafka.TopicPartition{Topic: &rec.Topic, Partition: kafka.PartitionAny},
+		Key:            rec.Key,
+		Value:          rec.Value,
+		Timestamp:      rec.Timestamp,
+		Opaque:         env,
+	}
+	if len(rec.Headers) > 0 {
+		msg.Headers = make([]kafka.Header, len(rec.Headers))
+		for i, hd := range rec.Headers {
+			msg.Headers[i] = kafka.Header{Key: hd.Key, Value: hd.Value}
+		}
+	}
+	for {
+		err := p.p.Produce(msg, nil)
+		if err == nil {
+			return nil
+		}
+		var ke kafka.Error
+		if errors.As(err, &ke) && ke.Code() == kafka.ErrQueueFull && wait {
+			p.metrics.queueFull.Inc()
+			select {
+			case <-p.delivered:
+			case <-time.After(10 * time.Millisecond):
+			case <-ctx.Done():
+				err = ctx.Err()
+			}
+			if ctx.Err() == nil && !p.closing.Load() {
+				continue
+			}
+			if ctx.Err() == nil {
+				err = ErrClosed
+			}
+		} else if errors.As(err, &ke) && ke.Code() == kafka.ErrQueueFull {
+			err = ErrBudgetExhausted
+		} else if errors.As(err, &ke) && (ke.Code() == kafka.ErrMsgSizeTooLarge || ke.Code() == kafka.ErrInvalidMsgSize) {
+			err = fmt.Errorf("producing to %q: %w: %v", rec.Topic, ErrRecordTooLarge, ke)
+		} else {
+			err = fmt.Errorf("producing to %q: %w", rec.Topic, err)
+		}
+		p.budget.Release(size)
+		env.h = nil
+		envelopes.Put(env)
+		return err
+	}
+}
+
+func (p *Producer) events() {
+	defer p.wg.Done()
+	for ev := range p.p.Events() {
+		switch e := ev.(type) {
+		case *kafka.Message:
+			env, ok := e.Opaque.(*envelope)
+			if !ok {
+				continue
+			}
+			d := Delivery{Partition: e.TopicPartition.Partition, Offset: int64(e.TopicPartition.Offset), Err: e.TopicPartition.Error}
+			if e.TopicPartition.Topic != nil {
+				d.Topic = *e.TopicPartition.Topic
+			}
+			p.budget.Release(env.size)
+			p.metrics.observe(d, env.at)
+			h := env.h
+			env.h = nil
+			envelopes.Put(env)
+			if h != nil {
+				h.Delivered(d)
+			}
+			select {
+			case p.delivered <- struct{}{}:
+			default:
+			}
+		case kafka.Error:
+			if e.Code() == kafka.ErrAllBrokersDown {
+				p.ready.Store(false)
+			}
+			if e.IsFatal() {
+				p.log.Error("Kafka producer fatal error", "error", e)
+			} else {
+				p.log.Warn("Kafka producer error", "error", e)
+			}
+		}
+	}
+}
+
+func (p *Producer) logs() {
+	defer p.wg.Done()
+	for le := range p.p.Logs() {
+		level := slog.LevelDebug
+		switch {
+		case le.Level <= 3:
+			level = slog.LevelError
+		case le.Level == 4:
+			level = slog.LevelWarn
+		case le.Level <= 6 && le.Tag != "GETSUBSCRIPTIONS":
+			level = slog.LevelInfo
+		}
+		p.log.Log(context.Background(), level, le.Message, "librdkafka", le.Tag)
+	}
+}
+
+// watchReady polls Kafka's metadata so Ready answers without a round trip.
+func (p *Producer) watchReady() {
+	defer p.wg.Done()
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		_, err := p.p.GetMetadata(nil, false, 3000)
+		was := p.ready.Swap(err == nil)
+		if err != nil && was {
+			p.log.Warn("Kafka unreachable", "error", err)
+		} else if err == nil && !was {
+			p.log.Info("Kafka reachable", "bootstrap", p.cfg.Bootstrap)
+		}
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Ready reports whether Kafka answered the last metadata request.
+func (p *Producer) Ready() bool { return p.ready.Load() }
+
+// InflightBytes returns the bytes of records awaiting acknowledgement.
+func (p *Producer) InflightBytes() int64 { return p.budget.Used() }
+
+// EnsureTopic creates topic if it is missing and creation is enabled, or
+// checks that it exists.
+func (p *Producer) EnsureTopic(ctx context.Context, topic string) error {
+	return p.topics.ensure(ctx, topic)
+}
+
+// Flush waits until every produced record has a delivery report or ctx
+// ends, and returns how many are still outstanding.
+func (p *Producer) Flush(ctx context.Context) int {
+	for {
+		n := p.p.Len()
+		if n == 0 {
+			return 0
+		}
+		ms := 100
+		if dl, ok := ctx.Deadline(); ok {
+			if left := time.Until(dl); left < 100*time.Millisecond {
+				ms = int(left / time.Millisecond)
+			}
+		}
+		if ctx.Err() != nil || ms <= 0 {
+			return n
+		}
+		p.p.Flush(ms)
+	}
+}
+
+// Close stops accepting records, flushes what is in flight under the
+// configured FlushTimeout, and closes the producer. It is idempotent.
+func (p *Producer) Close() {
+	p.closeOnce.Do(func() {
+		p.closing.Store(true)
+		ctx, cancel := context.WithTimeout(context.Background(), p.cfg.FlushTimeout)
+		left := p.Flush(ctx)
+		cancel()
+		if left > 0 {
+			p.log.Error("Kafka did not acknowledge every record before the flush timeout; their clients were not acknowledged either",
+				"unacknowledged", left, "flush_timeout", p.cfg.FlushTimeout)
+		}
+		close(p.stop)
+		p.admin.Close()
+		p.p.Close()
+		p.wg.Wait()
+	})
+}
+
+type producerMetrics struct {
+	produced  *prometheus.CounterVec
+	failed    *prometheus.CounterVec
+	latency   prometheus.Histogram
+	queueFull prometheus.Counter
+}
+
+func newProducerMetrics(reg prometheus.Registerer, b *budget) *producerMetrics {
+	m := &producerMetrics{
+		produced: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "tributary", Subsystem: "kafka", Name: "records_produced_total",
+			Help: "Records Kafka acknowledged, by Kafka topic.",
+		}, []string{"topic"}),
+		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "tributary", Subsystem: "kafka", Name: "records_failed_total",
+			Help: "Records whose delivery failed, by Kafka topic and error.",
+		}, []string{"topic", "error"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "tributary", Subsystem: "kafka", Name: "ack_latency_seconds",
+			Help:    "Time from receiving a publish to Kafka acknowledging its record.",
+			Buckets: []float64{.001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}),
+		queueFull: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "tributary", Subsystem: "kafka", Name: "queue_full_waits_total",
+			Help: "Times a produce waited because librdkafka's local queue was full.",
+		}),
+	}
+	inflight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "tributary", Subsystem: "kafka", Name: "inflight_bytes",
+		Help: "Bytes of records awaiting Kafka's acknowledgement.",
+	}, func() float64 { return float64(b.Used()) })
+	budgetGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "tributary", Subsystem: "kafka", Name: "inflight_budget_bytes",
+		Help: "The configured in-flight byte budget.",
+	}, func() float64 { return float64(b.limit) })
+	reg.MustRegister(m.produced, m.failed, m.latency, m.queueFull, inflight, budgetGauge)
+	return m
+}
+
+func (m *producerMetrics) observe(d Delivery, at time.Time) {
+	if d.Err != nil {
+		code := "unknown"
+		var ke kafka.Error
+		if errors.As(d.Err, &ke) {
+			code = strconv.Itoa(int(ke.Code()))
+		}
+		m.failed.WithLabelValues(d.Topic, code).Inc()
+		return
+	}
+	m.produced.WithLabelValues(d.Topic).Inc()
+	if !at.IsZero() {
+		m.latency.Observe(time.Since(at).Seconds())
+	}
+}

@@ -1,0 +1,106 @@
+package bridge
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+)
+
+// topics remembers which Kafka topics are known to exist, creating them
+// when creation is enabled. Creating topics explicitly (rather than relying
+// on auto-creation by a metadata request) matters for the embedded Kafka,
+// which persists a topic's existence at once only when it is created that
+// way. Concurrent callers for the same topic share one request; failures
+// are remembered briefly so a storm of publishes does not become a storm
+// of admin requests.
+type topics struct {
+	p     *Producer
+	mu    sync.Mutex
+	known map[string]*topicState
+}
+
+type topicState struct {
+	done  chan struct{}
+	err   error
+	until time.Time // failures are retried after this
+}
+
+const topicFailureTTL = 5 * time.Second
+
+func newTopics(p *Producer) *topics {
+	return &topics{p: p, known: map[string]*topicState{}}
+}
+
+func (t *topics) ensure(ctx context.Context, topic string) error {
+	t.mu.Lock()
+	st, ok := t.known[topic]
+	if ok {
+		select {
+		case <-st.done:
+			if st.err == nil || time.Now().Before(st.until) {
+				t.mu.Unlock()
+				return st.err
+			}
+			ok = false
+		default:
+		}
+	}
+	if !ok {
+		st = &topicState{done: make(chan struct{})}
+		t.known[topic] = st
+		t.mu.Unlock()
+		st.err = t.check(ctx, topic)
+		st.until = time.Now().Add(topicFailureTTL)
+		close(st.done)
+		return st.err
+	}
+	t.mu.Unlock()
+	select {
+	case <-st.done:
+		return st.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (t *topics) check(ctx context.Context, topic string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cfg := t.p.cfg
+	if cfg.CreateTopics {
+		res, err := t.p.admin.CreateTopics(ctx, []kafka.TopicSpecification{{
+			Topic:             topic,
+			NumPartitions:     cfg.TopicPartitions,
+			ReplicationFactor: cfg.TopicReplicationFactor,
+		}}, kafka.SetAdminOperationTimeout(20*time.Second))
+		if err != nil {
+			return fmt.Errorf("creating Kafka topic %q: %w", topic, err)
+		}
+		for _, r := range res {
+			switch r.Error.Code() {
+			case kafka.ErrNoError:
+				t.p.log.Info("created Kafka topic", "topic", topic, "partitions", cfg.TopicPartitions)
+			case kafka.ErrTopicAlreadyExists:
+			default:
+				return fmt.Errorf("creating Kafka topic %q: %w", topic, r.Error)
+			}
+		}
+		return nil
+	}
+	dl, _ := ctx.Deadline()
+	md, err := t.p.admin.GetMetadata(&topic, false, int(time.Until(dl)/time.Millisecond))
+	if err != nil {
+		return fmt.Errorf("looking up Kafka topic %q: %w", topic, err)
+	}
+	tm, ok := md.Topics[topic]
+	if !ok || tm.Error.Code() == kafka.ErrUnknownTopicOrPart || tm.Error.Code() == kafka.ErrUnknownTopic {
+		return fmt.Errorf("Kafka topic %q: %w", topic, ErrUnknownTopic)
+	}
+	if tm.Error.Code() != kafka.ErrNoError {
+		return fmt.Errorf("looking up Kafka topic %q: %w", topic, tm.Error)
+	}
+	return nil
+}

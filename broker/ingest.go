@@ -1,0 +1,392 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/tributary-io/tributary/bridge"
+	"github.com/tributary-io/tributary/mapping"
+)
+
+// ingest is the mochi hook that turns publishes into Kafka records.
+//
+// QoS 0 publishes are produced best effort and left to mochi to forward.
+// QoS 1 and 2 publishes are taken over: the hook produces them, returns
+// packets.ErrRejectPacket so mochi neither acknowledges nor forwards them,
+// and queues them per connection in arrival order. When Kafka's delivery
+// reports come back, the connection's ack writer sends PUBACK or PUBREC for
+// the finished head of the queue, in order, then forwards each message to
+// local subscribers (and retains it) through an inline client. A whole
+// in-flight window is therefore in the producer at once, while every
+// acknowledgement still means "Kafka has it".
+type ingest struct {
+	mqtt.HookBase
+	ctx       context.Context
+	server    *mqtt.Server
+	producer  Producer
+	mapper    *mapping.Mapper
+	log       *slog.Logger
+	m         *metrics
+	forwarder *mqtt.Client
+	draining  atomic.Bool
+	sessions  sync.Map // *mqtt.Client -> *session
+	writers   sync.WaitGroup
+	dropLog   rateLimiter
+}
+
+func newIngest(ctx context.Context, server *mqtt.Server, producer Producer, mapper *mapping.Mapper, log *slog.Logger, m *metrics) *ingest {
+	return &ingest{
+		ctx:       ctx,
+		server:    server,
+		producer:  producer,
+		mapper:    mapper,
+		log:       log,
+		m:         m,
+		forwarder: server.NewClient(nil, "local", "tributary-ingest", true),
+		dropLog:   rateLimiter{every: 10 * time.Second},
+	}
+}
+
+func (h *ingest) ID() string { return "tributary-ingest" }
+
+func (h *ingest) Provides(b byte) bool {
+	return bytes.Contains([]byte{mqtt.OnPublish, mqtt.OnSessionEstablished, mqtt.OnDisconnect}, []byte{b})
+}
+
+func (h *ingest) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	h.m.connections.WithLabelValues(cl.Net.Listener).Inc()
+}
+
+func (h *ingest) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	h.m.connections.WithLabelValues(cl.Net.Listener).Dec()
+	if v, ok := h.sessions.Load(cl); ok {
+		v.(*session).disconnect()
+	}
+}
+
+// wait blocks until every ack writer has ended.
+func (h *ingest) wait() { h.writers.Wait() }
+
+func (h *ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline {
+		return pk, nil // our own forwarding of an acknowledged publish
+	}
+	received := time.Now()
+	qos := pk.FixedHeader.Qos
+	h.m.received.WithLabelValues(cl.Net.Listener, qosLabel[qos]).Inc()
+	h.m.receivedBytes.WithLabelValues(cl.Net.Listener).Add(float64(len(pk.Payload)))
+
+	res, err := h.mapper.Map("", pk.TopicName)
+	if err != nil {
+		h.m.rejected.WithLabelValues("mapping_error").Inc()
+		h.log.Warn("publish refused: mapping failed", "client", cl.ID, "topic", pk.TopicName, "error", err)
+		return h.refuse(cl, pk, packets.Code{Code: packets.ErrTopicNameInvalid.Code, Reason: err.Error()})
+	}
+	switch res.Action {
+	case mapping.ActionNone:
+		h.m.unmatched.Inc()
+		return pk, nil
+	case mapping.ActionDrop:
+		h.m.dropped.WithLabelValues("mapping_drop").Inc()
+		return pk, nil
+	case mapping.ActionReject:
+		h.m.rejected.WithLabelValues("unmatched").Inc()
+		h.log.Debug("publish refused: no mapping rule matches", "client", cl.ID, "topic", pk.TopicName)
+		return h.refuse(cl, pk, packets.Code{Code: packets.ErrTopicNameInvalid.Code, Reason: "no mapping rule matches topic " + pk.TopicName})
+	}
+
+	rec := buildRecord(cl, &pk, &res, received)
+	if qos == 0 {
+		if err := h.producer.TryProduce(h.ctx, rec, nil); err != nil {
+			if errors.Is(err, bridge.ErrRecordTooLarge) {
+				return h.tooLarge(cl, pk, err)
+			}
+			h.m.dropped.WithLabelValues(dropReason(err)).Inc()
+			if h.dropLog.allow() {
+				h.log.Warn("QoS 0 publishes dropped (logged at most every 10s)", "client", cl.ID, "topic", pk.TopicName, "error", err)
+			}
+		}
+		return pk, nil
+	}
+
+	if h.draining.Load() {
+		// Shutting down: leave it unacknowledged; the client keeps it.
+		return pk, packets.ErrRejectPacket
+	}
+	s := h.session(cl)
+	e, dup := s.add(pk, received)
+	if dup {
+		h.m.duplicates.Inc()
+		return pk, packets.ErrRejectPacket
+	}
+	if err := h.producer.Produce(h.ctx, rec, e); err != nil {
+		e.Delivered(bridge.Delivery{Topic: rec.Topic, Err: err})
+	}
+	return pk, packets.ErrRejectPacket
+}
+
+// refuse answers a publish the bridge will not take: MQTT 5 clients get a
+// negative PUBACK/PUBREC with the reason; MQTT 3 has no negative ack, so a
+// QoS 1 or 2 publish closes the connection rather than falsely succeed.
+// QoS 0 publishes are dropped (counted by the caller).
+func (h *ingest) refuse(cl *mqtt.Client, pk packets.Packet, code packets.Code) (packets.Packet, error) {
+	if pk.FixedHeader.Qos == 0 {
+		return pk, packets.ErrRejectPacket
+	}
+	if cl.Properties.ProtocolVersion == 5 {
+		_ = cl.WritePacket(ack(pk, code))
+		return pk, packets.ErrRejectPacket
+	}
+	_ = h.server.DisconnectClient(cl, code)
+	return pk, packets.ErrRejectPacket
+}
+
+func (h *ingest) tooLarge(cl *mqtt.Client, pk packets.Packet, err error) (packets.Packet, error) {
+	h.m.rejected.WithLabelValues("too_large").Inc()
+	h.log.Warn("publish refused: payload larger than the Kafka message limit", "client", cl.ID, "topic", pk.TopicName, "bytes", len(pk.Payload), "error", err)
+	if pk.FixedHeader.Qos == 0 {
+		_ = h.server.DisconnectClient(cl, packets.ErrPacketTooLarge)
+		return pk, packets.ErrRejectPacket
+	}
+	return h.refuse(cl, pk, packets.ErrPacketTooLarge)
+}
+
+func dropReason(err error) string {
+	switch {
+	case errors.Is(err, bridge.ErrBudgetExhausted):
+		return "budget_exhausted"
+	case errors.Is(err, bridge.ErrUnknownTopic):
+		return "unknown_topic"
+	case errors.Is(err, bridge.ErrClosed), errors.Is(err, context.Canceled):
+		return "shutting_down"
+	}
+	return "kafka_error"
+}
+
+var qosLabel = [3]string{"0", "1", "2"}
+
+func buildRecord(cl *mqtt.Client, pk *packets.Packet, res *mapping.Result, at time.Time) *bridge.Record {
+	n := 4 + len(pk.Properties.User) + len(res.Headers)
+	if pk.Properties.ContentType != "" {
+		n++
+	}
+	hs := make([]bridge.Header, 0, n)
+	retain := "false"
+	if pk.FixedHeader.Retain {
+		retain = "true"
+	}
+	hs = append(hs,
+		bridge.Header{Key: "mqtt.topic", Value: []byte(pk.TopicName)},
+		bridge.Header{Key: "mqtt.qos", Value: []byte(qosLabel[pk.FixedHeader.Qos])},
+		bridge.Header{Key: "mqtt.retain", Value: []byte(retain)},
+		bridge.Header{Key: "mqtt.client_id", Value: []byte(cl.ID)},
+	)
+	if pk.Properties.ContentType != "" {
+		hs = append(hs, bridge.Header{Key: "mqtt.content_type", Value: []byte(pk.Properties.ContentType)})
+	}
+	for _, u := range pk.Properties.User {
+		hs = append(hs, bridge.Header{Key: u.Key, Value: []byte(u.Val)})
+	}
+	for _, x := range res.Headers {
+		hs = append(hs, bridge.Header{Key: x.Key, Value: []byte(x.Value)})
+	}
+	return &bridge.Record{Topic: res.Topic, Key: res.Key, Value: pk.Payload, Headers: hs, Timestamp: at}
+}
+
+// ack builds a PUBACK (QoS 1) or PUBREC (QoS 2) for pk.
+func ack(pk packets.Packet, code packets.Code) packets.Packet {
+	typ := packets.Puback
+	if pk.FixedHeader.Qos == 2 {
+		typ = packets.Pubrec
+	}
+	out := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: typ},
+		PacketID:    pk.PacketID,
+		ReasonCode:  code.Code,
+		Created:     time.Now().Unix(),
+	}
+	if code.Code >= packets.ErrUnspecifiedError.Code {
+		out.Properties.ReasonString = code.Reason
+	}
+	return out
+}
+
+func (h *ingest) session(cl *mqtt.Client) *session {
+	if v, ok := h.sessions.Load(cl); ok {
+		return v.(*session)
+	}
+	s := &session{h: h, cl: cl, ids: map[uint16]*pending{}, notify: make(chan struct{}, 1)}
+	if v, loaded := h.sessions.LoadOrStore(cl, s); loaded {
+		return v.(*session)
+	}
+	h.writers.Add(1)
+	go s.run()
+	return s
+}
+
+// session is one connection's queue of QoS 1 and 2 publishes awaiting
+// Kafka, in arrival order, and the goroutine that acknowledges them.
+type session struct {
+	h      *ingest
+	cl     *mqtt.Client
+	mu     sync.Mutex
+	queue  []*pending
+	ids    map[uint16]*pending
+	gone   bool // the connection ended
+	notify chan struct{}
+}
+
+type pending struct {
+	s        *session
+	pk       packets.Packet
+	received time.Time
+	done     bool
+	err      error
+}
+
+// add queues pk; dup reports a resend of a packet id still awaiting Kafka,
+// which must not be produced twice.
+func (s *session) add(pk packets.Packet, received time.Time) (*pending, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.ids[pk.PacketID]; ok {
+		return nil, true
+	}
+	e := &pending{s: s, pk: pk, received: received}
+	s.queue = append(s.queue, e)
+	s.ids[pk.PacketID] = e
+	return e, false
+}
+
+// Delivered records Kafka's answer and wakes the writer when the head of
+// the queue is ready. It runs on the producer's event goroutine.
+func (e *pending) Delivered(d bridge.Delivery) {
+	s := e.s
+	s.mu.Lock()
+	e.done, e.err = true, d.Err
+	wake := s.queue[0].done
+	s.mu.Unlock()
+	if wake {
+		select {
+		case s.notify <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (s *session) disconnect() {
+	s.mu.Lock()
+	s.gone = true
+	s.mu.Unlock()
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+}
+
+// run writes acknowledgements in arrival order as Kafka confirms records,
+// and ends once the connection is gone and nothing is pending.
+func (s *session) run() {
+	defer s.h.writers.Done()
+	var ready []*pending
+	for range s.notify {
+		s.mu.Lock()
+		i := 0
+		for i < len(s.queue) && s.queue[i].done {
+			delete(s.ids, s.queue[i].pk.PacketID)
+			i++
+		}
+		ready = append(ready[:0], s.queue[:i]...)
+		clear(s.queue[:i])
+		s.queue = s.queue[i:]
+		finished := s.gone && len(s.queue) == 0
+		if finished {
+			s.h.sessions.Delete(s.cl)
+		}
+		s.mu.Unlock()
+		for _, e := range ready {
+			s.h.complete(s.cl, e)
+		}
+		if finished {
+			return
+		}
+	}
+}
+
+// complete acknowledges one publish that Kafka has answered.
+func (h *ingest) complete(cl *mqtt.Client, e *pending) {
+	pk := e.pk
+	if e.err == nil {
+		h.m.ackLatency.Observe(time.Since(e.received).Seconds())
+		out := ack(pk, packets.CodeSuccess)
+		if pk.FixedHeader.Qos == 2 {
+			// mochi completes the QoS 2 flow (PUBREL → PUBCOMP) from its
+			// inflight store, and answers a resent PUBLISH from it too.
+			if cl.State.Inflight.Set(out) {
+				atomic.AddInt64(&h.server.Info.Inflight, 1)
+			}
+		}
+		if err := cl.WritePacket(out); err != nil && !cl.Closed() {
+			h.log.Debug("writing acknowledgement", "client", cl.ID, "error", err)
+		}
+		if err := h.server.InjectPacket(h.forwarder, pk); err != nil {
+			h.log.Warn("forwarding to local subscribers", "topic", pk.TopicName, "error", err)
+		}
+		return
+	}
+	if errors.Is(e.err, bridge.ErrRecordTooLarge) {
+		h.m.rejected.WithLabelValues("too_large").Inc()
+	} else {
+		h.m.failed.WithLabelValues(failReason(e.err)).Inc()
+	}
+	if bridge.Permanent(e.err) && cl.Properties.ProtocolVersion == 5 {
+		code := packets.Code{Code: packets.ErrUnspecifiedError.Code, Reason: e.err.Error()}
+		if errors.Is(e.err, bridge.ErrRecordTooLarge) {
+			code.Code = packets.ErrPacketTooLarge.Code
+		} else if errors.Is(e.err, bridge.ErrUnknownTopic) {
+			code.Code = packets.ErrTopicNameInvalid.Code
+		}
+		h.log.Warn("publish refused: Kafka did not take the record", "client", cl.ID, "topic", pk.TopicName, "error", e.err)
+		_ = cl.WritePacket(ack(pk, code))
+		return
+	}
+	if cl.Closed() {
+		return
+	}
+	// MQTT 3 has no negative acknowledgement, and a transient failure must
+	// not be reported as final: close the connection so the client resends.
+	h.log.Warn("closing connection: Kafka did not take a record, the client will resend it", "client", cl.ID, "topic", pk.TopicName, "error", e.err)
+	code := packets.ErrServerBusy
+	if errors.Is(e.err, bridge.ErrRecordTooLarge) {
+		code = packets.ErrPacketTooLarge
+	}
+	_ = h.server.DisconnectClient(cl, code)
+}
+
+func failReason(err error) string {
+	if r := dropReason(err); r != "budget_exhausted" {
+		return r
+	}
+	return "kafka_error"
+}
+
+// rateLimiter allows one event per period.
+type rateLimiter struct {
+	every time.Duration
+	last  atomic.Int64
+}
+
+func (r *rateLimiter) allow() bool {
+	now := time.Now().UnixNano()
+	last := r.last.Load()
+	return now-last >= int64(r.every) && r.last.CompareAndSwap(last, now)
+}
+

@@ -1,0 +1,59 @@
+package broker
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	connections   *prometheus.GaugeVec
+	received      *prometheus.CounterVec
+	receivedBytes *prometheus.CounterVec
+	unmatched     prometheus.Counter
+	dropped       *prometheus.CounterVec
+	rejected      *prometheus.CounterVec
+	failed        *prometheus.CounterVec
+	duplicates    prometheus.Counter
+	ackLatency    prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		connections: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "tributary", Subsystem: "mqtt", Name: "connections",
+			Help: "Open MQTT connections, by listener.",
+		}, []string{"listener"}),
+		received: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "tributary", Subsystem: "mqtt", Name: "messages_received_total",
+			Help: "MQTT PUBLISH packets received from clients, by listener and QoS.",
+		}, []string{"listener", "qos"}),
+		receivedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "tributary", Subsystem: "mqtt", Name: "received_bytes_total",
+			Help: "Payload bytes of MQTT PUBLISH packets received, by listener.",
+		}, []string{"listener"}),
+		unmatched: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "tributary", Subsystem: "mapping", Name: "unmatched_total",
+			Help: "Publishes no mapping rule matched, delivered to local subscribers only.",
+		}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "tributary", Subsystem: "mqtt", Name: "dropped_total",
+			Help: "Publishes not sent to Kafka, by reason (mapping_drop, budget_exhausted for QoS 0, ...).",
+		}, []string{"reason"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "tributary", Subsystem: "mqtt", Name: "rejected_total",
+			Help: "Publishes refused with a reason code or a closed connection, by reason.",
+		}, []string{"reason"}),
+		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "tributary", Subsystem: "mqtt", Name: "kafka_failures_total",
+			Help: "QoS 1 and 2 publishes that Kafka did not take, by reason; none of them was acknowledged as a success.",
+		}, []string{"reason"}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "tributary", Subsystem: "mqtt", Name: "duplicates_ignored_total",
+			Help: "Resent publishes whose packet id was still awaiting Kafka, not produced again.",
+		}),
+		ackLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "tributary", Subsystem: "mqtt", Name: "publish_ack_latency_seconds",
+			Help:    "Time from receiving a QoS 1 or 2 publish to acknowledging it after Kafka confirmed it.",
+			Buckets: []float64{.001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}),
+	}
+	reg.MustRegister(m.connections, m.received, m.receivedBytes, m.unmatched, m.dropped, m.rejected, m.failed, m.duplicates, m.ackLatency)
+	return m
+}

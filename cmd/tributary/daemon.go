@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/tributary-io/tributary/bridge"
+	"github.com/tributary-io/tributary/broker"
+	"github.com/tributary-io/tributary/config"
+	"github.com/tributary-io/tributary/websocket"
+)
+
+// daemon is the running product: embedded Kafka (optional), producer,
+// MQTT broker and HTTP server, wired together.
+type daemon struct {
+	log      *slog.Logger
+	cfg      config.Config
+	embedded *bridge.Embedded
+	producer *bridge.Producer
+	broker   *broker.Broker
+	http     *websocket.Server
+	registry *prometheus.Registry
+}
+
+// start builds and starts every part. On error, whatever started is stopped.
+func start(cfg config.Config, log *slog.Logger) (d *daemon, err error) {
+	d = &daemon{log: log, cfg: cfg, registry: prometheus.NewRegistry()}
+	defer func() {
+		if err != nil {
+			d.stop()
+		}
+	}()
+	d.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mapper, err := cfg.Mapper()
+	if err != nil {
+		return nil, err
+	}
+
+	bootstrap := cfg.Kafka.Bootstrap
+	if cfg.Kafka.Embedded() {
+		d.embedded, err = bridge.StartEmbedded(bridge.EmbeddedConfig{Addr: cfg.Kafka.EmbeddedAddr, DataDir: cfg.DataDir}, log)
+		if err != nil {
+			return nil, err
+		}
+		bootstrap = d.embedded.Addr()
+		log.Warn("no kafka.bootstrap set: started the embedded Kafka, which is for evaluation only; set --kafka-bootstrap (or TRIBUTARY_KAFKA_BOOTSTRAP) to use a real cluster",
+			"addr", bootstrap, "data_dir", cfg.DataDir)
+	}
+	d.producer, err = bridge.NewProducer(bridge.ProducerConfig{
+		Bootstrap:              bootstrap,
+		Properties:             cfg.Kafka.Properties,
+		MaxMessageBytes:        cfg.Kafka.MaxMessageBytes,
+		InflightBudgetBytes:    cfg.Kafka.InflightBudgetBytes,
+		CreateTopics:           cfg.Kafka.CreateTopics,
+		TopicPartitions:        cfg.Kafka.TopicPartitions,
+		TopicReplicationFactor: cfg.Kafka.TopicReplicationFactor,
+		FlushTimeout:           cfg.Kafka.FlushTimeout,
+		Registerer:             d.registry,
+	}, log.With("component", "kafka"))
+	if err != nil {
+		return nil, err
+	}
+	// Create the topics the rules name up front, so a missing permission
+	// or a bad cluster shows at start-up; failures here are retried on
+	// first use, so Kafka being down does not stop the bridge starting.
+	for _, t := range mapper.StaticTopics() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		if err := d.producer.EnsureTopic(ctx, t); err != nil {
+			log.Warn("Kafka topic not ready at start-up; will retry on first publish", "topic", t, "error", err)
+		}
+		cancel()
+	}
+
+	if cfg.MQTT.Addr != "" || cfg.MQTT.WSAddr != "" {
+		d.broker, err = broker.New(broker.Config{
+			Addr:            cfg.MQTT.Addr,
+			WSAddr:          cfg.MQTT.WSAddr,
+			MaxMessageBytes: cfg.Kafka.MaxMessageBytes,
+			Registerer:      d.registry,
+		}, d.producer, mapper, log)
+		if err != nil {
+			return nil, err
+		}
+		if err := d.broker.Start(); err != nil {
+			return nil, err
+		}
+	}
+
+	if cfg.HTTP.Addr != "" {
+		d.http = websocket.New(websocket.Config{
+			Addr:     cfg.HTTP.Addr,
+			Gatherer: d.registry,
+			Ready: []websocket.Check{
+				{Name: "kafka", Fn: func() error {
+					if !d.producer.Ready() {
+						return errors.New("Kafka is not reachable")
+					}
+					return nil
+				}},
+				{Name: "mqtt", Fn: func() error {
+					if d.broker != nil && !d.broker.Serving() {
+						return errors.New("MQTT listeners are not serving")
+					}
+					return nil
+				}},
+			},
+		}, log)
+		if err := d.http.Start(); err != nil {
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+// stop shuts down in order: no new work, flush Kafka under the deadline
+// (so acknowledgements still reach connected clients), close the rest.
+func (d *daemon) stop() {
+	if d.broker != nil {
+		d.broker.Drain()
+	}
+	if d.producer != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), d.cfg.Kafka.FlushTimeout)
+		if left := d.producer.Flush(ctx); left > 0 {
+			d.log.Error("shutdown flush timed out; unacknowledged records were not acknowledged to clients either", "records", left)
+		}
+		cancel()
+	}
+	if d.broker != nil {
+		if err := d.broker.Close(); err != nil {
+			d.log.Warn("closing MQTT broker", "error", err)
+		}
+	}
+	if d.http != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = d.http.Close(ctx)
+		cancel()
+	}
+	if d.producer != nil {
+		d.producer.Close()
+	}
+	if d.embedded != nil {
+		d.embedded.Close()
+	}
+}
+
+// run starts the daemon and serves until ctx ends.
+func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+	d, err := start(cfg, log)
+	if err != nil {
+		return fmt.Errorf("starting: %w", err)
+	}
+	log.Info("tributary running", "version", version)
+	<-ctx.Done()
+	log.Info("shutting down")
+	d.stop()
+	log.Info("stopped")
+	return nil
+}

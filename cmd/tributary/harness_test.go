@@ -1,0 +1,239 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/tributary-io/tributary/config"
+)
+
+// The integration suite runs against the embedded Kafka (kfake) by default
+// and against a real Kafka when TRIBUTARY_TEST_KAFKA_BOOTSTRAP is set
+// (make test-kafka).
+func externalKafka() string { return os.Getenv("TRIBUTARY_TEST_KAFKA_BOOTSTRAP") }
+
+func testLogger(t *testing.T) *slog.Logger {
+	t.Helper()
+	if os.Getenv("TRIBUTARY_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// uniq returns a name unique to this run, so tests sharing one real Kafka
+// never read each other's records.
+func uniq(prefix string) string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return prefix + "-" + hex.EncodeToString(b)
+}
+
+// testConfig is a configuration on free loopback ports with Kafka from
+// the environment or embedded in a temporary data dir.
+func testConfig(t *testing.T) config.Config {
+	t.Helper()
+	cfg := config.Default()
+	cfg.DataDir = t.TempDir()
+	cfg.Kafka.EmbeddedAddr = "127.0.0.1:0"
+	cfg.Kafka.Bootstrap = externalKafka()
+	cfg.Kafka.TopicPartitions = 3
+	cfg.Kafka.TopicReplicationFactor = 1
+	cfg.Kafka.FlushTimeout = 10 * time.Second
+	cfg.MQTT.Addr = "127.0.0.1:0"
+	cfg.MQTT.WSAddr = "127.0.0.1:0"
+	cfg.HTTP.Addr = "127.0.0.1:0"
+	return cfg
+}
+
+type testDaemon struct {
+	*daemon
+	bootstrap string
+}
+
+func (d *testDaemon) mqttAddr() string { return d.broker.Addr("mqtt-tcp") }
+func (d *testDaemon) wsAddr() string   { return d.broker.Addr("mqtt-ws") }
+func (d *testDaemon) httpAddr() string { return d.http.Addr() }
+
+// startDaemon starts the whole product in-process and stops it at cleanup.
+func startDaemon(t *testing.T, cfg config.Config) *testDaemon {
+	t.Helper()
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("test config invalid: %v", err)
+	}
+	d, err := start(cfg, testLogger(t))
+	if err != nil {
+		t.Fatalf("starting daemon: %v", err)
+	}
+	t.Cleanup(d.stop)
+	bs := cfg.Kafka.Bootstrap
+	if d.embedded != nil {
+		bs = d.embedded.Addr()
+	}
+	return &testDaemon{daemon: d, bootstrap: bs}
+}
+
+// mqttClient connects a paho MQTT 3.1.1 client to url.
+func mqttClient(t *testing.T, url, clientID string, opts ...func(*paho.ClientOptions)) paho.Client {
+	t.Helper()
+	o := paho.NewClientOptions().AddBroker(url).SetClientID(clientID).
+		SetAutoReconnect(false).SetConnectRetry(false).SetMaxResumePubInFlight(1000).
+		SetWriteTimeout(10 * time.Second).SetConnectTimeout(10 * time.Second)
+	for _, f := range opts {
+		f(o)
+	}
+	c := paho.NewClient(o)
+	tok := c.Connect()
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connecting MQTT client to %s: %v", url, tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(100) })
+	return c
+}
+
+func publish(t *testing.T, c paho.Client, topic string, qos byte, retain bool, payload string) {
+	t.Helper()
+	tok := c.Publish(topic, qos, retain, payload)
+	if !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+		t.Fatalf("publishing to %s: not acknowledged: %v", topic, tok.Error())
+	}
+}
+
+// kafkaRecords reads topic from the beginning until want records arrived or
+// the timeout passed, and returns what it read.
+func kafkaRecords(t *testing.T, bootstrap, topic string, want int, timeout time.Duration) []*kgo.Record {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(bootstrap), kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(200*time.Millisecond))
+	if err != nil {
+		t.Fatalf("kafka client: %v", err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var out []*kgo.Record
+	for len(out) < want && ctx.Err() == nil {
+		fs := cl.PollFetches(ctx)
+		fs.EachRecord(func(r *kgo.Record) { out = append(out, r) })
+	}
+	return out
+}
+
+// noMoreRecords reads topic for a short while and returns what is there.
+func settledRecords(t *testing.T, bootstrap, topic string) []*kgo.Record {
+	t.Helper()
+	return kafkaRecords(t, bootstrap, topic, 1<<30, 3*time.Second)
+}
+
+func header(r *kgo.Record, key string) (string, bool) {
+	for _, h := range r.Headers {
+		if h.Key == key {
+			return string(h.Value), true
+		}
+	}
+	return "", false
+}
+
+// needTool fails the test when an external peer is missing: the project's
+// scripts/install-deps.sh installs them, and make test runs it.
+func needTool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s not found: run scripts/install-deps.sh (make deps)", name)
+	}
+	return p
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// collector gathers MQTT messages delivered to a local subscriber.
+type collector struct {
+	mu   sync.Mutex
+	msgs []paho.Message
+}
+
+func (c *collector) handle(_ paho.Client, m paho.Message) {
+	c.mu.Lock()
+	c.msgs = append(c.msgs, m)
+	c.mu.Unlock()
+}
+
+func (c *collector) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.msgs)
+}
+
+func (c *collector) get(i int) paho.Message {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.msgs[i]
+}
+
+func hostPort(addr string) (string, string) {
+	i := strings.LastIndex(addr, ":")
+	return addr[:i], addr[i+1:]
+}
+
+// rawConnect opens a TCP connection and sends an MQTT 3.1.1 CONNECT with a
+// will, returning once the CONNACK arrived. Closing it without DISCONNECT
+// makes the broker publish the will.
+func rawConnect(t *testing.T, addr, clientID, willTopic, willPayload string) net.Conn {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	pk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+		ProtocolVersion: 4,
+		Connect: packets.ConnectParams{
+			ProtocolName:     []byte("MQTT"),
+			Clean:            true,
+			Keepalive:        30,
+			ClientIdentifier: clientID,
+			WillFlag:         true,
+			WillTopic:        willTopic,
+			WillPayload:      []byte(willPayload),
+			WillQos:          1,
+		},
+	}
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil {
+		t.Fatalf("encoding CONNECT: %v", err)
+	}
+	if _, err := conn.Write(buf.Bytes()); err != nil {
+		t.Fatalf("writing CONNECT: %v", err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	ack := make([]byte, 4)
+	if _, err := io.ReadFull(conn, ack); err != nil || ack[0] != 0x20 || ack[3] != 0 {
+		t.Fatalf("reading CONNACK: % x, %v", ack, err)
+	}
+	return conn
+}

@@ -1,0 +1,400 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/tributary-io/tributary/mapping"
+)
+
+// The issue's acceptance: the Confluent regex list, mosquitto_pub QoS 1,
+// and the record is readable as soon as mosquitto_pub returns.
+func TestMosquittoPubLandsInMappedTopic(t *testing.T) {
+	pub := needTool(t, "mosquitto_pub")
+	cfg := testConfig(t)
+	temp, bright := uniq("temperature"), uniq("brightness")
+	cfg.Mapping.TopicRegexList = temp + ":.*temperature, " + bright + ":.*brightness"
+	d := startDaemon(t, cfg)
+	host, port := hostPort(d.mqttAddr())
+
+	out, err := exec.Command(pub, "-h", host, "-p", port, "-q", "1", "-t", "house/kitchen/temperature", "-m", "21.5").CombinedOutput()
+	if err != nil {
+		t.Fatalf("mosquitto_pub: %v: %s", err, out)
+	}
+	recs := kafkaRecords(t, d.bootstrap, temp, 1, 10*time.Second)
+	if len(recs) != 1 {
+		t.Fatalf("got %d records in %s, want 1", len(recs), temp)
+	}
+	r := recs[0]
+	if string(r.Key) != "house/kitchen/temperature" || string(r.Value) != "21.5" {
+		t.Errorf("record key %q value %q, want house/kitchen/temperature 21.5", r.Key, r.Value)
+	}
+	for k, want := range map[string]string{"mqtt.qos": "1", "mqtt.topic": "house/kitchen/temperature", "mqtt.retain": "false"} {
+		if v, ok := header(r, k); !ok || v != want {
+			t.Errorf("header %s = %q (present %v), want %q", k, v, ok, want)
+		}
+	}
+	if v, _ := header(r, "mqtt.client_id"); v == "" {
+		t.Error("header mqtt.client_id missing")
+	}
+	if time.Since(r.Timestamp) > time.Minute || r.Timestamp.After(time.Now().Add(time.Second)) {
+		t.Errorf("record timestamp %v is not the receive time", r.Timestamp)
+	}
+
+	out, err = exec.Command(pub, "-h", host, "-p", port, "-q", "1", "-t", "office/brightness", "-m", "300").CombinedOutput()
+	if err != nil {
+		t.Fatalf("mosquitto_pub: %v: %s", err, out)
+	}
+	if recs := kafkaRecords(t, d.bootstrap, bright, 1, 10*time.Second); len(recs) != 1 || string(recs[0].Value) != "300" {
+		t.Fatalf("brightness records %v, want one with value 300", recs)
+	}
+}
+
+// PUBACK received ⇒ the record is readable, for paho over TCP and over
+// MQTT-over-WebSocket on both paths.
+func TestPubackMeansReadable(t *testing.T) {
+	cfg := testConfig(t)
+	topic := uniq("acked")
+	cfg.Mapping.TopicRegexList = topic + ":.*"
+	d := startDaemon(t, cfg)
+	for _, url := range []string{"tcp://" + d.mqttAddr(), "ws://" + d.wsAddr() + "/mqtt", "ws://" + d.wsAddr() + "/"} {
+		c := mqttClient(t, url, uniq("c"))
+		publish(t, c, "dev/"+url, 1, false, "payload "+url)
+	}
+	recs := kafkaRecords(t, d.bootstrap, topic, 3, 10*time.Second)
+	if len(recs) != 3 {
+		t.Fatalf("got %d records, want 3", len(recs))
+	}
+	seen := map[string]bool{}
+	for _, r := range recs {
+		seen[string(r.Value)] = true
+		if "payload "+strings.TrimPrefix(string(r.Key), "dev/") != string(r.Value) {
+			t.Errorf("record key %q does not match value %q", r.Key, r.Value)
+		}
+	}
+	if len(seen) != 3 {
+		t.Errorf("records %v are not the three publishes", seen)
+	}
+}
+
+// MQTT 5 user properties and content type become headers.
+func TestMQTT5UserPropertiesBecomeHeaders(t *testing.T) {
+	pub := needTool(t, "mosquitto_pub")
+	cfg := testConfig(t)
+	topic := uniq("v5")
+	cfg.Mapping.TopicRegexList = topic + ":sensors/.*"
+	d := startDaemon(t, cfg)
+	host, port := hostPort(d.mqttAddr())
+	out, err := exec.Command(pub, "-V", "mqttv5", "-h", host, "-p", port, "-q", "1", "-t", "sensors/a", "-m", "{}",
+		"-D", "publish", "user-property", "site", "north",
+		"-D", "publish", "user-property", "unit", "celsius",
+		"-D", "publish", "content-type", "application/json").CombinedOutput()
+	if err != nil {
+		t.Fatalf("mosquitto_pub: %v: %s", err, out)
+	}
+	recs := kafkaRecords(t, d.bootstrap, topic, 1, 10*time.Second)
+	if len(recs) != 1 {
+		t.Fatalf("got %d records, want 1", len(recs))
+	}
+	for k, want := range map[string]string{"site": "north", "unit": "celsius", "mqtt.content_type": "application/json", "mqtt.qos": "1"} {
+		if v, ok := header(recs[0], k); !ok || v != want {
+			t.Errorf("header %s = %q (present %v), want %q", k, v, ok, want)
+		}
+	}
+}
+
+// Named groups template the Kafka topic, the key and extra headers.
+func TestTemplatedRules(t *testing.T) {
+	cfg := testConfig(t)
+	prefix := uniq("iot")
+	cfg.Mapping.Rules = []mapping.Rule{{
+		Match:      `^sensors/(?P<site>[^/]+)/(?P<kind>[^/]+)$`,
+		KafkaTopic: prefix + ".${kind}",
+		Key:        "${site}",
+		Headers:    map[string]string{"site": "${site}"},
+	}}
+	d := startDaemon(t, cfg)
+	c := mqttClient(t, "tcp://"+d.mqttAddr(), uniq("c"))
+	publish(t, c, "sensors/oslo/humidity", 1, false, "40")
+	recs := kafkaRecords(t, d.bootstrap, prefix+".humidity", 1, 10*time.Second)
+	if len(recs) != 1 {
+		t.Fatalf("got %d records, want 1", len(recs))
+	}
+	if string(recs[0].Key) != "oslo" {
+		t.Errorf("key %q, want oslo", recs[0].Key)
+	}
+	if v, _ := header(recs[0], "site"); v != "oslo" {
+		t.Errorf("header site %q, want oslo", v)
+	}
+}
+
+func TestUnmatchedPolicies(t *testing.T) {
+	pub := needTool(t, "mosquitto_pub")
+	for _, policy := range []mapping.Policy{mapping.PolicyNone, mapping.PolicyDrop, mapping.PolicyReject, mapping.PolicyDefaultTopic} {
+		t.Run("policy="+string(policy), func(t *testing.T) {
+			cfg := testConfig(t)
+			matched, fallback := uniq("matched"), uniq("fallback")
+			cfg.Mapping.TopicRegexList = matched + ":known/.*"
+			cfg.Mapping.Unmatched = policy
+			cfg.Mapping.DefaultTopic = fallback
+			d := startDaemon(t, cfg)
+
+			sub := &collector{}
+			s := mqttClient(t, "tcp://"+d.mqttAddr(), uniq("sub"))
+			if tok := s.Subscribe("other/#", 1, sub.handle); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+				t.Fatalf("subscribe: %v", tok.Error())
+			}
+			host, port := hostPort(d.mqttAddr())
+			out, err := exec.Command(pub, "-V", "mqttv5", "-h", host, "-p", port, "-q", "1", "-t", "other/x", "-m", "u").CombinedOutput()
+			switch policy {
+			case mapping.PolicyReject:
+				if err == nil && !strings.Contains(string(out), "Topic Name invalid") && !strings.Contains(strings.ToLower(string(out)), "topic name invalid") {
+					t.Errorf("MQTT 5 publish to an unmatched topic under reject succeeded silently: %s", out)
+				}
+			default:
+				if err != nil {
+					t.Fatalf("mosquitto_pub: %v: %s", err, out)
+				}
+			}
+			// MQTT 3.1.1 QoS 1 under reject: no false success.
+			c := mqttClient(t, "tcp://"+d.mqttAddr(), uniq("v3"))
+			tok := c.Publish("other/y", 1, false, "v3")
+			acked := tok.WaitTimeout(3*time.Second) && tok.Error() == nil
+			if policy == mapping.PolicyReject && acked {
+				t.Error("MQTT 3 QoS 1 publish to an unmatched topic under reject was acknowledged")
+			}
+			if policy != mapping.PolicyReject && !acked {
+				t.Errorf("MQTT 3 QoS 1 publish under %q not acknowledged: %v", policy, tok.Error())
+			}
+
+			switch policy {
+			case mapping.PolicyDefaultTopic:
+				if recs := kafkaRecords(t, d.bootstrap, fallback, 2, 10*time.Second); len(recs) != 2 {
+					t.Errorf("default topic holds %d records, want 2", len(recs))
+				}
+			case mapping.PolicyNone:
+				waitFor(t, 5*time.Second, "local subscriber to get unmatched publishes", func() bool { return sub.len() >= 2 })
+			}
+			body := metricsText(t, d.httpAddr())
+			wantMetric := map[mapping.Policy]string{
+				mapping.PolicyNone:   "tributary_mapping_unmatched_total 2",
+				mapping.PolicyDrop:   `tributary_mqtt_dropped_total{reason="mapping_drop"} 2`,
+				mapping.PolicyReject: `tributary_mqtt_rejected_total{reason="unmatched"} 2`,
+			}[policy]
+			if wantMetric != "" && !strings.Contains(body, wantMetric) {
+				t.Errorf("metrics lack %q", wantMetric)
+			}
+		})
+	}
+}
+
+func metricsText(t *testing.T, addr string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	_, _ = b.ReadFrom(resp.Body)
+	return b.String()
+}
+
+// A QoS 2 publish lands once, and local subscribers still get publishes,
+// retained messages and wills.
+func TestQoS2OnceAndLocalBroker(t *testing.T) {
+	cfg := testConfig(t)
+	topic := uniq("q2")
+	cfg.Mapping.TopicRegexList = topic + ":.*"
+	d := startDaemon(t, cfg)
+	url := "tcp://" + d.mqttAddr()
+
+	sub := &collector{}
+	s := mqttClient(t, url, uniq("sub"))
+	if tok := s.Subscribe("room/#", 2, sub.handle); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	c := mqttClient(t, url, uniq("pub"))
+	publish(t, c, "room/q2", 2, false, "exactly-once")
+	publish(t, c, "room/retained", 1, true, "kept")
+	waitFor(t, 5*time.Second, "subscriber to get both publishes", func() bool { return sub.len() == 2 })
+
+	recs := settledRecords(t, d.bootstrap, topic)
+	count := map[string]int{}
+	for _, r := range recs {
+		count[string(r.Value)]++
+	}
+	if count["exactly-once"] != 1 || count["kept"] != 1 {
+		t.Fatalf("records by value %v, want one of each", count)
+	}
+	if v, _ := header(recs[0], "mqtt.qos"); v != "2" && v != "1" {
+		t.Errorf("mqtt.qos header %q", v)
+	}
+
+	late := &collector{}
+	l := mqttClient(t, url, uniq("late"))
+	if tok := l.Subscribe("room/retained", 1, late.handle); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	waitFor(t, 5*time.Second, "retained message for a late subscriber", func() bool { return late.len() == 1 })
+	if m := late.get(0); string(m.Payload()) != "kept" || !m.Retained() {
+		t.Errorf("late subscriber got %q retained=%v", m.Payload(), m.Retained())
+	}
+
+	wills := &collector{}
+	w := mqttClient(t, url, uniq("willsub"))
+	if tok := w.Subscribe("wills/#", 1, wills.handle); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	// Connect with a will and drop the connection without DISCONNECT.
+	conn := rawConnect(t, d.mqttAddr(), uniq("dying"), "wills/dying", "gone")
+	conn.Close()
+	waitFor(t, 10*time.Second, "the will to reach its subscriber", func() bool { return wills.len() == 1 })
+}
+
+// 10,000 QoS 1 messages from one client, all in flight at once, land in
+// Kafka in the order they were published.
+func TestOrderingOfPipelinedPublishes(t *testing.T) {
+	const n = 10000
+	cfg := testConfig(t)
+	topic := uniq("order")
+	cfg.Mapping.TopicRegexList = topic + ":.*"
+	d := startDaemon(t, cfg)
+	c := mqttClient(t, "tcp://"+d.mqttAddr(), uniq("seq"))
+	toks := make([]paho.Token, n)
+	for i := range n {
+		toks[i] = c.Publish("seq/one", 1, false, strconv.Itoa(i))
+	}
+	for i, tok := range toks {
+		if !tok.WaitTimeout(60*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish %d not acknowledged: %v", i, tok.Error())
+		}
+	}
+	recs := kafkaRecords(t, d.bootstrap, topic, n, 30*time.Second)
+	if len(recs) != n {
+		t.Fatalf("got %d records, want %d", len(recs), n)
+	}
+	for i, r := range recs {
+		if string(r.Value) != strconv.Itoa(i) {
+			t.Fatalf("record %d has value %q: order broken", i, r.Value)
+		}
+		if r.Partition != recs[0].Partition {
+			t.Fatalf("records of one MQTT topic spread over partitions %d and %d", recs[0].Partition, r.Partition)
+		}
+	}
+}
+
+// A payload over the Kafka message limit: MQTT 5 gets 0x95, MQTT 3 is
+// disconnected; nothing reaches Kafka and nothing is falsely acknowledged.
+func TestOversizedPayload(t *testing.T) {
+	pub := needTool(t, "mosquitto_pub")
+	cfg := testConfig(t)
+	topic := uniq("big")
+	cfg.Mapping.TopicRegexList = topic + ":.*"
+	cfg.Kafka.MaxMessageBytes = 10000
+	d := startDaemon(t, cfg)
+	host, port := hostPort(d.mqttAddr())
+	big := strings.Repeat("x", 20000)
+	out, err := exec.Command(pub, "-V", "mqttv5", "-h", host, "-p", port, "-q", "1", "-t", "big/one", "-m", big).CombinedOutput()
+	if err == nil && !strings.Contains(strings.ToLower(string(out)), "too large") {
+		t.Errorf("MQTT 5 oversized publish reported success: %s", out)
+	}
+	c := mqttClient(t, "tcp://"+d.mqttAddr(), uniq("v3"))
+	tok := c.Publish("big/two", 1, false, big)
+	if tok.WaitTimeout(3*time.Second) && tok.Error() == nil {
+		t.Error("MQTT 3 oversized QoS 1 publish was acknowledged")
+	}
+	waitFor(t, 5*time.Second, "the MQTT 3 client to be disconnected", func() bool { return !c.IsConnectionOpen() })
+	c2 := mqttClient(t, "tcp://"+d.mqttAddr(), uniq("ok"))
+	publish(t, c2, "big/small", 1, false, "small")
+	recs := settledRecords(t, d.bootstrap, topic)
+	if len(recs) != 1 || string(recs[0].Value) != "small" {
+		t.Fatalf("Kafka holds %d records, want only the small one", len(recs))
+	}
+	if !strings.Contains(metricsText(t, d.httpAddr()), `tributary_mqtt_rejected_total{reason="too_large"} 2`) {
+		t.Error("too_large rejections not counted")
+	}
+}
+
+// With topic creation off, a publish to a missing topic is refused with
+// the topic named, never acknowledged.
+func TestMissingTopicWithCreationDisabled(t *testing.T) {
+	pub := needTool(t, "mosquitto_pub")
+	cfg := testConfig(t)
+	cfg.Kafka.CreateTopics = false
+	missing := uniq("missing")
+	cfg.Mapping.TopicRegexList = missing + ":.*"
+	d := startDaemon(t, cfg)
+	host, port := hostPort(d.mqttAddr())
+	out, err := exec.Command(pub, "-V", "mqttv5", "-h", host, "-p", port, "-q", "1", "-t", "a/b", "-m", "x").CombinedOutput()
+	if err == nil && !strings.Contains(string(out), missing) {
+		t.Errorf("publish to a missing topic did not fail naming it: %s", out)
+	}
+}
+
+// Readiness and health.
+func TestHealthAndReady(t *testing.T) {
+	d := startDaemon(t, testConfig(t))
+	for _, path := range []string{"/healthz", "/readyz"} {
+		var code int
+		waitFor(t, 15*time.Second, path+" to answer 200", func() bool {
+			resp, err := http.Get("http://" + d.httpAddr() + path)
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+			code = resp.StatusCode
+			return code == http.StatusOK
+		})
+	}
+}
+
+// Many clients publishing at once through both listeners.
+func TestConcurrentClients(t *testing.T) {
+	cfg := testConfig(t)
+	topic := uniq("many")
+	cfg.Mapping.TopicRegexList = topic + ":.*"
+	d := startDaemon(t, cfg)
+	const clients, each = 20, 100
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	for i := range clients {
+		url := "tcp://" + d.mqttAddr()
+		if i%2 == 1 {
+			url = "ws://" + d.wsAddr() + "/mqtt"
+		}
+		c := mqttClient(t, url, fmt.Sprintf("%s-%d", topic, i))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			toks := make([]paho.Token, each)
+			for j := range each {
+				toks[j] = c.Publish(fmt.Sprintf("c/%d", i), byte(j%3), false, fmt.Sprintf("%d-%d", i, j))
+			}
+			for _, tok := range toks {
+				if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+					errs <- fmt.Errorf("client %d: %v", i, tok.Error())
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	recs := kafkaRecords(t, d.bootstrap, topic, clients*each, 20*time.Second)
+	if len(recs) != clients*each {
+		t.Fatalf("got %d records, want %d (QoS 0 included: nothing was over budget)", len(recs), clients*each)
+	}
+}

@@ -1,0 +1,118 @@
+// Command tributary runs the Tributary bridge: an MQTT broker whose
+// publishes land in Kafka, acknowledged only once Kafka has them.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/tributary-io/tributary/config"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := realMain(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+const usage = `usage: tributary [command] [flags]
+
+commands:
+  (none)                 run the bridge
+  check-config           validate the configuration and exit
+  mapping explain TOPIC  show which mapping rule a topic matches, its Kafka topic and key
+  version                print the version
+
+Run 'tributary -h' for the flags; each also has a TRIBUTARY_* environment form and a YAML key.
+`
+
+// realMain runs a command and returns the exit code: 0 ok, 1 failure,
+// 2 bad configuration or usage.
+func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cmd := ""
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "version":
+		fmt.Fprintf(stdout, "tributary %s\n", version)
+		return 0
+	case "help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	case "", "check-config", "mapping":
+	default:
+		fmt.Fprintf(stderr, "tributary: unknown command %q\n%s", cmd, usage)
+		return 2
+	}
+	if cmd == "mapping" {
+		if len(args) == 0 || args[0] != "explain" {
+			fmt.Fprintf(stderr, "tributary: usage: tributary mapping explain [flags] TOPIC\n")
+			return 2
+		}
+		args = args[1:]
+	}
+
+	cfg, rest, err := config.Load(config.Options{Args: args, LookupEnv: os.LookupEnv, Output: stderr, Name: "tributary " + cmd})
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "tributary: %v\n", err)
+		return 2
+	}
+
+	switch cmd {
+	case "check-config":
+		if len(rest) > 0 {
+			fmt.Fprintf(stderr, "tributary: unexpected arguments %q\n", rest)
+			return 2
+		}
+		fmt.Fprintln(stdout, "configuration ok")
+		return 0
+	case "mapping":
+		if len(rest) != 1 {
+			fmt.Fprintf(stderr, "tributary: usage: tributary mapping explain [flags] TOPIC\n")
+			return 2
+		}
+		m, err := cfg.Mapper()
+		if err != nil {
+			fmt.Fprintf(stderr, "tributary: %v\n", err)
+			return 2
+		}
+		fmt.Fprintln(stdout, m.Explain("", rest[0]))
+		return 0
+	}
+	if len(rest) > 0 {
+		fmt.Fprintf(stderr, "tributary: unexpected arguments %q\n%s", rest, usage)
+		return 2
+	}
+
+	log := newLogger(cfg.Log, stderr)
+	if err := run(ctx, cfg, log); err != nil {
+		fmt.Fprintf(stderr, "tributary: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(cfg config.LogConfig, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

@@ -1,0 +1,324 @@
+// Package config owns Tributary's configuration: its defaults, loading from a
+// YAML file, the environment (TRIBUTARY_*) and command-line flags, and
+// validation that reports every problem at once.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/tributary-io/tributary/mapping"
+)
+
+// Config is the whole daemon configuration.
+type Config struct {
+	// DataDir holds the embedded Kafka's data. Default "./data".
+	DataDir string `yaml:"data_dir"`
+	// Kafka configures the connection to Kafka. See KafkaConfig.
+	Kafka KafkaConfig `yaml:"kafka"`
+	// MQTT configures the embedded MQTT broker. See MQTTConfig.
+	MQTT MQTTConfig `yaml:"mqtt"`
+	// HTTP configures the HTTP server for health, readiness and metrics.
+	HTTP HTTPConfig `yaml:"http"`
+	// Mapping holds the MQTT topic to Kafka topic rules.
+	Mapping MappingConfig `yaml:"mapping"`
+	// Log configures logging.
+	Log LogConfig `yaml:"log"`
+}
+
+// KafkaConfig configures the Kafka side.
+type KafkaConfig struct {
+	// Bootstrap is the comma-separated list of Kafka brokers. Default empty,
+	// which starts the embedded evaluation Kafka.
+	Bootstrap string `yaml:"bootstrap"`
+	// EmbeddedAddr is where the embedded Kafka listens. Default "127.0.0.1:9092".
+	EmbeddedAddr string `yaml:"embedded_addr"`
+	// Properties are librdkafka settings passed through unchanged (SASL,
+	// SSL, linger.ms, compression.type, ...). Default none.
+	Properties map[string]string `yaml:"properties"`
+	// CreateTopics makes the bridge create missing Kafka topics named by
+	// mapping rules. Default true.
+	CreateTopics bool `yaml:"create_topics"`
+	// TopicPartitions is the partition count of topics the bridge creates. Default 3.
+	TopicPartitions int `yaml:"topic_partitions"`
+	// TopicReplicationFactor is the replication factor of topics the bridge
+	// creates; -1 means the broker's default. Default -1.
+	TopicReplicationFactor int `yaml:"topic_replication_factor"`
+	// MaxMessageBytes is the largest record the bridge produces (key, value
+	// and headers); larger MQTT payloads are refused. Default 1000000.
+	MaxMessageBytes int `yaml:"max_message_bytes"`
+	// InflightBudgetBytes bounds the bytes of records waiting for Kafka's
+	// acknowledgement, across all clients. Past it, QoS 0 publishes are
+	// dropped (counted) and the bridge stops reading from publishing
+	// sockets. Default 67108864 (64 MiB).
+	InflightBudgetBytes int64 `yaml:"inflight_budget_bytes"`
+	// FlushTimeout bounds how long shutdown waits for Kafka to acknowledge
+	// records still in flight. Default 30s.
+	FlushTimeout time.Duration `yaml:"flush_timeout"`
+}
+
+// Embedded reports whether the embedded Kafka is to be started.
+func (k KafkaConfig) Embedded() bool { return strings.TrimSpace(k.Bootstrap) == "" }
+
+// MQTTConfig configures the embedded MQTT broker.
+type MQTTConfig struct {
+	// Addr is the MQTT over TCP listener. Default ":1883"; empty disables it.
+	Addr string `yaml:"addr"`
+	// WSAddr is the MQTT over WebSocket listener (paths /mqtt and /,
+	// subprotocol mqtt). Default ":8083"; empty disables it.
+	WSAddr string `yaml:"ws_addr"`
+}
+
+// HTTPConfig configures the HTTP server.
+type HTTPConfig struct {
+	// Addr serves /healthz, /readyz and /metrics. Default ":8080"; empty disables it.
+	Addr string `yaml:"addr"`
+}
+
+// MappingConfig holds the mapping rules in both syntaxes.
+type MappingConfig struct {
+	// TopicRegexList is Confluent MQTT Proxy's "kafkaTopic:regex,..." list.
+	// Its rules come before Rules. Default empty.
+	TopicRegexList string `yaml:"topic_regex_list"`
+	// Rules, Unmatched and DefaultTopic: see mapping.Config. With no rules
+	// at all, every MQTT topic goes to the Kafka topic "mqtt".
+	mapping.Config `yaml:",inline"`
+}
+
+// LogConfig configures logging.
+type LogConfig struct {
+	// Level is debug, info, warn or error. Default info.
+	Level string `yaml:"level"`
+	// Format is text or json. Default text.
+	Format string `yaml:"format"`
+}
+
+// Default returns the configuration with every default filled in.
+func Default() Config {
+	return Config{
+		DataDir: "./data",
+		Kafka: KafkaConfig{
+			EmbeddedAddr:           "127.0.0.1:9092",
+			CreateTopics:           true,
+			TopicPartitions:        3,
+			TopicReplicationFactor: -1,
+			MaxMessageBytes:        1000000,
+			InflightBudgetBytes:    64 << 20,
+			FlushTimeout:           30 * time.Second,
+		},
+		MQTT:    MQTTConfig{Addr: ":1883", WSAddr: ":8083"},
+		HTTP:    HTTPConfig{Addr: ":8080"},
+		Mapping: MappingConfig{Config: mapping.Config{DefaultTopic: "mqtt"}},
+		Log:     LogConfig{Level: "info", Format: "text"},
+	}
+}
+
+// Error is a configuration error: one or more problems, each naming the key
+// and the bad value. The daemon exits with code 2 on it.
+type Error struct {
+	Problems []string
+}
+
+func (e *Error) Error() string {
+	if len(e.Problems) == 1 {
+		return "invalid configuration: " + e.Problems[0]
+	}
+	return fmt.Sprintf("invalid configuration (%d problems):\n  - %s", len(e.Problems), strings.Join(e.Problems, "\n  - "))
+}
+
+// DecodeYAML decodes a YAML document onto cfg strictly: unknown keys are errors.
+func DecodeYAML(r io.Reader, cfg *Config) error {
+	dec := yaml.NewDecoder(r)
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	return nil
+}
+
+// LoadFile decodes the YAML file at path onto cfg.
+func LoadFile(path string, cfg *Config) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return &Error{Problems: []string{fmt.Sprintf("reading config file: %v", err)}}
+	}
+	if err := DecodeYAML(bytes.NewReader(b), cfg); err != nil {
+		return &Error{Problems: []string{fmt.Sprintf("config file %s: %v", path, err)}}
+	}
+	return nil
+}
+
+// Mapper builds the mapper the configuration describes.
+func (c *Config) Mapper() (*mapping.Mapper, error) {
+	mc := c.Mapping.Config
+	rules, err := mapping.ParseRegexList(c.Mapping.TopicRegexList)
+	if err != nil {
+		return nil, fmt.Errorf("mapping.topic_regex_list (--topic-regex-list) %q: %w", c.Mapping.TopicRegexList, err)
+	}
+	mc.Rules = append(rules, mc.Rules...)
+	return mapping.New(mc)
+}
+
+// Validate checks the whole configuration and returns an *Error listing
+// every problem, or nil.
+func (c *Config) Validate() error {
+	var problems []string
+	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+
+	type listener struct{ key, addr string }
+	var listeners []listener
+	for _, l := range []listener{
+		{"mqtt.addr (--mqtt-addr)", c.MQTT.Addr},
+		{"mqtt.ws_addr (--mqtt-ws-addr)", c.MQTT.WSAddr},
+		{"http.addr (--http-addr)", c.HTTP.Addr},
+	} {
+		if l.addr == "" {
+			continue
+		}
+		listeners = append(listeners, l)
+	}
+	if c.Kafka.Embedded() {
+		if c.Kafka.EmbeddedAddr == "" {
+			add("kafka.embedded_addr (--embedded-kafka-addr) is empty but no kafka.bootstrap is set")
+		} else {
+			listeners = append(listeners, listener{"kafka.embedded_addr (--embedded-kafka-addr)", c.Kafka.EmbeddedAddr})
+		}
+		if c.DataDir == "" {
+			add("data_dir (--data-dir) is empty but the embedded Kafka needs it")
+		}
+	}
+	ports := map[int]string{}
+	for _, l := range listeners {
+		port, err := parseAddr(l.addr)
+		if err != nil {
+			add("%s %q: %v", l.key, l.addr, err)
+			continue
+		}
+		if port == 0 {
+			continue
+		}
+		if other, ok := ports[port]; ok {
+			add("%s %q: port %d is already used by %s", l.key, l.addr, port, other)
+			continue
+		}
+		ports[port] = l.key
+	}
+
+	if c.Kafka.TopicPartitions < 1 {
+		add("kafka.topic_partitions %d: must be at least 1", c.Kafka.TopicPartitions)
+	}
+	if c.Kafka.TopicReplicationFactor == 0 || c.Kafka.TopicReplicationFactor < -1 {
+		add("kafka.topic_replication_factor %d: must be -1 (broker default) or at least 1", c.Kafka.TopicReplicationFactor)
+	}
+	if c.Kafka.MaxMessageBytes < 1024 {
+		add("kafka.max_message_bytes %d: must be at least 1024", c.Kafka.MaxMessageBytes)
+	}
+	if c.Kafka.InflightBudgetBytes < int64(c.Kafka.MaxMessageBytes) {
+		add("kafka.inflight_budget_bytes %d: must be at least kafka.max_message_bytes (%d)", c.Kafka.InflightBudgetBytes, c.Kafka.MaxMessageBytes)
+	}
+	if c.Kafka.FlushTimeout <= 0 {
+		add("kafka.flush_timeout %s: must be positive", c.Kafka.FlushTimeout)
+	}
+	for k := range c.Kafka.Properties {
+		if k == "bootstrap.servers" {
+			add("kafka.properties.bootstrap.servers: set kafka.bootstrap (--kafka-bootstrap) instead")
+		}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		add("log.level (--log-level) %q: must be debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		add("log.format (--log-format) %q: must be text or json", c.Log.Format)
+	}
+	if _, err := c.Mapper(); err != nil {
+		for _, e := range unjoin(err) {
+			add("mapping: %v", e)
+		}
+	}
+	if len(problems) > 0 {
+		return &Error{Problems: problems}
+	}
+	return nil
+}
+
+// unjoin splits an errors.Join result into its parts.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	var w interface{ Unwrap() error }
+	if errors.As(err, &w) {
+		if inner, ok := w.Unwrap().(interface{ Unwrap() []error }); ok {
+			prefix := strings.TrimSuffix(err.Error(), w.Unwrap().Error())
+			var out []error
+			for _, e := range inner.Unwrap() {
+				out = append(out, fmt.Errorf("%s%w", prefix, e))
+			}
+			return out
+		}
+	}
+	return []error{err}
+}
+
+// parseAddr checks a listen address of the form host:port and returns its port.
+func parseAddr(addr string) (int, error) {
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0, fmt.Errorf("not a host:port address: %v", err)
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil || port < 0 || port > 65535 {
+		return 0, fmt.Errorf("port %q is not a number from 0 to 65535", p)
+	}
+	return port, nil
+}
+
+// Redacted returns a copy safe to print: values of librdkafka properties
+// that hold secrets are replaced.
+func (c Config) Redacted() Config {
+	if len(c.Kafka.Properties) > 0 {
+		props := make(map[string]string, len(c.Kafka.Properties))
+		for k, v := range c.Kafka.Properties {
+			if isSecretKey(k) {
+				v = "[redacted]"
+			}
+			props[k] = v
+		}
+		c.Kafka.Properties = props
+	}
+	return c
+}
+
+func isSecretKey(k string) bool {
+	k = strings.ToLower(k)
+	for _, s := range []string{"password", "secret", "token", "key.pem", "private", "sasl.oauthbearer.config"} {
+		if strings.Contains(k, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// SortedProperties returns the Kafka property keys in order, for stable output.
+func (k KafkaConfig) SortedProperties() []string {
+	keys := make([]string, 0, len(k.Properties))
+	for key := range k.Properties {
+		keys = append(keys, key)
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -1,0 +1,234 @@
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tributary-io/tributary/mapping"
+)
+
+// Setting is one configuration key reachable from a flag, an environment
+// variable and the YAML file. The table of settings is the single source
+// for flags, env names and the README's reference table.
+type Setting struct {
+	Flag  string   // flag name without dashes
+	Env   []string // environment variables, the first is canonical
+	Key   string   // YAML key path
+	Usage string
+	set   func(*Config, string) error
+	get   func(*Config) string
+}
+
+// Settings lists every setting in the order they are documented.
+func Settings() []Setting {
+	return []Setting{
+		str("kafka-bootstrap", "kafka.bootstrap", "Kafka bootstrap servers (host:port,...); empty starts the embedded evaluation Kafka",
+			func(c *Config) *string { return &c.Kafka.Bootstrap }),
+		str("embedded-kafka-addr", "kafka.embedded_addr", "listen address of the embedded Kafka",
+			func(c *Config) *string { return &c.Kafka.EmbeddedAddr }),
+		str("data-dir", "data_dir", "directory for the embedded Kafka's data",
+			func(c *Config) *string { return &c.DataDir }),
+		str("mqtt-addr", "mqtt.addr", "MQTT over TCP listen address; empty disables it",
+			func(c *Config) *string { return &c.MQTT.Addr }),
+		str("mqtt-ws-addr", "mqtt.ws_addr", "MQTT over WebSocket listen address (paths /mqtt and /); empty disables it",
+			func(c *Config) *string { return &c.MQTT.WSAddr }),
+		str("http-addr", "http.addr", "HTTP listen address for /healthz, /readyz, /metrics; empty disables it",
+			func(c *Config) *string { return &c.HTTP.Addr }),
+		withEnv(str("topic-regex-list", "mapping.topic_regex_list", "mapping rules as kafkaTopic:regex[,kafkaTopic:regex...] (Confluent MQTT Proxy syntax)",
+			func(c *Config) *string { return &c.Mapping.TopicRegexList }), "KAFKA_MQTT_TOPIC_REGEX_LIST"),
+		{
+			Flag: "mapping-unmatched", Key: "mapping.unmatched",
+			Usage: "what happens to publishes no rule matches: default_topic, drop, reject, or empty (local subscribers only)",
+			set: func(c *Config, v string) error {
+				c.Mapping.Unmatched = mapping.Policy(v)
+				return nil
+			},
+			get: func(c *Config) string { return string(c.Mapping.Unmatched) },
+		},
+		str("mapping-default-topic", "mapping.default_topic", "Kafka topic for unmatched publishes with the default_topic policy, and for all publishes when no rules are set",
+			func(c *Config) *string { return &c.Mapping.DefaultTopic }),
+		boolean("kafka-create-topics", "kafka.create_topics", "create missing Kafka topics named by mapping rules",
+			func(c *Config) *bool { return &c.Kafka.CreateTopics }),
+		integer("kafka-topic-partitions", "kafka.topic_partitions", "partitions of topics the bridge creates",
+			func(c *Config) *int { return &c.Kafka.TopicPartitions }),
+		integer("kafka-topic-replication-factor", "kafka.topic_replication_factor", "replication factor of topics the bridge creates (-1: broker default)",
+			func(c *Config) *int { return &c.Kafka.TopicReplicationFactor }),
+		integer("kafka-max-message-bytes", "kafka.max_message_bytes", "largest record produced; larger MQTT payloads are refused",
+			func(c *Config) *int { return &c.Kafka.MaxMessageBytes }),
+		{
+			Flag: "inflight-budget-bytes", Key: "kafka.inflight_budget_bytes",
+			Usage: "bytes of records awaiting Kafka's acknowledgement, across all clients, before the bridge stops reading",
+			set: func(c *Config, v string) error {
+				n, err := strconv.ParseInt(v, 10, 64)
+				c.Kafka.InflightBudgetBytes = n
+				return err
+			},
+			get: func(c *Config) string { return strconv.FormatInt(c.Kafka.InflightBudgetBytes, 10) },
+		},
+		{
+			Flag: "flush-timeout", Key: "kafka.flush_timeout",
+			Usage: "how long shutdown waits for Kafka to acknowledge records in flight",
+			set: func(c *Config, v string) error {
+				d, err := time.ParseDuration(v)
+				c.Kafka.FlushTimeout = d
+				return err
+			},
+			get: func(c *Config) string { return c.Kafka.FlushTimeout.String() },
+		},
+		str("log-level", "log.level", "debug, info, warn or error",
+			func(c *Config) *string { return &c.Log.Level }),
+		str("log-format", "log.format", "text or json",
+			func(c *Config) *string { return &c.Log.Format }),
+	}
+}
+
+// Default returns the setting's default value as text.
+func (s Setting) Default() string {
+	c := Default()
+	return s.get(&c)
+}
+
+func envName(flagName string) string {
+	return "TRIBUTARY_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+func str(flagName, key, usage string, field func(*Config) *string) Setting {
+	return Setting{
+		Flag: flagName, Key: key, Usage: usage,
+		set: func(c *Config, v string) error { *field(c) = v; return nil },
+		get: func(c *Config) string { return *field(c) },
+	}
+}
+
+func boolean(flagName, key, usage string, field func(*Config) *bool) Setting {
+	return Setting{
+		Flag: flagName, Key: key, Usage: usage,
+		set: func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			*field(c) = b
+			return err
+		},
+		get: func(c *Config) string { return strconv.FormatBool(*field(c)) },
+	}
+}
+
+func integer(flagName, key, usage string, field func(*Config) *int) Setting {
+	return Setting{
+		Flag: flagName, Key: key, Usage: usage,
+		set: func(c *Config, v string) error {
+			n, err := strconv.Atoi(v)
+			*field(c) = n
+			return err
+		},
+		get: func(c *Config) string { return strconv.Itoa(*field(c)) },
+	}
+}
+
+func withEnv(s Setting, extra ...string) Setting {
+	s.Env = append(s.Env, extra...)
+	return s
+}
+
+// Options are the inputs Load reads.
+type Options struct {
+	// Args are the command-line arguments after the program and subcommand names.
+	Args []string
+	// LookupEnv reads the environment (os.LookupEnv in production).
+	LookupEnv func(string) (string, bool)
+	// Output receives flag usage and errors; nil discards them.
+	Output io.Writer
+	// Name is used in usage messages.
+	Name string
+}
+
+// Load builds the configuration from defaults, the YAML file (--config or
+// TRIBUTARY_CONFIG), the environment and flags, in that order of rising
+// precedence, validates it, and returns it with the remaining positional
+// arguments. Errors are *Error (bad configuration) or flag.ErrHelp.
+func Load(opts Options) (Config, []string, error) {
+	if opts.LookupEnv == nil {
+		opts.LookupEnv = func(string) (string, bool) { return "", false }
+	}
+	if opts.Output == nil {
+		opts.Output = io.Discard
+	}
+	settings := Settings()
+	fs := flag.NewFlagSet(opts.Name, flag.ContinueOnError)
+	fs.SetOutput(opts.Output)
+	configPath := fs.String("config", "", "YAML config file (env TRIBUTARY_CONFIG)")
+	values := make([]string, len(settings))
+	for i, s := range settings {
+		fs.StringVar(&values[i], s.Flag, s.Default(), s.Usage+" (env "+strings.Join(s.envNames(), ", ")+")")
+	}
+	if err := fs.Parse(opts.Args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return Config{}, nil, err
+		}
+		return Config{}, nil, &Error{Problems: []string{err.Error()}}
+	}
+	setFlags := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { setFlags[f.Name] = true })
+
+	cfg := Default()
+	path := *configPath
+	if !setFlags["config"] {
+		if v, ok := opts.LookupEnv("TRIBUTARY_CONFIG"); ok {
+			path = v
+		}
+	}
+	if path != "" {
+		if err := LoadFile(path, &cfg); err != nil {
+			return Config{}, nil, err
+		}
+	}
+
+	var problems []string
+	for _, s := range settings {
+		for _, env := range s.envNames() {
+			v, ok := opts.LookupEnv(env)
+			if !ok {
+				continue
+			}
+			if err := s.set(&cfg, v); err != nil {
+				problems = append(problems, fmt.Sprintf("%s (env %s) %q: %v", s.Key, env, v, cleanParseErr(err)))
+			}
+			break
+		}
+	}
+	for i, s := range settings {
+		if !setFlags[s.Flag] {
+			continue
+		}
+		if err := s.set(&cfg, values[i]); err != nil {
+			problems = append(problems, fmt.Sprintf("%s (--%s) %q: %v", s.Key, s.Flag, values[i], cleanParseErr(err)))
+		}
+	}
+	if len(problems) > 0 {
+		return Config{}, nil, &Error{Problems: problems}
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, nil, err
+	}
+	return cfg, fs.Args(), nil
+}
+
+func (s Setting) envNames() []string {
+	return append([]string{envName(s.Flag)}, s.Env...)
+}
+
+// EnvNames returns the environment variables that set this setting,
+// canonical first.
+func (s Setting) EnvNames() []string { return s.envNames() }
+
+func cleanParseErr(err error) error {
+	var ne *strconv.NumError
+	if errors.As(err, &ne) {
+		return fmt.Errorf("not a valid %s", map[string]string{"ParseBool": "boolean", "ParseInt": "integer", "Atoi": "integer"}[ne.Func])
+	}
+	return err
+}

@@ -1,0 +1,105 @@
+package mapping
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// listSpace is the white space allowed around items of a regex list.
+const listSpace = " \t\r\n"
+
+// ParseRegexList parses Confluent MQTT Proxy's list syntax
+// "kafkaTopic:regex[,kafkaTopic:regex...]", for example
+// "temperature:.*temperature, brightness:.*brightness". The Kafka topic is
+// everything before the first ':' of an item and must be a valid topic name;
+// the regex is the rest. White space around items is ignored, so a regex
+// cannot end in a space (write [ ] instead).
+//
+// Because regexes may contain commas themselves (a{1,3}), a comma only
+// separates items when what follows it, after optional white space, is a run of
+// Kafka topic characters ([a-zA-Z0-9._-]) and a ':', or nothing at all. A regex
+// containing such a sequence, like "(x,y:z)", must spell the comma
+// differently, for example as [,] or \x2C. A comma at the very end is a
+// separator followed by an empty item, which is an error.
+//
+// The rules have no key template, so the key is the MQTT topic. An empty or
+// all-space string gives no rules. All malformed items are reported at once,
+// each with its 1-based position and its byte offset in s.
+func ParseRegexList(s string) ([]Rule, error) {
+	if strings.Trim(s, listSpace) == "" {
+		return nil, nil
+	}
+	var (
+		rules []Rule
+		errs  []error
+	)
+	for n, start := 1, 0; ; n++ {
+		end := nextSeparator(s, start)
+		item := strings.TrimLeft(s[start:end], listSpace)
+		offset := start + (end - start - len(item))
+		item = strings.TrimRight(item, listSpace)
+		r, err := parseListItem(item)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("item %d at byte %d %q: %w", n, offset, item, err))
+		} else {
+			rules = append(rules, r)
+		}
+		if end == len(s) {
+			break
+		}
+		start = end + 1
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return rules, nil
+}
+
+// nextSeparator returns the index of the first comma at or after start that
+// separates items, or len(s).
+func nextSeparator(s string, start int) int {
+	for i := start; i < len(s); i++ {
+		if s[i] == ',' && startsItem(s[i+1:]) {
+			return i
+		}
+	}
+	return len(s)
+}
+
+// startsItem reports whether rest, the text after a comma, begins a new item:
+// optional white space, then topic characters and a ':', or the end.
+func startsItem(rest string) bool {
+	rest = strings.TrimLeft(rest, listSpace)
+	if rest == "" {
+		return true
+	}
+	j := 0
+	for j < len(rest) && isTopicChar(rest[j]) {
+		j++
+	}
+	return j > 0 && j < len(rest) && rest[j] == ':'
+}
+
+func parseListItem(item string) (Rule, error) {
+	if item == "" {
+		return Rule{}, errors.New(`empty item (want "kafkaTopic:regex")`)
+	}
+	topic, expr, ok := strings.Cut(item, ":")
+	switch {
+	case !ok:
+		return Rule{}, errors.New(`missing ':' (want "kafkaTopic:regex")`)
+	case topic == "":
+		return Rule{}, errors.New(`empty Kafka topic before ':' (want "kafkaTopic:regex")`)
+	case expr == "":
+		return Rule{}, errors.New(`empty regex after ':' (want "kafkaTopic:regex")`)
+	}
+	if why := topicNameProblem(topic); why != "" {
+		return Rule{}, fmt.Errorf("Kafka topic %q: %w: %s", topic, ErrInvalidTopicName, why)
+	}
+	// Compile as New will, so a list that parses always builds a Mapper.
+	if _, err := compileMatch(expr); err != nil {
+		return Rule{}, fmt.Errorf("regex %q: %w", expr, err)
+	}
+	return Rule{Match: expr, KafkaTopic: topic}, nil
+}

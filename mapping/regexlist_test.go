@@ -1,0 +1,104 @@
+package mapping_test
+
+import (
+	"slices"
+	"testing"
+
+	"github.com/tributary-io/tributary/mapping"
+)
+
+func TestParseRegexList(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want []mapping.Rule
+	}{
+		{"empty", "", nil},
+		{"white space only", " \t\n ", nil},
+		{
+			"confluent example",
+			confluentExample,
+			[]mapping.Rule{{Match: ".*temperature", KafkaTopic: "temperature"}, {Match: ".*brightness", KafkaTopic: "brightness"}},
+		},
+		{
+			"spaces around items",
+			"  temperature:.*temperature ,  brightness:.*brightness  ",
+			[]mapping.Rule{{Match: ".*temperature", KafkaTopic: "temperature"}, {Match: ".*brightness", KafkaTopic: "brightness"}},
+		},
+		{
+			"comma inside regex",
+			"t:a{1,3},u:b",
+			[]mapping.Rule{{Match: "a{1,3}", KafkaTopic: "t"}, {Match: "b", KafkaTopic: "u"}},
+		},
+		{
+			"comma then spaces inside regex",
+			"t:(x, y)",
+			[]mapping.Rule{{Match: "(x, y)", KafkaTopic: "t"}},
+		},
+		{
+			"colon inside regex",
+			"t:a:b,u:c:d",
+			[]mapping.Rule{{Match: "a:b", KafkaTopic: "t"}, {Match: "c:d", KafkaTopic: "u"}},
+		},
+		{
+			"regex ending in comma before next item",
+			"t:x, ,u:y",
+			[]mapping.Rule{{Match: "x,", KafkaTopic: "t"}, {Match: "y", KafkaTopic: "u"}},
+		},
+		{
+			// Documented limitation: only topic characters before ':' make
+			// a comma a separator.
+			"invalid topic after comma stays in the regex",
+			"a:x, b/c:y",
+			[]mapping.Rule{{Match: "x, b/c:y", KafkaTopic: "a"}},
+		},
+		{
+			"topic characters",
+			"Iot_data.v-2:sensors/.*",
+			[]mapping.Rule{{Match: "sensors/.*", KafkaTopic: "Iot_data.v-2"}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := mustParseList(t, tt.in)
+			if !slices.EqualFunc(got, tt.want, equalRule) {
+				t.Errorf("ParseRegexList(%q)\n got %+v\nwant %+v", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+func equalRule(a, b mapping.Rule) bool {
+	return a.Match == b.Match && a.KafkaTopic == b.KafkaTopic && a.Key == b.Key &&
+		a.Source == b.Source && len(a.Headers) == 0 && len(b.Headers) == 0
+}
+
+func TestParseRegexListErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want []string
+	}{
+		{"missing colon", "temperature", []string{`item 1 at byte 0 "temperature"`, "missing ':'"}},
+		{"empty topic", " :.*", []string{`item 1 at byte 1 ":.*"`, "empty Kafka topic"}},
+		{"empty regex", "a:.*,b:", []string{`item 2 at byte 5 "b:"`, "empty regex"}},
+		{"invalid topic", "a/b:.*", []string{`item 1 at byte 0 "a/b:.*"`, `Kafka topic "a/b"`, "contains '/'"}},
+		{"bad regex", "bad:([", []string{`item 1 at byte 0 "bad:(["`, `regex "(["`, "error parsing regexp"}},
+		{"trailing comma", "a:x,", []string{`item 2 at byte 4 ""`, "empty item"}},
+		{"leading comma", ",a:x", []string{`item 1 at byte 0 ""`, "empty item"}},
+		{
+			"all problems at once",
+			"ok:a, bad:(, x:, fine:c",
+			[]string{`item 2 at byte 6 "bad:("`, `item 3 at byte 13 "x:"`, "empty regex"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rules, err := mapping.ParseRegexList(tt.in)
+			if rules != nil {
+				t.Errorf("got rules %+v with error %v", rules, err)
+			}
+			wantErrContains(t, err, tt.want...)
+		})
+	}
+}
