@@ -139,21 +139,21 @@ var envelopes = sync.Pool{New: func() any { return new(envelope) }}
 // be reachable; Ready tells whether it is.
 func NewProducer(cfg ProducerConfig, log *slog.Logger) (*Producer, error) {
 	cm := kafka.ConfigMap{
-		"bootstrap.servers":                     cfg.Bootstrap,
-		"acks":                                  "all",
-		"enable.idempotence":                    true,
-		"message.max.bytes":                     cfg.MaxMessageBytes,
-		"queue.buffering.max.messages":          1000000,
-		"allow.auto.create.topics":              false,
-		"enable.metrics.push":                   false,
-		"go.delivery.report.fields":             "none",
-		"go.logs.channel.enable":                true,
-		"client.id":                             "tributary",
-		"topic.metadata.refresh.interval.ms":    30000,
-		"socket.connection.setup.timeout.ms":    10000,
-		"reconnect.backoff.max.ms":              2000,
-		"partitioner":                           "murmur2_random",
-		"go.events.channel.size":                1000000,
+		"bootstrap.servers":                  cfg.Bootstrap,
+		"acks":                               "all",
+		"enable.idempotence":                 true,
+		"message.max.bytes":                  cfg.MaxMessageBytes,
+		"queue.buffering.max.messages":       1000000,
+		"allow.auto.create.topics":           false,
+		"enable.metrics.push":                false,
+		"go.delivery.report.fields":          "none",
+		"go.logs.channel.enable":             true,
+		"client.id":                          "tributary",
+		"topic.metadata.refresh.interval.ms": 30000,
+		"socket.connection.setup.timeout.ms": 10000,
+		"reconnect.backoff.max.ms":           2000,
+		"partitioner":                        "murmur2_random",
+		"go.events.channel.size":             1000000,
 	}
 	for k, v := range cfg.Properties {
 		if err := cm.SetKey(k, v); err != nil {

@@ -389,4 +389,3 @@ func (r *rateLimiter) allow() bool {
 	last := r.last.Load()
 	return now-last >= int64(r.every) && r.last.CompareAndSwap(last, now)
 }
-

@@ -158,13 +158,28 @@ func LoadFile(path string, cfg *Config) error {
 	return nil
 }
 
-// Mapper builds the mapper the configuration describes.
+// Mapper builds the mapper the configuration describes: the rules of
+// topic_regex_list first, then the YAML rules. Its error lists every
+// problem, each prefixed with its key (errors.Join).
 func (c *Config) Mapper() (*mapping.Mapper, error) {
-	mc := c.Mapping.Config
+	var errs []error
 	rules, err := mapping.ParseRegexList(c.Mapping.TopicRegexList)
 	if err != nil {
-		return nil, fmt.Errorf("mapping.topic_regex_list (--topic-regex-list) %q: %w", c.Mapping.TopicRegexList, err)
+		for _, e := range unjoin(err) {
+			errs = append(errs, fmt.Errorf("mapping.topic_regex_list (--topic-regex-list) %q: %w", c.Mapping.TopicRegexList, e))
+		}
 	}
+	// The YAML rules are checked on their own so that problems name their
+	// index in mapping.rules, not their place after the list's rules.
+	if _, err := mapping.New(c.Mapping.Config); err != nil {
+		for _, e := range unjoin(err) {
+			errs = append(errs, fmt.Errorf("mapping.%w", e))
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	mc := c.Mapping.Config
 	mc.Rules = append(rules, mc.Rules...)
 	return mapping.New(mc)
 }
@@ -246,7 +261,7 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.Mapper(); err != nil {
 		for _, e := range unjoin(err) {
-			add("mapping: %v", e)
+			add("%v", e)
 		}
 	}
 	if len(problems) > 0 {

@@ -16,12 +16,13 @@ const listSpace = " \t\r\n"
 // the regex is the rest. White space around items is ignored, so a regex
 // cannot end in a space (write [ ] instead).
 //
-// Because regexes may contain commas themselves (a{1,3}), a comma only
-// separates items when what follows it, after optional white space, is a run of
-// Kafka topic characters ([a-zA-Z0-9._-]) and a ':', or nothing at all. A regex
-// containing such a sequence, like "(x,y:z)", must spell the comma
-// differently, for example as [,] or \x2C. A comma at the very end is a
-// separator followed by an empty item, which is an error.
+// Every comma outside brackets separates items, so a typo such as a missing
+// ':' is reported rather than absorbed into the previous regex. Commas inside
+// (...), [...] or {...} and escaped commas (\,) belong to the regex, so
+// a{1,3} and (x,y) work, unless what follows the comma is a Kafka topic name
+// and ':' (so an unclosed bracket does not swallow the next items; write
+// such a comma as \, inside brackets). A comma at either end is a separator next to an
+// empty item, which is an error.
 //
 // The rules have no key template, so the key is the MQTT topic. An empty or
 // all-space string gives no rules. All malformed items are reported at once,
@@ -57,10 +58,39 @@ func ParseRegexList(s string) ([]Rule, error) {
 }
 
 // nextSeparator returns the index of the first comma at or after start that
-// separates items, or len(s).
+// is outside any group, character class or repetition, and not escaped; or
+// len(s).
 func nextSeparator(s string, start int) int {
+	depth := 0       // open ( and { not yet closed
+	inClass := false // inside [...]
 	for i := start; i < len(s); i++ {
-		if s[i] == ',' && startsItem(s[i+1:]) {
+		switch c := s[i]; {
+		case c == '\\':
+			i++ // the escaped character is never structure
+		case c == ',' && inClass && startsItem(s[i+1:]):
+			return i
+		case inClass:
+			if c == ']' {
+				inClass = false
+			}
+		case c == '[':
+			inClass = true
+			// A ']' right after '[' or '[^' is a literal member.
+			if i+1 < len(s) && s[i+1] == '^' {
+				i++
+			}
+			if i+1 < len(s) && s[i+1] == ']' {
+				i++
+			}
+		case c == '(' || c == '{':
+			depth++
+		case (c == ')' || c == '}') && depth > 0:
+			depth--
+		case c == ',' && depth == 0:
+			return i
+		case c == ',' && startsItem(s[i+1:]):
+			// An unbalanced '(' or '{' must not swallow the items after
+			// it: a comma followed by "topic:" starts one anyway.
 			return i
 		}
 	}
@@ -68,12 +98,9 @@ func nextSeparator(s string, start int) int {
 }
 
 // startsItem reports whether rest, the text after a comma, begins a new item:
-// optional white space, then topic characters and a ':', or the end.
+// optional white space, then Kafka topic characters and a ':'.
 func startsItem(rest string) bool {
 	rest = strings.TrimLeft(rest, listSpace)
-	if rest == "" {
-		return true
-	}
 	j := 0
 	for j < len(rest) && isTopicChar(rest[j]) {
 		j++

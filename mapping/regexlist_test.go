@@ -41,16 +41,14 @@ func TestParseRegexList(t *testing.T) {
 			[]mapping.Rule{{Match: "a:b", KafkaTopic: "t"}, {Match: "c:d", KafkaTopic: "u"}},
 		},
 		{
-			"regex ending in comma before next item",
-			"t:x, ,u:y",
-			[]mapping.Rule{{Match: "x,", KafkaTopic: "t"}, {Match: "y", KafkaTopic: "u"}},
+			"comma inside a character class",
+			"t:[,;]x,u:y",
+			[]mapping.Rule{{Match: "[,;]x", KafkaTopic: "t"}, {Match: "y", KafkaTopic: "u"}},
 		},
 		{
-			// Documented limitation: only topic characters before ':' make
-			// a comma a separator.
-			"invalid topic after comma stays in the regex",
-			"a:x, b/c:y",
-			[]mapping.Rule{{Match: "x, b/c:y", KafkaTopic: "a"}},
+			"escaped comma",
+			`t:a\,b,u:y`,
+			[]mapping.Rule{{Match: `a\,b`, KafkaTopic: "t"}, {Match: "y", KafkaTopic: "u"}},
 		},
 		{
 			"topic characters",
@@ -84,6 +82,9 @@ func TestParseRegexListErrors(t *testing.T) {
 		{"empty regex", "a:.*,b:", []string{`item 2 at byte 5 "b:"`, "empty regex"}},
 		{"invalid topic", "a/b:.*", []string{`item 1 at byte 0 "a/b:.*"`, `Kafka topic "a/b"`, "contains '/'"}},
 		{"bad regex", "bad:([", []string{`item 1 at byte 0 "bad:(["`, `regex "(["`, "error parsing regexp"}},
+		{"missing colon after a comma", "temperature:.*temperature,nocolon", []string{`item 2 at byte 26 "nocolon"`, "missing ':'"}},
+		{"invalid topic after a comma", "a:x, b/c:y", []string{`item 2`, `"b/c"`}},
+		{"empty item between commas", "t:x, ,u:y", []string{`item 2`, "empty item"}},
 		{"trailing comma", "a:x,", []string{`item 2 at byte 4 ""`, "empty item"}},
 		{"leading comma", ",a:x", []string{`item 1 at byte 0 ""`, "empty item"}},
 		{

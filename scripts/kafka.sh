@@ -49,6 +49,8 @@ Commands:
   bootstrap  print the bootstrap address ($HOST:$PORT)
   fetch      only download the broker jars into the cache
   logs       print the tail of the broker log
+  pause      freeze the broker (SIGSTOP): Kafka unresponsive, data kept
+  resume     unfreeze it (SIGCONT)
 
 Environment (defaults in brackets):
   KAFKA_VERSION          Kafka release from Maven Central [4.3.1]
@@ -404,8 +406,19 @@ do_status() {
   return 1
 }
 
+# signal_broker sends a signal to the running broker; pause/resume let
+# tests make Kafka unresponsive mid-stream without losing its data.
+signal_broker() {
+  local pid
+  pid="$(running_pid)" || die "Kafka is not running"
+  kill "-$1" "$pid"
+  log "sent SIG$1 to Kafka (pid $pid)"
+}
+
 main() {
   case "${1:-}" in
+    pause) signal_broker STOP ;;
+    resume) signal_broker CONT ;;
     start) with_lock "$LOCK_FILE" do_start ;;
     stop) with_lock "$LOCK_FILE" do_stop ;;
     status) do_status ;;

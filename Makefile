@@ -1,0 +1,43 @@
+# Tributary — common tasks. `make help` lists them.
+GO       ?= go
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X main.version=$(VERSION)
+KAFKA    := scripts/kafka.sh
+FUZZTIME ?= 20s
+
+.PHONY: help build run deps test vet test-kafka fuzz bench clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+build: ## build bin/tributary
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/tributary ./cmd/tributary
+
+run: ## run the bridge with the embedded Kafka (MQTT :1883, MQTT-over-WebSocket :8083, HTTP :8080, Kafka 127.0.0.1:9092)
+	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/tributary $(ARGS)
+
+deps: ## install the test peers (mosquitto, mosquitto-clients, kcat) if missing
+	scripts/install-deps.sh
+
+vet: ## gofmt and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+test: deps vet ## unit and integration tests (race detector) against the embedded Kafka
+	$(GO) test -race -count=1 ./...
+
+test-kafka: deps ## the integration suite against a real Apache Kafka 4.x (KRaft) started from Maven Central jars
+	$(KAFKA) start
+	TRIBUTARY_TEST_KAFKA_BOOTSTRAP=$$($(KAFKA) bootstrap) $(GO) test -race -count=1 ./cmd/tributary/; \
+		status=$$?; $(KAFKA) stop; exit $$status
+
+fuzz: ## run each fuzz test for FUZZTIME
+	$(GO) test ./mapping -run '^$$' -fuzz FuzzParseRegexList -fuzztime $(FUZZTIME)
+	$(GO) test ./mapping -run '^$$' -fuzz FuzzMap -fuzztime $(FUZZTIME)
+	$(GO) test ./config -run '^$$' -fuzz FuzzDecodeYAML -fuzztime $(FUZZTIME)
+
+bench: ## MQTT → Kafka throughput against a native librdkafka producer, in one run
+	$(GO) run ./cmd/tributary-bench $(ARGS)
+
+clean: ## remove build output and the default data dir
+	rm -rf bin data

@@ -1,0 +1,420 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/twmb/franz-go/pkg/kfake"
+)
+
+// outage makes Kafka unavailable and brings it back. Against the embedded
+// broker it is a stopped and restarted kfake on the same port and data dir;
+// against real Kafka the broker process is frozen and thawed.
+type outage struct {
+	bootstrap string
+	down, up  func(t *testing.T)
+}
+
+func newOutage(t *testing.T) *outage {
+	t.Helper()
+	if bs := externalKafka(); bs != "" {
+		script, err := filepath.Abs("../../scripts/kafka.sh")
+		if err != nil {
+			t.Fatal(err)
+		}
+		run := func(t *testing.T, arg string) {
+			t.Helper()
+			if out, err := exec.Command(script, arg).CombinedOutput(); err != nil {
+				t.Fatalf("kafka.sh %s: %v: %s", arg, err, out)
+			}
+		}
+		t.Cleanup(func() { _ = exec.Command(script, "resume").Run() })
+		return &outage{bootstrap: bs, down: func(t *testing.T) { run(t, "pause") }, up: func(t *testing.T) { run(t, "resume") }}
+	}
+	dir := t.TempDir()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	var mu sync.Mutex
+	var c *kfake.Cluster
+	startKfake := func(t *testing.T) {
+		t.Helper()
+		var err error
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			mu.Lock()
+			c, err = kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(port), kfake.DataDir(dir))
+			mu.Unlock()
+			if err == nil || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err != nil {
+			t.Fatalf("starting kfake on port %d: %v", port, err)
+		}
+	}
+	startKfake(t)
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if c != nil {
+			c.Close()
+		}
+	})
+	return &outage{
+		bootstrap: fmt.Sprintf("127.0.0.1:%d", port),
+		down: func(t *testing.T) {
+			mu.Lock()
+			c.Close()
+			c = nil
+			mu.Unlock()
+		},
+		up: startKfake,
+	}
+}
+
+// Kafka stops mid-stream and comes back: publishes stay unacknowledged
+// meanwhile, the in-flight budget holds, QoS 0 past the budget is dropped
+// and counted, and every acknowledged message is in Kafka afterwards.
+func TestKafkaOutageLosesNothingAcknowledged(t *testing.T) {
+	o := newOutage(t)
+	cfg := testConfig(t)
+	cfg.Kafka.Bootstrap = o.bootstrap
+	cfg.Kafka.MaxMessageBytes = 16 << 10
+	cfg.Kafka.InflightBudgetBytes = 64 << 10
+	topic := uniq("outage")
+	cfg.Mapping.TopicRegexList = topic + ":.*"
+	d := startDaemon(t, cfg)
+
+	var overBudget atomic.Int64
+	stopSampling := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			if used := d.producer.InflightBytes(); used > cfg.Kafka.InflightBudgetBytes {
+				overBudget.Store(used)
+			}
+			select {
+			case <-stopSampling:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+
+	const n = 3000
+	payload := strings.Repeat("p", 1000)
+	c := mqttClient(t, "tcp://"+d.mqttAddr(), uniq("outage"), func(o *paho.ClientOptions) {
+		o.SetKeepAlive(60 * time.Second).SetPingTimeout(30 * time.Second)
+	})
+	var acked sync.Map
+	var ackedCount atomic.Int64
+	var wg sync.WaitGroup
+	for i := range n {
+		if i == n/3 {
+			waitFor(t, 30*time.Second, "a third of the publishes to be acknowledged", func() bool { return ackedCount.Load() >= int64(n/4) })
+			o.down(t)
+		}
+		tok := c.Publish("dev/outage", 1, false, strconv.Itoa(i)+":"+payload)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if tok.WaitTimeout(120*time.Second) && tok.Error() == nil {
+				acked.Store(i, true)
+				ackedCount.Add(1)
+			}
+		}()
+		if i == n/3+200 {
+			// Kafka is down and the budget is full: QoS 0 is dropped, counted.
+			q0 := mqttClient(t, "tcp://"+d.mqttAddr(), uniq("q0"))
+			for range 50 {
+				q0.Publish("dev/q0", 0, false, payload).WaitTimeout(time.Second)
+			}
+			waitFor(t, 10*time.Second, "QoS 0 drops to be counted", func() bool {
+				return strings.Contains(metricsText(t, d.httpAddr()), `tributary_mqtt_dropped_total{reason="budget_exhausted"}`)
+			})
+			before := ackedCount.Load()
+			time.Sleep(time.Second) // the outage lasts a while; nothing may be acknowledged meanwhile
+			if now := ackedCount.Load(); now != before {
+				t.Errorf("%d publishes acknowledged while Kafka was down", now-before)
+			}
+			o.up(t)
+		}
+	}
+	wg.Wait()
+	close(stopSampling)
+	<-sampled
+	if v := overBudget.Load(); v > 0 {
+		t.Errorf("in-flight bytes reached %d, over the budget of %d", v, cfg.Kafka.InflightBudgetBytes)
+	}
+	if ackedCount.Load() < n/2 {
+		t.Fatalf("only %d of %d publishes were acknowledged after Kafka came back", ackedCount.Load(), n)
+	}
+	recs := kafkaRecords(t, d.bootstrap, topic, int(ackedCount.Load()), 60*time.Second)
+	inKafka := map[int]bool{}
+	for _, r := range recs {
+		i, err := strconv.Atoi(strings.SplitN(string(r.Value), ":", 2)[0])
+		if err == nil {
+			inKafka[i] = true
+		}
+	}
+	missing := 0
+	acked.Range(func(k, _ any) bool {
+		if !inKafka[k.(int)] {
+			missing++
+		}
+		return true
+	})
+	if missing > 0 {
+		t.Fatalf("%d acknowledged publishes are not in Kafka", missing)
+	}
+	t.Logf("%d of %d publishes acknowledged, all of them in Kafka (%d records read)", ackedCount.Load(), n, len(recs))
+}
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// binary builds the tributary command once per test run.
+func binary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "tributary-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "tributary")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v: %s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+type proc struct {
+	cmd  *exec.Cmd
+	log  *os.File
+	done chan error
+}
+
+// startBinary runs the tributary binary and waits until /readyz answers 200.
+func startBinary(t *testing.T, httpAddr string, args ...string) *proc {
+	t.Helper()
+	logf, err := os.Create(filepath.Join(t.TempDir(), "tributary.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binary(t), append(args, "--http-addr", httpAddr)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, log: logf, done: make(chan error, 1)}
+	go func() { p.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("tributary log:\n%s", b)
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + httpAddr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p
+			}
+		}
+		select {
+		case err := <-p.done:
+			p.done <- err
+			b, _ := os.ReadFile(logf.Name())
+			t.Fatalf("tributary exited before ready: %v\n%s", err, b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("tributary not ready after 30s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// The process is killed (SIGKILL) right after the last PUBACK, or stopped
+// with SIGTERM: after a restart every acknowledged record is in Kafka.
+func TestProcessDeathKeepsAcknowledged(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			dataDir := t.TempDir()
+			kafkaAddr := freeAddr(t)
+			mqttAddr, httpAddr := freeAddr(t), freeAddr(t)
+			topic := uniq("crash")
+			args := []string{"--data-dir", dataDir, "--embedded-kafka-addr", kafkaAddr, "--mqtt-addr", mqttAddr,
+				"--mqtt-ws-addr", "", "--topic-regex-list", topic + ":.*"}
+			bootstrap := kafkaAddr
+			if bs := externalKafka(); bs != "" {
+				args = append(args, "--kafka-bootstrap", bs)
+				bootstrap = bs
+			}
+			p := startBinary(t, httpAddr, args...)
+
+			const n = 2000
+			c := mqttClient(t, "tcp://"+mqttAddr, uniq("crash"))
+			toks := make([]paho.Token, n)
+			for i := range n {
+				toks[i] = c.Publish("dev/crash", 1, false, strconv.Itoa(i))
+			}
+			for i, tok := range toks {
+				if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+					t.Fatalf("publish %d not acknowledged: %v", i, tok.Error())
+				}
+			}
+			if err := p.cmd.Process.Signal(sig); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-p.done:
+				p.done <- err
+				if sig == syscall.SIGTERM && err != nil {
+					t.Errorf("after SIGTERM tributary exited with %v, want 0", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatalf("tributary did not exit after %s", sig)
+			}
+
+			startBinary(t, httpAddr, args...)
+			recs := kafkaRecords(t, bootstrap, topic, n, 30*time.Second)
+			if len(recs) != n {
+				t.Fatalf("after %s and a restart Kafka holds %d of %d acknowledged records", sig, len(recs), n)
+			}
+			for i, r := range recs {
+				if string(r.Value) != strconv.Itoa(i) {
+					t.Fatalf("record %d is %q: order broken", i, r.Value)
+				}
+			}
+		})
+	}
+}
+
+// Bad configuration: exit code 2, every problem named, nothing started.
+func TestBadConfigExitsTwo(t *testing.T) {
+	dir := t.TempDir()
+	unknownKey := filepath.Join(dir, "unknown.yaml")
+	if err := os.WriteFile(unknownKey, []byte("mqtt:\n  adr: \":1883\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	badRule := filepath.Join(dir, "rule.yaml")
+	if err := os.WriteFile(badRule, []byte("mapping:\n  rules:\n    - match: '^a/(?P<x>[^/]+)$'\n      kafka_topic: 't.${y}'\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"regex does not compile", []string{"check-config", "--topic-regex-list", "bad:(["}, []string{"bad:([", "missing closing ]"}},
+		{"malformed pair", []string{"check-config", "--topic-regex-list", "temperature:.*temperature,nocolon"}, []string{"nocolon"}},
+		{"unknown YAML key", []string{"check-config", "--config", unknownKey}, []string{"adr"}},
+		{"unknown template variable", []string{"check-config", "--config", badRule}, []string{"rules[0]", "y"}},
+		{"unparsable address", []string{"check-config", "--mqtt-addr", "localhost"}, []string{"mqtt.addr", "localhost"}},
+		{"two listeners on one port", []string{"check-config", "--mqtt-addr", ":18830", "--http-addr", "127.0.0.1:18830"}, []string{"http.addr", "18830", "mqtt.addr"}},
+		{"not a number", []string{"check-config", "--kafka-topic-partitions", "many"}, []string{"kafka.topic_partitions", "many"}},
+		{"all problems at once", []string{"check-config", "--topic-regex-list", "bad:([", "--mqtt-ws-addr", "nope", "--log-level", "loud"},
+			[]string{"bad:([", "mqtt.ws_addr", "nope", "log.level", "loud", "3 problems"}},
+		{"run refuses too", []string{"--topic-regex-list", "bad:([", "--data-dir", filepath.Join(dir, "never")}, []string{"bad:(["}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var stdout, stderr strings.Builder
+			code := realMain(context.Background(), tc.args, &stdout, &stderr)
+			if code != 2 {
+				t.Fatalf("exit code %d, want 2; stderr: %s", code, stderr.String())
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(stderr.String(), w) {
+					t.Errorf("stderr does not name %q:\n%s", w, stderr.String())
+				}
+			}
+		})
+	}
+	if _, err := os.Stat(filepath.Join(dir, "never")); err == nil {
+		t.Error("a bad configuration still created the data dir")
+	}
+
+	// And the real binary, as an operator runs it.
+	out, err := exec.Command(binary(t), "--topic-regex-list", "bad:([").CombinedOutput()
+	var ee *exec.ExitError
+	if !errorsAs(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "bad:([") {
+		t.Fatalf("binary with a bad regex: %v, output %s; want exit 2 naming the regex", err, out)
+	}
+}
+
+func errorsAs(err error, target **exec.ExitError) bool {
+	e, ok := err.(*exec.ExitError)
+	if ok {
+		*target = e
+	}
+	return ok
+}
+
+func TestCommands(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want []string
+	}{
+		{[]string{"version"}, nil, []string{"tributary "}},
+		{[]string{"check-config", "--topic-regex-list", "temperature:.*temperature"}, nil, []string{"configuration ok"}},
+		{[]string{"mapping", "explain", "--topic-regex-list", "temperature:.*temperature,brightness:.*brightness", "house/kitchen/temperature"}, nil,
+			[]string{"temperature", "house/kitchen/temperature"}},
+		{[]string{"mapping", "explain", "--topic-regex-list", "temperature:.*temperature", "house/door"}, nil, []string{"no rule matched"}},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			var stdout, stderr strings.Builder
+			if code := realMain(context.Background(), tc.args, &stdout, &stderr); code != 0 {
+				t.Fatalf("exit code %d; stderr: %s", code, stderr.String())
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(stdout.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, stdout.String())
+				}
+			}
+		})
+	}
+}

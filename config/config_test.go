@@ -1,0 +1,224 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) {
+		v, ok := m[k]
+		return v, ok
+	}
+}
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "tributary.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestDefaults(t *testing.T) {
+	cfg, rest, err := Load(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rest) != 0 {
+		t.Fatalf("rest = %q", rest)
+	}
+	want := Default()
+	if cfg.MQTT.Addr != ":1883" || cfg.MQTT.WSAddr != ":8083" || cfg.HTTP.Addr != ":8080" ||
+		cfg.Kafka.EmbeddedAddr != "127.0.0.1:9092" || cfg.DataDir != "./data" || !cfg.Kafka.Embedded() ||
+		cfg.Kafka.InflightBudgetBytes != want.Kafka.InflightBudgetBytes || !cfg.Kafka.CreateTopics {
+		t.Fatalf("defaults not applied: %+v", cfg)
+	}
+	m, err := cfg.Mapper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.StaticTopics(); len(got) != 1 || got[0] != "mqtt" {
+		t.Fatalf("with no rules every topic should go to mqtt, static topics %v", got)
+	}
+}
+
+// Flags beat env beat file beat defaults.
+func TestPrecedence(t *testing.T) {
+	file := writeFile(t, "mqtt:\n  addr: \"127.0.0.1:1001\"\n  ws_addr: \"127.0.0.1:1002\"\nhttp:\n  addr: \"127.0.0.1:1003\"\nkafka:\n  flush_timeout: 7s\n  properties:\n    linger.ms: \"20\"\n")
+	cfg, _, err := Load(Options{
+		Args: []string{"--config", file, "--mqtt-addr", "127.0.0.1:3001"},
+		LookupEnv: env(map[string]string{
+			"TRIBUTARY_MQTT_ADDR":    "127.0.0.1:2001",
+			"TRIBUTARY_MQTT_WS_ADDR": "127.0.0.1:2002",
+		}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ got, want, what string }{
+		{cfg.MQTT.Addr, "127.0.0.1:3001", "flag over env and file"},
+		{cfg.MQTT.WSAddr, "127.0.0.1:2002", "env over file"},
+		{cfg.HTTP.Addr, "127.0.0.1:1003", "file over default"},
+		{cfg.Kafka.Properties["linger.ms"], "20", "properties from file"},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s: got %q, want %q", c.what, c.got, c.want)
+		}
+	}
+	if cfg.Kafka.FlushTimeout != 7*time.Second {
+		t.Errorf("flush_timeout %v, want 7s", cfg.Kafka.FlushTimeout)
+	}
+}
+
+// An empty value disables a listener, from a flag, env or file alike.
+func TestEmptyDisablesListener(t *testing.T) {
+	file := writeFile(t, "http:\n  addr: \"\"\n")
+	cfg, _, err := Load(Options{
+		Args:      []string{"--config", file, "--mqtt-ws-addr", ""},
+		LookupEnv: env(map[string]string{"TRIBUTARY_MQTT_ADDR": ""}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MQTT.Addr != "" || cfg.MQTT.WSAddr != "" || cfg.HTTP.Addr != "" {
+		t.Fatalf("listeners not disabled: %+v %+v", cfg.MQTT, cfg.HTTP)
+	}
+}
+
+func TestConfluentEnvIsHonoured(t *testing.T) {
+	cfg, _, err := Load(Options{LookupEnv: env(map[string]string{
+		"KAFKA_MQTT_TOPIC_REGEX_LIST": "temperature:.*temperature, brightness:.*brightness",
+	})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := cfg.Mapper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := m.Map("", "house/kitchen/temperature")
+	if err != nil || res.Topic != "temperature" {
+		t.Fatalf("Map = %+v, %v; want topic temperature", res, err)
+	}
+	// The Tributary name wins over the Confluent one.
+	cfg, _, err = Load(Options{LookupEnv: env(map[string]string{
+		"KAFKA_MQTT_TOPIC_REGEX_LIST": "a:.*",
+		"TRIBUTARY_TOPIC_REGEX_LIST":  "b:.*",
+	})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Mapping.TopicRegexList != "b:.*" {
+		t.Fatalf("topic_regex_list %q, want the TRIBUTARY_ value", cfg.Mapping.TopicRegexList)
+	}
+}
+
+func TestProblemsReportedTogether(t *testing.T) {
+	file := writeFile(t, "mapping:\n  unmatched: sometimes\n")
+	_, _, err := Load(Options{
+		Args: []string{"--config", file, "--topic-regex-list", "bad:([", "--mqtt-addr", ":1883", "--http-addr", ":1883",
+			"--kafka-topic-partitions", "0"},
+	})
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("err = %v, want *Error", err)
+	}
+	text := err.Error()
+	for _, want := range []string{"bad:([", "sometimes", "port 1883 is already used by mqtt.addr", "kafka.topic_partitions 0"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("error does not name %q:\n%s", want, text)
+		}
+	}
+	if len(ce.Problems) < 4 {
+		t.Errorf("%d problems reported, want at least 4: %q", len(ce.Problems), ce.Problems)
+	}
+}
+
+func TestStrictYAML(t *testing.T) {
+	for _, body := range []string{"mqtt:\n  adr: x\n", "kafka: [1, 2]\n", "unknown_top_level: 1\n"} {
+		cfg := Default()
+		if err := DecodeYAML(strings.NewReader(body), &cfg); err == nil {
+			t.Errorf("DecodeYAML(%q) accepted it", body)
+		}
+	}
+}
+
+func TestBadValues(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--kafka-create-topics", "maybe"}, "not a valid boolean"},
+		{[]string{"--flush-timeout", "soon"}, "kafka.flush_timeout"},
+		{[]string{"--inflight-budget-bytes", "100"}, "inflight_budget_bytes 100"},
+		{[]string{"--log-format", "xml"}, "log.format"},
+		{[]string{"--kafka-bootstrap", "", "--embedded-kafka-addr", ""}, "embedded_addr"},
+	} {
+		_, _, err := Load(Options{Args: tc.args})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Load(%q) = %v, want an error naming %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+func TestRedacted(t *testing.T) {
+	cfg := Default()
+	cfg.Kafka.Properties = map[string]string{"sasl.password": "hunter2", "linger.ms": "5", "ssl.key.password": "k"}
+	r := cfg.Redacted()
+	if r.Kafka.Properties["sasl.password"] == "hunter2" || r.Kafka.Properties["ssl.key.password"] == "k" {
+		t.Fatalf("secrets not redacted: %v", r.Kafka.Properties)
+	}
+	if r.Kafka.Properties["linger.ms"] != "5" || cfg.Kafka.Properties["sasl.password"] != "hunter2" {
+		t.Fatal("Redacted changed what it should not")
+	}
+}
+
+func TestEverySettingHasFlagEnvKey(t *testing.T) {
+	seen := map[string]bool{}
+	for _, s := range Settings() {
+		if s.Flag == "" || s.Key == "" || len(s.EnvNames()) == 0 || !strings.HasPrefix(s.EnvNames()[0], "TRIBUTARY_") {
+			t.Errorf("incomplete setting %+v", s)
+		}
+		if seen[s.Flag] {
+			t.Errorf("duplicate flag %s", s.Flag)
+		}
+		seen[s.Flag] = true
+		// The default round-trips through the setter.
+		c := Default()
+		if err := s.set(&c, s.Default()); err != nil {
+			t.Errorf("%s: default %q does not parse: %v", s.Flag, s.Default(), err)
+		}
+	}
+	for _, f := range []string{"kafka-bootstrap", "embedded-kafka-addr", "data-dir", "mqtt-addr", "mqtt-ws-addr", "http-addr", "topic-regex-list"} {
+		if !seen[f] {
+			t.Errorf("contract flag --%s missing", f)
+		}
+	}
+}
+
+func FuzzDecodeYAML(f *testing.F) {
+	f.Add([]byte("mqtt:\n  addr: \":1883\"\n"))
+	f.Add([]byte("mapping:\n  topic_regex_list: 'temperature:.*temperature'\n  rules:\n    - match: '^s/(?P<a>[^/]+)$'\n      kafka_topic: 'x.${a}'\n"))
+	f.Add([]byte("kafka:\n  properties:\n    linger.ms: '5'\n  flush_timeout: 3s\n"))
+	f.Add([]byte("{{{"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		cfg := Default()
+		if err := DecodeYAML(bytes.NewReader(b), &cfg); err != nil {
+			return
+		}
+		// Whatever decodes must validate or explain itself, never panic.
+		if err := cfg.Validate(); err != nil {
+			var ce *Error
+			if !errors.As(err, &ce) || len(ce.Problems) == 0 {
+				t.Fatalf("Validate returned %v, want *Error with problems", err)
+			}
+		}
+	})
+}
