@@ -222,3 +222,18 @@ func FuzzDecodeYAML(f *testing.F) {
 		}
 	})
 }
+
+// The README's configuration table lists every setting.
+func TestReadmeDocumentsEverySetting(t *testing.T) {
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range Settings() {
+		for _, want := range append([]string{"`--" + s.Flag + "`", "`" + s.Key + "`"}, s.EnvNames()...) {
+			if !bytes.Contains(b, []byte(want)) {
+				t.Errorf("README does not document %s", want)
+			}
+		}
+	}
+}
