@@ -105,7 +105,6 @@ type ProducerConfig struct {
 	CreateTopics           bool
 	TopicPartitions        int
 	TopicReplicationFactor int
-	FlushTimeout           time.Duration
 	Registerer             prometheus.Registerer
 }
 
@@ -119,12 +118,13 @@ type Producer struct {
 	topics  *topics
 	metrics *producerMetrics
 
-	delivered chan struct{} // signalled after each delivery report, for queue-full waits
-	ready     atomic.Bool
-	closing   atomic.Bool
-	closeOnce sync.Once
-	wg        sync.WaitGroup
-	stop      chan struct{}
+	delivered   chan struct{} // signalled after each delivery report, for queue-full waits
+	outstanding atomic.Int64  // records produced whose handler has not run yet
+	ready       atomic.Bool
+	closing     atomic.Bool
+	closeOnce   sync.Once
+	wg          sync.WaitGroup
+	stop        chan struct{}
 }
 
 type envelope struct {
@@ -249,6 +249,7 @@ func (p *Producer) produce(ctx context.Context, rec *Record, h DeliveryHandler, 
 			msg.Headers[i] = kafka.Header{Key: hd.Key, Value: hd.Value}
 		}
 	}
+	p.outstanding.Add(1)
 	for {
 		err := p.p.Produce(msg, nil)
 		if err == nil {
@@ -276,6 +277,7 @@ func (p *Producer) produce(ctx context.Context, rec *Record, h DeliveryHandler, 
 		} else {
 			err = fmt.Errorf("producing to %q: %w", rec.Topic, err)
 		}
+		p.outstanding.Add(-1)
 		p.budget.Release(size)
 		env.h = nil
 		envelopes.Put(env)
@@ -304,6 +306,7 @@ func (p *Producer) events() {
 			if h != nil {
 				h.Delivered(d)
 			}
+			p.outstanding.Add(-1)
 			select {
 			case p.delivered <- struct{}{}:
 			default:
@@ -370,38 +373,43 @@ func (p *Producer) EnsureTopic(ctx context.Context, topic string) error {
 	return p.topics.ensure(ctx, topic)
 }
 
-// Flush waits until every produced record has a delivery report or ctx
-// ends, and returns how many are still outstanding.
+// Flush waits until every produced record's delivery handler has run, or
+// ctx ends, and returns how many records are still outstanding.
 func (p *Producer) Flush(ctx context.Context) int {
 	for {
 		n := p.p.Len()
-		if n == 0 {
+		if n == 0 && p.outstanding.Load() == 0 {
 			return 0
 		}
-		ms := 100
-		if dl, ok := ctx.Deadline(); ok {
-			if left := time.Until(dl); left < 100*time.Millisecond {
-				ms = int(left / time.Millisecond)
+		if ctx.Err() != nil {
+			return max(n, int(p.outstanding.Load()))
+		}
+		if n > 0 {
+			ms := 100
+			if dl, ok := ctx.Deadline(); ok {
+				ms = max(1, min(ms, int(time.Until(dl)/time.Millisecond)))
 			}
+			p.p.Flush(ms)
+			continue
 		}
-		if ctx.Err() != nil || ms <= 0 {
-			return n
+		// librdkafka is done; the event goroutine is still calling handlers.
+		select {
+		case <-p.delivered:
+		case <-time.After(time.Millisecond):
+		case <-ctx.Done():
 		}
-		p.p.Flush(ms)
 	}
 }
 
-// Close stops accepting records, flushes what is in flight under the
-// configured FlushTimeout, and closes the producer. It is idempotent.
-func (p *Producer) Close() {
+// Close stops accepting records, flushes what is in flight until ctx ends,
+// and closes the producer. Records still unacknowledged then are logged;
+// their clients were not acknowledged either. It is idempotent.
+func (p *Producer) Close(ctx context.Context) {
 	p.closeOnce.Do(func() {
 		p.closing.Store(true)
-		ctx, cancel := context.WithTimeout(context.Background(), p.cfg.FlushTimeout)
-		left := p.Flush(ctx)
-		cancel()
-		if left > 0 {
-			p.log.Error("Kafka did not acknowledge every record before the flush timeout; their clients were not acknowledged either",
-				"unacknowledged", left, "flush_timeout", p.cfg.FlushTimeout)
+		if left := p.Flush(ctx); left > 0 {
+			p.log.Error("Kafka did not acknowledge every record before the flush deadline; their clients were not acknowledged either",
+				"unacknowledged", left)
 		}
 		close(p.stop)
 		p.admin.Close()

@@ -293,11 +293,19 @@ func (s *session) disconnect() {
 }
 
 // run writes acknowledgements in arrival order as Kafka confirms records,
-// and ends once the connection is gone and nothing is pending.
+// and ends once the connection is gone and nothing is pending, or the
+// broker closes (after one last pass: the producer was flushed by then, so
+// whatever Kafka confirmed is still acknowledged).
 func (s *session) run() {
 	defer s.h.writers.Done()
 	var ready []*pending
-	for range s.notify {
+	for {
+		closing := false
+		select {
+		case <-s.notify:
+		case <-s.h.ctx.Done():
+			closing = true
+		}
 		s.mu.Lock()
 		i := 0
 		for i < len(s.queue) && s.queue[i].done {
@@ -307,7 +315,7 @@ func (s *session) run() {
 		ready = append(ready[:0], s.queue[:i]...)
 		clear(s.queue[:i])
 		s.queue = s.queue[i:]
-		finished := s.gone && len(s.queue) == 0
+		finished := closing || (s.gone && len(s.queue) == 0)
 		if finished {
 			s.h.sessions.Delete(s.cl)
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,6 +27,7 @@ type daemon struct {
 	broker   *broker.Broker
 	http     *websocket.Server
 	registry *prometheus.Registry
+	stopOnce sync.Once
 }
 
 // start builds and starts every part. On error, whatever started is stopped.
@@ -60,7 +62,6 @@ func start(cfg config.Config, log *slog.Logger) (d *daemon, err error) {
 		CreateTopics:           cfg.Kafka.CreateTopics,
 		TopicPartitions:        cfg.Kafka.TopicPartitions,
 		TopicReplicationFactor: cfg.Kafka.TopicReplicationFactor,
-		FlushTimeout:           cfg.Kafka.FlushTimeout,
 		Registerer:             d.registry,
 	}, log.With("component", "kafka"))
 	if err != nil {
@@ -118,18 +119,20 @@ func start(cfg config.Config, log *slog.Logger) (d *daemon, err error) {
 	return d, nil
 }
 
-// stop shuts down in order: no new work, flush Kafka under the deadline
+// stop shuts down, once, in order: no new work, flush Kafka under the deadline
 // (so acknowledgements still reach connected clients), close the rest.
-func (d *daemon) stop() {
+func (d *daemon) stop() { d.stopOnce.Do(d.shutdown) }
+
+func (d *daemon) shutdown() {
+	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.Kafka.FlushTimeout)
+	defer cancel()
 	if d.broker != nil {
 		d.broker.Drain()
 	}
 	if d.producer != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), d.cfg.Kafka.FlushTimeout)
 		if left := d.producer.Flush(ctx); left > 0 {
-			d.log.Error("shutdown flush timed out; unacknowledged records were not acknowledged to clients either", "records", left)
+			d.log.Error("shutdown flush deadline passed; those records' clients were not acknowledged", "records", left)
 		}
-		cancel()
 	}
 	if d.broker != nil {
 		if err := d.broker.Close(); err != nil {
@@ -137,12 +140,12 @@ func (d *daemon) stop() {
 		}
 	}
 	if d.http != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = d.http.Close(ctx)
-		cancel()
+		hctx, hcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = d.http.Close(hctx)
+		hcancel()
 	}
 	if d.producer != nil {
-		d.producer.Close()
+		d.producer.Close(ctx)
 	}
 	if d.embedded != nil {
 		d.embedded.Close()

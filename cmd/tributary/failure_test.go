@@ -418,3 +418,29 @@ func TestCommands(t *testing.T) {
 		})
 	}
 }
+
+// Shutting down while Kafka is unreachable ends within the flush deadline
+// and acknowledges nothing that Kafka did not take.
+func TestShutdownWithKafkaDown(t *testing.T) {
+	o := newOutage(t)
+	cfg := testConfig(t)
+	cfg.Kafka.Bootstrap = o.bootstrap
+	cfg.Kafka.FlushTimeout = 2 * time.Second
+	topic := uniq("shutdown")
+	cfg.Mapping.TopicRegexList = topic + ":.*"
+	d := startDaemon(t, cfg)
+	c := mqttClient(t, "tcp://"+d.mqttAddr(), uniq("sd"))
+	publish(t, c, "dev/sd", 1, false, "before")
+	o.down(t)
+	defer o.up(t)
+	tok := c.Publish("dev/sd", 1, false, "during")
+	waitFor(t, 10*time.Second, "the publish to reach the producer", func() bool { return d.producer.InflightBytes() > 0 })
+	start := time.Now()
+	d.stop()
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("shutdown took %s with a flush deadline of %s", took, cfg.Kafka.FlushTimeout)
+	}
+	if tok.WaitTimeout(time.Second) && tok.Error() == nil {
+		t.Error("a publish Kafka never took was acknowledged")
+	}
+}
