@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net/http"
 	"os/exec"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/tributary-io/tributary/mapping"
 )
@@ -396,5 +398,58 @@ func TestConcurrentClients(t *testing.T) {
 	recs := kafkaRecords(t, d.bootstrap, topic, clients*each, 20*time.Second)
 	if len(recs) != clients*each {
 		t.Fatalf("got %d records, want %d (QoS 0 included: nothing was over budget)", len(recs), clients*each)
+	}
+}
+
+// A QoS 2 PUBLISH resent with the same packet id (DUP set) while the first
+// is in flight is produced once; the flow completes with PUBREL/PUBCOMP.
+func TestQoS2ResendProducedOnce(t *testing.T) {
+	cfg := testConfig(t)
+	topic := uniq("dup")
+	cfg.Mapping.TopicRegexList = topic + ":.*"
+	d := startDaemon(t, cfg)
+	conn := rawConnect(t, d.mqttAddr(), uniq("raw"), "wills/unused", "x")
+	defer conn.Close()
+
+	var buf bytes.Buffer
+	for _, dup := range []bool{false, true} {
+		pk := packets.Packet{
+			FixedHeader:     packets.FixedHeader{Type: packets.Publish, Qos: 2, Dup: dup},
+			ProtocolVersion: 4,
+			TopicName:       "dev/dup",
+			PacketID:        7,
+			Payload:         []byte("once"),
+		}
+		if err := pk.PublishEncode(&buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := conn.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	pubrec := make([]byte, 4)
+	if _, err := io.ReadFull(conn, pubrec); err != nil || pubrec[0] != 0x50 || pubrec[3] != 7 {
+		t.Fatalf("want PUBREC for packet 7, got % x (%v)", pubrec, err)
+	}
+	// PUBREL, then PUBCOMP back.
+	if _, err := conn.Write([]byte{0x62, 0x02, 0x00, 0x07}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		b := make([]byte, 4)
+		if _, err := io.ReadFull(conn, b); err != nil {
+			t.Fatalf("waiting for PUBCOMP: %v", err)
+		}
+		if b[0] == 0x70 && b[3] == 7 {
+			break
+		}
+		if b[0] != 0x50 {
+			t.Fatalf("unexpected packet % x", b)
+		}
+	}
+	recs := settledRecords(t, d.bootstrap, topic)
+	if len(recs) != 1 {
+		t.Fatalf("Kafka holds %d records for one QoS 2 message sent twice, want 1", len(recs))
 	}
 }
