@@ -1,0 +1,548 @@
+// Command tributary-bench measures how fast Tributary moves MQTT publishes
+// into Kafka, against a native librdkafka producer in the same run and on
+// the same Kafka. Every scenario's clock stops only when Kafka's high
+// watermarks show all of its records, so nothing is taken on trust from
+// acknowledgements. See docs/benchmarks.md.
+package main
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := realMain(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// scenario is one measured workload.
+type scenario struct {
+	name    string
+	clients int  // MQTT connections; 0 for the native producer
+	qos     byte // MQTT QoS
+	window  int  // QoS 1 publishes in flight per connection
+}
+
+func (s scenario) describe() string {
+	if s.clients == 0 {
+		return "confluent-kafka-go producer straight to Kafka (acks=all, idempotent)"
+	}
+	d := fmt.Sprintf("%d MQTT client(s), QoS %d", s.clients, s.qos)
+	if s.qos > 0 {
+		d += fmt.Sprintf(", %d in flight each", s.window)
+	}
+	return d + ", through Tributary"
+}
+
+// scenarios lists every scenario in the order they run.
+var scenarios = []scenario{
+	{name: "native-produce"},
+	{name: "mqtt-qos0", clients: 10, qos: 0},
+	{name: "mqtt-qos1", clients: 100, qos: 1, window: 10},
+	{name: "mqtt-qos1-single", clients: 1, qos: 1, window: 100},
+}
+
+type options struct {
+	bootstrap  string
+	bin        string
+	scenarios  []scenario
+	records    int
+	payload    int
+	partitions int
+	timeout    time.Duration
+	jsonPath   string
+	keep       bool
+	repeat     int
+	env        []string
+}
+
+// errReported marks an error the flag package has already printed.
+var errReported = errors.New("reported")
+
+type envFlag []string
+
+func (e *envFlag) String() string { return strings.Join(*e, " ") }
+
+func (e *envFlag) Set(v string) error {
+	if !strings.Contains(v, "=") {
+		return fmt.Errorf("%q is not KEY=VALUE", v)
+	}
+	*e = append(*e, v)
+	return nil
+}
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	var names string
+	var env envFlag
+	fs := flag.NewFlagSet("tributary-bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.bootstrap, "kafka-bootstrap", "", "Kafka bootstrap servers; empty starts an in-process kfake")
+	fs.StringVar(&o.bin, "tributary-bin", "", "Tributary binary to run; empty builds ./cmd/tributary")
+	fs.StringVar(&names, "scenarios", "", "comma-separated scenarios to run (default all: "+scenarioNames()+")")
+	fs.IntVar(&o.records, "records", 200000, "records per scenario")
+	fs.IntVar(&o.payload, "payload", 100, "payload bytes per record")
+	fs.IntVar(&o.partitions, "partitions", 3, "partitions of each scenario's Kafka topic")
+	fs.DurationVar(&o.timeout, "timeout", 120*time.Second, "limit for a scenario's sends, and again for its records to show up in Kafka")
+	fs.StringVar(&o.jsonPath, "json", "", "also write the results as JSON to this file")
+	fs.IntVar(&o.repeat, "repeat", 1, "run every scenario this many times (rounds) and report each one's median-rate round")
+	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (Tributary logs and metrics) even when every scenario passed")
+	fs.Var(&env, "tributary-env", "KEY=VALUE added to Tributary's environment, e.g. GODEBUG=gctrace=1 (repeatable)")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: tributary-bench [flags]\n\nScenarios:\n")
+		for _, s := range scenarios {
+			fmt.Fprintf(stderr, "  %-18s %s\n", s.name, s.describe())
+		}
+		fmt.Fprintf(stderr, "\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return o, fmt.Errorf("%w: %w", errReported, err)
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	o.env = env
+	var problems []error
+	if o.records < 1 {
+		problems = append(problems, fmt.Errorf("--records %d: must be at least 1", o.records))
+	}
+	if o.payload < 0 {
+		problems = append(problems, fmt.Errorf("--payload %d: must not be negative", o.payload))
+	}
+	if o.partitions < 1 {
+		problems = append(problems, fmt.Errorf("--partitions %d: must be at least 1", o.partitions))
+	}
+	if o.repeat < 1 {
+		problems = append(problems, fmt.Errorf("--repeat %d: must be at least 1", o.repeat))
+	}
+	if o.timeout <= 0 {
+		problems = append(problems, fmt.Errorf("--timeout %s: must be positive", o.timeout))
+	}
+	want := map[string]bool{}
+	if names != "" {
+		for n := range strings.SplitSeq(names, ",") {
+			n = strings.TrimSpace(n)
+			if !isScenario(n) {
+				problems = append(problems, fmt.Errorf("--scenarios: unknown scenario %q (known: %s)", n, scenarioNames()))
+			}
+			want[n] = true
+		}
+	}
+	for _, s := range scenarios {
+		if names == "" || want[s.name] {
+			o.scenarios = append(o.scenarios, s)
+		}
+	}
+	return o, errors.Join(problems...)
+}
+
+func scenarioNames() string {
+	var ns []string
+	for _, s := range scenarios {
+		ns = append(ns, s.name)
+	}
+	return strings.Join(ns, ",")
+}
+
+func isScenario(name string) bool {
+	for _, s := range scenarios {
+		if s.name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// realMain runs the benchmark and returns the exit code: 0 when every
+// scenario got all its records into Kafka (targets missed or not), 1 on
+// errors, 2 on bad usage.
+func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	opts, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		if !errors.Is(err, errReported) {
+			fmt.Fprintf(stderr, "tributary-bench: %v\n", err)
+		}
+		return 2
+	}
+	dir, err := os.MkdirTemp("", "tributary-bench-")
+	if err != nil {
+		fmt.Fprintf(stderr, "tributary-bench: %v\n", err)
+		return 1
+	}
+	loadAvg := "unknown"
+	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
+		if f := strings.Fields(string(la)); len(f) >= 3 {
+			loadAvg = strings.Join(f[:3], " ")
+		}
+	}
+	b := &bench{opts: opts, dir: dir, progress: stderr, payload: makePayload(opts.payload)}
+	results, err := b.run(ctx)
+	if len(results) > 0 {
+		fillRatios(results)
+		fmt.Fprintf(stdout, "tributary-bench %s: %d records of %d bytes per scenario, median of %d round(s); Kafka: %s; %d CPUs, load average at start %s\n\n",
+			time.Now().Format(time.DateOnly), opts.records, opts.payload, opts.repeat, b.kafkaName, runtime.NumCPU(), loadAvg)
+		printTable(stdout, results)
+		fmt.Fprintln(stdout)
+		printTargets(stdout, results)
+		if opts.jsonPath != "" {
+			if jerr := writeJSON(opts.jsonPath, results); jerr != nil {
+				err = errors.Join(err, jerr)
+			}
+		}
+	}
+	for _, r := range results {
+		if !r.OK {
+			err = errors.Join(err, fmt.Errorf("%s: %s", r.Scenario, r.Error))
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "tributary-bench: %v\n", err)
+		fmt.Fprintf(stderr, "tributary-bench: Tributary logs and metrics are in %s\n", dir)
+		return 1
+	}
+	if opts.keep {
+		fmt.Fprintf(stderr, "tributary-bench: Tributary logs and metrics are in %s\n", dir)
+	} else {
+		os.RemoveAll(dir)
+	}
+	return 0
+}
+
+// makePayload returns n bytes of printable filler.
+func makePayload(n int) []byte {
+	p := make([]byte, n)
+	for i := range p {
+		p[i] = 'a' + byte(i%26)
+	}
+	return p
+}
+
+// bench is one run of the harness.
+type bench struct {
+	opts      options
+	dir       string
+	progress  io.Writer
+	payload   []byte
+	bootstrap string
+	kafkaName string
+	bin       string
+	admin     *admin
+}
+
+// run sets up Kafka and the Tributary binary, then runs each scenario on
+// its own fresh topic. A scenario that fails is reported in its result;
+// the error is for failures that stop the whole run.
+func (b *bench) run(ctx context.Context) ([]result, error) {
+	b.bootstrap, b.kafkaName = b.opts.bootstrap, b.opts.bootstrap
+	if b.bootstrap == "" {
+		c, addr, err := startKfake()
+		if err != nil {
+			return nil, err
+		}
+		defer c.Close()
+		b.bootstrap, b.kafkaName = addr, "kfake (in-process, "+addr+")"
+	}
+	var err error
+	if b.admin, err = newAdmin(b.bootstrap); err != nil {
+		return nil, err
+	}
+	defer b.admin.Close()
+
+	b.bin = b.opts.bin
+	needBridge := false
+	for _, s := range b.opts.scenarios {
+		needBridge = needBridge || s.clients > 0
+	}
+	if b.bin == "" && needBridge {
+		fmt.Fprintf(b.progress, "building tributary into %s\n", b.dir)
+		if b.bin, err = buildTributary(ctx, b.dir); err != nil {
+			return nil, err
+		}
+	}
+
+	id := make([]byte, 4)
+	_, _ = rand.Read(id)
+	runID := hex.EncodeToString(id)
+	var rounds [][]result
+	for round := 1; round <= b.opts.repeat; round++ {
+		var rs []result
+		for _, s := range b.opts.scenarios {
+			if ctx.Err() != nil {
+				return pickMedians(append(rounds, rs)), ctx.Err()
+			}
+			rs = append(rs, b.runOne(ctx, s, runID, round))
+		}
+		rounds = append(rounds, rs)
+	}
+	return pickMedians(rounds), nil
+}
+
+// runOne runs scenario s on a fresh topic.
+func (b *bench) runOne(ctx context.Context, s scenario, runID string, round int) result {
+	name := s.name
+	if b.opts.repeat > 1 {
+		name = fmt.Sprintf("%s-%d", s.name, round)
+	}
+	topic := fmt.Sprintf("bench-%s-%s", runID, name)
+	fmt.Fprintf(b.progress, "== %s: %d records, %s → Kafka topic %s\n", name, b.opts.records, s.describe(), topic)
+	r := result{Scenario: s.name, Records: b.opts.records}
+	cpu0 := selfCPU()
+	if err := b.admin.createTopic(ctx, topic, b.opts.partitions); err != nil {
+		r.Error = err.Error()
+	} else if s.clients == 0 {
+		r = b.runNative(ctx, s, topic)
+	} else {
+		r = b.runMQTT(ctx, s, topic, name)
+	}
+	r.HarnessCPU = ptr(centi(selfCPU() - cpu0))
+	harness := "load generator"
+	if b.opts.bootstrap == "" {
+		harness += " and kfake"
+	}
+	fmt.Fprintf(b.progress, "   CPU: tributary %s s, harness (%s) %.2f s\n", optf(r.CPU, 2), harness, *r.HarnessCPU)
+	if r.OK {
+		fmt.Fprintf(b.progress, "   %d records in Kafka after %.2f s: %.0f records/s\n", r.Found, r.Seconds, r.Rate)
+	} else {
+		fmt.Fprintf(b.progress, "   FAILED: %s\n", r.Error)
+	}
+	return r
+}
+
+// pickMedians reduces repeated rounds to one result per scenario: the
+// round with the median rate (the lower middle one for an even count), or
+// a failed round if any failed. Rates lists every round's rate.
+func pickMedians(rounds [][]result) []result {
+	var order []string
+	byName := map[string][]result{}
+	for _, rs := range rounds {
+		for _, r := range rs {
+			if _, ok := byName[r.Scenario]; !ok {
+				order = append(order, r.Scenario)
+			}
+			byName[r.Scenario] = append(byName[r.Scenario], r)
+		}
+	}
+	var out []result
+	for _, name := range order {
+		rs := byName[name]
+		var rates []float64
+		for _, r := range rs {
+			rates = append(rates, r.Rate)
+		}
+		pick := -1
+		for i, r := range rs {
+			if !r.OK {
+				pick = i
+				break
+			}
+		}
+		if pick < 0 {
+			idx := make([]int, len(rs))
+			for i := range idx {
+				idx[i] = i
+			}
+			slices.SortStableFunc(idx, func(a, b int) int { return cmp.Compare(rs[a].Rate, rs[b].Rate) })
+			pick = idx[(len(idx)-1)/2]
+		}
+		r := rs[pick]
+		if len(rates) > 1 {
+			r.Rates = rates
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// finish fills in the timing of r from the scenario's start and the
+// moment its records were counted in Kafka.
+func (b *bench) finish(r *result, start, end time.Time, found int64, err error) {
+	r.Found = found
+	r.Seconds = end.Sub(start).Seconds()
+	if r.Seconds > 0 {
+		r.Rate = float64(found) / r.Seconds
+	}
+	switch {
+	case err != nil:
+		r.Error = err.Error()
+	case found != int64(r.Records):
+		r.Error = fmt.Sprintf("Kafka holds %d records, expected %d", found, r.Records)
+	default:
+		r.OK = true
+	}
+}
+
+// runNative produces the records with librdkafka directly: the baseline.
+func (b *bench) runNative(ctx context.Context, s scenario, topic string) result {
+	r := result{Scenario: s.name, Records: b.opts.records}
+	np, err := newNativeProducer(b.bootstrap)
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	defer np.Close()
+	if err := np.warm(topic); err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	// As many keys as the QoS 0 scenario has clients (each client's key
+	// is its MQTT topic), so records spread over partitions alike.
+	keys := make([][]byte, 10)
+	for i := range keys {
+		keys[i] = fmt.Appendf(nil, "bench/native-%03d", i)
+	}
+	sendCtx, cancel := context.WithTimeout(ctx, b.opts.timeout)
+	defer cancel()
+	start := time.Now()
+	sendErr := np.produce(sendCtx, topic, keys, b.payload, b.opts.records)
+	found, end, err := b.admin.waitForCount(ctx, topic, b.opts.partitions, int64(b.opts.records), b.pollTimeout(sendErr))
+	b.finish(&r, start, end, found, errors.Join(sendErr, np.err(), err))
+	return r
+}
+
+// pollTimeout is how long to wait for records in Kafka: the full timeout,
+// or a short while to count what arrived when sending already failed.
+func (b *bench) pollTimeout(sendErr error) time.Duration {
+	if sendErr != nil {
+		return 5 * time.Second
+	}
+	return b.opts.timeout
+}
+
+// runMQTT starts a fresh Tributary, connects the scenario's clients, and
+// publishes the records through it, split evenly over the clients.
+func (b *bench) runMQTT(ctx context.Context, s scenario, topic, name string) result {
+	r := result{Scenario: s.name, Records: b.opts.records}
+	d, err := startDaemon(ctx, daemonConfig{
+		bin: b.bin, bootstrap: b.bootstrap, topic: topic, dir: b.dir, name: name, env: b.opts.env,
+	})
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	defer d.stop()
+
+	pubs := make([]*publisher, s.clients)
+	defer func() {
+		for _, p := range pubs {
+			if p != nil {
+				p.Close()
+			}
+		}
+	}()
+	for i := range pubs {
+		id := fmt.Sprintf("%s-%03d", s.name, i)
+		if pubs[i], err = dialPublisher(ctx, d.mqttAddr, id, "bench/"+id, b.payload, s.qos); err != nil {
+			r.Error = fmt.Sprintf("%v (log: %s)", err, d.logPath)
+			return r
+		}
+	}
+
+	counts := split(b.opts.records, s.clients)
+	lats := make([][]time.Duration, s.clients)
+	errs := make([]error, s.clients)
+	sendCtx, cancel := context.WithTimeout(ctx, b.opts.timeout)
+	defer cancel()
+	begin := make(chan struct{})
+	var wg sync.WaitGroup
+	for i, p := range pubs {
+		wg.Go(func() {
+			<-begin
+			if s.qos == 0 {
+				errs[i] = p.publishUnacked(sendCtx, counts[i])
+			} else {
+				lats[i], errs[i] = p.publishAcked(sendCtx, counts[i], s.window)
+			}
+		})
+	}
+	cpu0, cpuErr := d.cpuSeconds()
+	start := time.Now()
+	close(begin)
+	wg.Wait()
+	sendErr := firstError(errs)
+	found, end, err := b.admin.waitForCount(ctx, topic, b.opts.partitions, int64(b.opts.records), b.pollTimeout(sendErr))
+	if cpu1, err := d.cpuSeconds(); err == nil && cpuErr == nil {
+		r.CPU = ptr(centi(cpu1 - cpu0))
+	}
+	if rss, err := d.peakRSS(); err == nil {
+		r.RSS = &rss
+	}
+	if !d.alive() {
+		err = errors.Join(err, fmt.Errorf("tributary exited during the run: %v", d.waitErr))
+	}
+	_ = d.saveMetrics(filepath.Join(b.dir, "metrics-"+name+".txt"))
+	err = errors.Join(sendErr, err, d.stop())
+	b.finish(&r, start, end, found, err)
+	if err != nil {
+		r.Error += " (log: " + d.logPath + ")"
+	}
+	var all []time.Duration
+	for _, l := range lats {
+		all = append(all, l...)
+	}
+	r.setLatencies(all)
+	return r
+}
+
+// selfCPU returns the user plus system CPU seconds this process used.
+func selfCPU() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+// split divides n into k parts that differ by at most one.
+func split(n, k int) []int {
+	parts := make([]int, k)
+	for i := range parts {
+		parts[i] = n / k
+		if i < n%k {
+			parts[i]++
+		}
+	}
+	return parts
+}
+
+// firstError returns the first non-nil error and how many there were.
+func firstError(errs []error) error {
+	var first error
+	n := 0
+	for _, err := range errs {
+		if err != nil {
+			if first == nil {
+				first = err
+			}
+			n++
+		}
+	}
+	if n > 1 {
+		return fmt.Errorf("%d clients failed; first: %w", n, first)
+	}
+	return first
+}
+
+// centi rounds CPU seconds to the 10 ms the kernel counts them in.
+func centi(s float64) float64 { return math.Round(s*100) / 100 }

@@ -1,0 +1,183 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// result is one scenario's outcome; its JSON form is what --json writes.
+type result struct {
+	Scenario string  `json:"scenario"`
+	Records  int     `json:"records"`
+	Seconds  float64 `json:"seconds"`
+	Rate     float64 `json:"rate"` // records per second
+	// Baseline is Rate divided by the native-produce rate of the same run.
+	Baseline *float64 `json:"baseline"`
+	// Ratio is Rate divided by the mqtt-qos0 rate (QoS 1 scenarios only).
+	Ratio *float64 `json:"ratio"`
+	P50Ms *float64 `json:"p50_ms"` // PUBACK latency, QoS 1 only
+	P99Ms *float64 `json:"p99_ms"`
+	// RSS is Tributary's peak resident set size (VmHWM) during the scenario.
+	RSS *int64 `json:"bridge_rss_bytes"`
+	// CPU is the CPU time (user+system) Tributary used from the first send
+	// until the records were counted in Kafka.
+	CPU *float64 `json:"bridge_cpu_seconds"`
+	// HarnessCPU is the CPU time the harness itself used in the scenario:
+	// the load generator, and kfake when it runs in-process.
+	HarnessCPU *float64 `json:"harness_cpu_seconds"`
+	// Rates lists the rate of every round when the run was repeated.
+	Rates []float64 `json:"rates,omitempty"`
+	// Found is how many records Kafka held at the end.
+	Found int64  `json:"kafka_records"`
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+}
+
+// percentile returns the nearest-rank p-th percentile (0 < p ≤ 100) of
+// sorted, which must be in ascending order and not empty.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	rank := int(math.Ceil(p / 100 * float64(len(sorted))))
+	rank = max(1, min(rank, len(sorted)))
+	return sorted[rank-1]
+}
+
+// setLatencies fills in p50 and p99 from the PUBACK latencies, which it sorts.
+func (r *result) setLatencies(lat []time.Duration) {
+	if len(lat) == 0 {
+		return
+	}
+	slices.Sort(lat)
+	r.P50Ms = ptr(ms(percentile(lat, 50)))
+	r.P99Ms = ptr(ms(percentile(lat, 99)))
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func ptr[T any](v T) *T { return &v }
+
+// target is a throughput ratio the bridge is meant to reach.
+type target struct {
+	scenario, of string
+	min          float64
+}
+
+var targets = []target{
+	{"mqtt-qos1", "mqtt-qos0", 0.7},
+	{"mqtt-qos1-single", "mqtt-qos0", 0.3},
+}
+
+// fillRatios sets Baseline and Ratio from the other results of the run;
+// failed scenarios give and get no ratios.
+func fillRatios(rs []result) {
+	rate := map[string]float64{}
+	for _, r := range rs {
+		if r.OK && r.Rate > 0 {
+			rate[r.Scenario] = r.Rate
+		}
+	}
+	for i := range rs {
+		r := &rs[i]
+		if !r.OK {
+			continue
+		}
+		if b, ok := rate["native-produce"]; ok {
+			r.Baseline = ptr(r.Rate / b)
+		}
+		for _, t := range targets {
+			if t.scenario == r.Scenario {
+				if q, ok := rate[t.of]; ok {
+					r.Ratio = ptr(r.Rate / q)
+				}
+			}
+		}
+	}
+}
+
+// printTable writes the results as an aligned table; with repeated
+// rounds, a last column lists every round's rate.
+func printTable(w io.Writer, rs []result) {
+	rounds := false
+	for _, r := range rs {
+		rounds = rounds || len(r.Rates) > 1
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	head := "scenario\trecords\tseconds\trecords/s\t× native\t× qos0\tp50 ms\tp99 ms\tbridge RSS MiB\tbridge CPU s\tstatus\t"
+	if rounds {
+		head += "rounds, records/s\t"
+	}
+	fmt.Fprintln(tw, head)
+	for _, r := range rs {
+		status := "ok"
+		if !r.OK {
+			status = fmt.Sprintf("FAILED (%d in Kafka)", r.Found)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%.2f\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t",
+			r.Scenario, r.Records, r.Seconds, r.Rate,
+			optf(r.Baseline, 2), optf(r.Ratio, 2), optf(r.P50Ms, 2), optf(r.P99Ms, 2),
+			optMiB(r.RSS), optf(r.CPU, 2), status)
+		if rounds {
+			var all []string
+			for _, v := range r.Rates {
+				all = append(all, strconv.FormatFloat(v, 'f', 0, 64))
+			}
+			fmt.Fprintf(tw, "%s\t", strings.Join(all, " "))
+		}
+		fmt.Fprintln(tw)
+	}
+	tw.Flush()
+}
+
+func optf(v *float64, prec int) string {
+	if v == nil {
+		return "-"
+	}
+	return strconv.FormatFloat(*v, 'f', prec, 64)
+}
+
+func optMiB(v *int64) string {
+	if v == nil {
+		return "-"
+	}
+	return strconv.FormatFloat(float64(*v)/(1<<20), 'f', 0, 64)
+}
+
+// printTargets says, for each target, whether this run met it.
+func printTargets(w io.Writer, rs []result) {
+	byName := map[string]result{}
+	for _, r := range rs {
+		byName[r.Scenario] = r
+	}
+	fmt.Fprintln(w, "targets:")
+	for _, t := range targets {
+		r, ok := byName[t.scenario]
+		verdict := "not measured"
+		if ok && r.Ratio != nil {
+			verdict = fmt.Sprintf("%.3f× — ", *r.Ratio)
+			if *r.Ratio >= t.min {
+				verdict += "met"
+			} else {
+				verdict += "MISSED"
+			}
+		}
+		fmt.Fprintf(w, "  %s rate ≥ %.1f× %s rate: %s\n", t.scenario, t.min, t.of, verdict)
+	}
+}
+
+func writeJSON(path string, rs []result) error {
+	b, err := json.MarshalIndent(rs, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encoding results: %w", err)
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("writing results: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,267 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPercentile(t *testing.T) {
+	ms := func(vs ...int) []time.Duration {
+		out := make([]time.Duration, len(vs))
+		for i, v := range vs {
+			out[i] = time.Duration(v) * time.Millisecond
+		}
+		return out
+	}
+	hundred := make([]time.Duration, 100)
+	for i := range hundred {
+		hundred[i] = time.Duration(i+1) * time.Millisecond
+	}
+	for _, tc := range []struct {
+		name   string
+		sorted []time.Duration
+		p      float64
+		want   time.Duration
+	}{
+		{"single value", ms(7), 50, 7 * time.Millisecond},
+		{"single value p99", ms(7), 99, 7 * time.Millisecond},
+		{"median of odd count", ms(1, 2, 3, 4, 5), 50, 3 * time.Millisecond},
+		{"median of even count is the lower middle", ms(1, 2, 3, 4), 50, 2 * time.Millisecond},
+		{"p99 of 100", hundred, 99, 99 * time.Millisecond},
+		{"p50 of 100", hundred, 50, 50 * time.Millisecond},
+		{"p100 is the maximum", hundred, 100, 100 * time.Millisecond},
+		{"p99 of 10 is the maximum", ms(1, 2, 3, 4, 5, 6, 7, 8, 9, 10), 99, 10 * time.Millisecond},
+		{"tiny p is the minimum", hundred, 0.001, time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := percentile(tc.sorted, tc.p); got != tc.want {
+				t.Fatalf("percentile(%v) = %s, want %s", tc.p, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestSetLatenciesSorts(t *testing.T) {
+	var lat []time.Duration
+	for i := 100; i >= 1; i-- {
+		lat = append(lat, time.Duration(i)*time.Millisecond)
+	}
+	var r result
+	r.setLatencies(lat)
+	if r.P50Ms == nil || *r.P50Ms != 50 || r.P99Ms == nil || *r.P99Ms != 99 {
+		t.Fatalf("p50 %v p99 %v, want 50 and 99", deref(r.P50Ms), deref(r.P99Ms))
+	}
+	var empty result
+	empty.setLatencies(nil)
+	if empty.P50Ms != nil || empty.P99Ms != nil {
+		t.Fatal("latencies set without any samples")
+	}
+}
+
+func deref(p *float64) any {
+	if p == nil {
+		return nil
+	}
+	return *p
+}
+
+func TestFillRatiosAndTargets(t *testing.T) {
+	rs := []result{
+		{Scenario: "native-produce", Rate: 100000, OK: true},
+		{Scenario: "mqtt-qos0", Rate: 50000, OK: true},
+		{Scenario: "mqtt-qos1", Rate: 40000, OK: true},
+		{Scenario: "mqtt-qos1-single", Rate: 10000, OK: true},
+	}
+	fillRatios(rs)
+	wantBaseline := []float64{1, 0.5, 0.4, 0.1}
+	wantRatio := []any{nil, nil, 0.8, 0.2}
+	for i, r := range rs {
+		if r.Baseline == nil || *r.Baseline != wantBaseline[i] {
+			t.Errorf("%s baseline %v, want %v", r.Scenario, deref(r.Baseline), wantBaseline[i])
+		}
+		if deref(r.Ratio) != wantRatio[i] {
+			t.Errorf("%s ratio %v, want %v", r.Scenario, deref(r.Ratio), wantRatio[i])
+		}
+	}
+	var out bytes.Buffer
+	printTargets(&out, rs)
+	for _, want := range []string{
+		"mqtt-qos1 rate ≥ 0.7× mqtt-qos0 rate: 0.800× — met",
+		"mqtt-qos1-single rate ≥ 0.3× mqtt-qos0 rate: 0.200× — MISSED",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("targets output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestFillRatiosSkipsFailed(t *testing.T) {
+	rs := []result{
+		{Scenario: "native-produce", Rate: 100000, OK: false},
+		{Scenario: "mqtt-qos0", Rate: 50000, OK: true},
+		{Scenario: "mqtt-qos1", Rate: 40000, OK: false},
+	}
+	fillRatios(rs)
+	if rs[1].Baseline != nil {
+		t.Errorf("ratio to a failed baseline: %v", *rs[1].Baseline)
+	}
+	if rs[2].Ratio != nil {
+		t.Errorf("ratio for a failed scenario: %v", *rs[2].Ratio)
+	}
+	var out bytes.Buffer
+	printTargets(&out, rs)
+	if !strings.Contains(out.String(), "mqtt-qos1 rate ≥ 0.7× mqtt-qos0 rate: not measured") {
+		t.Errorf("failed scenario not reported as not measured:\n%s", out.String())
+	}
+}
+
+func TestWriteJSONKeys(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "out.json")
+	rs := []result{{Scenario: "mqtt-qos1", Records: 10, Seconds: 2, Rate: 5, RSS: ptr(int64(1 << 20)), OK: true}}
+	rs[0].setLatencies([]time.Duration{time.Millisecond})
+	if err := writeJSON(path, rs); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []map[string]any
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 {
+		t.Fatalf("%d objects, want 1", len(got))
+	}
+	for _, k := range []string{"scenario", "records", "seconds", "rate", "baseline", "ratio", "p50_ms", "p99_ms", "bridge_rss_bytes"} {
+		if _, ok := got[0][k]; !ok {
+			t.Errorf("key %q missing from %s", k, b)
+		}
+	}
+	if got[0]["bridge_rss_bytes"] != float64(1<<20) || got[0]["p50_ms"] != float64(1) || got[0]["baseline"] != nil {
+		t.Errorf("wrong values in %s", b)
+	}
+}
+
+func TestSplit(t *testing.T) {
+	for _, tc := range []struct {
+		n, k int
+		want []int
+	}{
+		{10, 1, []int{10}},
+		{10, 3, []int{4, 3, 3}},
+		{2, 4, []int{1, 1, 0, 0}},
+		{200000, 100, nil},
+	} {
+		got := split(tc.n, tc.k)
+		sum := 0
+		for _, v := range got {
+			sum += v
+		}
+		if len(got) != tc.k || sum != tc.n {
+			t.Fatalf("split(%d, %d) = %v", tc.n, tc.k, got)
+		}
+		if tc.want != nil && !equalInts(got, tc.want) {
+			t.Fatalf("split(%d, %d) = %v, want %v", tc.n, tc.k, got, tc.want)
+		}
+	}
+}
+
+func equalInts(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestParseStatusKB(t *testing.T) {
+	status := "Name:\ttributary\nVmPeak:\t 1234 kB\nVmHWM:\t   56789 kB\nVmRSS:\t  40000 kB\n"
+	got, err := parseStatusKB(strings.NewReader(status), "VmHWM")
+	if err != nil || got != 56789 {
+		t.Fatalf("VmHWM = %d, %v; want 56789", got, err)
+	}
+	if _, err := parseStatusKB(strings.NewReader(status), "VmSwap"); err == nil {
+		t.Fatal("missing field not reported")
+	}
+	if kb, err := procStatusKB(os.Getpid(), "VmHWM"); err != nil || kb <= 0 {
+		t.Fatalf("own VmHWM = %d, %v", kb, err)
+	}
+}
+
+func TestParseStatCPU(t *testing.T) {
+	// utime 250 and stime 50 ticks; the command name holds a space and a
+	// parenthesis, as /proc allows.
+	stat := "4242 (trib (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0 1000 1000000 500"
+	got, err := parseStatCPU(stat)
+	if err != nil || got != 3 {
+		t.Fatalf("parseStatCPU = %v, %v; want 3", got, err)
+	}
+	if _, err := parseStatCPU("garbage"); err == nil {
+		t.Fatal("malformed stat accepted")
+	}
+}
+
+func TestParseFlags(t *testing.T) {
+	o, err := parseFlags(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(o.scenarios) != len(scenarios) || o.records != 200000 || o.payload != 100 || o.timeout != 120*time.Second {
+		t.Fatalf("defaults: %+v", o)
+	}
+	o, err = parseFlags([]string{"--scenarios", "mqtt-qos1-single,native-produce", "--records", "5"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(o.scenarios) != 2 || o.scenarios[0].name != "native-produce" || o.scenarios[1].name != "mqtt-qos1-single" {
+		t.Fatalf("scenarios %+v, want native-produce then mqtt-qos1-single", o.scenarios)
+	}
+	_, err = parseFlags([]string{"--scenarios", "mqtt-qos2", "--records", "0", "--payload", "-1"}, io.Discard)
+	if err == nil {
+		t.Fatal("bad flags accepted")
+	}
+	for _, want := range []string{`unknown scenario "mqtt-qos2"`, "--records 0", "--payload -1"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not report %q", err, want)
+		}
+	}
+}
+
+func TestPickMedians(t *testing.T) {
+	rounds := [][]result{
+		{{Scenario: "a", Rate: 30, OK: true}, {Scenario: "b", Rate: 5, OK: true}},
+		{{Scenario: "a", Rate: 10, OK: true}, {Scenario: "b", Rate: 6, OK: false, Error: "lost"}},
+		{{Scenario: "a", Rate: 20, OK: true}, {Scenario: "b", Rate: 7, OK: true}},
+	}
+	got := pickMedians(rounds)
+	if len(got) != 2 || got[0].Scenario != "a" || got[1].Scenario != "b" {
+		t.Fatalf("scenarios %+v, want a then b", got)
+	}
+	if got[0].Rate != 20 || !slices.Equal(got[0].Rates, []float64{30, 10, 20}) {
+		t.Errorf("a: rate %v rates %v, want the median 20 of 30 10 20", got[0].Rate, got[0].Rates)
+	}
+	if got[1].OK || got[1].Error != "lost" {
+		t.Errorf("b: %+v, want the failed round", got[1])
+	}
+	even := pickMedians([][]result{{{Scenario: "a", Rate: 4, OK: true}}, {{Scenario: "a", Rate: 2, OK: true}}})
+	if even[0].Rate != 2 {
+		t.Errorf("median of 4 and 2: %v, want the lower, 2", even[0].Rate)
+	}
+	var out bytes.Buffer
+	printTable(&out, got)
+	if !strings.Contains(out.String(), "30 10 20") {
+		t.Errorf("table lacks the rounds' rates:\n%s", out.String())
+	}
+}
