@@ -30,9 +30,8 @@ func (b *budget) clamp(n int64) int64 {
 	return n
 }
 
-// TryAcquire takes n bytes if they are free now.
+// TryAcquire takes n bytes (at most the limit: see clamp) if they are free now.
 func (b *budget) TryAcquire(n int64) bool {
-	n = b.clamp(n)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.used+n > b.limit {
@@ -42,9 +41,9 @@ func (b *budget) TryAcquire(n int64) bool {
 	return true
 }
 
-// Acquire takes n bytes, waiting until they are free or ctx ends.
+// Acquire takes n bytes (at most the limit: see clamp), waiting until they
+// are free or ctx ends.
 func (b *budget) Acquire(ctx context.Context, n int64) error {
-	n = b.clamp(n)
 	for {
 		b.mu.Lock()
 		if b.used+n <= b.limit {
@@ -69,9 +68,9 @@ func (b *budget) Acquire(ctx context.Context, n int64) error {
 	}
 }
 
-// Release returns n bytes.
+// Release returns n bytes, which may be the sum of several acquisitions
+// (each was clamped when taken, so the sum is never clamped here).
 func (b *budget) Release(n int64) {
-	n = b.clamp(n)
 	b.mu.Lock()
 	b.used -= n
 	if b.waiters > 0 {

@@ -48,10 +48,13 @@ func TestBudget(t *testing.T) {
 
 	// A record larger than the whole budget may use it alone.
 	b.Release(60)
-	if !b.TryAcquire(1000) {
+	if !b.TryAcquire(b.clamp(1000)) {
 		t.Fatal("a record larger than the budget could not take the empty budget")
 	}
-	b.Release(1000)
+	if b.TryAcquire(1) {
+		t.Fatal("the clamped record did not take the whole budget")
+	}
+	b.Release(b.clamp(1000))
 	if u := b.Used(); u != 0 {
 		t.Fatalf("Used = %d after releasing everything, want 0", u)
 	}

@@ -28,11 +28,9 @@ type Record struct {
 	Timestamp time.Time // when the bridge received it; also the start of the ack latency
 }
 
-// Header is one Kafka record header.
-type Header struct {
-	Key   string
-	Value []byte
-}
+// Header is one Kafka record header ({Key string; Value []byte}). It is
+// librdkafka's own type so that producing needs no per-record conversion.
+type Header = kafka.Header
 
 // Size is the record's size as the in-flight budget and the message size
 // limit count it.
@@ -105,14 +103,28 @@ type ProducerConfig struct {
 	CreateTopics           bool
 	TopicPartitions        int
 	TopicReplicationFactor int
-	Registerer             prometheus.Registerer
+	// AckLingerMs is linger.ms for records whose producer-side client waits
+	// for the acknowledgement (MQTT QoS 1 and 2); -1 keeps kafka.properties'.
+	AckLingerMs int
+	Registerer  prometheus.Registerer
 }
+
+// The producer pool has two lanes, each a librdkafka producer sharing the
+// budget and topic cache: records whose MQTT acknowledgement waits on Kafka
+// go through a short linger, because a client with a window of N in flight
+// can go no faster than N per round trip, and linger is most of that round
+// trip; best-effort records keep librdkafka's batching for throughput.
+const (
+	laneAcked = iota
+	laneBestEffort
+	lanes
+)
 
 // Producer is the bridge's shared Kafka producer.
 type Producer struct {
 	cfg     ProducerConfig
 	log     *slog.Logger
-	p       *kafka.Producer
+	lanes   [lanes]*kafka.Producer
 	admin   *kafka.AdminClient
 	budget  *budget
 	topics  *topics
@@ -160,13 +172,35 @@ func NewProducer(cfg ProducerConfig, log *slog.Logger) (*Producer, error) {
 			return nil, fmt.Errorf("setting kafka.properties.%s: %w", k, err)
 		}
 	}
-	p, err := kafka.NewProducer(&cm)
-	if err != nil {
-		return nil, fmt.Errorf("creating Kafka producer: %w", err)
+	var ps [lanes]*kafka.Producer
+	closeAll := func() {
+		for _, p := range ps {
+			if p != nil {
+				p.Close()
+			}
+		}
 	}
-	admin, err := kafka.NewAdminClientFromProducer(p)
+	for lane := range lanes {
+		lcm := kafka.ConfigMap{}
+		for k, v := range cm {
+			lcm[k] = v
+		}
+		if _, set := cfg.Properties["client.id"]; !set {
+			lcm["client.id"] = [lanes]string{"tributary-acked", "tributary-best-effort"}[lane]
+		}
+		if lane == laneAcked && cfg.AckLingerMs >= 0 {
+			lcm["linger.ms"] = cfg.AckLingerMs
+		}
+		p, err := kafka.NewProducer(&lcm)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("creating Kafka producer: %w", err)
+		}
+		ps[lane] = p
+	}
+	admin, err := kafka.NewAdminClientFromProducer(ps[laneAcked])
 	if err != nil {
-		p.Close()
+		closeAll()
 		return nil, fmt.Errorf("creating Kafka admin client: %w", err)
 	}
 	reg := cfg.Registerer
@@ -176,7 +210,7 @@ func NewProducer(cfg ProducerConfig, log *slog.Logger) (*Producer, error) {
 	pr := &Producer{
 		cfg:       cfg,
 		log:       log,
-		p:         p,
+		lanes:     ps,
 		admin:     admin,
 		budget:    newBudget(cfg.InflightBudgetBytes),
 		delivered: make(chan struct{}, 1),
@@ -184,9 +218,11 @@ func NewProducer(cfg ProducerConfig, log *slog.Logger) (*Producer, error) {
 	}
 	pr.metrics = newProducerMetrics(reg, pr.budget)
 	pr.topics = newTopics(pr)
-	pr.wg.Add(3)
-	go pr.events()
-	go pr.logs()
+	pr.wg.Add(2*lanes + 1)
+	for _, p := range ps {
+		go pr.events(p)
+		go pr.logs(p)
+	}
 	go pr.watchReady()
 	return pr, nil
 }
@@ -203,7 +239,7 @@ func (p *Producer) Produce(ctx context.Context, rec *Record, h DeliveryHandler) 
 	if err := p.budget.Acquire(ctx, size); err != nil {
 		return err
 	}
-	return p.produce(ctx, rec, h, size, true)
+	return p.produce(ctx, laneAcked, rec, h, size, true)
 }
 
 // TryProduce is Produce for best-effort records: it returns
@@ -216,7 +252,7 @@ func (p *Producer) TryProduce(ctx context.Context, rec *Record, h DeliveryHandle
 	if !p.budget.TryAcquire(size) {
 		return ErrBudgetExhausted
 	}
-	return p.produce(ctx, rec, h, size, false)
+	return p.produce(ctx, laneBestEffort, rec, h, size, false)
 }
 
 func (p *Producer) admit(ctx context.Context, rec *Record) (int64, error) {
@@ -230,10 +266,10 @@ func (p *Producer) admit(ctx context.Context, rec *Record) (int64, error) {
 	if err := p.topics.ensure(ctx, rec.Topic); err != nil {
 		return 0, err
 	}
-	return int64(size), nil
+	return p.budget.clamp(int64(size)), nil
 }
 
-func (p *Producer) produce(ctx context.Context, rec *Record, h DeliveryHandler, size int64, wait bool) error {
+func (p *Producer) produce(ctx context.Context, lane int, rec *Record, h DeliveryHandler, size int64, wait bool) error {
 	env := envelopes.Get().(*envelope)
 	env.h, env.size, env.at = h, size, rec.Timestamp
 	msg := &kafka.Message{
@@ -243,15 +279,14 @@ func (p *Producer) produce(ctx context.Context, rec *Record, h DeliveryHandler, 
 		Timestamp:      rec.Timestamp,
 		Opaque:         env,
 	}
+	// librdkafka copies key, value and headers during Produce, so callers
+	// may pass memory they do not own (see broker's zero-copy headers).
 	if len(rec.Headers) > 0 {
-		msg.Headers = make([]kafka.Header, len(rec.Headers))
-		for i, hd := range rec.Headers {
-			msg.Headers[i] = kafka.Header{Key: hd.Key, Value: hd.Value}
-		}
+		msg.Headers = rec.Headers
 	}
 	p.outstanding.Add(1)
 	for {
-		err := p.p.Produce(msg, nil)
+		err := p.lanes[lane].Produce(msg, nil)
 		if err == nil {
 			return nil
 		}
@@ -285,9 +320,15 @@ func (p *Producer) produce(ctx context.Context, rec *Record, h DeliveryHandler, 
 	}
 }
 
-func (p *Producer) events() {
+func (p *Producer) events(kp *kafka.Producer) {
 	defer p.wg.Done()
-	for ev := range p.p.Events() {
+	produced := map[string]prometheus.Counter{} // this goroutine's cache of labelled counters
+	// Budget is released in batches: one lock per burst of delivery
+	// reports rather than one per record keeps this loop ahead of a flood.
+	var release int64
+	batched := 0
+	ch := kp.Events()
+	for ev := range ch {
 		switch e := ev.(type) {
 		case *kafka.Message:
 			env, ok := e.Opaque.(*envelope)
@@ -298,8 +339,9 @@ func (p *Producer) events() {
 			if e.TopicPartition.Topic != nil {
 				d.Topic = *e.TopicPartition.Topic
 			}
-			p.budget.Release(env.size)
-			p.metrics.observe(d, env.at)
+			release += env.size
+			batched++
+			p.metrics.observe(d, env.at, produced)
 			h := env.h
 			env.h = nil
 			envelopes.Put(env)
@@ -307,10 +349,6 @@ func (p *Producer) events() {
 				h.Delivered(d)
 			}
 			p.outstanding.Add(-1)
-			select {
-			case p.delivered <- struct{}{}:
-			default:
-			}
 		case kafka.Error:
 			if e.Code() == kafka.ErrAllBrokersDown {
 				p.ready.Store(false)
@@ -321,12 +359,23 @@ func (p *Producer) events() {
 				p.log.Warn("Kafka producer error", "error", e)
 			}
 		}
+		if batched > 0 && (batched >= 512 || len(ch) == 0) {
+			p.budget.Release(release)
+			release, batched = 0, 0
+			select {
+			case p.delivered <- struct{}{}:
+			default:
+			}
+		}
+	}
+	if release > 0 {
+		p.budget.Release(release)
 	}
 }
 
-func (p *Producer) logs() {
+func (p *Producer) logs(kp *kafka.Producer) {
 	defer p.wg.Done()
-	for le := range p.p.Logs() {
+	for le := range kp.Logs() {
 		level := slog.LevelDebug
 		switch {
 		case le.Level <= 3:
@@ -346,7 +395,7 @@ func (p *Producer) watchReady() {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	for {
-		_, err := p.p.GetMetadata(nil, false, 3000)
+		_, err := p.lanes[laneAcked].GetMetadata(nil, false, 3000)
 		was := p.ready.Swap(err == nil)
 		if err != nil && was {
 			p.log.Warn("Kafka unreachable", "error", err)
@@ -377,7 +426,10 @@ func (p *Producer) EnsureTopic(ctx context.Context, topic string) error {
 // ctx ends, and returns how many records are still outstanding.
 func (p *Producer) Flush(ctx context.Context) int {
 	for {
-		n := p.p.Len()
+		n := 0
+		for _, kp := range p.lanes {
+			n += kp.Len()
+		}
 		if n == 0 && p.outstanding.Load() == 0 {
 			return 0
 		}
@@ -389,7 +441,11 @@ func (p *Producer) Flush(ctx context.Context) int {
 			if dl, ok := ctx.Deadline(); ok {
 				ms = max(1, min(ms, int(time.Until(dl)/time.Millisecond)))
 			}
-			p.p.Flush(ms)
+			for _, kp := range p.lanes {
+				if kp.Len() > 0 {
+					kp.Flush(ms)
+				}
+			}
 			continue
 		}
 		// librdkafka is done; the event goroutine is still calling handlers.
@@ -413,7 +469,9 @@ func (p *Producer) Close(ctx context.Context) {
 		}
 		close(p.stop)
 		p.admin.Close()
-		p.p.Close()
+		for _, kp := range p.lanes {
+			kp.Close()
+		}
 		p.wg.Wait()
 	})
 }
@@ -457,7 +515,9 @@ func newProducerMetrics(reg prometheus.Registerer, b *budget) *producerMetrics {
 	return m
 }
 
-func (m *producerMetrics) observe(d Delivery, at time.Time) {
+// observe counts a delivery; cache holds the calling event goroutine's
+// labelled counters.
+func (m *producerMetrics) observe(d Delivery, at time.Time, cache map[string]prometheus.Counter) {
 	if d.Err != nil {
 		code := "unknown"
 		var ke kafka.Error
@@ -467,7 +527,12 @@ func (m *producerMetrics) observe(d Delivery, at time.Time) {
 		m.failed.WithLabelValues(d.Topic, code).Inc()
 		return
 	}
-	m.produced.WithLabelValues(d.Topic).Inc()
+	c, ok := cache[d.Topic]
+	if !ok {
+		c = m.produced.WithLabelValues(d.Topic)
+		cache[d.Topic] = c
+	}
+	c.Inc()
 	if !at.IsZero() {
 		m.latency.Observe(time.Since(at).Seconds())
 	}

@@ -18,6 +18,7 @@ import (
 // of admin requests.
 type topics struct {
 	p     *Producer
+	ok    sync.Map // topic -> struct{}: known to exist; the per-record fast path
 	mu    sync.Mutex
 	known map[string]*topicState
 }
@@ -35,6 +36,9 @@ func newTopics(p *Producer) *topics {
 }
 
 func (t *topics) ensure(ctx context.Context, topic string) error {
+	if _, ok := t.ok.Load(topic); ok {
+		return nil
+	}
 	t.mu.Lock()
 	st, ok := t.known[topic]
 	if ok {
@@ -53,6 +57,9 @@ func (t *topics) ensure(ctx context.Context, topic string) error {
 		t.known[topic] = st
 		t.mu.Unlock()
 		st.err = t.check(ctx, topic)
+		if st.err == nil {
+			t.ok.Store(topic, struct{}{})
+		}
 		st.until = time.Now().Add(topicFailureTTL)
 		close(st.done)
 		return st.err

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -81,8 +82,9 @@ func (h *ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 	}
 	received := time.Now()
 	qos := pk.FixedHeader.Qos
-	h.m.received.WithLabelValues(cl.Net.Listener, qosLabel[qos]).Inc()
-	h.m.receivedBytes.WithLabelValues(cl.Net.Listener).Add(float64(len(pk.Payload)))
+	lm := h.m.listener(cl.Net.Listener)
+	lm.received[qos&3].Inc()
+	lm.bytes.Add(float64(len(pk.Payload)))
 
 	res, err := h.mapper.Map("", pk.TopicName)
 	if err != nil {
@@ -142,7 +144,7 @@ func (h *ingest) refuse(cl *mqtt.Client, pk packets.Packet, code packets.Code) (
 		return pk, packets.ErrRejectPacket
 	}
 	if cl.Properties.ProtocolVersion == 5 {
-		_ = cl.WritePacket(ack(pk, code))
+		_ = cl.WritePacket(ack(pk.PacketID, pk.FixedHeader.Qos, code))
 		return pk, packets.ErrRejectPacket
 	}
 	_ = h.server.DisconnectClient(cl, code)
@@ -173,43 +175,50 @@ func dropReason(err error) string {
 
 var qosLabel = [3]string{"0", "1", "2"}
 
+// Header values shared by every record; the producer only reads them.
+var (
+	qosValue    = [3][]byte{[]byte("0"), []byte("1"), []byte("2")}
+	retainValue = map[bool][]byte{false: []byte("false"), true: []byte("true")}
+)
+
+// view returns the bytes of s without copying. It is only used for header
+// values handed to the producer, which copies them during Produce and never
+// writes to them.
+func view(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
+
 func buildRecord(cl *mqtt.Client, pk *packets.Packet, res *mapping.Result, at time.Time) *bridge.Record {
 	n := 4 + len(pk.Properties.User) + len(res.Headers)
 	if pk.Properties.ContentType != "" {
 		n++
 	}
 	hs := make([]bridge.Header, 0, n)
-	retain := "false"
-	if pk.FixedHeader.Retain {
-		retain = "true"
-	}
 	hs = append(hs,
-		bridge.Header{Key: "mqtt.topic", Value: []byte(pk.TopicName)},
-		bridge.Header{Key: "mqtt.qos", Value: []byte(qosLabel[pk.FixedHeader.Qos])},
-		bridge.Header{Key: "mqtt.retain", Value: []byte(retain)},
-		bridge.Header{Key: "mqtt.client_id", Value: []byte(cl.ID)},
+		bridge.Header{Key: "mqtt.topic", Value: view(pk.TopicName)},
+		bridge.Header{Key: "mqtt.qos", Value: qosValue[pk.FixedHeader.Qos%3]},
+		bridge.Header{Key: "mqtt.retain", Value: retainValue[pk.FixedHeader.Retain]},
+		bridge.Header{Key: "mqtt.client_id", Value: view(cl.ID)},
 	)
 	if pk.Properties.ContentType != "" {
-		hs = append(hs, bridge.Header{Key: "mqtt.content_type", Value: []byte(pk.Properties.ContentType)})
+		hs = append(hs, bridge.Header{Key: "mqtt.content_type", Value: view(pk.Properties.ContentType)})
 	}
 	for _, u := range pk.Properties.User {
-		hs = append(hs, bridge.Header{Key: u.Key, Value: []byte(u.Val)})
+		hs = append(hs, bridge.Header{Key: u.Key, Value: view(u.Val)})
 	}
 	for _, x := range res.Headers {
-		hs = append(hs, bridge.Header{Key: x.Key, Value: []byte(x.Value)})
+		hs = append(hs, bridge.Header{Key: x.Key, Value: view(x.Value)})
 	}
 	return &bridge.Record{Topic: res.Topic, Key: res.Key, Value: pk.Payload, Headers: hs, Timestamp: at}
 }
 
-// ack builds a PUBACK (QoS 1) or PUBREC (QoS 2) for pk.
-func ack(pk packets.Packet, code packets.Code) packets.Packet {
+// ack builds a PUBACK (QoS 1) or PUBREC (QoS 2) for packet id.
+func ack(id uint16, qos byte, code packets.Code) packets.Packet {
 	typ := packets.Puback
-	if pk.FixedHeader.Qos == 2 {
+	if qos == 2 {
 		typ = packets.Pubrec
 	}
 	out := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: typ},
-		PacketID:    pk.PacketID,
+		PacketID:    id,
 		ReasonCode:  code.Code,
 		Created:     time.Now().Unix(),
 	}
@@ -244,9 +253,14 @@ type session struct {
 	notify chan struct{}
 }
 
+// pending keeps what acknowledging and forwarding need, not the whole
+// packet: a packets.Packet is several hundred bytes, and this is per record.
 type pending struct {
 	s        *session
-	pk       packets.Packet
+	id       uint16
+	qos      byte
+	topic    string
+	fwd      *packets.Packet // set when the publish must reach local subscribers or be retained
 	received time.Time
 	done     bool
 	err      error
@@ -260,7 +274,13 @@ func (s *session) add(pk packets.Packet, received time.Time) (*pending, bool) {
 	if _, ok := s.ids[pk.PacketID]; ok {
 		return nil, true
 	}
-	e := &pending{s: s, pk: pk, received: received}
+	e := &pending{s: s, id: pk.PacketID, qos: pk.FixedHeader.Qos, topic: pk.TopicName, received: received}
+	// Subscribers are looked at now: one that subscribes while this
+	// publish awaits Kafka may not get it, as with any publish racing a
+	// SUBSCRIBE.
+	if pk.FixedHeader.Retain || atomic.LoadInt64(&s.h.server.Info.Subscriptions) != 0 {
+		e.fwd = &pk
+	}
 	s.queue = append(s.queue, e)
 	s.ids[pk.PacketID] = e
 	return e, false
@@ -299,6 +319,7 @@ func (s *session) disconnect() {
 func (s *session) run() {
 	defer s.h.writers.Done()
 	var ready []*pending
+	var acks []byte
 	for {
 		closing := false
 		select {
@@ -309,7 +330,7 @@ func (s *session) run() {
 		s.mu.Lock()
 		i := 0
 		for i < len(s.queue) && s.queue[i].done {
-			delete(s.ids, s.queue[i].pk.PacketID)
+			delete(s.ids, s.queue[i].id)
 			i++
 		}
 		ready = append(ready[:0], s.queue[:i]...)
@@ -320,36 +341,68 @@ func (s *session) run() {
 			s.h.sessions.Delete(s.cl)
 		}
 		s.mu.Unlock()
-		for _, e := range ready {
-			s.h.complete(s.cl, e)
-		}
+		s.h.completeAll(s.cl, ready, &acks)
 		if finished {
 			return
 		}
 	}
 }
 
-// complete acknowledges one publish that Kafka has answered.
-func (h *ingest) complete(cl *mqtt.Client, e *pending) {
-	pk := e.pk
-	if e.err == nil {
+// completeAll acknowledges publishes that Kafka has answered, in order.
+// Successful acknowledgements are 4-byte PUBACK/PUBREC packets (for MQTT 5
+// too: no reason code means success); consecutive ones go out in a single
+// write, which matters because a write per acknowledgement was the largest
+// cost of the QoS 1 path. Failures take the slow path, after the
+// acknowledgements before them were written.
+func (h *ingest) completeAll(cl *mqtt.Client, ready []*pending, buf *[]byte) {
+	b := (*buf)[:0]
+	flush := func() {
+		if len(b) == 0 {
+			return
+		}
+		if !cl.Closed() {
+			cl.Lock()
+			_, err := cl.Net.Conn.Write(b)
+			cl.Unlock()
+			if err != nil {
+				h.log.Debug("writing acknowledgements", "client", cl.ID, "error", err)
+			}
+		}
+		b = b[:0]
+	}
+	for _, e := range ready {
+		if e.err != nil {
+			flush()
+			h.fail(cl, e)
+			continue
+		}
 		h.m.ackLatency.Observe(time.Since(e.received).Seconds())
-		out := ack(pk, packets.CodeSuccess)
-		if pk.FixedHeader.Qos == 2 {
+		typ := byte(packets.Puback << 4)
+		if e.qos == 2 {
+			typ = packets.Pubrec << 4
 			// mochi completes the QoS 2 flow (PUBREL → PUBCOMP) from its
 			// inflight store, and answers a resent PUBLISH from it too.
-			if cl.State.Inflight.Set(out) {
+			if cl.State.Inflight.Set(ack(e.id, e.qos, packets.CodeSuccess)) {
 				atomic.AddInt64(&h.server.Info.Inflight, 1)
 			}
 		}
-		if err := cl.WritePacket(out); err != nil && !cl.Closed() {
-			h.log.Debug("writing acknowledgement", "client", cl.ID, "error", err)
-		}
-		if err := h.server.InjectPacket(h.forwarder, pk); err != nil {
-			h.log.Warn("forwarding to local subscribers", "topic", pk.TopicName, "error", err)
-		}
-		return
+		b = append(b, typ, 2, byte(e.id>>8), byte(e.id))
 	}
+	flush()
+	*buf = b
+	// Forward to local subscribers (and retain) after acknowledging, as
+	// mochi does.
+	for _, e := range ready {
+		if e.err == nil && e.fwd != nil {
+			if err := h.server.InjectPacket(h.forwarder, *e.fwd); err != nil {
+				h.log.Warn("forwarding to local subscribers", "topic", e.topic, "error", err)
+			}
+		}
+	}
+}
+
+// fail answers a publish that Kafka did not take: never as a success.
+func (h *ingest) fail(cl *mqtt.Client, e *pending) {
 	if errors.Is(e.err, bridge.ErrRecordTooLarge) {
 		h.m.rejected.WithLabelValues("too_large").Inc()
 	} else {
@@ -362,8 +415,8 @@ func (h *ingest) complete(cl *mqtt.Client, e *pending) {
 		} else if errors.Is(e.err, bridge.ErrUnknownTopic) {
 			code.Code = packets.ErrTopicNameInvalid.Code
 		}
-		h.log.Warn("publish refused: Kafka did not take the record", "client", cl.ID, "topic", pk.TopicName, "error", e.err)
-		_ = cl.WritePacket(ack(pk, code))
+		h.log.Warn("publish refused: Kafka did not take the record", "client", cl.ID, "topic", e.topic, "error", e.err)
+		_ = cl.WritePacket(ack(e.id, e.qos, code))
 		return
 	}
 	if cl.Closed() {
@@ -371,7 +424,7 @@ func (h *ingest) complete(cl *mqtt.Client, e *pending) {
 	}
 	// MQTT 3 has no negative acknowledgement, and a transient failure must
 	// not be reported as final: close the connection so the client resends.
-	h.log.Warn("closing connection: Kafka did not take a record, the client will resend it", "client", cl.ID, "topic", pk.TopicName, "error", e.err)
+	h.log.Warn("closing connection: Kafka did not take a record, the client will resend it", "client", cl.ID, "topic", e.topic, "error", e.err)
 	code := packets.ErrServerBusy
 	if errors.Is(e.err, bridge.ErrRecordTooLarge) {
 		code = packets.ErrPacketTooLarge

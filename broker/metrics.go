@@ -1,6 +1,10 @@
 package broker
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 type metrics struct {
 	connections   *prometheus.GaugeVec
@@ -12,6 +16,26 @@ type metrics struct {
 	failed        *prometheus.CounterVec
 	duplicates    prometheus.Counter
 	ackLatency    prometheus.Histogram
+	listeners     sync.Map // listener id -> *listenerMetrics
+}
+
+// listenerMetrics caches one listener's counters: looking labelled
+// children up on every publish costs a hash each time.
+type listenerMetrics struct {
+	received [4]prometheus.Counter // by QoS; index 3 catches a malformed QoS
+	bytes    prometheus.Counter
+}
+
+func (m *metrics) listener(id string) *listenerMetrics {
+	if v, ok := m.listeners.Load(id); ok {
+		return v.(*listenerMetrics)
+	}
+	lm := &listenerMetrics{bytes: m.receivedBytes.WithLabelValues(id)}
+	for q, label := range []string{"0", "1", "2", "invalid"} {
+		lm.received[q] = m.received.WithLabelValues(id, label)
+	}
+	v, _ := m.listeners.LoadOrStore(id, lm)
+	return v.(*listenerMetrics)
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {

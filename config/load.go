@@ -70,6 +70,8 @@ func Settings() []Setting {
 			},
 			get: func(c *Config) string { return strconv.FormatInt(c.Kafka.InflightBudgetBytes, 10) },
 		},
+		integer("kafka-ack-linger-ms", "kafka.ack_linger_ms", "librdkafka linger.ms for QoS 1/2 records, whose clients wait for Kafka (-1: use kafka.properties)",
+			func(c *Config) *int { return &c.Kafka.AckLingerMs }),
 		{
 			Flag: "flush-timeout", Key: "kafka.flush_timeout",
 			Usage: "how long shutdown waits for Kafka to acknowledge records in flight",

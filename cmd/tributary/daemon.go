@@ -62,6 +62,7 @@ func start(cfg config.Config, log *slog.Logger) (d *daemon, err error) {
 		CreateTopics:           cfg.Kafka.CreateTopics,
 		TopicPartitions:        cfg.Kafka.TopicPartitions,
 		TopicReplicationFactor: cfg.Kafka.TopicReplicationFactor,
+		AckLingerMs:            cfg.Kafka.AckLingerMs,
 		Registerer:             d.registry,
 	}, log.With("component", "kafka"))
 	if err != nil {
