@@ -103,10 +103,11 @@ type ProducerConfig struct {
 	CreateTopics           bool
 	TopicPartitions        int
 	TopicReplicationFactor int
-	// AckLingerMs is linger.ms for records whose producer-side client waits
-	// for the acknowledgement (MQTT QoS 1 and 2); -1 keeps kafka.properties'.
-	AckLingerMs int
-	Registerer  prometheus.Registerer
+	// AckLinger is the linger for records whose producer-side client waits
+	// for the acknowledgement (MQTT QoS 1 and 2); negative keeps
+	// Properties' linger.ms.
+	AckLinger  time.Duration
+	Registerer prometheus.Registerer
 }
 
 // The producer pool has two lanes, each a librdkafka producer sharing the
@@ -145,7 +146,10 @@ type envelope struct {
 	at   time.Time
 }
 
-var envelopes = sync.Pool{New: func() any { return new(envelope) }}
+var (
+	envelopes = sync.Pool{New: func() any { return new(envelope) }}
+	messages  = sync.Pool{New: func() any { return new(kafka.Message) }}
+)
 
 // NewProducer connects a producer to Kafka. It does not wait for Kafka to
 // be reachable; Ready tells whether it is.
@@ -188,8 +192,8 @@ func NewProducer(cfg ProducerConfig, log *slog.Logger) (*Producer, error) {
 		if _, set := cfg.Properties["client.id"]; !set {
 			lcm["client.id"] = [lanes]string{"tributary-acked", "tributary-best-effort"}[lane]
 		}
-		if lane == laneAcked && cfg.AckLingerMs >= 0 {
-			lcm["linger.ms"] = cfg.AckLingerMs
+		if lane == laneAcked && cfg.AckLinger >= 0 {
+			lcm["linger.ms"] = strconv.FormatFloat(float64(cfg.AckLinger)/float64(time.Millisecond), 'f', -1, 64)
 		}
 		p, err := kafka.NewProducer(&lcm)
 		if err != nil {
@@ -227,7 +231,8 @@ func NewProducer(cfg ProducerConfig, log *slog.Logger) (*Producer, error) {
 	return pr, nil
 }
 
-// Produce hands rec to Kafka; h gets its delivery report. It blocks while
+// Produce hands rec to Kafka; h gets its delivery report. rec is copied
+// before Produce returns, so the caller may reuse it. It blocks while
 // the in-flight budget or librdkafka's queue is full, until ctx ends: that
 // is the backpressure publishing sockets feel. Errors returned here mean
 // the record was not produced and h will not be called.
@@ -272,17 +277,20 @@ func (p *Producer) admit(ctx context.Context, rec *Record) (int64, error) {
 func (p *Producer) produce(ctx context.Context, lane int, rec *Record, h DeliveryHandler, size int64, wait bool) error {
 	env := envelopes.Get().(*envelope)
 	env.h, env.size, env.at = h, size, rec.Timestamp
-	msg := &kafka.Message{
+	// librdkafka copies key, value and headers during Produce and the Go
+	// client keeps only Opaque, so the message is reused.
+	msg := messages.Get().(*kafka.Message)
+	defer func() {
+		*msg = kafka.Message{}
+		messages.Put(msg)
+	}()
+	*msg = kafka.Message{
 		TopicPartition: kafka.TopicPartition{Topic: &rec.Topic, Partition: kafka.PartitionAny},
 		Key:            rec.Key,
 		Value:          rec.Value,
+		Headers:        rec.Headers,
 		Timestamp:      rec.Timestamp,
 		Opaque:         env,
-	}
-	// librdkafka copies key, value and headers during Produce, so callers
-	// may pass memory they do not own (see broker's zero-copy headers).
-	if len(rec.Headers) > 0 {
-		msg.Headers = rec.Headers
 	}
 	p.outstanding.Add(1)
 	for {

@@ -106,6 +106,8 @@ func (h *ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 	}
 
 	rec := buildRecord(cl, &pk, &res, received)
+	// The producer copies the record during the call, so it is reused.
+	defer releaseRecord(rec)
 	if qos == 0 {
 		if err := h.producer.TryProduce(h.ctx, rec, nil); err != nil {
 			if errors.Is(err, bridge.ErrRecordTooLarge) {
@@ -191,7 +193,11 @@ func buildRecord(cl *mqtt.Client, pk *packets.Packet, res *mapping.Result, at ti
 	if pk.Properties.ContentType != "" {
 		n++
 	}
-	hs := make([]bridge.Header, 0, n)
+	rec := records.Get().(*bridge.Record)
+	hs := rec.Headers[:0]
+	if cap(hs) < n {
+		hs = make([]bridge.Header, 0, n)
+	}
 	hs = append(hs,
 		bridge.Header{Key: "mqtt.topic", Value: view(pk.TopicName)},
 		bridge.Header{Key: "mqtt.qos", Value: qosValue[pk.FixedHeader.Qos%3]},
@@ -207,7 +213,17 @@ func buildRecord(cl *mqtt.Client, pk *packets.Packet, res *mapping.Result, at ti
 	for _, x := range res.Headers {
 		hs = append(hs, bridge.Header{Key: x.Key, Value: view(x.Value)})
 	}
-	return &bridge.Record{Topic: res.Topic, Key: res.Key, Value: pk.Payload, Headers: hs, Timestamp: at}
+	*rec = bridge.Record{Topic: res.Topic, Key: res.Key, Value: pk.Payload, Headers: hs, Timestamp: at}
+	return rec
+}
+
+var records = sync.Pool{New: func() any { return new(bridge.Record) }}
+
+// releaseRecord returns a record to the pool once the producer has copied it.
+func releaseRecord(r *bridge.Record) {
+	clear(r.Headers)
+	*r = bridge.Record{Headers: r.Headers[:0]}
+	records.Put(r)
 }
 
 // ack builds a PUBACK (QoS 1) or PUBREC (QoS 2) for packet id.
@@ -279,7 +295,8 @@ func (s *session) add(pk packets.Packet, received time.Time) (*pending, bool) {
 	// publish awaits Kafka may not get it, as with any publish racing a
 	// SUBSCRIBE.
 	if pk.FixedHeader.Retain || atomic.LoadInt64(&s.h.server.Info.Subscriptions) != 0 {
-		e.fwd = &pk
+		fwd := pk // copied here only, so pk itself does not escape
+		e.fwd = &fwd
 	}
 	s.queue = append(s.queue, e)
 	s.ids[pk.PacketID] = e

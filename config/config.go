@@ -62,12 +62,12 @@ type KafkaConfig struct {
 	// dropped (counted) and the bridge stops reading from publishing
 	// sockets. Default 67108864 (64 MiB).
 	InflightBudgetBytes int64 `yaml:"inflight_budget_bytes"`
-	// AckLingerMs is librdkafka's linger.ms for records whose MQTT client
-	// waits for the acknowledgement (QoS 1 and 2). It bounds the latency
-	// of each round trip, and so the rate of a client with a limited window.
-	// Best-effort (QoS 0) records use linger.ms from Properties (librdkafka's
-	// default 5 ms). -1 uses Properties' value for both. Default 1.
-	AckLingerMs int `yaml:"ack_linger_ms"`
+	// AckLinger is librdkafka's linger for records whose MQTT client waits
+	// for the acknowledgement (QoS 1 and 2). It is part of every round trip,
+	// and so bounds the rate of a client with a limited window. Best-effort
+	// (QoS 0) records use linger.ms from Properties (librdkafka's default
+	// 5 ms). Negative uses Properties' value for both. Default 1ms.
+	AckLinger time.Duration `yaml:"ack_linger"`
 	// FlushTimeout bounds how long shutdown waits for Kafka to acknowledge
 	// records still in flight. Default 30s.
 	FlushTimeout time.Duration `yaml:"flush_timeout"`
@@ -89,6 +89,8 @@ type MQTTConfig struct {
 type HTTPConfig struct {
 	// Addr serves /healthz, /readyz and /metrics. Default ":8080"; empty disables it.
 	Addr string `yaml:"addr"`
+	// Pprof serves Go's profiler under /debug/pprof/ on Addr. Default false.
+	Pprof bool `yaml:"pprof"`
 }
 
 // MappingConfig holds the mapping rules in both syntaxes.
@@ -121,7 +123,7 @@ func Default() Config {
 			MaxMessageBytes:        1000000,
 			InflightBudgetBytes:    64 << 20,
 			FlushTimeout:           30 * time.Second,
-			AckLingerMs:            1,
+			AckLinger:              time.Millisecond,
 		},
 		MQTT:    MQTTConfig{Addr: ":1883", WSAddr: ":8083"},
 		HTTP:    HTTPConfig{Addr: ":8080"},
@@ -248,8 +250,8 @@ func (c *Config) Validate() error {
 	if c.Kafka.InflightBudgetBytes < int64(c.Kafka.MaxMessageBytes) {
 		add("kafka.inflight_budget_bytes %d: must be at least kafka.max_message_bytes (%d)", c.Kafka.InflightBudgetBytes, c.Kafka.MaxMessageBytes)
 	}
-	if c.Kafka.AckLingerMs < -1 {
-		add("kafka.ack_linger_ms %d: must be -1 (use kafka.properties' linger.ms) or at least 0", c.Kafka.AckLingerMs)
+	if c.Kafka.AckLinger > 15*time.Minute {
+		add("kafka.ack_linger %s: must be at most 15m (librdkafka's limit)", c.Kafka.AckLinger)
 	}
 	if c.Kafka.FlushTimeout <= 0 {
 		add("kafka.flush_timeout %s: must be positive", c.Kafka.FlushTimeout)

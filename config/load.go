@@ -39,6 +39,8 @@ func Settings() []Setting {
 			func(c *Config) *string { return &c.MQTT.WSAddr }),
 		str("http-addr", "http.addr", "HTTP listen address for /healthz, /readyz, /metrics; empty disables it",
 			func(c *Config) *string { return &c.HTTP.Addr }),
+		boolean("http-pprof", "http.pprof", "serve Go's profiler under /debug/pprof/ on the HTTP address (for diagnosis; keep it off on untrusted networks)",
+			func(c *Config) *bool { return &c.HTTP.Pprof }),
 		withEnv(str("topic-regex-list", "mapping.topic_regex_list", "mapping rules as kafkaTopic:regex[,kafkaTopic:regex...] (Confluent MQTT Proxy syntax)",
 			func(c *Config) *string { return &c.Mapping.TopicRegexList }), "KAFKA_MQTT_TOPIC_REGEX_LIST"),
 		{
@@ -70,8 +72,16 @@ func Settings() []Setting {
 			},
 			get: func(c *Config) string { return strconv.FormatInt(c.Kafka.InflightBudgetBytes, 10) },
 		},
-		integer("kafka-ack-linger-ms", "kafka.ack_linger_ms", "librdkafka linger.ms for QoS 1/2 records, whose clients wait for Kafka (-1: use kafka.properties)",
-			func(c *Config) *int { return &c.Kafka.AckLingerMs }),
+		{
+			Flag: "kafka-ack-linger", Key: "kafka.ack_linger",
+			Usage: "librdkafka linger for QoS 1/2 records, whose clients wait for Kafka (a duration; negative: use kafka.properties' linger.ms)",
+			set: func(c *Config, v string) error {
+				d, err := time.ParseDuration(v)
+				c.Kafka.AckLinger = d
+				return err
+			},
+			get: func(c *Config) string { return c.Kafka.AckLinger.String() },
+		},
 		{
 			Flag: "flush-timeout", Key: "kafka.flush_timeout",
 			Usage: "how long shutdown waits for Kafka to acknowledge records in flight",

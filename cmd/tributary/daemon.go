@@ -31,8 +31,8 @@ type daemon struct {
 }
 
 // start builds and starts every part. On error, whatever started is stopped.
-func start(cfg config.Config, log *slog.Logger) (d *daemon, err error) {
-	d = &daemon{log: log, cfg: cfg, registry: prometheus.NewRegistry()}
+func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
+	d := &daemon{log: log, cfg: cfg, registry: prometheus.NewRegistry()}
 	defer func() {
 		if err != nil {
 			d.stop()
@@ -62,7 +62,7 @@ func start(cfg config.Config, log *slog.Logger) (d *daemon, err error) {
 		CreateTopics:           cfg.Kafka.CreateTopics,
 		TopicPartitions:        cfg.Kafka.TopicPartitions,
 		TopicReplicationFactor: cfg.Kafka.TopicReplicationFactor,
-		AckLingerMs:            cfg.Kafka.AckLingerMs,
+		AckLinger:              cfg.Kafka.AckLinger,
 		Registerer:             d.registry,
 	}, log.With("component", "kafka"))
 	if err != nil {
@@ -97,6 +97,7 @@ func start(cfg config.Config, log *slog.Logger) (d *daemon, err error) {
 	if cfg.HTTP.Addr != "" {
 		d.http = websocket.New(websocket.Config{
 			Addr:     cfg.HTTP.Addr,
+			Pprof:    cfg.HTTP.Pprof,
 			Gatherer: d.registry,
 			Ready: []websocket.Check{
 				{Name: "kafka", Fn: func() error {

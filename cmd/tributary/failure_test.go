@@ -18,6 +18,8 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/tributary-io/tributary/config"
 )
 
 // outage makes Kafka unavailable and brings it back. Against the embedded
@@ -442,5 +444,37 @@ func TestShutdownWithKafkaDown(t *testing.T) {
 	}
 	if tok.WaitTimeout(time.Second) && tok.Error() == nil {
 		t.Error("a publish Kafka never took was acknowledged")
+	}
+}
+
+// A failure part-way through start-up is an error naming the cause, with
+// whatever had started stopped again, never a crash.
+func TestStartFailureIsAnError(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	for _, tc := range []struct {
+		name   string
+		mutate func(*config.Config)
+		want   string
+	}{
+		{"unknown librdkafka property", func(c *config.Config) { c.Kafka.Properties = map[string]string{"no.such.property": "1"} }, "no.such.property"},
+		{"MQTT port taken", func(c *config.Config) { c.MQTT.Addr = busy.Addr().String() }, busy.Addr().String()},
+		{"HTTP port taken", func(c *config.Config) { c.HTTP.Addr = busy.Addr().String() }, busy.Addr().String()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig(t)
+			tc.mutate(&cfg)
+			d, err := start(cfg, testLogger(t))
+			if err == nil {
+				d.stop()
+				t.Fatal("start succeeded")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %q does not name %q", err, tc.want)
+			}
+		})
 	}
 }
