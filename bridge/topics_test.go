@@ -1,0 +1,114 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+func testProducer(t *testing.T, c *kfake.Cluster, create bool) *Producer {
+	t.Helper()
+	p, err := NewProducer(ProducerConfig{
+		Bootstrap:              c.ListenAddrs()[0],
+		MaxMessageBytes:        1 << 20,
+		InflightBudgetBytes:    8 << 20,
+		CreateTopics:           create,
+		TopicPartitions:        1,
+		TopicReplicationFactor: 1,
+		AckLinger:              time.Millisecond,
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		p.Close(ctx)
+	})
+	return p
+}
+
+// A cluster that refuses CreateTopics but has the topic: producing works.
+// A topic that is missing then is an error naming it.
+func TestEnsureTopicWhenCreationIsRefused(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "existing"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.ControlKey(int16(kmsg.CreateTopics), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		r := req.(*kmsg.CreateTopicsRequest)
+		resp := r.ResponseKind().(*kmsg.CreateTopicsResponse)
+		for _, rt := range r.Topics {
+			st := kmsg.NewCreateTopicsResponseTopic()
+			st.Topic = rt.Topic
+			st.ErrorCode = kerr.TopicAuthorizationFailed.Code
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+	p := testProducer(t, c, true)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := p.EnsureTopic(ctx, "existing"); err != nil {
+		t.Fatalf("existing topic with creation refused: %v", err)
+	}
+	err = p.EnsureTopic(ctx, "missing")
+	if err == nil {
+		t.Fatal("missing topic with creation refused: no error")
+	}
+	if want := `"missing"`; !containsAll(err.Error(), want, "uthoriz") {
+		t.Fatalf("error %q does not name the topic and the refusal", err)
+	}
+
+	// Delivered to the existing topic, end to end.
+	done := make(chan Delivery, 1)
+	rec := &Record{Topic: "existing", Key: []byte("k"), Value: []byte("v"), Timestamp: time.Now()}
+	if err := p.Produce(ctx, rec, DeliveryFunc(func(d Delivery) { done <- d })); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case d := <-done:
+		if d.Err != nil {
+			t.Fatalf("delivery: %v", d.Err)
+		}
+	case <-ctx.Done():
+		t.Fatal("no delivery report")
+	}
+}
+
+func TestEnsureTopicWithCreationDisabled(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "there"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p := testProducer(t, c, false)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := p.EnsureTopic(ctx, "there"); err != nil {
+		t.Fatal(err)
+	}
+	err = p.Produce(ctx, &Record{Topic: "absent", Value: []byte("x")}, DeliveryFunc(func(Delivery) {}))
+	if !errors.Is(err, ErrUnknownTopic) || !containsAll(err.Error(), `"absent"`) {
+		t.Fatalf("produce to a missing topic: %v, want ErrUnknownTopic naming it", err)
+	}
+}
+
+func containsAll(s string, subs ...string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
+}
