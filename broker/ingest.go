@@ -149,15 +149,26 @@ func (h *ingest) refuse(cl *mqtt.Client, pk packets.Packet, code packets.Code) (
 		_ = cl.WritePacket(ack(pk.PacketID, pk.FixedHeader.Qos, code))
 		return pk, packets.ErrRejectPacket
 	}
-	_ = h.server.DisconnectClient(cl, code)
+	h.disconnect(cl, code)
 	return pk, packets.ErrRejectPacket
+}
+
+// disconnect closes a client's connection for code: MQTT 5 clients get a
+// DISCONNECT with the reason; MQTT 3 has no server DISCONNECT, so the
+// connection is just closed.
+func (h *ingest) disconnect(cl *mqtt.Client, code packets.Code) {
+	if cl.Properties.ProtocolVersion == 5 {
+		_ = h.server.DisconnectClient(cl, code)
+		return
+	}
+	cl.Stop(code)
 }
 
 func (h *ingest) tooLarge(cl *mqtt.Client, pk packets.Packet, err error) (packets.Packet, error) {
 	h.m.rejected.WithLabelValues("too_large").Inc()
 	h.log.Warn("publish refused: payload larger than the Kafka message limit", "client", cl.ID, "topic", pk.TopicName, "bytes", len(pk.Payload), "error", err)
 	if pk.FixedHeader.Qos == 0 {
-		_ = h.server.DisconnectClient(cl, packets.ErrPacketTooLarge)
+		h.disconnect(cl, packets.ErrPacketTooLarge)
 		return pk, packets.ErrRejectPacket
 	}
 	return h.refuse(cl, pk, packets.ErrPacketTooLarge)
@@ -446,7 +457,7 @@ func (h *ingest) fail(cl *mqtt.Client, e *pending) {
 	if errors.Is(e.err, bridge.ErrRecordTooLarge) {
 		code = packets.ErrPacketTooLarge
 	}
-	_ = h.server.DisconnectClient(cl, code)
+	h.disconnect(cl, code)
 }
 
 func failReason(err error) string {
