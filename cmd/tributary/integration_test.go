@@ -170,7 +170,7 @@ func TestUnmatchedPolicies(t *testing.T) {
 			// MQTT 3.1.1 QoS 1 under reject: no false success.
 			c := mqttClient(t, "tcp://"+d.mqttAddr(), uniq("v3"))
 			tok := c.Publish("other/y", 1, false, "v3")
-			acked := tok.WaitTimeout(3*time.Second) && tok.Error() == nil
+			acked := tok.WaitTimeout(10*time.Second) && tok.Error() == nil
 			if policy == mapping.PolicyReject && acked {
 				t.Error("MQTT 3 QoS 1 publish to an unmatched topic under reject was acknowledged")
 			}
