@@ -12,10 +12,12 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tributary-io/tributary/bridge"
@@ -144,6 +146,7 @@ func (b *Broker) Close() error {
 		b.serving.Store(false)
 		b.ingest.draining.Store(true)
 		b.cancel()
+		b.disconnectAll(5 * time.Second)
 		err = b.server.Close()
 		b.ingest.wait()
 	})
@@ -151,4 +154,38 @@ func (b *Broker) Close() error {
 		return nil
 	}
 	return err
+}
+
+// disconnectAll stops accepting connections and disconnects every client,
+// waiting up to timeout for their goroutines to end. mochi's own Close
+// lists each listener's clients while holding its client-list read lock
+// and takes that lock again inside (Clients.GetByListener calls Len); a
+// client being added or removed in between makes that deadlock, and at
+// shutdown the first listener's clients remove themselves while the next
+// listener's are listed. With every client gone first, Close is safe.
+func (b *Broker) disconnectAll(timeout time.Duration) {
+	for _, ln := range b.lns {
+		_ = ln.Close()
+	}
+	done := make(chan struct{})
+	go func() {
+		b.server.Listeners.ClientsWg.Wait()
+		close(done)
+	}()
+	deadline := time.After(timeout)
+	for {
+		for _, cl := range b.server.Clients.GetAll() {
+			if !cl.Net.Inline && !cl.Closed() {
+				b.ingest.disconnect(cl, packets.ErrServerShuttingDown)
+			}
+		}
+		select {
+		case <-done:
+			return
+		case <-deadline:
+			b.log.Warn("MQTT clients still connected after the shutdown timeout", "timeout", timeout)
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }

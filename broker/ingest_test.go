@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/tributary-io/tributary/bridge"
@@ -226,4 +228,112 @@ func TestKafkaFailureIsNeverASuccess(t *testing.T) {
 			t.Fatalf("after the failed publish the client got % x, want the connection closed with nothing more", rest)
 		}
 	})
+}
+
+// Closing with many clients on both listeners, while more keep arriving,
+// finishes: mochi's own close path can deadlock on its client list when
+// clients come and go during it.
+func TestCloseWithClientsComingAndGoing(t *testing.T) {
+	for round := range 5 {
+		m, err := mapping.New(mapping.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := New(Config{Addr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", MaxMessageBytes: 1 << 20}, newFakeProducer(), m,
+			slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Start(); err != nil {
+			t.Fatal(err)
+		}
+		var conns []*websocket.Conn
+		var raws []net.Conn
+		for i := range 30 {
+			raws = append(raws, dialNamed(t, b.Addr("mqtt-tcp"), fmt.Sprintf("tcp-%d-%d", round, i)))
+			conns = append(conns, dialWS(t, b.Addr("mqtt-ws"), fmt.Sprintf("ws-%d-%d", round, i)))
+		}
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { // keep connecting and dropping while the broker closes
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c, err := net.DialTimeout("tcp", b.Addr("mqtt-tcp"), time.Second)
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+		closed := make(chan error, 1)
+		go func() { closed <- b.Close() }()
+		select {
+		case err := <-closed:
+			if err != nil {
+				t.Fatalf("round %d: Close: %v", round, err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("round %d: Close did not return", round)
+		}
+		close(stop)
+		wg.Wait()
+		for _, c := range conns {
+			c.Close()
+		}
+		for _, c := range raws {
+			c.Close()
+		}
+	}
+}
+
+func dialNamed(t *testing.T, addr, id string) net.Conn {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Write(connectPacket(t, id)); err != nil {
+		t.Fatal(err)
+	}
+	if pk := readPacket(t, conn, 5*time.Second); pk[0] != 0x20 {
+		t.Fatalf("want CONNACK, got % x", pk)
+	}
+	return conn
+}
+
+func dialWS(t *testing.T, addr, id string) *websocket.Conn {
+	t.Helper()
+	d := websocket.Dialer{Subprotocols: []string{"mqtt"}, HandshakeTimeout: 5 * time.Second}
+	c, _, err := d.Dial("ws://"+addr+"/mqtt", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WriteMessage(websocket.BinaryMessage, connectPacket(t, id)); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, msg, err := c.ReadMessage(); err != nil || len(msg) < 4 || msg[0] != 0x20 {
+		t.Fatalf("want CONNACK over WebSocket, got % x, %v", msg, err)
+	}
+	return c
+}
+
+func connectPacket(t *testing.T, id string) []byte {
+	t.Helper()
+	pk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+		ProtocolVersion: 4,
+		Connect:         packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: id},
+	}
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
 }

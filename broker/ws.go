@@ -70,7 +70,7 @@ func (l *wsListener) Init(log *slog.Logger) error {
 
 func (l *wsListener) Serve(establish listeners.EstablishFn) {
 	l.establish = establish
-	if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !l.closed.Load() {
+	if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) && !l.closed.Load() {
 		l.log.Error("MQTT WebSocket listener stopped", "listener", l.id, "error", err)
 	}
 }
