@@ -61,6 +61,9 @@ func (t *topics) ensure(ctx context.Context, topic string) error {
 			t.ok.Store(topic, struct{}{})
 		}
 		st.until = time.Now().Add(topicFailureTTL)
+		if ctx.Err() != nil {
+			st.until = time.Now() // the caller gave up; that says nothing about the topic
+		}
 		close(st.done)
 		return st.err
 	}

@@ -34,6 +34,9 @@ type Config struct {
 	Mapping MappingConfig `yaml:"mapping"`
 	// Log configures logging.
 	Log LogConfig `yaml:"log"`
+	// Upstreams are remote MQTT brokers whose feeds are produced into
+	// Kafka (YAML only). Default none. See UpstreamConfig.
+	Upstreams []UpstreamConfig `yaml:"upstreams"`
 }
 
 // KafkaConfig configures the Kafka side.
@@ -276,6 +279,7 @@ func (c *Config) Validate() error {
 			add("%v", e)
 		}
 	}
+	problems = append(problems, validateUpstreams(c.Upstreams)...)
 	if len(problems) > 0 {
 		return &Error{Problems: problems}
 	}
@@ -326,6 +330,16 @@ func (c Config) Redacted() Config {
 			props[k] = v
 		}
 		c.Kafka.Properties = props
+	}
+	if len(c.Upstreams) > 0 {
+		ups := make([]UpstreamConfig, len(c.Upstreams))
+		for i, u := range c.Upstreams {
+			if u.Password != "" {
+				u.Password = "[redacted]"
+			}
+			ups[i] = u
+		}
+		c.Upstreams = ups
 	}
 	return c
 }

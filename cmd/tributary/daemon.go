@@ -20,14 +20,15 @@ import (
 // daemon is the running product: embedded Kafka (optional), producer,
 // MQTT broker and HTTP server, wired together.
 type daemon struct {
-	log      *slog.Logger
-	cfg      config.Config
-	embedded *bridge.Embedded
-	producer *bridge.Producer
-	broker   *broker.Broker
-	http     *websocket.Server
-	registry *prometheus.Registry
-	stopOnce sync.Once
+	log       *slog.Logger
+	cfg       config.Config
+	embedded  *bridge.Embedded
+	producer  *bridge.Producer
+	broker    *broker.Broker
+	upstreams *bridge.Upstreams
+	http      *websocket.Server
+	registry  *prometheus.Registry
+	stopOnce  sync.Once
 }
 
 // start builds and starts every part. On error, whatever started is stopped.
@@ -71,13 +72,21 @@ func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 	// Create the topics the rules name up front, so a missing permission
 	// or a bad cluster shows at start-up; failures here are retried on
 	// first use, so Kafka being down does not stop the bridge starting.
+	// All at once, under one deadline, so that an unreachable Kafka delays
+	// start-up by seconds, not by a timeout per topic.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	var wg sync.WaitGroup
 	for _, t := range mapper.StaticTopics() {
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		if err := d.producer.EnsureTopic(ctx, t); err != nil {
-			log.Warn("Kafka topic not ready at start-up; will retry on first publish", "topic", t, "error", err)
-		}
-		cancel()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := d.producer.EnsureTopic(ctx, t); err != nil {
+				log.Warn("Kafka topic not ready at start-up; will retry on first publish", "topic", t, "error", err)
+			}
+		}()
 	}
+	wg.Wait()
+	cancel()
 
 	if cfg.MQTT.Addr != "" || cfg.MQTT.WSAddr != "" {
 		d.broker, err = broker.New(broker.Config{
@@ -92,6 +101,15 @@ func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 		if err := d.broker.Start(); err != nil {
 			return nil, err
 		}
+	}
+
+	if len(cfg.Upstreams) > 0 {
+		ucfgs, err := upstreamConfigs(cfg.Upstreams)
+		if err != nil {
+			return nil, err
+		}
+		d.upstreams = bridge.NewUpstreams(ucfgs, d.producer, mapper, d.registry, log.With("component", "upstream"))
+		d.upstreams.Start()
 	}
 
 	if cfg.HTTP.Addr != "" {
@@ -112,6 +130,12 @@ func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 					}
 					return nil
 				}},
+				{Name: "upstreams", Fn: func() error {
+					if d.upstreams == nil {
+						return nil
+					}
+					return d.upstreams.Check()
+				}},
 			},
 		}, log)
 		if err := d.http.Start(); err != nil {
@@ -131,10 +155,19 @@ func (d *daemon) shutdown() {
 	if d.broker != nil {
 		d.broker.Drain()
 	}
+	// Upstreams stop producing before the flush and acknowledge to their
+	// remote brokers after it, so every PUBACK they send is for a record
+	// Kafka has; what is left unacknowledged the remote brokers redeliver.
+	if d.upstreams != nil {
+		d.upstreams.Drain()
+	}
 	if d.producer != nil {
 		if left := d.producer.Flush(ctx); left > 0 {
 			d.log.Error("shutdown flush deadline passed; those records' clients were not acknowledged", "records", left)
 		}
+	}
+	if d.upstreams != nil {
+		d.upstreams.Close()
 	}
 	if d.broker != nil {
 		if err := d.broker.Close(); err != nil {

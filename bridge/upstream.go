@@ -1,0 +1,807 @@
+package bridge
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tributary-io/tributary/mapping"
+)
+
+// Upstream sources: Tributary as an MQTT subscriber of remote brokers.
+//
+// The delivery contract is the same as for devices: the remote broker gets
+// its PUBACK (or PUBREC) only after Kafka acknowledged the record. paho runs
+// with auto-ack disabled, and each message is acknowledged with msg.Ack()
+// once its delivery report is back.
+//
+// Acknowledgements go out in the order the messages arrived on the
+// connection, not in the order Kafka answered: delivery reports of
+// different partitions complete out of order, and MQTT 3.1.1 (4.6) asks a
+// receiver to acknowledge QoS 1 PUBLISHes in arrival order. Brokers that
+// track in-flight windows as queues (and the remote's redelivery after a
+// reconnect) then see exactly the prefix Kafka has. The cost is that a
+// slow partition holds back acks of faster ones, which only delays them.
+//
+// paho's message handler is called in order on paho's router goroutine
+// (OrderMatters, the default). It does no waiting of its own: it maps the
+// message, queues it for acknowledgement and hands it to Producer.Produce,
+// which blocks only while the shared in-flight budget is used up. Records
+// from one remote topic therefore reach the producer in arrival order, with
+// the same key (the MQTT topic, unless a rule says otherwise), so they keep
+// their order in Kafka. The remote broker's own in-flight window bounds how
+// much is queued here.
+//
+// Each connection is a new paho client with its own acknowledgement queue
+// and writer goroutine. Acks of a connection that is gone are dropped by
+// paho; the remote broker redelivers those messages on the next connection
+// (persistent session), with the DUP flag, and they are produced again:
+// at-least-once, duplicates counted in upstream_redelivered_total.
+
+// UpstreamProducer is what upstream sources need of the producer.
+type UpstreamProducer interface {
+	Produce(ctx context.Context, rec *Record, h DeliveryHandler) error
+	TryProduce(ctx context.Context, rec *Record, h DeliveryHandler) error
+	EnsureTopic(ctx context.Context, topic string) error
+}
+
+var _ UpstreamProducer = (*Producer)(nil)
+
+// RetainedPolicy says which retained messages from an upstream are produced.
+type RetainedPolicy string
+
+// The retained-message policies.
+const (
+	// RetainedFirst produces a retained value once: when the remote broker
+	// sends the same topic and payload again (as it does on every
+	// resubscribe), it is acknowledged without producing.
+	RetainedFirst RetainedPolicy = "first"
+	// RetainedAlways produces every retained message.
+	RetainedAlways RetainedPolicy = "always"
+	// RetainedNever produces no retained message; live messages are produced.
+	RetainedNever RetainedPolicy = "never"
+)
+
+// UpstreamSubscription is one topic filter and its requested QoS.
+type UpstreamSubscription struct {
+	Filter string
+	QoS    byte
+}
+
+// UpstreamConfig configures one upstream source.
+type UpstreamConfig struct {
+	Name          string
+	URL           string
+	ClientID      string
+	Username      string
+	Password      string
+	TLS           *tls.Config
+	CleanSession  bool
+	Subscriptions []UpstreamSubscription
+	// SharedGroup, when set, subscribes as $share/<group>/<filter>.
+	SharedGroup string
+	// KafkaTopic, when set, receives every message, keyed by MQTT topic;
+	// otherwise the mapper decides, with Name as the source.
+	KafkaTopic     string
+	IngestRetained RetainedPolicy
+	KeepAlive      time.Duration
+	ConnectTimeout time.Duration
+	ReconnectMin   time.Duration
+	ReconnectMax   time.Duration
+}
+
+// Upstreams runs the configured upstream sources.
+type Upstreams struct {
+	list    []*upstream
+	metrics *upstreamMetrics
+	wg      sync.WaitGroup
+	started atomic.Bool
+	once    sync.Once
+}
+
+// NewUpstreams builds the upstream sources; Start connects them.
+func NewUpstreams(cfgs []UpstreamConfig, p UpstreamProducer, mapper *mapping.Mapper, reg prometheus.Registerer, log *slog.Logger) *Upstreams {
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	us := &Upstreams{metrics: newUpstreamMetrics(reg)}
+	for _, c := range cfgs {
+		if c.IngestRetained == "" {
+			c.IngestRetained = RetainedFirst
+		}
+		u := &upstream{
+			cfg:      c,
+			p:        p,
+			mapper:   mapper,
+			log:      log.With("upstream", c.Name),
+			m:        us.metrics.forUpstream(c.Name),
+			closing:  make(chan struct{}),
+			retained: map[string]uint64{},
+		}
+		u.ctx, u.cancel = context.WithCancel(context.Background())
+		u.produceCtx, u.stopProducing = context.WithCancel(context.Background())
+		us.list = append(us.list, u)
+	}
+	return us
+}
+
+// Start connects every upstream in the background; connection failures
+// are retried with backoff, not returned.
+func (us *Upstreams) Start() {
+	us.started.Store(true)
+	for _, u := range us.list {
+		us.wg.Add(1)
+		go func() {
+			defer us.wg.Done()
+			if u.cfg.KafkaTopic != "" {
+				// Before subscribing, so a missing permission shows early;
+				// a failure is retried on the first message.
+				ctx, cancel := context.WithTimeout(u.ctx, 15*time.Second)
+				if err := u.p.EnsureTopic(ctx, u.cfg.KafkaTopic); err != nil {
+					u.log.Warn("Kafka topic not ready at start-up; will retry on first message", "topic", u.cfg.KafkaTopic, "error", err)
+				}
+				cancel()
+			}
+			u.run()
+		}()
+	}
+}
+
+// Drain stops producing new messages: from now on they are left
+// unacknowledged, for the remote broker to redeliver. Call it before
+// flushing the producer, so that the flush ends the set of records whose
+// acknowledgements are still to go out.
+func (us *Upstreams) Drain() {
+	for _, u := range us.list {
+		u.draining.Store(true)
+		u.stopProducing()
+	}
+}
+
+// Close acknowledges what Kafka has confirmed, then disconnects. Call it
+// after Drain and the producer's flush, before closing the producer. It is
+// idempotent.
+func (us *Upstreams) Close() {
+	us.once.Do(func() {
+		us.Drain()
+		for _, u := range us.list {
+			u.closeAckers()
+		}
+		for _, u := range us.list {
+			u.cancel()
+		}
+		us.wg.Wait()
+	})
+}
+
+// Check reports the upstreams that have never connected, with their last
+// error, for /readyz.
+func (us *Upstreams) Check() error {
+	var bad []string
+	for _, u := range us.list {
+		if !u.everConnected.Load() {
+			msg := u.cfg.Name
+			if e := u.lastError(); e != "" {
+				msg += " (" + e + ")"
+			}
+			bad = append(bad, msg)
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("upstreams never connected: %s", strings.Join(bad, "; "))
+	}
+	return nil
+}
+
+// Connected reports whether the named upstream is connected with its
+// subscriptions made.
+func (us *Upstreams) Connected(name string) bool {
+	for _, u := range us.list {
+		if u.cfg.Name == name {
+			return u.connected.Load()
+		}
+	}
+	return false
+}
+
+// LastError returns the named upstream's last connection or subscription
+// error, or "".
+func (us *Upstreams) LastError(name string) string {
+	for _, u := range us.list {
+		if u.cfg.Name == name {
+			return u.lastError()
+		}
+	}
+	return ""
+}
+
+type upstream struct {
+	cfg    UpstreamConfig
+	p      UpstreamProducer
+	mapper *mapping.Mapper
+	log    *slog.Logger
+	m      upstreamCounters
+
+	ctx           context.Context // ends the connection loop (Close)
+	cancel        context.CancelFunc
+	produceCtx    context.Context // ends waits in Produce (Drain)
+	stopProducing context.CancelFunc
+	draining      atomic.Bool
+	connected     atomic.Bool
+	everConnected atomic.Bool
+
+	mu       sync.Mutex
+	lastErr  string
+	closed   bool          // ackers are closing; no new connection starts one
+	closing  chan struct{} // closed by closeAckers
+	ackers   sync.WaitGroup
+	retained map[string]uint64 // topic -> hash of the retained payload produced last
+}
+
+func (u *upstream) lastError() string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.lastErr
+}
+
+func (u *upstream) setError(err error) {
+	u.mu.Lock()
+	u.lastErr = err.Error()
+	u.mu.Unlock()
+	u.m.lastError.SetToCurrentTime()
+}
+
+func (u *upstream) closeAckers() {
+	u.mu.Lock()
+	if !u.closed {
+		u.closed = true
+		close(u.closing)
+	}
+	u.mu.Unlock()
+	u.ackers.Wait()
+}
+
+// backoff returns the wait before connection attempt n (n ≥ 1): doubling
+// from ReconnectMin up to ReconnectMax, with "equal jitter" (half fixed,
+// half random) so a fleet of nodes does not reconnect in step.
+func (u *upstream) backoff(n int) time.Duration {
+	d := u.cfg.ReconnectMin
+	for i := 1; i < n && d < u.cfg.ReconnectMax; i++ {
+		d *= 2
+	}
+	d = min(d, u.cfg.ReconnectMax)
+	half := d / 2
+	return half + rand.N(half+1)
+}
+
+// run connects, waits for the connection to end, and reconnects, until
+// Close (or Drain: a draining upstream does not reconnect).
+func (u *upstream) run() {
+	failures := 0
+	for u.ctx.Err() == nil && !u.draining.Load() {
+		c, err := u.connect()
+		if err != nil {
+			failures++
+			wait := u.backoff(failures)
+			u.setError(err)
+			u.m.connectErrors.Inc()
+			u.log.Warn("connecting to upstream failed; retrying", "url", u.cfg.URL, "attempt", failures, "retry_in", wait.Round(time.Millisecond), "error", err)
+			if !u.sleep(wait) {
+				return
+			}
+			continue
+		}
+		failures = 0
+		select {
+		case <-c.lost:
+		case <-u.ctx.Done():
+		}
+		u.connected.Store(false)
+		u.m.connected.Set(0)
+		// Disconnect after the acknowledgement writer's last pass (Close
+		// runs it first), so acks for what Kafka has still go out.
+		c.client.Disconnect(250)
+		c.lose(nil)
+		if u.ctx.Err() != nil {
+			return
+		}
+		u.m.disconnects.Inc()
+		wait := u.backoff(1)
+		u.log.Warn("upstream connection lost; reconnecting", "url", u.cfg.URL, "retry_in", wait.Round(time.Millisecond), "error", c.lostErr())
+		if !u.sleep(wait) {
+			return
+		}
+	}
+}
+
+func (u *upstream) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-u.ctx.Done():
+		return false
+	}
+}
+
+// connect makes one connection and its subscriptions. A refused
+// subscription is logged and counted; the connection stays up for the
+// others.
+func (u *upstream) connect() (*conn, error) {
+	c := &conn{u: u, lost: make(chan struct{}), notify: make(chan struct{}, 1)}
+	opts := paho.NewClientOptions().
+		AddBroker(u.cfg.URL).
+		SetClientID(u.cfg.ClientID).
+		SetUsername(u.cfg.Username).
+		SetPassword(u.cfg.Password).
+		SetCleanSession(u.cfg.CleanSession).
+		SetProtocolVersion(4).
+		SetAutoReconnect(false). // run reconnects, with backoff and jitter
+		SetConnectRetry(false).
+		SetResumeSubs(false). // connect subscribes on every connection
+		SetAutoAckDisabled(true).
+		SetOrderMatters(true).
+		SetKeepAlive(u.cfg.KeepAlive).
+		SetPingTimeout(max(u.cfg.KeepAlive/2, time.Second)).
+		SetConnectTimeout(u.cfg.ConnectTimeout).
+		SetWriteTimeout(u.cfg.ConnectTimeout).
+		// Messages of a resumed session can arrive before the
+		// subscriptions are renewed; with no route for them paho would
+		// neither deliver nor acknowledge them, so every message goes
+		// through the default handler.
+		SetDefaultPublishHandler(c.handle).
+		SetConnectionLostHandler(func(_ paho.Client, err error) { c.lose(err) })
+	if u.cfg.TLS != nil {
+		opts.SetTLSConfig(u.cfg.TLS)
+	}
+	c.client = paho.NewClient(opts)
+
+	u.mu.Lock()
+	if u.closed {
+		u.mu.Unlock()
+		return nil, errors.New("upstream closing")
+	}
+	u.ackers.Add(1)
+	u.mu.Unlock()
+	go c.writeAcks()
+
+	tok := c.client.Connect()
+	if err := u.wait(tok, u.cfg.ConnectTimeout+time.Second); err != nil {
+		c.lose(err)
+		c.client.Disconnect(0)
+		return nil, fmt.Errorf("connecting to %s: %w", u.cfg.URL, err)
+	}
+	u.m.connects.Inc()
+	u.log.Info("connected to upstream", "url", u.cfg.URL, "client_id", u.cfg.ClientID,
+		"session_present", tok.(*paho.ConnectToken).SessionPresent())
+
+	for _, s := range u.cfg.Subscriptions {
+		filter := s.Filter
+		if u.cfg.SharedGroup != "" {
+			filter = "$share/" + u.cfg.SharedGroup + "/" + filter
+		}
+		st := c.client.Subscribe(filter, s.QoS, nil)
+		if err := u.wait(st, u.cfg.ConnectTimeout); err != nil {
+			c.lose(err)
+			c.client.Disconnect(0)
+			return nil, fmt.Errorf("subscribing to %q: %w", filter, err)
+		}
+		granted := byte(0x80)
+		for _, q := range st.(*paho.SubscribeToken).Result() {
+			granted = q
+		}
+		switch {
+		case granted == 0x80:
+			err := fmt.Errorf("subscription to %q refused by the remote broker (SUBACK 0x80)", filter)
+			u.setError(err)
+			u.m.refused.WithLabelValues(u.cfg.Name, filter).Inc()
+			u.log.Error("upstream refused a subscription; check its ACLs", "filter", filter)
+		case granted < s.QoS:
+			u.log.Warn("upstream granted a lower QoS than requested", "filter", filter, "requested", s.QoS, "granted", granted)
+		default:
+			u.log.Debug("subscribed", "filter", filter, "qos", granted)
+		}
+	}
+	u.connected.Store(true)
+	u.everConnected.Store(true)
+	u.m.connected.Set(1)
+	return c, nil
+}
+
+// wait waits for tok, at most d, and returns its error.
+func (u *upstream) wait(tok paho.Token, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-tok.Done():
+		return tok.Error()
+	case <-t.C:
+		return fmt.Errorf("no answer within %s", d)
+	case <-u.ctx.Done():
+		return u.ctx.Err()
+	}
+}
+
+// conn is one connection: its client, and its messages awaiting Kafka in
+// arrival order.
+type conn struct {
+	u      *upstream
+	client paho.Client
+
+	mu       sync.Mutex
+	queue    []*inflight
+	gone     bool  // the connection ended
+	err      error // why it ended
+	broken   bool  // a record failed transiently: nothing more is acknowledged here
+	notify   chan struct{}
+	lost     chan struct{}
+	lostOnce sync.Once
+}
+
+// inflight is one QoS 1 or 2 message awaiting its acknowledgement.
+type inflight struct {
+	c        *conn
+	msg      paho.Message
+	received time.Time
+	done     bool
+	err      error
+	produced bool   // false: acknowledged without a record (see handle)
+	retained uint64 // hash of a retained payload to remember once produced; 0 if not retained
+}
+
+// lose marks the connection as ended and wakes run and the ack writer.
+func (c *conn) lose(err error) {
+	c.lostOnce.Do(func() {
+		c.mu.Lock()
+		c.gone, c.err = true, err
+		c.mu.Unlock()
+		close(c.lost)
+		c.wake()
+	})
+}
+
+func (c *conn) lostErr() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+func (c *conn) wake() {
+	select {
+	case c.notify <- struct{}{}:
+	default:
+	}
+}
+
+var upstreamQoS = [3][]byte{[]byte("0"), []byte("1"), []byte("2")}
+
+// handle runs on paho's router goroutine for every message, in arrival
+// order. See the package notes above on why it may block in Produce.
+func (c *conn) handle(_ paho.Client, msg paho.Message) {
+	u := c.u
+	received := time.Now()
+	u.m.received.Inc()
+	u.m.bytes.Add(float64(len(msg.Payload())))
+	if msg.Duplicate() {
+		u.m.redelivered.Inc()
+	}
+	if u.draining.Load() {
+		return // unacknowledged: the remote broker keeps it for the next connection
+	}
+	qos := msg.Qos()
+	e := &inflight{c: c, msg: msg, received: received}
+
+	if msg.Retained() {
+		switch u.cfg.IngestRetained {
+		case RetainedNever:
+			u.m.skipped.WithLabelValues(u.cfg.Name, "retained").Inc()
+			c.finish(e, qos)
+			return
+		case RetainedFirst:
+			h := fnv.New64a()
+			_, _ = h.Write(msg.Payload())
+			e.retained = h.Sum64() | 1 // never 0, which means "not retained"
+			u.mu.Lock()
+			seen := u.retained[msg.Topic()] == e.retained
+			u.mu.Unlock()
+			if seen {
+				u.m.skipped.WithLabelValues(u.cfg.Name, "retained_seen").Inc()
+				c.finish(e, qos)
+				return
+			}
+		}
+	}
+
+	rec, reason := u.record(msg, received)
+	if rec == nil {
+		u.m.skipped.WithLabelValues(u.cfg.Name, reason).Inc()
+		c.finish(e, qos)
+		return
+	}
+	if qos == 0 {
+		// Best effort, as MQTT QoS 0 is: never waits, drops are counted.
+		if err := u.p.TryProduce(u.produceCtx, rec, bestEffort{u}); err != nil {
+			u.m.failed.WithLabelValues(u.cfg.Name, failReason(err)).Inc()
+		}
+		return
+	}
+	e.produced = true
+	c.enqueue(e)
+	if err := u.p.Produce(u.produceCtx, rec, e); err != nil {
+		e.Delivered(Delivery{Topic: rec.Topic, Err: err})
+	}
+}
+
+// finish acknowledges a message that produces no record, in its turn.
+func (c *conn) finish(e *inflight, qos byte) {
+	if qos == 0 {
+		return
+	}
+	e.done = true
+	c.enqueue(e)
+	c.wake()
+}
+
+func (c *conn) enqueue(e *inflight) {
+	c.mu.Lock()
+	c.queue = append(c.queue, e)
+	c.mu.Unlock()
+}
+
+// record builds the Kafka record for msg, or returns nil and the reason
+// it is not produced. Messages the rules send nowhere, drop or refuse, or
+// that cannot be mapped, are acknowledged without a record and counted:
+// MQTT 3.1.1 has no negative acknowledgement, and holding them back would
+// stall the remote broker's window for good.
+func (u *upstream) record(msg paho.Message, at time.Time) (*Record, string) {
+	topic := msg.Topic()
+	var key []byte
+	kafkaTopic := u.cfg.KafkaTopic
+	var extra []mapping.Header
+	if kafkaTopic == "" {
+		res, err := u.mapper.Map(u.cfg.Name, topic)
+		if err != nil {
+			u.log.Warn("message not produced: mapping failed", "topic", topic, "error", err)
+			return nil, "mapping_error"
+		}
+		switch res.Action {
+		case mapping.ActionNone:
+			return nil, "unmatched"
+		case mapping.ActionDrop:
+			return nil, "mapping_drop"
+		case mapping.ActionReject:
+			return nil, "mapping_reject"
+		}
+		kafkaTopic, key, extra = res.Topic, res.Key, res.Headers
+	}
+	if key == nil {
+		key = []byte(topic)
+	}
+	retain := "false"
+	if msg.Retained() {
+		retain = "true"
+	}
+	hs := make([]Header, 0, 5+len(extra))
+	hs = append(hs,
+		Header{Key: "mqtt.topic", Value: []byte(topic)},
+		Header{Key: "mqtt.qos", Value: upstreamQoS[msg.Qos()%3]},
+		Header{Key: "mqtt.retain", Value: []byte(retain)},
+		Header{Key: "mqtt.client_id", Value: []byte(u.cfg.ClientID)},
+		Header{Key: "mqtt.source", Value: []byte(u.cfg.Name)},
+	)
+	for _, h := range extra {
+		hs = append(hs, Header{Key: h.Key, Value: []byte(h.Value)})
+	}
+	return &Record{Topic: kafkaTopic, Key: key, Value: msg.Payload(), Headers: hs, Timestamp: at}, ""
+}
+
+// Delivered records Kafka's answer. It runs on the producer's event
+// goroutine and only wakes the ack writer.
+func (e *inflight) Delivered(d Delivery) {
+	c := e.c
+	c.mu.Lock()
+	e.done, e.err = true, d.Err
+	head := len(c.queue) > 0 && c.queue[0].done
+	c.mu.Unlock()
+	if head {
+		c.wake()
+	}
+}
+
+// writeAcks acknowledges finished messages in arrival order. It ends once
+// the connection is gone and nothing is pending, or at Close after one
+// last pass (the producer was flushed by then).
+func (c *conn) writeAcks() {
+	u := c.u
+	defer u.ackers.Done()
+	var ready []*inflight
+	for {
+		closing := false
+		select {
+		case <-c.notify:
+		case <-u.closing:
+			closing = true
+		}
+		c.mu.Lock()
+		i := 0
+		for i < len(c.queue) && c.queue[i].done {
+			i++
+		}
+		ready = append(ready[:0], c.queue[:i]...)
+		clear(c.queue[:i])
+		c.queue = c.queue[i:]
+		finished := closing || (c.gone && len(c.queue) == 0)
+		c.mu.Unlock()
+		for _, e := range ready {
+			c.complete(e)
+		}
+		if finished {
+			if n := len(c.queue); n > 0 {
+				u.log.Warn("upstream messages left unacknowledged at shutdown; the remote broker will redeliver them", "messages", n)
+			}
+			return
+		}
+	}
+}
+
+func (c *conn) complete(e *inflight) {
+	u := c.u
+	if c.broken {
+		return
+	}
+	if e.err == nil {
+		if e.produced {
+			u.m.produced.Inc()
+			u.m.ackLatency.Observe(time.Since(e.received).Seconds())
+		}
+		if e.produced && e.retained != 0 {
+			u.mu.Lock()
+			u.retained[e.msg.Topic()] = e.retained
+			u.mu.Unlock()
+		}
+		e.msg.Ack()
+		return
+	}
+	u.m.failed.WithLabelValues(u.cfg.Name, failReason(e.err)).Inc()
+	if Permanent(e.err) {
+		// It can never succeed; holding its ack would stall the feed.
+		u.log.Error("message dropped: Kafka refused the record for good", "topic", e.msg.Topic(), "error", e.err)
+		e.msg.Ack()
+		return
+	}
+	if u.draining.Load() {
+		c.broken = true
+		return
+	}
+	// Acknowledging later messages would let this one be overtaken when it
+	// is redelivered; reconnecting makes the remote broker resend it and
+	// all that follow.
+	c.broken = true
+	u.setError(e.err)
+	u.log.Warn("Kafka did not take an upstream message; reconnecting so the remote broker redelivers it", "topic", e.msg.Topic(), "error", e.err)
+	c.lose(fmt.Errorf("producing: %w", e.err))
+}
+
+// bestEffort counts the outcome of QoS 0 records.
+type bestEffort struct{ u *upstream }
+
+func (b bestEffort) Delivered(d Delivery) {
+	if d.Err != nil {
+		b.u.m.failed.WithLabelValues(b.u.cfg.Name, failReason(d.Err)).Inc()
+		return
+	}
+	b.u.m.produced.Inc()
+}
+
+func failReason(err error) string {
+	switch {
+	case errors.Is(err, ErrBudgetExhausted):
+		return "budget_exhausted"
+	case errors.Is(err, ErrRecordTooLarge):
+		return "too_large"
+	case errors.Is(err, ErrUnknownTopic):
+		return "unknown_topic"
+	case errors.Is(err, ErrClosed), errors.Is(err, context.Canceled):
+		return "shutting_down"
+	}
+	return "kafka_error"
+}
+
+type upstreamMetrics struct {
+	connected   *prometheus.GaugeVec
+	connects    *prometheus.CounterVec
+	connectErrs *prometheus.CounterVec
+	disconnects *prometheus.CounterVec
+	received    *prometheus.CounterVec
+	bytes       *prometheus.CounterVec
+	redelivered *prometheus.CounterVec
+	produced    *prometheus.CounterVec
+	failed      *prometheus.CounterVec
+	skipped     *prometheus.CounterVec
+	refused     *prometheus.CounterVec
+	lastError   *prometheus.GaugeVec
+	ackLatency  *prometheus.HistogramVec
+}
+
+// upstreamCounters are one upstream's series.
+type upstreamCounters struct {
+	connected     prometheus.Gauge
+	connects      prometheus.Counter
+	connectErrors prometheus.Counter
+	disconnects   prometheus.Counter
+	received      prometheus.Counter
+	bytes         prometheus.Counter
+	redelivered   prometheus.Counter
+	produced      prometheus.Counter
+	lastError     prometheus.Gauge
+	ackLatency    prometheus.Observer
+	failed        *prometheus.CounterVec
+	skipped       *prometheus.CounterVec
+	refused       *prometheus.CounterVec
+}
+
+func newUpstreamMetrics(reg prometheus.Registerer) *upstreamMetrics {
+	opts := func(name, help string) prometheus.Opts {
+		return prometheus.Opts{Namespace: "tributary", Subsystem: "upstream", Name: name, Help: help}
+	}
+	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts(opts(name, help)), append([]string{"upstream"}, labels...))
+	}
+	gauge := func(name, help string) *prometheus.GaugeVec {
+		return prometheus.NewGaugeVec(prometheus.GaugeOpts(opts(name, help)), []string{"upstream"})
+	}
+	m := &upstreamMetrics{
+		connected:   gauge("connected", "1 while connected to the upstream with subscriptions made, else 0."),
+		connects:    counter("connects_total", "Successful connections to the upstream."),
+		connectErrs: counter("connect_errors_total", "Connection attempts to the upstream that failed (each is retried after a backoff)."),
+		disconnects: counter("disconnects_total", "Connections to the upstream that ended other than at shutdown."),
+		received:    counter("messages_received_total", "Messages received from the upstream."),
+		bytes:       counter("received_bytes_total", "Payload bytes received from the upstream."),
+		redelivered: counter("redelivered_total", "Messages received with the DUP flag (resent by the upstream; may be duplicates in Kafka)."),
+		produced:    counter("records_produced_total", "Records from the upstream that Kafka acknowledged."),
+		failed:      counter("records_failed_total", "Records from the upstream that Kafka did not take, by reason.", "reason"),
+		skipped:     counter("messages_skipped_total", "Messages acknowledged without a record, by reason (retained, retained_seen, unmatched, mapping_drop, mapping_reject, mapping_error).", "reason"),
+		refused:     counter("subscriptions_refused_total", "Subscriptions the upstream refused (SUBACK 0x80), by filter.", "filter"),
+		lastError:   gauge("last_error_timestamp_seconds", "Unix time of the upstream's last connection, subscription or produce error (the message is in the log and /readyz)."),
+		ackLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "tributary", Subsystem: "upstream", Name: "ack_latency_seconds",
+			Help:    "Time from receiving an upstream message to Kafka acknowledging its record.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"upstream"}),
+	}
+	reg.MustRegister(m.connected, m.connects, m.connectErrs, m.disconnects, m.received, m.bytes, m.redelivered,
+		m.produced, m.failed, m.skipped, m.refused, m.lastError, m.ackLatency)
+	return m
+}
+
+func (m *upstreamMetrics) forUpstream(name string) upstreamCounters {
+	c := upstreamCounters{
+		connected:     m.connected.WithLabelValues(name),
+		connects:      m.connects.WithLabelValues(name),
+		connectErrors: m.connectErrs.WithLabelValues(name),
+		disconnects:   m.disconnects.WithLabelValues(name),
+		received:      m.received.WithLabelValues(name),
+		bytes:         m.bytes.WithLabelValues(name),
+		redelivered:   m.redelivered.WithLabelValues(name),
+		produced:      m.produced.WithLabelValues(name),
+		lastError:     m.lastError.WithLabelValues(name),
+		ackLatency:    m.ackLatency.WithLabelValues(name),
+		failed:        m.failed,
+		skipped:       m.skipped,
+		refused:       m.refused,
+	}
+	c.connected.Set(0)
+	return c
+}

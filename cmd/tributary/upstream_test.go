@@ -1,0 +1,705 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/tributary-io/tributary/config"
+	"github.com/tributary-io/tributary/mapping"
+)
+
+// mosquittoBroker is a Debian mosquitto run as the remote broker of
+// upstream-source tests, on a free loopback port, with its config,
+// persistence and log in a temporary directory.
+type mosquittoBroker struct {
+	t    *testing.T
+	bin  string
+	args []string // after the binary
+	dir  string
+	port int
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+	out  bytes.Buffer
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startMosquitto starts mosquitto with a config file holding a plain
+// listener, persistence, and extra (more config lines; "%d" in it is not
+// expanded). It is killed at cleanup.
+func startMosquitto(t *testing.T, extra string) *mosquittoBroker {
+	t.Helper()
+	bin := needTool(t, "mosquitto")
+	dir := t.TempDir()
+	port := freePort(t)
+	var conf strings.Builder
+	fmt.Fprintf(&conf, "per_listener_settings false\nlistener %d 127.0.0.1\n", port)
+	fmt.Fprintf(&conf, "persistence true\npersistence_location %s/\n", dir)
+	// The remote broker must not drop what it queued for Tributary while
+	// Tributary drains it.
+	conf.WriteString("max_queued_messages 0\nmax_inflight_messages 100\n")
+	if u, err := user.Current(); err == nil {
+		// As root, mosquitto would otherwise switch to the mosquitto user,
+		// which cannot write the temporary persistence directory.
+		fmt.Fprintf(&conf, "user %s\n", u.Username)
+	}
+	conf.WriteString(extra)
+	if !strings.Contains(extra, "allow_anonymous") {
+		conf.WriteString("allow_anonymous true\n")
+	}
+	path := filepath.Join(dir, "mosquitto.conf")
+	if err := os.WriteFile(path, []byte(conf.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m := &mosquittoBroker{t: t, bin: bin, args: []string{"-c", path}, dir: dir, port: port}
+	m.start()
+	t.Cleanup(func() { m.stop(syscall.SIGKILL) })
+	return m
+}
+
+// startPlainMosquitto runs exactly `mosquitto -p <port>`.
+func startPlainMosquitto(t *testing.T) *mosquittoBroker {
+	t.Helper()
+	bin := needTool(t, "mosquitto")
+	port := freePort(t)
+	m := &mosquittoBroker{t: t, bin: bin, args: []string{"-p", strconv.Itoa(port)}, dir: t.TempDir(), port: port}
+	m.start()
+	t.Cleanup(func() { m.stop(syscall.SIGKILL) })
+	return m
+}
+
+func (m *mosquittoBroker) url() string { return fmt.Sprintf("tcp://127.0.0.1:%d", m.port) }
+
+func (m *mosquittoBroker) start() {
+	m.t.Helper()
+	m.mu.Lock()
+	cmd := exec.Command(m.bin, m.args...)
+	cmd.Stdout, cmd.Stderr = &lockedWriter{mu: &m.mu, w: &m.out}, &lockedWriter{mu: &m.mu, w: &m.out}
+	if err := cmd.Start(); err != nil {
+		m.mu.Unlock()
+		m.t.Fatalf("starting mosquitto: %v", err)
+	}
+	done := make(chan struct{})
+	m.cmd, m.done = cmd, done
+	m.mu.Unlock()
+	go func() { _ = cmd.Wait(); close(done) }()
+	addr := fmt.Sprintf("127.0.0.1:%d", m.port)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case <-done:
+			m.t.Fatalf("mosquitto exited at start-up:\n%s", m.output())
+		default:
+		}
+		if time.Now().After(deadline) {
+			m.t.Fatalf("mosquitto not listening on %s after 10s:\n%s", addr, m.output())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stop signals mosquitto and waits for it to exit. SIGTERM saves the
+// persistence database; SIGKILL loses what was not saved.
+func (m *mosquittoBroker) stop(sig syscall.Signal) {
+	m.mu.Lock()
+	cmd, done := m.cmd, m.done
+	m.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(sig)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+}
+
+func (m *mosquittoBroker) restart(sig syscall.Signal) {
+	m.t.Helper()
+	m.stop(sig)
+	m.start()
+}
+
+func (m *mosquittoBroker) output() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.out.String()
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func qos(n int) *int { return &n }
+
+// upstream returns an upstream of m with fast reconnects, for tests.
+func testUpstream(name, url string, filters ...string) config.UpstreamConfig {
+	u := config.UpstreamConfig{
+		Name:         name,
+		URL:          url,
+		ClientID:     uniq("trib-" + name),
+		ReconnectMin: 50 * time.Millisecond,
+		ReconnectMax: 500 * time.Millisecond,
+		KeepAlive:    5 * time.Second,
+	}
+	for _, f := range filters {
+		u.Subscriptions = append(u.Subscriptions, config.SubscriptionConfig{Filter: f, QoS: qos(1)})
+	}
+	return u
+}
+
+func waitConnected(t *testing.T, d *testDaemon, name string) {
+	t.Helper()
+	waitFor(t, 20*time.Second, "upstream "+name+" connected and subscribed", func() bool { return d.upstreams.Connected(name) })
+}
+
+// mosquittoPub publishes payloads, one per line, with mosquitto_pub -l at
+// QoS 1 (it exits once each is acknowledged).
+func mosquittoPub(t *testing.T, port int, topic string, lines []string, extra ...string) {
+	t.Helper()
+	bin := needTool(t, "mosquitto_pub")
+	args := append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(port), "-q", "1", "-t", topic, "-l", "-i", uniq("pub")}, extra...)
+	cmd := exec.Command(bin, args...)
+	cmd.Stdin = strings.NewReader(strings.Join(lines, "\n") + "\n")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("mosquitto_pub: %v\n%s", err, out)
+	}
+}
+
+func payloads(prefix string, from, to int) []string {
+	out := make([]string, 0, to-from)
+	for i := from; i < to; i++ {
+		out = append(out, fmt.Sprintf("%s-%05d", prefix, i))
+	}
+	return out
+}
+
+// countPayloads waits until every payload in want is in topic (or the
+// timeout passed) and returns each payload's count.
+func countPayloads(t *testing.T, bootstrap, topic string, want []string, timeout time.Duration) map[string]int {
+	t.Helper()
+	counts := map[string]int{}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(bootstrap), kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(200*time.Millisecond))
+	if err != nil {
+		t.Fatalf("kafka client: %v", err)
+	}
+	defer cl.Close()
+	missing := len(want)
+	wanted := map[string]bool{}
+	for _, w := range want {
+		wanted[w] = true
+	}
+	deadline := time.Now().Add(timeout)
+	for missing > 0 && time.Now().Before(deadline) {
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		fs := cl.PollFetches(ctx)
+		cancel()
+		fs.EachRecord(func(r *kgo.Record) {
+			p := string(r.Value)
+			if counts[p] == 0 && wanted[p] {
+				missing--
+			}
+			counts[p]++
+		})
+	}
+	return counts
+}
+
+// lost lists the payloads of want that are not in counts, and counts the
+// duplicates.
+func lost(counts map[string]int, want []string) (missing []string, dups int) {
+	for _, w := range want {
+		switch n := counts[w]; {
+		case n == 0:
+			missing = append(missing, w)
+		case n > 1:
+			dups += n - 1
+		}
+	}
+	return missing, dups
+}
+
+func checkNoneLost(t *testing.T, counts map[string]int, want []string) int {
+	t.Helper()
+	missing, dups := lost(counts, want)
+	if len(missing) > 0 {
+		show := missing
+		if len(show) > 10 {
+			show = show[:10]
+		}
+		t.Fatalf("%d of %d messages are not in Kafka, e.g. %q", len(missing), len(want), show)
+	}
+	return dups
+}
+
+// The issue's acceptance scenario: mosquitto -p, an upstream on plant/#
+// with kafka_topic, 500 messages with mosquitto_pub, a kill and restart of
+// mosquitto, 500 more; all 1,000 in Kafka, with mqtt.source.
+func TestUpstreamAcceptance(t *testing.T) {
+	mq := startPlainMosquitto(t)
+	cfg := testConfig(t)
+	topic := uniq("plant-data")
+	up := testUpstream("plant", mq.url(), "plant/#")
+	up.KafkaTopic = topic
+	cfg.Upstreams = []config.UpstreamConfig{up}
+	d := startDaemon(t, cfg)
+	waitConnected(t, d, "plant")
+
+	first := payloads("t", 0, 500)
+	mosquittoPub(t, mq.port, "plant/line1/temp", first)
+	recs := kafkaRecords(t, d.bootstrap, topic, 500, 30*time.Second)
+	if len(recs) != 500 {
+		t.Fatalf("got %d records in %s, want 500", len(recs), topic)
+	}
+	for i, r := range recs {
+		if src, _ := header(r, "mqtt.source"); src != "plant" {
+			t.Fatalf("record %d: mqtt.source %q, want plant", i, src)
+		}
+		if tp, _ := header(r, "mqtt.topic"); tp != "plant/line1/temp" || string(r.Key) != "plant/line1/temp" {
+			t.Fatalf("record %d: mqtt.topic %q key %q", i, tp, r.Key)
+		}
+		// One remote topic, one key, one partition: the order is kept.
+		if string(r.Value) != first[i] {
+			t.Fatalf("record %d is %q, want %q: order not kept", i, r.Value, first[i])
+		}
+	}
+
+	// SIGKILL: mosquitto -p keeps nothing, so only resubscribing brings
+	// the feed back.
+	mq.restart(syscall.SIGKILL)
+	waitFor(t, 20*time.Second, "the upstream to notice the restart and reconnect", func() bool {
+		return strings.Contains(metricsText(t, d.httpAddr()), `tributary_upstream_connects_total{upstream="plant"} 2`)
+	})
+	waitConnected(t, d, "plant")
+	second := payloads("t", 500, 1000)
+	mosquittoPub(t, mq.port, "plant/line1/temp", second)
+	all := append(first, second...)
+	counts := countPayloads(t, d.bootstrap, topic, all, 30*time.Second)
+	dups := checkNoneLost(t, counts, all)
+	t.Logf("1000 messages in Kafka, %d duplicates", dups)
+	if !strings.Contains(metricsText(t, d.httpAddr()), `tributary_upstream_disconnects_total{upstream="plant"} 1`) {
+		t.Errorf("disconnect not counted")
+	}
+}
+
+// 10,000 QoS 1 messages with mosquitto restarted (persistence on) while
+// Tributary is still draining its persistent session: none lost.
+func TestUpstreamRestartMidStreamLosesNothing(t *testing.T) {
+	mq := startMosquitto(t, "")
+	cfg := testConfig(t)
+	topic := uniq("upstream-10k")
+	up := testUpstream("feed", mq.url(), "feed/#")
+	up.KafkaTopic = topic
+	cfg.Upstreams = []config.UpstreamConfig{up}
+	d := startDaemon(t, cfg)
+	waitConnected(t, d, "feed")
+
+	const n = 10000
+	all := payloads("m", 0, n)
+	publishAll := func(msgs []string) {
+		t.Helper()
+		c := mqttClient(t, mq.url(), uniq("pub"), func(o *paho.ClientOptions) { o.SetMaxResumePubInFlight(1000) })
+		toks := make([]paho.Token, 0, len(msgs))
+		for i, p := range msgs {
+			toks = append(toks, c.Publish(fmt.Sprintf("feed/dev%d/v", i%7), 1, false, p))
+		}
+		for _, tok := range toks {
+			if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+				t.Fatalf("publishing to mosquitto: %v", tok.Error())
+			}
+		}
+		c.Disconnect(100)
+	}
+	publishAll(all[:n/2])
+	received := func() string {
+		for _, l := range strings.Split(metricsText(t, d.httpAddr()), "\n") {
+			if strings.HasPrefix(l, `tributary_upstream_records_produced_total{upstream="feed"}`) {
+				return strings.Fields(l)[1]
+			}
+		}
+		return "0"
+	}
+	t.Logf("restarting mosquitto with %s of %d records produced", received(), n/2)
+	mq.restart(syscall.SIGTERM)
+	publishAll(all[n/2:])
+
+	counts := countPayloads(t, d.bootstrap, topic, all, 90*time.Second)
+	dups := checkNoneLost(t, counts, all)
+	t.Logf("%d messages in Kafka, %d duplicates (redelivered after the restart)", n, dups)
+}
+
+// Mapping rules match on the upstream's name; the record carries it.
+func TestUpstreamMappingBySource(t *testing.T) {
+	mq := startMosquitto(t, "")
+	cfg := testConfig(t)
+	fromEdge, local := uniq("from-edge"), uniq("local")
+	cfg.Mapping.Rules = []mapping.Rule{
+		{Match: "s/.*", Source: "edge", KafkaTopic: fromEdge, Headers: map[string]string{"via": "${source}"}},
+		{Match: "s/.*", KafkaTopic: local},
+	}
+	cfg.Upstreams = []config.UpstreamConfig{testUpstream("edge", mq.url(), "s/#")}
+	d := startDaemon(t, cfg)
+	waitConnected(t, d, "edge")
+
+	mosquittoPub(t, mq.port, "s/remote", []string{"r1"})
+	publish(t, mqttClient(t, "tcp://"+d.mqttAddr(), "dev"), "s/device", 1, false, "d1")
+
+	recs := kafkaRecords(t, d.bootstrap, fromEdge, 1, 20*time.Second)
+	if len(recs) != 1 || string(recs[0].Value) != "r1" {
+		t.Fatalf("records in %s: %v", fromEdge, recs)
+	}
+	if v, _ := header(recs[0], "via"); v != "edge" {
+		t.Errorf("via header %q, want edge", v)
+	}
+	if v, _ := header(recs[0], "mqtt.qos"); v != "1" {
+		t.Errorf("mqtt.qos %q", v)
+	}
+	recs = kafkaRecords(t, d.bootstrap, local, 1, 20*time.Second)
+	if len(recs) != 1 || string(recs[0].Value) != "d1" {
+		t.Fatalf("records in %s: %v", local, recs)
+	}
+	if _, ok := header(recs[0], "mqtt.source"); ok {
+		t.Errorf("a local device's record has mqtt.source")
+	}
+}
+
+type httpResponse struct {
+	code int
+	body string
+}
+
+func httpGet(t *testing.T, url string) httpResponse {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return httpResponse{code: resp.StatusCode, body: string(b)}
+}
+
+// testCA is a CA and a server certificate for 127.0.0.1, written as PEM.
+type testCA struct{ caFile, certFile, keyFile string }
+
+func newTestCA(t *testing.T) testCA {
+	t.Helper()
+	dir := t.TempDir()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "tributary test CA"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	srvKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(24 * time.Hour),
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		DNSNames:     []string{"localhost"},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(srvKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := testCA{caFile: filepath.Join(dir, "ca.pem"), certFile: filepath.Join(dir, "server.pem"), keyFile: filepath.Join(dir, "server-key.pem")}
+	for _, f := range []struct {
+		path, typ string
+		der       []byte
+	}{{ca.caFile, "CERTIFICATE", caDER}, {ca.certFile, "CERTIFICATE", srvDER}, {ca.keyFile, "EC PRIVATE KEY", keyDER}} {
+		if err := os.WriteFile(f.path, pem.EncodeToMemory(&pem.Block{Type: f.typ, Bytes: f.der}), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ca
+}
+
+// TLS to the upstream, trusting a CA file.
+func TestUpstreamTLS(t *testing.T) {
+	ca := newTestCA(t)
+	tlsPort := freePort(t)
+	mq := startMosquitto(t, fmt.Sprintf("listener %d 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s\n", tlsPort, ca.caFile, ca.certFile, ca.keyFile))
+	cfg := testConfig(t)
+	topic := uniq("upstream-tls")
+	up := testUpstream("secure", fmt.Sprintf("ssl://127.0.0.1:%d", tlsPort), "tls/#")
+	up.TLS.CAFile = ca.caFile
+	up.KafkaTopic = topic
+	cfg.Upstreams = []config.UpstreamConfig{up}
+	d := startDaemon(t, cfg)
+	waitConnected(t, d, "secure")
+
+	want := payloads("tls", 0, 50)
+	mosquittoPub(t, mq.port, "tls/x", want) // the plain listener
+	checkNoneLost(t, countPayloads(t, d.bootstrap, topic, want, 20*time.Second), want)
+}
+
+// A wrong password is a clear error, retried with backoff; /readyz names
+// the upstream while it has never connected.
+func TestUpstreamWrongPassword(t *testing.T) {
+	dir := t.TempDir()
+	pwfile := filepath.Join(dir, "passwd")
+	if out, err := exec.Command(needTool(t, "mosquitto_passwd"), "-b", "-c", pwfile, "bridge", "right").CombinedOutput(); err != nil {
+		t.Fatalf("mosquitto_passwd: %v\n%s", err, out)
+	}
+	_ = os.Chmod(pwfile, 0o644)
+	mq := startMosquitto(t, fmt.Sprintf("allow_anonymous false\npassword_file %s\n", pwfile))
+	cfg := testConfig(t)
+	good := testUpstream("good", mq.url(), "a/#")
+	good.Username, good.Password = "bridge", "right"
+	bad := testUpstream("bad", mq.url(), "a/#")
+	bad.Username, bad.Password = "bridge", "wrong"
+	bad.ReconnectMin, bad.ReconnectMax = 100*time.Millisecond, 400*time.Millisecond
+	cfg.Upstreams = []config.UpstreamConfig{good, bad}
+	d := startDaemon(t, cfg)
+	waitConnected(t, d, "good")
+
+	waitFor(t, 10*time.Second, "a refused login error", func() bool {
+		e := strings.ToLower(d.upstreams.LastError("bad"))
+		return strings.Contains(e, "not authorized") || strings.Contains(e, "bad user name or password")
+	})
+	t.Logf("error: %s", d.upstreams.LastError("bad"))
+	// With backoff from 100ms to 400ms (half of it jitter), two seconds
+	// hold a handful of attempts: more than one, far fewer than a tight
+	// loop would make.
+	errs := func() int {
+		l := grepLines(metricsText(t, d.httpAddr()), `tributary_upstream_connect_errors_total{upstream="bad"}`)
+		f := strings.Fields(l)
+		if len(f) != 2 {
+			return 0
+		}
+		n, _ := strconv.Atoi(f[1])
+		return n
+	}
+	before := errs()
+	time.Sleep(2 * time.Second) // a fixed window to count retries in, not a wait for a condition
+	if n := errs() - before; n < 3 || n > 25 {
+		t.Fatalf("%d failed attempts in 2s; want retries with a 100ms-400ms backoff", n)
+	}
+	if d.upstreams.Connected("bad") {
+		t.Fatal("bad upstream connected")
+	}
+	resp := httpGet(t, "http://"+d.httpAddr()+"/readyz")
+	if resp.code == 200 || !strings.Contains(resp.body, "bad") || strings.Contains(resp.body, "good (") {
+		t.Fatalf("/readyz %d %q: want 503 naming only the bad upstream", resp.code, resp.body)
+	}
+}
+
+// A subscription the remote broker's ACL refuses (SUBACK 0x80) is logged
+// and counted; the others work. mosquitto 2.0's acl_file grants every
+// SUBSCRIBE and filters at delivery, so the refusal comes from its dynamic
+// security plugin (shipped in Debian's mosquitto package), whose role
+// denies subscribing to secret/#.
+func TestUpstreamRefusedSubscription(t *testing.T) {
+	plugins, _ := filepath.Glob("/usr/lib/*/mosquitto_dynamic_security.so")
+	if len(plugins) == 0 {
+		plugins, _ = filepath.Glob("/usr/lib/mosquitto_dynamic_security.so")
+	}
+	if len(plugins) == 0 {
+		t.Fatalf("mosquitto_dynamic_security.so not found: install Debian's mosquitto package (scripts/install-deps.sh)")
+	}
+	dir := t.TempDir()
+	dynsec := filepath.Join(dir, "dynsec.json")
+	if err := os.WriteFile(dynsec, []byte(`{
+  "defaultACLAccess": {"publishClientSend": true, "publishClientReceive": true, "subscribe": true, "unsubscribe": true},
+  "clients": [],
+  "groups": [{"groupname": "anonymous", "roles": [{"rolename": "no-secrets"}]}],
+  "roles": [{"rolename": "no-secrets", "acls": [{"acltype": "subscribePattern", "topic": "secret/#", "priority": 0, "allow": false}]}],
+  "anonymousGroup": "anonymous"
+}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mq := startMosquitto(t, fmt.Sprintf("plugin %s\nplugin_opt_config_file %s\n", plugins[0], dynsec))
+	cfg := testConfig(t)
+	topic := uniq("upstream-acl")
+	up := testUpstream("acl", mq.url(), "secret/#", "open/#")
+	up.KafkaTopic = topic
+	cfg.Upstreams = []config.UpstreamConfig{up}
+	d := startDaemon(t, cfg)
+	waitConnected(t, d, "acl")
+	m := metricsText(t, d.httpAddr())
+	if !strings.Contains(m, `tributary_upstream_subscriptions_refused_total{filter="secret/#",upstream="acl"} 1`) {
+		t.Fatalf("refused subscription not counted:\n%s", grepLines(m, "tributary_upstream_subscriptions_refused"))
+	}
+	if !strings.Contains(d.upstreams.LastError("acl"), "secret/#") {
+		t.Errorf("last error %q does not name the refused filter", d.upstreams.LastError("acl"))
+	}
+	mosquittoPub(t, mq.port, "open/x", []string{"o1"})
+	if recs := kafkaRecords(t, d.bootstrap, topic, 1, 20*time.Second); len(recs) != 1 {
+		t.Fatalf("the allowed subscription delivered %d records", len(recs))
+	}
+}
+
+func grepLines(s, prefix string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// ingest_retained: a retained message the remote broker sends again on
+// every (re)subscription is produced once (first), every time (always),
+// or never; live messages are produced in every case.
+func TestUpstreamRetainedPolicy(t *testing.T) {
+	for _, tt := range []struct {
+		policy string
+		want   int // records of the retained value after one reconnect
+	}{
+		{"first", 1},
+		{"always", 2},
+		{"never", 0},
+	} {
+		t.Run(tt.policy, func(t *testing.T) {
+			mq := startMosquitto(t, "")
+			mosquittoPub(t, mq.port, "r/state", []string{"retained-value"}, "-r")
+			cfg := testConfig(t)
+			topic := uniq("upstream-retained")
+			up := testUpstream("ret", mq.url(), "r/#")
+			up.KafkaTopic = topic
+			up.IngestRetained = tt.policy
+			cfg.Upstreams = []config.UpstreamConfig{up}
+			d := startDaemon(t, cfg)
+			waitConnected(t, d, "ret")
+			mosquittoPub(t, mq.port, "r/live", []string{"live-1"})
+			kafkaRecords(t, d.bootstrap, topic, tt.want/2+1, 20*time.Second) // the retained one (if any) and live-1
+			mq.restart(syscall.SIGTERM)                                      // keeps the retained message
+			waitFor(t, 20*time.Second, "a reconnect", func() bool {
+				return strings.Contains(metricsText(t, d.httpAddr()), `tributary_upstream_connects_total{upstream="ret"} 2`)
+			})
+			waitConnected(t, d, "ret")
+			mosquittoPub(t, mq.port, "r/live", []string{"live-2"})
+			counts := countPayloads(t, d.bootstrap, topic, []string{"live-1", "live-2"}, 20*time.Second)
+			// live-2 was published after the resubscription, so any
+			// retained redelivery is in Kafka before it.
+			if counts["live-1"] < 1 || counts["live-2"] < 1 {
+				t.Fatalf("live messages missing: %v", counts)
+			}
+			settled := settledRecords(t, d.bootstrap, topic)
+			n := 0
+			for _, r := range settled {
+				if string(r.Value) == "retained-value" {
+					n++
+					if v, _ := header(r, "mqtt.retain"); v != "true" {
+						t.Errorf("retained record has mqtt.retain %q", v)
+					}
+				}
+			}
+			if n != tt.want {
+				t.Fatalf("ingest_retained %s: the retained value is in Kafka %d times, want %d", tt.policy, n, tt.want)
+			}
+		})
+	}
+}
+
+// Two nodes with one shared_group split one feed, and nothing is lost.
+func TestUpstreamSharedGroup(t *testing.T) {
+	mq := startMosquitto(t, "")
+	topic := uniq("upstream-shared")
+	cfg1 := testConfig(t)
+	up := testUpstream("shared", mq.url(), "sh/#")
+	up.KafkaTopic = topic
+	up.SharedGroup = "tributary"
+	cfg1.Upstreams = []config.UpstreamConfig{up}
+	d1 := startDaemon(t, cfg1)
+
+	cfg2 := testConfig(t)
+	cfg2.Kafka.Bootstrap = d1.bootstrap // the same Kafka as node 1
+	up2 := up
+	up2.ClientID = uniq("trib-shared-2")
+	cfg2.Upstreams = []config.UpstreamConfig{up2}
+	d2 := startDaemon(t, cfg2)
+	waitConnected(t, d1, "shared")
+	waitConnected(t, d2, "shared")
+
+	want := payloads("s", 0, 2000)
+	mosquittoPub(t, mq.port, "sh/a", want)
+	checkNoneLost(t, countPayloads(t, d1.bootstrap, topic, want, 30*time.Second), want)
+	got := func(d *testDaemon) string {
+		l := grepLines(metricsText(t, d.httpAddr()), `tributary_upstream_records_produced_total{upstream="shared"}`)
+		if f := strings.Fields(l); len(f) == 2 {
+			return f[1]
+		}
+		return "0"
+	}
+	n1, n2 := got(d1), got(d2)
+	t.Logf("node 1 produced %s, node 2 produced %s", n1, n2)
+	if n1 == "0" || n2 == "0" {
+		t.Fatalf("the feed was not split: node 1 %s, node 2 %s", n1, n2)
+	}
+}

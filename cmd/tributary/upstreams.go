@@ -1,0 +1,47 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/tributary-io/tributary/bridge"
+	"github.com/tributary-io/tributary/config"
+)
+
+// upstreamConfigs turns the upstreams section into the bridge's
+// configuration, reading passwords and TLS material.
+func upstreamConfigs(ups []config.UpstreamConfig) ([]bridge.UpstreamConfig, error) {
+	out := make([]bridge.UpstreamConfig, 0, len(ups))
+	for i, u := range ups {
+		u = u.WithDefaults()
+		password, err := u.Secret()
+		if err != nil {
+			return nil, fmt.Errorf("upstreams[%d] (%s): %w", i, u.Name, err)
+		}
+		tc, err := u.TLSConfig()
+		if err != nil {
+			return nil, fmt.Errorf("upstreams[%d] (%s): %w", i, u.Name, err)
+		}
+		subs := make([]bridge.UpstreamSubscription, len(u.Subscriptions))
+		for j, s := range u.Subscriptions {
+			subs[j] = bridge.UpstreamSubscription{Filter: s.Filter, QoS: byte(*s.QoS)}
+		}
+		out = append(out, bridge.UpstreamConfig{
+			Name:           u.Name,
+			URL:            u.URL,
+			ClientID:       u.ClientID,
+			Username:       u.Username,
+			Password:       password,
+			TLS:            tc,
+			CleanSession:   u.CleanSession,
+			Subscriptions:  subs,
+			SharedGroup:    u.SharedGroup,
+			KafkaTopic:     u.KafkaTopic,
+			IngestRetained: bridge.RetainedPolicy(u.IngestRetained),
+			KeepAlive:      u.KeepAlive,
+			ConnectTimeout: u.ConnectTimeout,
+			ReconnectMin:   u.ReconnectMin,
+			ReconnectMax:   u.ReconnectMax,
+		})
+	}
+	return out, nil
+}

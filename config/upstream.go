@@ -1,0 +1,342 @@
+package config
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/tributary-io/tributary/mapping"
+)
+
+// UpstreamConfig is one remote MQTT broker whose feed Tributary subscribes
+// to and produces into Kafka (upstream-source mode). Upstreams are set in
+// the YAML file only.
+type UpstreamConfig struct {
+	// Name identifies the upstream in logs, metrics, the mqtt.source header
+	// and mapping rules' source. Required, unique, letters, digits, '.',
+	// '_' and '-'.
+	Name string `yaml:"name"`
+	// URL is the remote broker: tcp://host:port, ssl://host:port,
+	// ws://host:port/path or wss://host:port/path. Required.
+	URL string `yaml:"url"`
+	// ClientID is the MQTT client id; keep it stable so the persistent
+	// session survives restarts. Default "tributary-<name>-<hostname>".
+	ClientID string `yaml:"client_id"`
+	// Username and Password authenticate to the remote broker. Default none.
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+	// PasswordFile holds the password (a trailing newline is ignored);
+	// exclusive with Password. Default none.
+	PasswordFile string `yaml:"password_file"`
+	// TLS configures ssl:// and wss:// connections. Default: system roots.
+	TLS UpstreamTLS `yaml:"tls"`
+	// CleanSession discards the remote session on every connect. Default
+	// false: a persistent session, so messages published while Tributary
+	// is disconnected are kept for it by the remote broker.
+	CleanSession bool `yaml:"clean_session"`
+	// Subscriptions are the topic filters to subscribe to. Required.
+	Subscriptions []SubscriptionConfig `yaml:"subscriptions"`
+	// SharedGroup subscribes every filter as $share/<group>/<filter>, so
+	// several Tributary nodes split one feed. Default none.
+	SharedGroup string `yaml:"shared_group"`
+	// KafkaTopic sends every message of this upstream to one Kafka topic,
+	// keyed by the MQTT topic. Default empty: the mapping rules apply, with
+	// the upstream's name as source.
+	KafkaTopic string `yaml:"kafka_topic"`
+	// IngestRetained says which retained messages are produced: "first"
+	// (a retained value the remote broker sends again after a reconnect
+	// is not produced twice), "always" or "never". Default "first".
+	IngestRetained string `yaml:"ingest_retained"`
+	// KeepAlive is the MQTT keepalive. Default 30s.
+	KeepAlive time.Duration `yaml:"keepalive"`
+	// ConnectTimeout bounds one connection attempt. Default 10s.
+	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+	// ReconnectMin and ReconnectMax bound the exponential backoff between
+	// connection attempts (with jitter). Default 500ms and 1m.
+	ReconnectMin time.Duration `yaml:"reconnect_min"`
+	ReconnectMax time.Duration `yaml:"reconnect_max"`
+}
+
+// UpstreamTLS is the TLS material for an upstream.
+type UpstreamTLS struct {
+	// CAFile is a PEM bundle of CAs to trust instead of the system roots. Default none.
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile are a PEM client certificate and key. Default none.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// InsecureSkipVerify disables checking the server's certificate. Default false.
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+	// ServerName overrides the name checked in the server's certificate.
+	// Default: the URL's host.
+	ServerName string `yaml:"server_name"`
+}
+
+// SubscriptionConfig is one topic filter of an upstream.
+type SubscriptionConfig struct {
+	// Filter is the MQTT topic filter, e.g. "/hfp/v2/journey/ongoing/vp/#". Required.
+	Filter string `yaml:"filter"`
+	// QoS is the requested QoS: 1 or 2 are acknowledged only after Kafka
+	// has the record; 0 is best effort. Default 1.
+	QoS *int `yaml:"qos"`
+}
+
+// Retained-message policies of an upstream.
+const (
+	IngestRetainedFirst  = "first"
+	IngestRetainedAlways = "always"
+	IngestRetainedNever  = "never"
+)
+
+// WithDefaults returns u with every default filled in.
+func (u UpstreamConfig) WithDefaults() UpstreamConfig {
+	if u.ClientID == "" {
+		host, _ := os.Hostname()
+		if host == "" {
+			host = "node"
+		}
+		u.ClientID = "tributary-" + u.Name + "-" + host
+	}
+	if u.IngestRetained == "" {
+		u.IngestRetained = IngestRetainedFirst
+	}
+	if u.KeepAlive == 0 {
+		u.KeepAlive = 30 * time.Second
+	}
+	if u.ConnectTimeout == 0 {
+		u.ConnectTimeout = 10 * time.Second
+	}
+	if u.ReconnectMin == 0 {
+		u.ReconnectMin = 500 * time.Millisecond
+	}
+	if u.ReconnectMax == 0 {
+		u.ReconnectMax = time.Minute
+	}
+	subs := make([]SubscriptionConfig, len(u.Subscriptions))
+	for i, s := range u.Subscriptions {
+		if s.QoS == nil {
+			one := 1
+			s.QoS = &one
+		}
+		subs[i] = s
+	}
+	u.Subscriptions = subs
+	return u
+}
+
+// Secret returns the password, read from PasswordFile if that is set.
+func (u UpstreamConfig) Secret() (string, error) {
+	if u.PasswordFile == "" {
+		return u.Password, nil
+	}
+	b, err := os.ReadFile(u.PasswordFile)
+	if err != nil {
+		return "", fmt.Errorf("reading password_file: %w", err)
+	}
+	return strings.TrimRight(string(b), "\r\n"), nil
+}
+
+// Secure reports whether the URL asks for TLS.
+func (u UpstreamConfig) Secure() bool {
+	p, err := url.Parse(u.URL)
+	if err != nil {
+		return false
+	}
+	switch p.Scheme {
+	case "ssl", "tls", "mqtts", "wss":
+		return true
+	}
+	return false
+}
+
+// TLSConfig loads the TLS material. It returns nil for plain tcp:// and
+// ws:// URLs.
+func (u UpstreamConfig) TLSConfig() (*tls.Config, error) {
+	if !u.Secure() {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: u.TLS.InsecureSkipVerify, ServerName: u.TLS.ServerName}
+	if tc.ServerName == "" {
+		if p, err := url.Parse(u.URL); err == nil {
+			tc.ServerName = p.Hostname()
+		}
+	}
+	if u.TLS.CAFile != "" {
+		b, err := os.ReadFile(u.TLS.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("tls.ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("tls.ca_file %q: no PEM certificate in it", u.TLS.CAFile)
+		}
+		tc.RootCAs = pool
+	}
+	if u.TLS.CertFile != "" || u.TLS.KeyFile != "" {
+		cert, err := tls.LoadX509KeyPair(u.TLS.CertFile, u.TLS.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("tls.cert_file/tls.key_file: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+var upstreamName = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
+
+// validateUpstreams returns one problem per bad key, each naming the
+// upstream (by index and name) and the key.
+func validateUpstreams(ups []UpstreamConfig) []string {
+	var problems []string
+	names := map[string]int{}
+	for i, u := range ups {
+		where := fmt.Sprintf("upstreams[%d]", i)
+		if u.Name != "" {
+			where = fmt.Sprintf("upstreams[%d] (%s)", i, u.Name)
+		}
+		add := func(format string, args ...any) {
+			problems = append(problems, where+"."+fmt.Sprintf(format, args...))
+		}
+		switch {
+		case u.Name == "":
+			add("name: required")
+		case !upstreamName.MatchString(u.Name):
+			add("name %q: use only letters, digits, '.', '_' and '-'", u.Name)
+		default:
+			if j, dup := names[u.Name]; dup {
+				add("name %q: already used by upstreams[%d]", u.Name, j)
+			}
+			names[u.Name] = i
+		}
+		if why := upstreamURLProblem(u.URL); why != "" {
+			add("url %q: %s", u.URL, why)
+		}
+		if u.Password != "" && u.PasswordFile != "" {
+			add("password_file %q: set password or password_file, not both", u.PasswordFile)
+		}
+		if (u.Password != "" || u.PasswordFile != "") && u.Username == "" {
+			add("username: required when a password is set (MQTT 3.1.1)")
+		}
+		if u.PasswordFile != "" {
+			if _, err := os.ReadFile(u.PasswordFile); err != nil {
+				add("password_file %q: %v", u.PasswordFile, err)
+			}
+		}
+		tlsSet := u.TLS != (UpstreamTLS{})
+		if tlsSet && !u.Secure() && upstreamURLProblem(u.URL) == "" {
+			add("tls: set, but url %q is not ssl:// or wss://", u.URL)
+		}
+		if (u.TLS.CertFile == "") != (u.TLS.KeyFile == "") {
+			add("tls: cert_file and key_file go together")
+		} else if tlsSet {
+			if u.TLS.CAFile != "" {
+				if b, err := os.ReadFile(u.TLS.CAFile); err != nil {
+					add("tls.ca_file %q: %v", u.TLS.CAFile, err)
+				} else if !x509.NewCertPool().AppendCertsFromPEM(b) {
+					add("tls.ca_file %q: no PEM certificate in it", u.TLS.CAFile)
+				}
+			}
+			if u.TLS.CertFile != "" {
+				if _, err := tls.LoadX509KeyPair(u.TLS.CertFile, u.TLS.KeyFile); err != nil {
+					add("tls.cert_file %q / tls.key_file %q: %v", u.TLS.CertFile, u.TLS.KeyFile, err)
+				}
+			}
+		}
+		if len(u.Subscriptions) == 0 {
+			add("subscriptions: at least one is required")
+		}
+		for j, s := range u.Subscriptions {
+			if why := filterProblem(s.Filter); why != "" {
+				add("subscriptions[%d].filter %q: %s", j, s.Filter, why)
+			} else if u.SharedGroup != "" && strings.HasPrefix(s.Filter, "$share/") {
+				add("subscriptions[%d].filter %q: shared_group is set; give the plain filter", j, s.Filter)
+			}
+			if s.QoS != nil && (*s.QoS < 0 || *s.QoS > 2) {
+				add("subscriptions[%d].qos %d: must be 0, 1 or 2", j, *s.QoS)
+			}
+		}
+		if u.SharedGroup != "" && strings.ContainsAny(u.SharedGroup, "/+#") {
+			add("shared_group %q: must not contain '/', '+' or '#'", u.SharedGroup)
+		}
+		if u.KafkaTopic != "" && !mapping.ValidTopicName(u.KafkaTopic) {
+			add("kafka_topic %q: not a valid Kafka topic name", u.KafkaTopic)
+		}
+		switch u.IngestRetained {
+		case "", IngestRetainedFirst, IngestRetainedAlways, IngestRetainedNever:
+		default:
+			add("ingest_retained %q: must be first, always or never", u.IngestRetained)
+		}
+		for _, d := range []struct {
+			key string
+			v   time.Duration
+		}{{"keepalive", u.KeepAlive}, {"connect_timeout", u.ConnectTimeout}, {"reconnect_min", u.ReconnectMin}, {"reconnect_max", u.ReconnectMax}} {
+			if d.v < 0 {
+				add("%s %s: must not be negative", d.key, d.v)
+			}
+		}
+		if u.KeepAlive > 0 && u.KeepAlive < time.Second {
+			add("keepalive %s: must be at least 1s", u.KeepAlive)
+		}
+		if u.ReconnectMin > 0 && u.ReconnectMax > 0 && u.ReconnectMax < u.ReconnectMin {
+			add("reconnect_max %s: must be at least reconnect_min (%s)", u.ReconnectMax, u.ReconnectMin)
+		}
+	}
+	return problems
+}
+
+func upstreamURLProblem(raw string) string {
+	if raw == "" {
+		return "required"
+	}
+	p, err := url.Parse(raw)
+	if err != nil {
+		return err.Error()
+	}
+	switch p.Scheme {
+	case "tcp", "mqtt", "ssl", "tls", "mqtts":
+		if _, port, err := net.SplitHostPort(p.Host); err != nil || port == "" || p.Hostname() == "" {
+			return "needs host:port, e.g. tcp://broker.example:1883"
+		}
+		if p.Path != "" && p.Path != "/" {
+			return "a tcp:// or ssl:// URL has no path"
+		}
+	case "ws", "wss":
+		if p.Hostname() == "" {
+			return "needs a host, e.g. wss://broker.example:443/mqtt"
+		}
+	default:
+		return "scheme must be tcp://, ssl://, ws:// or wss://"
+	}
+	if p.User != nil {
+		return "put credentials in username and password, not the URL"
+	}
+	return ""
+}
+
+// filterProblem checks an MQTT topic filter's wildcards.
+func filterProblem(f string) string {
+	if f == "" {
+		return "required"
+	}
+	if strings.ContainsRune(f, 0) {
+		return "contains a NUL character"
+	}
+	levels := strings.Split(f, "/")
+	for i, l := range levels {
+		if strings.Contains(l, "#") && (l != "#" || i != len(levels)-1) {
+			return "'#' must be a whole level and the last one"
+		}
+		if strings.Contains(l, "+") && l != "+" {
+			return "'+' must be a whole level"
+		}
+	}
+	if strings.HasPrefix(f, "$share/") && len(levels) < 3 {
+		return "a $share/<group>/<filter> needs a group and a filter"
+	}
+	return ""
+}

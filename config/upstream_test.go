@@ -1,0 +1,141 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestUpstreamsFromYAML(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	if err := os.WriteFile(pw, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := writeFile(t, `
+upstreams:
+  - name: hsl
+    url: ssl://mqtt.hsl.fi:8883
+    username: bridge
+    password_file: `+pw+`
+    subscriptions:
+      - {filter: "/hfp/v2/journey/ongoing/vp/#", qos: 0}
+      - {filter: "/hfp/v2/journey/ongoing/ars/#"}
+    kafka_topic: vehicle-positions
+    shared_group: ingest
+`)
+	cfg, _, err := Load(Options{Args: []string{"--config", file}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Upstreams) != 1 {
+		t.Fatalf("upstreams %+v", cfg.Upstreams)
+	}
+	u := cfg.Upstreams[0].WithDefaults()
+	host, _ := os.Hostname()
+	if u.ClientID != "tributary-hsl-"+host || u.IngestRetained != "first" || u.CleanSession ||
+		u.KeepAlive != 30*time.Second || u.ReconnectMin != 500*time.Millisecond || u.ReconnectMax != time.Minute {
+		t.Fatalf("defaults not applied: %+v", u)
+	}
+	if *u.Subscriptions[0].QoS != 0 || *u.Subscriptions[1].QoS != 1 {
+		t.Fatalf("qos: %d %d, want 0 and the default 1", *u.Subscriptions[0].QoS, *u.Subscriptions[1].QoS)
+	}
+	if s, err := u.Secret(); err != nil || s != "s3cret" {
+		t.Fatalf("Secret() = %q, %v", s, err)
+	}
+	tc, err := u.TLSConfig()
+	if err != nil || tc == nil || tc.ServerName != "mqtt.hsl.fi" {
+		t.Fatalf("TLSConfig() = %+v, %v", tc, err)
+	}
+	if cfg.Redacted().Upstreams[0].Password != "" {
+		t.Fatal("no password was set, none should be shown")
+	}
+	cfg.Upstreams[0].Password = "x"
+	if r := cfg.Redacted(); r.Upstreams[0].Password != "[redacted]" || cfg.Upstreams[0].Password != "x" {
+		t.Fatal("Redacted must hide the password in a copy")
+	}
+}
+
+func TestUpstreamUnknownKey(t *testing.T) {
+	file := writeFile(t, "upstreams:\n  - name: a\n    url: tcp://h:1883\n    subscribe: [x]\n")
+	_, _, err := Load(Options{Args: []string{"--config", file}})
+	if err == nil || !strings.Contains(err.Error(), "subscribe") {
+		t.Fatalf("want an unknown-key error, got %v", err)
+	}
+}
+
+func TestUpstreamValidation(t *testing.T) {
+	dir := t.TempDir()
+	notPEM := filepath.Join(dir, "ca.txt")
+	if err := os.WriteFile(notPEM, []byte("hello"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	one := func(f string) []SubscriptionConfig { return []SubscriptionConfig{{Filter: f}} }
+	n := func(v int) *int { return &v }
+	for _, tt := range []struct {
+		name string
+		up   UpstreamConfig
+		want []string // each must be one problem's text
+	}{
+		{"ok", UpstreamConfig{Name: "a", URL: "tcp://h:1883", Subscriptions: one("x/#")}, nil},
+		{"ok ws", UpstreamConfig{Name: "a", URL: "wss://h/mqtt", Subscriptions: one("+/y")}, nil},
+		{"missing everything", UpstreamConfig{}, []string{
+			"upstreams[0].name: required", "upstreams[0].url \"\": required", "upstreams[0].subscriptions: at least one is required"}},
+		{"bad name", UpstreamConfig{Name: "a b", URL: "tcp://h:1", Subscriptions: one("x")}, []string{`upstreams[0] (a b).name "a b": use only`}},
+		{"bad scheme", UpstreamConfig{Name: "a", URL: "http://h:1", Subscriptions: one("x")}, []string{`upstreams[0] (a).url "http://h:1": scheme must be`}},
+		{"no port", UpstreamConfig{Name: "a", URL: "tcp://h", Subscriptions: one("x")}, []string{`upstreams[0] (a).url "tcp://h": needs host:port`}},
+		{"credentials in url", UpstreamConfig{Name: "a", URL: "tcp://u:p@h:1", Subscriptions: one("x")}, []string{"put credentials in username"}},
+		{"missing filter", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("")}, []string{`upstreams[0] (a).subscriptions[0].filter "": required`}},
+		{"bad wildcard", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("a/#/b")}, []string{`subscriptions[0].filter "a/#/b": '#' must be`}},
+		{"bad plus", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("a+/b")}, []string{`'+' must be a whole level`}},
+		{"bad qos", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: []SubscriptionConfig{{Filter: "x", QoS: n(3)}}}, []string{`upstreams[0] (a).subscriptions[0].qos 3: must be 0, 1 or 2`}},
+		{"unreadable tls file", UpstreamConfig{Name: "a", URL: "ssl://h:8883", Subscriptions: one("x"), TLS: UpstreamTLS{CAFile: filepath.Join(dir, "missing.pem")}},
+			[]string{`upstreams[0] (a).tls.ca_file "` + filepath.Join(dir, "missing.pem") + `": open`}},
+		{"not a CA file", UpstreamConfig{Name: "a", URL: "ssl://h:8883", Subscriptions: one("x"), TLS: UpstreamTLS{CAFile: notPEM}}, []string{"tls.ca_file", "no PEM certificate"}},
+		{"cert without key", UpstreamConfig{Name: "a", URL: "ssl://h:8883", Subscriptions: one("x"), TLS: UpstreamTLS{CertFile: notPEM}}, []string{"tls: cert_file and key_file go together"}},
+		{"tls on tcp", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("x"), TLS: UpstreamTLS{InsecureSkipVerify: true}}, []string{"tls: set, but url"}},
+		{"password twice", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("x"), Username: "u", Password: "p", PasswordFile: notPEM}, []string{"set password or password_file, not both"}},
+		{"password without user", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("x"), Password: "p"}, []string{"upstreams[0] (a).username: required"}},
+		{"unreadable password file", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("x"), Username: "u", PasswordFile: filepath.Join(dir, "nope")}, []string{"password_file", "no such file"}},
+		{"share in filter and group", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("$share/g/x"), SharedGroup: "g"}, []string{"shared_group is set; give the plain filter"}},
+		{"bad group", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("x"), SharedGroup: "a/b"}, []string{`shared_group "a/b"`}},
+		{"bad kafka topic", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("x"), KafkaTopic: "a b"}, []string{`upstreams[0] (a).kafka_topic "a b": not a valid Kafka topic name`}},
+		{"bad retained policy", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("x"), IngestRetained: "once"}, []string{`ingest_retained "once": must be first, always or never`}},
+		{"backoff", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("x"), ReconnectMin: time.Second, ReconnectMax: time.Millisecond, KeepAlive: -1}, []string{"reconnect_max 1ms: must be at least reconnect_min", "keepalive -1ns: must not be negative"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := Default()
+			cfg.Upstreams = []UpstreamConfig{tt.up}
+			err := cfg.Validate()
+			if tt.want == nil {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			var ce *Error
+			if !errors.As(err, &ce) {
+				t.Fatalf("want *Error, got %v", err)
+			}
+			all := strings.Join(ce.Problems, "\n")
+			for _, w := range tt.want {
+				if !strings.Contains(all, w) {
+					t.Errorf("no problem mentions %q; problems:\n%s", w, all)
+				}
+			}
+		})
+	}
+}
+
+func TestUpstreamDuplicateNames(t *testing.T) {
+	cfg := Default()
+	u := UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: []SubscriptionConfig{{Filter: "x"}}}
+	cfg.Upstreams = []UpstreamConfig{u, u}
+	err := cfg.Validate()
+	if err == nil || !strings.Contains(err.Error(), `upstreams[1] (a).name "a": already used by upstreams[0]`) {
+		t.Fatalf("got %v", err)
+	}
+}
