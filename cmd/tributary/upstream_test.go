@@ -703,3 +703,56 @@ func TestUpstreamSharedGroup(t *testing.T) {
 		t.Fatalf("the feed was not split: node 1 %s, node 2 %s", n1, n2)
 	}
 }
+
+// An upstream reached over MQTT-over-WebSocket (ws://) works like tcp://.
+func TestUpstreamOverWebSocket(t *testing.T) {
+	wsPort := freePort(t)
+	mq := startMosquitto(t, fmt.Sprintf("listener %d 127.0.0.1\nprotocol websockets\n", wsPort))
+	cfg := testConfig(t)
+	topic := uniq("ws-feed")
+	up := testUpstream("wsfeed", fmt.Sprintf("ws://127.0.0.1:%d/mqtt", wsPort), "feed/#")
+	up.KafkaTopic = topic
+	cfg.Upstreams = []config.UpstreamConfig{up}
+	d := startDaemon(t, cfg)
+	waitConnected(t, d, "wsfeed")
+	want := payloads("ws", 0, 300)
+	mosquittoPub(t, mq.port, "feed/a", want)
+	counts := countPayloads(t, d.bootstrap, topic, want, 30*time.Second)
+	checkNoneLost(t, counts, want)
+}
+
+// Kafka becomes unavailable while an upstream feed flows: the remote broker
+// keeps what Tributary has not acknowledged, and once Kafka is back every
+// message is in Kafka.
+func TestUpstreamKafkaOutageLosesNothing(t *testing.T) {
+	o := newOutage(t)
+	mq := startMosquitto(t, "")
+	cfg := testConfig(t)
+	cfg.Kafka.Bootstrap = o.bootstrap
+	topic := uniq("up-outage")
+	up := testUpstream("feed", mq.url(), "feed/#")
+	up.KafkaTopic = topic
+	cfg.Upstreams = []config.UpstreamConfig{up}
+	d := startDaemon(t, cfg)
+	waitConnected(t, d, "feed")
+
+	first, second := payloads("o", 0, 500), payloads("o", 500, 1000)
+	produced := func(n int) string {
+		return fmt.Sprintf(`tributary_upstream_records_produced_total{upstream="feed"} %d`, n)
+	}
+	mosquittoPub(t, mq.port, "feed/a", first)
+	waitFor(t, 30*time.Second, "the first 500 to be in Kafka", func() bool {
+		return strings.Contains(metricsText(t, d.httpAddr()), produced(500)+"\n")
+	})
+	o.down(t)
+	mosquittoPub(t, mq.port, "feed/a", second) // the remote broker takes them; Kafka cannot
+	time.Sleep(time.Second)                    // an outage of a while: nothing more may be confirmed
+	if body := metricsText(t, d.httpAddr()); !strings.Contains(body, produced(500)+"\n") {
+		t.Fatalf("records were confirmed while Kafka was down")
+	}
+	o.up(t)
+	all := append(first, second...)
+	counts := countPayloads(t, d.bootstrap, topic, all, 60*time.Second)
+	dups := checkNoneLost(t, counts, all)
+	t.Logf("all %d messages in Kafka after the outage, %d duplicates", len(all), dups)
+}
