@@ -43,10 +43,12 @@ func buildTributary(ctx context.Context, dir string) (string, error) {
 type daemonConfig struct {
 	bin       string
 	bootstrap string
-	topic     string   // the Kafka topic every bench/... MQTT topic maps to
-	dir       string   // for the log and data dir
-	name      string   // names the log file
-	env       []string // extra KEY=VALUE for the subprocess
+	topic     string        // the Kafka topic every bench/... MQTT topic maps to
+	dir       string        // for the log and data dir
+	name      string        // names the log file
+	env       []string      // extra KEY=VALUE for the subprocess
+	config    string        // YAML config file; empty for none
+	readyPoll time.Duration // how often to ask /readyz; default 50ms
 }
 
 // daemon is a running Tributary subprocess.
@@ -103,6 +105,9 @@ func startDaemonOnce(ctx context.Context, cfg daemonConfig) (*daemon, error) {
 		"--topic-regex-list", cfg.topic+":bench/.*",
 		"--data-dir", dataDir,
 	)
+	if cfg.config != "" {
+		cmd.Args = append(cmd.Args, "--config", cfg.config)
+	}
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.Env = append(os.Environ(), cfg.env...)
 	if err := cmd.Start(); err != nil {
@@ -115,7 +120,11 @@ func startDaemonOnce(ctx context.Context, cfg daemonConfig) (*daemon, error) {
 		logFile.Close()
 		close(d.exited)
 	}()
-	if err := d.waitReady(ctx, 60*time.Second); err != nil {
+	poll := cfg.readyPoll
+	if poll <= 0 {
+		poll = 50 * time.Millisecond
+	}
+	if err := d.waitReady(ctx, 60*time.Second, poll); err != nil {
 		d.stop()
 		if bytes.Contains(tail(logPath, 4096), []byte("address already in use")) {
 			return nil, errPortTaken
@@ -135,7 +144,7 @@ func freeAddr() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-func (d *daemon) waitReady(ctx context.Context, timeout time.Duration) error {
+func (d *daemon) waitReady(ctx context.Context, timeout, poll time.Duration) error {
 	hc := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(timeout)
 	url := "http://" + d.httpAddr + "/readyz"
@@ -153,7 +162,7 @@ func (d *daemon) waitReady(ctx context.Context, timeout time.Duration) error {
 			return fmt.Errorf("tributary exited before it was ready: %v", d.waitErr)
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(poll):
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("tributary not ready after %s", timeout)

@@ -33,7 +33,8 @@ func startKfake() (*kfake.Cluster, string, error) {
 // It speaks the Kafka protocol directly through franz-go, which routes
 // CreateTopics to the controller and splits ListOffsets by partition leader.
 type admin struct {
-	cl *kgo.Client
+	cl    *kgo.Client
+	seeds []string
 }
 
 func newAdmin(bootstrap string) (*admin, error) {
@@ -41,7 +42,7 @@ func newAdmin(bootstrap string) (*admin, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating Kafka admin client: %w", err)
 	}
-	return &admin{cl: cl}, nil
+	return &admin{cl: cl, seeds: []string{bootstrap}}, nil
 }
 
 func (a *admin) Close() { a.cl.Close() }
@@ -90,6 +91,16 @@ func (a *admin) createTopic(ctx context.Context, topic string, partitions int) e
 // count sums the high watermarks of topic's partitions: on a fresh,
 // non-transactional topic that is exactly the number of records in it.
 func (a *admin) count(ctx context.Context, topic string, partitions int) (int64, error) {
+	hw, err := a.watermarks(ctx, topic, partitions)
+	var sum int64
+	for _, o := range hw {
+		sum += o
+	}
+	return sum, err
+}
+
+// watermarks returns the high watermark of each of topic's partitions.
+func (a *admin) watermarks(ctx context.Context, topic string, partitions int) ([]int64, error) {
 	req := kmsg.NewPtrListOffsetsRequest()
 	req.ReplicaID = -1
 	t := kmsg.NewListOffsetsRequestTopic()
@@ -104,23 +115,74 @@ func (a *admin) count(ctx context.Context, topic string, partitions int) (int64,
 	req.Topics = append(req.Topics, t)
 	resp, err := req.RequestWith(ctx, a.cl)
 	if err != nil {
-		return 0, fmt.Errorf("listing offsets of %q: %w", topic, err)
+		return nil, fmt.Errorf("listing offsets of %q: %w", topic, err)
 	}
-	var sum int64
+	hw := make([]int64, partitions)
 	seen := 0
 	for _, rt := range resp.Topics {
 		for _, rp := range rt.Partitions {
 			if err := kerr.ErrorForCode(rp.ErrorCode); err != nil {
-				return 0, fmt.Errorf("listing offsets of %q partition %d: %w", topic, rp.Partition, err)
+				return nil, fmt.Errorf("listing offsets of %q partition %d: %w", topic, rp.Partition, err)
 			}
-			sum += rp.Offset
+			if rp.Partition < 0 || int(rp.Partition) >= partitions {
+				return nil, fmt.Errorf("listing offsets of %q: unexpected partition %d", topic, rp.Partition)
+			}
+			hw[rp.Partition] = rp.Offset
 			seen++
 		}
 	}
 	if seen != partitions {
-		return 0, fmt.Errorf("listing offsets of %q: %d of %d partitions answered", topic, seen, partitions)
+		return nil, fmt.Errorf("listing offsets of %q: %d of %d partitions answered", topic, seen, partitions)
 	}
-	return sum, nil
+	return hw, nil
+}
+
+// firstTimestamp returns the earliest record timestamp among the first
+// records of topic's non-empty partitions. The topic is new and each
+// partition's records are in the order they were produced, so that is
+// the earliest timestamp in the topic.
+func (a *admin) firstTimestamp(ctx context.Context, topic string, partitions int) (time.Time, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	hw, err := a.watermarks(ctx, topic, partitions)
+	if err != nil {
+		return time.Time{}, err
+	}
+	want := map[int32]kgo.Offset{}
+	for p, o := range hw {
+		if o > 0 {
+			want[int32(p)] = kgo.NewOffset().At(0)
+		}
+	}
+	if len(want) == 0 {
+		return time.Time{}, fmt.Errorf("reading the first records of %q: the topic is empty", topic)
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(a.seeds...), kgo.ClientID("tributary-bench"),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: want}))
+	if err != nil {
+		return time.Time{}, fmt.Errorf("creating Kafka consumer: %w", err)
+	}
+	defer cl.Close()
+	var first time.Time
+	got := map[int32]bool{}
+	for len(got) < len(want) {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			return time.Time{}, fmt.Errorf("reading the first records of %q: %w", topic, ctx.Err())
+		}
+		if err := fs.Err(); err != nil {
+			return time.Time{}, fmt.Errorf("reading the first records of %q: %w", topic, err)
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			if r.Offset == 0 {
+				got[r.Partition] = true
+				if first.IsZero() || r.Timestamp.Before(first) {
+					first = r.Timestamp
+				}
+			}
+		})
+	}
+	return first, nil
 }
 
 // pollInterval is how often waitForCount asks Kafka; it bounds the

@@ -39,9 +39,15 @@ type scenario struct {
 	clients int  // MQTT connections; 0 for the native producer
 	qos     byte // MQTT QoS
 	window  int  // QoS 1 publishes in flight per connection
+	// upstream: a remote mosquitto's backlog drained by mosquitto_sub,
+	// then by Tributary's upstream source (upstream.go).
+	upstream bool
 }
 
 func (s scenario) describe() string {
+	if s.upstream {
+		return "remote mosquitto's QoS 1 backlog drained by mosquitto_sub, then by Tributary's upstream source"
+	}
 	if s.clients == 0 {
 		return "confluent-kafka-go producer straight to Kafka (acks=all, idempotent)"
 	}
@@ -58,6 +64,7 @@ var scenarios = []scenario{
 	{name: "mqtt-qos0", clients: 10, qos: 0},
 	{name: "mqtt-qos1", clients: 100, qos: 1, window: 10},
 	{name: "mqtt-qos1-single", clients: 1, qos: 1, window: 100},
+	{name: "upstream", upstream: true},
 }
 
 type options struct {
@@ -72,6 +79,9 @@ type options struct {
 	keep       bool
 	repeat     int
 	env        []string
+	// mosquittoInflight is the remote broker's max_inflight_messages in
+	// the upstream scenario.
+	mosquittoInflight int
 }
 
 // errReported marks an error the flag package has already printed.
@@ -105,6 +115,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.jsonPath, "json", "", "also write the results as JSON to this file")
 	fs.IntVar(&o.repeat, "repeat", 1, "run every scenario this many times (rounds) and report each one's median-rate round")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (Tributary logs and metrics) even when every scenario passed")
+	fs.IntVar(&o.mosquittoInflight, "mosquitto-inflight", 1000, "upstream scenario: the remote mosquitto's max_inflight_messages (0: no limit)")
 	fs.Var(&env, "tributary-env", "KEY=VALUE added to Tributary's environment, e.g. GODEBUG=gctrace=1 (repeatable)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: tributary-bench [flags]\n\nScenarios:\n")
@@ -133,6 +144,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.repeat < 1 {
 		problems = append(problems, fmt.Errorf("--repeat %d: must be at least 1", o.repeat))
+	}
+	if o.mosquittoInflight < 0 || o.mosquittoInflight > 65535 {
+		problems = append(problems, fmt.Errorf("--mosquitto-inflight %d: must be 0 (no limit) to 65535", o.mosquittoInflight))
 	}
 	if o.timeout <= 0 {
 		problems = append(problems, fmt.Errorf("--timeout %s: must be positive", o.timeout))
@@ -206,6 +220,7 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		printTable(stdout, results)
 		fmt.Fprintln(stdout)
 		printTargets(stdout, results)
+		printDrains(stdout, results)
 		if opts.jsonPath != "" {
 			if jerr := writeJSON(opts.jsonPath, results); jerr != nil {
 				err = errors.Join(err, jerr)
@@ -213,7 +228,7 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		}
 	}
 	for _, r := range results {
-		if !r.OK {
+		if !r.OK && r.Skipped == "" {
 			err = errors.Join(err, fmt.Errorf("%s: %s", r.Scenario, r.Error))
 		}
 	}
@@ -273,7 +288,7 @@ func (b *bench) run(ctx context.Context) ([]result, error) {
 	b.bin = b.opts.bin
 	needBridge := false
 	for _, s := range b.opts.scenarios {
-		needBridge = needBridge || s.clients > 0
+		needBridge = needBridge || s.clients > 0 || s.upstream
 	}
 	if b.bin == "" && needBridge {
 		fmt.Fprintf(b.progress, "building tributary into %s\n", b.dir)
@@ -292,42 +307,63 @@ func (b *bench) run(ctx context.Context) ([]result, error) {
 			if ctx.Err() != nil {
 				return pickMedians(append(rounds, rs)), ctx.Err()
 			}
-			rs = append(rs, b.runOne(ctx, s, runID, round))
+			rs = append(rs, b.runOne(ctx, s, runID, round)...)
 		}
 		rounds = append(rounds, rs)
 	}
 	return pickMedians(rounds), nil
 }
 
-// runOne runs scenario s on a fresh topic.
-func (b *bench) runOne(ctx context.Context, s scenario, runID string, round int) result {
+// runOne runs scenario s on a fresh topic. It returns one result, or
+// two for upstream: mosquitto_sub's and Tributary's.
+func (b *bench) runOne(ctx context.Context, s scenario, runID string, round int) []result {
 	name := s.name
 	if b.opts.repeat > 1 {
 		name = fmt.Sprintf("%s-%d", s.name, round)
 	}
 	topic := fmt.Sprintf("bench-%s-%s", runID, name)
 	fmt.Fprintf(b.progress, "== %s: %d records, %s → Kafka topic %s\n", name, b.opts.records, s.describe(), topic)
-	r := result{Scenario: s.name, Records: b.opts.records}
+	rs := []result{{Scenario: s.name, Records: b.opts.records}}
 	cpu0 := selfCPU()
 	if err := b.admin.createTopic(ctx, topic, b.opts.partitions); err != nil {
-		r.Error = err.Error()
+		rs[0].Error = err.Error()
+	} else if s.upstream {
+		rs = b.runUpstream(ctx, topic, name)
 	} else if s.clients == 0 {
-		r = b.runNative(ctx, s, topic)
+		rs[0] = b.runNative(ctx, s, topic)
 	} else {
-		r = b.runMQTT(ctx, s, topic, name)
+		rs[0] = b.runMQTT(ctx, s, topic, name)
 	}
-	r.HarnessCPU = ptr(centi(selfCPU() - cpu0))
+	harnessCPU := centi(selfCPU() - cpu0)
 	harness := "load generator"
 	if b.opts.bootstrap == "" {
 		harness += " and kfake"
 	}
-	fmt.Fprintf(b.progress, "   CPU: tributary %s s, harness (%s) %.2f s\n", optf(r.CPU, 2), harness, *r.HarnessCPU)
-	if r.OK {
-		fmt.Fprintf(b.progress, "   %d records in Kafka after %.2f s: %.0f records/s\n", r.Found, r.Seconds, r.Rate)
-	} else {
-		fmt.Fprintf(b.progress, "   FAILED: %s\n", r.Error)
+	for i := range rs {
+		r := &rs[i]
+		if len(rs) == 1 {
+			r.HarnessCPU = ptr(harnessCPU)
+			fmt.Fprintf(b.progress, "   CPU: tributary %s s, harness (%s) %.2f s\n", optf(r.CPU, 2), harness, harnessCPU)
+		} else {
+			fmt.Fprintf(b.progress, "   %s: CPU %s s, remote mosquitto CPU %s s while draining\n", r.Scenario, optf(r.CPU, 2), optf(r.RemoteCPU, 2))
+		}
+		switch {
+		case r.Skipped != "":
+			fmt.Fprintf(b.progress, "   %s\n", r.Skipped)
+		case len(rs) == 1 && r.OK:
+			fmt.Fprintf(b.progress, "   %d records in Kafka after %.2f s: %.0f records/s\n", r.Found, r.Seconds, r.Rate)
+		case len(rs) == 1:
+			fmt.Fprintf(b.progress, "   FAILED: %s\n", r.Error)
+		case r.OK:
+			fmt.Fprintf(b.progress, "   %s: %d records after %.2f s: %.0f records/s\n", r.Scenario, r.Found, r.Seconds, r.Rate)
+		default:
+			fmt.Fprintf(b.progress, "   %s FAILED: %s\n", r.Scenario, r.Error)
+		}
 	}
-	return r
+	if len(rs) > 1 {
+		fmt.Fprintf(b.progress, "   harness (%s) CPU %.2f s for both\n", harness, harnessCPU)
+	}
+	return rs
 }
 
 // pickMedians reduces repeated rounds to one result per scenario: the

@@ -19,17 +19,30 @@ type result struct {
 	Records  int     `json:"records"`
 	Seconds  float64 `json:"seconds"`
 	Rate     float64 `json:"rate"` // records per second
-	// Baseline is Rate divided by the native-produce rate of the same run.
+	// Baseline is Rate divided by the native-produce rate of the same run
+	// (scenarios that publish into Tributary only).
 	Baseline *float64 `json:"baseline"`
-	// Ratio is Rate divided by the mqtt-qos0 rate (QoS 1 scenarios only).
+	// Ratio is Rate divided by the rate of the scenario's target baseline:
+	// mqtt-qos0 for the QoS 1 scenarios, mosquitto-sub for upstream.
 	Ratio *float64 `json:"ratio"`
 	P50Ms *float64 `json:"p50_ms"` // PUBACK latency, QoS 1 only
 	P99Ms *float64 `json:"p99_ms"`
 	// RSS is Tributary's peak resident set size (VmHWM) during the scenario.
 	RSS *int64 `json:"bridge_rss_bytes"`
 	// CPU is the CPU time (user+system) Tributary used from the first send
-	// until the records were counted in Kafka.
+	// until the records were counted in Kafka. For upstream it is the
+	// draining process's whole life, start-up included; for mosquitto-sub
+	// it is mosquitto_sub's (its RSS is not measured).
 	CPU *float64 `json:"bridge_cpu_seconds"`
+	// WallSeconds (drain scenarios) runs from the subscriber's start, where
+	// Seconds runs from the first message it received.
+	WallSeconds *float64 `json:"wall_seconds,omitempty"`
+	// ReadySeconds (upstream) is how long Tributary took to answer /readyz
+	// 200: connected to Kafka and to the remote broker, subscribed.
+	ReadySeconds *float64 `json:"ready_seconds,omitempty"`
+	// RemoteCPU (drain scenarios) is the CPU time the remote mosquitto used
+	// while it was being drained.
+	RemoteCPU *float64 `json:"remote_broker_cpu_seconds,omitempty"`
 	// HarnessCPU is the CPU time the harness itself used in the scenario:
 	// the load generator, and kfake when it runs in-process.
 	HarnessCPU *float64 `json:"harness_cpu_seconds"`
@@ -39,6 +52,10 @@ type result struct {
 	Found int64  `json:"kafka_records"`
 	OK    bool   `json:"ok"`
 	Error string `json:"error,omitempty"`
+	// Skipped says why the scenario did not run; a skip is not a failure.
+	Skipped string `json:"skipped,omitempty"`
+
+	drain bool // a subscriber drains a backlog; not comparable with native-produce
 }
 
 // percentile returns the nearest-rank p-th percentile (0 < p ≤ 100) of
@@ -72,6 +89,7 @@ type target struct {
 var targets = []target{
 	{"mqtt-qos1", "mqtt-qos0", 0.7},
 	{"mqtt-qos1-single", "mqtt-qos0", 0.3},
+	{"upstream", "mosquitto-sub", 0.9},
 }
 
 // fillRatios sets Baseline and Ratio from the other results of the run;
@@ -88,7 +106,7 @@ func fillRatios(rs []result) {
 		if !r.OK {
 			continue
 		}
-		if b, ok := rate["native-produce"]; ok {
+		if b, ok := rate["native-produce"]; ok && !r.drain {
 			r.Baseline = ptr(r.Rate / b)
 		}
 		for _, t := range targets {
@@ -109,14 +127,19 @@ func printTable(w io.Writer, rs []result) {
 		rounds = rounds || len(r.Rates) > 1
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	head := "scenario\trecords\tseconds\trecords/s\t× native\t× qos0\tp50 ms\tp99 ms\tbridge RSS MiB\tbridge CPU s\tstatus\t"
+	head := "scenario\trecords\tseconds\trecords/s\t× native\t× base\tp50 ms\tp99 ms\tbridge RSS MiB\tbridge CPU s\tstatus\t"
 	if rounds {
 		head += "rounds, records/s\t"
 	}
 	fmt.Fprintln(tw, head)
 	for _, r := range rs {
 		status := "ok"
-		if !r.OK {
+		switch {
+		case r.Skipped != "":
+			status = "skipped"
+		case !r.OK && r.Scenario == "mosquitto-sub":
+			status = fmt.Sprintf("FAILED (%d received)", r.Found)
+		case !r.OK:
 			status = fmt.Sprintf("FAILED (%d in Kafka)", r.Found)
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%.2f\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t",
@@ -159,6 +182,9 @@ func printTargets(w io.Writer, rs []result) {
 	for _, t := range targets {
 		r, ok := byName[t.scenario]
 		verdict := "not measured"
+		if ok && r.Skipped != "" {
+			verdict = "not measured (" + r.Skipped + ")"
+		}
 		if ok && r.Ratio != nil {
 			verdict = fmt.Sprintf("%.3f× — ", *r.Ratio)
 			if *r.Ratio >= t.min {
@@ -168,6 +194,40 @@ func printTargets(w io.Writer, rs []result) {
 			}
 		}
 		fmt.Fprintf(w, "  %s rate ≥ %.1f× %s rate: %s\n", t.scenario, t.min, t.of, verdict)
+	}
+}
+
+// printDrains writes, for the drain scenarios, the figures the table
+// leaves out: the wall-clock times that include start-up, and the remote
+// broker's CPU.
+func printDrains(w io.Writer, rs []result) {
+	var base *result
+	for i := range rs {
+		if rs[i].Scenario == "mosquitto-sub" && rs[i].OK {
+			base = &rs[i]
+		}
+	}
+	header := false
+	for _, r := range rs {
+		if !r.drain || !r.OK || r.WallSeconds == nil {
+			continue
+		}
+		if !header {
+			fmt.Fprintln(w, "drains (seconds from the first message received; wall from the subscriber's start):")
+			header = true
+		}
+		wallRate := float64(r.Found) / *r.WallSeconds
+		fmt.Fprintf(w, "  %-13s drain %.2f s (%.0f/s), wall %.2f s (%.0f/s)", r.Scenario, r.Seconds, r.Rate, *r.WallSeconds, wallRate)
+		if r.ReadySeconds != nil {
+			fmt.Fprintf(w, ", /readyz after %.2f s", *r.ReadySeconds)
+		}
+		if r.RemoteCPU != nil {
+			fmt.Fprintf(w, ", remote mosquitto CPU %.2f s", *r.RemoteCPU)
+		}
+		if base != nil && r.Scenario != base.Scenario {
+			fmt.Fprintf(w, "; wall-clock ratio %.3f×", wallRate/(float64(base.Found) / *base.WallSeconds))
+		}
+		fmt.Fprintln(w)
 	}
 }
 
