@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -8,6 +9,8 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"math/rand/v2"
+	"net"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -362,7 +365,8 @@ func (u *upstream) connect() (*conn, error) {
 		// neither deliver nor acknowledge them, so every message goes
 		// through the default handler.
 		SetDefaultPublishHandler(c.handle).
-		SetConnectionLostHandler(func(_ paho.Client, err error) { c.lose(err) })
+		SetConnectionLostHandler(func(_ paho.Client, err error) { c.lose(err) }).
+		SetCustomOpenConnectionFn(u.dial)
 	if u.cfg.TLS != nil {
 		opts.SetTLSConfig(u.cfg.TLS)
 	}
@@ -805,3 +809,41 @@ func (m *upstreamMetrics) forUpstream(name string) upstreamCounters {
 	c.connected.Set(0)
 	return c
 }
+
+// dial opens the network connection for paho and reads it through a
+// buffer: paho reads each packet's fixed header a byte at a time, which
+// straight from the socket costs three or four read system calls per
+// message (a third of the CPU of draining a feed, measured).
+func (u *upstream) dial(uri *url.URL, opts paho.ClientOptions) (net.Conn, error) {
+	d := &net.Dialer{Timeout: u.cfg.ConnectTimeout}
+	var c net.Conn
+	var err error
+	switch uri.Scheme {
+	case "tcp", "mqtt":
+		c, err = d.Dial("tcp", uri.Host)
+	case "ssl", "tls", "mqtts", "tcps":
+		c, err = tls.DialWithDialer(d, "tcp", uri.Host, opts.TLSConfig)
+	case "ws", "wss":
+		target := *uri
+		target.User = nil
+		var tlsc *tls.Config
+		if uri.Scheme == "wss" {
+			tlsc = opts.TLSConfig
+		}
+		c, err = paho.NewWebsocket(target.String(), tlsc, u.cfg.ConnectTimeout, opts.HTTPHeaders, opts.WebsocketOptions)
+	default:
+		return nil, fmt.Errorf("unsupported URL scheme %q", uri.Scheme)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &bufferedConn{Conn: c, r: bufio.NewReaderSize(c, 32<<10)}, nil
+}
+
+// bufferedConn is a net.Conn whose reads go through a bufio.Reader.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (b *bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }
