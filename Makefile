@@ -35,6 +35,7 @@ fuzz: ## run each fuzz test for FUZZTIME
 	$(GO) test ./mapping -run '^$$' -fuzz FuzzParseRegexList -fuzztime $(FUZZTIME)
 	$(GO) test ./mapping -run '^$$' -fuzz FuzzMap -fuzztime $(FUZZTIME)
 	$(GO) test ./config -run '^$$' -fuzz FuzzDecodeYAML -fuzztime $(FUZZTIME)
+	$(GO) test ./websocket -run '^$$' -fuzz FuzzDecodeProduceFrame -fuzztime $(FUZZTIME)
 
 bench: ## MQTT → Kafka throughput against a native librdkafka producer, in one run
 	$(GO) run ./cmd/tributary-bench $(ARGS)

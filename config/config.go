@@ -30,6 +30,8 @@ type Config struct {
 	MQTT MQTTConfig `yaml:"mqtt"`
 	// HTTP configures the HTTP server for health, readiness and metrics.
 	HTTP HTTPConfig `yaml:"http"`
+	// WebSocket configures the JSON WebSocket API served on http.addr.
+	WebSocket WebSocketConfig `yaml:"websocket"`
 	// Mapping holds the MQTT topic to Kafka topic rules.
 	Mapping MappingConfig `yaml:"mapping"`
 	// Log configures logging.
@@ -96,6 +98,34 @@ type HTTPConfig struct {
 	Pprof bool `yaml:"pprof"`
 }
 
+// WebSocketConfig configures the JSON WebSocket API (/socket/in,
+// /socket/out, /kafka/cluster/info) on the HTTP server.
+type WebSocketConfig struct {
+	// Enabled serves the API on http.addr. Default true.
+	Enabled bool `yaml:"enabled"`
+	// AllowedOrigins are browser origins allowed besides the server's own
+	// ("https://app.example.com", "app.example.com:8443", or "*").
+	// Clients that send no Origin header are always allowed. Default none.
+	AllowedOrigins []string `yaml:"allowed_origins"`
+	// MaxFrameBytes is the largest frame a client may send. Default 4194304.
+	MaxFrameBytes int `yaml:"max_frame_bytes"`
+	// PingInterval is how often the server pings each socket; a socket
+	// silent for two intervals is closed. Default 30s.
+	PingInterval time.Duration `yaml:"ping_interval"`
+	// MaxInflight is how many records one produce socket may have awaiting
+	// Kafka before the server stops reading it. Default 1000.
+	MaxInflight int `yaml:"max_inflight"`
+	// ProduceRate limits records per second per produce socket (error
+	// 42901 above it); 0 is unlimited. Default 0.
+	ProduceRate int `yaml:"produce_rate"`
+	// SendQueue is how many records wait for one consume socket before its
+	// partitions are paused. Default 1000.
+	SendQueue int `yaml:"send_queue"`
+	// SessionTimeout is the Kafka consumer group session timeout of
+	// consume sockets. Default 10s.
+	SessionTimeout time.Duration `yaml:"session_timeout"`
+}
+
 // MappingConfig holds the mapping rules in both syntaxes.
 type MappingConfig struct {
 	// TopicRegexList is Confluent MQTT Proxy's "kafkaTopic:regex,..." list.
@@ -128,8 +158,16 @@ func Default() Config {
 			FlushTimeout:           30 * time.Second,
 			AckLinger:              time.Millisecond,
 		},
-		MQTT:    MQTTConfig{Addr: ":1883", WSAddr: ":8083"},
-		HTTP:    HTTPConfig{Addr: ":8080"},
+		MQTT: MQTTConfig{Addr: ":1883", WSAddr: ":8083"},
+		HTTP: HTTPConfig{Addr: ":8080"},
+		WebSocket: WebSocketConfig{
+			Enabled:        true,
+			MaxFrameBytes:  4 << 20,
+			PingInterval:   30 * time.Second,
+			MaxInflight:    1000,
+			SendQueue:      1000,
+			SessionTimeout: 10 * time.Second,
+		},
 		Mapping: MappingConfig{Config: mapping.Config{DefaultTopic: "mqtt"}},
 		Log:     LogConfig{Level: "info", Format: "text"},
 	}
@@ -279,6 +317,7 @@ func (c *Config) Validate() error {
 			add("%v", e)
 		}
 	}
+	problems = append(problems, c.WebSocket.validate()...)
 	problems = append(problems, validateUpstreams(c.Upstreams)...)
 	if len(problems) > 0 {
 		return &Error{Problems: problems}
@@ -362,4 +401,33 @@ func (k KafkaConfig) SortedProperties() []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+func (w WebSocketConfig) validate() []string {
+	var problems []string
+	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	if w.MaxFrameBytes < 1024 {
+		add("websocket.max_frame_bytes (--websocket-max-frame-bytes) %d: must be at least 1024", w.MaxFrameBytes)
+	}
+	if w.PingInterval < 100*time.Millisecond {
+		add("websocket.ping_interval (--websocket-ping-interval) %s: must be at least 100ms", w.PingInterval)
+	}
+	if w.MaxInflight < 1 {
+		add("websocket.max_inflight (--websocket-max-inflight) %d: must be at least 1", w.MaxInflight)
+	}
+	if w.ProduceRate < 0 {
+		add("websocket.produce_rate (--websocket-produce-rate) %d: must be 0 (unlimited) or more", w.ProduceRate)
+	}
+	if w.SendQueue < 1 {
+		add("websocket.send_queue (--websocket-send-queue) %d: must be at least 1", w.SendQueue)
+	}
+	if w.SessionTimeout < time.Second || w.SessionTimeout > 30*time.Minute {
+		add("websocket.session_timeout (--websocket-session-timeout) %s: must be from 1s to 30m (and within the brokers' group.min/max.session.timeout.ms)", w.SessionTimeout)
+	}
+	for i, o := range w.AllowedOrigins {
+		if strings.TrimSpace(o) == "" {
+			add("websocket.allowed_origins[%d] is empty", i)
+		}
+	}
+	return problems
 }

@@ -96,6 +96,34 @@ func Settings() []Setting {
 			func(c *Config) *string { return &c.Log.Level }),
 		str("log-format", "log.format", "text or json",
 			func(c *Config) *string { return &c.Log.Format }),
+		boolean("websocket-enabled", "websocket.enabled", "serve the JSON WebSocket API (/socket/in, /socket/out, /kafka/cluster/info) on the HTTP address",
+			func(c *Config) *bool { return &c.WebSocket.Enabled }),
+		{
+			Flag: "websocket-allowed-origins", Key: "websocket.allowed_origins",
+			Usage: "browser origins allowed besides the server's own, comma-separated (* allows any); clients sending no Origin are always allowed",
+			set: func(c *Config, v string) error {
+				c.WebSocket.AllowedOrigins = nil
+				for _, o := range strings.Split(v, ",") {
+					if o = strings.TrimSpace(o); o != "" {
+						c.WebSocket.AllowedOrigins = append(c.WebSocket.AllowedOrigins, o)
+					}
+				}
+				return nil
+			},
+			get: func(c *Config) string { return strings.Join(c.WebSocket.AllowedOrigins, ",") },
+		},
+		integer("websocket-max-frame-bytes", "websocket.max_frame_bytes", "largest frame a WebSocket API client may send; larger ones close the socket (1009)",
+			func(c *Config) *int { return &c.WebSocket.MaxFrameBytes }),
+		duration("websocket-ping-interval", "websocket.ping_interval", "how often the server pings WebSocket API sockets; a socket silent for two intervals is closed",
+			func(c *Config) *time.Duration { return &c.WebSocket.PingInterval }),
+		integer("websocket-max-inflight", "websocket.max_inflight", "records one /socket/in socket may have awaiting Kafka before the server stops reading it",
+			func(c *Config) *int { return &c.WebSocket.MaxInflight }),
+		integer("websocket-produce-rate", "websocket.produce_rate", "records per second per /socket/in socket; more get error 42901 (0: unlimited)",
+			func(c *Config) *int { return &c.WebSocket.ProduceRate }),
+		integer("websocket-send-queue", "websocket.send_queue", "records waiting for one /socket/out socket before its partitions are paused",
+			func(c *Config) *int { return &c.WebSocket.SendQueue }),
+		duration("websocket-session-timeout", "websocket.session_timeout", "Kafka consumer group session timeout of /socket/out sockets",
+			func(c *Config) *time.Duration { return &c.WebSocket.SessionTimeout }),
 	}
 }
 
@@ -138,6 +166,18 @@ func integer(flagName, key, usage string, field func(*Config) *int) Setting {
 			return err
 		},
 		get: func(c *Config) string { return strconv.Itoa(*field(c)) },
+	}
+}
+
+func duration(flagName, key, usage string, field func(*Config) *time.Duration) Setting {
+	return Setting{
+		Flag: flagName, Key: key, Usage: usage,
+		set: func(c *Config, v string) error {
+			d, err := time.ParseDuration(v)
+			*field(c) = d
+			return err
+		},
+		get: func(c *Config) string { return field(c).String() },
 	}
 }
 

@@ -31,6 +31,8 @@ type Config struct {
 	Pprof    bool // serve net/http/pprof under /debug/pprof/
 	Gatherer prometheus.Gatherer
 	Ready    []Check
+	// API, when set, serves the JSON WebSocket API on the same server.
+	API *API
 }
 
 // Server is the HTTP server.
@@ -60,6 +62,9 @@ func New(cfg Config, log *slog.Logger) *Server {
 	}
 	if cfg.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
+	}
+	if cfg.API != nil {
+		cfg.API.routes(mux)
 	}
 	s.srv = &http.Server{
 		Handler:           mux,
@@ -125,6 +130,10 @@ func (s *Server) Close(ctx context.Context) error {
 			return
 		}
 		err = s.srv.Shutdown(ctx)
+		// Shutdown does not track hijacked connections: close the sockets.
+		if s.cfg.API != nil {
+			s.cfg.API.Close(ctx)
+		}
 		<-s.done
 	})
 	return err

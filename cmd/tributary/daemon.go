@@ -27,6 +27,7 @@ type daemon struct {
 	broker    *broker.Broker
 	upstreams *bridge.Upstreams
 	http      *websocket.Server
+	wsAPI     *websocket.API
 	registry  *prometheus.Registry
 	stopOnce  sync.Once
 }
@@ -113,10 +114,27 @@ func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 	}
 
 	if cfg.HTTP.Addr != "" {
+		if cfg.WebSocket.Enabled {
+			d.wsAPI = websocket.NewAPI(websocket.APIConfig{
+				AllowedOrigins: cfg.WebSocket.AllowedOrigins,
+				MaxFrameBytes:  int64(cfg.WebSocket.MaxFrameBytes),
+				PingInterval:   cfg.WebSocket.PingInterval,
+				MaxInflight:    cfg.WebSocket.MaxInflight,
+				ProduceRate:    float64(cfg.WebSocket.ProduceRate),
+				SendQueue:      cfg.WebSocket.SendQueue,
+				Consumer: bridge.ConsumerConfig{
+					Bootstrap:      bootstrap,
+					Properties:     cfg.Kafka.Properties,
+					SessionTimeout: cfg.WebSocket.SessionTimeout,
+				},
+				Registerer: d.registry,
+			}, d.producer, log.With("component", "websocket"))
+		}
 		d.http = websocket.New(websocket.Config{
 			Addr:     cfg.HTTP.Addr,
 			Pprof:    cfg.HTTP.Pprof,
 			Gatherer: d.registry,
+			API:      d.wsAPI,
 			Ready: []websocket.Check{
 				{Name: "kafka", Fn: func() error {
 					if !d.producer.Ready() {
@@ -160,6 +178,11 @@ func (d *daemon) shutdown() {
 	// Kafka has; what is left unacknowledged the remote brokers redeliver.
 	if d.upstreams != nil {
 		d.upstreams.Drain()
+	}
+	// WebSocket produce sockets stop reading; their results still go out
+	// as the flush completes them, and consume sockets commit and leave.
+	if d.wsAPI != nil {
+		d.wsAPI.Drain()
 	}
 	if d.producer != nil {
 		if left := d.producer.Flush(ctx); left > 0 {

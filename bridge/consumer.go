@@ -1,0 +1,508 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+)
+
+// ErrNotAssigned means a commit named a partition this consumer does not
+// own (it was never assigned, or a rebalance moved it to another member).
+var ErrNotAssigned = errors.New("partition is not assigned to this consumer")
+
+// ConsumerConfig configures one consumer-group member.
+type ConsumerConfig struct {
+	Bootstrap  string
+	Properties map[string]string // librdkafka settings passed through (SASL, SSL, ...)
+	GroupID    string
+	ClientID   string
+	Topics     []string
+	// OffsetReset is where a partition without a committed offset starts:
+	// "earliest" or "latest". Default earliest.
+	OffsetReset string
+	// IsolationLevel is "read_committed" or "read_uncommitted". Default
+	// read_committed.
+	IsolationLevel string
+	// SessionTimeout is the group session timeout. Default 10s.
+	SessionTimeout time.Duration
+	// QueueSize is how many records wait for the reader before the
+	// consumer pauses its partitions. Default 1000.
+	QueueSize int
+	// CommitInterval is how often offsets marked with Store are committed.
+	// Default 1s.
+	CommitInterval time.Duration
+	// OnPause, if set, is called with true when the consumer pauses its
+	// partitions for a slow reader and with false when it resumes them.
+	OnPause func(paused bool)
+}
+
+// ConsumedRecord is one record read from Kafka.
+type ConsumedRecord struct {
+	Topic     string
+	Partition int32
+	Offset    int64
+	Timestamp time.Time
+	Key       []byte
+	Value     []byte
+	Headers   []Header
+}
+
+// Consumer is one member of a Kafka consumer group. It never commits on its
+// own: offsets are committed only when the owner calls Commit (the record
+// and everything before it in its partition) or Store (committed on the
+// next interval, on a rebalance and on Close). Records wait in a bounded
+// queue; when the queue is full the consumer pauses its partitions and
+// resumes them once the reader has drained half of it, so a slow reader
+// never makes memory grow.
+type Consumer struct {
+	cfg  ConsumerConfig
+	log  *slog.Logger
+	kc   *kafka.Consumer
+	recs chan *ConsumedRecord
+
+	mu       sync.Mutex // guards assigned, pending, acks; held while committing
+	assigned map[partitionKey]bool
+	pending  map[partitionKey]int64 // next offset to commit (record offset + 1)
+	acks     []pendingAck
+
+	wake      chan struct{} // signals the committer
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+
+	paused bool
+	held   []*ConsumedRecord // polled while the queue was full; poll goroutine only
+}
+
+type partitionKey struct {
+	topic     string
+	partition int32
+}
+
+type pendingAck struct {
+	key    partitionKey
+	offset int64
+	done   func(error)
+}
+
+// NewConsumer creates the consumer, joins the group and starts reading.
+func NewConsumer(cfg ConsumerConfig, log *slog.Logger) (*Consumer, error) {
+	if cfg.OffsetReset == "" {
+		cfg.OffsetReset = "earliest"
+	}
+	if cfg.IsolationLevel == "" {
+		cfg.IsolationLevel = "read_committed"
+	}
+	if cfg.SessionTimeout <= 0 {
+		cfg.SessionTimeout = 10 * time.Second
+	}
+	if cfg.QueueSize <= 0 {
+		cfg.QueueSize = 1000
+	}
+	if cfg.CommitInterval <= 0 {
+		cfg.CommitInterval = time.Second
+	}
+	cm := kafka.ConfigMap{}
+	for k, v := range cfg.Properties {
+		if err := cm.SetKey(k, v); err != nil {
+			return nil, fmt.Errorf("setting kafka.properties.%s: %w", k, err)
+		}
+	}
+	hb := cfg.SessionTimeout / 3
+	if hb > 3*time.Second {
+		hb = 3 * time.Second
+	}
+	for k, v := range map[string]kafka.ConfigValue{
+		"bootstrap.servers":        cfg.Bootstrap,
+		"group.id":                 cfg.GroupID,
+		"client.id":                cfg.ClientID,
+		"enable.auto.commit":       false,
+		"enable.auto.offset.store": false,
+		"auto.offset.reset":        cfg.OffsetReset,
+		"isolation.level":          cfg.IsolationLevel,
+		"session.timeout.ms":       int(cfg.SessionTimeout / time.Millisecond),
+		"heartbeat.interval.ms":    int(hb / time.Millisecond),
+		"enable.partition.eof":     false,
+		"go.logs.channel.enable":   true,
+		"enable.metrics.push":      false,
+		// Pause bounds what Tributary holds; this bounds what librdkafka
+		// prefetches per partition.
+		"queued.max.messages.kbytes": 8192,
+		// A resumed partition waits for the fetch in flight; keep it short.
+		"fetch.wait.max.ms": 100,
+	} {
+		if _, userSet := cfg.Properties[k]; userSet && (k == "queued.max.messages.kbytes" || k == "heartbeat.interval.ms" || k == "fetch.wait.max.ms") {
+			continue
+		}
+		cm[k] = v
+	}
+	kc, err := kafka.NewConsumer(&cm)
+	if err != nil {
+		return nil, fmt.Errorf("creating Kafka consumer for group %q: %w", cfg.GroupID, err)
+	}
+	c := &Consumer{
+		cfg:      cfg,
+		log:      log,
+		kc:       kc,
+		recs:     make(chan *ConsumedRecord, cfg.QueueSize),
+		assigned: map[partitionKey]bool{},
+		pending:  map[partitionKey]int64{},
+		wake:     make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	if err := kc.SubscribeTopics(cfg.Topics, c.rebalance); err != nil {
+		kc.Close()
+		return nil, fmt.Errorf("subscribing group %q to %v: %w", cfg.GroupID, cfg.Topics, err)
+	}
+	c.wg.Add(3)
+	go c.poll()
+	go c.committer()
+	go c.logs()
+	return c, nil
+}
+
+// Records is where consumed records arrive, in order per partition. It is
+// closed when the consumer stops.
+func (c *Consumer) Records() <-chan *ConsumedRecord { return c.recs }
+
+// Done is closed when the consumer has stopped (after Close, or after a
+// fatal Kafka error).
+func (c *Consumer) Done() <-chan struct{} { return c.done }
+
+// Commit commits offset (a record's offset) and everything before it in its
+// partition. It returns ErrNotAssigned at once if the partition is not
+// this member's; otherwise done is called, from another goroutine, when the
+// commit succeeded or failed. Commits are coalesced per partition.
+func (c *Consumer) Commit(topic string, partition int32, offset int64, done func(error)) error {
+	k := partitionKey{topic, partition}
+	c.mu.Lock()
+	if !c.assigned[k] {
+		c.mu.Unlock()
+		return fmt.Errorf("committing %s[%d]@%d: %w", topic, partition, offset, ErrNotAssigned)
+	}
+	if offset+1 > c.pending[k] {
+		c.pending[k] = offset + 1
+	}
+	if done != nil {
+		c.acks = append(c.acks, pendingAck{key: k, offset: offset, done: done})
+	}
+	c.mu.Unlock()
+	c.signal()
+	return nil
+}
+
+// Store marks a record as processed: it is committed on the next commit
+// interval, before its partition is revoked, and on Close. Records of
+// partitions not assigned any more are ignored.
+func (c *Consumer) Store(topic string, partition int32, offset int64) {
+	k := partitionKey{topic, partition}
+	c.mu.Lock()
+	if c.assigned[k] && offset+1 > c.pending[k] {
+		c.pending[k] = offset + 1
+	}
+	c.mu.Unlock()
+}
+
+func (c *Consumer) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Close commits what is pending, leaves the group and stops. Idempotent.
+func (c *Consumer) Close() {
+	c.closeOnce.Do(func() { close(c.stop) })
+	<-c.done
+	c.wg.Wait()
+}
+
+// poll is the only goroutine that calls Poll, so rebalance callbacks run
+// here, and Close is called from here too.
+func (c *Consumer) poll() {
+	defer c.wg.Done()
+	defer func() {
+		// Commits after this point would race the group leaving; flush them now.
+		c.mu.Lock()
+		c.commitLocked(nil)
+		c.mu.Unlock()
+		if err := c.kc.Close(); err != nil {
+			c.log.Warn("closing Kafka consumer", "group", c.cfg.GroupID, "error", err)
+		}
+		close(c.recs)
+		close(c.done)
+	}()
+	for {
+		select {
+		case <-c.stop:
+			return
+		default:
+		}
+		c.drainHeld()
+		timeout := 100
+		if len(c.held) > 0 {
+			timeout = 10
+		}
+		switch e := c.kc.Poll(timeout).(type) {
+		case *kafka.Message:
+			rec := &ConsumedRecord{
+				Partition: e.TopicPartition.Partition,
+				Offset:    int64(e.TopicPartition.Offset),
+				Timestamp: e.Timestamp,
+				Key:       e.Key,
+				Value:     e.Value,
+				Headers:   e.Headers,
+			}
+			if e.TopicPartition.Topic != nil {
+				rec.Topic = *e.TopicPartition.Topic
+			}
+			if e.TopicPartition.Error != nil {
+				c.log.Warn("Kafka consumer record error", "group", c.cfg.GroupID, "error", e.TopicPartition.Error)
+				continue
+			}
+			if len(c.held) == 0 {
+				select {
+				case c.recs <- rec:
+					continue
+				default:
+				}
+			}
+			c.held = append(c.held, rec)
+			c.pause()
+		case kafka.Error:
+			if e.IsFatal() {
+				c.log.Error("Kafka consumer fatal error", "group", c.cfg.GroupID, "error", e)
+				return
+			}
+			c.log.Debug("Kafka consumer error", "group", c.cfg.GroupID, "error", e)
+		}
+	}
+}
+
+// drainHeld moves held records to the queue while there is room, and
+// resumes the partitions once the queue is half empty.
+func (c *Consumer) drainHeld() {
+	for len(c.held) > 0 {
+		select {
+		case c.recs <- c.held[0]:
+			c.held[0] = nil
+			c.held = c.held[1:]
+			continue
+		default:
+		}
+		break
+	}
+	if len(c.held) == 0 {
+		c.held = nil
+		if c.paused && len(c.recs) <= cap(c.recs)/2 {
+			c.resume()
+		}
+	}
+}
+
+func (c *Consumer) assignment() []kafka.TopicPartition {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	tps := make([]kafka.TopicPartition, 0, len(c.assigned))
+	for k := range c.assigned {
+		t := k.topic
+		tps = append(tps, kafka.TopicPartition{Topic: &t, Partition: k.partition})
+	}
+	return tps
+}
+
+func (c *Consumer) pause() {
+	if c.paused {
+		return
+	}
+	c.paused = true
+	if tps := c.assignment(); len(tps) > 0 {
+		if err := c.kc.Pause(tps); err != nil {
+			c.log.Warn("pausing Kafka partitions", "group", c.cfg.GroupID, "error", err)
+		}
+	}
+	c.log.Debug("reader is slow: paused partitions", "group", c.cfg.GroupID, "client", c.cfg.ClientID)
+	if c.cfg.OnPause != nil {
+		c.cfg.OnPause(true)
+	}
+}
+
+func (c *Consumer) resume() {
+	c.paused = false
+	if tps := c.assignment(); len(tps) > 0 {
+		if err := c.kc.Resume(tps); err != nil {
+			c.log.Warn("resuming Kafka partitions", "group", c.cfg.GroupID, "error", err)
+		}
+	}
+	c.log.Debug("reader caught up: resumed partitions", "group", c.cfg.GroupID, "client", c.cfg.ClientID)
+	if c.cfg.OnPause != nil {
+		c.cfg.OnPause(false)
+	}
+}
+
+// rebalance runs inside Poll (or Close) on the poll goroutine.
+func (c *Consumer) rebalance(kc *kafka.Consumer, ev kafka.Event) error {
+	switch e := ev.(type) {
+	case kafka.AssignedPartitions:
+		c.mu.Lock()
+		for _, tp := range e.Partitions {
+			if tp.Topic != nil {
+				c.assigned[partitionKey{*tp.Topic, tp.Partition}] = true
+			}
+		}
+		c.mu.Unlock()
+		if err := kc.Assign(e.Partitions); err != nil {
+			c.log.Warn("assigning Kafka partitions", "group", c.cfg.GroupID, "error", err)
+		}
+		if c.paused && len(e.Partitions) > 0 {
+			_ = kc.Pause(e.Partitions)
+		}
+		c.log.Debug("partitions assigned", "group", c.cfg.GroupID, "client", c.cfg.ClientID, "partitions", describe(e.Partitions))
+	case kafka.RevokedPartitions:
+		revoked := map[partitionKey]bool{}
+		for _, tp := range e.Partitions {
+			if tp.Topic != nil {
+				revoked[partitionKey{*tp.Topic, tp.Partition}] = true
+			}
+		}
+		c.mu.Lock()
+		if !kc.AssignmentLost() {
+			// What the client committed or the socket wrote is committed
+			// before the next owner starts reading.
+			c.commitLocked(revoked)
+		}
+		for k := range revoked {
+			delete(c.assigned, k)
+			delete(c.pending, k)
+		}
+		acks := c.acks[:0]
+		for _, a := range c.acks {
+			if revoked[a.key] {
+				a.done(fmt.Errorf("committing %s[%d]@%d: %w", a.key.topic, a.key.partition, a.offset, ErrNotAssigned))
+				continue
+			}
+			acks = append(acks, a)
+		}
+		c.acks = acks
+		c.mu.Unlock()
+		held := c.held[:0]
+		for _, r := range c.held {
+			if !revoked[partitionKey{r.Topic, r.Partition}] {
+				held = append(held, r)
+			}
+		}
+		c.held = held
+		if err := kc.Unassign(); err != nil {
+			c.log.Warn("unassigning Kafka partitions", "group", c.cfg.GroupID, "error", err)
+		}
+		c.log.Debug("partitions revoked", "group", c.cfg.GroupID, "client", c.cfg.ClientID, "partitions", describe(e.Partitions))
+	}
+	return nil
+}
+
+func describe(tps []kafka.TopicPartition) []string {
+	out := make([]string, 0, len(tps))
+	for _, tp := range tps {
+		if tp.Topic != nil {
+			out = append(out, *tp.Topic+"["+strconv.Itoa(int(tp.Partition))+"]")
+		}
+	}
+	return out
+}
+
+// committer commits pending offsets when a commit was requested and on the
+// commit interval.
+func (c *Consumer) committer() {
+	defer c.wg.Done()
+	t := time.NewTicker(c.cfg.CommitInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-c.wake:
+		case <-t.C:
+		}
+		c.mu.Lock()
+		c.commitLocked(nil)
+		c.mu.Unlock()
+	}
+}
+
+// commitLocked commits the pending offsets of the given partitions (all
+// when only is nil) and settles their acknowledgements. c.mu is held, so
+// a rebalance cannot move a partition away between the ownership check
+// and the commit.
+func (c *Consumer) commitLocked(only map[partitionKey]bool) {
+	var tps []kafka.TopicPartition
+	for k, off := range c.pending {
+		if only != nil && !only[k] {
+			continue
+		}
+		if !c.assigned[k] {
+			delete(c.pending, k)
+			continue
+		}
+		t := k.topic
+		tps = append(tps, kafka.TopicPartition{Topic: &t, Partition: k.partition, Offset: kafka.Offset(off)})
+		delete(c.pending, k)
+	}
+	var err error
+	failed := map[partitionKey]error{}
+	if len(tps) > 0 {
+		var res []kafka.TopicPartition
+		res, err = c.kc.CommitOffsets(tps)
+		if err != nil {
+			err = fmt.Errorf("committing offsets of group %q: %w", c.cfg.GroupID, err)
+			c.log.Warn("Kafka commit failed", "group", c.cfg.GroupID, "error", err)
+		}
+		for _, tp := range res {
+			if tp.Error != nil && tp.Topic != nil {
+				failed[partitionKey{*tp.Topic, tp.Partition}] = tp.Error
+			}
+		}
+	}
+	acks := c.acks[:0]
+	for _, a := range c.acks {
+		if only != nil && !only[a.key] {
+			acks = append(acks, a)
+			continue
+		}
+		switch {
+		case err != nil:
+			a.done(err)
+		case failed[a.key] != nil:
+			a.done(fmt.Errorf("committing %s[%d]@%d: %w", a.key.topic, a.key.partition, a.offset, failed[a.key]))
+		default:
+			a.done(nil)
+		}
+	}
+	c.acks = acks
+}
+
+func (c *Consumer) logs() {
+	defer c.wg.Done()
+	for {
+		select {
+		case le, ok := <-c.kc.Logs():
+			if !ok {
+				return
+			}
+			level := slog.LevelDebug
+			if le.Level <= 3 {
+				level = slog.LevelWarn
+			}
+			c.log.Log(context.Background(), level, le.Message, "librdkafka", le.Tag, "group", c.cfg.GroupID)
+		case <-c.done:
+			return
+		}
+	}
+}

@@ -1,0 +1,253 @@
+package websocket
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tributary-io/tributary/bridge"
+)
+
+// APIConfig configures the JSON WebSocket API (/socket/in, /socket/out,
+// /kafka/cluster/info).
+type APIConfig struct {
+	// AllowedOrigins are browser origins (scheme://host[:port], a bare
+	// host[:port], or "*" for any) allowed besides the server's own.
+	// Requests without an Origin header (non-browser clients) are allowed.
+	AllowedOrigins []string
+	// MaxFrameBytes is the largest frame a client may send; larger ones
+	// close the socket with 1009. Default 4 MiB.
+	MaxFrameBytes int64
+	// PingInterval is how often the server pings; a socket that sends
+	// nothing (pongs included) for two intervals is closed. Default 30s.
+	PingInterval time.Duration
+	// MaxInflight is how many records one /socket/in socket may have
+	// awaiting Kafka; past it the server stops reading that socket. Default 1000.
+	MaxInflight int
+	// ProduceRate limits records per second per /socket/in socket; records
+	// over it get error 42901. 0 means unlimited. Default 0.
+	ProduceRate float64
+	// SendQueue is how many records wait for one /socket/out socket before
+	// its partitions are paused. Default 1000.
+	SendQueue int
+	// Consumer is the template for each /socket/out socket's consumer:
+	// bootstrap, properties and session timeout.
+	Consumer   bridge.ConsumerConfig
+	Registerer prometheus.Registerer
+}
+
+// API serves the JSON WebSocket API, wire-compatible with
+// kafka-websocket-proxy 2.x.
+type API struct {
+	cfg      APIConfig
+	log      *slog.Logger
+	producer *bridge.Producer
+	upgrader websocket.Upgrader
+	metrics  *apiMetrics
+
+	mu       sync.Mutex
+	sessions map[string]*session // "in/<clientId>" or "out/<clientId>"
+	all      map[*session]struct{}
+	closing  bool
+	wg       sync.WaitGroup
+}
+
+// session is one open socket, as the registry sees it.
+type session struct {
+	key  string
+	stop func(code int, reason string) // asks the socket to close; idempotent
+	done chan struct{}                 // closed when the socket is gone
+}
+
+// NewAPI builds the API over the shared producer.
+func NewAPI(cfg APIConfig, producer *bridge.Producer, log *slog.Logger) *API {
+	if cfg.MaxFrameBytes <= 0 {
+		cfg.MaxFrameBytes = 4 << 20
+	}
+	if cfg.PingInterval <= 0 {
+		cfg.PingInterval = 30 * time.Second
+	}
+	if cfg.MaxInflight <= 0 {
+		cfg.MaxInflight = 1000
+	}
+	if cfg.SendQueue <= 0 {
+		cfg.SendQueue = 1000
+	}
+	reg := cfg.Registerer
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	a := &API{
+		cfg:      cfg,
+		log:      log,
+		producer: producer,
+		metrics:  newAPIMetrics(reg),
+		sessions: map[string]*session{},
+		all:      map[*session]struct{}{},
+	}
+	a.upgrader = websocket.Upgrader{
+		HandshakeTimeout:  10 * time.Second,
+		ReadBufferSize:    64 << 10,
+		WriteBufferSize:   64 << 10,
+		CheckOrigin:       a.checkOrigin,
+		EnableCompression: false,
+	}
+	return a
+}
+
+func (a *API) routes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /socket/in", a.serveProduce)
+	mux.HandleFunc("GET /socket/out", a.serveConsume)
+	mux.HandleFunc("GET /kafka/cluster/info", a.clusterInfo)
+}
+
+func (a *API) clusterInfo(w http.ResponseWriter, r *http.Request) {
+	brokers, err := a.producer.Brokers(r.Context())
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, produceError{Error: errorBody{Code: 50302, Message: err.Error()}})
+		return
+	}
+	if brokers == nil {
+		brokers = []bridge.Broker{}
+	}
+	writeJSON(w, http.StatusOK, brokers)
+}
+
+// checkOrigin allows non-browser clients, the server's own origin and the
+// configured allow-list.
+func (a *API) checkOrigin(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(u.Host, r.Host) {
+		return true
+	}
+	for _, o := range a.cfg.AllowedOrigins {
+		o = strings.TrimSuffix(strings.TrimSpace(o), "/")
+		if o == "*" || strings.EqualFold(o, origin) || strings.EqualFold(o, u.Host) {
+			return true
+		}
+	}
+	a.log.Info("WebSocket origin refused; add it to websocket.allowed_origins to allow it", "origin", origin, "host", r.Host)
+	return false
+}
+
+// register makes s the socket for its key, closing and waiting for any
+// socket already there: a reconnect with the same clientId replaces the
+// old connection. It returns false when the API is shutting down.
+func (a *API) register(ctx context.Context, s *session) bool {
+	for {
+		a.mu.Lock()
+		if a.closing {
+			a.mu.Unlock()
+			return false
+		}
+		old, ok := a.sessions[s.key]
+		if !ok {
+			a.sessions[s.key] = s
+			a.all[s] = struct{}{}
+			a.wg.Add(1)
+			a.mu.Unlock()
+			return true
+		}
+		a.mu.Unlock()
+		old.stop(4001, "replaced by a newer connection with the same clientId")
+		select {
+		case <-old.done:
+		case <-ctx.Done():
+			return false
+		case <-time.After(15 * time.Second):
+			a.log.Warn("replaced WebSocket did not close in time", "key", s.key)
+			a.mu.Lock()
+			if a.sessions[s.key] == old {
+				delete(a.sessions, s.key)
+			}
+			a.mu.Unlock()
+		}
+	}
+}
+
+func (a *API) unregister(s *session) {
+	a.mu.Lock()
+	if a.sessions[s.key] == s {
+		delete(a.sessions, s.key)
+	}
+	delete(a.all, s)
+	a.mu.Unlock()
+	close(s.done)
+	a.wg.Done()
+}
+
+// Drain refuses new sockets and asks every open one to finish: produce
+// sockets stop reading and send the results still due, consume sockets
+// commit and leave their groups. It returns at once; Close waits.
+func (a *API) Drain() {
+	a.mu.Lock()
+	a.closing = true
+	all := make([]*session, 0, len(a.all))
+	for s := range a.all {
+		all = append(all, s)
+	}
+	a.mu.Unlock()
+	for _, s := range all {
+		s.stop(websocket.CloseGoingAway, "server shutting down")
+	}
+}
+
+// Close drains and waits for every socket to close, until ctx ends.
+// Idempotent.
+func (a *API) Close(ctx context.Context) {
+	a.Drain()
+	done := make(chan struct{})
+	go func() {
+		a.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		a.log.Warn("WebSocket clients still open at shutdown deadline")
+	}
+}
+
+type apiMetrics struct {
+	connections *prometheus.GaugeVec
+	frames      *prometheus.CounterVec
+	errors      *prometheus.CounterVec
+	pauses      prometheus.Counter
+}
+
+func newAPIMetrics(reg prometheus.Registerer) *apiMetrics {
+	m := &apiMetrics{
+		connections: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "tributary", Subsystem: "websocket", Name: "connections",
+			Help: "Open JSON WebSocket API sockets, by path.",
+		}, []string{"path"}),
+		frames: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "tributary", Subsystem: "websocket", Name: "records_total",
+			Help: "Records produced (in) or sent to clients (out) through the JSON WebSocket API.",
+		}, []string{"direction"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "tributary", Subsystem: "websocket", Name: "error_frames_total",
+			Help: "Error frames sent, by error code.",
+		}, []string{"code"}),
+		pauses: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "tributary", Subsystem: "websocket", Name: "consumer_pauses_total",
+			Help: "Times a /socket/out socket's partitions were paused because its send queue was full.",
+		}),
+	}
+	reg.MustRegister(m.connections, m.frames, m.errors, m.pauses)
+	return m
+}

@@ -1,0 +1,407 @@
+package websocket
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/tributary-io/tributary/bridge"
+)
+
+// Error codes of error frames. They reuse Confluent REST Proxy's numbers
+// where one fits.
+const (
+	CodeBadRequest     = 40000 // bad query parameters (sent before closing the socket)
+	CodeUnknownTopic   = 40401 // the Kafka topic does not exist
+	CodeUnknownMessage = 40402 // a commit named a record this socket does not own or already committed
+	CodeInvalidPayload = 42205 // malformed JSON, a wrong format, a value that does not fit its format
+	CodeRateLimited    = 42901 // the socket is over its rate limit
+	CodeKafka          = 50002 // Kafka refused or failed the record or commit
+)
+
+// format is how a key, value or header value is written in JSON.
+type format int
+
+const (
+	formatString format = iota
+	formatJSON
+	formatInt
+	formatLong
+	formatDouble
+	formatFloat
+	formatBase64
+)
+
+var formatNames = [...]string{"string", "json", "int", "long", "double", "float", "base64"}
+
+func (f format) String() string { return formatNames[f] }
+
+func parseFormat(s string) (format, error) {
+	for i, n := range formatNames {
+		if strings.EqualFold(s, n) {
+			return format(i), nil
+		}
+	}
+	return 0, fmt.Errorf("format %q is not one of %s", s, strings.Join(formatNames[:], ", "))
+}
+
+// frameError is a problem with one client frame, sent back as an error frame.
+type frameError struct {
+	code int
+	msg  string
+}
+
+func (e *frameError) Error() string { return e.msg }
+
+func invalid(format string, args ...any) *frameError {
+	return &frameError{code: CodeInvalidPayload, msg: fmt.Sprintf(format, args...)}
+}
+
+type inValue struct {
+	Value  json.RawMessage `json:"value"`
+	Format string          `json:"format"`
+}
+
+type inHeader struct {
+	Key    string          `json:"key"`
+	Value  json.RawMessage `json:"value"`
+	Format string          `json:"format"`
+}
+
+type inFrame struct {
+	Headers   []inHeader      `json:"headers"`
+	Key       *inValue        `json:"key"`
+	Value     *inValue        `json:"value"`
+	MessageID json.RawMessage `json:"messageId"`
+}
+
+// decodeProduceFrame turns one /socket/in text frame into a record for
+// topic. keyType and valType apply where the frame names no format. It
+// returns the frame's messageId (raw JSON, nil if absent or unreadable)
+// even when the frame is otherwise invalid, so the error can be correlated.
+func decodeProduceFrame(data []byte, topic string, keyType, valType format) (*bridge.Record, json.RawMessage, *frameError) {
+	var in inFrame
+	if err := json.Unmarshal(data, &in); err != nil {
+		var ute *json.UnmarshalTypeError
+		if errors.As(err, &ute) {
+			// The JSON is well formed but a field has the wrong type; the
+			// messageId may still be readable.
+			var id struct {
+				MessageID json.RawMessage `json:"messageId"`
+			}
+			_ = json.Unmarshal(data, &id)
+			return nil, validID(id.MessageID), invalid("invalid produce message: field %q must be %s", ute.Field, ute.Type)
+		}
+		return nil, nil, invalid("invalid produce message: not a JSON object: %v", err)
+	}
+	id := validID(in.MessageID)
+	rec := &bridge.Record{Topic: topic}
+	var err *frameError
+	if in.Key != nil {
+		if rec.Key, err = encodeValue("key", in.Key, keyType); err != nil {
+			return nil, id, err
+		}
+	}
+	if in.Value != nil {
+		if rec.Value, err = encodeValue("value", in.Value, valType); err != nil {
+			return nil, id, err
+		}
+	}
+	if len(in.Headers) > 0 {
+		rec.Headers = make([]bridge.Header, 0, len(in.Headers))
+	}
+	for i, h := range in.Headers {
+		if h.Key == "" {
+			return nil, id, invalid("headers[%d]: key is missing or empty", i)
+		}
+		f := formatString
+		if h.Format != "" {
+			var ferr error
+			if f, ferr = parseFormat(h.Format); ferr != nil || (f != formatString && f != formatBase64) {
+				return nil, id, invalid("headers[%d] (%s): format %q: header values are string or base64", i, h.Key, h.Format)
+			}
+		}
+		var v []byte
+		if len(h.Value) > 0 && !bytes.Equal(h.Value, []byte("null")) {
+			var s string
+			if json.Unmarshal(h.Value, &s) != nil {
+				return nil, id, invalid("headers[%d] (%s): value must be a JSON string", i, h.Key)
+			}
+			v = []byte(s)
+			if f == formatBase64 {
+				b, derr := decodeBase64(s)
+				if derr != nil {
+					return nil, id, invalid("headers[%d] (%s): value is not base64: %v", i, h.Key, derr)
+				}
+				v = b
+			}
+		}
+		rec.Headers = append(rec.Headers, bridge.Header{Key: h.Key, Value: v})
+	}
+	return rec, id, nil
+}
+
+// validID keeps a messageId only if it is a JSON string or number; other
+// values are not echoed back.
+func validID(raw json.RawMessage) json.RawMessage {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) || !json.Valid(raw) {
+		return nil
+	}
+	if raw[0] == '"' || raw[0] == '-' || (raw[0] >= '0' && raw[0] <= '9') {
+		return raw
+	}
+	return nil
+}
+
+// encodeValue turns a key or value object into bytes as Kafka's own
+// serializers would: UTF-8 for string, the JSON text for json, big-endian
+// two's complement and IEEE 754 for the numbers, raw bytes for base64.
+func encodeValue(what string, v *inValue, def format) ([]byte, *frameError) {
+	f := def
+	if v.Format != "" {
+		var err error
+		if f, err = parseFormat(v.Format); err != nil {
+			return nil, invalid("%s: %v", what, err)
+		}
+	}
+	raw := bytes.TrimSpace(v.Value)
+	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
+		return nil, nil
+	}
+	switch f {
+	case formatJSON:
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, raw); err != nil {
+			return nil, invalid("%s: not JSON: %v", what, err)
+		}
+		return buf.Bytes(), nil
+	case formatString, formatBase64:
+		var s string
+		if json.Unmarshal(raw, &s) != nil {
+			return nil, invalid("%s: format %s needs a JSON string", what, f)
+		}
+		if f == formatString {
+			return []byte(s), nil
+		}
+		b, err := decodeBase64(s)
+		if err != nil {
+			return nil, invalid("%s: not base64: %v", what, err)
+		}
+		return b, nil
+	case formatInt, formatLong:
+		bits := 32
+		if f == formatLong {
+			bits = 64
+		}
+		n, err := strconv.ParseInt(string(raw), 10, bits)
+		if err != nil {
+			return nil, invalid("%s: format %s needs an integer that fits in %d bits, got %s", what, f, bits, truncate(string(raw), 40))
+		}
+		if f == formatInt {
+			return binary.BigEndian.AppendUint32(nil, uint32(int32(n))), nil
+		}
+		return binary.BigEndian.AppendUint64(nil, uint64(n)), nil
+	case formatDouble:
+		x, err := strconv.ParseFloat(string(raw), 64)
+		if err != nil || raw[0] == '"' {
+			return nil, invalid("%s: format double needs a number, got %s", what, truncate(string(raw), 40))
+		}
+		return binary.BigEndian.AppendUint64(nil, math.Float64bits(x)), nil
+	case formatFloat:
+		x, err := strconv.ParseFloat(string(raw), 32)
+		if err != nil || raw[0] == '"' {
+			return nil, invalid("%s: format float needs a number that fits in 32 bits, got %s", what, truncate(string(raw), 40))
+		}
+		return binary.BigEndian.AppendUint32(nil, math.Float32bits(float32(x))), nil
+	}
+	return nil, invalid("%s: unsupported format %s", what, f)
+}
+
+func decodeBase64(s string) ([]byte, error) {
+	if b, err := base64.StdEncoding.DecodeString(s); err == nil {
+		return b, nil
+	}
+	if b, err := base64.RawStdEncoding.DecodeString(s); err == nil {
+		return b, nil
+	}
+	if b, err := base64.URLEncoding.DecodeString(s); err == nil {
+		return b, nil
+	}
+	return base64.RawURLEncoding.DecodeString(s)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// outValue is a key or value in a consumed record.
+type outValue struct {
+	Value  json.RawMessage `json:"value"`
+	Format string          `json:"format,omitempty"`
+}
+
+// decodeValue renders bytes in format f. Bytes that do not fit f (a
+// string that is not UTF-8, a long that is not 8 bytes, ...) are sent as
+// base64 with "format":"base64", so the client gets the data and can tell.
+func decodeValue(b []byte, f format) outValue {
+	if b == nil {
+		return outValue{Value: json.RawMessage("null"), Format: f.String()}
+	}
+	switch f {
+	case formatString:
+		if utf8.Valid(b) {
+			s, _ := json.Marshal(string(b))
+			return outValue{Value: s, Format: "string"}
+		}
+	case formatJSON:
+		if json.Valid(b) {
+			return outValue{Value: json.RawMessage(b), Format: "json"}
+		}
+	case formatInt:
+		if len(b) == 4 {
+			return outValue{Value: strconv.AppendInt(nil, int64(int32(binary.BigEndian.Uint32(b))), 10), Format: "int"}
+		}
+	case formatLong:
+		if len(b) == 8 {
+			return outValue{Value: strconv.AppendInt(nil, int64(binary.BigEndian.Uint64(b)), 10), Format: "long"}
+		}
+	case formatDouble:
+		if len(b) == 8 {
+			if x := math.Float64frombits(binary.BigEndian.Uint64(b)); !math.IsNaN(x) && !math.IsInf(x, 0) {
+				return outValue{Value: strconv.AppendFloat(nil, x, 'g', -1, 64), Format: "double"}
+			}
+		}
+	case formatFloat:
+		if len(b) == 4 {
+			if x := float64(math.Float32frombits(binary.BigEndian.Uint32(b))); !math.IsNaN(x) && !math.IsInf(x, 0) {
+				return outValue{Value: strconv.AppendFloat(nil, x, 'g', -1, 32), Format: "float"}
+			}
+		}
+	}
+	s, _ := json.Marshal(base64.StdEncoding.EncodeToString(b))
+	return outValue{Value: s, Format: "base64"}
+}
+
+type outHeader struct {
+	Key    string `json:"key"`
+	Value  string `json:"value"`
+	Format string `json:"format,omitempty"`
+}
+
+// outRecord is a consumed record as /socket/out sends it.
+type outRecord struct {
+	ID        string      `json:"wsProxyMessageId"`
+	Topic     string      `json:"topic"`
+	Partition int32       `json:"partition"`
+	Offset    int64       `json:"offset"`
+	Timestamp int64       `json:"timestamp"`
+	Headers   []outHeader `json:"headers,omitempty"`
+	Key       *outValue   `json:"key,omitempty"`
+	Value     outValue    `json:"value"`
+}
+
+func newOutRecord(r *bridge.ConsumedRecord, keyType, valType format) outRecord {
+	ts := r.Timestamp.UnixMilli()
+	o := outRecord{
+		ID:        messageID(r.Topic, r.Partition, r.Offset, ts),
+		Topic:     r.Topic,
+		Partition: r.Partition,
+		Offset:    r.Offset,
+		Timestamp: ts,
+		Value:     decodeValue(r.Value, valType),
+	}
+	if r.Key != nil {
+		k := decodeValue(r.Key, keyType)
+		o.Key = &k
+	}
+	for _, h := range r.Headers {
+		if utf8.Valid(h.Value) {
+			o.Headers = append(o.Headers, outHeader{Key: h.Key, Value: string(h.Value)})
+		} else {
+			o.Headers = append(o.Headers, outHeader{Key: h.Key, Value: base64.StdEncoding.EncodeToString(h.Value), Format: "base64"})
+		}
+	}
+	return o
+}
+
+// messageID is a consumed record's wsProxyMessageId, as kafka-websocket-proxy
+// writes it: topic-partition-offset-timestamp.
+func messageID(topic string, partition int32, offset, ts int64) string {
+	return topic + "-" + strconv.FormatInt(int64(partition), 10) + "-" + strconv.FormatInt(offset, 10) + "-" + strconv.FormatInt(ts, 10)
+}
+
+// parseMessageID reads a wsProxyMessageId from the right, since topic
+// names may contain '-'.
+func parseMessageID(id string) (topic string, partition int32, offset int64, ok bool) {
+	parts := strings.Split(id, "-")
+	if len(parts) < 4 {
+		return "", 0, 0, false
+	}
+	n := len(parts)
+	if _, err := strconv.ParseInt(parts[n-1], 10, 64); err != nil {
+		return "", 0, 0, false
+	}
+	off, err := strconv.ParseInt(parts[n-2], 10, 64)
+	if err != nil || off < 0 {
+		return "", 0, 0, false
+	}
+	p, err := strconv.ParseInt(parts[n-3], 10, 32)
+	if err != nil || p < 0 {
+		return "", 0, 0, false
+	}
+	topic = strings.Join(parts[:n-3], "-")
+	if topic == "" {
+		return "", 0, 0, false
+	}
+	return topic, int32(p), off, true
+}
+
+// Frames the server writes.
+
+type errorBody struct {
+	Code    int    `json:"code"`
+	Message string `json:"message"`
+}
+
+type produceResult struct {
+	Topic     string          `json:"topic"`
+	Partition int32           `json:"partition"`
+	Offset    int64           `json:"offset"`
+	Timestamp int64           `json:"timestamp"`
+	MessageID json.RawMessage `json:"messageId,omitempty"`
+}
+
+type produceError struct {
+	MessageID json.RawMessage `json:"messageId"`
+	Error     errorBody       `json:"error"`
+}
+
+type commitFrame struct {
+	ID string `json:"wsProxyMessageId"`
+}
+
+type committed struct {
+	Topic     string `json:"topic"`
+	Partition int32  `json:"partition"`
+	Offset    int64  `json:"offset"`
+}
+
+type commitAck struct {
+	Committed committed `json:"committed"`
+}
+
+type consumeError struct {
+	ID    string    `json:"wsProxyMessageId,omitempty"`
+	Error errorBody `json:"error"`
+}

@@ -1,0 +1,168 @@
+package websocket
+
+import (
+	"bytes"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/tributary-io/tributary/bridge"
+)
+
+func TestDecodeProduceFrame(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		frame     string
+		key, val  format
+		wantKey   []byte
+		wantValue []byte
+		wantID    string
+		wantCode  int
+	}{
+		{name: "kpmeen shape", frame: `{"headers":[{"key":"h1","value":"v1"}],"key":{"value":"foo","format":"string"},"value":{"value":"bar","format":"string"},"messageId":"m1"}`,
+			wantKey: []byte("foo"), wantValue: []byte("bar"), wantID: `"m1"`},
+		{name: "types from query", frame: `{"key":{"value":7},"value":{"value":-2}}`, key: formatInt, val: formatLong,
+			wantKey: []byte{0, 0, 0, 7}, wantValue: []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe}},
+		{name: "base64", frame: `{"value":{"value":"AP8Q","format":"base64"},"messageId":3}`, wantValue: []byte{0, 0xff, 0x10}, wantID: `3`},
+		{name: "json", frame: `{"value":{"value":{ "a" : [1, 2] },"format":"json"}}`, wantValue: []byte(`{"a":[1,2]}`)},
+		{name: "double", frame: `{"value":{"value":1.5}}`, val: formatDouble, wantValue: []byte{0x3f, 0xf8, 0, 0, 0, 0, 0, 0}},
+		{name: "float", frame: `{"value":{"value":1.5}}`, val: formatFloat, wantValue: []byte{0x3f, 0xc0, 0, 0}},
+		{name: "tombstone", frame: `{"key":{"value":"k"},"value":{"value":null}}`, wantKey: []byte("k")},
+		{name: "malformed", frame: `{not json`, wantCode: CodeInvalidPayload},
+		{name: "wrong format", frame: `{"value":{"value":"abc"},"messageId":"x"}`, val: formatInt, wantCode: CodeInvalidPayload, wantID: `"x"`},
+		{name: "int overflow", frame: `{"value":{"value":3000000000}}`, val: formatInt, wantCode: CodeInvalidPayload},
+		{name: "unknown format", frame: `{"value":{"value":"a","format":"avro"},"messageId":"y"}`, wantCode: CodeInvalidPayload, wantID: `"y"`},
+		{name: "bad base64", frame: `{"value":{"value":"!!","format":"base64"}}`, wantCode: CodeInvalidPayload},
+		{name: "wrong field type keeps id", frame: `{"headers":"x","messageId":"z"}`, wantCode: CodeInvalidPayload, wantID: `"z"`},
+		{name: "header without key", frame: `{"headers":[{"value":"v"}]}`, wantCode: CodeInvalidPayload},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec, id, ferr := decodeProduceFrame([]byte(tc.frame), "t", tc.key, tc.val)
+			if string(id) != tc.wantID {
+				t.Errorf("messageId %s, want %s", id, tc.wantID)
+			}
+			if tc.wantCode != 0 {
+				if ferr == nil || ferr.code != tc.wantCode {
+					t.Fatalf("error %v, want code %d", ferr, tc.wantCode)
+				}
+				return
+			}
+			if ferr != nil {
+				t.Fatalf("unexpected error %v", ferr)
+			}
+			if !bytes.Equal(rec.Key, tc.wantKey) || !bytes.Equal(rec.Value, tc.wantValue) {
+				t.Fatalf("key %x value %x, want %x %x", rec.Key, rec.Value, tc.wantKey, tc.wantValue)
+			}
+		})
+	}
+}
+
+func TestHeadersBase64(t *testing.T) {
+	rec, _, ferr := decodeProduceFrame([]byte(`{"headers":[{"key":"a","value":"x"},{"key":"b","value":"AP8=","format":"base64"}],"value":{"value":"v"}}`), "t", formatString, formatString)
+	if ferr != nil {
+		t.Fatal(ferr)
+	}
+	if len(rec.Headers) != 2 || string(rec.Headers[0].Value) != "x" || !bytes.Equal(rec.Headers[1].Value, []byte{0, 0xff}) {
+		t.Fatalf("headers %+v", rec.Headers)
+	}
+}
+
+// What a produce socket writes, a consume socket reads back the same.
+func TestFormatsRoundTrip(t *testing.T) {
+	for _, tc := range []struct {
+		f   format
+		val string
+	}{
+		{formatString, `"héllo"`}, {formatJSON, `{"a":1}`}, {formatInt, `-5`}, {formatLong, `9007199254740993`},
+		{formatDouble, `2.25`}, {formatFloat, `0.5`}, {formatBase64, `"AAEC"`},
+	} {
+		b, ferr := encodeValue("value", &inValue{Value: json.RawMessage(tc.val)}, tc.f)
+		if ferr != nil {
+			t.Fatalf("%s: %v", tc.f, ferr)
+		}
+		out := decodeValue(b, tc.f)
+		if string(out.Value) != tc.val {
+			t.Errorf("%s: %s came back as %s (%s)", tc.f, tc.val, out.Value, out.Format)
+		}
+	}
+	// Bytes that do not fit the requested format come back as base64.
+	if out := decodeValue([]byte{0xff, 0xfe}, formatString); out.Format != "base64" || string(out.Value) != `"//4="` {
+		t.Errorf("invalid UTF-8 as string: %s %s", out.Value, out.Format)
+	}
+	if out := decodeValue([]byte{1, 2, 3}, formatLong); out.Format != "base64" {
+		t.Errorf("3 bytes as long: %s %s", out.Value, out.Format)
+	}
+}
+
+func TestMessageID(t *testing.T) {
+	id := messageID("my-topic-1", 2, 40, 1554402266846)
+	if id != "my-topic-1-2-40-1554402266846" {
+		t.Fatalf("id %q", id)
+	}
+	topic, p, off, ok := parseMessageID(id)
+	if !ok || topic != "my-topic-1" || p != 2 || off != 40 {
+		t.Fatalf("parsed %q %d %d %v", topic, p, off, ok)
+	}
+	for _, bad := range []string{"", "foo", "foo-1-2", "-1-2-3", "foo-x-2-3", "foo-1--2-3", "foo-1-2-x"} {
+		if _, _, _, ok := parseMessageID(bad); ok {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+}
+
+func TestOutRecordShape(t *testing.T) {
+	r := &bridge.ConsumedRecord{Topic: "foo", Partition: 0, Offset: 1, Timestamp: time.UnixMilli(1554402266846),
+		Key: []byte("foo"), Value: []byte("bar"), Headers: []bridge.Header{{Key: "h", Value: []byte("v")}}}
+	b, err := json.Marshal(newOutRecord(r, formatString, formatString))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"wsProxyMessageId":"foo-0-1-1554402266846","topic":"foo","partition":0,"offset":1,"timestamp":1554402266846,"headers":[{"key":"h","value":"v"}],"key":{"value":"foo","format":"string"},"value":{"value":"bar","format":"string"}}`
+	if string(b) != want {
+		t.Fatalf("got  %s\nwant %s", b, want)
+	}
+}
+
+func TestBucket(t *testing.T) {
+	b := newBucket(10, 2)
+	if !b.allow() || !b.allow() || b.allow() {
+		t.Fatal("burst of 2 not enforced")
+	}
+	if d := b.reserve(5); d < 400*time.Millisecond {
+		t.Fatalf("reserve(5) at 10/s waits %s", d)
+	}
+}
+
+func FuzzDecodeProduceFrame(f *testing.F) {
+	for _, s := range []string{
+		`{"headers":[{"key":"h1","value":"v1"}],"key":{"value":"foo","format":"string"},"value":{"value":"bar","format":"string"},"messageId":"client-chosen-id"}`,
+		`{"key":{"value":"foo","format":"string"},"value":{"value":"bar","format":"string"}}`,
+		`{"value":{"value":"AP8Q","format":"base64"},"messageId":3}`,
+		`{"value":{"value":{"a":[1,2]},"format":"json"}}`,
+		`{"value":{"value":12},"key":{"value":1.5,"format":"double"}}`,
+		`{"headers":[{"key":"b","value":"AP8=","format":"base64"}],"value":{"value":null}}`,
+		`{not json`,
+		`[]`,
+		`null`,
+	} {
+		f.Add([]byte(s), uint8(0), uint8(0))
+	}
+	f.Fuzz(func(t *testing.T, data []byte, k, v uint8) {
+		kf, vf := format(int(k)%len(formatNames)), format(int(v)%len(formatNames))
+		rec, id, ferr := decodeProduceFrame(data, "t", kf, vf)
+		if ferr != nil {
+			if rec != nil || ferr.code != CodeInvalidPayload || ferr.msg == "" {
+				t.Fatalf("bad error result: %v %v", rec, ferr)
+			}
+		} else if rec == nil || rec.Topic != "t" {
+			t.Fatalf("no record and no error")
+		}
+		if id != nil && !json.Valid(id) {
+			t.Fatalf("messageId %q is not JSON", id)
+		}
+		// An error frame must always be encodable.
+		if _, err := json.Marshal(produceError{MessageID: id, Error: errorBody{Code: 1, Message: "x"}}); err != nil {
+			t.Fatalf("error frame does not encode: %v", err)
+		}
+	})
+}

@@ -1,0 +1,395 @@
+package websocket
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/tributary-io/tributary/bridge"
+)
+
+// consumeConn is one /socket/out socket: one member of its consumer group.
+// The writer goroutine sends records (and commit acknowledgements and
+// errors) in order; the reader (the handler goroutine) takes commits.
+type consumeConn struct {
+	*sock
+	a          *API
+	consumer   *bridge.Consumer
+	topics     map[string]bool
+	keyType    format
+	valType    format
+	autoCommit bool
+	commitAck  bool
+	batchSize  int
+	limit      *bucket
+	ctrl       frameQueue
+
+	mu        sync.Mutex
+	written   map[topicPartition]int64 // last offset written to the socket
+	committed map[topicPartition]int64 // last offset the client committed
+}
+
+type topicPartition struct {
+	topic     string
+	partition int32
+}
+
+// frameQueue holds control frames (commit acknowledgements and errors) for
+// the writer. Pushing never blocks, because acknowledgements are pushed
+// from the consumer's committer; the reader stops reading while it is long.
+type frameQueue struct {
+	mu     sync.Mutex
+	items  []any
+	notify chan struct{}
+}
+
+const maxControlFrames = 1024
+
+func (q *frameQueue) push(v any) {
+	q.mu.Lock()
+	q.items = append(q.items, v)
+	q.mu.Unlock()
+	select {
+	case q.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (q *frameQueue) take() []any {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	items := q.items
+	q.items = nil
+	return items
+}
+
+func (q *frameQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items)
+}
+
+func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var problems []string
+	clientID := q.Get("clientId")
+	if clientID == "" {
+		problems = append(problems, "clientId is required")
+	}
+	groupID := q.Get("groupId")
+	if groupID == "" {
+		groupID = clientID
+	}
+	var topics []string
+	for _, t := range strings.Split(q.Get("topic"), ",") {
+		if t = strings.TrimSpace(t); t != "" {
+			topics = append(topics, t)
+		}
+	}
+	if len(topics) == 0 {
+		problems = append(problems, "topic is required (one topic, or several separated by commas)")
+	}
+	keyType := queryFormat(q.Get("keyType"), "keyType", &problems)
+	valType := queryFormat(q.Get("valType"), "valType", &problems)
+	reset := strings.ToLower(q.Get("offsetResetStrategy"))
+	switch reset {
+	case "":
+		reset = "earliest"
+	case "earliest", "latest":
+	default:
+		problems = append(problems, "offsetResetStrategy "+strconv.Quote(reset)+": must be earliest or latest")
+	}
+	isolation := strings.ReplaceAll(strings.ToLower(q.Get("isolationLevel")), "-", "_")
+	switch isolation {
+	case "":
+		isolation = "read_uncommitted"
+	case "read_committed", "read_uncommitted":
+	default:
+		problems = append(problems, "isolationLevel "+strconv.Quote(q.Get("isolationLevel"))+": must be read_committed or read_uncommitted")
+	}
+	intParam := func(name string) int {
+		v := q.Get(name)
+		if v == "" {
+			return 0
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			problems = append(problems, name+" "+strconv.Quote(v)+": must be a whole number, 0 or more")
+		}
+		return n
+	}
+	boolParam := func(name string, def bool) bool {
+		v := q.Get(name)
+		if v == "" {
+			return def
+		}
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			problems = append(problems, name+" "+strconv.Quote(v)+": must be true or false")
+		}
+		return b
+	}
+	rate := intParam("rate")
+	batchSize := intParam("batchSize")
+	autoCommit := boolParam("autoCommit", true)
+	ack := boolParam("commitAck", false)
+
+	ws, err := a.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return
+	}
+	if len(problems) > 0 {
+		msg := strings.Join(problems, "; ")
+		refuse(ws, consumeError{Error: errorBody{Code: CodeBadRequest, Message: msg}}, msg)
+		return
+	}
+	for _, t := range topics {
+		if err := a.producer.LookupTopic(r.Context(), t); err != nil {
+			code := CodeKafka
+			if errors.Is(err, bridge.ErrUnknownTopic) {
+				code = CodeUnknownTopic
+			}
+			refuse(ws, consumeError{Error: errorBody{Code: code, Message: err.Error()}}, "topic "+t+": "+err.Error())
+			return
+		}
+	}
+
+	c := &consumeConn{
+		sock:       newSock(ws, a.cfg.MaxFrameBytes, a.cfg.PingInterval),
+		a:          a,
+		topics:     map[string]bool{},
+		keyType:    keyType,
+		valType:    valType,
+		autoCommit: autoCommit,
+		commitAck:  ack,
+		batchSize:  batchSize,
+		ctrl:       frameQueue{notify: make(chan struct{}, 1)},
+		written:    map[topicPartition]int64{},
+		committed:  map[topicPartition]int64{},
+	}
+	for _, t := range topics {
+		c.topics[t] = true
+	}
+	if rate > 0 {
+		c.limit = newBucket(float64(rate), float64(max(1, batchSize)))
+	}
+	// Register before joining the group, so a replaced socket has left
+	// the group before this one joins: one rebalance instead of two.
+	sess := &session{key: "out/" + clientID, stop: c.requestClose, done: make(chan struct{})}
+	if !a.register(r.Context(), sess) {
+		refuse(ws, consumeError{Error: errorBody{Code: 50302, Message: "server shutting down"}}, "server shutting down")
+		return
+	}
+	defer a.unregister(sess)
+	cc := a.cfg.Consumer
+	cc.GroupID, cc.ClientID, cc.Topics = groupID, clientID, topics
+	cc.OffsetReset, cc.IsolationLevel = reset, isolation
+	cc.QueueSize = a.cfg.SendQueue
+	cc.OnPause = func(paused bool) {
+		if paused {
+			a.metrics.pauses.Inc()
+		}
+	}
+	log := a.log.With("client_id", clientID, "group", groupID, "topics", topics)
+	c.consumer, err = bridge.NewConsumer(cc, log.With("component", "kafka-consumer"))
+	if err != nil {
+		refuse(ws, consumeError{Error: errorBody{Code: CodeKafka, Message: err.Error()}}, "cannot create the Kafka consumer")
+		return
+	}
+	a.metrics.connections.WithLabelValues("/socket/out").Inc()
+	defer a.metrics.connections.WithLabelValues("/socket/out").Dec()
+	log.Debug("WebSocket consume socket opened", "remote", r.RemoteAddr, "auto_commit", autoCommit)
+
+	go c.writer()
+	err = c.read()
+	if !c.closing.Load() {
+		c.requestClose(closeCodeFor(err), "")
+	}
+	// Stop writing first: with autoCommit=true, what Close commits is
+	// exactly what was written.
+	c.stopWriter()
+	c.consumer.Close()
+	ws.Close()
+	log.Debug("WebSocket consume socket closed", "error", err)
+}
+
+func (c *consumeConn) read() error {
+	for {
+		for c.ctrl.len() > maxControlFrames && !c.closing.Load() {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if !c.armRead() {
+			return nil
+		}
+		_, data, err := c.ws.ReadMessage()
+		if err != nil {
+			return err
+		}
+		c.commit(data)
+	}
+}
+
+func (c *consumeConn) fail(id string, code int, msg string) {
+	c.a.metrics.errors.WithLabelValues(strconv.Itoa(code)).Inc()
+	c.ctrl.push(consumeError{ID: id, Error: errorBody{Code: code, Message: msg}})
+}
+
+// commit handles one client frame: {"wsProxyMessageId": "..."}.
+func (c *consumeConn) commit(data []byte) {
+	var f commitFrame
+	if err := json.Unmarshal(data, &f); err != nil || f.ID == "" {
+		c.fail(f.ID, CodeInvalidPayload, `invalid commit message: expected {"wsProxyMessageId": "<id of a record received on this socket>"}`)
+		return
+	}
+	topic, partition, offset, ok := parseMessageID(f.ID)
+	if !ok {
+		c.fail(f.ID, CodeInvalidPayload, "invalid wsProxyMessageId: expected <topic>-<partition>-<offset>-<timestamp>")
+		return
+	}
+	tp := topicPartition{topic, partition}
+	c.mu.Lock()
+	w, seen := c.written[tp]
+	last, done := c.committed[tp]
+	switch {
+	case !c.topics[topic] || !seen || offset > w:
+		c.mu.Unlock()
+		c.fail(f.ID, CodeUnknownMessage, "unknown wsProxyMessageId: no such record was sent on this socket")
+		return
+	case done && offset <= last:
+		c.mu.Unlock()
+		c.fail(f.ID, CodeUnknownMessage, "stale wsProxyMessageId: this record is already committed")
+		return
+	}
+	c.committed[tp] = offset
+	c.mu.Unlock()
+	id := f.ID
+	err := c.consumer.Commit(topic, partition, offset, func(err error) {
+		switch {
+		case errors.Is(err, bridge.ErrNotAssigned):
+			c.fail(id, CodeUnknownMessage, "stale wsProxyMessageId: its partition was reassigned to another member of the group")
+		case err != nil:
+			c.fail(id, CodeKafka, err.Error())
+		case c.commitAck:
+			c.ctrl.push(commitAck{Committed: committed{Topic: topic, Partition: partition, Offset: offset}})
+		}
+	})
+	if err != nil {
+		c.fail(id, CodeUnknownMessage, "stale wsProxyMessageId: its partition was reassigned to another member of the group")
+	}
+}
+
+func (c *consumeConn) writer() {
+	defer close(c.writerOut)
+	ping := time.NewTicker(c.ping)
+	defer ping.Stop()
+	recs := c.consumer.Records()
+	var batch []*bridge.ConsumedRecord
+	var wait *time.Timer
+	var waitC <-chan time.Time
+	broken := false
+	fail := func() {
+		broken = true
+		c.requestClose(websocket.CloseGoingAway, "")
+	}
+	for {
+		in := recs
+		if batch != nil || broken {
+			in = nil
+		}
+		select {
+		case r, ok := <-in:
+			if !ok {
+				recs = nil
+				c.requestClose(websocket.CloseInternalServerErr, "Kafka consumer stopped")
+				continue
+			}
+			batch = append(batch[:0], r)
+			for len(batch) < max(1, c.batchSize) {
+				select {
+				case r, ok := <-recs:
+					if ok {
+						batch = append(batch, r)
+						continue
+					}
+				default:
+				}
+				break
+			}
+			if c.limit != nil {
+				if d := c.limit.reserve(float64(len(batch))); d > 0 {
+					wait = time.NewTimer(d)
+					waitC = wait.C
+					continue
+				}
+			}
+			if err := c.writeRecords(batch); err != nil {
+				fail()
+			}
+			batch = nil
+		case <-waitC:
+			waitC = nil
+			if err := c.writeRecords(batch); err != nil {
+				fail()
+			}
+			batch = nil
+		case <-c.ctrl.notify:
+			for _, f := range c.ctrl.take() {
+				if !broken && c.writeJSON(f) != nil {
+					fail()
+				}
+			}
+		case <-ping.C:
+			if !broken {
+				_ = c.pingNow()
+			}
+		case <-c.finish:
+			if wait != nil {
+				wait.Stop()
+			}
+			if !broken {
+				for _, f := range c.ctrl.take() {
+					_ = c.writeJSON(f)
+				}
+				c.writeClose()
+			}
+			return
+		}
+	}
+}
+
+// writeRecords sends one frame (a record, or an array of them when
+// batchSize > 1), then marks them written: only now may autoCommit
+// commit them.
+func (c *consumeConn) writeRecords(batch []*bridge.ConsumedRecord) error {
+	var err error
+	if c.batchSize > 1 {
+		out := make([]outRecord, len(batch))
+		for i, r := range batch {
+			out[i] = newOutRecord(r, c.keyType, c.valType)
+		}
+		err = c.writeJSON(out)
+	} else {
+		err = c.writeJSON(newOutRecord(batch[0], c.keyType, c.valType))
+	}
+	if err != nil {
+		return err
+	}
+	c.a.metrics.frames.WithLabelValues("out").Add(float64(len(batch)))
+	c.mu.Lock()
+	for _, r := range batch {
+		c.written[topicPartition{r.Topic, r.Partition}] = r.Offset
+	}
+	c.mu.Unlock()
+	if c.autoCommit {
+		for _, r := range batch {
+			c.consumer.Store(r.Topic, r.Partition, r.Offset)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,253 @@
+package websocket
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/tributary-io/tributary/bridge"
+)
+
+// produceConn is one /socket/in socket. Its reader (the handler goroutine)
+// decodes frames and hands records to the shared producer; delivery
+// reports and errors queue on out, which its writer drains. Every frame
+// owed to the client holds a slot from the moment its client frame is read
+// until it is written, so out never overflows and a socket whose slots are
+// all taken is not read: that is its backpressure.
+type produceConn struct {
+	*sock
+	a       *API
+	ctx     context.Context
+	cancel  context.CancelFunc
+	topic   string
+	keyType format
+	valType format
+	slots   chan struct{}
+	out     chan outFrame
+	limit   *bucket
+}
+
+type outFrame struct {
+	id  json.RawMessage
+	d   bridge.Delivery
+	ts  int64
+	err *frameError
+}
+
+// delivery routes one record's delivery report to its socket. It runs on
+// the producer's event goroutine: the send never blocks, because the
+// record holds a slot of out's capacity.
+type delivery struct {
+	c  *produceConn
+	id json.RawMessage
+	ts int64
+}
+
+func (d *delivery) Delivered(r bridge.Delivery) {
+	d.c.out <- outFrame{id: d.id, d: r, ts: d.ts}
+}
+
+var _ bridge.DeliveryHandler = (*delivery)(nil)
+
+func (a *API) serveProduce(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var problems []string
+	clientID := q.Get("clientId")
+	if clientID == "" {
+		problems = append(problems, "clientId is required")
+	}
+	topic := q.Get("topic")
+	if topic == "" {
+		problems = append(problems, "topic is required")
+	}
+	keyType := queryFormat(q.Get("keyType"), "keyType", &problems)
+	valType := queryFormat(q.Get("valType"), "valType", &problems)
+	if p := q.Get("socketPayload"); p != "" && !strings.EqualFold(p, "json") {
+		problems = append(problems, "socketPayload "+strconv.Quote(p)+": only json is supported")
+	}
+	if t, _ := strconv.ParseBool(q.Get("transactional")); t {
+		problems = append(problems, "transactional=true is not supported")
+	}
+	ws, err := a.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return // the upgrader answered with an HTTP error
+	}
+	if len(problems) > 0 {
+		msg := strings.Join(problems, "; ")
+		refuse(ws, produceError{Error: errorBody{Code: CodeBadRequest, Message: msg}}, msg)
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := &produceConn{
+		sock:    newSock(ws, a.cfg.MaxFrameBytes, a.cfg.PingInterval),
+		a:       a,
+		ctx:     ctx,
+		cancel:  cancel,
+		topic:   topic,
+		keyType: keyType,
+		valType: valType,
+		slots:   make(chan struct{}, a.cfg.MaxInflight),
+		out:     make(chan outFrame, a.cfg.MaxInflight),
+	}
+	if a.cfg.ProduceRate > 0 {
+		c.limit = newBucket(a.cfg.ProduceRate, max(1, a.cfg.ProduceRate))
+	}
+	sess := &session{key: "in/" + clientID, stop: c.requestClose, done: make(chan struct{})}
+	if !a.register(ctx, sess) {
+		refuse(ws, produceError{Error: errorBody{Code: 50302, Message: "server shutting down"}}, "server shutting down")
+		return
+	}
+	defer a.unregister(sess)
+	a.metrics.connections.WithLabelValues("/socket/in").Inc()
+	defer a.metrics.connections.WithLabelValues("/socket/in").Dec()
+	log := a.log.With("client_id", clientID, "topic", topic)
+	log.Debug("WebSocket produce socket opened", "remote", r.RemoteAddr)
+
+	go c.writer()
+	err = c.read()
+	if c.closing.Load() {
+		// The server asked (shutdown or replacement): send what Kafka
+		// acknowledges for the records already read, then close.
+		deadline := time.Now().Add(30 * time.Second)
+		for len(c.slots) > 0 && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+	} else {
+		c.requestClose(closeCodeFor(err), "")
+	}
+	c.stopWriter()
+	cancel()
+	ws.Close()
+	log.Debug("WebSocket produce socket closed", "error", err)
+}
+
+func queryFormat(v, name string, problems *[]string) format {
+	if v == "" {
+		return formatString
+	}
+	f, err := parseFormat(v)
+	if err != nil {
+		*problems = append(*problems, name+": "+err.Error())
+	}
+	return f
+}
+
+// closeCodeFor answers a client's close frame with its own code.
+func closeCodeFor(err error) int {
+	var ce *websocket.CloseError
+	if errors.As(err, &ce) && ce.Code != websocket.CloseNoStatusReceived {
+		return ce.Code
+	}
+	if errors.Is(err, websocket.ErrReadLimit) {
+		return websocket.CloseMessageTooBig
+	}
+	return websocket.CloseNormalClosure
+}
+
+func (c *produceConn) read() error {
+	for {
+		select {
+		case c.slots <- struct{}{}:
+		case <-c.ctx.Done():
+			return c.ctx.Err()
+		case <-c.closed: // waiting for a slot while the server closes the socket
+			return nil
+		}
+		if !c.armRead() {
+			<-c.slots
+			return nil
+		}
+		_, data, err := c.ws.ReadMessage()
+		if err != nil {
+			<-c.slots
+			return err
+		}
+		c.handle(data)
+	}
+}
+
+// handle produces one frame's record; the frame's slot passes to what it
+// queues on out.
+func (c *produceConn) handle(data []byte) {
+	rec, id, ferr := decodeProduceFrame(data, c.topic, c.keyType, c.valType)
+	if ferr != nil {
+		c.out <- outFrame{id: id, err: ferr}
+		return
+	}
+	if c.limit != nil && !c.limit.allow() {
+		c.out <- outFrame{id: id, err: &frameError{code: CodeRateLimited, msg: "rate limited: more than " +
+			strconv.FormatFloat(c.a.cfg.ProduceRate, 'g', -1, 64) + " records per second on this socket (websocket.produce_rate)"}}
+		return
+	}
+	now := time.Now()
+	rec.Timestamp = now
+	if err := c.a.producer.Produce(c.ctx, rec, &delivery{c: c, id: id, ts: now.UnixMilli()}); err != nil {
+		c.out <- outFrame{id: id, err: produceFailure(err)}
+	}
+}
+
+func produceFailure(err error) *frameError {
+	switch {
+	case errors.Is(err, bridge.ErrUnknownTopic):
+		return &frameError{code: CodeUnknownTopic, msg: err.Error()}
+	case errors.Is(err, bridge.ErrRecordTooLarge):
+		return &frameError{code: CodeInvalidPayload, msg: err.Error()}
+	}
+	return &frameError{code: CodeKafka, msg: err.Error()}
+}
+
+func (c *produceConn) writer() {
+	defer close(c.writerOut)
+	t := time.NewTicker(c.ping)
+	defer t.Stop()
+	broken := false
+	for {
+		select {
+		case f := <-c.out:
+			if !broken {
+				if err := c.writeFrame(f); err != nil {
+					// The client is gone: keep draining so slots free up,
+					// and stop the reader.
+					broken = true
+					c.cancel()
+					c.requestClose(websocket.CloseGoingAway, "")
+				}
+			}
+			<-c.slots
+		case <-t.C:
+			if !broken {
+				_ = c.pingNow()
+			}
+		case <-c.finish:
+			if !broken {
+				// Results already queued go out before the close frame.
+				for len(c.out) > 0 {
+					f := <-c.out
+					_ = c.writeFrame(f)
+					<-c.slots
+				}
+				c.writeClose()
+			}
+			return
+		}
+	}
+}
+
+func (c *produceConn) writeFrame(f outFrame) error {
+	if f.err == nil && f.d.Err != nil {
+		f.err = produceFailure(f.d.Err)
+	}
+	if f.err != nil {
+		c.a.metrics.errors.WithLabelValues(strconv.Itoa(f.err.code)).Inc()
+		return c.writeJSON(produceError{MessageID: f.id, Error: errorBody{Code: f.err.code, Message: f.err.msg}})
+	}
+	c.a.metrics.frames.WithLabelValues("in").Inc()
+	return c.writeJSON(produceResult{Topic: f.d.Topic, Partition: f.d.Partition, Offset: f.d.Offset, Timestamp: f.ts, MessageID: f.id})
+}

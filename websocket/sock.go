@@ -1,0 +1,159 @@
+package websocket
+
+import (
+	"encoding/json"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gorilla/websocket"
+)
+
+// sock is what produce and consume sockets share: the close handshake,
+// deadlines and pings. Only the socket's writer goroutine writes data
+// frames; control frames go through WriteControl, which gorilla allows
+// concurrently.
+type sock struct {
+	ws   *websocket.Conn
+	ping time.Duration
+
+	closing   atomic.Bool
+	closed    chan struct{} // closed by the first requestClose
+	closeMu   sync.Mutex
+	code      int
+	reason    string
+	finish    chan struct{} // closed when the writer should send the close frame and stop
+	finishOne sync.Once
+	writerOut chan struct{} // closed when the writer has stopped
+}
+
+func newSock(ws *websocket.Conn, maxFrame int64, ping time.Duration) *sock {
+	s := &sock{ws: ws, ping: ping, code: websocket.CloseNormalClosure, closed: make(chan struct{}),
+		finish: make(chan struct{}), writerOut: make(chan struct{})}
+	ws.SetReadLimit(maxFrame)
+	ws.SetPongHandler(func(string) error {
+		if !s.closing.Load() {
+			_ = ws.SetReadDeadline(time.Now().Add(2 * ping))
+		}
+		return nil
+	})
+	return s
+}
+
+// requestClose asks the socket to close with code and reason: the reader
+// stops at once, and the writer sends the close frame when the socket's
+// owner calls stopWriter. The first request's code wins.
+func (s *sock) requestClose(code int, reason string) {
+	s.closeMu.Lock()
+	if !s.closing.Load() {
+		s.code, s.reason = code, reason
+		s.closing.Store(true)
+		close(s.closed)
+	}
+	s.closeMu.Unlock()
+	_ = s.ws.SetReadDeadline(time.Now())
+}
+
+// armRead sets the read deadline for the next frame; it returns false when
+// the socket is closing.
+func (s *sock) armRead() bool {
+	_ = s.ws.SetReadDeadline(time.Now().Add(2 * s.ping))
+	return !s.closing.Load()
+}
+
+func (s *sock) stopWriter() {
+	s.finishOne.Do(func() { close(s.finish) })
+	<-s.writerOut
+}
+
+// closeFrame is sent by the writer as its last frame.
+func (s *sock) writeClose() {
+	s.closeMu.Lock()
+	code, reason := s.code, s.reason
+	s.closeMu.Unlock()
+	_ = s.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, closeReason(reason)), time.Now().Add(time.Second))
+}
+
+// closeReason fits a reason into a close frame (123 bytes), on a rune boundary.
+func closeReason(r string) string {
+	if len(r) <= 123 {
+		return r
+	}
+	r = r[:123]
+	for len(r) > 0 && !utf8.ValidString(r) {
+		r = r[:len(r)-1]
+	}
+	return r
+}
+
+func (s *sock) pingNow() error {
+	return s.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(s.ping))
+}
+
+func (s *sock) writeJSON(v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_ = s.ws.SetWriteDeadline(time.Now().Add(2 * s.ping))
+	return s.ws.WriteMessage(websocket.TextMessage, b)
+}
+
+// refuse sends one error frame and closes the socket with a policy
+// violation: the browser WebSocket API cannot read an HTTP error body, so
+// bad parameters are reported after the upgrade.
+func refuse(ws *websocket.Conn, frame any, reason string) {
+	if b, err := json.Marshal(frame); err == nil {
+		_ = ws.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		_ = ws.WriteMessage(websocket.TextMessage, b)
+	}
+	_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.ClosePolicyViolation, closeReason(reason)), time.Now().Add(time.Second))
+	// Give the client a moment to answer the close frame, then drop it.
+	_ = ws.SetReadDeadline(time.Now().Add(2 * time.Second))
+	for {
+		if _, _, err := ws.ReadMessage(); err != nil {
+			break
+		}
+	}
+	ws.Close()
+}
+
+// bucket is a token bucket: rate tokens per second, at most burst saved.
+type bucket struct {
+	rate, burst, tokens float64
+	last                time.Time
+}
+
+func newBucket(rate, burst float64) *bucket {
+	return &bucket{rate: rate, burst: burst, tokens: burst, last: time.Now()}
+}
+
+func (b *bucket) refill(now time.Time) {
+	b.tokens += now.Sub(b.last).Seconds() * b.rate
+	if b.tokens > b.burst {
+		b.tokens = b.burst
+	}
+	b.last = now
+}
+
+// allow takes one token if there is one.
+func (b *bucket) allow() bool {
+	b.refill(time.Now())
+	if b.tokens >= 1 {
+		b.tokens--
+		return true
+	}
+	return false
+}
+
+// reserve takes n tokens, going into debt, and returns how long to wait
+// before acting on them.
+func (b *bucket) reserve(n float64) time.Duration {
+	b.refill(time.Now())
+	b.tokens -= n
+	if b.tokens >= 0 {
+		return 0
+	}
+	return time.Duration(-b.tokens / b.rate * float64(time.Second))
+}
