@@ -722,7 +722,9 @@ func TestWebSocketSlowReader(t *testing.T) {
 	in := wsDial(t, d, "/socket/in", url.Values{"clientId": {uniq("p")}, "topic": {topic}})
 	n := 3000
 	for i := range n {
-		sendJSON(t, in, fmt.Sprintf(`{"value":{"value":"%0512d"},"messageId":%d}`, i, i))
+		// 8 KiB records: 24 MB in all, more than loopback socket buffers
+		// absorb, so the stalled reader really stalls the writer.
+		sendJSON(t, in, fmt.Sprintf(`{"value":{"value":"%08192d"},"messageId":%d}`, i, i))
 	}
 	for range n {
 		if r := readResult(t, in); r.Error != nil {
