@@ -1,6 +1,7 @@
 // Command tributary-bench measures how fast Tributary moves MQTT publishes
-// into Kafka, against a native librdkafka producer in the same run and on
-// the same Kafka. Every scenario's clock stops only when Kafka's high
+// and WebSocket frames into Kafka, and Kafka records out to WebSocket
+// clients, against native librdkafka clients in the same run and on the
+// same Kafka. Every produce scenario's clock stops only when Kafka's high
 // watermarks show all of its records, so nothing is taken on trust from
 // acknowledgements. See docs/benchmarks.md.
 package main
@@ -42,11 +43,43 @@ type scenario struct {
 	// upstream: a remote mosquitto's backlog drained by mosquitto_sub,
 	// then by Tributary's upstream source (upstream.go).
 	upstream bool
+	// ws selects a WebSocket scenario (wsbench.go): wsIn produces through
+	// clients /socket/in sockets; wsOut consumes through one /socket/out
+	// socket with batchSize batch; wsNativeConsume is librdkafka's
+	// consumer, the baseline of wsOut.
+	ws    wsKind
+	batch int
+}
+
+// wsKind says which WebSocket scenario a scenario is, if any.
+type wsKind int
+
+const (
+	wsNone wsKind = iota
+	wsIn
+	wsNativeConsume
+	wsOut
+)
+
+// consumes reports whether the scenario reads a pre-filled topic.
+func (s scenario) consumes() bool { return s.ws == wsNativeConsume || s.ws == wsOut }
+
+// needsBridge reports whether the scenario runs Tributary.
+func (s scenario) needsBridge() bool {
+	return s.upstream || s.ws == wsIn || s.ws == wsOut || (s.ws == wsNone && s.clients > 0)
 }
 
 func (s scenario) describe() string {
 	if s.upstream {
 		return "remote mosquitto's QoS 1 backlog drained by mosquitto_sub, then by Tributary's upstream source"
+	}
+	switch s.ws {
+	case wsIn:
+		return fmt.Sprintf("%d WebSocket sockets on /socket/in, pipelined, through Tributary", s.clients)
+	case wsNativeConsume:
+		return "confluent-kafka-go consumer in a fresh group reading a pre-filled topic from the earliest offset"
+	case wsOut:
+		return fmt.Sprintf("1 WebSocket socket on /socket/out (batchSize=%d, autoCommit=true) reading a pre-filled topic, through Tributary", max(1, s.batch))
 	}
 	if s.clients == 0 {
 		return "confluent-kafka-go producer straight to Kafka (acks=all, idempotent)"
@@ -65,6 +98,10 @@ var scenarios = []scenario{
 	{name: "mqtt-qos1", clients: 100, qos: 1, window: 10},
 	{name: "mqtt-qos1-single", clients: 1, qos: 1, window: 100},
 	{name: "upstream", upstream: true},
+	{name: "ws-in", clients: 10, ws: wsIn},
+	{name: "native-consume", ws: wsNativeConsume},
+	{name: "ws-out", ws: wsOut, batch: 1},
+	{name: "ws-out-batch100", ws: wsOut, batch: 100},
 }
 
 type options struct {
@@ -82,6 +119,8 @@ type options struct {
 	// mosquittoInflight is the remote broker's max_inflight_messages in
 	// the upstream scenario.
 	mosquittoInflight int
+	// wsWindow is how many frames each ws-in socket keeps awaiting results.
+	wsWindow int
 }
 
 // errReported marks an error the flag package has already printed.
@@ -116,6 +155,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.repeat, "repeat", 1, "run every scenario this many times (rounds) and report each one's median-rate round")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (Tributary logs and metrics) even when every scenario passed")
 	fs.IntVar(&o.mosquittoInflight, "mosquitto-inflight", 1000, "upstream scenario: the remote mosquitto's max_inflight_messages (0: no limit)")
+	fs.IntVar(&o.wsWindow, "ws-window", 1000, "ws-in scenario: frames each socket keeps awaiting their results (at most Tributary's websocket.max_inflight to keep it busy, default 1000)")
 	fs.Var(&env, "tributary-env", "KEY=VALUE added to Tributary's environment, e.g. GODEBUG=gctrace=1 (repeatable)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: tributary-bench [flags]\n\nScenarios:\n")
@@ -147,6 +187,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.mosquittoInflight < 0 || o.mosquittoInflight > 65535 {
 		problems = append(problems, fmt.Errorf("--mosquitto-inflight %d: must be 0 (no limit) to 65535", o.mosquittoInflight))
+	}
+	if o.wsWindow < 1 {
+		problems = append(problems, fmt.Errorf("--ws-window %d: must be at least 1", o.wsWindow))
 	}
 	if o.timeout <= 0 {
 		problems = append(problems, fmt.Errorf("--timeout %s: must be positive", o.timeout))
@@ -221,6 +264,7 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintln(stdout)
 		printTargets(stdout, results)
 		printDrains(stdout, results)
+		printConsumers(stdout, results)
 		if opts.jsonPath != "" {
 			if jerr := writeJSON(opts.jsonPath, results); jerr != nil {
 				err = errors.Join(err, jerr)
@@ -264,6 +308,8 @@ type bench struct {
 	kafkaName string
 	bin       string
 	admin     *admin
+	// filled maps a round to the topic its consume scenarios read.
+	filled map[int]string
 }
 
 // run sets up Kafka and the Tributary binary, then runs each scenario on
@@ -288,7 +334,7 @@ func (b *bench) run(ctx context.Context) ([]result, error) {
 	b.bin = b.opts.bin
 	needBridge := false
 	for _, s := range b.opts.scenarios {
-		needBridge = needBridge || s.clients > 0 || s.upstream
+		needBridge = needBridge || s.needsBridge()
 	}
 	if b.bin == "" && needBridge {
 		fmt.Fprintf(b.progress, "building tributary into %s\n", b.dir)
@@ -322,11 +368,25 @@ func (b *bench) runOne(ctx context.Context, s scenario, runID string, round int)
 		name = fmt.Sprintf("%s-%d", s.name, round)
 	}
 	topic := fmt.Sprintf("bench-%s-%s", runID, name)
-	fmt.Fprintf(b.progress, "== %s: %d records, %s → Kafka topic %s\n", name, b.opts.records, s.describe(), topic)
 	rs := []result{{Scenario: s.name, Records: b.opts.records}}
+	var err error
+	if s.consumes() {
+		topic, err = b.filledTopic(ctx, runID, round)
+		rs[0].drain = true
+	} else {
+		err = b.admin.createTopic(ctx, topic, b.opts.partitions)
+	}
+	fmt.Fprintf(b.progress, "== %s: %d records, %s → Kafka topic %s\n", name, b.opts.records, s.describe(), topic)
+	group := fmt.Sprintf("bench-%s-%s", runID, name)
 	cpu0 := selfCPU()
-	if err := b.admin.createTopic(ctx, topic, b.opts.partitions); err != nil {
+	if err != nil {
 		rs[0].Error = err.Error()
+	} else if s.ws == wsIn {
+		rs[0] = b.runWSIn(ctx, s, topic, name)
+	} else if s.ws == wsNativeConsume {
+		rs[0] = b.runNativeConsume(ctx, s, topic, group)
+	} else if s.ws == wsOut {
+		rs[0] = b.runWSOut(ctx, s, topic, group, name)
 	} else if s.upstream {
 		rs = b.runUpstream(ctx, topic, name)
 	} else if s.clients == 0 {
@@ -350,6 +410,8 @@ func (b *bench) runOne(ctx context.Context, s scenario, runID string, round int)
 		switch {
 		case r.Skipped != "":
 			fmt.Fprintf(b.progress, "   %s\n", r.Skipped)
+		case len(rs) == 1 && r.OK && r.FirstRecordSeconds != nil:
+			fmt.Fprintf(b.progress, "   %d records received after %.2f s (first after %.2f s): %.0f records/s\n", r.Found, r.Seconds, *r.FirstRecordSeconds, r.Rate)
 		case len(rs) == 1 && r.OK:
 			fmt.Fprintf(b.progress, "   %d records in Kafka after %.2f s: %.0f records/s\n", r.Found, r.Seconds, r.Rate)
 		case len(rs) == 1:

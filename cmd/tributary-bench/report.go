@@ -23,7 +23,8 @@ type result struct {
 	// (scenarios that publish into Tributary only).
 	Baseline *float64 `json:"baseline"`
 	// Ratio is Rate divided by the rate of the scenario's target baseline:
-	// mqtt-qos0 for the QoS 1 scenarios, mosquitto-sub for upstream.
+	// mqtt-qos0 for the QoS 1 scenarios, mosquitto-sub for upstream,
+	// native-produce for ws-in, native-consume for the ws-out scenarios.
 	Ratio *float64 `json:"ratio"`
 	P50Ms *float64 `json:"p50_ms"` // PUBACK latency, QoS 1 only
 	P99Ms *float64 `json:"p99_ms"`
@@ -40,6 +41,10 @@ type result struct {
 	// ReadySeconds (upstream) is how long Tributary took to answer /readyz
 	// 200: connected to Kafka and to the remote broker, subscribed.
 	ReadySeconds *float64 `json:"ready_seconds,omitempty"`
+	// FirstRecordSeconds (consume scenarios) is how long the consumer took
+	// from connecting to its first record: joining the group, fetching.
+	// Seconds runs from connecting to the last record.
+	FirstRecordSeconds *float64 `json:"first_record_seconds,omitempty"`
 	// RemoteCPU (drain scenarios) is the CPU time the remote mosquitto used
 	// while it was being drained.
 	RemoteCPU *float64 `json:"remote_broker_cpu_seconds,omitempty"`
@@ -90,6 +95,9 @@ var targets = []target{
 	{"mqtt-qos1", "mqtt-qos0", 0.7},
 	{"mqtt-qos1-single", "mqtt-qos0", 0.3},
 	{"upstream", "mosquitto-sub", 0.9},
+	{"ws-in", "native-produce", 0.9},
+	{"ws-out", "native-consume", 0.8},
+	{"ws-out-batch100", "native-consume", 0.8},
 }
 
 // fillRatios sets Baseline and Ratio from the other results of the run;
@@ -240,4 +248,38 @@ func writeJSON(path string, rs []result) error {
 		return fmt.Errorf("writing results: %w", err)
 	}
 	return nil
+}
+
+// printConsumers writes, for the consume scenarios, the time to the first
+// record and the rate after it, which leaves out joining the group: the
+// table's rate runs from connecting, as a client sees it.
+func printConsumers(w io.Writer, rs []result) {
+	var base *result
+	for i := range rs {
+		if rs[i].Scenario == "native-consume" && rs[i].OK {
+			base = &rs[i]
+		}
+	}
+	after := func(r result) float64 {
+		s := r.Seconds - *r.FirstRecordSeconds
+		if s <= 0 || r.Found < 2 {
+			return 0
+		}
+		return float64(r.Found-1) / s
+	}
+	header := false
+	for _, r := range rs {
+		if !r.OK || r.FirstRecordSeconds == nil {
+			continue
+		}
+		if !header {
+			fmt.Fprintln(w, "consumers (seconds from connecting; the rate after the first record leaves out the group join):")
+			header = true
+		}
+		fmt.Fprintf(w, "  %-16s first record after %.2f s, all after %.2f s; after the first: %.0f/s", r.Scenario, *r.FirstRecordSeconds, r.Seconds, after(r))
+		if base != nil && r.Scenario != base.Scenario && after(*base) > 0 {
+			fmt.Fprintf(w, " (%.3f× native-consume)", after(r)/after(*base))
+		}
+		fmt.Fprintln(w)
+	}
 }
