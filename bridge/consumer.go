@@ -250,8 +250,11 @@ func (c *Consumer) poll() {
 			return
 		}
 		timeout := 100
-		if len(c.held) > 0 || c.paused {
-			timeout = 0 // keep serving events while records wait for the reader
+		switch {
+		case len(c.held) > 0:
+			timeout = 0 // drainHeld has just waited for the reader
+		case c.paused:
+			timeout = 10 // soon check whether the reader has caught up
 		}
 		switch e := c.kc.Poll(timeout).(type) {
 		case *kafka.Message:
