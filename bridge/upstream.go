@@ -489,8 +489,6 @@ func (c *conn) wake() {
 	}
 }
 
-var upstreamQoS = [3][]byte{[]byte("0"), []byte("1"), []byte("2")}
-
 // handle runs on paho's router goroutine for every message, in arrival
 // order. See the package notes above on why it may block in Produce.
 func (c *conn) handle(_ paho.Client, msg paho.Message) {
@@ -593,18 +591,8 @@ func (u *upstream) record(msg paho.Message, at time.Time) (*Record, string) {
 	if key == nil {
 		key = []byte(topic)
 	}
-	retain := "false"
-	if msg.Retained() {
-		retain = "true"
-	}
-	hs := make([]Header, 0, 5+len(extra))
-	hs = append(hs,
-		Header{Key: "mqtt.topic", Value: []byte(topic)},
-		Header{Key: "mqtt.qos", Value: upstreamQoS[msg.Qos()%3]},
-		Header{Key: "mqtt.retain", Value: []byte(retain)},
-		Header{Key: "mqtt.client_id", Value: []byte(u.cfg.ClientID)},
-		Header{Key: "mqtt.source", Value: []byte(u.cfg.Name)},
-	)
+	hs := AppendMQTTHeaders(make([]Header, 0, 5+len(extra)), topic, msg.Qos(), msg.Retained(), u.cfg.ClientID)
+	hs = append(hs, Header{Key: "mqtt.source", Value: []byte(u.cfg.Name)})
 	for _, h := range extra {
 		hs = append(hs, Header{Key: h.Key, Value: []byte(h.Value)})
 	}

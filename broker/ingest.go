@@ -8,7 +8,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -186,19 +185,6 @@ func dropReason(err error) string {
 	return "kafka_error"
 }
 
-var qosLabel = [3]string{"0", "1", "2"}
-
-// Header values shared by every record; the producer only reads them.
-var (
-	qosValue    = [3][]byte{[]byte("0"), []byte("1"), []byte("2")}
-	retainValue = map[bool][]byte{false: []byte("false"), true: []byte("true")}
-)
-
-// view returns the bytes of s without copying. It is only used for header
-// values handed to the producer, which copies them during Produce and never
-// writes to them.
-func view(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
-
 func buildRecord(cl *mqtt.Client, pk *packets.Packet, res *mapping.Result, at time.Time) *bridge.Record {
 	n := 4 + len(pk.Properties.User) + len(res.Headers)
 	if pk.Properties.ContentType != "" {
@@ -209,20 +195,15 @@ func buildRecord(cl *mqtt.Client, pk *packets.Packet, res *mapping.Result, at ti
 	if cap(hs) < n {
 		hs = make([]bridge.Header, 0, n)
 	}
-	hs = append(hs,
-		bridge.Header{Key: "mqtt.topic", Value: view(pk.TopicName)},
-		bridge.Header{Key: "mqtt.qos", Value: qosValue[pk.FixedHeader.Qos%3]},
-		bridge.Header{Key: "mqtt.retain", Value: retainValue[pk.FixedHeader.Retain]},
-		bridge.Header{Key: "mqtt.client_id", Value: view(cl.ID)},
-	)
+	hs = bridge.AppendMQTTHeaders(hs, pk.TopicName, pk.FixedHeader.Qos, pk.FixedHeader.Retain, cl.ID)
 	if pk.Properties.ContentType != "" {
-		hs = append(hs, bridge.Header{Key: "mqtt.content_type", Value: view(pk.Properties.ContentType)})
+		hs = append(hs, bridge.Header{Key: "mqtt.content_type", Value: bridge.View(pk.Properties.ContentType)})
 	}
 	for _, u := range pk.Properties.User {
-		hs = append(hs, bridge.Header{Key: u.Key, Value: view(u.Val)})
+		hs = append(hs, bridge.Header{Key: u.Key, Value: bridge.View(u.Val)})
 	}
 	for _, x := range res.Headers {
-		hs = append(hs, bridge.Header{Key: x.Key, Value: view(x.Value)})
+		hs = append(hs, bridge.Header{Key: x.Key, Value: bridge.View(x.Value)})
 	}
 	*rec = bridge.Record{Topic: res.Topic, Key: res.Key, Value: pk.Payload, Headers: hs, Timestamp: at}
 	return rec

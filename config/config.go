@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -391,16 +390,6 @@ func isSecretKey(k string) bool {
 		}
 	}
 	return false
-}
-
-// SortedProperties returns the Kafka property keys in order, for stable output.
-func (k KafkaConfig) SortedProperties() []string {
-	keys := make([]string, 0, len(k.Properties))
-	for key := range k.Properties {
-		keys = append(keys, key)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 func (w WebSocketConfig) validate() []string {
