@@ -146,6 +146,11 @@ func TestKafkaOutageLosesNothingAcknowledged(t *testing.T) {
 		}()
 		if i == n/3+200 {
 			// Kafka is down and the budget is full: QoS 0 is dropped, counted.
+			// The QoS 1 publishes above are sent asynchronously, so wait
+			// until they have used the budget before offering QoS 0.
+			waitFor(t, 30*time.Second, "the in-flight budget to be used up", func() bool {
+				return d.producer.InflightBytes()+int64(len(payload)) > cfg.Kafka.InflightBudgetBytes
+			})
 			q0 := mqttClient(t, "tcp://"+d.mqttAddr(), uniq("q0"))
 			for range 50 {
 				q0.Publish("dev/q0", 0, false, payload).WaitTimeout(time.Second)
@@ -364,7 +369,7 @@ func TestBadConfigExitsTwo(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stdout, stderr strings.Builder
-			code := realMain(context.Background(), tc.args, &stdout, &stderr)
+			code := realMain(context.Background(), tc.args, strings.NewReader(""), &stdout, &stderr)
 			if code != 2 {
 				t.Fatalf("exit code %d, want 2; stderr: %s", code, stderr.String())
 			}
@@ -409,7 +414,7 @@ func TestCommands(t *testing.T) {
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var stdout, stderr strings.Builder
-			if code := realMain(context.Background(), tc.args, &stdout, &stderr); code != 0 {
+			if code := realMain(context.Background(), tc.args, strings.NewReader(""), &stdout, &stderr); code != 0 {
 				t.Fatalf("exit code %d; stderr: %s", code, stderr.String())
 			}
 			for _, w := range tc.want {

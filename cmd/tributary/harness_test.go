@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -32,7 +33,57 @@ func testLogger(t *testing.T) *slog.Logger {
 	if os.Getenv("TRIBUTARY_TEST_LOG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
+	// Keep the tail of the debug log and print it only when the test
+	// fails, so a failure in CI explains itself.
+	tail := &logTail{max: 400}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("last %d lines of the daemon log:\n%s", tail.max, tail.String())
+		}
+	})
+	return slog.New(slog.NewTextHandler(tail, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// daemonGoroutines returns the stacks of the goroutines running the
+// project's own code, to show where a stalled test is stuck.
+func daemonGoroutines() string {
+	buf := make([]byte, 4<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "tributary-io/tributary/") {
+			out = append(out, g)
+		}
+	}
+	return strings.Join(out, "\n\n")
+}
+
+// logTail is an io.Writer that keeps the last max lines written to it.
+type logTail struct {
+	mu    sync.Mutex
+	max   int
+	lines []string // a ring once full; next is the oldest
+	next  int
+}
+
+func (l *logTail) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, line := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
+		if len(l.lines) < l.max {
+			l.lines = append(l.lines, line)
+			continue
+		}
+		l.lines[l.next] = line
+		l.next = (l.next + 1) % l.max
+	}
+	return len(p), nil
+}
+
+func (l *logTail) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(append(l.lines[l.next:len(l.lines):len(l.lines)], l.lines[:l.next]...), "\n")
 }
 
 // uniq returns a name unique to this run, so tests sharing one real Kafka
@@ -80,6 +131,12 @@ func startDaemon(t *testing.T, cfg config.Config) *testDaemon {
 		t.Fatalf("starting daemon: %v", err)
 	}
 	t.Cleanup(d.stop)
+	// Cleanups run last first: this one sees the daemon still running.
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the daemon's goroutines at the failure:\n%s", daemonGoroutines())
+		}
+	})
 	bs := cfg.Kafka.Bootstrap
 	if d.embedded != nil {
 		bs = d.embedded.Addr()
