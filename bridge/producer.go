@@ -73,6 +73,14 @@ var (
 	ErrBudgetExhausted = errors.New("in-flight budget exhausted")
 	// ErrClosed means the producer is shutting down.
 	ErrClosed = errors.New("producer closed")
+	// ErrUnconfirmed means librdkafka reported a record delivered without
+	// the offset Kafka wrote it at. The idempotent producer does that for a
+	// batch that failed (say, "not leader" right after a topic was created
+	// or a leader moved) when a later batch of the same partition
+	// succeeded: it assumes the failed one was written too, and Kafka may
+	// have accepted the later batch without it. Such a record is not
+	// acknowledged: the client sends it again (at least once, never lost).
+	ErrUnconfirmed = errors.New("Kafka did not confirm the record's offset; it may not have been written")
 )
 
 // Permanent reports whether a produce or delivery error will not go away by
@@ -138,6 +146,31 @@ type Producer struct {
 	closeOnce   sync.Once
 	wg          sync.WaitGroup
 	stop        chan struct{}
+
+	unconfirmedLog everyInterval
+}
+
+// deliveryOf reads a delivery report. A success without an offset is
+// ErrUnconfirmed, not a success: see there.
+func deliveryOf(e *kafka.Message) Delivery {
+	d := Delivery{Partition: e.TopicPartition.Partition, Offset: int64(e.TopicPartition.Offset), Err: e.TopicPartition.Error}
+	if e.TopicPartition.Topic != nil {
+		d.Topic = *e.TopicPartition.Topic
+	}
+	if d.Err == nil && d.Offset < 0 {
+		d.Err = fmt.Errorf("producing to %s[%d]: %w", d.Topic, d.Partition, ErrUnconfirmed)
+	}
+	return d
+}
+
+// everyInterval allows an action at most once per interval, across
+// goroutines (log lines that could otherwise flood).
+type everyInterval struct{ last atomic.Int64 }
+
+func (e *everyInterval) allow() bool {
+	now := time.Now().UnixNano()
+	last := e.last.Load()
+	return now-last >= int64(10*time.Second) && e.last.CompareAndSwap(last, now)
 }
 
 type envelope struct {
@@ -343,9 +376,11 @@ func (p *Producer) events(kp *kafka.Producer) {
 			if !ok {
 				continue
 			}
-			d := Delivery{Partition: e.TopicPartition.Partition, Offset: int64(e.TopicPartition.Offset), Err: e.TopicPartition.Error}
-			if e.TopicPartition.Topic != nil {
-				d.Topic = *e.TopicPartition.Topic
+			d := deliveryOf(e)
+			if errors.Is(d.Err, ErrUnconfirmed) {
+				if p.unconfirmedLog.allow() {
+					p.log.Warn("Kafka reported records delivered without their offsets; they are treated as not delivered and their clients resend them (logged at most every 10s)", "topic", d.Topic, "partition", d.Partition)
+				}
 			}
 			release += env.size
 			batched++
@@ -529,8 +564,11 @@ func (m *producerMetrics) observe(d Delivery, at time.Time, cache map[string]pro
 	if d.Err != nil {
 		code := "unknown"
 		var ke kafka.Error
-		if errors.As(d.Err, &ke) {
+		switch {
+		case errors.As(d.Err, &ke):
 			code = strconv.Itoa(int(ke.Code()))
+		case errors.Is(d.Err, ErrUnconfirmed):
+			code = "unconfirmed"
 		}
 		m.failed.WithLabelValues(d.Topic, code).Inc()
 		return

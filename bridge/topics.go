@@ -109,12 +109,46 @@ func (t *topics) create(ctx context.Context, topic string) error {
 		switch r.Error.Code() {
 		case kafka.ErrNoError:
 			t.p.log.Info("created Kafka topic", "topic", topic, "partitions", cfg.TopicPartitions)
+			t.awaitLeaders(ctx, topic, cfg.TopicPartitions)
 		case kafka.ErrTopicAlreadyExists:
 		default:
 			return fmt.Errorf("creating Kafka topic %q: %w", topic, r.Error)
 		}
 	}
 	return nil
+}
+
+// awaitLeaders waits, for a few seconds at most, until every partition of
+// a topic just created answers a ListOffsets request from its leader. A
+// new topic's metadata names leaders a moment before they take writes, and
+// produce requests in that moment fail with "not leader" (which the
+// idempotent producer then has to untangle); waiting here avoids that. It
+// is best effort: producing retries anyway.
+func (t *topics) awaitLeaders(ctx context.Context, topic string, partitions int) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req := make(map[kafka.TopicPartition]kafka.OffsetSpec, partitions)
+	for i := range partitions {
+		req[kafka.TopicPartition{Topic: &topic, Partition: int32(i)}] = kafka.LatestOffsetSpec
+	}
+	for {
+		res, err := t.p.admin.ListOffsets(ctx, req)
+		ready := err == nil && len(res.ResultInfos) == partitions
+		for _, info := range res.ResultInfos {
+			if info.Error.Code() != kafka.ErrNoError {
+				ready = false
+			}
+		}
+		if ready {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.p.log.Debug("partitions of a new topic not all writable yet; producing anyway", "topic", topic, "error", err)
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // lookup checks that topic exists.
