@@ -36,6 +36,8 @@ fuzz: ## run each fuzz test for FUZZTIME
 	$(GO) test ./mapping -run '^$$' -fuzz FuzzMap -fuzztime $(FUZZTIME)
 	$(GO) test ./config -run '^$$' -fuzz FuzzDecodeYAML -fuzztime $(FUZZTIME)
 	$(GO) test ./websocket -run '^$$' -fuzz FuzzDecodeProduceFrame -fuzztime $(FUZZTIME)
+	$(GO) test ./auth -run '^$$' -fuzz FuzzLoadUsers -fuzztime $(FUZZTIME)
+	$(GO) test ./auth -run '^$$' -fuzz FuzzMQTTRule -fuzztime $(FUZZTIME)
 
 bench: ## MQTT → Kafka throughput against a native librdkafka producer, in one run
 	$(GO) run ./cmd/tributary-bench $(ARGS)

@@ -6,6 +6,7 @@ package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,12 +16,12 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/hooks/auth"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tributary-io/tributary/bridge"
+	"github.com/tributary-io/tributary/certs"
 	"github.com/tributary-io/tributary/mapping"
 )
 
@@ -38,10 +39,26 @@ type Config struct {
 	Addr string
 	// WSAddr is the MQTT over WebSocket listen address; empty disables it.
 	WSAddr string
+	// TLSAddr is the MQTT over TLS listen address; empty disables it.
+	TLSAddr string
+	// WSSAddr is the MQTT over secure WebSocket listen address; empty
+	// disables it.
+	WSSAddr string
+	// TLSConfig returns the server TLS configuration for one TLS listener;
+	// required when TLSAddr or WSSAddr is set. It is called once per
+	// listener; certificate reloads happen behind it.
+	TLSConfig func() *tls.Config
 	// MaxMessageBytes is the Kafka record limit; MQTT packets are allowed a
 	// little more so that an oversized payload gets a reason code rather
 	// than a dropped connection where the protocol allows it.
 	MaxMessageBytes int
+	// Auth authenticates clients and applies the ACLs; its zero value lets
+	// everyone in.
+	Auth AuthConfig
+	// Conns bounds the connections of all MQTT listeners together.
+	Conns ConnLimits
+	// Publish bounds each client's publish rate.
+	Publish PublishLimits
 	// Registerer receives the broker's metrics; nil means none.
 	Registerer prometheus.Registerer
 }
@@ -52,6 +69,8 @@ type Broker struct {
 	log      *slog.Logger
 	server   *mqtt.Server
 	ingest   *ingest
+	auth     *authHook
+	gate     *connGate
 	addrs    map[string]string
 	lns      []net.Listener
 	ctx      context.Context
@@ -68,9 +87,12 @@ const packetHeadroom = 64 << 10
 func New(cfg Config, producer Producer, mapper *mapping.Mapper, log *slog.Logger) (*Broker, error) {
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = uint32(cfg.MaxMessageBytes + packetHeadroom)
+	// Each inbound alias keeps a topic string per connection; a few are
+	// what devices use, 65535 would be memory a client could pin.
+	caps.TopicAliasMaximum = 16
 	server := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
-		Logger:       log.With("component", "mqtt"),
+		Logger:       slog.New(mochiLogHandler{log.With("component", "mqtt").Handler()}),
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	reg := cfg.Registerer
@@ -79,7 +101,20 @@ func New(cfg Config, producer Producer, mapper *mapping.Mapper, log *slog.Logger
 	}
 	b := &Broker{cfg: cfg, log: log, server: server, addrs: map[string]string{}, ctx: ctx, cancel: cancel}
 	b.ingest = newIngest(ctx, server, producer, mapper, log, newMetrics(reg))
-	if err := server.AddHook(new(auth.AllowHook), nil); err != nil {
+	b.ingest.publishLimits = cfg.Publish
+	b.ingest.limited = newPublishLimitMetrics(reg)
+	b.gate = newConnGate(cfg.Conns, reg, log.With("component", "mqtt-limits"))
+	ac := cfg.Auth
+	ac.Registerer = reg
+	ah, err := newAuthHook(ac, log.With("component", "mqtt-auth"))
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	b.auth = ah
+	// The auth hook replaces mochi's allow-all one: mochi lets a client or
+	// topic through when any hook allows it.
+	if err := server.AddHook(ah, nil); err != nil {
 		cancel()
 		return nil, fmt.Errorf("adding auth hook: %w", err)
 	}
@@ -90,13 +125,59 @@ func New(cfg Config, producer Producer, mapper *mapping.Mapper, log *slog.Logger
 	return b, nil
 }
 
+// ClientCertUsername returns an AuthConfig.CertUsername that takes the
+// username from the verified client certificate of a TLS or secure
+// WebSocket connection: its common name, or with from "san-dns",
+// "san-email" or "san-uri" that subject alternative name.
+func ClientCertUsername(from string) func(cl *mqtt.Client) (string, bool) {
+	return func(cl *mqtt.Client) (string, bool) {
+		tc := tlsConn(cl.Net.Conn)
+		if tc == nil {
+			return "", false
+		}
+		return certs.PeerUsername(tc.ConnectionState(), from)
+	}
+}
+
+// mochiLogHandler passes mochi's log on, except its debug line for every
+// packet a hook rejected: the ingest hook rejects every QoS 1 and 2 publish
+// on purpose (it acknowledges them itself once Kafka has them), so that
+// line would be one per message, carrying the whole packet and payload.
+type mochiLogHandler struct{ slog.Handler }
+
+func (h mochiLogHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level == slog.LevelDebug && r.Message == "publish packet rejected" {
+		return nil
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h mochiLogHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return mochiLogHandler{h.Handler.WithAttrs(as)}
+}
+
+func (h mochiLogHandler) WithGroup(name string) slog.Handler {
+	return mochiLogHandler{h.Handler.WithGroup(name)}
+}
+
 // Start binds the configured listeners and starts serving. A bind failure
 // closes whatever was bound and is returned.
 func (b *Broker) Start() error {
-	type spec struct{ id, addr string }
-	for _, s := range []spec{{"mqtt-tcp", b.cfg.Addr}, {"mqtt-ws", b.cfg.WSAddr}} {
+	type spec struct {
+		id, addr string
+		ws, tls  bool
+	}
+	for _, s := range []spec{
+		{id: "mqtt-tcp", addr: b.cfg.Addr},
+		{id: "mqtt-ws", addr: b.cfg.WSAddr, ws: true},
+		{id: "mqtt-tls", addr: b.cfg.TLSAddr, tls: true},
+		{id: "mqtt-wss", addr: b.cfg.WSSAddr, ws: true, tls: true},
+	} {
 		if s.addr == "" {
 			continue
+		}
+		if s.tls && b.cfg.TLSConfig == nil {
+			return fmt.Errorf("starting MQTT listener %s on %s: no TLS certificate configured", s.id, s.addr)
 		}
 		ln, err := net.Listen("tcp", s.addr)
 		if err != nil {
@@ -107,11 +188,21 @@ func (b *Broker) Start() error {
 		}
 		b.lns = append(b.lns, ln)
 		b.addrs[s.id] = ln.Addr().String()
+		served := b.gate.wrap(ln, s.id)
+		if s.tls {
+			// No ALPN for MQTT: a client offering a protocol the server
+			// does not list would fail the handshake.
+			tc := b.cfg.TLSConfig()
+			if s.ws {
+				tc.NextProtos = []string{"http/1.1"}
+			}
+			served = tls.NewListener(served, tc)
+		}
 		var l listeners.Listener
-		if s.id == "mqtt-ws" {
-			l = newWSListener(s.id, ln, int64(b.cfg.MaxMessageBytes+packetHeadroom))
+		if s.ws {
+			l = newWSListener(s.id, served, int64(b.cfg.MaxMessageBytes+packetHeadroom), b.cfg.Conns.ConnectTimeout)
 		} else {
-			l = listeners.NewNet(s.id, ln)
+			l = listeners.NewNet(s.id, served)
 		}
 		if err := b.server.AddListener(l); err != nil {
 			return fmt.Errorf("adding MQTT listener %s: %w", s.id, err)
@@ -125,7 +216,8 @@ func (b *Broker) Start() error {
 	return nil
 }
 
-// Addr returns the bound address of a listener ("mqtt-tcp" or "mqtt-ws"),
+// Addr returns the bound address of a listener ("mqtt-tcp", "mqtt-ws",
+// "mqtt-tls" or "mqtt-wss"),
 // or "" when it is disabled.
 func (b *Broker) Addr(id string) string { return b.addrs[id] }
 
@@ -146,6 +238,7 @@ func (b *Broker) Close() error {
 		b.serving.Store(false)
 		b.ingest.draining.Store(true)
 		b.cancel()
+		_ = b.auth.Stop() // ends logins waiting out the failure throttle
 		b.disconnectAll(5 * time.Second)
 		err = b.server.Close()
 		b.ingest.wait()

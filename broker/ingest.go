@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,6 +41,11 @@ type ingest struct {
 	sessions  sync.Map // *mqtt.Client -> *session
 	writers   sync.WaitGroup
 	dropLog   rateLimiter
+
+	publishLimits PublishLimits
+	limiters      sync.Map // *mqtt.Client -> *publishLimiter; used on the client's read goroutine only
+	limited       *publishLimitMetrics
+	limitLog      rateLimiter
 }
 
 func newIngest(ctx context.Context, server *mqtt.Server, producer Producer, mapper *mapping.Mapper, log *slog.Logger, m *metrics) *ingest {
@@ -52,13 +58,25 @@ func newIngest(ctx context.Context, server *mqtt.Server, producer Producer, mapp
 		m:         m,
 		forwarder: server.NewClient(nil, "local", "tributary-ingest", true),
 		dropLog:   rateLimiter{every: 10 * time.Second},
+		limitLog:  rateLimiter{every: 10 * time.Second},
 	}
 }
 
 func (h *ingest) ID() string { return "tributary-ingest" }
 
 func (h *ingest) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnPublish, mqtt.OnSessionEstablished, mqtt.OnDisconnect}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnPublish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPacketRead}, []byte{b})
+}
+
+// OnPacketRead copies the topic of a publish that sets an MQTT 5 topic
+// alias: mochi stores the topic for the alias, and a topic still pointing
+// into the packet's buffer would keep the whole packet, payload and all,
+// alive for as long as the connection.
+func (h *ingest) OnPacketRead(_ *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type == packets.Publish && pk.Properties.TopicAlias > 0 && pk.TopicName != "" {
+		pk.TopicName = strings.Clone(pk.TopicName)
+	}
+	return pk, nil
 }
 
 func (h *ingest) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
@@ -67,6 +85,7 @@ func (h *ingest) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 
 func (h *ingest) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 	h.m.connections.WithLabelValues(cl.Net.Listener).Dec()
+	h.limiters.Delete(cl)
 	if v, ok := h.sessions.Load(cl); ok {
 		v.(*session).disconnect()
 	}
@@ -81,9 +100,19 @@ func (h *ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 	}
 	received := time.Now()
 	qos := pk.FixedHeader.Qos
+	if pk.TopicName == "" {
+		// An MQTT 5 alias the client never set resolves to no topic.
+		h.m.rejected.WithLabelValues("no_topic").Inc()
+		h.log.Info("disconnecting client: publish without a topic (unknown topic alias)", "client", cl.ID, "remote", cl.Net.Remote)
+		h.disconnect(cl, packets.ErrProtocolViolationNoTopic)
+		return pk, packets.ErrRejectPacket
+	}
 	lm := h.m.listener(cl.Net.Listener)
 	lm.received[qos&3].Inc()
 	lm.bytes.Add(float64(len(pk.Payload)))
+	if h.publishLimits != (PublishLimits{}) && !h.withinRate(cl, &pk, received) {
+		return pk, packets.ErrRejectPacket
+	}
 
 	res, err := h.mapper.Map("", pk.TopicName)
 	if err != nil {
@@ -134,6 +163,48 @@ func (h *ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 		e.Delivered(bridge.Delivery{Topic: rec.Topic, Err: err})
 	}
 	return pk, packets.ErrRejectPacket
+}
+
+// withinRate applies the client's publish rate limit. An MQTT 5 client
+// over it is disconnected with reason code 0x96 (message rate too high:
+// MQTT 5 has that code for DISCONNECT only, not for PUBACK), its publish
+// unacknowledged, so a QoS 1 or 2 publish is sent again after it
+// reconnects; withinRate then returns false. An MQTT 3 client has no such
+// code, so its publish is taken and its read goroutine, which this runs
+// on, waits until the client is back within its rate: it is read more
+// slowly.
+func (h *ingest) withinRate(cl *mqtt.Client, pk *packets.Packet, now time.Time) bool {
+	v, ok := h.limiters.Load(cl)
+	if !ok {
+		v, _ = h.limiters.LoadOrStore(cl, newPublishLimiter(h.publishLimits))
+	}
+	lim := v.(*publishLimiter)
+	if cl.Properties.ProtocolVersion == 5 {
+		if lim.allow(now, len(pk.Payload)) {
+			return true
+		}
+		h.limited.listener(cl.Net.Listener).Inc()
+		if h.limitLog.allow() {
+			h.log.Warn("disconnecting MQTT 5 client over its publish rate limit with 0x96 (logged at most every 10s)", "client", cl.ID, "remote", cl.Net.Remote)
+		}
+		h.disconnect(cl, packets.ErrMessageRateTooHigh)
+		return false
+	}
+	d := lim.delay(now, len(pk.Payload))
+	if d <= 0 {
+		return true
+	}
+	h.limited.listener(cl.Net.Listener).Inc()
+	if h.limitLog.allow() {
+		h.log.Warn("client over its publish rate limit: reading it more slowly (logged at most every 10s)", "client", cl.ID, "remote", cl.Net.Remote, "wait", d)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-h.ctx.Done():
+	}
+	return true
 }
 
 // refuse answers a publish the bridge will not take: MQTT 5 clients get a

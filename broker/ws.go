@@ -26,16 +26,20 @@ type wsListener struct {
 	establish listeners.EstablishFn
 	upgrader  websocket.Upgrader
 	readLimit int64
-	closed    atomic.Bool
+	// connectTimeout bounds the time from the upgrade to the CONNECT
+	// packet; mochi sets its keepalive deadline after that.
+	connectTimeout time.Duration
+	closed         atomic.Bool
 }
 
 var _ listeners.Listener = (*wsListener)(nil)
 
-func newWSListener(id string, ln net.Listener, maxMessageBytes int64) *wsListener {
+func newWSListener(id string, ln net.Listener, maxMessageBytes int64, connectTimeout time.Duration) *wsListener {
 	l := &wsListener{
-		id:        id,
-		ln:        ln,
-		readLimit: maxMessageBytes,
+		id:             id,
+		ln:             ln,
+		readLimit:      maxMessageBytes,
+		connectTimeout: connectTimeout,
 		upgrader: websocket.Upgrader{
 			Subprotocols: []string{"mqtt"},
 			// MQTT authenticates at the MQTT level; browsers on any page
@@ -54,7 +58,8 @@ func newWSListener(id string, ln net.Listener, maxMessageBytes int64) *wsListene
 		}
 		l.handle(w, r)
 	})
-	l.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	// Idle keep-alive connections that never upgrade are closed too.
+	l.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 10 * time.Second}
 	return l
 }
 
@@ -91,6 +96,9 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	defer c.Close()
 	c.SetReadLimit(l.readLimit)
+	if l.connectTimeout > 0 {
+		_ = c.SetReadDeadline(time.Now().Add(l.connectTimeout))
+	}
 	if err := l.establish(l.id, &wsConn{Conn: c.UnderlyingConn(), c: c}); err != nil && !errors.Is(err, io.EOF) {
 		l.log.Debug("MQTT WebSocket client ended", "error", err)
 	}
@@ -142,6 +150,10 @@ func (ws *wsConn) Write(p []byte) (int, error) {
 }
 
 func (ws *wsConn) Close() error { return ws.c.Close() }
+
+// NetConn returns the connection under the WebSocket (a *tls.Conn for
+// MQTT over secure WebSocket), for the client certificate.
+func (ws *wsConn) NetConn() net.Conn { return ws.Conn }
 
 // SetDeadline sets both deadlines. gorilla's write deadline is state of the
 // writer, so it is set under the same lock as writes.

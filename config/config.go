@@ -35,6 +35,12 @@ type Config struct {
 	Mapping MappingConfig `yaml:"mapping"`
 	// Log configures logging.
 	Log LogConfig `yaml:"log"`
+	// TLS is the server certificate of the TLS listeners. See TLSConfig.
+	TLS TLSConfig `yaml:"tls"`
+	// Auth configures authentication and ACLs. See AuthConfig.
+	Auth AuthConfig `yaml:"auth"`
+	// Limits bounds connections and publish rates. See LimitsConfig.
+	Limits LimitsConfig `yaml:"limits"`
 	// Upstreams are remote MQTT brokers whose feeds are produced into
 	// Kafka (YAML only). Default none. See UpstreamConfig.
 	Upstreams []UpstreamConfig `yaml:"upstreams"`
@@ -87,14 +93,34 @@ type MQTTConfig struct {
 	// WSAddr is the MQTT over WebSocket listener (paths /mqtt and /,
 	// subprotocol mqtt). Default ":8083"; empty disables it.
 	WSAddr string `yaml:"ws_addr"`
+	// TLSAddr is the MQTT over TLS listener (conventionally ":8883"); it
+	// needs tls.cert_file and tls.key_file. Default empty (disabled).
+	TLSAddr string `yaml:"tls_addr"`
+	// WSSAddr is the MQTT over secure WebSocket listener. Default empty
+	// (disabled).
+	WSSAddr string `yaml:"wss_addr"`
 }
 
 // HTTPConfig configures the HTTP server.
 type HTTPConfig struct {
 	// Addr serves /healthz, /readyz and /metrics. Default ":8080"; empty disables it.
 	Addr string `yaml:"addr"`
+	// TLSAddr serves the same over HTTPS (and the WebSocket API over WSS);
+	// it needs tls.cert_file and tls.key_file. Default empty (disabled).
+	TLSAddr string `yaml:"tls_addr"`
 	// Pprof serves Go's profiler under /debug/pprof/ on Addr. Default false.
 	Pprof bool `yaml:"pprof"`
+	// ReadHeaderTimeout is how long a client may take to send its request
+	// headers. Default 10s.
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
+	// ReadTimeout is how long a client may take to send a whole request.
+	// Upgraded WebSocket connections are exempt. Default 30s.
+	ReadTimeout time.Duration `yaml:"read_timeout"`
+	// WriteTimeout bounds writing a response; 0 is none. Upgraded
+	// WebSocket connections are exempt. Default 60s.
+	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// IdleTimeout closes keep-alive connections idle this long. Default 120s.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
 }
 
 // WebSocketConfig configures the JSON WebSocket API (/socket/in,
@@ -158,7 +184,14 @@ func Default() Config {
 			AckLinger:              time.Millisecond,
 		},
 		MQTT: MQTTConfig{Addr: ":1883", WSAddr: ":8083"},
-		HTTP: HTTPConfig{Addr: ":8080"},
+		HTTP: HTTPConfig{
+			Addr:              ":8080",
+			ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout:       30 * time.Second,
+			WriteTimeout:      60 * time.Second,
+			IdleTimeout:       120 * time.Second,
+		},
+		TLS: TLSConfig{ReloadInterval: 10 * time.Second},
 		WebSocket: WebSocketConfig{
 			Enabled:        true,
 			MaxFrameBytes:  4 << 20,
@@ -245,6 +278,9 @@ func (c *Config) Validate() error {
 		{"mqtt.addr (--mqtt-addr)", c.MQTT.Addr},
 		{"mqtt.ws_addr (--mqtt-ws-addr)", c.MQTT.WSAddr},
 		{"http.addr (--http-addr)", c.HTTP.Addr},
+		{"mqtt.tls_addr (--mqtt-tls-addr)", c.MQTT.TLSAddr},
+		{"mqtt.wss_addr (--mqtt-wss-addr)", c.MQTT.WSSAddr},
+		{"http.tls_addr (--http-tls-addr)", c.HTTP.TLSAddr},
 	} {
 		if l.addr == "" {
 			continue
@@ -316,6 +352,7 @@ func (c *Config) Validate() error {
 			add("%v", e)
 		}
 	}
+	c.validateSecurity(add)
 	problems = append(problems, c.WebSocket.validate()...)
 	problems = append(problems, validateUpstreams(c.Upstreams)...)
 	if len(problems) > 0 {

@@ -237,3 +237,40 @@ func TestReadmeDocumentsEverySetting(t *testing.T) {
 		}
 	}
 }
+
+func TestKafkaPropertySecretsFromFileAndEnv(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	if err := os.WriteFile(pw, []byte("from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	yml := filepath.Join(dir, "c.yaml")
+	body := "kafka:\n  bootstrap: k:9092\n  properties:\n    sasl.password: ${file:" + pw + "}\n    sasl.username: ${env:KUSER}\n    linger.ms: \"5\"\n"
+	if err := os.WriteFile(yml, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"KUSER": "alice"}
+	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	cfg, _, err := Load(Options{Args: []string{"--config", yml}, LookupEnv: lookup})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := cfg.Kafka.Properties; p["sasl.password"] != "from-file" || p["sasl.username"] != "alice" || p["linger.ms"] != "5" {
+		t.Fatalf("properties %v", p)
+	}
+
+	body = "kafka:\n  bootstrap: k:9092\n  properties:\n    sasl.password: ${file:" + filepath.Join(dir, "missing") + "}\n    sasl.username: ${env:NOPE}\n    ssl.key.password: ${vault:x}\n"
+	if err := os.WriteFile(yml, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = Load(Options{Args: []string{"--config", yml}, LookupEnv: lookup})
+	var ce *Error
+	if !errors.As(err, &ce) || len(ce.Problems) != 3 {
+		t.Fatalf("want three problems, got %v", err)
+	}
+	for _, want := range []string{"sasl.password", "ssl.key.password", "sasl.username"} {
+		if !strings.Contains(err.Error(), "kafka.properties."+want) {
+			t.Errorf("no problem names %s: %v", want, err)
+		}
+	}
+}

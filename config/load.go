@@ -26,7 +26,7 @@ type Setting struct {
 
 // Settings lists every setting in the order they are documented.
 func Settings() []Setting {
-	return []Setting{
+	return append([]Setting{
 		str("kafka-bootstrap", "kafka.bootstrap", "Kafka bootstrap servers (host:port,...); empty starts the embedded evaluation Kafka",
 			func(c *Config) *string { return &c.Kafka.Bootstrap }),
 		str("embedded-kafka-addr", "kafka.embedded_addr", "listen address of the embedded Kafka",
@@ -124,7 +124,7 @@ func Settings() []Setting {
 			func(c *Config) *int { return &c.WebSocket.SendQueue }),
 		duration("websocket-session-timeout", "websocket.session_timeout", "Kafka consumer group session timeout of /socket/out sockets",
 			func(c *Config) *time.Duration { return &c.WebSocket.SessionTimeout }),
-	}
+	}, securitySettings()...)
 }
 
 // Default returns the setting's default value as text.
@@ -260,6 +260,7 @@ func Load(opts Options) (Config, []string, error) {
 			problems = append(problems, fmt.Sprintf("%s (--%s) %q: %v", s.Key, s.Flag, values[i], cleanParseErr(err)))
 		}
 	}
+	problems = append(problems, expandSecrets(&cfg, opts.LookupEnv)...)
 	if len(problems) > 0 {
 		return Config{}, nil, &Error{Problems: problems}
 	}

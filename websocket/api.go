@@ -2,6 +2,7 @@ package websocket
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -41,6 +42,8 @@ type APIConfig struct {
 	// bootstrap, properties and session timeout.
 	Consumer   bridge.ConsumerConfig
 	Registerer prometheus.Registerer
+	// Auth applies the per-user Kafka topic ACLs; nil allows every topic.
+	Auth *Authenticator
 }
 
 // API serves the JSON WebSocket API, wire-compatible with
@@ -93,19 +96,22 @@ func NewAPI(cfg APIConfig, producer *bridge.Producer, log *slog.Logger) *API {
 		all:      map[*session]struct{}{},
 	}
 	a.upgrader = websocket.Upgrader{
-		HandshakeTimeout:  10 * time.Second,
-		ReadBufferSize:    64 << 10,
-		WriteBufferSize:   64 << 10,
-		CheckOrigin:       a.checkOrigin,
+		HandshakeTimeout: 10 * time.Second,
+		ReadBufferSize:   64 << 10,
+		WriteBufferSize:  64 << 10,
+		CheckOrigin:      a.checkOrigin,
+		// Browsers pass a token as "bearer.<token>" beside this one,
+		// which is the one selected, so the token is never echoed.
+		Subprotocols:      []string{TokenSubprotocol},
 		EnableCompression: false,
 	}
 	return a
 }
 
-func (a *API) routes(mux *http.ServeMux) {
-	mux.HandleFunc("GET /socket/in", a.serveProduce)
-	mux.HandleFunc("GET /socket/out", a.serveConsume)
-	mux.HandleFunc("GET /kafka/cluster/info", a.clusterInfo)
+func (a *API) routes(mux *http.ServeMux, guard func(http.Handler) http.Handler) {
+	mux.Handle("GET /socket/in", guard(http.HandlerFunc(a.serveProduce)))
+	mux.Handle("GET /socket/out", guard(http.HandlerFunc(a.serveConsume)))
+	mux.Handle("GET /kafka/cluster/info", guard(http.HandlerFunc(a.clusterInfo)))
 }
 
 func (a *API) clusterInfo(w http.ResponseWriter, r *http.Request) {
@@ -222,11 +228,21 @@ func (a *API) Close(ctx context.Context) {
 	}
 }
 
+// readEnded records why a socket's read loop ended, when that was the
+// client's fault.
+func (a *API) readEnded(err error, r *http.Request) {
+	if errors.Is(err, websocket.ErrReadLimit) {
+		a.metrics.tooLarge.Inc()
+		a.log.Info("WebSocket API socket closed: frame larger than websocket.max_frame_bytes", "remote", r.RemoteAddr, "path", r.URL.Path, "limit", a.cfg.MaxFrameBytes)
+	}
+}
+
 type apiMetrics struct {
 	connections *prometheus.GaugeVec
 	frames      *prometheus.CounterVec
 	errors      *prometheus.CounterVec
 	pauses      prometheus.Counter
+	tooLarge    prometheus.Counter
 }
 
 func newAPIMetrics(reg prometheus.Registerer) *apiMetrics {
@@ -247,7 +263,11 @@ func newAPIMetrics(reg prometheus.Registerer) *apiMetrics {
 			Namespace: "tributary", Subsystem: "websocket", Name: "consumer_pauses_total",
 			Help: "Times a /socket/out socket's partitions were paused because its send queue was full.",
 		}),
+		tooLarge: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "tributary", Subsystem: "websocket", Name: "frames_too_large_total",
+			Help: "Sockets closed (1009) for sending a frame larger than websocket.max_frame_bytes.",
+		}),
 	}
-	reg.MustRegister(m.connections, m.frames, m.errors, m.pauses)
+	reg.MustRegister(m.connections, m.frames, m.errors, m.pauses, m.tooLarge)
 	return m
 }

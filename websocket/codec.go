@@ -19,6 +19,8 @@ import (
 // where one fits.
 const (
 	CodeBadRequest     = 40000 // bad query parameters (sent before closing the socket)
+	CodeUnauthorized   = 40101 // missing or wrong credentials (HTTP 401 before the upgrade)
+	CodeForbidden      = 40301 // the user may not produce to or consume from the topic
 	CodeUnknownTopic   = 40401 // the Kafka topic does not exist
 	CodeUnknownMessage = 40402 // a commit named a record this socket does not own or already committed
 	CodeInvalidPayload = 42205 // malformed JSON, a wrong format, a value that does not fit its format

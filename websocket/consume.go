@@ -150,6 +150,15 @@ func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	for _, t := range topics {
+		if !a.cfg.Auth.canConsume(r.Context(), t) {
+			a.cfg.Auth.m.denied.WithLabelValues("consume").Inc()
+			msg := "not authorized to consume topic " + strconv.Quote(t)
+			a.log.Info("WebSocket consume socket refused by the ACLs", "user", userOf(r.Context()).user, "topic", t, "remote", r.RemoteAddr)
+			refuse(ws, consumeError{Error: errorBody{Code: CodeForbidden, Message: msg}}, msg)
+			return
+		}
+	}
+	for _, t := range topics {
 		if err := a.producer.LookupTopic(r.Context(), t); err != nil {
 			code := CodeKafka
 			if errors.Is(err, bridge.ErrUnknownTopic) {
@@ -209,6 +218,7 @@ func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
 	go c.writer()
 	err = c.read()
 	if !c.closing.Load() {
+		a.readEnded(err, r)
 		c.requestClose(closeCodeFor(err), "")
 	}
 	// Stop writing first: with autoCommit=true, what Close commits is

@@ -83,6 +83,13 @@ func (a *API) serveProduce(w http.ResponseWriter, r *http.Request) {
 		refuse(ws, produceError{Error: errorBody{Code: CodeBadRequest, Message: msg}}, msg)
 		return
 	}
+	if !a.cfg.Auth.canProduce(r.Context(), topic) {
+		a.cfg.Auth.m.denied.WithLabelValues("produce").Inc()
+		msg := "not authorized to produce to topic " + strconv.Quote(topic)
+		a.log.Info("WebSocket produce socket refused by the ACLs", "user", userOf(r.Context()).user, "topic", topic, "remote", r.RemoteAddr)
+		refuse(ws, produceError{Error: errorBody{Code: CodeForbidden, Message: msg}}, msg)
+		return
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	c := &produceConn{
@@ -120,6 +127,7 @@ func (a *API) serveProduce(w http.ResponseWriter, r *http.Request) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	} else {
+		a.readEnded(err, r)
 		c.requestClose(closeCodeFor(err), "")
 	}
 	c.stopWriter()

@@ -5,6 +5,7 @@ package websocket
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,51 +28,75 @@ type Check struct {
 
 // Config configures the HTTP server.
 type Config struct {
-	Addr     string
-	Pprof    bool // serve net/http/pprof under /debug/pprof/
-	Gatherer prometheus.Gatherer
-	Ready    []Check
+	Addr string
+	// TLSAddr serves the same routes over HTTPS; TLSConfig is required
+	// with it.
+	TLSAddr   string
+	TLSConfig func() *tls.Config
+	// Auth, when enabled, guards the API, pprof and (if configured)
+	// /metrics; /healthz and /readyz stay open.
+	Auth *Authenticator
+	// Timeouts of the HTTP server; zero takes the default in brackets:
+	// ReadHeaderTimeout (10s), ReadTimeout (30s), WriteTimeout (60s),
+	// IdleTimeout (120s). Upgraded WebSocket connections are exempt from
+	// the read and write timeouts.
+	ReadHeaderTimeout, ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+	Pprof                                                     bool // serve net/http/pprof under /debug/pprof/
+	Gatherer                                                  prometheus.Gatherer
+	Ready                                                     []Check
 	// API, when set, serves the JSON WebSocket API on the same server.
 	API *API
 }
 
 // Server is the HTTP server.
 type Server struct {
-	cfg  Config
-	log  *slog.Logger
-	srv  *http.Server
-	ln   net.Listener
-	done chan struct{}
-	once sync.Once
+	cfg   Config
+	log   *slog.Logger
+	srv   *http.Server
+	ln    net.Listener
+	tlsLn net.Listener
+	wg    sync.WaitGroup
+	once  sync.Once
 }
 
 // New builds the server; Start binds it.
 func New(cfg Config, log *slog.Logger) *Server {
-	s := &Server{cfg: cfg, log: log, done: make(chan struct{})}
+	s := &Server{cfg: cfg, log: log}
 	mux := http.NewServeMux()
+	guard := cfg.Auth.wrap
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", s.ready)
 	if cfg.Pprof {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		mux.Handle("/debug/pprof/", guard(http.HandlerFunc(pprof.Index)))
+		mux.Handle("/debug/pprof/cmdline", guard(http.HandlerFunc(pprof.Cmdline)))
+		mux.Handle("/debug/pprof/profile", guard(http.HandlerFunc(pprof.Profile)))
+		mux.Handle("/debug/pprof/symbol", guard(http.HandlerFunc(pprof.Symbol)))
+		mux.Handle("/debug/pprof/trace", guard(http.HandlerFunc(pprof.Trace)))
 	}
 	if cfg.Gatherer != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
+		var h http.Handler = promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})
+		if cfg.Auth != nil && cfg.Auth.cfg.Metrics {
+			h = guard(h)
+		}
+		mux.Handle("GET /metrics", h)
 	}
 	if cfg.API != nil {
-		cfg.API.routes(mux)
+		cfg.API.routes(mux, guard)
+	}
+	orDefault := func(d, def time.Duration) time.Duration {
+		if d == 0 {
+			return def
+		}
+		return d
 	}
 	s.srv = &http.Server{
 		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       120 * time.Second,
+		ReadHeaderTimeout: orDefault(cfg.ReadHeaderTimeout, 10*time.Second),
+		ReadTimeout:       orDefault(cfg.ReadTimeout, 30*time.Second),
+		WriteTimeout:      orDefault(cfg.WriteTimeout, 60*time.Second),
+		IdleTimeout:       orDefault(cfg.IdleTimeout, 120*time.Second),
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	return s
@@ -97,24 +122,56 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// Start binds the address and serves in the background.
+// Start binds the addresses and serves in the background.
 func (s *Server) Start() error {
-	ln, err := net.Listen("tcp", s.cfg.Addr)
-	if err != nil {
-		return fmt.Errorf("starting HTTP server on %s: %w", s.cfg.Addr, err)
-	}
-	s.ln = ln
-	s.log.Info("HTTP server started", "addr", ln.Addr().String())
-	go func() {
-		defer close(s.done)
-		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.log.Error("HTTP server stopped", "error", err)
+	if s.cfg.Addr != "" {
+		ln, err := net.Listen("tcp", s.cfg.Addr)
+		if err != nil {
+			return fmt.Errorf("starting HTTP server on %s: %w", s.cfg.Addr, err)
 		}
-	}()
+		s.ln = ln
+	}
+	if s.cfg.TLSAddr != "" {
+		if s.cfg.TLSConfig == nil {
+			s.closeListeners()
+			return fmt.Errorf("starting HTTPS server on %s: no TLS certificate configured", s.cfg.TLSAddr)
+		}
+		ln, err := net.Listen("tcp", s.cfg.TLSAddr)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("starting HTTPS server on %s: %w", s.cfg.TLSAddr, err)
+		}
+		tc := s.cfg.TLSConfig()
+		// HTTP/1.1 only: WebSocket upgrades need it.
+		tc.NextProtos = []string{"http/1.1"}
+		s.tlsLn = tls.NewListener(ln, tc)
+	}
+	for _, ln := range []net.Listener{s.ln, s.tlsLn} {
+		if ln == nil {
+			continue
+		}
+		s.log.Info("HTTP server started", "addr", ln.Addr().String(), "tls", ln == s.tlsLn)
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("HTTP server stopped", "addr", ln.Addr().String(), "error", err)
+			}
+		}()
+	}
 	return nil
 }
 
-// Addr returns the bound address.
+func (s *Server) closeListeners() {
+	for _, ln := range []net.Listener{s.ln, s.tlsLn} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+	s.ln, s.tlsLn = nil, nil
+}
+
+// Addr returns the bound plain HTTP address, or "".
 func (s *Server) Addr() string {
 	if s.ln == nil {
 		return ""
@@ -122,11 +179,19 @@ func (s *Server) Addr() string {
 	return s.ln.Addr().String()
 }
 
+// TLSAddr returns the bound HTTPS address, or "".
+func (s *Server) TLSAddr() string {
+	if s.tlsLn == nil {
+		return ""
+	}
+	return s.tlsLn.Addr().String()
+}
+
 // Close shuts the server down, waiting for requests under ctx. Idempotent.
 func (s *Server) Close(ctx context.Context) error {
 	var err error
 	s.once.Do(func() {
-		if s.ln == nil {
+		if s.ln == nil && s.tlsLn == nil {
 			return
 		}
 		err = s.srv.Shutdown(ctx)
@@ -134,7 +199,7 @@ func (s *Server) Close(ctx context.Context) error {
 		if s.cfg.API != nil {
 			s.cfg.API.Close(ctx)
 		}
-		<-s.done
+		s.wg.Wait()
 	})
 	return err
 }

@@ -2,17 +2,24 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"os/signal"
 	"sync"
+	"syscall"
 	"time"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/tributary-io/tributary/auth"
 	"github.com/tributary-io/tributary/bridge"
 	"github.com/tributary-io/tributary/broker"
+	"github.com/tributary-io/tributary/certs"
 	"github.com/tributary-io/tributary/config"
 	"github.com/tributary-io/tributary/websocket"
 )
@@ -29,12 +36,21 @@ type daemon struct {
 	http      *websocket.Server
 	wsAPI     *websocket.API
 	registry  *prometheus.Registry
+	tls       *certs.Store // nil without a server certificate
+	users     *auth.Users  // nil without a users file
+	tokens    *auth.Tokens // nil without a tokens file
+	throttle  *auth.Throttle
 	stopOnce  sync.Once
+
+	bg       sync.WaitGroup // background goroutines (certificate watcher)
+	bgCancel context.CancelFunc
 }
 
 // start builds and starts every part. On error, whatever started is stopped.
 func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 	d := &daemon{log: log, cfg: cfg, registry: prometheus.NewRegistry()}
+	bgCtx, bgCancel := context.WithCancel(context.Background())
+	d.bgCancel = bgCancel
 	defer func() {
 		if err != nil {
 			d.stop()
@@ -43,6 +59,12 @@ func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 	d.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mapper, err := cfg.Mapper()
 	if err != nil {
+		return nil, err
+	}
+	if err := d.startTLS(bgCtx); err != nil {
+		return nil, err
+	}
+	if err := d.loadAuth(); err != nil {
 		return nil, err
 	}
 
@@ -89,10 +111,28 @@ func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 	wg.Wait()
 	cancel()
 
-	if cfg.MQTT.Addr != "" || cfg.MQTT.WSAddr != "" {
+	if cfg.MQTT.Addr != "" || cfg.MQTT.WSAddr != "" || cfg.MQTT.TLSAddr != "" || cfg.MQTT.WSSAddr != "" {
 		d.broker, err = broker.New(broker.Config{
-			Addr:            cfg.MQTT.Addr,
-			WSAddr:          cfg.MQTT.WSAddr,
+			Addr:      cfg.MQTT.Addr,
+			WSAddr:    cfg.MQTT.WSAddr,
+			TLSAddr:   cfg.MQTT.TLSAddr,
+			WSSAddr:   cfg.MQTT.WSSAddr,
+			TLSConfig: d.tlsConfig(),
+			Auth: broker.AuthConfig{
+				Users:        d.users,
+				Throttle:     d.throttle,
+				CertUsername: d.certUsername(),
+			},
+			Conns: broker.ConnLimits{
+				MaxConns:       cfg.Limits.MaxConnections,
+				MaxConnsPerIP:  cfg.Limits.MaxConnectionsPerIP,
+				RatePerIP:      cfg.Limits.ConnectionRatePerIP,
+				ConnectTimeout: 10 * time.Second,
+			},
+			Publish: broker.PublishLimits{
+				MessagesPerSecond: cfg.Limits.PublishRate,
+				BytesPerSecond:    cfg.Limits.PublishBytesRate,
+			},
 			MaxMessageBytes: cfg.Kafka.MaxMessageBytes,
 			Registerer:      d.registry,
 		}, d.producer, mapper, log)
@@ -113,7 +153,13 @@ func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 		d.upstreams.Start()
 	}
 
-	if cfg.HTTP.Addr != "" {
+	if cfg.HTTP.Addr != "" || cfg.HTTP.TLSAddr != "" {
+		httpAuth := websocket.NewAuthenticator(websocket.AuthConfig{
+			Users:    d.users,
+			Tokens:   d.tokens,
+			Metrics:  cfg.Auth.MetricsAuth,
+			Throttle: d.throttle,
+		}, d.registry, log.With("component", "http-auth"))
 		if cfg.WebSocket.Enabled {
 			d.wsAPI = websocket.NewAPI(websocket.APIConfig{
 				AllowedOrigins: cfg.WebSocket.AllowedOrigins,
@@ -128,13 +174,21 @@ func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 					SessionTimeout: cfg.WebSocket.SessionTimeout,
 				},
 				Registerer: d.registry,
+				Auth:       httpAuth,
 			}, d.producer, log.With("component", "websocket"))
 		}
 		d.http = websocket.New(websocket.Config{
-			Addr:     cfg.HTTP.Addr,
-			Pprof:    cfg.HTTP.Pprof,
-			Gatherer: d.registry,
-			API:      d.wsAPI,
+			Addr:              cfg.HTTP.Addr,
+			TLSAddr:           cfg.HTTP.TLSAddr,
+			TLSConfig:         d.tlsConfig(),
+			Auth:              httpAuth,
+			ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout,
+			ReadTimeout:       cfg.HTTP.ReadTimeout,
+			WriteTimeout:      cfg.HTTP.WriteTimeout,
+			IdleTimeout:       cfg.HTTP.IdleTimeout,
+			Pprof:             cfg.HTTP.Pprof,
+			Gatherer:          d.registry,
+			API:               d.wsAPI,
 			Ready: []websocket.Check{
 				{Name: "kafka", Fn: func() error {
 					if !d.producer.Ready() {
@@ -208,6 +262,102 @@ func (d *daemon) shutdown() {
 	if d.embedded != nil {
 		d.embedded.Close()
 	}
+	d.bgCancel()
+	d.bg.Wait()
+}
+
+// startTLS loads the server certificate, if one is configured, watches
+// its files and exports its state as metrics.
+func (d *daemon) startTLS(ctx context.Context) error {
+	t := d.cfg.TLS
+	if !t.Enabled() {
+		return nil
+	}
+	store, err := certs.New(certs.Config{
+		CertFile:     t.CertFile,
+		KeyFile:      t.KeyFile,
+		ClientCAFile: t.ClientCAFile,
+		ClientAuth:   t.ClientAuth,
+	}, d.log.With("component", "tls"))
+	if err != nil {
+		return fmt.Errorf("loading the TLS certificate: %w", err)
+	}
+	d.tls = store
+	d.registry.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "tributary", Name: "tls_reloads_total",
+			Help:        "Successful reloads of the TLS certificate files.",
+			ConstLabels: prometheus.Labels{"result": "ok"},
+		}, func() float64 { ok, _ := store.Reloads(); return float64(ok) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "tributary", Name: "tls_reloads_total",
+			Help:        "Successful reloads of the TLS certificate files.",
+			ConstLabels: prometheus.Labels{"result": "failed"},
+		}, func() float64 { _, failed := store.Reloads(); return float64(failed) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "tributary", Name: "tls_certificate_expiry_timestamp_seconds",
+			Help: "When the server certificate in use expires (Unix time).",
+		}, func() float64 { return float64(store.NotAfter().Unix()) }),
+	)
+	d.log.Info("TLS certificate loaded", "subject", store.Subject(), "not_after", store.NotAfter(), "client_auth", t.ClientAuth)
+	if t.ReloadInterval > 0 {
+		d.bg.Add(1)
+		go func() {
+			defer d.bg.Done()
+			store.Watch(ctx, t.ReloadInterval)
+		}()
+	}
+	return nil
+}
+
+// loadAuth reads the users and tokens files.
+func (d *daemon) loadAuth() error {
+	var err error
+	if f := d.cfg.Auth.UsersFile; f != "" {
+		if d.users, err = auth.LoadUsers(f); err != nil {
+			return fmt.Errorf("loading auth.users_file: %w", err)
+		}
+	}
+	if f := d.cfg.Auth.TokensFile; f != "" {
+		if d.tokens, err = auth.LoadTokens(f); err != nil {
+			return fmt.Errorf("loading auth.tokens_file: %w", err)
+		}
+	}
+	if d.users != nil || d.tokens != nil {
+		d.throttle = auth.NewThrottle(auth.ThrottleConfig{})
+	}
+	return nil
+}
+
+// certUsername returns how MQTT clients' certificates name them, or nil
+// when client certificates are not verified.
+func (d *daemon) certUsername() func(*mqtt.Client) (string, bool) {
+	if d.tls == nil || d.cfg.TLS.ClientCAFile == "" {
+		return nil
+	}
+	from := d.cfg.TLS.ClientCertUsername
+	if from == "" {
+		from = certs.UsernameFromCN
+	}
+	return broker.ClientCertUsername(from)
+}
+
+// tlsConfig returns what the listeners call for their TLS configuration,
+// or nil without a certificate.
+func (d *daemon) tlsConfig() func() *tls.Config {
+	if d.tls == nil {
+		return nil
+	}
+	return d.tls.TLSConfig
+}
+
+// reload re-reads what can change without a restart (SIGHUP): the TLS
+// certificate files. A broken file keeps the old material and is logged.
+func (d *daemon) reload() {
+	d.log.Info("reloading on SIGHUP")
+	if d.tls != nil {
+		_ = d.tls.Reload() // logs its own failure
+	}
 }
 
 // run starts the daemon and serves until ctx ends.
@@ -217,7 +367,16 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return fmt.Errorf("starting: %w", err)
 	}
 	log.Info("tributary running", "version", version)
-	<-ctx.Done()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for ctx.Err() == nil {
+		select {
+		case <-hup:
+			d.reload()
+		case <-ctx.Done():
+		}
+	}
 	log.Info("shutting down")
 	d.stop()
 	log.Info("stopped")

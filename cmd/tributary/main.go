@@ -21,7 +21,7 @@ var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := realMain(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	code := realMain(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }
@@ -33,13 +33,16 @@ commands:
   check-config           validate the configuration and exit
   mapping explain TOPIC  show which mapping rule a topic matches, its Kafka topic and key
   version                print the version
+  certs dev --out DIR    write a development CA, server and client certificates
+  passwd                 read a password from stdin and print its bcrypt hash (for --users-file)
+  token                  print a new random API token and the hash to put in --tokens-file
 
 Run 'tributary -h' for the flags; each also has a TRIBUTARY_* environment form and a YAML key.
 `
 
 // realMain runs a command and returns the exit code: 0 ok, 1 failure,
 // 2 bad configuration or usage.
-func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+func realMain(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	cmd := ""
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
@@ -51,6 +54,12 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return 0
+	case "certs":
+		return certsCommand(args, stdout, stderr)
+	case "passwd":
+		return passwdCommand(args, stdin, stdout, stderr)
+	case "token":
+		return tokenCommand(args, stdout, stderr)
 	case "", "check-config", "mapping":
 	default:
 		fmt.Fprintf(stderr, "tributary: unknown command %q\n%s", cmd, usage)

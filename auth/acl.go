@@ -1,0 +1,253 @@
+package auth
+
+import (
+	"fmt"
+	"strings"
+)
+
+// problem is a rule's problem: the key it is about and what is wrong.
+type problem struct{ key, msg string }
+
+// mqttRule grants publish and/or subscribe on an MQTT topic filter.
+type mqttRule struct {
+	levels     []level
+	pub, sub   bool
+	usesUser   bool
+	usesClient bool
+}
+
+// level is one level of a rule's filter: a wildcard, or a sequence of
+// literal text and %u/%c placeholders (none at all for an empty level).
+type level struct {
+	wild  byte // '+', '#', or 0
+	parts []part
+}
+
+type part struct {
+	kind byte // 0 literal, 'u' username, 'c' client id
+	lit  string
+}
+
+const maxTopicBytes = 65535 // an MQTT string's limit
+
+func compileMQTTRule(topic, access string) (*mqttRule, []problem) {
+	r := &mqttRule{}
+	var probs []problem
+	switch access {
+	case "publish":
+		r.pub = true
+	case "subscribe":
+		r.sub = true
+	case "all":
+		r.pub, r.sub = true, true
+	case "":
+		probs = append(probs, problem{"access", "access is required: publish, subscribe or all"})
+	default:
+		probs = append(probs, problem{"access", fmt.Sprintf("%q is not publish, subscribe or all", access)})
+	}
+	if msg := r.compile(topic); msg != "" {
+		probs = append(probs, problem{"topic", msg})
+	}
+	return r, probs
+}
+
+func (r *mqttRule) compile(topic string) string {
+	switch {
+	case topic == "":
+		return "a topic filter is required"
+	case len(topic) > maxTopicBytes:
+		return "the topic filter is longer than 65535 bytes"
+	case strings.ContainsRune(topic, 0):
+		return "the topic filter contains a NUL character"
+	}
+	segs := strings.Split(topic, "/")
+	if len(segs) > 1 && strings.EqualFold(segs[0], "$share") {
+		return fmt.Sprintf("%q names a share group: write the filter the group subscribes to; $share/<group>/<filter> is checked against <filter>", topic)
+	}
+	for i, s := range segs {
+		switch {
+		case s == "#" && i == len(segs)-1:
+			r.levels = append(r.levels, level{wild: '#'})
+			continue
+		case s == "+":
+			r.levels = append(r.levels, level{wild: '+'})
+			continue
+		case strings.Contains(s, "#"):
+			return fmt.Sprintf("%q is not a valid MQTT topic filter: '#' must be a whole level and the last one", topic)
+		case strings.Contains(s, "+"):
+			return fmt.Sprintf("%q is not a valid MQTT topic filter: '+' must be a whole level", topic)
+		}
+		var lv level
+		for s != "" {
+			i := strings.Index(s, "%")
+			if i < 0 || i+1 == len(s) {
+				lv.parts = append(lv.parts, part{lit: s})
+				break
+			}
+			switch s[i+1] {
+			case 'u', 'c':
+				if i > 0 {
+					lv.parts = append(lv.parts, part{lit: s[:i]})
+				}
+				lv.parts = append(lv.parts, part{kind: s[i+1]})
+				if s[i+1] == 'u' {
+					r.usesUser = true
+				} else {
+					r.usesClient = true
+				}
+				s = s[i+2:]
+			default: // a literal '%'
+				lv.parts = append(lv.parts, part{lit: s[:i+1]})
+				s = s[i+1:]
+			}
+		}
+		r.levels = append(r.levels, lv)
+	}
+	return ""
+}
+
+// substitutable reports whether a username or client id may stand for %u
+// or %c: an empty one, or one with a wildcard or level separator (or a
+// Kafka glob star), would widen or shift what the rule grants.
+func substitutable(s string) bool {
+	return s != "" && !strings.ContainsAny(s, "+#/*")
+}
+
+// covers reports whether every topic that filter matches is matched by the
+// rule's filter. A topic name is a filter that matches only itself.
+// Wildcards in the first level of a rule do not match topics starting with
+// '$', as in MQTT.
+func (r *mqttRule) covers(filter, username, clientID string) bool {
+	if r.usesUser && !substitutable(username) || r.usesClient && !substitutable(clientID) {
+		return false
+	}
+	rest, more := filter, true
+	for i, lv := range r.levels {
+		if lv.wild == '#' {
+			return i > 0 || !strings.HasPrefix(filter, "$")
+		}
+		if !more {
+			return false
+		}
+		var seg string
+		seg, rest, more = strings.Cut(rest, "/")
+		switch {
+		case seg == "#":
+			// Only +/# covers #: both match every topic not starting
+			// with '$'. Deeper, a/+/# does not cover a/#, which also
+			// matches a.
+			return i == 0 && lv.wild == '+' && len(r.levels) == 2 && r.levels[1].wild == '#'
+		case lv.wild == '+':
+			if i == 0 && strings.HasPrefix(seg, "$") {
+				return false
+			}
+		case !lv.match(seg, username, clientID):
+			return false
+		}
+	}
+	return !more
+}
+
+func (lv *level) match(seg, username, clientID string) bool {
+	for _, p := range lv.parts {
+		s := p.lit
+		switch p.kind {
+		case 'u':
+			s = username
+		case 'c':
+			s = clientID
+		}
+		if !strings.HasPrefix(seg, s) {
+			return false
+		}
+		seg = seg[len(s):]
+	}
+	return seg == ""
+}
+
+// unshare returns the filter of a shared subscription ($share/group/filter),
+// or filter itself.
+func unshare(filter string) string {
+	if len(filter) > 7 && strings.EqualFold(filter[:7], "$share/") {
+		if _, f, ok := strings.Cut(filter[7:], "/"); ok {
+			return f
+		}
+	}
+	return filter
+}
+
+// kafkaRule grants produce and/or consume on Kafka topics matching a glob.
+type kafkaRule struct {
+	pattern          string
+	usesUser         bool
+	produce, consume bool
+}
+
+const maxKafkaTopic = 249
+
+func compileKafkaRule(topic, access string) (*kafkaRule, []problem) {
+	r := &kafkaRule{pattern: topic, usesUser: strings.Contains(topic, "%u")}
+	var probs []problem
+	switch access {
+	case "produce":
+		r.produce = true
+	case "consume":
+		r.consume = true
+	case "all":
+		r.produce, r.consume = true, true
+	case "":
+		probs = append(probs, problem{"access", "access is required: produce, consume or all"})
+	default:
+		probs = append(probs, problem{"access", fmt.Sprintf("%q is not produce, consume or all", access)})
+	}
+	plain := strings.ReplaceAll(topic, "%u", "")
+	switch {
+	case topic == "":
+		probs = append(probs, problem{"topic", "a Kafka topic name or pattern is required"})
+	case len(topic) > maxKafkaTopic:
+		probs = append(probs, problem{"topic", "longer than Kafka's 249-character topic name limit"})
+	case strings.ContainsFunc(plain, notKafkaPattern):
+		probs = append(probs, problem{"topic", fmt.Sprintf("%q: a Kafka topic has only letters, digits, '.', '_' and '-'; '*' matches any run of them and %%u is the username", topic)})
+	}
+	return r, probs
+}
+
+func notKafkaPattern(c rune) bool {
+	return !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.ContainsRune("._-*", c))
+}
+
+func (r *kafkaRule) matches(topic, username string) bool {
+	p := r.pattern
+	if r.usesUser {
+		if !substitutable(username) {
+			return false
+		}
+		p = strings.ReplaceAll(p, "%u", username)
+	}
+	return glob(p, topic)
+}
+
+// glob matches s against pattern, where '*' matches any run of bytes.
+func glob(pattern, s string) bool {
+	px, sx := 0, 0
+	star, next := -1, 0
+	for sx < len(s) {
+		switch {
+		case px < len(pattern) && pattern[px] == '*':
+			star, next = px, sx
+			px++
+		case px < len(pattern) && pattern[px] == s[sx]:
+			px++
+			sx++
+		case star >= 0:
+			next++
+			px, sx = star+1, next
+		default:
+			return false
+		}
+	}
+	for px < len(pattern) && pattern[px] == '*' {
+		px++
+	}
+	return px == len(pattern)
+}

@@ -1,0 +1,265 @@
+package broker
+
+import (
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tributary-io/tributary/auth"
+)
+
+// AuthConfig configures who may connect to the MQTT broker and what they
+// may publish and subscribe to.
+type AuthConfig struct {
+	// Users is the loaded users file; nil lets every client connect and
+	// publish or subscribe anywhere, as without authentication.
+	Users *auth.Users
+	// Throttle slows down repeated failed logins from one address; nil
+	// means no throttling.
+	Throttle *auth.Throttle
+	// CertUsername returns the identity of a verified client certificate
+	// on the connection, if any. A name the users file knows logs in
+	// without a password; an unknown one is ignored and the client must
+	// log in with a password like any other. Nil means no certificates.
+	CertUsername func(cl *mqtt.Client) (string, bool)
+	// Registerer receives the auth metrics; nil means none.
+	Registerer prometheus.Registerer
+}
+
+// Failure reasons, the values of the auth failures metric's reason label.
+const (
+	reasonBadCredentials   = "bad_credentials"
+	reasonNotAuthorized    = "not_authorized"
+	reasonAnonymousRefused = "anonymous_refused"
+)
+
+// authHook is the mochi hook that authenticates MQTT clients and checks
+// their publishes and subscriptions against the users file's ACLs. It
+// replaces mochi's allow-all hook: mochi lets a client in, or a topic
+// through, when any one hook says yes, so no other hook may provide
+// OnConnectAuthenticate or OnACLCheck.
+//
+// The whole login is decided in OnConnect rather than in
+// OnConnectAuthenticate, because for a false OnConnectAuthenticate mochi
+// always answers "bad user name or password" (MQTT 5 0x86), which it
+// turns into MQTT 3 return code 5 "not authorized": it cannot say "not
+// authorized" to an MQTT 5 client (anonymous refused, say), and it says
+// the wrong thing to an MQTT 3 client with a wrong password. When
+// OnConnect returns an error mochi sends nothing and closes the
+// connection, so the hook writes its own CONNACK first. OnConnect runs on
+// the connection's own goroutine, so the throttle's wait holds up only
+// that connection.
+type authHook struct {
+	mqtt.HookBase
+	users    *auth.Users
+	throttle *auth.Throttle
+	certName func(cl *mqtt.Client) (string, bool)
+	log      *slog.Logger
+	failures map[string]prometheus.Counter // by reason
+	denied   [2]prometheus.Counter         // subscribe, publish
+	denyLog  rateLimiter
+	done     chan struct{} // closed by Stop: throttle waits end
+	stopOnce sync.Once
+}
+
+var _ mqtt.Hook = (*authHook)(nil)
+
+// newAuthHook builds the auth hook; its error is a metrics registration
+// failure.
+func newAuthHook(cfg AuthConfig, log *slog.Logger) (*authHook, error) {
+	reg := cfg.Registerer
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	failures := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "tributary", Subsystem: "mqtt", Name: "auth_failures_total",
+		Help: "MQTT connections refused, by reason (bad_credentials, not_authorized, anonymous_refused).",
+	}, []string{"reason"})
+	denied := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "tributary", Subsystem: "mqtt", Name: "acl_denied_total",
+		Help: "MQTT publishes and subscriptions (and deliveries, counted as subscribe) the ACLs refused, by action.",
+	}, []string{"action"})
+	for _, c := range []prometheus.Collector{failures, denied} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("registering auth metrics: %w", err)
+		}
+	}
+	h := &authHook{
+		users:    cfg.Users,
+		throttle: cfg.Throttle,
+		certName: cfg.CertUsername,
+		log:      log,
+		failures: map[string]prometheus.Counter{},
+		denied:   [2]prometheus.Counter{denied.WithLabelValues("subscribe"), denied.WithLabelValues("publish")},
+		denyLog:  rateLimiter{every: 10 * time.Second},
+		done:     make(chan struct{}),
+	}
+	for _, r := range []string{reasonBadCredentials, reasonNotAuthorized, reasonAnonymousRefused} {
+		h.failures[r] = failures.WithLabelValues(r)
+	}
+	return h, nil
+}
+
+func (h *authHook) ID() string { return "tributary-auth" }
+
+func (h *authHook) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnConnectAuthenticate, mqtt.OnACLCheck:
+		return true
+	case mqtt.OnConnect, mqtt.OnPacketRead:
+		return h.users != nil
+	}
+	return false
+}
+
+// Stop ends any throttle waits; mochi calls it when the server closes.
+func (h *authHook) Stop() error {
+	h.stopOnce.Do(func() { close(h.done) })
+	return nil
+}
+
+// refusal is why a login failed and how to say so.
+type refusal struct {
+	reason string
+	code5  packets.Code // MQTT 5 CONNACK reason code
+	code3  byte         // MQTT 3 CONNACK return code
+	detail string       // for the log and the MQTT 5 reason string; never a secret
+}
+
+// badCredentials is MQTT 5 0x86 and MQTT 3.1.1 return code 4, "bad user
+// name or password" (mochi calls that code ErrMalformedUsernameOrPassword).
+func badCredentials() *refusal {
+	return &refusal{reasonBadCredentials, packets.ErrBadUsernameOrPassword, packets.ErrMalformedUsernameOrPassword.Code, "bad user name or password"}
+}
+
+func notAuthorized(reason, detail string) *refusal {
+	return &refusal{reason, packets.ErrNotAuthorized, packets.Err3NotAuthorized.Code, detail}
+}
+
+func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	if h.users == nil {
+		return nil
+	}
+	addr := cl.Net.Remote
+	if d := h.throttle.Delay(addr); d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-h.done:
+			t.Stop()
+			return packets.ErrServerShuttingDown
+		}
+	}
+	name, credentialed, ref := h.authenticate(cl, pk)
+	if ref == nil {
+		// ACL checks and %u read the name from here.
+		cl.Properties.Username = []byte(name)
+		if credentialed {
+			h.throttle.Succeeded(addr)
+		}
+		return nil
+	}
+	h.throttle.Failed(addr)
+	h.failures[ref.reason].Inc()
+	h.log.Warn("MQTT login refused", "reason", ref.reason, "detail", ref.detail,
+		"remote", addr, "listener", cl.Net.Listener, "client", cl.ID, "username", string(pk.Connect.Username))
+	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}, ReasonCode: ref.code3}
+	if cl.Properties.ProtocolVersion == 5 {
+		ack.ReasonCode = ref.code5.Code
+		ack.Properties.ReasonString = ref.detail
+	}
+	if err := cl.WritePacket(ack); err != nil {
+		h.log.Debug("writing a refusing CONNACK", "client", cl.ID, "error", err)
+	}
+	return ref.code5
+}
+
+// authenticate decides who the client is. credentialed reports a login
+// by password or certificate rather than an anonymous one.
+func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet) (name string, credentialed bool, ref *refusal) {
+	given := string(pk.Connect.Username)
+	switch cert, ok := h.certIdentity(cl); {
+	case ok && given != "" && given != cert:
+		return "", false, notAuthorized(reasonNotAuthorized,
+			fmt.Sprintf("user name %q does not match the client certificate's identity %q", given, cert))
+	case ok:
+		name, credentialed = cert, true
+	case pk.Connect.UsernameFlag || pk.Connect.PasswordFlag:
+		if !h.users.Authenticate(given, pk.Connect.Password) {
+			return "", false, badCredentials()
+		}
+		name, credentialed = given, true
+	case !h.users.AllowAnonymous():
+		return "", false, notAuthorized(reasonAnonymousRefused, "anonymous connections are not allowed: log in with a user name and password")
+	}
+	// mochi publishes the will without an ACL check, so it is checked here.
+	if pk.Connect.WillFlag && !h.users.CanPublish(name, cl.ID, pk.Connect.WillTopic) {
+		return "", false, notAuthorized(reasonNotAuthorized, fmt.Sprintf("not authorized to publish the will message to %q", pk.Connect.WillTopic))
+	}
+	return name, credentialed, nil
+}
+
+func (h *authHook) certIdentity(cl *mqtt.Client) (string, bool) {
+	if h.certName == nil {
+		return "", false
+	}
+	name, ok := h.certName(cl)
+	return name, ok && h.users.Known(name)
+}
+
+// OnConnectAuthenticate lets in every client that reaches it: mochi calls
+// it only after every OnConnect hook returned nil, and OnConnect is where
+// the login was decided.
+func (h *authHook) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
+
+// OnACLCheck checks a publish (write) or a subscription filter against the
+// ACLs. mochi also calls it with write false for each message it delivers
+// to a subscriber, with the topic name. A refused publish never reaches the
+// OnPublish hooks, so it never reaches Kafka.
+func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	if h.users == nil || cl.Net.Inline {
+		return true
+	}
+	user := string(cl.Properties.Username)
+	var ok bool
+	if write {
+		ok = h.users.CanPublish(user, cl.ID, topic)
+	} else {
+		ok = h.users.CanSubscribe(user, cl.ID, topic)
+	}
+	if !ok {
+		action := "subscribe"
+		if write {
+			h.denied[1].Inc()
+			action = "publish"
+		} else {
+			h.denied[0].Inc()
+		}
+		if h.denyLog.allow() {
+			h.log.Warn("MQTT "+action+" refused by the ACLs (logged at most every 10s)",
+				"client", cl.ID, "username", user, "topic", topic, "remote", cl.Net.Remote)
+		}
+	}
+	return ok
+}
+
+// OnPacketRead fills in the topic of an MQTT 5 publish that gives only a
+// topic alias. mochi checks the ACL before it resolves the alias, so it
+// would check the empty topic, and refuse a publish to an allowed topic.
+func (h *authHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type != packets.Publish || pk.TopicName != "" || !pk.Properties.TopicAliasFlag || pk.Properties.TopicAlias == 0 {
+		return pk, nil
+	}
+	if h.Opts == nil || pk.Properties.TopicAlias > h.Opts.Capabilities.TopicAliasMaximum {
+		return pk, nil // mochi refuses it
+	}
+	// For an alias not seen yet Set records "" and returns it, as mochi
+	// itself would a moment later.
+	pk.TopicName = cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, "")
+	return pk, nil
+}

@@ -1,0 +1,519 @@
+package main
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/gorilla/websocket"
+
+	"github.com/tributary-io/tributary/config"
+)
+
+// secured is a daemon with TLS listeners, a users file and a log that the
+// test can search.
+type secured struct {
+	*testDaemon
+	dir   string // the dev certificates
+	log   *syncBuffer
+	users string
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// devCerts runs `tributary certs dev --out DIR` and checks its six files.
+func devCerts(t *testing.T, extra ...string) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "certs")
+	var stdout, stderr bytes.Buffer
+	if code := realMain(t.Context(), append([]string{"certs", "dev", "--out", dir}, extra...), strings.NewReader(""), &stdout, &stderr); code != 0 {
+		t.Fatalf("certs dev: exit %d: %s", code, stderr.String())
+	}
+	for _, f := range []string{"ca.crt", "ca.key", "server.crt", "server.key", "client.crt", "client.key"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Fatalf("certs dev did not write %s: %v", f, err)
+		}
+	}
+	return dir
+}
+
+// usersFile writes a users file; the password hashes are made with
+// `tributary passwd`, reading the password from stdin.
+func usersFile(t *testing.T, body string, passwords map[string]string) string {
+	t.Helper()
+	for user, pw := range passwords {
+		var stdout, stderr bytes.Buffer
+		if code := realMain(t.Context(), []string{"passwd"}, strings.NewReader(pw+"\n"), &stdout, &stderr); code != 0 {
+			t.Fatalf("passwd: exit %d: %s", code, stderr.String())
+		}
+		body = strings.ReplaceAll(body, "HASH("+user+")", strings.TrimSpace(stdout.String()))
+	}
+	p := filepath.Join(t.TempDir(), "users.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func startSecured(t *testing.T, users string, edit func(*config.Config)) *secured {
+	t.Helper()
+	dir := devCerts(t)
+	cfg := testConfig(t)
+	cfg.MQTT.TLSAddr = "127.0.0.1:0"
+	cfg.MQTT.WSSAddr = "127.0.0.1:0"
+	cfg.HTTP.TLSAddr = "127.0.0.1:0"
+	cfg.TLS.CertFile = filepath.Join(dir, "server.crt")
+	cfg.TLS.KeyFile = filepath.Join(dir, "server.key")
+	cfg.TLS.ReloadInterval = 0
+	cfg.Auth.UsersFile = users
+	if edit != nil {
+		edit(&cfg)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	buf := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(buf, testLogWriter(t)), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	d, err := start(cfg, log)
+	if err != nil {
+		t.Fatalf("starting daemon: %v", err)
+	}
+	t.Cleanup(d.stop)
+	bs := cfg.Kafka.Bootstrap
+	if d.embedded != nil {
+		bs = d.embedded.Addr()
+	}
+	return &secured{testDaemon: &testDaemon{daemon: d, bootstrap: bs}, dir: dir, log: buf, users: users}
+}
+
+// testLogWriter is where testLogger's handler would write: the tail kept
+// for failures, or stderr with TRIBUTARY_TEST_LOG.
+func testLogWriter(t *testing.T) io.Writer {
+	if os.Getenv("TRIBUTARY_TEST_LOG") != "" {
+		return os.Stderr
+	}
+	tail := &logTail{max: 400}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("last lines of the daemon log:\n%s", tail.String())
+		}
+	})
+	return tail
+}
+
+func (s *secured) caPool(t *testing.T) *x509.CertPool {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(s.dir, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(b)
+	return pool
+}
+
+const devUsers = `
+users:
+  - username: dev
+    password_hash: "HASH(dev)"
+  - username: dev-client
+acls:
+  - user: dev
+    topic: "sensors/#"
+    access: all
+  - user: dev
+    topic: "cmd/%u/#"
+    access: subscribe
+  - user: dev-client
+    topic: "sensors/#"
+    access: publish
+kafka_acls:
+  - user: dev
+    topic: "allowed-*"
+    access: all
+`
+
+// The issue's acceptance: certs dev, a TLS listener, a users file with a
+// bcrypt hash of "secret"; mosquitto_pub over TLS with the right password
+// lands in Kafka, a wrong one is refused with a CONNACK error, plain TCP
+// to the TLS port fails the handshake, and the log never shows "secret".
+func TestTLSAndPasswordAcceptance(t *testing.T) {
+	pub := needTool(t, "mosquitto_pub")
+	users := usersFile(t, devUsers, map[string]string{"dev": "secret"})
+	topic := uniq("secure")
+	s := startSecured(t, users, func(c *config.Config) { c.Mapping.TopicRegexList = topic + ":sensors/.*" })
+	host, port := hostPort(s.broker.Addr("mqtt-tls"))
+	ca := filepath.Join(s.dir, "ca.crt")
+
+	out, err := exec.Command(pub, "--cafile", ca, "-h", "localhost", "-p", port, "-u", "dev", "-P", "secret", "-q", "1", "-t", "sensors/t1", "-m", "21.5").CombinedOutput()
+	if err != nil {
+		t.Fatalf("mosquitto_pub over TLS with the right password: %v: %s", err, out)
+	}
+	if recs := kafkaRecords(t, s.bootstrap, topic, 1, 10*time.Second); len(recs) != 1 || string(recs[0].Value) != "21.5" {
+		t.Fatalf("records in %s: %v, want one with 21.5", topic, recs)
+	}
+
+	out, err = exec.Command(pub, "--cafile", ca, "-h", "localhost", "-p", port, "-u", "dev", "-P", "wrong", "-q", "1", "-t", "sensors/t1", "-m", "no").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "bad user name or password") {
+		t.Fatalf("mosquitto_pub with a wrong password: err %v, output %q; want a refused connection (CONNACK code 5/4)", err, out)
+	}
+	// MQTT 3.1.1 return code 4 (bad user name or password) with a raw CONNECT.
+	if code := connackCode(t, s.broker.Addr("mqtt-tls"), s.caPool(t), "dev", "wrong"); code != 4 {
+		t.Fatalf("CONNACK return code for a wrong password = %d, want 4", code)
+	}
+	if code := connackCode(t, s.broker.Addr("mqtt-tls"), s.caPool(t), "", ""); code != 5 {
+		t.Fatalf("CONNACK return code for an anonymous client = %d, want 5 (not authorized)", code)
+	}
+
+	// Plain TCP to the TLS port: the CONNECT is not a TLS ClientHello.
+	c, err := net.DialTimeout("tcp", net.JoinHostPort(host, port), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, _ = c.Write([]byte{0x10, 0x10, 0, 4, 'M', 'Q', 'T', 'T', 4, 2, 0, 60, 0, 4, 'p', 'l', 'a', 'i', 'n', 0})
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b := make([]byte, 64)
+	n, _ := io.ReadAtLeast(c, b, 1)
+	if n > 0 && b[0] == 0x20 {
+		t.Fatalf("a plain-TCP client got a CONNACK from the TLS port: % x", b[:n])
+	}
+
+	metrics := metricsText(t, s.httpAddr())
+	if !strings.Contains(metrics, `tributary_mqtt_auth_failures_total{reason="bad_credentials"}`) {
+		t.Errorf("no auth failure metric after a wrong password")
+	}
+	waitFor(t, 5*time.Second, "the refusal to be logged", func() bool { return strings.Contains(s.log.String(), "dev") })
+	if strings.Contains(s.log.String(), "secret") {
+		t.Fatalf("the log contains the password")
+	}
+}
+
+// connackCode sends an MQTT 3.1.1 CONNECT over TLS and returns the CONNACK
+// return code.
+func connackCode(t *testing.T, addr string, pool *x509.CertPool, user, pass string) byte {
+	t.Helper()
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, &tls.Config{RootCAs: pool, ServerName: "localhost"})
+	if err != nil {
+		t.Fatalf("TLS dial: %v", err)
+	}
+	defer c.Close()
+	var vh []byte
+	flags := byte(0x02)
+	payload := mqttString("raw-" + uniq("c"))
+	if user != "" {
+		flags |= 0x80 | 0x40
+		payload = append(payload, mqttString(user)...)
+		payload = append(payload, mqttString(pass)...)
+	}
+	vh = append(mqttString("MQTT"), 4, flags, 0, 30)
+	body := append(vh, payload...)
+	if _, err := c.Write(append([]byte{0x10, byte(len(body))}, body...)); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(15 * time.Second))
+	b := make([]byte, 4)
+	if _, err := io.ReadFull(c, b); err != nil {
+		t.Fatalf("reading CONNACK: %v", err)
+	}
+	if b[0] != 0x20 {
+		t.Fatalf("not a CONNACK: % x", b)
+	}
+	return b[3]
+}
+
+// A verified client certificate names the user: no password needed.
+func TestClientCertificateAuthentication(t *testing.T) {
+	pub := needTool(t, "mosquitto_pub")
+	users := usersFile(t, devUsers, map[string]string{"dev": "secret"})
+	topic := uniq("cert")
+	var dir string
+	s := startSecured(t, users, func(c *config.Config) {
+		c.Mapping.TopicRegexList = topic + ":sensors/.*"
+		dir = filepath.Dir(c.TLS.CertFile)
+		c.TLS.ClientCAFile = filepath.Join(dir, "ca.crt")
+		c.TLS.ClientAuth = "request"
+	})
+	_, port := hostPort(s.broker.Addr("mqtt-tls"))
+	out, err := exec.Command(pub, "--cafile", filepath.Join(dir, "ca.crt"), "--cert", filepath.Join(dir, "client.crt"), "--key", filepath.Join(dir, "client.key"),
+		"-h", "localhost", "-p", port, "-q", "1", "-t", "sensors/c1", "-m", "by-cert").CombinedOutput()
+	if err != nil {
+		t.Fatalf("mosquitto_pub with the client certificate: %v: %s", err, out)
+	}
+	if recs := kafkaRecords(t, s.bootstrap, topic, 1, 10*time.Second); len(recs) != 1 || string(recs[0].Value) != "by-cert" {
+		t.Fatalf("records: %v", recs)
+	}
+	// Without the certificate and without a password: refused.
+	out, err = exec.Command(pub, "--cafile", filepath.Join(dir, "ca.crt"), "-h", "localhost", "-p", port, "-q", "1", "-t", "sensors/c1", "-m", "anon").CombinedOutput()
+	if err == nil {
+		t.Fatalf("an anonymous client without a certificate was let in: %s", out)
+	}
+}
+
+// ACLs: a denied publish gets PUBACK 0x87 (MQTT 5) and nothing reaches
+// Kafka; a denied subscription gets SUBACK 0x87; %u is the username.
+func TestACLDenyPublishAndSubscribe(t *testing.T) {
+	pub, sub := needTool(t, "mosquitto_pub"), needTool(t, "mosquitto_sub")
+	users := usersFile(t, devUsers, map[string]string{"dev": "secret"})
+	topic := uniq("acl")
+	s := startSecured(t, users, func(c *config.Config) { c.Mapping.TopicRegexList = topic + ":.*" })
+	host, port := hostPort(s.mqttAddr())
+	base := []string{"-h", host, "-p", port, "-u", "dev", "-P", "secret", "-V", "mqttv5"}
+
+	out, err := exec.Command(pub, append(base, "-q", "1", "-t", "forbidden/x", "-m", "denied")...).CombinedOutput()
+	if err == nil && !strings.Contains(strings.ToLower(string(out)), "not authori") {
+		t.Fatalf("a publish outside the ACL succeeded: %s", out)
+	}
+	if out, err := exec.Command(pub, append(base, "-q", "1", "-t", "sensors/ok", "-m", "allowed")...).CombinedOutput(); err != nil {
+		t.Fatalf("a publish inside the ACL failed: %v: %s", err, out)
+	}
+	// The denied publish finished before the allowed one was sent, so had
+	// it been produced it would be in Kafka by the time the allowed one is.
+	recs := kafkaRecords(t, s.bootstrap, topic, 2, 3*time.Second)
+	if len(recs) != 1 || string(recs[0].Value) != "allowed" {
+		var vals []string
+		for _, r := range recs {
+			vals = append(vals, string(r.Value))
+		}
+		t.Fatalf("Kafka holds %q, want only the allowed publish", vals)
+	}
+
+	out, _ = exec.Command(sub, append(base, "-t", "forbidden/#", "-C", "1", "-W", "3")...).CombinedOutput()
+	if !strings.Contains(strings.ToLower(string(out)), "denied") {
+		t.Fatalf("mosquitto_sub to a forbidden filter: %q, want the subscription denied", out)
+	}
+	// %u: dev may subscribe to cmd/dev/# but not cmd/other/#.
+	if code := subackCode(t, s.mqttAddr(), "dev", "secret", "cmd/dev/#"); code != 1 {
+		t.Errorf("SUBACK for cmd/dev/# = %#x, want granted QoS 1", code)
+	}
+	if code := subackCode(t, s.mqttAddr(), "dev", "secret", "cmd/other/#"); code != 0x80 {
+		t.Errorf("SUBACK for cmd/other/# = %#x, want 0x80 (MQTT 3.1.1 failure)", code)
+	}
+	if m := metricsText(t, s.httpAddr()); !strings.Contains(m, `tributary_mqtt_acl_denied_total{action="publish"}`) || !strings.Contains(m, `tributary_mqtt_acl_denied_total{action="subscribe"}`) {
+		t.Errorf("ACL denial metrics missing")
+	}
+}
+
+// subackCode subscribes with paho (MQTT 3.1.1) and returns the SUBACK code.
+func subackCode(t *testing.T, addr, user, pass, filter string) byte {
+	t.Helper()
+	c := mqttClient(t, "tcp://"+addr, uniq("s"), func(o *paho.ClientOptions) { o.SetUsername(user).SetPassword(pass) })
+	defer c.Disconnect(100)
+	tok := c.Subscribe(filter, 1, nil)
+	if !tok.WaitTimeout(10 * time.Second) {
+		t.Fatalf("no SUBACK for %s", filter)
+	}
+	return tok.(*paho.SubscribeToken).Result()[filter]
+}
+
+// The WebSocket API with and without credentials, by header, query
+// parameter and subprotocol, and its Kafka topic ACLs.
+func TestWebSocketAuthentication(t *testing.T) {
+	users := usersFile(t, devUsers, map[string]string{"dev": "secret"})
+	tokFile := filepath.Join(t.TempDir(), "tokens.yaml")
+	var stdout, stderr bytes.Buffer
+	if code := realMain(t.Context(), []string{"token", "--user", "dev"}, strings.NewReader(""), &stdout, &stderr); code != 0 {
+		t.Fatalf("token: %s", stderr.String())
+	}
+	token := strings.TrimSpace(stdout.String())
+	entry := stderr.String()[strings.Index(stderr.String(), "- {"):]
+	if err := os.WriteFile(tokFile, []byte("tokens:\n  "+strings.TrimSpace(entry)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := startSecured(t, users, func(c *config.Config) {
+		c.Auth.TokensFile = tokFile
+		c.Auth.MetricsAuth = true
+	})
+	topic := uniq("allowed")
+	q := url.Values{"clientId": {uniq("p")}, "topic": {topic}}
+
+	dial := func(h http.Header, q url.Values) (*websocket.Conn, *http.Response, error) {
+		u := url.URL{Scheme: "ws", Host: s.httpAddr(), Path: "/socket/in", RawQuery: q.Encode()}
+		return (&websocket.Dialer{HandshakeTimeout: 10 * time.Second}).Dial(u.String(), h)
+	}
+	if _, resp, err := dial(nil, q); err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("without credentials: err %v, response %v; want 401", err, resp)
+	}
+	if _, resp, err := dial(http.Header{"Authorization": {"Bearer nope"}}, q); err == nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("with a wrong token: want 401, got %v", err)
+	}
+	basic := "Basic " + base64.StdEncoding.EncodeToString([]byte("dev:secret"))
+	for name, try := range map[string]func() (*websocket.Conn, *http.Response, error){
+		"basic": func() (*websocket.Conn, *http.Response, error) { return dial(http.Header{"Authorization": {basic}}, q) },
+		"bearer": func() (*websocket.Conn, *http.Response, error) {
+			return dial(http.Header{"Authorization": {"Bearer " + token}}, q)
+		},
+		"query": func() (*websocket.Conn, *http.Response, error) {
+			q2 := cloneValues(q)
+			q2.Set("access_token", token)
+			return dial(nil, q2)
+		},
+		"subprotocol": func() (*websocket.Conn, *http.Response, error) {
+			return dial(http.Header{"Sec-WebSocket-Protocol": {"tributary, bearer." + token}}, q)
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			q.Set("clientId", uniq("p"))
+			c, resp, err := try()
+			if err != nil {
+				t.Fatalf("dial: %v (%v)", err, resp)
+			}
+			defer c.Close()
+			if name == "subprotocol" && c.Subprotocol() != "tributary" {
+				t.Errorf("selected subprotocol %q, want tributary (the token must not be echoed)", c.Subprotocol())
+			}
+			sendJSON(t, c, `{"value":{"value":"v"},"messageId":"m"}`)
+			if r := readResult(t, c); r.Error != nil {
+				t.Fatalf("produce: %+v", r.Error)
+			}
+		})
+	}
+	// The Kafka ACL: dev may produce to allowed-* only.
+	q.Set("topic", uniq("other"))
+	c, _, err := dial(http.Header{"Authorization": {basic}}, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := readResult(t, c)
+	if r.Error == nil || r.Error.Code != 40301 {
+		t.Fatalf("produce to a topic outside the ACL: %+v, want error 40301", r)
+	}
+	// /healthz stays open; /metrics needs credentials.
+	if resp, err := http.Get("http://" + s.httpAddr() + "/healthz"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("/healthz: %v %v", resp, err)
+	}
+	if resp, err := http.Get("http://" + s.httpAddr() + "/metrics"); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("/metrics without credentials: %v %v, want 401", resp, err)
+	}
+	// HTTPS serves the same, with the dev CA.
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: s.caPool(t), ServerName: "localhost"}}, Timeout: 10 * time.Second}
+	req, _ := http.NewRequest("GET", "https://"+s.http.TLSAddr()+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := hc.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("/metrics over HTTPS with a token: %v %v", resp, err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), `tributary_http_auth_failures_total`) || strings.Contains(string(body), token) || strings.Contains(string(body), "secret") {
+		t.Fatalf("/metrics lacks the auth failure counter or shows a secret")
+	}
+	if strings.Contains(s.log.String(), token) || strings.Contains(s.log.String(), "secret") {
+		t.Fatal("the log contains a credential")
+	}
+}
+
+func cloneValues(v url.Values) url.Values {
+	out := url.Values{}
+	for k, vs := range v {
+		out[k] = append([]string(nil), vs...)
+	}
+	return out
+}
+
+// Limits bite and are counted: connections per address, and the publish
+// rate (an MQTT 5 client over it is disconnected with 0x96).
+func TestLimitsBite(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Limits.MaxConnectionsPerIP = 2
+	cfg.Limits.PublishRate = 5
+	d := startDaemon(t, cfg)
+	a := mqttClient(t, "tcp://"+d.mqttAddr(), uniq("a"))
+	_ = mqttClient(t, "tcp://"+d.mqttAddr(), uniq("b"))
+	o := paho.NewClientOptions().AddBroker("tcp://" + d.mqttAddr()).SetClientID(uniq("c")).SetConnectTimeout(5 * time.Second).SetAutoReconnect(false)
+	third := paho.NewClient(o)
+	if tok := third.Connect(); tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
+		third.Disconnect(0)
+		t.Fatal("a third connection from one address was accepted with max_connections_per_ip 2")
+	}
+	waitFor(t, 5*time.Second, "the refusal to be counted", func() bool {
+		return strings.Contains(metricsText(t, d.httpAddr()), `reason="max_connections_per_ip"`)
+	})
+
+	// MQTT 3 over the publish rate: read more slowly, nothing refused.
+	start := time.Now()
+	for i := range 15 {
+		publish(t, a, "rate/x", 1, false, fmt.Sprint(i))
+	}
+	if el := time.Since(start); el < 1500*time.Millisecond {
+		t.Errorf("15 publishes at a limit of 5/s took only %s", el)
+	}
+	if !strings.Contains(metricsText(t, d.httpAddr()), "tributary_mqtt_publish_rate_limited_total") {
+		t.Error("the publish rate limit bit but was not counted")
+	}
+}
+
+// A new certificate is served after a reload; a broken one keeps the old.
+func TestCertificateReload(t *testing.T) {
+	users := usersFile(t, devUsers, map[string]string{"dev": "secret"})
+	s := startSecured(t, users, nil)
+	serial := func() string {
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", s.broker.Addr("mqtt-tls"), &tls.Config{InsecureSkipVerify: true})
+		if err != nil {
+			t.Fatalf("TLS dial: %v", err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
+	}
+	before := serial()
+	certFile, keyFile := filepath.Join(s.dir, "server.crt"), filepath.Join(s.dir, "server.key")
+	good, _ := os.ReadFile(certFile)
+	if err := os.WriteFile(certFile, []byte("not a certificate"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.reload()
+	if got := serial(); got != before {
+		t.Fatalf("a broken certificate file replaced the served one")
+	}
+	if !strings.Contains(s.log.String(), "server.crt") {
+		t.Error("the failed reload was not logged with the file name")
+	}
+	if err := os.WriteFile(certFile, good, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fresh := devCerts(t)
+	for _, f := range []struct{ from, to string }{{filepath.Join(fresh, "server.crt"), certFile}, {filepath.Join(fresh, "server.key"), keyFile}} {
+		b, err := os.ReadFile(f.from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(f.to, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.reload()
+	if got := serial(); got == before {
+		t.Fatal("the new certificate is not served after the reload")
+	}
+}

@@ -1,0 +1,204 @@
+package websocket
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tributary-io/tributary/auth"
+)
+
+// AuthConfig configures who may use the HTTP API. With neither Users nor
+// Tokens set, everyone may.
+type AuthConfig struct {
+	// Users authenticates HTTP Basic credentials, says whether anonymous
+	// requests are allowed, and holds the per-user Kafka topic ACLs.
+	Users *auth.Users
+	// Tokens authenticates bearer tokens: an "Authorization: Bearer"
+	// header, an access_token query parameter, or, for browsers, a
+	// Sec-WebSocket-Protocol entry "bearer.<token>" offered beside
+	// "tributary".
+	Tokens *auth.Tokens
+	// Metrics requires credentials for /metrics too.
+	Metrics bool
+	// Throttle slows down addresses with repeated failures.
+	Throttle *auth.Throttle
+}
+
+func (c AuthConfig) enabled() bool { return c.Users != nil || c.Tokens != nil }
+
+// TokenSubprotocol is the Sec-WebSocket-Protocol a browser offers beside
+// "bearer.<token>"; the server selects it, so the token is never echoed.
+const TokenSubprotocol = "tributary"
+
+const tokenProtocolPrefix = "bearer."
+
+type userKey struct{}
+
+// principal is who made a request: a user name ("" for anonymous) and
+// how they proved it.
+type principal struct {
+	user   string
+	method string // "basic", "token", "anonymous" or "none" (no auth configured)
+}
+
+func userOf(ctx context.Context) principal {
+	p, _ := ctx.Value(userKey{}).(principal)
+	return p
+}
+
+type authMetrics struct {
+	failures *prometheus.CounterVec
+	denied   *prometheus.CounterVec
+}
+
+func newAuthMetrics(reg prometheus.Registerer) *authMetrics {
+	m := &authMetrics{
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "tributary", Subsystem: "http", Name: "auth_failures_total",
+			Help: "HTTP API requests refused for missing or wrong credentials, by reason.",
+		}, []string{"reason"}),
+		denied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "tributary", Subsystem: "http", Name: "acl_denied_total",
+			Help: "WebSocket API sockets refused by the Kafka topic ACLs, by action (produce, consume).",
+		}, []string{"action"}),
+	}
+	reg.MustRegister(m.failures, m.denied)
+	return m
+}
+
+// Authenticator checks the credentials of HTTP API requests; one is
+// shared by the server (for /metrics and pprof) and the WebSocket API.
+type Authenticator struct {
+	cfg AuthConfig
+	log *slog.Logger
+	m   *authMetrics
+}
+
+// NewAuthenticator builds the authenticator; its metrics go to reg.
+func NewAuthenticator(cfg AuthConfig, reg prometheus.Registerer, log *slog.Logger) *Authenticator {
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	return &Authenticator{cfg: cfg, log: log, m: newAuthMetrics(reg)}
+}
+
+// Enabled reports whether credentials are checked at all.
+func (a *Authenticator) Enabled() bool { return a != nil && a.cfg.enabled() }
+
+// wrap authenticates each request before next sees it; the principal is
+// in the request's context.
+func (a *Authenticator) wrap(next http.Handler) http.Handler {
+	if !a.Enabled() {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), userKey{}, principal{method: "none"})))
+		})
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p, reason := a.authenticate(r)
+		if reason != "" {
+			a.m.failures.WithLabelValues(reason).Inc()
+			if d := a.cfg.Throttle.Delay(r.RemoteAddr); d > 0 && reason != "missing" {
+				select {
+				case <-time.After(d):
+				case <-r.Context().Done():
+				}
+			}
+			if reason != "missing" {
+				a.cfg.Throttle.Failed(r.RemoteAddr)
+			}
+			a.log.Info("HTTP API request refused", "reason", reason, "remote", r.RemoteAddr, "path", r.URL.Path, "user", p.user)
+			w.Header().Add("WWW-Authenticate", `Basic realm="tributary", charset="UTF-8"`)
+			w.Header().Add("WWW-Authenticate", `Bearer realm="tributary"`)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnauthorized)
+			msg := "authentication required: HTTP Basic, a bearer token (Authorization header, access_token parameter, or Sec-WebSocket-Protocol bearer.<token>)"
+			if reason != "missing" {
+				msg = "wrong credentials (" + strings.ReplaceAll(reason, "_", " ") + ")"
+			}
+			_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{"code": 40101, "message": msg}})
+			return
+		}
+		if p.method != "anonymous" {
+			a.cfg.Throttle.Succeeded(r.RemoteAddr)
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), userKey{}, p)))
+	})
+}
+
+// authenticate finds the request's credentials and checks them. reason is
+// "" on success, else "missing", "bad_credentials" or "bad_token".
+func (a *Authenticator) authenticate(r *http.Request) (principal, string) {
+	if h := r.Header.Get("Authorization"); h != "" {
+		scheme, rest, _ := strings.Cut(h, " ")
+		switch strings.ToLower(scheme) {
+		case "basic":
+			user, pass, ok := r.BasicAuth()
+			if !ok {
+				return principal{}, "bad_credentials"
+			}
+			if a.cfg.Users == nil || !a.cfg.Users.Authenticate(user, []byte(pass)) {
+				return principal{user: user}, "bad_credentials"
+			}
+			return principal{user: user, method: "basic"}, ""
+		case "bearer":
+			return a.token(strings.TrimSpace(rest))
+		default:
+			return principal{}, "bad_credentials"
+		}
+	}
+	if tok := r.URL.Query().Get("access_token"); tok != "" {
+		return a.token(tok)
+	}
+	for _, p := range websocketProtocols(r) {
+		if strings.HasPrefix(p, tokenProtocolPrefix) {
+			return a.token(strings.TrimPrefix(p, tokenProtocolPrefix))
+		}
+	}
+	if a.cfg.Users != nil && a.cfg.Users.AllowAnonymous() {
+		return principal{method: "anonymous"}, ""
+	}
+	return principal{}, "missing"
+}
+
+func (a *Authenticator) token(tok string) (principal, string) {
+	user, _, ok := a.cfg.Tokens.Lookup(tok)
+	if !ok {
+		return principal{}, "bad_token"
+	}
+	return principal{user: user, method: "token"}, ""
+}
+
+func websocketProtocols(r *http.Request) []string {
+	var out []string
+	for _, h := range r.Header.Values("Sec-WebSocket-Protocol") {
+		for _, p := range strings.Split(h, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+// canProduce and canConsume apply the users file's Kafka topic ACLs.
+func (a *Authenticator) canProduce(ctx context.Context, topic string) bool {
+	p := userOf(ctx)
+	if !a.Enabled() || a.cfg.Users == nil || p.method == "none" {
+		return true
+	}
+	return a.cfg.Users.CanProduce(p.user, topic)
+}
+
+func (a *Authenticator) canConsume(ctx context.Context, topic string) bool {
+	p := userOf(ctx)
+	if !a.Enabled() || a.cfg.Users == nil || p.method == "none" {
+		return true
+	}
+	return a.cfg.Users.CanConsume(p.user, topic)
+}
