@@ -57,9 +57,9 @@ type ConsumedRecord struct {
 // own: offsets are committed only when the owner calls Commit (the record
 // and everything before it in its partition) or Store (committed on the
 // next interval, on a rebalance and on Close). Records wait in a bounded
-// queue; when the queue is full the consumer pauses its partitions and
-// resumes them once the reader has drained half of it, so a slow reader
-// never makes memory grow.
+// queue; when it stays full (a slow reader, not a momentary burst) the
+// consumer pauses its partitions and resumes them once the reader has
+// drained half of it, so a slow reader never makes memory grow.
 type Consumer struct {
 	cfg  ConsumerConfig
 	log  *slog.Logger
@@ -246,10 +246,15 @@ func (c *Consumer) poll() {
 			return
 		default:
 		}
-		c.drainHeld()
+		if !c.drainHeld() {
+			return
+		}
 		timeout := 100
-		if len(c.held) > 0 {
-			timeout = 10
+		switch {
+		case len(c.held) > 0:
+			timeout = 0 // drainHeld has just waited for the reader
+		case c.paused:
+			timeout = 10 // soon check whether the reader has caught up
 		}
 		switch e := c.kc.Poll(timeout).(type) {
 		case *kafka.Message:
@@ -276,7 +281,6 @@ func (c *Consumer) poll() {
 				}
 			}
 			c.held = append(c.held, rec)
-			c.pause()
 		case kafka.Error:
 			if e.IsFatal() {
 				c.log.Error("Kafka consumer fatal error", "group", c.cfg.GroupID, "error", e)
@@ -287,18 +291,32 @@ func (c *Consumer) poll() {
 	}
 }
 
-// drainHeld moves held records to the queue while there is room, and
-// resumes the partitions once the queue is half empty.
-func (c *Consumer) drainHeld() {
-	for len(c.held) > 0 {
-		select {
-		case c.recs <- c.held[0]:
-			c.held[0] = nil
-			c.held = c.held[1:]
-			continue
-		default:
+// drainHeld moves held records to the queue, waiting for the reader up to
+// heldWait so that a slow reader neither makes the loop spin nor keeps it
+// from serving Kafka events (rebalances) for long. A queue that stays full
+// that long pauses the partitions; they resume once it is half empty. It
+// returns false when the consumer is stopping.
+func (c *Consumer) drainHeld() bool {
+	if len(c.held) > 0 {
+		t := time.NewTimer(heldWait)
+		defer t.Stop()
+	deliver:
+		for len(c.held) > 0 {
+			select {
+			case c.recs <- c.held[0]:
+				c.held[0] = nil
+				c.held = c.held[1:]
+			case <-c.stop:
+				return false
+			case <-t.C:
+				// The queue stayed full: the reader is slow, not just
+				// momentarily behind. Pausing drops what librdkafka has
+				// prefetched and costs a fetch on resume, so it is kept for
+				// this case.
+				c.pause()
+				break deliver
+			}
 		}
-		break
 	}
 	if len(c.held) == 0 {
 		c.held = nil
@@ -306,7 +324,11 @@ func (c *Consumer) drainHeld() {
 			c.resume()
 		}
 	}
+	return true
 }
+
+// heldWait is how long the poll loop waits for a slow reader at a time.
+const heldWait = 50 * time.Millisecond
 
 func (c *Consumer) assignment() []kafka.TopicPartition {
 	c.mu.Lock()
