@@ -472,6 +472,22 @@ func TestLimitsBite(t *testing.T) {
 	if !strings.Contains(metricsText(t, d.httpAddr()), "tributary_mqtt_publish_rate_limited_total") {
 		t.Error("the publish rate limit bit but was not counted")
 	}
+
+	// MQTT 5 over the publish rate: DISCONNECT 0x96 (message rate too high).
+	a.Disconnect(100) // frees a connection slot of this address
+	waitFor(t, 5*time.Second, "the slot to be free", func() bool {
+		return strings.Contains(metricsText(t, d.httpAddr()), `tributary_mqtt_connections{listener="mqtt-tcp"} 1`)
+	})
+	c := dialBadTCP(t, d.mqttAddr())
+	defer c.close()
+	c.connect(t, 5)
+	var flood []byte
+	for i := range 20 {
+		flood = append(flood, mqttPublish(0x30, "rate/v5", 0, true, nil, []byte(fmt.Sprint(i)))...)
+	}
+	if got := c.exchange(flood, 0, true, false); len(got) == 0 || got[0] != "DISCONNECT:96" {
+		t.Fatalf("20 QoS 0 publishes at once with a limit of 5/s: server answered %v, want DISCONNECT:96", got)
+	}
 }
 
 // A new certificate is served after a reload; a broken one keeps the old.
