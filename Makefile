@@ -16,7 +16,7 @@ build: ## build bin/tributary
 run: ## run the bridge with the embedded Kafka (MQTT :1883, MQTT-over-WebSocket :8083, HTTP :8080, Kafka 127.0.0.1:9092)
 	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/tributary $(ARGS)
 
-deps: ## install the test peers (mosquitto, mosquitto-clients, kcat) if missing
+deps: ## install the test peers (mosquitto, mosquitto-clients, kcat; wscat from e2e/package-lock.json) if missing
 	scripts/install-deps.sh
 
 vet: ## gofmt and go vet
@@ -24,11 +24,11 @@ vet: ## gofmt and go vet
 	$(GO) vet ./...
 
 test: deps vet ## unit and integration tests (race detector) against the embedded Kafka
-	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 -timeout 25m ./...
 
 test-kafka: deps ## the integration suite against a real Apache Kafka 4.x (KRaft) started from Maven Central jars
 	$(KAFKA) start
-	TRIBUTARY_TEST_KAFKA_BOOTSTRAP=$$($(KAFKA) bootstrap) $(GO) test -race -count=1 ./cmd/tributary/; \
+	TRIBUTARY_TEST_KAFKA_BOOTSTRAP=$$($(KAFKA) bootstrap) $(GO) test -race -count=1 -timeout 25m ./cmd/tributary/; \
 		status=$$?; $(KAFKA) stop; exit $$status
 
 fuzz: ## run each fuzz test for FUZZTIME

@@ -153,8 +153,16 @@ func (t *topics) awaitLeaders(ctx context.Context, topic string, partitions int)
 
 // lookup checks that topic exists.
 func (t *topics) lookup(ctx context.Context, topic string) error {
-	dl, _ := ctx.Deadline()
-	md, err := t.p.admin.GetMetadata(&topic, false, int(time.Until(dl)/time.Millisecond))
+	// GetMetadata takes a timeout, not a context, and a negative one
+	// means no timeout at all: never pass one.
+	wait := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		wait = time.Until(dl)
+	}
+	if wait < time.Millisecond {
+		return fmt.Errorf("looking up Kafka topic %q: %w", topic, context.DeadlineExceeded)
+	}
+	md, err := t.p.admin.GetMetadata(&topic, false, int(wait/time.Millisecond))
 	if err != nil {
 		return fmt.Errorf("looking up Kafka topic %q: %w", topic, err)
 	}

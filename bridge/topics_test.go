@@ -112,3 +112,28 @@ func containsAll(s string, subs ...string) bool {
 	}
 	return true
 }
+
+// A lookup whose context has already run out returns at once: librdkafka's
+// metadata call takes a timeout, and a negative one would wait for ever
+// (seen in CI: start-up hung on a Kafka that refused the credentials).
+func TestLookupWithExpiredContextReturns(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "there"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p := testProducer(t, c, false)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Nanosecond)
+	defer cancel()
+	<-ctx.Done()
+	done := make(chan error, 1)
+	go func() { done <- p.topics.lookup(ctx, "there") }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("lookup with an expired context: %v, want the deadline error", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("lookup with an expired context did not return")
+	}
+}
