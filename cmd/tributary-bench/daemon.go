@@ -47,6 +47,8 @@ type daemonConfig struct {
 	dir       string        // for the log and data dir
 	name      string        // names the log file
 	env       []string      // extra KEY=VALUE for the subprocess
+	args      []string      // extra command-line arguments, after the harness's
+	mqttWS    bool          // also listen for MQTT over WebSocket
 	config    string        // YAML config file; empty for none
 	readyPoll time.Duration // how often to ask /readyz; default 50ms
 }
@@ -56,10 +58,13 @@ type daemon struct {
 	cmd      *exec.Cmd
 	logPath  string
 	mqttAddr string
-	httpAddr string
-	exited   chan struct{}
-	waitErr  error
-	stopOnce sync.Once
+	// mqttWSAddr is the MQTT-over-WebSocket listener; empty unless
+	// daemonConfig.mqttWS.
+	mqttWSAddr string
+	httpAddr   string
+	exited     chan struct{}
+	waitErr    error
+	stopOnce   sync.Once
 }
 
 // startDaemon starts Tributary on free loopback ports and waits until its
@@ -91,6 +96,12 @@ func startDaemonOnce(ctx context.Context, cfg daemonConfig) (*daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	wsAddr := ""
+	if cfg.mqttWS {
+		if wsAddr, err = freeAddr(); err != nil {
+			return nil, err
+		}
+	}
 	logPath := filepath.Join(cfg.dir, "tributary-"+cfg.name+".log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
@@ -100,7 +111,7 @@ func startDaemonOnce(ctx context.Context, cfg daemonConfig) (*daemon, error) {
 	cmd := exec.Command(cfg.bin,
 		"--kafka-bootstrap", cfg.bootstrap,
 		"--mqtt-addr", mqttAddr,
-		"--mqtt-ws-addr", "",
+		"--mqtt-ws-addr", wsAddr,
 		"--http-addr", httpAddr,
 		"--topic-regex-list", cfg.topic+":bench/.*",
 		"--data-dir", dataDir,
@@ -108,13 +119,14 @@ func startDaemonOnce(ctx context.Context, cfg daemonConfig) (*daemon, error) {
 	if cfg.config != "" {
 		cmd.Args = append(cmd.Args, "--config", cfg.config)
 	}
+	cmd.Args = append(cmd.Args, cfg.args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.Env = append(os.Environ(), cfg.env...)
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
 		return nil, fmt.Errorf("starting %s: %w", cfg.bin, err)
 	}
-	d := &daemon{cmd: cmd, logPath: logPath, mqttAddr: mqttAddr, httpAddr: httpAddr, exited: make(chan struct{})}
+	d := &daemon{cmd: cmd, logPath: logPath, mqttAddr: mqttAddr, mqttWSAddr: wsAddr, httpAddr: httpAddr, exited: make(chan struct{})}
 	go func() {
 		d.waitErr = cmd.Wait()
 		logFile.Close()
@@ -183,6 +195,12 @@ func (d *daemon) alive() bool {
 // peakRSS returns the subprocess's peak resident set size (VmHWM).
 func (d *daemon) peakRSS() (int64, error) {
 	kb, err := procStatusKB(d.cmd.Process.Pid, "VmHWM")
+	return kb << 10, err
+}
+
+// rss returns the subprocess's current resident set size (VmRSS).
+func (d *daemon) rss() (int64, error) {
+	kb, err := procStatusKB(d.cmd.Process.Pid, "VmRSS")
 	return kb << 10, err
 }
 
@@ -260,6 +278,74 @@ func (d *daemon) saveMetrics(path string) error {
 		return fmt.Errorf("fetching metrics: %w", err)
 	}
 	return os.WriteFile(path, b, 0o644)
+}
+
+// fetch saves the body of the HTTP GET of path (e.g. a pprof endpoint)
+// on the subprocess's HTTP address to file.
+func (d *daemon) fetch(ctx context.Context, path, file string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.httpAddr+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("fetching %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("fetching %s: %w", path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("fetching %s: %s: %s", path, resp.Status, bytes.TrimSpace(b))
+	}
+	return os.WriteFile(file, b, 0o644)
+}
+
+// metric returns the sum of the samples of the Prometheus metric name
+// (any labels) that the subprocess's /metrics shows.
+func (d *daemon) metric(name string) (float64, error) {
+	hc := &http.Client{Timeout: 5 * time.Second}
+	resp, err := hc.Get("http://" + d.httpAddr + "/metrics")
+	if err != nil {
+		return 0, fmt.Errorf("fetching metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	return sumMetric(resp.Body, name)
+}
+
+// sumMetric adds up the samples of name in a Prometheus text exposition.
+func sumMetric(r io.Reader, name string) (float64, error) {
+	sc := bufio.NewScanner(r)
+	sum, seen := 0.0, false
+	for sc.Scan() {
+		line := sc.Text()
+		rest, ok := strings.CutPrefix(line, name)
+		if !ok || rest == "" || (rest[0] != ' ' && rest[0] != '{') {
+			continue
+		}
+		if i := strings.LastIndexByte(rest, '}'); i >= 0 {
+			rest = rest[i+1:]
+		}
+		f := strings.Fields(rest)
+		if len(f) == 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			return 0, fmt.Errorf("metric %s: %w", name, err)
+		}
+		sum, seen = sum+v, true
+	}
+	if err := sc.Err(); err != nil {
+		return 0, fmt.Errorf("reading metrics: %w", err)
+	}
+	if !seen {
+		return 0, fmt.Errorf("metric %s not found", name)
+	}
+	return sum, nil
 }
 
 // stop sends SIGTERM and waits for the subprocess to exit, killing it

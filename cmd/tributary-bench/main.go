@@ -1,9 +1,11 @@
 // Command tributary-bench measures how fast Tributary moves MQTT publishes
 // and WebSocket frames into Kafka, and Kafka records out to WebSocket
-// clients, against native librdkafka clients in the same run and on the
-// same Kafka. Every produce scenario's clock stops only when Kafka's high
-// watermarks show all of its records, so nothing is taken on trust from
-// acknowledgements. See docs/benchmarks.md.
+// clients, against native librdkafka clients and Debian's mosquitto in
+// the same run and on the same Kafka; and Tributary's QoS 1 latency at a
+// paced rate and its memory per idle connection. Every produce scenario's
+// clock stops only when Kafka's high watermarks show all of its records,
+// so nothing is taken on trust from acknowledgements. See
+// docs/benchmarks.md and docs/performance.md.
 package main
 
 import (
@@ -37,71 +39,99 @@ func main() {
 // scenario is one measured workload.
 type scenario struct {
 	name    string
-	clients int  // MQTT connections; 0 for the native producer
+	kind    kind
+	clients int  // MQTT connections or WebSocket sockets
 	qos     byte // MQTT QoS
 	window  int  // QoS 1 publishes in flight per connection
-	// upstream: a remote mosquitto's backlog drained by mosquitto_sub,
-	// then by Tributary's upstream source (upstream.go).
-	upstream bool
-	// ws selects a WebSocket scenario (wsbench.go): wsIn produces through
-	// clients /socket/in sockets; wsOut consumes through one /socket/out
-	// socket with batchSize batch; wsNativeConsume is librdkafka's
-	// consumer, the baseline of wsOut.
-	ws    wsKind
-	batch int
+	batch   int  // ws-out: records per frame (batchSize)
 }
 
-// wsKind says which WebSocket scenario a scenario is, if any.
-type wsKind int
+// kind says how a scenario loads which system.
+type kind int
 
 const (
-	wsNone wsKind = iota
+	// nativeProduce is librdkafka's producer: the produce baseline.
+	nativeProduce kind = iota
+	// mqttLoad is MQTT clients publishing through Tributary over TCP.
+	mqttLoad
+	// mqttWSLoad is the same over MQTT-over-WebSocket (/mqtt).
+	mqttWSLoad
+	// mosquittoLoad is the same MQTT load against Debian's mosquitto with
+	// one subscriber draining it (mosquitto.go): no Kafka.
+	mosquittoLoad
+	// latencyLoad is paced QoS 1 publishing through Tributary (latency.go).
+	latencyLoad
+	// idleConns is many idle MQTT connections to Tributary (connections.go).
+	idleConns
+	// upstreamDrain is a remote mosquitto's backlog drained by
+	// mosquitto_sub, then by Tributary's upstream source (upstream.go).
+	upstreamDrain
+	// wsIn produces through /socket/in sockets (wsbench.go).
 	wsIn
-	wsNativeConsume
+	// nativeConsume is librdkafka's consumer: the baseline of wsOut.
+	nativeConsume
+	// wsOut consumes through one /socket/out socket.
 	wsOut
 )
 
 // consumes reports whether the scenario reads a pre-filled topic.
-func (s scenario) consumes() bool { return s.ws == wsNativeConsume || s.ws == wsOut }
+func (s scenario) consumes() bool { return s.kind == nativeConsume || s.kind == wsOut }
 
 // needsBridge reports whether the scenario runs Tributary.
 func (s scenario) needsBridge() bool {
-	return s.upstream || s.ws == wsIn || s.ws == wsOut || (s.ws == wsNone && s.clients > 0)
+	return s.kind != nativeProduce && s.kind != nativeConsume && s.kind != mosquittoLoad
+}
+
+// needsTopic reports whether the scenario produces into a fresh topic.
+func (s scenario) needsTopic() bool {
+	return s.kind != mosquittoLoad && s.kind != idleConns && !s.consumes()
 }
 
 func (s scenario) describe() string {
-	if s.upstream {
-		return "remote mosquitto's QoS 1 backlog drained by mosquitto_sub, then by Tributary's upstream source"
+	load := fmt.Sprintf("%d MQTT client(s), QoS %d", s.clients, s.qos)
+	if s.qos > 0 {
+		load += fmt.Sprintf(", %d in flight each", s.window)
 	}
-	switch s.ws {
+	switch s.kind {
+	case nativeProduce:
+		return "confluent-kafka-go producer straight to Kafka (acks=all, idempotent)"
+	case mqttWSLoad:
+		return load + ", MQTT over WebSocket (/mqtt), through Tributary"
+	case mosquittoLoad:
+		return load + ", into Debian's mosquitto with one subscriber draining bench/# (no Kafka)"
+	case latencyLoad:
+		return fmt.Sprintf("%d MQTT clients, QoS 1, paced at half the mqtt-qos1 rate (or --latency-rate): PUBACK and publish → Kafka consumer latency", s.clients)
+	case idleConns:
+		return "--connections idle MQTT clients (keepalive 300 s): connect rate, Tributary's RSS per connection"
+	case upstreamDrain:
+		return "remote mosquitto's QoS 1 backlog drained by mosquitto_sub, then by Tributary's upstream source"
 	case wsIn:
 		return fmt.Sprintf("%d WebSocket sockets on /socket/in, pipelined, through Tributary", s.clients)
-	case wsNativeConsume:
+	case nativeConsume:
 		return "confluent-kafka-go consumer in a fresh group reading a pre-filled topic from the earliest offset"
 	case wsOut:
 		return fmt.Sprintf("1 WebSocket socket on /socket/out (batchSize=%d, autoCommit=true) reading a pre-filled topic, through Tributary", max(1, s.batch))
 	}
-	if s.clients == 0 {
-		return "confluent-kafka-go producer straight to Kafka (acks=all, idempotent)"
-	}
-	d := fmt.Sprintf("%d MQTT client(s), QoS %d", s.clients, s.qos)
-	if s.qos > 0 {
-		d += fmt.Sprintf(", %d in flight each", s.window)
-	}
-	return d + ", through Tributary"
+	return load + ", through Tributary"
 }
 
-// scenarios lists every scenario in the order they run.
+// scenarios lists every scenario in the order they run. latency-qos1
+// comes after mqtt-qos1, whose rate it takes.
 var scenarios = []scenario{
-	{name: "native-produce"},
-	{name: "mqtt-qos0", clients: 10, qos: 0},
-	{name: "mqtt-qos1", clients: 100, qos: 1, window: 10},
-	{name: "mqtt-qos1-single", clients: 1, qos: 1, window: 100},
-	{name: "upstream", upstream: true},
-	{name: "ws-in", clients: 10, ws: wsIn},
-	{name: "native-consume", ws: wsNativeConsume},
-	{name: "ws-out", ws: wsOut, batch: 1},
-	{name: "ws-out-batch100", ws: wsOut, batch: 100},
+	{name: "native-produce", kind: nativeProduce},
+	{name: "mqtt-qos0", kind: mqttLoad, clients: 10, qos: 0},
+	{name: "mosquitto-qos0", kind: mosquittoLoad, clients: 10, qos: 0},
+	{name: "mqtt-qos1", kind: mqttLoad, clients: 100, qos: 1, window: 10},
+	{name: "mosquitto-qos1", kind: mosquittoLoad, clients: 100, qos: 1, window: 10},
+	{name: "mqtt-qos1-single", kind: mqttLoad, clients: 1, qos: 1, window: 100},
+	{name: "mqtt-ws-qos1", kind: mqttWSLoad, clients: 100, qos: 1, window: 10},
+	{name: "latency-qos1", kind: latencyLoad, clients: 100, qos: 1},
+	{name: "connections", kind: idleConns},
+	{name: "upstream", kind: upstreamDrain},
+	{name: "ws-in", kind: wsIn, clients: 10},
+	{name: "native-consume", kind: nativeConsume},
+	{name: "ws-out", kind: wsOut, batch: 1},
+	{name: "ws-out-batch100", kind: wsOut, batch: 100},
 }
 
 type options struct {
@@ -116,6 +146,16 @@ type options struct {
 	keep       bool
 	repeat     int
 	env        []string
+	// args are extra command-line arguments for every Tributary.
+	args []string
+	// profileSeconds > 0 fetches a CPU profile of that many seconds, and
+	// an allocation profile, from each Tributary that takes a load.
+	profileSeconds int
+	// connections is how many idle clients the connections scenario opens.
+	connections int
+	// latencyRate is latency-qos1's total publish rate; 0 takes half the
+	// mqtt-qos1 rate of the same round.
+	latencyRate float64
 	// mosquittoInflight is the remote broker's max_inflight_messages in
 	// the upstream scenario.
 	mosquittoInflight int
@@ -138,10 +178,21 @@ func (e *envFlag) Set(v string) error {
 	return nil
 }
 
+// listFlag collects a repeatable flag's values.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, " ") }
+
+func (l *listFlag) Set(v string) error {
+	*l = append(*l, v)
+	return nil
+}
+
 func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	var names string
 	var env envFlag
+	var tribArgs listFlag
 	fs := flag.NewFlagSet("tributary-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.bootstrap, "kafka-bootstrap", "", "Kafka bootstrap servers; empty starts an in-process kfake")
@@ -157,6 +208,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.mosquittoInflight, "mosquitto-inflight", 1000, "upstream scenario: the remote mosquitto's max_inflight_messages (0: no limit)")
 	fs.IntVar(&o.wsWindow, "ws-window", 1000, "ws-in scenario: frames each socket keeps awaiting their results (at most Tributary's websocket.max_inflight to keep it busy, default 1000)")
 	fs.Var(&env, "tributary-env", "KEY=VALUE added to Tributary's environment, e.g. GODEBUG=gctrace=1 (repeatable)")
+	fs.Var(&tribArgs, "tributary-arg", "command-line argument added to Tributary's, e.g. --tributary-arg=--kafka-ack-linger=500us (repeatable)")
+	fs.IntVar(&o.profileSeconds, "profile", 0, "fetch a CPU profile of this many seconds from the start of each loaded Tributary's run, and its allocation profile at the end, into the kept temporary directory (0: off)")
+	fs.IntVar(&o.connections, "connections", 10000, "connections scenario: idle MQTT clients to open")
+	fs.Float64Var(&o.latencyRate, "latency-rate", 0, "latency-qos1 scenario: total publishes per second (0: half the mqtt-qos1 rate of the same round, measuring mqtt-qos1 first if it is not selected)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: tributary-bench [flags]\n\nScenarios:\n")
 		for _, s := range scenarios {
@@ -171,7 +226,11 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	o.env = env
+	o.env, o.args = env, tribArgs
+	if o.profileSeconds > 0 {
+		o.env = append(o.env, "TRIBUTARY_HTTP_PPROF=true")
+		o.keep = true
+	}
 	var problems []error
 	if o.records < 1 {
 		problems = append(problems, fmt.Errorf("--records %d: must be at least 1", o.records))
@@ -190,6 +249,15 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.wsWindow < 1 {
 		problems = append(problems, fmt.Errorf("--ws-window %d: must be at least 1", o.wsWindow))
+	}
+	if o.profileSeconds < 0 {
+		problems = append(problems, fmt.Errorf("--profile %d: must not be negative", o.profileSeconds))
+	}
+	if o.connections < 1 {
+		problems = append(problems, fmt.Errorf("--connections %d: must be at least 1", o.connections))
+	}
+	if o.latencyRate < 0 || math.IsNaN(o.latencyRate) || math.IsInf(o.latencyRate, 0) {
+		problems = append(problems, fmt.Errorf("--latency-rate %v: must be a positive number, or 0 for half the mqtt-qos1 rate", o.latencyRate))
 	}
 	if o.timeout <= 0 {
 		problems = append(problems, fmt.Errorf("--timeout %s: must be positive", o.timeout))
@@ -263,6 +331,7 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		printTable(stdout, results)
 		fmt.Fprintln(stdout)
 		printTargets(stdout, results)
+		printGenerator(stdout, results)
 		printDrains(stdout, results)
 		printConsumers(stdout, results)
 		if opts.jsonPath != "" {
@@ -353,16 +422,43 @@ func (b *bench) run(ctx context.Context) ([]result, error) {
 			if ctx.Err() != nil {
 				return pickMedians(append(rounds, rs)), ctx.Err()
 			}
-			rs = append(rs, b.runOne(ctx, s, runID, round)...)
+			if s.kind == latencyLoad && b.opts.latencyRate == 0 && !b.selected("mqtt-qos1") {
+				// latency-qos1 paces at half the mqtt-qos1 rate of
+				// this round: measure that first.
+				q1, _ := scenarioNamed("mqtt-qos1")
+				fmt.Fprintf(b.progress, "== latency-qos1 needs this round's mqtt-qos1 rate: measuring it first\n")
+				rs = append(rs, b.runOne(ctx, q1, runID, round, rs)...)
+			}
+			rs = append(rs, b.runOne(ctx, s, runID, round, rs)...)
 		}
 		rounds = append(rounds, rs)
 	}
 	return pickMedians(rounds), nil
 }
 
-// runOne runs scenario s on a fresh topic. It returns one result, or
-// two for upstream: mosquitto_sub's and Tributary's.
-func (b *bench) runOne(ctx context.Context, s scenario, runID string, round int) []result {
+// selected reports whether the run includes scenario name.
+func (b *bench) selected(name string) bool {
+	for _, s := range b.opts.scenarios {
+		if s.name == name {
+			return true
+		}
+	}
+	return false
+}
+
+func scenarioNamed(name string) (scenario, bool) {
+	for _, s := range scenarios {
+		if s.name == name {
+			return s, true
+		}
+	}
+	return scenario{}, false
+}
+
+// runOne runs scenario s on a fresh topic; earlier holds the results of
+// the round so far. It returns one result, or two for upstream:
+// mosquitto_sub's and Tributary's.
+func (b *bench) runOne(ctx context.Context, s scenario, runID string, round int, earlier []result) []result {
 	name := s.name
 	if b.opts.repeat > 1 {
 		name = fmt.Sprintf("%s-%d", s.name, round)
@@ -370,29 +466,46 @@ func (b *bench) runOne(ctx context.Context, s scenario, runID string, round int)
 	topic := fmt.Sprintf("bench-%s-%s", runID, name)
 	rs := []result{{Scenario: s.name, Records: b.opts.records}}
 	var err error
-	if s.consumes() {
+	switch {
+	case s.consumes():
 		topic, err = b.filledTopic(ctx, runID, round)
 		rs[0].drain = true
-	} else {
+	case s.needsTopic():
 		err = b.admin.createTopic(ctx, topic, b.opts.partitions)
 	}
-	fmt.Fprintf(b.progress, "== %s: %d records, %s → Kafka topic %s\n", name, b.opts.records, s.describe(), topic)
+	switch s.kind {
+	case mosquittoLoad:
+		fmt.Fprintf(b.progress, "== %s: %d records, %s\n", name, b.opts.records, s.describe())
+	case idleConns:
+		fmt.Fprintf(b.progress, "== %s: %d idle MQTT clients (keepalive %d s) to a fresh Tributary\n", name, b.opts.connections, idleKeepalive)
+	default:
+		fmt.Fprintf(b.progress, "== %s: %d records, %s → Kafka topic %s\n", name, b.opts.records, s.describe(), topic)
+	}
 	group := fmt.Sprintf("bench-%s-%s", runID, name)
 	cpu0 := selfCPU()
 	if err != nil {
 		rs[0].Error = err.Error()
-	} else if s.ws == wsIn {
-		rs[0] = b.runWSIn(ctx, s, topic, name)
-	} else if s.ws == wsNativeConsume {
-		rs[0] = b.runNativeConsume(ctx, s, topic, group)
-	} else if s.ws == wsOut {
-		rs[0] = b.runWSOut(ctx, s, topic, group, name)
-	} else if s.upstream {
-		rs = b.runUpstream(ctx, topic, name)
-	} else if s.clients == 0 {
-		rs[0] = b.runNative(ctx, s, topic)
 	} else {
-		rs[0] = b.runMQTT(ctx, s, topic, name)
+		switch s.kind {
+		case nativeProduce:
+			rs[0] = b.runNative(ctx, s, topic)
+		case mqttLoad, mqttWSLoad:
+			rs[0] = b.runMQTT(ctx, s, topic, name)
+		case mosquittoLoad:
+			rs[0] = b.runMosquitto(ctx, s, name)
+		case latencyLoad:
+			rs[0] = b.runLatency(ctx, s, topic, name, earlier)
+		case idleConns:
+			rs[0] = b.runConnections(ctx, s, topic, name)
+		case upstreamDrain:
+			rs = b.runUpstream(ctx, topic, name)
+		case wsIn:
+			rs[0] = b.runWSIn(ctx, s, topic, name)
+		case nativeConsume:
+			rs[0] = b.runNativeConsume(ctx, s, topic, group)
+		case wsOut:
+			rs[0] = b.runWSOut(ctx, s, topic, group, name)
+		}
 	}
 	harnessCPU := centi(selfCPU() - cpu0)
 	harness := "load generator"
@@ -403,7 +516,11 @@ func (b *bench) runOne(ctx context.Context, s scenario, runID string, round int)
 		r := &rs[i]
 		if len(rs) == 1 {
 			r.HarnessCPU = ptr(harnessCPU)
-			fmt.Fprintf(b.progress, "   CPU: tributary %s s, harness (%s) %.2f s\n", optf(r.CPU, 2), harness, harnessCPU)
+			broker := "tributary"
+			if s.kind == mosquittoLoad {
+				broker = "mosquitto"
+			}
+			fmt.Fprintf(b.progress, "   CPU: %s %s s, harness (%s) %.2f s\n", broker, optf(r.CPU, 2), harness, harnessCPU)
 		} else {
 			fmt.Fprintf(b.progress, "   %s: CPU %s s, remote mosquitto CPU %s s while draining\n", r.Scenario, optf(r.CPU, 2), optf(r.RemoteCPU, 2))
 		}
@@ -412,6 +529,11 @@ func (b *bench) runOne(ctx context.Context, s scenario, runID string, round int)
 			fmt.Fprintf(b.progress, "   %s\n", r.Skipped)
 		case len(rs) == 1 && r.OK && r.FirstRecordSeconds != nil:
 			fmt.Fprintf(b.progress, "   %d records received after %.2f s (first after %.2f s): %.0f records/s\n", r.Found, r.Seconds, *r.FirstRecordSeconds, r.Rate)
+		case len(rs) == 1 && r.OK && s.kind == mosquittoLoad:
+			fmt.Fprintf(b.progress, "   %d records received by the subscriber after %.2f s: %.0f records/s\n", r.Found, r.Seconds, r.Rate)
+		case len(rs) == 1 && r.OK && s.kind == idleConns:
+			fmt.Fprintf(b.progress, "   %d connections open after %.2f s: %.0f connections/s; Tributary's RSS grew %s KiB per connection\n",
+				r.Records, r.Seconds, r.Rate, optf(kib(r.RSSPerConn), 1))
 		case len(rs) == 1 && r.OK:
 			fmt.Fprintf(b.progress, "   %d records in Kafka after %.2f s: %.0f records/s\n", r.Found, r.Seconds, r.Rate)
 		case len(rs) == 1:
@@ -476,6 +598,12 @@ func pickMedians(rounds [][]result) []result {
 // finish fills in the timing of r from the scenario's start and the
 // moment its records were counted in Kafka.
 func (b *bench) finish(r *result, start, end time.Time, found int64, err error) {
+	r.settle(start, end, found, err, "Kafka holds")
+}
+
+// settle fills in r from its clock and the count that where (e.g.
+// "Kafka holds") found.
+func (r *result) settle(start, end time.Time, found int64, err error, where string) {
 	r.Found = found
 	r.Seconds = end.Sub(start).Seconds()
 	if r.Seconds > 0 {
@@ -485,7 +613,7 @@ func (b *bench) finish(r *result, start, end time.Time, found int64, err error) 
 	case err != nil:
 		r.Error = err.Error()
 	case found != int64(r.Records):
-		r.Error = fmt.Sprintf("Kafka holds %d records, expected %d", found, r.Records)
+		r.Error = fmt.Sprintf("%s %d records, expected %d", where, found, r.Records)
 	default:
 		r.OK = true
 	}
@@ -519,6 +647,41 @@ func (b *bench) runNative(ctx context.Context, s scenario, topic string) result 
 	return r
 }
 
+// daemonConfig returns the configuration of a Tributary that maps every
+// bench/... MQTT topic to topic, with the run's extra environment and
+// arguments.
+func (b *bench) daemonConfig(topic, name string) daemonConfig {
+	return daemonConfig{
+		bin: b.bin, bootstrap: b.bootstrap, topic: topic, dir: b.dir, name: name,
+		env: b.opts.env, args: b.opts.args,
+	}
+}
+
+// profile starts fetching a CPU profile from d when --profile is set,
+// and returns a function that waits for it and then saves d's allocation
+// profile. Both files go to the run's directory; failures are reported
+// on the progress output, not as the scenario's.
+func (b *bench) profile(ctx context.Context, d *daemon, name string) func() {
+	if b.opts.profileSeconds <= 0 {
+		return func() {}
+	}
+	cpuPath := filepath.Join(b.dir, "cpu-"+name+".pprof")
+	done := make(chan error, 1)
+	go func() {
+		done <- d.fetch(ctx, fmt.Sprintf("/debug/pprof/profile?seconds=%d", b.opts.profileSeconds), cpuPath, time.Duration(b.opts.profileSeconds+30)*time.Second)
+	}()
+	return func() {
+		err := <-done
+		allocsPath := filepath.Join(b.dir, "allocs-"+name+".pprof")
+		err = errors.Join(err, d.fetch(ctx, "/debug/pprof/allocs", allocsPath, 30*time.Second))
+		if err != nil {
+			fmt.Fprintf(b.progress, "   profiling: %v\n", err)
+			return
+		}
+		fmt.Fprintf(b.progress, "   profiles: go tool pprof -top %s %s (and %s)\n", b.bin, cpuPath, allocsPath)
+	}
+}
+
 // pollTimeout is how long to wait for records in Kafka: the full timeout,
 // or a short while to count what arrived when sending already failed.
 func (b *bench) pollTimeout(sendErr error) time.Duration {
@@ -532,9 +695,9 @@ func (b *bench) pollTimeout(sendErr error) time.Duration {
 // publishes the records through it, split evenly over the clients.
 func (b *bench) runMQTT(ctx context.Context, s scenario, topic, name string) result {
 	r := result{Scenario: s.name, Records: b.opts.records}
-	d, err := startDaemon(ctx, daemonConfig{
-		bin: b.bin, bootstrap: b.bootstrap, topic: topic, dir: b.dir, name: name, env: b.opts.env,
-	})
+	dc := b.daemonConfig(topic, name)
+	dc.mqttWS = s.kind == mqttWSLoad
+	d, err := startDaemon(ctx, dc)
 	if err != nil {
 		r.Error = err.Error()
 		return r
@@ -549,9 +712,13 @@ func (b *bench) runMQTT(ctx context.Context, s scenario, topic, name string) res
 			}
 		}
 	}()
+	how, addr := mqttDial{}, d.mqttAddr
+	if s.kind == mqttWSLoad {
+		how.ws, addr = true, d.mqttWSAddr
+	}
 	for i := range pubs {
 		id := fmt.Sprintf("%s-%03d", s.name, i)
-		if pubs[i], err = dialPublisher(ctx, d.mqttAddr, id, "bench/"+id, b.payload, s.qos); err != nil {
+		if pubs[i], err = how.publisher(ctx, addr, id, "bench/"+id, b.payload, s.qos); err != nil {
 			r.Error = fmt.Sprintf("%v (log: %s)", err, d.logPath)
 			return r
 		}
@@ -574,15 +741,30 @@ func (b *bench) runMQTT(ctx context.Context, s scenario, topic, name string) res
 			}
 		})
 	}
+	profiled := b.profile(ctx, d, name)
 	cpu0, cpuErr := d.cpuSeconds()
 	start := time.Now()
 	close(begin)
 	wg.Wait()
+	sent := time.Since(start)
 	sendErr := firstError(errs)
-	found, end, err := b.admin.waitForCount(ctx, topic, b.opts.partitions, int64(b.opts.records), b.pollTimeout(sendErr))
+	if sendErr == nil {
+		r.SendSeconds = ptr(sent.Seconds())
+	}
+	wait := b.pollTimeout(sendErr)
+	// A QoS 0 publish Tributary dropped (its in-flight budget was full)
+	// never reaches Kafka: count what did, without waiting the timeout.
+	var dropErr error
+	if dropped, err := d.metric("tributary_mqtt_dropped_total"); err == nil && dropped > 0 {
+		dropErr = fmt.Errorf("Tributary dropped %.0f QoS 0 publishes (tributary_mqtt_dropped_total; see kafka.inflight_budget_bytes)", dropped)
+		wait = min(wait, 5*time.Second)
+	}
+	found, end, err := b.admin.waitForCount(ctx, topic, b.opts.partitions, int64(b.opts.records), wait)
 	if cpu1, err := d.cpuSeconds(); err == nil && cpuErr == nil {
 		r.CPU = ptr(centi(cpu1 - cpu0))
 	}
+	err = errors.Join(dropErr, err)
+	profiled()
 	if rss, err := d.peakRSS(); err == nil {
 		r.RSS = &rss
 	}

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -30,20 +31,74 @@ type publisher struct {
 	qos  byte
 	tmpl []byte // one encoded PUBLISH
 	idAt int    // offset of the packet id in tmpl (QoS 1)
+	// payloadAt is the offset of the payload in tmpl, where a paced
+	// publisher stamps the time it sends each message.
+	payloadAt int
 }
 
 const ioBufferBytes = 64 << 10
 
-// dialPublisher connects to the broker at addr as clientID, waits for a
-// successful CONNACK, and prepares PUBLISH packets of payload to topic.
+// mqttDial says how a bench client connects to a broker.
+type mqttDial struct {
+	// ws connects with MQTT over WebSocket: path /mqtt, subprotocol mqtt,
+	// binary frames.
+	ws bool
+	// local is the source address; nil lets the kernel choose.
+	local net.Addr
+	// keepalive is the CONNECT keepalive in seconds; 0 means 60.
+	keepalive uint16
+}
+
+// mqttWSDialer dials MQTT over WebSocket with large buffers and no
+// compression.
+var mqttWSDialer = websocket.Dialer{
+	HandshakeTimeout: 10 * time.Second,
+	ReadBufferSize:   ioBufferBytes,
+	WriteBufferSize:  ioBufferBytes,
+	Subprotocols:     []string{"mqtt"},
+}
+
+// dial opens the byte stream MQTT runs over to the broker at addr.
+func (m mqttDial) dial(ctx context.Context, addr string) (net.Conn, error) {
+	nd := net.Dialer{}
+	if m.local != nil {
+		nd.LocalAddr = m.local
+	}
+	if !m.ws {
+		conn, err := nd.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("connecting to MQTT %s: %w", addr, err)
+		}
+		return conn, nil
+	}
+	wd := mqttWSDialer
+	wd.NetDialContext = nd.DialContext
+	u := "ws://" + addr + "/mqtt"
+	ws, _, err := wd.DialContext(ctx, u, nil)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to MQTT over WebSocket %s: %w", u, err)
+	}
+	if ws.Subprotocol() != "mqtt" {
+		ws.Close()
+		return nil, fmt.Errorf("connecting to MQTT over WebSocket %s: the server chose subprotocol %q, not mqtt", u, ws.Subprotocol())
+	}
+	return &wsStream{Conn: ws}, nil
+}
+
+// dialPublisher connects to the broker at addr over TCP as clientID, waits
+// for a successful CONNACK, and prepares PUBLISH packets of payload to topic.
 func dialPublisher(ctx context.Context, addr, clientID, topic string, payload []byte, qos byte) (*publisher, error) {
+	return mqttDial{}.publisher(ctx, addr, clientID, topic, payload, qos)
+}
+
+// publisher connects as dialPublisher does, the way m says.
+func (m mqttDial) publisher(ctx context.Context, addr, clientID, topic string, payload []byte, qos byte) (*publisher, error) {
 	if qos > 1 {
 		return nil, fmt.Errorf("QoS %d is not supported by the bench client", qos)
 	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	conn, err := m.dial(ctx, addr)
 	if err != nil {
-		return nil, fmt.Errorf("connecting to MQTT %s: %w", addr, err)
+		return nil, err
 	}
 	p := &publisher{
 		conn: conn,
@@ -51,7 +106,7 @@ func dialPublisher(ctx context.Context, addr, clientID, topic string, payload []
 		r:    bufio.NewReaderSize(conn, ioBufferBytes),
 		qos:  qos,
 	}
-	if err := p.connect(clientID); err != nil {
+	if err := handshake(conn, p.r, clientID, m.keepalive); err != nil {
 		conn.Close()
 		return nil, err
 	}
@@ -60,17 +115,39 @@ func dialPublisher(ctx context.Context, addr, clientID, topic string, payload []
 		conn.Close()
 		return nil, err
 	}
+	p.payloadAt = len(p.tmpl) - len(payload)
 	return p, nil
 }
 
-func (p *publisher) connect(clientID string) error {
+// idle connects as clientID and returns the connection once the broker
+// accepted it, holding no buffers: for many connections that stay idle.
+func (m mqttDial) idle(ctx context.Context, addr, clientID string) (net.Conn, error) {
+	conn, err := m.dial(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	// The broker sends nothing after CONNACK, so a small reader that is
+	// then dropped loses nothing.
+	if err := handshake(conn, bufio.NewReaderSize(conn, 16), clientID, m.keepalive); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return conn, nil
+}
+
+// handshake sends CONNECT (MQTT 3.1.1, clean session) on conn and reads a
+// successful CONNACK from r, which reads conn.
+func handshake(conn net.Conn, r *bufio.Reader, clientID string, keepalive uint16) error {
+	if keepalive == 0 {
+		keepalive = 60
+	}
 	pk := packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
 		ProtocolVersion: 4,
 		Connect: packets.ConnectParams{
 			ProtocolName:     []byte("MQTT"),
 			Clean:            true,
-			Keepalive:        60,
+			Keepalive:        keepalive,
 			ClientIdentifier: clientID,
 		},
 	}
@@ -78,12 +155,12 @@ func (p *publisher) connect(clientID string) error {
 	if err := pk.ConnectEncode(&buf); err != nil {
 		return fmt.Errorf("encoding CONNECT: %w", err)
 	}
-	_ = p.conn.SetDeadline(time.Now().Add(10 * time.Second))
-	defer p.conn.SetDeadline(time.Time{})
-	if _, err := p.conn.Write(buf.Bytes()); err != nil {
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	defer conn.SetDeadline(time.Time{})
+	if _, err := conn.Write(buf.Bytes()); err != nil {
 		return fmt.Errorf("writing CONNECT: %w", err)
 	}
-	hdr, body, err := readPacket(p.r, nil)
+	hdr, body, err := readPacket(r, nil)
 	if err != nil {
 		return fmt.Errorf("reading CONNACK: %w", err)
 	}
@@ -196,11 +273,41 @@ func (p *publisher) closeOnDone(ctx context.Context) func() bool {
 // at a time and returns each one's PUBACK latency (written to the socket
 // buffer → PUBACK read).
 func (p *publisher) publishAcked(ctx context.Context, n, window int) ([]time.Duration, error) {
+	return p.publishPaced(ctx, n, window, nil)
+}
+
+// pace makes publishPaced send on a schedule rather than as fast as the
+// window allows.
+type pace struct {
+	// rate is this connection's publishes per second.
+	rate float64
+	// tick is how often the publishes that have come due are sent.
+	tick time.Duration
+	// delay comes before the first publish, to spread connections over
+	// a tick.
+	delay time.Duration
+	// stamp writes the wall-clock time of sending, as big-endian Unix
+	// nanoseconds, into the first 8 bytes of each payload.
+	stamp bool
+}
+
+// due returns how many of n publishes are due elapsed after the first.
+func (pc *pace) due(elapsed time.Duration, n int) int {
+	return min(n, int(pc.rate*elapsed.Seconds())+1)
+}
+
+// publishPaced is publishAcked, sending on pc's schedule when pc is not
+// nil. A schedule the broker cannot keep up with is throttled by window,
+// so window should leave room for the latencies being measured.
+func (p *publisher) publishPaced(ctx context.Context, n, window int, pc *pace) ([]time.Duration, error) {
 	if p.qos != 1 {
 		return nil, errors.New("publishAcked needs a QoS 1 publisher")
 	}
 	if window < 1 || window > 65535 {
 		return nil, fmt.Errorf("in-flight window %d outside 1..65535", window)
+	}
+	if pc != nil && pc.stamp && len(p.tmpl)-p.payloadAt < 8 {
+		return nil, fmt.Errorf("a payload of %d bytes has no room for an 8-byte send time", len(p.tmpl)-p.payloadAt)
 	}
 	stop := p.closeOnDone(ctx)
 	defer stop()
@@ -224,7 +331,40 @@ func (p *publisher) publishAcked(ctx context.Context, n, window int) ([]time.Dur
 		}
 		return nil, err
 	}
-	for range n {
+	// ackFailed is the error when the reader ended before the writer.
+	ackFailed := func() error {
+		if readErr == nil {
+			return errors.New("more PUBACKs than publishes")
+		}
+		return readErr
+	}
+	due := n
+	var tick <-chan time.Time
+	var first time.Time
+	if pc != nil {
+		select {
+		case <-time.After(pc.delay):
+		case <-readDone:
+			return fail(ackFailed())
+		}
+		t := time.NewTicker(pc.tick)
+		defer t.Stop()
+		tick, first = t.C, time.Now()
+		due = pc.due(0, n)
+	}
+	for i := range n {
+		for i >= due {
+			// Send what is due, then wait for the next tick.
+			if err := p.w.Flush(); err != nil {
+				return fail(fmt.Errorf("writing PUBLISH: %w", err))
+			}
+			select {
+			case <-tick:
+			case <-readDone:
+				return fail(ackFailed())
+			}
+			due = pc.due(time.Since(first), n)
+		}
 		select {
 		case slots <- struct{}{}:
 		default:
@@ -236,14 +376,14 @@ func (p *publisher) publishAcked(ctx context.Context, n, window int) ([]time.Dur
 			select {
 			case slots <- struct{}{}:
 			case <-readDone:
-				if readErr == nil {
-					readErr = errors.New("more PUBACKs than publishes")
-				}
-				return fail(readErr)
+				return fail(ackFailed())
 			}
 		}
 		id := ids.take(int64(time.Since(base)) + 1)
 		binary.BigEndian.PutUint16(p.tmpl[p.idAt:], id)
+		if pc != nil && pc.stamp {
+			binary.BigEndian.PutUint64(p.tmpl[p.payloadAt:], uint64(time.Now().UnixNano()))
+		}
 		if _, err := p.w.Write(p.tmpl); err != nil {
 			return fail(fmt.Errorf("writing PUBLISH: %w", err))
 		}
@@ -330,3 +470,147 @@ func (p *publisher) disconnect() error {
 
 // Close closes the connection.
 func (p *publisher) Close() error { return p.conn.Close() }
+
+// subscriber is a minimal MQTT 3.1.1 client that subscribes to one filter
+// at QoS 0 and counts the publishes it receives, reading through a large
+// buffer so that it keeps up with a broker on the same machine.
+type subscriber struct {
+	conn net.Conn
+	r    *bufio.Reader
+	got  atomic.Int64
+	// last is when the latest publish arrived, in Unix nanoseconds.
+	last atomic.Int64
+}
+
+// subscriber connects as clientID and subscribes to filter at QoS 0.
+func (m mqttDial) subscriber(ctx context.Context, addr, clientID, filter string) (*subscriber, error) {
+	conn, err := m.dial(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	s := &subscriber{conn: conn, r: bufio.NewReaderSize(conn, ioBufferBytes)}
+	if err := handshake(conn, s.r, clientID, m.keepalive); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if err := s.subscribe(filter); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// encodeSubscribe returns a SUBSCRIBE with packet id 1 for filter at QoS 0.
+func encodeSubscribe(filter string) ([]byte, error) {
+	if len(filter) == 0 || len(filter) > 120 {
+		return nil, fmt.Errorf("subscription filter of %d bytes: the bench client takes 1 to 120", len(filter))
+	}
+	// Packet id, filter length and filter, requested QoS: under 128
+	// bytes, so the remaining length is one byte.
+	pk := []byte{packets.Subscribe<<4 | 0x02, byte(2 + 2 + len(filter) + 1), 0, 1}
+	pk = binary.BigEndian.AppendUint16(pk, uint16(len(filter)))
+	pk = append(pk, filter...)
+	return append(pk, 0), nil
+}
+
+func (s *subscriber) subscribe(filter string) error {
+	pk, err := encodeSubscribe(filter)
+	if err != nil {
+		return err
+	}
+	_ = s.conn.SetDeadline(time.Now().Add(10 * time.Second))
+	defer s.conn.SetDeadline(time.Time{})
+	if _, err := s.conn.Write(pk); err != nil {
+		return fmt.Errorf("writing SUBSCRIBE: %w", err)
+	}
+	hdr, body, err := readPacket(s.r, nil)
+	if err != nil {
+		return fmt.Errorf("reading SUBACK: %w", err)
+	}
+	if hdr>>4 != packets.Suback || len(body) != 3 {
+		return fmt.Errorf("reading SUBACK: got packet type %d of %d bytes", hdr>>4, len(body))
+	}
+	if body[2] > 2 {
+		return fmt.Errorf("broker refused the subscription to %q: SUBACK return code %#x", filter, body[2])
+	}
+	return nil
+}
+
+// receive reads publishes until want have arrived or the connection
+// fails; Close ends it early.
+func (s *subscriber) receive(want int64) error {
+	buf := make([]byte, 0, 512)
+	for s.got.Load() < want {
+		hdr, body, err := readPacket(s.r, buf[:0])
+		if err != nil {
+			return fmt.Errorf("reading PUBLISH (%d of %d received): %w", s.got.Load(), want, err)
+		}
+		buf = body
+		switch hdr >> 4 {
+		case packets.Publish:
+			if qos := hdr >> 1 & 3; qos != 0 {
+				return fmt.Errorf("PUBLISH at QoS %d on a QoS 0 subscription", qos)
+			}
+			s.got.Add(1)
+			s.last.Store(time.Now().UnixNano())
+		case packets.Pingresp:
+		default:
+			return fmt.Errorf("unexpected packet type %d from the broker", hdr>>4)
+		}
+	}
+	return nil
+}
+
+// Close closes the connection.
+func (s *subscriber) Close() error { return s.conn.Close() }
+
+// wsStream presents a client WebSocket as the byte stream MQTT runs over:
+// reads run across binary messages, each write is one binary message (a
+// packet may span messages, as MQTT over WebSocket allows). Writes come
+// from one goroutine at a time, as gorilla requires.
+type wsStream struct {
+	*websocket.Conn
+	r io.Reader
+}
+
+var _ net.Conn = (*wsStream)(nil)
+
+// Read reads the stream; the peer closing the WebSocket, cleanly or not,
+// is io.EOF.
+func (s *wsStream) Read(p []byte) (int, error) {
+	for {
+		if s.r == nil {
+			op, r, err := s.NextReader()
+			if _, closed := errors.AsType[*websocket.CloseError](err); closed {
+				return 0, io.EOF
+			}
+			if err != nil {
+				return 0, err
+			}
+			if op != websocket.BinaryMessage {
+				return 0, fmt.Errorf("MQTT over WebSocket: got a message of type %d, not binary", op)
+			}
+			s.r = r
+		}
+		n, err := s.r.Read(p)
+		if errors.Is(err, io.EOF) {
+			s.r = nil
+			if n > 0 {
+				return n, nil
+			}
+			continue
+		}
+		return n, err
+	}
+}
+
+func (s *wsStream) Write(p []byte) (int, error) {
+	if err := s.WriteMessage(websocket.BinaryMessage, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (s *wsStream) SetDeadline(t time.Time) error {
+	return errors.Join(s.SetReadDeadline(t), s.SetWriteDeadline(t))
+}

@@ -76,28 +76,66 @@ func TestFillRatiosAndTargets(t *testing.T) {
 	rs := []result{
 		{Scenario: "native-produce", Rate: 100000, OK: true},
 		{Scenario: "mqtt-qos0", Rate: 50000, OK: true},
-		{Scenario: "mqtt-qos1", Rate: 40000, OK: true},
+		{Scenario: "mosquitto-qos0", Rate: 40000, OK: true},
+		{Scenario: "mqtt-qos1", Rate: 80000, OK: true},
 		{Scenario: "mqtt-qos1-single", Rate: 10000, OK: true},
+		{Scenario: "mqtt-ws-qos1", Rate: 60000, OK: true},
+		{Scenario: "native-consume", Rate: 200000, OK: true, drain: true},
+		{Scenario: "ws-out", Rate: 180000, OK: true, drain: true},
+		{Scenario: "latency-qos1", Rate: 40000, P99Ms: ptr(25.0), OK: true},
+		{Scenario: "connections", Records: 1000, Rate: 5000, RSSPerConn: ptr(16.0 * 1024), OK: true},
 	}
 	fillRatios(rs)
-	wantBaseline := []float64{1, 0.5, 0.4, 0.1}
-	wantRatio := []any{nil, nil, 0.8, 0.2}
-	for i, r := range rs {
-		if r.Baseline == nil || *r.Baseline != wantBaseline[i] {
-			t.Errorf("%s baseline %v, want %v", r.Scenario, deref(r.Baseline), wantBaseline[i])
-		}
-		if deref(r.Ratio) != wantRatio[i] {
-			t.Errorf("%s ratio %v, want %v", r.Scenario, deref(r.Ratio), wantRatio[i])
-		}
+	for _, tc := range []struct {
+		scenario, baseline string
+		ratio, mosquitto   any
+	}{
+		{"native-produce", "", nil, nil},
+		{"mqtt-qos0", "native-produce", 0.5, 1.25},
+		{"mosquitto-qos0", "", nil, nil},
+		{"mqtt-qos1", "native-produce", 0.8, nil}, // mosquitto-qos1 did not run
+		{"mqtt-qos1-single", "native-produce", 0.1, nil},
+		{"mqtt-ws-qos1", "native-produce", 0.6, nil},
+		{"native-consume", "", nil, nil},
+		{"ws-out", "native-consume", 0.9, nil},
+		{"latency-qos1", "", nil, nil},
+		{"connections", "", nil, nil},
+	} {
+		t.Run(tc.scenario, func(t *testing.T) {
+			i := slices.IndexFunc(rs, func(r result) bool { return r.Scenario == tc.scenario })
+			r := rs[i]
+			if r.Baseline != tc.baseline {
+				t.Errorf("baseline %q, want %q", r.Baseline, tc.baseline)
+			}
+			if deref(r.Ratio) != tc.ratio {
+				t.Errorf("ratio %v, want %v", deref(r.Ratio), tc.ratio)
+			}
+			if deref(r.RatioMosquitto) != tc.mosquitto {
+				t.Errorf("ratio to mosquitto %v, want %v", deref(r.RatioMosquitto), tc.mosquitto)
+			}
+		})
 	}
 	var out bytes.Buffer
 	printTargets(&out, rs)
 	for _, want := range []string{
-		"mqtt-qos1 rate ≥ 0.7× mqtt-qos0 rate: 0.800× — met",
-		"mqtt-qos1-single rate ≥ 0.3× mqtt-qos0 rate: 0.200× — MISSED",
+		"mqtt-qos0 rate ≥ 0.9× native-produce rate: 0.500× — MISSED",
+		"mqtt-qos0 rate ≥ 1.0× mosquitto-qos0 rate: 1.250× — met",
+		"mqtt-qos1 rate ≥ 0.7× native-produce rate: 0.800× — met",
+		"mqtt-qos1-single rate ≥ 0.3× native-produce rate: 0.100× — MISSED",
+		"ws-out rate ≥ 0.8× native-consume rate: 0.900× — met",
+		"ws-in rate ≥ 0.9× native-produce rate: not measured",
+		"latency-qos1 PUBACK p99 ≤ 20 ms: 25.000 ms — MISSED",
+		"connections: bridge RSS per idle connection ≤ 32 KiB: 16.000 KiB — met",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("targets output lacks %q:\n%s", want, out.String())
+		}
+	}
+	out.Reset()
+	printTable(&out, rs)
+	for _, want := range []string{"1.250× mosquitto-qos0", "native-consume"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}
 	}
 }
@@ -109,23 +147,56 @@ func TestFillRatiosSkipsFailed(t *testing.T) {
 		{Scenario: "mqtt-qos1", Rate: 40000, OK: false},
 	}
 	fillRatios(rs)
-	if rs[1].Baseline != nil {
-		t.Errorf("ratio to a failed baseline: %v", *rs[1].Baseline)
+	if rs[1].Ratio != nil {
+		t.Errorf("ratio to a failed baseline: %v", *rs[1].Ratio)
+	}
+	if rs[1].Baseline != "native-produce" || rs[2].Baseline != "native-produce" {
+		t.Errorf("baselines %q, %q: the names do not depend on the outcome", rs[1].Baseline, rs[2].Baseline)
 	}
 	if rs[2].Ratio != nil {
 		t.Errorf("ratio for a failed scenario: %v", *rs[2].Ratio)
 	}
 	var out bytes.Buffer
 	printTargets(&out, rs)
-	if !strings.Contains(out.String(), "mqtt-qos1 rate ≥ 0.7× mqtt-qos0 rate: not measured") {
+	if !strings.Contains(out.String(), "mqtt-qos1 rate ≥ 0.7× native-produce rate: not measured") {
 		t.Errorf("failed scenario not reported as not measured:\n%s", out.String())
+	}
+}
+
+func TestPrintGenerator(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		send       float64
+		harnessCPU float64
+		want       string
+	}{
+		{"faster into mosquitto", 1, 2, "into mosquitto it sent 200000/s, 2.00× Tributary's 100000/s; during mqtt-qos0 the harness used 2.00 s of CPU in 2.00 s (100% of one core): not the bottleneck"},
+		{"mosquitto slower, harness idle", 2, 0.2, "into mosquitto it sent 100000/s, 1.00× Tributary's 100000/s; during mqtt-qos0 the harness used 0.20 s of CPU in 2.00 s (10% of one core): not the bottleneck (it waited for the broker most of the time)"},
+		{"mosquitto slower, harness busy", 2, 1.5, "(75% of one core): MAY BE the bottleneck"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rs := []result{
+				{Scenario: "mqtt-qos0", Records: 200000, Seconds: 2, Rate: 100000, HarnessCPU: ptr(tc.harnessCPU), OK: true},
+				{Scenario: "mosquitto-qos0", Records: 200000, Rate: 90000, SendSeconds: ptr(tc.send), OK: true},
+			}
+			var out bytes.Buffer
+			printGenerator(&out, rs)
+			if !strings.Contains(out.String(), tc.want) {
+				t.Errorf("output %q lacks %q", out.String(), tc.want)
+			}
+		})
 	}
 }
 
 func TestWriteJSONKeys(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "out.json")
-	rs := []result{{Scenario: "mqtt-qos1", Records: 10, Seconds: 2, Rate: 5, RSS: ptr(int64(1 << 20)), OK: true}}
-	rs[0].setLatencies([]time.Duration{time.Millisecond})
+	rs := []result{
+		{Scenario: "native-produce", Records: 10, Seconds: 1, Rate: 10, OK: true},
+		{Scenario: "mqtt-qos1", Records: 10, Seconds: 2, Rate: 5, RSS: ptr(int64(1 << 20)), OK: true},
+	}
+	rs[1].setLatencies([]time.Duration{time.Millisecond})
+	fillRatios(rs)
+	rs = rs[1:]
 	if err := writeJSON(path, rs); err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +216,7 @@ func TestWriteJSONKeys(t *testing.T) {
 			t.Errorf("key %q missing from %s", k, b)
 		}
 	}
-	if got[0]["bridge_rss_bytes"] != float64(1<<20) || got[0]["p50_ms"] != float64(1) || got[0]["baseline"] != nil {
+	if got[0]["bridge_rss_bytes"] != float64(1<<20) || got[0]["p50_ms"] != float64(1) || got[0]["baseline"] != "native-produce" || got[0]["ratio"] != 0.5 {
 		t.Errorf("wrong values in %s", b)
 	}
 }

@@ -341,10 +341,8 @@ func (b *bench) runUpstreamTributary(ctx context.Context, r result, brokerBin, t
 		r.Error = fmt.Sprintf("writing Tributary's config: %v", err)
 		return r
 	}
-	dc := daemonConfig{
-		bin: b.bin, bootstrap: b.bootstrap, topic: topic, dir: b.dir, env: b.opts.env,
-		config: cfgPath, readyPoll: 5 * time.Millisecond,
-	}
+	dc := b.daemonConfig(topic, name)
+	dc.config, dc.readyPoll = cfgPath, 5*time.Millisecond
 
 	// /readyz is 200 only once the upstream has connected and subscribed.
 	dc.name = name + "-session"

@@ -81,8 +81,8 @@ func TestUpstreamRatiosAndSkips(t *testing.T) {
 		{Scenario: "upstream", Rate: 46000, Found: 100, WallSeconds: ptr(0.004), ReadySeconds: ptr(0.001), OK: true, drain: true},
 	}
 	fillRatios(rs)
-	if rs[1].Baseline != nil || rs[2].Baseline != nil {
-		t.Error("drain scenarios compared with native-produce")
+	if rs[1].Baseline != "" || rs[2].Baseline != "mosquitto-sub" {
+		t.Errorf("baselines %q and %q, want none and mosquitto-sub", rs[1].Baseline, rs[2].Baseline)
 	}
 	if rs[2].Ratio == nil || *rs[2].Ratio != 0.92 {
 		t.Errorf("upstream ratio %v, want 0.92", deref(rs[2].Ratio))
@@ -116,7 +116,7 @@ func TestParseFlagsMosquittoInflight(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.mosquittoInflight != 1000 || len(o.scenarios) != 1 || !o.scenarios[0].upstream {
+	if o.mosquittoInflight != 1000 || len(o.scenarios) != 1 || o.scenarios[0].kind != upstreamDrain {
 		t.Fatalf("options %+v", o)
 	}
 	if _, err := parseFlags([]string{"--mosquitto-inflight", "-1"}, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "--mosquitto-inflight -1") {

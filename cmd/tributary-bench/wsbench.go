@@ -162,9 +162,7 @@ func (p *wsProducer) results(n int) error {
 // /socket/in, split evenly over the scenario's sockets.
 func (b *bench) runWSIn(ctx context.Context, s scenario, topic, name string) result {
 	r := result{Scenario: s.name, Records: b.opts.records}
-	d, err := startDaemon(ctx, daemonConfig{
-		bin: b.bin, bootstrap: b.bootstrap, topic: topic, dir: b.dir, name: name, env: b.opts.env,
-	})
+	d, err := startDaemon(ctx, b.daemonConfig(topic, name))
 	if err != nil {
 		r.Error = err.Error()
 		return r
@@ -209,6 +207,7 @@ func (b *bench) runWSIn(ctx context.Context, s scenario, topic, name string) res
 		})
 		reads.Go(func() { readErrs[i] = p.results(counts[i]) })
 	}
+	profiled := b.profile(ctx, d, name)
 	cpu0, cpuErr := d.cpuSeconds()
 	start := time.Now()
 	close(begin)
@@ -228,6 +227,7 @@ func (b *bench) runWSIn(ctx context.Context, s scenario, topic, name string) res
 	if cpu1, err := d.cpuSeconds(); err == nil && cpuErr == nil {
 		r.CPU = ptr(centi(cpu1 - cpu0))
 	}
+	profiled()
 	if rss, err := d.peakRSS(); err == nil {
 		r.RSS = &rss
 	}
@@ -382,9 +382,7 @@ func (b *bench) runNativeConsume(ctx context.Context, s scenario, topic, group s
 // one /socket/out socket in a fresh group.
 func (b *bench) runWSOut(ctx context.Context, s scenario, topic, group, name string) result {
 	r := result{Scenario: s.name, Records: b.opts.records, drain: true}
-	d, err := startDaemon(ctx, daemonConfig{
-		bin: b.bin, bootstrap: b.bootstrap, topic: topic, dir: b.dir, name: name, env: b.opts.env,
-	})
+	d, err := startDaemon(ctx, b.daemonConfig(topic, name))
 	if err != nil {
 		r.Error = err.Error()
 		return r
@@ -404,6 +402,7 @@ func (b *bench) runWSOut(ctx context.Context, s scenario, topic, group, name str
 
 	ctx, cancel := context.WithTimeout(ctx, b.opts.timeout)
 	defer cancel()
+	profiled := b.profile(ctx, d, name)
 	cpu0, cpuErr := d.cpuSeconds()
 	var t consumeTiming
 	t.start = time.Now()
@@ -436,6 +435,7 @@ func (b *bench) runWSOut(ctx context.Context, s scenario, topic, group, name str
 	if cpu1, err := d.cpuSeconds(); err == nil && cpuErr == nil {
 		r.CPU = ptr(centi(cpu1 - cpu0))
 	}
+	profiled()
 	if rss, err := d.peakRSS(); err == nil {
 		r.RSS = &rss
 	}
