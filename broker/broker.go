@@ -71,6 +71,7 @@ type Broker struct {
 	ingest   *ingest
 	auth     *authHook
 	gate     *connGate
+	closes   *closeReasons
 	addrs    map[string]string
 	lns      []net.Listener
 	ctx      context.Context
@@ -104,6 +105,7 @@ func New(cfg Config, producer Producer, mapper *mapping.Mapper, log *slog.Logger
 	b.ingest.publishLimits = cfg.Publish
 	b.ingest.limited = newPublishLimitMetrics(reg)
 	b.gate = newConnGate(cfg.Conns, reg, log.With("component", "mqtt-limits"))
+	b.closes = newCloseReasons(reg, log.With("component", "mqtt"))
 	ac := cfg.Auth
 	ac.Registerer = reg
 	ah, err := newAuthHook(ac, log.With("component", "mqtt-auth"))
@@ -204,6 +206,7 @@ func (b *Broker) Start() error {
 		} else {
 			l = listeners.NewNet(s.id, served)
 		}
+		l = recordingListener{Listener: l, reasons: b.closes}
 		if err := b.server.AddListener(l); err != nil {
 			return fmt.Errorf("adding MQTT listener %s: %w", s.id, err)
 		}

@@ -89,6 +89,19 @@ func TestBadInput(t *testing.T) {
 		return strings.Contains(m, `tributary_mqtt_connections{listener="mqtt-tcp"} 1`) &&
 			strings.Contains(m, `tributary_mqtt_connections{listener="mqtt-ws"} 1`)
 	})
+	// Every kind of rejection was counted.
+	m := metricsText(t, d.httpAddr())
+	for _, want := range []string{
+		`tributary_mqtt_connections_rejected_total{listener="mqtt-tcp",reason="malformed"}`,
+		`tributary_mqtt_connections_rejected_total{listener="mqtt-tcp",reason="protocol_violation"}`,
+		`tributary_mqtt_connections_rejected_total{listener="mqtt-tcp",reason="packet_too_large"}`,
+		`tributary_mqtt_connections_rejected_total{listener="mqtt-ws",reason="text_frame"}`,
+		`tributary_mqtt_connections_rejected_total{listener="mqtt-ws",reason="packet_too_large"}`,
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metric %s missing after the bad input", want)
+		}
+	}
 	http.DefaultClient.CloseIdleConnections()
 	var stacks string
 	var n int
