@@ -43,7 +43,9 @@ type Config struct {
 	ReadHeaderTimeout, ReadTimeout, WriteTimeout, IdleTimeout time.Duration
 	Pprof                                                     bool // serve net/http/pprof under /debug/pprof/
 	Gatherer                                                  prometheus.Gatherer
-	Ready                                                     []Check
+	// Registerer receives the server's own metrics; nil means none.
+	Registerer prometheus.Registerer
+	Ready      []Check
 	// API, when set, serves the JSON WebSocket API on the same server.
 	API *API
 }
@@ -55,8 +57,10 @@ type Server struct {
 	srv   *http.Server
 	ln    net.Listener
 	tlsLn net.Listener
-	wg    sync.WaitGroup
-	once  sync.Once
+	// timeouts counts connections the server's timeouts cut off.
+	timeouts *timeoutWatch
+	wg       sync.WaitGroup
+	once     sync.Once
 }
 
 // New builds the server; Start binds it.
@@ -99,6 +103,8 @@ func New(cfg Config, log *slog.Logger) *Server {
 		IdleTimeout:       orDefault(cfg.IdleTimeout, 120*time.Second),
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
+	s.timeouts = newTimeoutWatch(cfg.Registerer)
+	s.srv.ConnState = s.timeouts.connState
 	return s
 }
 
@@ -129,7 +135,7 @@ func (s *Server) Start() error {
 		if err != nil {
 			return fmt.Errorf("starting HTTP server on %s: %w", s.cfg.Addr, err)
 		}
-		s.ln = ln
+		s.ln = s.timeouts.listener(ln)
 	}
 	if s.cfg.TLSAddr != "" {
 		if s.cfg.TLSConfig == nil {
@@ -144,7 +150,7 @@ func (s *Server) Start() error {
 		tc := s.cfg.TLSConfig()
 		// HTTP/1.1 only: WebSocket upgrades need it.
 		tc.NextProtos = []string{"http/1.1"}
-		s.tlsLn = tls.NewListener(ln, tc)
+		s.tlsLn = tls.NewListener(s.timeouts.listener(ln), tc)
 	}
 	for _, ln := range []net.Listener{s.ln, s.tlsLn} {
 		if ln == nil {

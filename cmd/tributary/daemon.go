@@ -188,6 +188,7 @@ func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 			IdleTimeout:       cfg.HTTP.IdleTimeout,
 			Pprof:             cfg.HTTP.Pprof,
 			Gatherer:          d.registry,
+			Registerer:        d.registry,
 			API:               d.wsAPI,
 			Ready: []websocket.Check{
 				{Name: "kafka", Fn: func() error {

@@ -533,3 +533,28 @@ func TestCertificateReload(t *testing.T) {
 		t.Fatal("the new certificate is not served after the reload")
 	}
 }
+
+// A client that never finishes its request headers is cut off after
+// http.read_header_timeout, and that is counted.
+func TestHTTPSlowClientTimesOut(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.HTTP.ReadHeaderTimeout = 300 * time.Millisecond
+	d := startDaemon(t, cfg)
+	c, err := net.DialTimeout("tcp", d.httpAddr(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err = io.ReadAll(c)
+	if el := time.Since(start); err != nil || el > 5*time.Second {
+		t.Fatalf("a client stuck in its headers was not cut off: %v after %s", err, el)
+	}
+	waitFor(t, 5*time.Second, "the timeout to be counted", func() bool {
+		return strings.Contains(metricsText(t, d.httpAddr()), `tributary_http_timeouts_total{timeout="read"} 1`)
+	})
+}
