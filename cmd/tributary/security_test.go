@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -557,4 +558,50 @@ func TestHTTPSlowClientTimesOut(t *testing.T) {
 	waitFor(t, 5*time.Second, "the timeout to be counted", func() bool {
 		return strings.Contains(metricsText(t, d.httpAddr()), `tributary_http_timeouts_total{timeout="read"} 1`)
 	})
+}
+
+// The binary reloads its certificate on SIGHUP (with file watching off),
+// and keeps running.
+func TestSIGHUPReloadsCertificate(t *testing.T) {
+	dir := devCerts(t)
+	certFile, keyFile := filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key")
+	tlsAddr, httpAddr := freeAddr(t), freeAddr(t)
+	args := []string{"--data-dir", t.TempDir(), "--embedded-kafka-addr", freeAddr(t), "--mqtt-addr", "", "--mqtt-ws-addr", "",
+		"--mqtt-tls-addr", tlsAddr, "--tls-cert-file", certFile, "--tls-key-file", keyFile, "--tls-reload-interval", "0"}
+	if bs := externalKafka(); bs != "" {
+		args = append(args, "--kafka-bootstrap", bs)
+	}
+	p := startBinary(t, httpAddr, args...)
+	serial := func() string {
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", tlsAddr, &tls.Config{InsecureSkipVerify: true})
+		if err != nil {
+			t.Fatalf("TLS dial: %v", err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
+	}
+	before := serial()
+	fresh := devCerts(t)
+	for _, f := range []string{"server.crt", "server.key"} {
+		b, err := os.ReadFile(filepath.Join(fresh, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := serial(); got != before {
+		t.Fatal("the certificate changed without SIGHUP although file watching is off")
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the new certificate after SIGHUP", func() bool { return serial() != before })
+	select {
+	case err := <-p.done:
+		p.done <- err
+		t.Fatalf("tributary exited after SIGHUP: %v", err)
+	default:
+	}
 }
