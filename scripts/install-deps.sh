@@ -3,8 +3,11 @@
 #   mosquitto          MQTT broker started by integration tests (on its own port)
 #   mosquitto-clients  mosquitto_pub / mosquitto_sub for manual and scripted checks
 #   kcat               Kafka command-line client (readiness probe, smoke tests)
+# and, with npm ci, the npm tools pinned in e2e/package-lock.json:
+#   wscat              WebSocket client for the JSON WebSocket API smoke tests
 #
-# Idempotent: when every needed command is already on PATH nothing is done.
+# Idempotent: when every needed command is already on PATH nothing is done,
+# and npm ci is skipped while e2e/node_modules matches the lock file.
 # Works non-interactively as root; otherwise goes through sudo when present.
 # The distribution's mosquitto service is never left listening on 1883: tests
 # start their own broker, and a system one would only get in the way.
@@ -24,6 +27,9 @@ Usage: scripts/install-deps.sh [-h|--help]
 Installs mosquitto, mosquitto-clients and kcat with apt-get (Debian/Ubuntu)
 when any of the commands mosquitto, mosquitto_pub, mosquitto_sub or kcat is
 missing, and makes sure the system mosquitto service is not running.
+Then installs the npm tools pinned in e2e/package-lock.json (wscat) with
+npm ci, unless e2e/node_modules already matches the lock file; Node.js and
+npm come from apt-get when npm is missing.
 EOF
 }
 
@@ -58,6 +64,44 @@ as_root() {
     die "need root for: $* (run as root or install sudo)"
   fi
   "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive "$@"
+}
+
+# The npm tools the tests drive, pinned in e2e/package-lock.json. npm ci
+# replaces node_modules wholesale, so it runs only when the lock file (or
+# package.json) changed since the last install, recorded in a stamp file
+# inside node_modules that npm ci itself removes.
+NPM_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/e2e"
+readonly NPM_DIR
+readonly NPM_BINS=(wscat)
+
+install_npm_tools() {
+  local lock="$NPM_DIR/package-lock.json"
+  local stamp="$NPM_DIR/node_modules/.install-deps-lock.sha256"
+  [[ -f "$lock" ]] || die "$lock is missing"
+  if ! command -v npm >/dev/null 2>&1; then
+    command -v apt-get >/dev/null 2>&1 ||
+      die "npm not found and no apt-get; install Node.js (18 or later) and npm"
+    log "npm not found: installing nodejs and npm with apt-get"
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq --no-install-recommends nodejs npm
+  fi
+  local sum ok=1 b
+  sum="$(cat "$NPM_DIR/package.json" "$lock" | sha256sum | cut -d' ' -f1)"
+  for b in "${NPM_BINS[@]}"; do
+    [[ -x "$NPM_DIR/node_modules/.bin/$b" ]] || ok=0
+  done
+  if [[ $ok -eq 1 && -f "$stamp" && "$(cat "$stamp")" == "$sum" ]]; then
+    log "npm tools in e2e/ match package-lock.json; skipping npm ci"
+    return 0
+  fi
+  log "installing the npm tools pinned in e2e/package-lock.json (npm ci)"
+  (cd "$NPM_DIR" && npm ci --ignore-scripts --no-audit --no-fund) ||
+    die "npm ci in $NPM_DIR failed"
+  for b in "${NPM_BINS[@]}"; do
+    [[ -x "$NPM_DIR/node_modules/.bin/$b" ]] || die "npm ci did not install $b"
+  done
+  printf '%s\n' "$sum" >"$stamp"
+  log "ok: wscat $("$NPM_DIR/node_modules/.bin/wscat" --version) -> $NPM_DIR/node_modules/.bin/wscat"
 }
 
 # Stop and disable a system mosquitto service if one is running, so that
@@ -108,6 +152,7 @@ done
 if [[ ${#missing[@]} -eq 0 ]]; then
   log "all of ${COMMANDS[*]} already present; skipping apt-get"
   stop_system_mosquitto
+  install_npm_tools
   exit 0
 fi
 
@@ -194,3 +239,4 @@ for c in "${COMMANDS[@]}"; do
     log "ok: $c -> /usr/sbin/$c"
   fi
 done
+install_npm_tools

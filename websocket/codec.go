@@ -84,6 +84,24 @@ type inFrame struct {
 	MessageID json.RawMessage `json:"messageId"`
 }
 
+// describeTypeError says in the API's terms which part of a produce
+// message has the wrong JSON type.
+func describeTypeError(e *json.UnmarshalTypeError) string {
+	switch {
+	case e.Field == "":
+		return "a produce message must be a JSON object like {\"key\": {...}, \"value\": {...}, \"headers\": [...], \"messageId\": ...}"
+	case e.Field == "key" || e.Field == "value":
+		return fmt.Sprintf("%q must be an object like {\"value\": ..., \"format\": \"string\"}, got a JSON %s", e.Field, e.Value)
+	case e.Field == "headers":
+		return fmt.Sprintf("\"headers\" must be an array of {\"key\": \"...\", \"value\": \"...\"}, got a JSON %s", e.Value)
+	case strings.HasPrefix(e.Field, "headers."):
+		return fmt.Sprintf("each header must be an object {\"key\": \"...\", \"value\": \"...\"} (field %q got a JSON %s)", e.Field, e.Value)
+	case strings.HasSuffix(e.Field, ".format"):
+		return fmt.Sprintf("%q must be a string (\"string\", \"base64\", \"json\" ...), got a JSON %s", e.Field, e.Value)
+	}
+	return fmt.Sprintf("field %q has the wrong type (got a JSON %s)", e.Field, e.Value)
+}
+
 // decodeProduceFrame turns one /socket/in text frame into a record for
 // topic. keyType and valType apply where the frame names no format. It
 // returns the frame's messageId (raw JSON, nil if absent or unreadable)
@@ -99,7 +117,7 @@ func decodeProduceFrame(data []byte, topic string, keyType, valType format) (*br
 				MessageID json.RawMessage `json:"messageId"`
 			}
 			_ = json.Unmarshal(data, &id)
-			return nil, validID(id.MessageID), invalid("invalid produce message: field %q must be %s", ute.Field, ute.Type)
+			return nil, validID(id.MessageID), invalid("invalid produce message: %s", describeTypeError(ute))
 		}
 		return nil, nil, invalid("invalid produce message: not a JSON object: %v", err)
 	}

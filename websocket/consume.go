@@ -192,7 +192,7 @@ func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
 	// the group before this one joins: one rebalance instead of two.
 	sess := &session{key: "out/" + clientID, stop: c.requestClose, done: make(chan struct{})}
 	if !a.register(r.Context(), sess) {
-		refuse(ws, consumeError{Error: errorBody{Code: 50302, Message: "server shutting down"}}, "server shutting down")
+		refuseWith(ws, consumeError{Error: errorBody{Code: 50302, Message: "server shutting down"}}, websocket.CloseGoingAway, "server shutting down")
 		return
 	}
 	defer a.unregister(sess)
@@ -219,7 +219,7 @@ func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
 	err = c.read()
 	if !c.closing.Load() {
 		a.readEnded(err, r)
-		c.requestClose(closeCodeFor(err), "")
+		c.requestClose(closeFor(err, a.cfg.MaxFrameBytes))
 	}
 	// Stop writing first: with autoCommit=true, what Close commits is
 	// exactly what was written.
@@ -377,6 +377,14 @@ func (c *consumeConn) writer() {
 // batchSize > 1), then marks them written: only now may autoCommit
 // commit them.
 func (c *consumeConn) writeRecords(batch []*bridge.ConsumedRecord) error {
+	// Noted as written before the frame goes out: a client may commit a
+	// record the moment it arrives, before WriteMessage has returned here.
+	// autoCommit still stores only after the write succeeded.
+	c.mu.Lock()
+	for _, r := range batch {
+		c.written[topicPartition{r.Topic, r.Partition}] = r.Offset
+	}
+	c.mu.Unlock()
 	var err error
 	if c.batchSize > 1 {
 		out := make([]outRecord, len(batch))
@@ -391,11 +399,6 @@ func (c *consumeConn) writeRecords(batch []*bridge.ConsumedRecord) error {
 		return err
 	}
 	c.a.metrics.frames.WithLabelValues("out").Add(float64(len(batch)))
-	c.mu.Lock()
-	for _, r := range batch {
-		c.written[topicPartition{r.Topic, r.Partition}] = r.Offset
-	}
-	c.mu.Unlock()
 	if c.autoCommit {
 		for _, r := range batch {
 			c.consumer.Store(r.Topic, r.Partition, r.Offset)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -108,7 +110,7 @@ func (a *API) serveProduce(w http.ResponseWriter, r *http.Request) {
 	}
 	sess := &session{key: "in/" + clientID, stop: c.requestClose, done: make(chan struct{})}
 	if !a.register(ctx, sess) {
-		refuse(ws, produceError{Error: errorBody{Code: 50302, Message: "server shutting down"}}, "server shutting down")
+		refuseWith(ws, produceError{Error: errorBody{Code: 50302, Message: "server shutting down"}}, websocket.CloseGoingAway, "server shutting down")
 		return
 	}
 	defer a.unregister(sess)
@@ -128,7 +130,7 @@ func (a *API) serveProduce(w http.ResponseWriter, r *http.Request) {
 		}
 	} else {
 		a.readEnded(err, r)
-		c.requestClose(closeCodeFor(err), "")
+		c.requestClose(closeFor(err, a.cfg.MaxFrameBytes))
 	}
 	c.stopWriter()
 	cancel()
@@ -147,16 +149,22 @@ func queryFormat(v, name string, problems *[]string) format {
 	return f
 }
 
-// closeCodeFor answers a client's close frame with its own code.
-func closeCodeFor(err error) int {
+// closeFor picks the close frame for a socket whose read ended with err:
+// the client's own code when it closed, 1009 for a frame over the limit,
+// 1001 when it stopped answering pings.
+func closeFor(err error, maxFrame int64) (int, string) {
 	var ce *websocket.CloseError
 	if errors.As(err, &ce) && ce.Code != websocket.CloseNoStatusReceived {
-		return ce.Code
+		return ce.Code, ""
 	}
 	if errors.Is(err, websocket.ErrReadLimit) {
-		return websocket.CloseMessageTooBig
+		return websocket.CloseMessageTooBig, fmt.Sprintf("frame larger than %d bytes (websocket.max_frame_bytes)", maxFrame)
 	}
-	return websocket.CloseNormalClosure
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return websocket.CloseGoingAway, "no pong for two ping intervals"
+	}
+	return websocket.CloseNormalClosure, ""
 }
 
 func (c *produceConn) read() error {
@@ -207,6 +215,10 @@ func produceFailure(err error) *frameError {
 		return &frameError{code: CodeUnknownTopic, msg: err.Error()}
 	case errors.Is(err, bridge.ErrRecordTooLarge):
 		return &frameError{code: CodeInvalidPayload, msg: err.Error()}
+	case bridge.Permanent(err):
+		// Sending it again would fail again (too large for the broker,
+		// not authorised, ...): not the "try again" of 50002.
+		return &frameError{code: CodeInvalidPayload, msg: "Kafka refused the record for good: " + err.Error()}
 	}
 	return &frameError{code: CodeKafka, msg: err.Error()}
 }

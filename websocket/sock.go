@@ -104,11 +104,17 @@ func (s *sock) writeJSON(v any) error {
 // violation: the browser WebSocket API cannot read an HTTP error body, so
 // bad parameters are reported after the upgrade.
 func refuse(ws *websocket.Conn, frame any, reason string) {
+	refuseWith(ws, frame, websocket.ClosePolicyViolation, reason)
+}
+
+// refuseWith is refuse with another close code (1001 when the server is
+// shutting down: nothing was wrong with the request).
+func refuseWith(ws *websocket.Conn, frame any, code int, reason string) {
 	if b, err := json.Marshal(frame); err == nil {
 		_ = ws.SetWriteDeadline(time.Now().Add(5 * time.Second))
 		_ = ws.WriteMessage(websocket.TextMessage, b)
 	}
-	_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.ClosePolicyViolation, closeReason(reason)), time.Now().Add(time.Second))
+	_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, closeReason(reason)), time.Now().Add(time.Second))
 	// Give the client a moment to answer the close frame, then drop it.
 	_ = ws.SetReadDeadline(time.Now().Add(2 * time.Second))
 	for {

@@ -190,6 +190,10 @@ type produced struct {
 // returns the results by messageId. A record whose
 // result is error 50002 (Kafka failed or did not confirm it) is sent
 // again, as the API asks of clients; every other error fails the test.
+// At most produceWindow records await their results at a time: a client
+// that wrote every record before reading any result would, once the socket
+// buffers are full, be stuck writing to a server that has stopped reading
+// until its results are read.
 func produceStrings(t *testing.T, c *websocket.Conn, prefix string, n int) map[string]produced {
 	t.Helper()
 	send := func(i int) {
@@ -200,14 +204,17 @@ func produceStrings(t *testing.T, c *websocket.Conn, prefix string, n int) map[s
 			"messageId": fmt.Sprintf("%s-%d", prefix, i),
 		})
 	}
-	for i := range n {
-		send(i)
-	}
 	got := map[string]produced{}
 	last := map[int32]int64{}
-	retries := 0
+	retries, sent, awaiting := 0, 0, 0
 	for len(got) < n {
+		for sent < n && awaiting < produceWindow {
+			send(sent)
+			sent++
+			awaiting++
+		}
 		r := readResult(t, c)
+		awaiting--
 		var id string
 		if err := json.Unmarshal(r.MessageID, &id); err != nil || !strings.HasPrefix(id, prefix+"-") {
 			t.Fatalf("result with messageId %s", r.MessageID)
@@ -217,6 +224,7 @@ func produceStrings(t *testing.T, c *websocket.Conn, prefix string, n int) map[s
 			i, _ := strconv.Atoi(strings.TrimPrefix(id, prefix+"-"))
 			t.Logf("resending %s after error %d: %s", id, r.Error.Code, r.Error.Message)
 			send(i)
+			awaiting++
 			continue
 		}
 		if r.Error != nil || r.Offset == nil {
@@ -240,6 +248,29 @@ func produceStrings(t *testing.T, c *websocket.Conn, prefix string, n int) map[s
 		got[id] = produced{r.Partition, *r.Offset}
 	}
 	return got
+}
+
+// produceWindow is how many records produceStrings keeps awaiting results:
+// below websocket.max_inflight (1000), so the server never stops reading.
+const produceWindow = 500
+
+// recordsIn is how many records a fresh topic holds after produceStrings
+// returned results: offsets are dense from 0 in each partition (an
+// idempotent, non-transactional producer), so it is the highest offset
+// plus one, summed over partitions. It is more than len(results) when a
+// record Kafka did not confirm (error 50002, resent) was written after all.
+func recordsIn(results map[string]produced) int {
+	top := map[int32]int64{}
+	for _, p := range results {
+		if o, ok := top[p.partition]; !ok || p.offset > o {
+			top[p.partition] = p.offset
+		}
+	}
+	n := 0
+	for _, o := range top {
+		n += int(o) + 1
+	}
+	return n
 }
 
 func checkOrderPerPartition(t *testing.T, recs []wsRecord) {
@@ -338,19 +369,37 @@ func TestWebSocketAcceptance(t *testing.T) {
 	expectQuiet(t, out, time.Second)
 }
 
-// Produce and consume half, commit, reconnect, get the rest, with a larger
-// volume: results carry increasing offsets per partition.
+// The issue's volume test: 10,000 records through /socket/in, each with a
+// result carrying its offset (increasing per partition, checked by
+// produceStrings); consumed back with autoCommit=false, half of every
+// partition committed, and after a reconnect exactly the other half
+// arrives.
 func TestWebSocketCommitHalf(t *testing.T) {
 	d := startDaemon(t, wsConfig(t))
 	topic := uniq("half")
 	in := wsDial(t, d, "/socket/in", url.Values{"clientId": {uniq("p")}, "topic": {topic}})
-	n := 2000
-	produceStrings(t, in, "h", n)
+	const n = 10000
+	start := time.Now()
+	results := produceStrings(t, in, "h", n)
+	total := recordsIn(results)
+	t.Logf("produced %d records in %s (%d in Kafka)", n, time.Since(start).Round(time.Millisecond), total)
 
 	q := url.Values{"clientId": {uniq("c")}, "groupId": {uniq("g")}, "topic": {topic}, "autoCommit": {"false"}, "commitAck": {"true"}}
 	out := wsDial(t, d, "/socket/out", q)
-	recs := readRecords(t, out, n, 60*time.Second)
+	start = time.Now()
+	recs := readRecords(t, out, total, 120*time.Second)
+	t.Logf("consumed %d records in %s", len(recs), time.Since(start).Round(time.Millisecond))
 	checkOrderPerPartition(t, recs)
+	// Every result names a record that came back, at the place it said.
+	at := map[produced]string{}
+	for _, r := range recs {
+		at[produced{r.Partition, r.Offset}] = r.str()
+	}
+	for id, p := range results {
+		if v, ok := at[p]; !ok || v != "h-value-"+strings.TrimPrefix(id, "h-") {
+			t.Fatalf("%s: result said %d/%d, which was consumed as %q", id, p.partition, p.offset, v)
+		}
+	}
 	// Commit the first half of every partition's records.
 	byPartition := map[int32][]wsRecord{}
 	for _, r := range recs {
@@ -367,15 +416,33 @@ func TestWebSocketCommitHalf(t *testing.T) {
 		if r.Committed == nil {
 			t.Fatalf("expected a commit acknowledgement, got %+v", r)
 		}
+		rs := byPartition[r.Committed.Partition]
+		if want := rs[len(rs)/2-1].Offset; r.Committed.Topic != topic || r.Committed.Offset != want {
+			t.Fatalf("commit acknowledged %+v, want %s/%d@%d", *r.Committed, topic, r.Committed.Partition, want)
+		}
 	}
 	closeWS(out)
 	out = wsDial(t, d, "/socket/out", q)
-	again := readRecords(t, out, rest, 60*time.Second)
+	start = time.Now()
+	again := readRecords(t, out, rest, 120*time.Second)
+	t.Logf("after the reconnect, %d records in %s", len(again), time.Since(start).Round(time.Millisecond))
 	checkOrderPerPartition(t, again)
 	for _, r := range again {
 		rs := byPartition[r.Partition]
 		if r.Offset <= rs[len(rs)/2-1].Offset {
 			t.Fatalf("committed record %d/%d redelivered", r.Partition, r.Offset)
+		}
+	}
+	// Each partition resumes right after its committed record.
+	first := map[int32]int64{}
+	for _, r := range again {
+		if _, ok := first[r.Partition]; !ok {
+			first[r.Partition] = r.Offset
+		}
+	}
+	for p, rs := range byPartition {
+		if want := rs[len(rs)/2-1].Offset + 1; first[p] != want {
+			t.Fatalf("partition %d resumed at %d, want %d", p, first[p], want)
 		}
 	}
 	expectQuiet(t, out, time.Second)
@@ -657,7 +724,8 @@ func TestWebSocketProduceRateLimit(t *testing.T) {
 	cfg := wsConfig(t)
 	cfg.WebSocket.ProduceRate = 5
 	d := startDaemon(t, cfg)
-	in := wsDial(t, d, "/socket/in", url.Values{"clientId": {uniq("p")}, "topic": {uniq("rl")}})
+	topic := uniq("rl")
+	in := wsDial(t, d, "/socket/in", url.Values{"clientId": {uniq("p")}, "topic": {topic}})
 	for i := range 20 {
 		sendJSON(t, in, fmt.Sprintf(`{"value":{"value":"v"},"messageId":%d}`, i))
 	}
@@ -675,6 +743,10 @@ func TestWebSocketProduceRateLimit(t *testing.T) {
 	}
 	if limited == 0 || ok == 0 {
 		t.Fatalf("%d accepted, %d rate limited", ok, limited)
+	}
+	// A rate-limited record was not produced.
+	if recs := settledRecords(t, d.bootstrap, topic); len(recs) != ok {
+		t.Fatalf("Kafka has %d records, want the %d accepted", len(recs), ok)
 	}
 }
 
