@@ -34,6 +34,7 @@ test-kafka: deps ## the integration suite against a real Apache Kafka 4.x (KRaft
 fuzz: ## run each fuzz test for FUZZTIME
 	$(GO) test ./mapping -run '^$$' -fuzz FuzzParseRegexList -fuzztime $(FUZZTIME)
 	$(GO) test ./mapping -run '^$$' -fuzz FuzzMap -fuzztime $(FUZZTIME)
+	$(GO) test ./mapping -run '^$$' -fuzz FuzzFastMatch -fuzztime $(FUZZTIME)
 	$(GO) test ./config -run '^$$' -fuzz FuzzDecodeYAML -fuzztime $(FUZZTIME)
 	$(GO) test ./websocket -run '^$$' -fuzz FuzzDecodeProduceFrame -fuzztime $(FUZZTIME)
 	$(GO) test ./auth -run '^$$' -fuzz FuzzLoadUsers -fuzztime $(FUZZTIME)

@@ -156,6 +156,10 @@ type compiledRule struct {
 	// prefix and suffix are literals every matching topic starts and ends
 	// with; see literalAffixes.
 	prefix, suffix string
+	// fast and fastLit decide a match without the regexp engine when the
+	// pattern is simple enough and no template needs its groups.
+	fast    fastKind
+	fastLit string
 }
 
 type headerTemplate struct {
@@ -226,6 +230,7 @@ func compileRule(i int, r Rule) (compiledRule, []error) {
 		fail("match", r.Match, err)
 	} else {
 		cr.prefix, cr.suffix = literalAffixes(r.Match)
+		cr.fast, cr.fastLit = fastMatcher(r.Match)
 	}
 	// With a bad regex, templates are still checked for syntax (re == nil
 	// skips name lookups) so that all problems show up in one run.
@@ -301,7 +306,11 @@ func (m *Mapper) Map(source, mqttTopic string) (Result, error) {
 			continue
 		}
 		var loc []int
-		if r.groups {
+		if r.fast != fastNone && !r.groups {
+			if !fastMatch(r.fast, r.fastLit, mqttTopic) {
+				continue
+			}
+		} else if r.groups {
 			// Allocates only on a match.
 			if loc = r.re.FindStringSubmatchIndex(mqttTopic); loc == nil {
 				continue

@@ -479,6 +479,8 @@ func BenchmarkMap(b *testing.B) {
 			Headers: map[string]string{"site": "${site}"},
 		}}}, "sensors/lyon/temp/42"},
 		{"no rules", mapping.Config{}, "house/kitchen/temperature"},
+		// A literal then .*, as in "kafka:prefix/.*" lists: no regexp runs.
+		{"prefix rule", mapping.Config{Rules: mustParseList(b, "telemetry:devices/.*")}, "devices/kitchen/temperature"},
 	}
 	for _, bb := range benches {
 		m := newMapper(b, bb.cfg)

@@ -45,3 +45,69 @@ func affixes(re *syntax.Regexp) (prefix, suffix string) {
 	}
 	return "", ""
 }
+
+// fastKind is a way to decide whether a rule's regexp matches a topic
+// without running the regexp engine, for the shapes most rules have.
+type fastKind int
+
+const (
+	fastNone      fastKind = iota
+	fastExact              // a literal: the topic equals it
+	fastPrefixNL           // a literal then .*: the topic starts with it and has no newline after it
+	fastPrefixAny          // a literal then (?s).*: the topic starts with it
+)
+
+// fastMatcher recognises expr when it is a literal, a literal followed by
+// .*, or .* alone (as the Confluent-style "topic:prefix/.*" lists are).
+func fastMatcher(expr string) (fastKind, string) {
+	re, err := syntax.Parse(expr, syntax.Perl)
+	if err != nil {
+		return fastNone, ""
+	}
+	literal := func(r *syntax.Regexp) (string, bool) {
+		if r.Op != syntax.OpLiteral || r.Flags&syntax.FoldCase != 0 {
+			return "", false
+		}
+		s := string(r.Rune)
+		return s, !strings.ContainsRune(s, utf8.RuneError)
+	}
+	anyStar := func(r *syntax.Regexp) fastKind {
+		if r.Op != syntax.OpStar || len(r.Sub) != 1 {
+			return fastNone
+		}
+		switch r.Sub[0].Op {
+		case syntax.OpAnyCharNotNL:
+			return fastPrefixNL
+		case syntax.OpAnyChar:
+			return fastPrefixAny
+		}
+		return fastNone
+	}
+	if s, ok := literal(re); ok {
+		return fastExact, s
+	}
+	if k := anyStar(re); k != fastNone {
+		return k, ""
+	}
+	if re.Op == syntax.OpConcat && len(re.Sub) == 2 {
+		if s, ok := literal(re.Sub[0]); ok {
+			if k := anyStar(re.Sub[1]); k != fastNone {
+				return k, s
+			}
+		}
+	}
+	return fastNone, ""
+}
+
+// fastMatch decides a match for a rule fastMatcher recognised.
+func fastMatch(kind fastKind, lit, topic string) bool {
+	switch kind {
+	case fastExact:
+		return topic == lit
+	case fastPrefixNL:
+		return strings.HasPrefix(topic, lit) && strings.IndexByte(topic[len(lit):], '\n') < 0
+	case fastPrefixAny:
+		return strings.HasPrefix(topic, lit)
+	}
+	return false
+}
