@@ -65,6 +65,9 @@ type authHook struct {
 	denyLog  rateLimiter
 	done     chan struct{} // closed by Stop: throttle waits end
 	stopOnce sync.Once
+	// client looks up a connected client or a kept session by client id
+	// (the server's client list); nil skips the session owner check.
+	client func(id string) (*mqtt.Client, bool)
 }
 
 var _ mqtt.Hook = (*authHook)(nil)
@@ -155,13 +158,15 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			return packets.ErrServerShuttingDown
 		}
 	}
-	name, credentialed, ref := h.authenticate(cl, pk)
+	name, _, ref := h.authenticate(cl, pk)
 	if ref == nil {
-		// ACL checks and %u read the name from here.
+		ref = h.checkSessionOwner(cl.ID, name)
+	}
+	if ref == nil {
+		// ACL checks and %u read the name from here. A success does not
+		// clear the address's failures: one valid account must not reset
+		// the throttle for guesses at another; failures expire instead.
 		cl.Properties.Username = []byte(name)
-		if credentialed {
-			h.throttle.Succeeded(addr)
-		}
 		return nil
 	}
 	h.throttle.Failed(addr)
@@ -202,6 +207,22 @@ func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet) (name string
 		return "", false, notAuthorized(reasonNotAuthorized, fmt.Sprintf("not authorized to publish the will message to %q", pk.Connect.WillTopic))
 	}
 	return name, credentialed, nil
+}
+
+// checkSessionOwner refuses a client id whose connection or kept session
+// belongs to another user: mochi would hand the new connection that
+// session's subscriptions and queued messages (which were checked against
+// the owner's ACLs, not the newcomer's), and taking the id over would also
+// disconnect the owner.
+func (h *authHook) checkSessionOwner(id, name string) *refusal {
+	if h.client == nil {
+		return nil
+	}
+	old, ok := h.client(id)
+	if !ok || old == nil || string(old.Properties.Username) == name {
+		return nil
+	}
+	return notAuthorized(reasonNotAuthorized, fmt.Sprintf("client id %q belongs to another user's session", id))
 }
 
 func (h *authHook) certIdentity(cl *mqtt.Client) (string, bool) {

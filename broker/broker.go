@@ -113,6 +113,7 @@ func New(cfg Config, producer Producer, mapper *mapping.Mapper, log *slog.Logger
 		cancel()
 		return nil, err
 	}
+	ah.client = server.Clients.Get
 	b.auth = ah
 	// The auth hook replaces mochi's allow-all one: mochi lets a client or
 	// topic through when any hook allows it.

@@ -338,22 +338,32 @@ func transientAcceptError(err error) bool {
 	return false
 }
 
-// remoteIP is the source address a connection is limited under, with
-// IPv4-mapped IPv6 addresses unmapped so one host has one entry. Addresses
-// that are not IP (a unix socket, a test pipe) share the zero Addr.
+// remoteIP is the source a connection is limited under: the IPv4 address,
+// or the IPv6 /64 (one host usually holds a whole /64, so per-address
+// limits would not bind it), with IPv4-mapped IPv6 addresses unmapped.
+// Addresses that are not IP (a unix socket, a test pipe) share the zero
+// Addr.
 func remoteIP(a net.Addr) netip.Addr {
+	var ip netip.Addr
 	switch a := a.(type) {
 	case *net.TCPAddr:
-		ip, _ := netip.AddrFromSlice(a.IP)
-		return ip.Unmap()
+		ip, _ = netip.AddrFromSlice(a.IP)
 	case nil:
 		return netip.Addr{}
+	default:
+		ap, err := netip.ParseAddrPort(a.String())
+		if err != nil {
+			return netip.Addr{}
+		}
+		ip = ap.Addr()
 	}
-	ap, err := netip.ParseAddrPort(a.String())
-	if err != nil {
-		return netip.Addr{}
+	ip = ip.Unmap()
+	if ip.Is6() {
+		if p, err := ip.Prefix(64); err == nil {
+			return p.Addr()
+		}
 	}
-	return ap.Addr().Unmap()
+	return ip
 }
 
 // gatedConn gives its slot back when closed, once, however often Close is

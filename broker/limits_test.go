@@ -483,7 +483,10 @@ func TestRemoteIP(t *testing.T) {
 	}{
 		{&net.TCPAddr{IP: net.ParseIP("192.0.2.7"), Port: 1}, "192.0.2.7"},
 		{&net.TCPAddr{IP: net.ParseIP("::ffff:192.0.2.7"), Port: 1}, "192.0.2.7"},
-		{&net.TCPAddr{IP: net.ParseIP("2001:db8::1"), Port: 1}, "2001:db8::1"},
+		{&net.TCPAddr{IP: net.ParseIP("2001:db8::1"), Port: 1}, "2001:db8::"},
+		// One /64 is one source: a host can use any address in it.
+		{&net.TCPAddr{IP: net.ParseIP("2001:db8::ffff:1:2:3"), Port: 1}, "2001:db8::"},
+		{&net.TCPAddr{IP: net.ParseIP("2001:db8:0:1::1"), Port: 1}, "2001:db8:0:1::"},
 		{&net.UDPAddr{IP: net.ParseIP("192.0.2.8"), Port: 1}, "192.0.2.8"},
 		{&net.UnixAddr{Name: "/tmp/x", Net: "unix"}, "invalid IP"},
 		{nil, "invalid IP"},

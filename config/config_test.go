@@ -274,3 +274,33 @@ func TestKafkaPropertySecretsFromFileAndEnv(t *testing.T) {
 		}
 	}
 }
+
+func TestKafkaPropertyReferenceErrorsHideTheValue(t *testing.T) {
+	dir := t.TempDir()
+	yml := filepath.Join(dir, "c.yaml")
+	body := "kafka:\n  bootstrap: k:9092\n  properties:\n    sasl.password: \"${Tr0ub4dor&3}\"\n    ssl.key.password: \"$${literal}\"\n"
+	if err := os.WriteFile(yml, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := Load(Options{Args: []string{"--config", yml}})
+	if err == nil || strings.Contains(err.Error(), "Tr0ub4dor") || !strings.Contains(err.Error(), "kafka.properties.sasl.password") {
+		t.Fatalf("want an error naming the key without the value, got %v", err)
+	}
+	body = "kafka:\n  bootstrap: k:9092\n  properties:\n    ssl.key.password: \"$${literal}\"\n"
+	if err := os.WriteFile(yml, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _, err := Load(Options{Args: []string{"--config", yml}})
+	if err != nil || cfg.Kafka.Properties["ssl.key.password"] != "${literal}" {
+		t.Fatalf("$${ escape: %v %q", err, cfg.Kafka.Properties["ssl.key.password"])
+	}
+}
+
+func TestRatesMustBeFinite(t *testing.T) {
+	for _, v := range []string{"NaN", "+Inf", "1e-12"} {
+		_, _, err := Load(Options{Args: []string{"--publish-rate", v}})
+		if err == nil || !strings.Contains(err.Error(), "limits.publish_rate") {
+			t.Errorf("--publish-rate %s: want an error naming limits.publish_rate, got %v", v, err)
+		}
+	}
+}

@@ -21,6 +21,10 @@ func expandSecrets(c *Config, lookupEnv func(string) (string, bool)) []string {
 	sort.Strings(keys)
 	for _, k := range keys {
 		v := c.Kafka.Properties[k]
+		if strings.HasPrefix(v, "$${") {
+			c.Kafka.Properties[k] = v[1:] // an escaped literal "${"
+			continue
+		}
 		if !strings.HasPrefix(v, "${") || !strings.HasSuffix(v, "}") {
 			continue
 		}
@@ -42,7 +46,8 @@ func expandSecrets(c *Config, lookupEnv func(string) (string, bool)) []string {
 			}
 			c.Kafka.Properties[k] = s
 		default:
-			problems = append(problems, fmt.Sprintf("kafka.properties.%s %q: a reference must be ${file:/path} or ${env:NAME}", k, v))
+			// The value is not echoed: it may be a password.
+			problems = append(problems, fmt.Sprintf("kafka.properties.%s: a value in ${...} must be ${file:/path} or ${env:NAME} (write $${ for a value that starts with ${)", k))
 		}
 	}
 	return problems

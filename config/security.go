@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -148,8 +149,13 @@ func (c *Config) validateSecurity(add func(string, ...any)) {
 		{"limits.publish_rate (--publish-rate)", l.PublishRate},
 		{"limits.publish_bytes_rate (--publish-bytes-rate)", l.PublishBytesRate},
 	} {
-		if v.n < 0 {
+		switch {
+		case math.IsNaN(v.n) || math.IsInf(v.n, 0):
+			add("%s %s: must be a finite number", v.key, strconv.FormatFloat(v.n, 'f', -1, 64))
+		case v.n < 0:
 			add("%s %s: must be 0 (unlimited) or more", v.key, strconv.FormatFloat(v.n, 'f', -1, 64))
+		case v.n > 0 && v.n < 0.01:
+			add("%s %s: must be 0 (unlimited) or at least 0.01", v.key, strconv.FormatFloat(v.n, 'f', -1, 64))
 		}
 	}
 	if l.PublishBytesRate > 0 && l.PublishBytesRate < float64(c.Kafka.MaxMessageBytes) {

@@ -56,7 +56,7 @@ type API struct {
 	metrics  *apiMetrics
 
 	mu       sync.Mutex
-	sessions map[string]*session // "in/<clientId>" or "out/<clientId>"
+	sessions map[string]*session // "in/<user>/<clientId>" or "out/<user>/<clientId>"
 	all      map[*session]struct{}
 	closing  bool
 	wg       sync.WaitGroup

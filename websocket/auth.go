@@ -16,8 +16,8 @@ import (
 // AuthConfig configures who may use the HTTP API. With neither Users nor
 // Tokens set, everyone may.
 type AuthConfig struct {
-	// Users authenticates HTTP Basic credentials, says whether anonymous
-	// requests are allowed, and holds the per-user Kafka topic ACLs.
+	// Users authenticates HTTP Basic credentials and holds the per-user
+	// Kafka topic ACLs. Its allow_anonymous does not apply to HTTP.
 	Users *auth.Users
 	// Tokens authenticates bearer tokens: an "Authorization: Bearer"
 	// header, an access_token query parameter, or, for browsers, a
@@ -44,7 +44,7 @@ type userKey struct{}
 // how they proved it.
 type principal struct {
 	user   string
-	method string // "basic", "token", "anonymous" or "none" (no auth configured)
+	method string // "basic", "token" or "none" (no auth configured)
 }
 
 func userOf(ctx context.Context) principal {
@@ -100,15 +100,20 @@ func (a *Authenticator) wrap(next http.Handler) http.Handler {
 		})
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// An address with recent failures waits before its credentials
+		// are even checked, so guessing is slowed whatever the answer.
+		if d := a.cfg.Throttle.Delay(r.RemoteAddr); d > 0 && hasCredentials(r) {
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-r.Context().Done():
+				t.Stop()
+				return
+			}
+		}
 		p, reason := a.authenticate(r)
 		if reason != "" {
 			a.m.failures.WithLabelValues(reason).Inc()
-			if d := a.cfg.Throttle.Delay(r.RemoteAddr); d > 0 && reason != "missing" {
-				select {
-				case <-time.After(d):
-				case <-r.Context().Done():
-				}
-			}
 			if reason != "missing" {
 				a.cfg.Throttle.Failed(r.RemoteAddr)
 			}
@@ -121,14 +126,24 @@ func (a *Authenticator) wrap(next http.Handler) http.Handler {
 			if reason != "missing" {
 				msg = "wrong credentials (" + strings.ReplaceAll(reason, "_", " ") + ")"
 			}
-			_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{"code": 40101, "message": msg}})
+			_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{"code": CodeUnauthorized, "message": msg}})
 			return
-		}
-		if p.method != "anonymous" {
-			a.cfg.Throttle.Succeeded(r.RemoteAddr)
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), userKey{}, p)))
 	})
+}
+
+// hasCredentials reports whether a request carries any form of them.
+func hasCredentials(r *http.Request) bool {
+	if r.Header.Get("Authorization") != "" || r.URL.Query().Get("access_token") != "" {
+		return true
+	}
+	for _, p := range websocketProtocols(r) {
+		if strings.HasPrefix(p, tokenProtocolPrefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // authenticate finds the request's credentials and checks them. reason is
@@ -160,9 +175,8 @@ func (a *Authenticator) authenticate(r *http.Request) (principal, string) {
 			return a.token(strings.TrimPrefix(p, tokenProtocolPrefix))
 		}
 	}
-	if a.cfg.Users != nil && a.cfg.Users.AllowAnonymous() {
-		return principal{method: "anonymous"}, ""
-	}
+	// The users file's allow_anonymous is for MQTT devices: the HTTP API,
+	// /metrics and pprof always need credentials once any are configured.
 	return principal{}, "missing"
 }
 
@@ -201,4 +215,11 @@ func (a *Authenticator) canConsume(ctx context.Context, topic string) bool {
 		return true
 	}
 	return a.cfg.Users.CanConsume(p.user, topic)
+}
+
+// sessionKey names a socket for the clientId replacement rule: per
+// authenticated user, so that one user cannot close another's socket by
+// reusing its clientId.
+func sessionKey(path string, r *http.Request, clientID string) string {
+	return path + "/" + userOf(r.Context()).user + "/" + clientID
 }

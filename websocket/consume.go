@@ -190,7 +190,7 @@ func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
 	}
 	// Register before joining the group, so a replaced socket has left
 	// the group before this one joins: one rebalance instead of two.
-	sess := &session{key: "out/" + clientID, stop: c.requestClose, done: make(chan struct{})}
+	sess := &session{key: sessionKey("out", r, clientID), stop: c.requestClose, done: make(chan struct{})}
 	if !a.register(r.Context(), sess) {
 		refuseWith(ws, consumeError{Error: errorBody{Code: 50302, Message: "server shutting down"}}, websocket.CloseGoingAway, "server shutting down")
 		return

@@ -108,7 +108,7 @@ func (a *API) serveProduce(w http.ResponseWriter, r *http.Request) {
 	if a.cfg.ProduceRate > 0 {
 		c.limit = newBucket(a.cfg.ProduceRate, max(1, a.cfg.ProduceRate))
 	}
-	sess := &session{key: "in/" + clientID, stop: c.requestClose, done: make(chan struct{})}
+	sess := &session{key: sessionKey("in", r, clientID), stop: c.requestClose, done: make(chan struct{})}
 	if !a.register(ctx, sess) {
 		refuseWith(ws, produceError{Error: errorBody{Code: 50302, Message: "server shutting down"}}, websocket.CloseGoingAway, "server shutting down")
 		return

@@ -605,3 +605,66 @@ func TestSIGHUPReloadsCertificate(t *testing.T) {
 	default:
 	}
 }
+
+// A client id whose kept session belongs to another user cannot be taken
+// over: mochi would hand over the session's queued messages, which the
+// ACLs checked against their owner, not against the newcomer.
+func TestSessionOfAnotherUserIsNotTakenOver(t *testing.T) {
+	users := usersFile(t, `
+users:
+  - {username: alice, password_hash: "HASH(alice)"}
+  - {username: bob, password_hash: "HASH(bob)"}
+acls:
+  - {user: alice, topic: "alice/#", access: all}
+  - {user: bob, topic: "bob/#", access: all}
+`, map[string]string{"alice": "pw-a", "bob": "pw-b"})
+	cfg := testConfig(t)
+	cfg.Auth.UsersFile = users
+	d := startDaemon(t, cfg)
+	url := "tcp://" + d.mqttAddr()
+	id := uniq("sensor")
+	persistent := func(user, pass string) func(*paho.ClientOptions) {
+		return func(o *paho.ClientOptions) { o.SetUsername(user).SetPassword(pass).SetCleanSession(false) }
+	}
+	alice := mqttClient(t, url, id, persistent("alice", "pw-a"))
+	if tok := alice.Subscribe("alice/#", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("alice subscribing: %v", tok.Error())
+	}
+	alice.Disconnect(100)
+	other := mqttClient(t, url, uniq("pub"), func(o *paho.ClientOptions) { o.SetUsername("alice").SetPassword("pw-a") })
+	publish(t, other, "alice/secret", 1, false, "alice's secret")
+
+	o := paho.NewClientOptions().AddBroker(url).SetClientID(id).SetUsername("bob").SetPassword("pw-b").
+		SetCleanSession(false).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second)
+	var got []string
+	var mu sync.Mutex
+	o.SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) {
+		mu.Lock()
+		got = append(got, string(m.Payload()))
+		mu.Unlock()
+	})
+	bob := paho.NewClient(o)
+	tok := bob.Connect()
+	if tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
+		defer bob.Disconnect(100)
+		time.Sleep(time.Second) // a queued message would arrive at once
+		mu.Lock()
+		defer mu.Unlock()
+		t.Fatalf("bob took over alice's session (received %q)", got)
+	}
+	t.Logf("bob refused: %v", tok.Error())
+	// alice still gets her queued message.
+	alice2 := mqttClient(t, url, id, persistent("alice", "pw-a"), func(o *paho.ClientOptions) {
+		o.SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) {
+			mu.Lock()
+			got = append(got, string(m.Payload()))
+			mu.Unlock()
+		})
+	})
+	defer alice2.Disconnect(100)
+	waitFor(t, 10*time.Second, "alice's queued message", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) == 1 && got[0] == "alice's secret"
+	})
+}
