@@ -71,8 +71,9 @@ func (c *ThrottleConfig) fillDefaults() {
 
 // Throttle slows down repeated failed logins from one address: after
 // Failures failures, each new attempt from that address waits Delay,
-// doubling with each further failure up to MaxDelay, until a success or
-// Window without failures. IPv6 addresses count by their /64, which one
+// doubling with each further failure up to MaxDelay, until Window passes
+// without failures. A success does not reset it: one valid account must
+// not clear the way for guesses at another. IPv6 addresses count by their /64, which one
 // host usually holds whole. Memory is bounded by MaxAddresses.
 //
 // The wait applies per attempt, so many parallel connections from one
@@ -152,22 +153,6 @@ func (t *Throttle) Failed(addr string) {
 		t.forget(t.lru.Front())
 	}
 	t.addrs[key] = t.lru.PushBack(&failures{key: key, count: 1, last: now})
-}
-
-// Succeeded forgets addr's failures.
-func (t *Throttle) Succeeded(addr string) {
-	if t == nil {
-		return
-	}
-	key, ok := addrKey(addr)
-	if !ok {
-		return
-	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if e, ok := t.addrs[key]; ok {
-		t.forget(e)
-	}
 }
 
 // tracked returns how many addresses are remembered.

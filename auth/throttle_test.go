@@ -55,10 +55,6 @@ func TestThrottleDelays(t *testing.T) {
 	if got := th.Delay(addr); got != time.Second {
 		t.Fatalf("after many failures: delay %v, want the cap", got)
 	}
-	th.Succeeded(addr)
-	if got := th.Delay(addr); got != 0 {
-		t.Fatalf("after a success: delay %v, want none", got)
-	}
 }
 
 func TestThrottleWindow(t *testing.T) {
@@ -144,7 +140,6 @@ func TestThrottleDefaultsAndNil(t *testing.T) {
 	}
 	var none *Throttle
 	none.Failed("192.0.2.1")
-	none.Succeeded("192.0.2.1")
 	if none.Delay("192.0.2.1") != 0 {
 		t.Fatal("a nil throttle delayed")
 	}
@@ -171,9 +166,6 @@ func TestThrottleConcurrent(t *testing.T) {
 				addr := fmt.Sprintf("10.%d.%d.1:1", g, i%60)
 				th.Delay(addr)
 				th.Failed(addr)
-				if i%7 == 0 {
-					th.Succeeded(addr)
-				}
 			}
 		})
 	}
