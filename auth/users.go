@@ -268,6 +268,10 @@ func (u *Users) CanProduce(username, kafkaTopic string) bool {
 	return false
 }
 
+// KafkaACLs reports whether the file restricts Kafka topics (has a
+// kafka_acls section); consumer group names are then per user too.
+func (u *Users) KafkaACLs() bool { return u != nil && u.kafka != nil }
+
 // CanConsume reports whether the user may consume a Kafka topic through the
 // WebSocket API. An empty username means an anonymous client.
 func (u *Users) CanConsume(username, kafkaTopic string) bool {

@@ -223,3 +223,20 @@ func (a *Authenticator) canConsume(ctx context.Context, topic string) bool {
 func sessionKey(path string, r *http.Request, clientID string) string {
 	return path + "/" + userOf(r.Context()).user + "/" + clientID
 }
+
+// consumerGroup applies the per-user naming of consumer groups that comes
+// with Kafka topic ACLs: a user's groups are named after the user, so
+// that a user allowed to read a topic cannot join (and commit for) a
+// group some other consumer of that topic uses. Without a groupId the
+// group is "<user>.<clientId>". ok is false for a group outside the
+// user's names.
+func (a *Authenticator) consumerGroup(ctx context.Context, groupID, clientID string, given bool) (string, bool) {
+	p := userOf(ctx)
+	if !a.Enabled() || a.cfg.Users == nil || !a.cfg.Users.KafkaACLs() || p.method == "none" {
+		return groupID, true
+	}
+	if !given {
+		return p.user + "." + clientID, true
+	}
+	return groupID, groupID == p.user || strings.HasPrefix(groupID, p.user+".")
+}

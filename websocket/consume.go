@@ -3,6 +3,7 @@ package websocket
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -147,6 +148,16 @@ func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
 	if len(problems) > 0 {
 		msg := strings.Join(problems, "; ")
 		refuse(ws, consumeError{Error: errorBody{Code: CodeBadRequest, Message: msg}}, msg)
+		return
+	}
+	if g, ok := a.cfg.Auth.consumerGroup(r.Context(), groupID, clientID, q.Get("groupId") != ""); ok {
+		groupID = g
+	} else {
+		a.cfg.Auth.m.denied.WithLabelValues("consume").Inc()
+		user := userOf(r.Context()).user
+		msg := fmt.Sprintf("not authorized to use consumer group %q: with Kafka topic ACLs a user's groups are named %q or start with %q", groupID, user, user+".")
+		a.log.Info("WebSocket consume socket refused: consumer group of another user", "user", user, "group", groupID, "remote", r.RemoteAddr)
+		refuse(ws, consumeError{Error: errorBody{Code: CodeForbidden, Message: msg}}, msg)
 		return
 	}
 	for _, t := range topics {

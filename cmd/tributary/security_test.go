@@ -399,6 +399,25 @@ func TestWebSocketAuthentication(t *testing.T) {
 			}
 		})
 	}
+	// With Kafka ACLs, consumer groups are per user: dev may not join a
+	// group named for someone else, and reads with one of its own.
+	dialOut := func(group string) *websocket.Conn {
+		u := url.URL{Scheme: "ws", Host: s.httpAddr(), Path: "/socket/out",
+			RawQuery: url.Values{"clientId": {uniq("c")}, "groupId": {group}, "topic": {topic}}.Encode()}
+		c, _, err := (&websocket.Dialer{HandshakeTimeout: 10 * time.Second}).Dial(u.String(), http.Header{"Authorization": {basic}})
+		if err != nil {
+			t.Fatalf("dialing /socket/out: %v", err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	if r := readResult(t, dialOut("backend-service")); r.Error == nil || r.Error.Code != 40301 || !strings.Contains(r.Error.Message, "consumer group") {
+		t.Fatalf("joining another's consumer group: %+v, want error 40301 naming the group", r.Error)
+	}
+	if b := readFrame(t, dialOut("dev.mine"), 30*time.Second); !strings.Contains(string(b), `"value"`) {
+		t.Fatalf("consuming with one's own group: %s", b)
+	}
+
 	// The Kafka ACL: dev may produce to allowed-* only.
 	q.Set("topic", uniq("other"))
 	c, _, err := dial(http.Header{"Authorization": {basic}}, q)
