@@ -5,9 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -71,21 +69,12 @@ func (b *bench) runLatency(ctx context.Context, s scenario, topic, name string, 
 	}
 	defer d.stop()
 
-	pubs := make([]*publisher, s.clients)
-	defer func() {
-		for _, p := range pubs {
-			if p != nil {
-				p.Close()
-			}
-		}
-	}()
-	for i := range pubs {
-		id := fmt.Sprintf("%s-%03d", s.name, i)
-		if pubs[i], err = dialPublisher(ctx, d.mqttAddr, id, "bench/"+id, b.payload, 1); err != nil {
-			r.Error = fmt.Sprintf("%v (log: %s)", err, d.logPath)
-			return r
-		}
+	pubs, err := dialPublishers(ctx, mqttDial{}, d.mqttAddr, s.name, s.clients, b.payload, 1, d.logPath)
+	if err != nil {
+		r.Error = err.Error()
+		return r
 	}
+	defer closePublishers(pubs)
 
 	sendCtx, cancel := context.WithTimeout(ctx, b.opts.timeout)
 	defer cancel()
@@ -103,32 +92,18 @@ func (b *bench) runLatency(ctx context.Context, s scenario, topic, name string, 
 	}
 
 	counts := split(b.opts.records, s.clients)
-	lats := make([][]time.Duration, s.clients)
-	errs := make([]error, s.clients)
-	begin := make(chan struct{})
-	var wg sync.WaitGroup
-	for i, p := range pubs {
+	l := startLoad(pubs, func(i int, p *publisher) ([]time.Duration, error) {
 		pc := &pace{
 			rate:  rate / float64(s.clients),
 			tick:  latencyTick,
 			delay: latencyTick * time.Duration(i) / time.Duration(s.clients),
 			stamp: stamp,
 		}
-		wg.Go(func() {
-			<-begin
-			lats[i], errs[i] = p.publishPaced(sendCtx, counts[i], latencyWindow, pc)
-		})
-	}
+		return p.publishPaced(sendCtx, counts[i], latencyWindow, pc)
+	})
 	profiled := b.profile(ctx, d, name)
 	cpu0, cpuErr := d.cpuSeconds()
-	start := time.Now()
-	close(begin)
-	wg.Wait()
-	sent := time.Since(start)
-	sendErr := firstError(errs)
-	if sendErr == nil {
-		r.SendSeconds = ptr(sent.Seconds())
-	}
+	start, sendErr := l.fire(&r)
 	found, end, err := b.admin.waitForCount(ctx, topic, b.opts.partitions, int64(b.opts.records), b.pollTimeout(sendErr))
 	if cpu1, err := d.cpuSeconds(); err == nil && cpuErr == nil {
 		r.CPU = ptr(centi(cpu1 - cpu0))
@@ -143,23 +118,8 @@ func (b *bench) runLatency(ctx context.Context, s scenario, topic, name string, 
 			r.KafkaP99Ms = ptr(ms(percentile(e2e, 99)))
 		}
 	}
-	if rss, err := d.peakRSS(); err == nil {
-		r.RSS = &rss
-	}
-	if !d.alive() {
-		err = errors.Join(err, fmt.Errorf("tributary exited during the run: %v", d.waitErr))
-	}
-	_ = d.saveMetrics(filepath.Join(b.dir, "metrics-"+name+".txt"))
-	err = errors.Join(sendErr, err, d.stop())
-	b.finish(&r, start, end, found, err)
-	if err != nil {
-		r.Error += " (log: " + d.logPath + ")"
-	}
-	var all []time.Duration
-	for _, l := range lats {
-		all = append(all, l...)
-	}
-	r.setLatencies(all)
+	b.endDaemonRun(&r, d, name, start, end, found, err, sendErr)
+	r.setLatencies(l.latencies())
 	return r
 }
 

@@ -24,7 +24,6 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -704,53 +703,23 @@ func (b *bench) runMQTT(ctx context.Context, s scenario, topic, name string) res
 	}
 	defer d.stop()
 
-	pubs := make([]*publisher, s.clients)
-	defer func() {
-		for _, p := range pubs {
-			if p != nil {
-				p.Close()
-			}
-		}
-	}()
 	how, addr := mqttDial{}, d.mqttAddr
 	if s.kind == mqttWSLoad {
 		how.ws, addr = true, d.mqttWSAddr
 	}
-	for i := range pubs {
-		id := fmt.Sprintf("%s-%03d", s.name, i)
-		if pubs[i], err = how.publisher(ctx, addr, id, "bench/"+id, b.payload, s.qos); err != nil {
-			r.Error = fmt.Sprintf("%v (log: %s)", err, d.logPath)
-			return r
-		}
+	pubs, err := dialPublishers(ctx, how, addr, s.name, s.clients, b.payload, s.qos, d.logPath)
+	if err != nil {
+		r.Error = err.Error()
+		return r
 	}
+	defer closePublishers(pubs)
 
-	counts := split(b.opts.records, s.clients)
-	lats := make([][]time.Duration, s.clients)
-	errs := make([]error, s.clients)
 	sendCtx, cancel := context.WithTimeout(ctx, b.opts.timeout)
 	defer cancel()
-	begin := make(chan struct{})
-	var wg sync.WaitGroup
-	for i, p := range pubs {
-		wg.Go(func() {
-			<-begin
-			if s.qos == 0 {
-				errs[i] = p.publishUnacked(sendCtx, counts[i])
-			} else {
-				lats[i], errs[i] = p.publishAcked(sendCtx, counts[i], s.window)
-			}
-		})
-	}
+	l := startLoad(pubs, sendMQTT(sendCtx, s, split(b.opts.records, s.clients)))
 	profiled := b.profile(ctx, d, name)
 	cpu0, cpuErr := d.cpuSeconds()
-	start := time.Now()
-	close(begin)
-	wg.Wait()
-	sent := time.Since(start)
-	sendErr := firstError(errs)
-	if sendErr == nil {
-		r.SendSeconds = ptr(sent.Seconds())
-	}
+	start, sendErr := l.fire(&r)
 	wait := b.pollTimeout(sendErr)
 	// A QoS 0 publish Tributary dropped (its in-flight budget was full)
 	// never reaches Kafka: count what did, without waiting the timeout.
@@ -763,25 +732,9 @@ func (b *bench) runMQTT(ctx context.Context, s scenario, topic, name string) res
 	if cpu1, err := d.cpuSeconds(); err == nil && cpuErr == nil {
 		r.CPU = ptr(centi(cpu1 - cpu0))
 	}
-	err = errors.Join(dropErr, err)
 	profiled()
-	if rss, err := d.peakRSS(); err == nil {
-		r.RSS = &rss
-	}
-	if !d.alive() {
-		err = errors.Join(err, fmt.Errorf("tributary exited during the run: %v", d.waitErr))
-	}
-	_ = d.saveMetrics(filepath.Join(b.dir, "metrics-"+name+".txt"))
-	err = errors.Join(sendErr, err, d.stop())
-	b.finish(&r, start, end, found, err)
-	if err != nil {
-		r.Error += " (log: " + d.logPath + ")"
-	}
-	var all []time.Duration
-	for _, l := range lats {
-		all = append(all, l...)
-	}
-	r.setLatencies(all)
+	b.endDaemonRun(&r, d, name, start, end, found, errors.Join(dropErr, err), sendErr)
+	r.setLatencies(l.latencies())
 	return r
 }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
-	"sync"
 	"time"
 )
 
@@ -54,52 +53,22 @@ func (b *bench) runMosquitto(ctx context.Context, s scenario, name string) resul
 		return r
 	}
 	defer sub.Close()
-	pubs := make([]*publisher, s.clients)
-	defer func() {
-		for _, p := range pubs {
-			if p != nil {
-				p.Close()
-			}
-		}
-	}()
-	for i := range pubs {
-		id := fmt.Sprintf("%s-%03d", s.name, i)
-		if pubs[i], err = dialPublisher(ctx, rb.addr(), id, "bench/"+id, b.payload, s.qos); err != nil {
-			r.Error = fmt.Sprintf("%v (log: %s)", err, rb.logPath)
-			return r
-		}
+	pubs, err := dialPublishers(ctx, mqttDial{}, rb.addr(), s.name, s.clients, b.payload, s.qos, rb.logPath)
+	if err != nil {
+		r.Error = err.Error()
+		return r
 	}
+	defer closePublishers(pubs)
 
 	want := int64(b.opts.records)
 	recvDone := make(chan error, 1)
 	go func() { recvDone <- sub.receive(want) }()
 
-	counts := split(b.opts.records, s.clients)
-	lats := make([][]time.Duration, s.clients)
-	errs := make([]error, s.clients)
 	sendCtx, cancel := context.WithTimeout(ctx, b.opts.timeout)
 	defer cancel()
-	begin := make(chan struct{})
-	var wg sync.WaitGroup
-	for i, p := range pubs {
-		wg.Go(func() {
-			<-begin
-			if s.qos == 0 {
-				errs[i] = p.publishUnacked(sendCtx, counts[i])
-			} else {
-				lats[i], errs[i] = p.publishAcked(sendCtx, counts[i], s.window)
-			}
-		})
-	}
+	l := startLoad(pubs, sendMQTT(sendCtx, s, split(b.opts.records, s.clients)))
 	cpu0, cpuErr := rb.cpuSeconds()
-	start := time.Now()
-	close(begin)
-	wg.Wait()
-	sent := time.Since(start)
-	sendErr := firstError(errs)
-	if sendErr == nil {
-		r.SendSeconds = ptr(sent.Seconds())
-	}
+	start, sendErr := l.fire(&r)
 	recvErr := b.awaitSubscriber(ctx, sub, recvDone, want, sendErr != nil)
 	if cpu1, err := rb.cpuSeconds(); err == nil && cpuErr == nil {
 		r.CPU = ptr(centi(cpu1 - cpu0))
@@ -116,11 +85,7 @@ func (b *bench) runMosquitto(ctx context.Context, s scenario, name string) resul
 	if err != nil {
 		r.Error += " (log: " + rb.logPath + ")"
 	}
-	var all []time.Duration
-	for _, l := range lats {
-		all = append(all, l...)
-	}
-	r.setLatencies(all)
+	r.setLatencies(l.latencies())
 	return r
 }
 

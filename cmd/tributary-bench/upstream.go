@@ -186,30 +186,18 @@ func (r *remoteBroker) stop() {
 func (b *bench) preload(ctx context.Context, addr string) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, b.opts.timeout)
 	defer cancel()
-	pubs := make([]*publisher, upstreamPublishers)
-	defer func() {
-		for _, p := range pubs {
-			if p != nil {
-				p.Close()
-			}
-		}
-	}()
-	for i := range pubs {
-		id := fmt.Sprintf("upstream-%03d", i)
-		var err error
-		if pubs[i], err = dialPublisher(ctx, addr, id, "bench/"+id, b.payload, 1); err != nil {
-			return 0, fmt.Errorf("loading the backlog: %w", err)
-		}
+	pubs, err := dialPublishers(ctx, mqttDial{}, addr, "upstream", upstreamPublishers, b.payload, 1, "")
+	if err != nil {
+		return 0, fmt.Errorf("loading the backlog: %w", err)
 	}
+	defer closePublishers(pubs)
 	counts := split(b.opts.records, len(pubs))
-	errs := make([]error, len(pubs))
-	start := time.Now()
-	var wg sync.WaitGroup
-	for i, p := range pubs {
-		wg.Go(func() { _, errs[i] = p.publishAcked(ctx, counts[i], upstreamPubWindow) })
-	}
-	wg.Wait()
-	if err := firstError(errs); err != nil {
+	l := startLoad(pubs, func(i int, p *publisher) ([]time.Duration, error) {
+		_, err := p.publishAcked(ctx, counts[i], upstreamPubWindow)
+		return nil, err
+	})
+	start, err := l.fire(nil)
+	if err != nil {
 		return 0, fmt.Errorf("loading the backlog: %w", err)
 	}
 	return time.Since(start), nil
