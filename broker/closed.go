@@ -5,7 +5,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"sync"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -22,9 +21,7 @@ import (
 type closeReasons struct {
 	log    *slog.Logger
 	closed *prometheus.CounterVec
-	mu     sync.Mutex
-	last   map[string]time.Time // reason -> last log line
-	quiet  map[string]int       // reason -> lines suppressed since
+	logs   map[string]*logThrottle // by reason; fixed at construction
 }
 
 func newCloseReasons(reg prometheus.Registerer, log *slog.Logger) *closeReasons {
@@ -34,14 +31,19 @@ func newCloseReasons(reg prometheus.Registerer, log *slog.Logger) *closeReasons 
 			Namespace: "tributary", Subsystem: "mqtt", Name: "connections_rejected_total",
 			Help: "MQTT connections closed because of what the client sent, by listener and reason (malformed, protocol_violation, packet_too_large, text_frame, timeout).",
 		}, []string{"listener", "reason"}),
-		last:  map[string]time.Time{},
-		quiet: map[string]int{},
+		logs: map[string]*logThrottle{},
+	}
+	for _, r := range closeReasonNames {
+		c.logs[r] = new(logThrottle)
 	}
 	if reg != nil {
 		reg.MustRegister(c.closed)
 	}
 	return c
 }
+
+// closeReasonNames are the reasons closeReason gives.
+var closeReasonNames = []string{"malformed", "protocol_violation", "packet_too_large", "text_frame", "timeout"}
 
 // reason names why a connection ended, or "" when that was no fault of
 // the client's (it left, the server is stopping, a login was refused:
@@ -77,17 +79,9 @@ func (c *closeReasons) record(listener, remote string, err error) {
 		return
 	}
 	c.closed.WithLabelValues(listener, reason).Inc()
-	now := time.Now()
-	c.mu.Lock()
-	if now.Sub(c.last[reason]) < time.Second {
-		c.quiet[reason]++
-		c.mu.Unlock()
-		return
+	if suppressed, ok := c.logs[reason].allow(time.Now()); ok {
+		c.log.Info("MQTT connection closed: bad input from the client", "listener", listener, "remote", remote, "reason", reason, "error", err, "suppressed", suppressed)
 	}
-	suppressed := c.quiet[reason]
-	c.last[reason], c.quiet[reason] = now, 0
-	c.mu.Unlock()
-	c.log.Info("MQTT connection closed: bad input from the client", "listener", listener, "remote", remote, "reason", reason, "error", err, "suppressed", suppressed)
 }
 
 // recordingListener passes each connection's final error to closeReasons

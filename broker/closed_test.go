@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"testing"
 
 	"github.com/gorilla/websocket"
@@ -34,6 +35,9 @@ func TestCloseReason(t *testing.T) {
 	} {
 		if got := closeReason(tc.err); got != tc.want {
 			t.Errorf("closeReason(%v) = %q, want %q", tc.err, got, tc.want)
+		}
+		if tc.want != "" && !slices.Contains(closeReasonNames, tc.want) {
+			t.Errorf("closeReasonNames lacks %q", tc.want) // its log throttle would be missing
 		}
 	}
 }

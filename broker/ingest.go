@@ -65,18 +65,7 @@ func newIngest(ctx context.Context, server *mqtt.Server, producer Producer, mapp
 func (h *ingest) ID() string { return "tributary-ingest" }
 
 func (h *ingest) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnPublish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPacketRead}, []byte{b})
-}
-
-// OnPacketRead copies the topic of a publish that sets an MQTT 5 topic
-// alias: mochi stores the topic for the alias, and a topic still pointing
-// into the packet's buffer would keep the whole packet, payload and all,
-// alive for as long as the connection.
-func (h *ingest) OnPacketRead(_ *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Type == packets.Publish && pk.Properties.TopicAlias > 0 && pk.TopicName != "" {
-		pk.TopicName = strings.Clone(pk.TopicName)
-	}
-	return pk, nil
+	return bytes.Contains([]byte{mqtt.OnPublish, mqtt.OnSessionEstablished, mqtt.OnDisconnect}, []byte{b})
 }
 
 func (h *ingest) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
@@ -100,6 +89,12 @@ func (h *ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 	}
 	received := time.Now()
 	qos := pk.FixedHeader.Qos
+	if pk.Properties.TopicAlias > 0 && pk.TopicName != "" {
+		// mochi stored the topic for the alias as it came, pointing into
+		// the packet's buffer: that would keep the whole packet, payload
+		// and all, alive for as long as the connection. Store a copy.
+		cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, strings.Clone(pk.TopicName))
+	}
 	if pk.TopicName == "" {
 		// An MQTT 5 alias the client never set resolves to no topic.
 		h.m.rejected.WithLabelValues("no_topic").Inc()

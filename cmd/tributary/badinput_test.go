@@ -765,3 +765,32 @@ func badWSCases(addr string, maxPacket int) []badWSCase {
 			}},
 	}
 }
+
+// MQTT 5 topic aliases: a publish that sets an alias and one that uses it
+// both land under the full topic.
+func TestTopicAliasPublishes(t *testing.T) {
+	cfg := testConfig(t)
+	topic := uniq("alias")
+	cfg.Mapping.TopicRegexList = topic + ":.*"
+	d := startDaemon(t, cfg)
+	c := dialBadTCP(t, d.mqttAddr())
+	defer c.close()
+	c.connect(t, 5)
+	alias := []byte{3, 0x23, 0, 1} // property length 3: topic alias (0x23) = 1
+	set := mqttPublish(0x32, "dev/aliased", 1, true, alias[1:], []byte("first"))
+	use := mqttPublish(0x32, "", 2, true, alias[1:], []byte("second"))
+	for i, pk := range [][]byte{set, use} {
+		if got := c.exchange(pk, 0, true, true); len(got) == 0 || got[0] != "PUBACK:00" {
+			t.Fatalf("publish %d: server answered %v, want PUBACK:00", i+1, got)
+		}
+	}
+	recs := kafkaRecords(t, d.bootstrap, topic, 2, 10*time.Second)
+	if len(recs) != 2 {
+		t.Fatalf("%d records in Kafka, want 2", len(recs))
+	}
+	for _, r := range recs {
+		if v, _ := header(r, "mqtt.topic"); v != "dev/aliased" {
+			t.Fatalf("record %q has mqtt.topic %q, want dev/aliased", r.Value, v)
+		}
+	}
+}
