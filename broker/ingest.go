@@ -20,9 +20,10 @@ import (
 // ingest is the mochi hook that turns publishes into Kafka records.
 //
 // QoS 0 publishes are produced best effort and left to mochi to forward.
-// QoS 1 and 2 publishes are taken over: the hook produces them, returns
-// packets.ErrRejectPacket so mochi neither acknowledges nor forwards them,
-// and queues them per connection in arrival order. When Kafka's delivery
+// QoS 1 and 2 publishes are taken over: the hook produces them, returns a
+// packet on which mochi does nothing (see taken), so it neither
+// acknowledges nor forwards them, and queues them per connection in
+// arrival order. When Kafka's delivery
 // reports come back, the connection's ack writer sends PUBACK or PUBREC for
 // the finished head of the queue, in order, then forwards each message to
 // local subscribers (and retains it) through an inline client. A whole
@@ -141,6 +142,9 @@ func (h *ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 				h.log.Warn("QoS 0 publishes dropped (logged at most every 10s)", "client", cl.ID, "topic", pk.TopicName, "error", err)
 			}
 		}
+		if !pk.FixedHeader.Retain && atomic.LoadInt64(&h.server.Info.Subscriptions) == 0 {
+			pk.Ignore = true // nobody to forward it to: skip mochi's subscriber lookup
+		}
 		return pk, nil
 	}
 
@@ -157,7 +161,23 @@ func (h *ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 	if err := h.producer.Produce(h.ctx, rec, e); err != nil {
 		e.Delivered(bridge.Delivery{Topic: rec.Topic, Err: err})
 	}
-	return pk, packets.ErrRejectPacket
+	return taken(pk), nil
+}
+
+// taken is what OnPublish returns for a QoS 1 or 2 publish that the hook
+// has taken over: a copy with QoS 0, no retain flag and Ignore set, on
+// which mochi does nothing: no acknowledgement (QoS 0), no retained
+// message, no forwarding (Ignore). The session's ack writer does all
+// three once Kafka has the record. Returning packets.ErrRejectPacket
+// would have the same effect, but mochi logs every rejected publish at
+// debug level with the packet boxed into an interface: a copy of several
+// hundred bytes on the heap per publish, whether or not debug logging is
+// on, which was the largest allocation of the QoS 1 path.
+func taken(pk packets.Packet) packets.Packet {
+	pk.FixedHeader.Qos = 0
+	pk.FixedHeader.Retain = false
+	pk.Ignore = true
+	return pk
 }
 
 // withinRate applies the client's publish rate limit. An MQTT 5 client
