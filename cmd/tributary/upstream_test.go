@@ -332,6 +332,49 @@ func TestUpstreamAcceptance(t *testing.T) {
 	}
 }
 
+// QoS 1 and QoS 2 subscriptions on one connection: the ack writer writes
+// the PUBACKs itself and leaves PUBREC to paho. mosquitto -p lets 20
+// messages be in flight, so 600 only get through if every one of both
+// kinds is acknowledged; none may come twice.
+func TestUpstreamQoS1AndQoS2Acknowledged(t *testing.T) {
+	mq := startPlainMosquitto(t)
+	cfg := testConfig(t)
+	topic := uniq("mixed-qos")
+	up := testUpstream("mixed", mq.url(), "mix/one/#")
+	up.Subscriptions = append(up.Subscriptions, config.SubscriptionConfig{Filter: "mix/two/#", QoS: qos(2)})
+	up.KafkaTopic = topic
+	cfg.Upstreams = []config.UpstreamConfig{up}
+	d := startDaemon(t, cfg)
+	waitConnected(t, d, "mixed")
+
+	one, two := payloads("one", 0, 300), payloads("two", 0, 300)
+	mosquittoPub(t, mq.port, "mix/two/a", two, "-q", "2")
+	mosquittoPub(t, mq.port, "mix/one/a", one)
+	all := append(one, two...)
+	counts := countPayloads(t, d.bootstrap, topic, all, 30*time.Second)
+	if dups := checkNoneLost(t, counts, all); dups != 0 {
+		t.Errorf("%d duplicates: some acknowledgement did not reach mosquitto", dups)
+	}
+	recs := kafkaRecords(t, d.bootstrap, topic, 600, 30*time.Second)
+	next := map[string]int{}
+	for _, r := range recs {
+		q, _ := header(r, "mqtt.qos")
+		v := string(r.Value)
+		kind := v[:3]
+		want := map[string]string{"one": "1", "two": "2"}[kind]
+		if q != want {
+			t.Fatalf("record %q: mqtt.qos %q, want %q", v, q, want)
+		}
+		if exp := fmt.Sprintf("%s-%05d", kind, next[kind]); v != exp {
+			t.Fatalf("record %q, want %q: order not kept", v, exp)
+		}
+		next[kind]++
+	}
+	if m := metricsText(t, d.httpAddr()); !strings.Contains(m, `tributary_upstream_redelivered_total{upstream="mixed"} 0`) {
+		t.Errorf("redeliveries counted:\n%s", grepLines(m, "tributary_upstream_redelivered_total"))
+	}
+}
+
 // 10,000 QoS 1 messages with mosquitto restarted (persistence on) while
 // Tributary is still draining its persistent session: none lost.
 func TestUpstreamRestartMidStreamLosesNothing(t *testing.T) {
