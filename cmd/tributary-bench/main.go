@@ -22,6 +22,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"syscall"
@@ -669,16 +670,40 @@ func (b *bench) profile(ctx context.Context, d *daemon, name string) func() {
 	go func() {
 		done <- d.fetch(ctx, fmt.Sprintf("/debug/pprof/profile?seconds=%d", b.opts.profileSeconds), cpuPath, time.Duration(b.opts.profileSeconds+30)*time.Second)
 	}()
+	// The harness's own CPU (load generator, kfake) over the same seconds:
+	// on a 2-core machine it is CPU that Tributary does not get.
+	harnessPath := filepath.Join(b.dir, "harness-cpu-"+name+".pprof")
+	harnessDone := make(chan error, 1)
+	go func() { harnessDone <- profileSelf(ctx, harnessPath, time.Duration(b.opts.profileSeconds)*time.Second) }()
 	return func() {
-		err := <-done
+		err := errors.Join(<-done, <-harnessDone)
 		allocsPath := filepath.Join(b.dir, "allocs-"+name+".pprof")
 		err = errors.Join(err, d.fetch(ctx, "/debug/pprof/allocs", allocsPath, 30*time.Second))
 		if err != nil {
 			fmt.Fprintf(b.progress, "   profiling: %v\n", err)
 			return
 		}
-		fmt.Fprintf(b.progress, "   profiles: go tool pprof -top %s %s (and %s)\n", b.bin, cpuPath, allocsPath)
+		fmt.Fprintf(b.progress, "   profiles: go tool pprof -top %s %s (and %s); the harness's own: go tool pprof -top %s\n", b.bin, cpuPath, allocsPath, harnessPath)
 	}
+}
+
+// profileSelf writes a CPU profile of the harness's process for d, or
+// until ctx ends, to path.
+func profileSelf(ctx context.Context, path string, d time.Duration) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return fmt.Errorf("profiling the harness: %w", err)
+	}
+	select {
+	case <-time.After(d):
+	case <-ctx.Done():
+	}
+	pprof.StopCPUProfile()
+	return f.Close()
 }
 
 // pollTimeout is how long to wait for records in Kafka: the full timeout,

@@ -29,8 +29,12 @@ type result struct {
 	// RatioMosquitto is Rate divided by the rate of the same MQTT load
 	// against mosquitto in the same run (mqtt-qos0 and mqtt-qos1).
 	RatioMosquitto *float64 `json:"ratio_mosquitto,omitempty"`
-	P50Ms          *float64 `json:"p50_ms"` // PUBACK latency, QoS 1 only
-	P99Ms          *float64 `json:"p99_ms"`
+	// RatioQoS0 is Rate divided by mqtt-qos0's rate in the same run
+	// (mqtt-qos1 and mqtt-qos1-single): what QoS 1's acknowledgements
+	// after Kafka cost against Tributary's own fire-and-forget path.
+	RatioQoS0 *float64 `json:"ratio_qos0,omitempty"`
+	P50Ms     *float64 `json:"p50_ms"` // PUBACK latency, QoS 1 only
+	P99Ms     *float64 `json:"p99_ms"`
 	// RSS is the peak resident set size (VmHWM) of Tributary during the
 	// scenario; of mosquitto in the mosquitto scenarios.
 	RSS *int64 `json:"bridge_rss_bytes"`
@@ -129,6 +133,10 @@ var mosquittoPeers = map[string]string{
 	"mqtt-qos1": "mosquitto-qos1",
 }
 
+// qos0Peers are the QoS 1 loads whose rate is also compared with
+// Tributary's own QoS 0 rate (RatioQoS0).
+var qos0Peers = map[string]bool{"mqtt-qos1": true, "mqtt-qos1-single": true}
+
 // target is a figure the bridge is meant to reach.
 type target struct {
 	scenario string
@@ -142,8 +150,11 @@ type target struct {
 // rateTarget is scenario's rate ≥ min × of's rate in the same run.
 func rateTarget(scenario, of string, min float64) target {
 	value := func(r result) *float64 { return r.Ratio }
-	if mosquittoPeers[scenario] == of {
+	switch {
+	case mosquittoPeers[scenario] == of:
 		value = func(r result) *float64 { return r.RatioMosquitto }
+	case qos0Peers[scenario] && of == "mqtt-qos0":
+		value = func(r result) *float64 { return r.RatioQoS0 }
 	}
 	return target{
 		scenario: scenario,
@@ -158,6 +169,8 @@ var targets = []target{
 	rateTarget("mqtt-qos0", "mosquitto-qos0", 1.0),
 	rateTarget("mqtt-qos1", "native-produce", 0.7),
 	rateTarget("mqtt-qos1-single", "native-produce", 0.3),
+	rateTarget("mqtt-qos1", "mqtt-qos0", 0.7),
+	rateTarget("mqtt-qos1-single", "mqtt-qos0", 0.3),
 	rateTarget("ws-in", "native-produce", 0.9),
 	rateTarget("ws-out", "native-consume", 0.8),
 	rateTarget("ws-out-batch100", "native-consume", 0.8),
@@ -200,6 +213,9 @@ func fillRatios(rs []result) {
 		}
 		if q, ok := rate[mosquittoPeers[r.Scenario]]; ok {
 			r.RatioMosquitto = ptr(r.Rate / q)
+		}
+		if q, ok := rate["mqtt-qos0"]; ok && qos0Peers[r.Scenario] {
+			r.RatioQoS0 = ptr(r.Rate / q)
 		}
 	}
 }
@@ -262,6 +278,9 @@ func notes(r result) string {
 	var ns []string
 	if r.RatioMosquitto != nil {
 		ns = append(ns, fmt.Sprintf("%.3f× %s", *r.RatioMosquitto, mosquittoPeers[r.Scenario]))
+	}
+	if r.RatioQoS0 != nil {
+		ns = append(ns, fmt.Sprintf("%.3f× mqtt-qos0", *r.RatioQoS0))
 	}
 	if r.SendSeconds != nil && *r.SendSeconds > 0 {
 		ns = append(ns, fmt.Sprintf("sent in %.2f s (%.0f/s)", *r.SendSeconds, float64(r.Records) / *r.SendSeconds))

@@ -87,6 +87,15 @@ func TestFillRatiosAndTargets(t *testing.T) {
 	}
 	fillRatios(rs)
 	for _, tc := range []struct {
+		scenario string
+		want     any
+	}{{"mqtt-qos1", 1.6}, {"mqtt-qos1-single", 0.2}, {"mqtt-ws-qos1", nil}, {"mqtt-qos0", nil}} {
+		i := slices.IndexFunc(rs, func(r result) bool { return r.Scenario == tc.scenario })
+		if got := deref(rs[i].RatioQoS0); got != tc.want {
+			t.Errorf("%s: ratio to mqtt-qos0 %v, want %v", tc.scenario, got, tc.want)
+		}
+	}
+	for _, tc := range []struct {
 		scenario, baseline string
 		ratio, mosquitto   any
 	}{
@@ -122,6 +131,8 @@ func TestFillRatiosAndTargets(t *testing.T) {
 		"mqtt-qos0 rate ≥ 1.0× mosquitto-qos0 rate: 1.250× — met",
 		"mqtt-qos1 rate ≥ 0.7× native-produce rate: 0.800× — met",
 		"mqtt-qos1-single rate ≥ 0.3× native-produce rate: 0.100× — MISSED",
+		"mqtt-qos1 rate ≥ 0.7× mqtt-qos0 rate: 1.600× — met",
+		"mqtt-qos1-single rate ≥ 0.3× mqtt-qos0 rate: 0.200× — MISSED",
 		"ws-out rate ≥ 0.8× native-consume rate: 0.900× — met",
 		"ws-in rate ≥ 0.9× native-produce rate: not measured",
 		"latency-qos1 PUBACK p99 ≤ 20 ms: 25.000 ms — MISSED",

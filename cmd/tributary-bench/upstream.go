@@ -360,7 +360,9 @@ func (b *bench) runUpstreamTributary(ctx context.Context, r result, brokerBin, t
 	}
 	defer d.stop()
 	r.ReadySeconds = ptr(time.Since(start).Seconds())
+	profiled := b.profile(ctx, d, name)
 	found, end, err := b.admin.waitForCount(ctx, topic, b.opts.partitions, int64(b.opts.records), b.opts.timeout)
+	profiled()
 	if cpu1, err := rb.cpuSeconds(); err == nil && cpuErr == nil {
 		r.RemoteCPU = ptr(centi(cpu1 - cpu0))
 	}
