@@ -37,6 +37,8 @@ fuzz: ## run each fuzz test for FUZZTIME
 	$(GO) test ./mapping -run '^$$' -fuzz FuzzFastMatch -fuzztime $(FUZZTIME)
 	$(GO) test ./config -run '^$$' -fuzz FuzzDecodeYAML -fuzztime $(FUZZTIME)
 	$(GO) test ./websocket -run '^$$' -fuzz FuzzDecodeProduceFrame -fuzztime $(FUZZTIME)
+	$(GO) test ./websocket -run '^$$' -fuzz FuzzEncodeRecord -fuzztime $(FUZZTIME)
+	$(GO) test ./websocket -run '^$$' -fuzz FuzzEncodeProduceResult -fuzztime $(FUZZTIME)
 	$(GO) test ./auth -run '^$$' -fuzz FuzzLoadUsers -fuzztime $(FUZZTIME)
 	$(GO) test ./auth -run '^$$' -fuzz FuzzMQTTRule -fuzztime $(FUZZTIME)
 

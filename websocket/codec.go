@@ -150,13 +150,12 @@ func decodeProduceFrame(data []byte, topic string, keyType, valType format) (*br
 		}
 		var v []byte
 		if len(h.Value) > 0 && !bytes.Equal(h.Value, []byte("null")) {
-			var s string
-			if json.Unmarshal(h.Value, &s) != nil {
+			var ok bool
+			if v, ok = jsonString(h.Value); !ok {
 				return nil, id, invalid("headers[%d] (%s): value must be a JSON string", i, h.Key)
 			}
-			v = []byte(s)
 			if f == formatBase64 {
-				b, derr := decodeBase64(s)
+				b, derr := decodeBase64(string(v))
 				if derr != nil {
 					return nil, id, invalid("headers[%d] (%s): value is not base64: %v", i, h.Key, derr)
 				}
@@ -204,14 +203,14 @@ func encodeValue(what string, v *inValue, def format) ([]byte, *frameError) {
 		}
 		return buf.Bytes(), nil
 	case formatString, formatBase64:
-		var s string
-		if json.Unmarshal(raw, &s) != nil {
+		s, ok := jsonString(raw)
+		if !ok {
 			return nil, invalid("%s: format %s needs a JSON string", what, f)
 		}
 		if f == formatString {
-			return []byte(s), nil
+			return s, nil
 		}
-		b, err := decodeBase64(s)
+		b, err := decodeBase64(string(s))
 		if err != nil {
 			return nil, invalid("%s: not base64: %v", what, err)
 		}
@@ -245,6 +244,32 @@ func encodeValue(what string, v *inValue, def format) ([]byte, *frameError) {
 	return nil, invalid("%s: unsupported format %s", what, f)
 }
 
+// jsonString returns the text of the JSON string raw, or false if raw is
+// not one. A string without escapes, the usual kind, is sliced out of raw
+// rather than decoded a second time by json.Unmarshal; raw is the frame's
+// own copy (json.RawMessage copies), so nothing else shares it.
+func jsonString(raw []byte) ([]byte, bool) {
+	if n := len(raw); n >= 2 && raw[0] == '"' && raw[n-1] == '"' {
+		s := raw[1 : n-1 : n-1]
+		plain := true
+		for _, b := range s {
+			if b == '\\' || b == '"' || b < 0x20 {
+				plain = false
+				break
+			}
+		}
+		// json.Unmarshal would replace invalid UTF-8 with U+FFFD.
+		if plain && utf8.Valid(s) {
+			return s, true
+		}
+	}
+	var s string
+	if json.Unmarshal(raw, &s) != nil {
+		return nil, false
+	}
+	return []byte(s), true
+}
+
 func decodeBase64(s string) ([]byte, error) {
 	if b, err := base64.StdEncoding.DecodeString(s); err == nil {
 		return b, nil
@@ -263,102 +288,6 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "..."
-}
-
-// outValue is a key or value in a consumed record.
-type outValue struct {
-	Value  json.RawMessage `json:"value"`
-	Format string          `json:"format,omitempty"`
-}
-
-// decodeValue renders bytes in format f. Bytes that do not fit f (a
-// string that is not UTF-8, a long that is not 8 bytes, ...) are sent as
-// base64 with "format":"base64", so the client gets the data and can tell.
-func decodeValue(b []byte, f format) outValue {
-	if b == nil {
-		return outValue{Value: json.RawMessage("null"), Format: f.String()}
-	}
-	switch f {
-	case formatString:
-		if utf8.Valid(b) {
-			s, _ := json.Marshal(string(b))
-			return outValue{Value: s, Format: "string"}
-		}
-	case formatJSON:
-		if json.Valid(b) {
-			return outValue{Value: json.RawMessage(b), Format: "json"}
-		}
-	case formatInt:
-		if len(b) == 4 {
-			return outValue{Value: strconv.AppendInt(nil, int64(int32(binary.BigEndian.Uint32(b))), 10), Format: "int"}
-		}
-	case formatLong:
-		if len(b) == 8 {
-			return outValue{Value: strconv.AppendInt(nil, int64(binary.BigEndian.Uint64(b)), 10), Format: "long"}
-		}
-	case formatDouble:
-		if len(b) == 8 {
-			if x := math.Float64frombits(binary.BigEndian.Uint64(b)); !math.IsNaN(x) && !math.IsInf(x, 0) {
-				return outValue{Value: strconv.AppendFloat(nil, x, 'g', -1, 64), Format: "double"}
-			}
-		}
-	case formatFloat:
-		if len(b) == 4 {
-			if x := float64(math.Float32frombits(binary.BigEndian.Uint32(b))); !math.IsNaN(x) && !math.IsInf(x, 0) {
-				return outValue{Value: strconv.AppendFloat(nil, x, 'g', -1, 32), Format: "float"}
-			}
-		}
-	}
-	s, _ := json.Marshal(base64.StdEncoding.EncodeToString(b))
-	return outValue{Value: s, Format: "base64"}
-}
-
-type outHeader struct {
-	Key    string `json:"key"`
-	Value  string `json:"value"`
-	Format string `json:"format,omitempty"`
-}
-
-// outRecord is a consumed record as /socket/out sends it.
-type outRecord struct {
-	ID        string      `json:"wsProxyMessageId"`
-	Topic     string      `json:"topic"`
-	Partition int32       `json:"partition"`
-	Offset    int64       `json:"offset"`
-	Timestamp int64       `json:"timestamp"`
-	Headers   []outHeader `json:"headers,omitempty"`
-	Key       *outValue   `json:"key,omitempty"`
-	Value     outValue    `json:"value"`
-}
-
-func newOutRecord(r *bridge.ConsumedRecord, keyType, valType format) outRecord {
-	ts := r.Timestamp.UnixMilli()
-	o := outRecord{
-		ID:        messageID(r.Topic, r.Partition, r.Offset, ts),
-		Topic:     r.Topic,
-		Partition: r.Partition,
-		Offset:    r.Offset,
-		Timestamp: ts,
-		Value:     decodeValue(r.Value, valType),
-	}
-	if r.Key != nil {
-		k := decodeValue(r.Key, keyType)
-		o.Key = &k
-	}
-	for _, h := range r.Headers {
-		if utf8.Valid(h.Value) {
-			o.Headers = append(o.Headers, outHeader{Key: h.Key, Value: string(h.Value)})
-		} else {
-			o.Headers = append(o.Headers, outHeader{Key: h.Key, Value: base64.StdEncoding.EncodeToString(h.Value), Format: "base64"})
-		}
-	}
-	return o
-}
-
-// messageID is a consumed record's wsProxyMessageId, as kafka-websocket-proxy
-// writes it: topic-partition-offset-timestamp.
-func messageID(topic string, partition int32, offset, ts int64) string {
-	return topic + "-" + strconv.FormatInt(int64(partition), 10) + "-" + strconv.FormatInt(offset, 10) + "-" + strconv.FormatInt(ts, 10)
 }
 
 // parseMessageID reads a wsProxyMessageId from the right, since topic
@@ -392,14 +321,6 @@ func parseMessageID(id string) (topic string, partition int32, offset int64, ok 
 type errorBody struct {
 	Code    int    `json:"code"`
 	Message string `json:"message"`
-}
-
-type produceResult struct {
-	Topic     string          `json:"topic"`
-	Partition int32           `json:"partition"`
-	Offset    int64           `json:"offset"`
-	Timestamp int64           `json:"timestamp"`
-	MessageID json.RawMessage `json:"messageId,omitempty"`
 }
 
 type produceError struct {

@@ -80,17 +80,17 @@ func TestFormatsRoundTrip(t *testing.T) {
 		if ferr != nil {
 			t.Fatalf("%s: %v", tc.f, ferr)
 		}
-		out := decodeValue(b, tc.f)
-		if string(out.Value) != tc.val {
-			t.Errorf("%s: %s came back as %s (%s)", tc.f, tc.val, out.Value, out.Format)
+		want := `{"value":` + tc.val + `,"format":"` + tc.f.String() + `"}`
+		if got := appendValue(nil, b, tc.f); string(got) != want {
+			t.Errorf("%s: %s came back as %s", tc.f, tc.val, got)
 		}
 	}
 	// Bytes that do not fit the requested format come back as base64.
-	if out := decodeValue([]byte{0xff, 0xfe}, formatString); out.Format != "base64" || string(out.Value) != `"//4="` {
-		t.Errorf("invalid UTF-8 as string: %s %s", out.Value, out.Format)
+	if got := appendValue(nil, []byte{0xff, 0xfe}, formatString); string(got) != `{"value":"//4=","format":"base64"}` {
+		t.Errorf("invalid UTF-8 as string: %s", got)
 	}
-	if out := decodeValue([]byte{1, 2, 3}, formatLong); out.Format != "base64" {
-		t.Errorf("3 bytes as long: %s %s", out.Value, out.Format)
+	if got := appendValue(nil, []byte{1, 2, 3}, formatLong); string(got) != `{"value":"AQID","format":"base64"}` {
+		t.Errorf("3 bytes as long: %s", got)
 	}
 }
 
@@ -113,10 +113,7 @@ func TestMessageID(t *testing.T) {
 func TestOutRecordShape(t *testing.T) {
 	r := &bridge.ConsumedRecord{Topic: "foo", Partition: 0, Offset: 1, Timestamp: time.UnixMilli(1554402266846),
 		Key: []byte("foo"), Value: []byte("bar"), Headers: []bridge.Header{{Key: "h", Value: []byte("v")}}}
-	b, err := json.Marshal(newOutRecord(r, formatString, formatString))
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := appendRecord(nil, r, formatString, formatString)
 	want := `{"wsProxyMessageId":"foo-0-1-1554402266846","topic":"foo","partition":0,"offset":1,"timestamp":1554402266846,"headers":[{"key":"h","value":"v"}],"key":{"value":"foo","format":"string"},"value":{"value":"bar","format":"string"}}`
 	if string(b) != want {
 		t.Fatalf("got  %s\nwant %s", b, want)
@@ -147,8 +144,12 @@ func FuzzDecodeProduceFrame(f *testing.F) {
 	} {
 		f.Add([]byte(s), uint8(0), uint8(0))
 	}
+	for _, s := range decodeFrames {
+		f.Add([]byte(s), uint8(0), uint8(6))
+	}
 	f.Fuzz(func(t *testing.T, data []byte, k, v uint8) {
 		kf, vf := format(int(k)%len(formatNames)), format(int(v)%len(formatNames))
+		checkDecode(t, data, kf, vf)
 		rec, id, ferr := decodeProduceFrame(data, "t", kf, vf)
 		if ferr != nil {
 			if rec != nil || ferr.code != CodeInvalidPayload || ferr.msg == "" {
@@ -165,4 +166,80 @@ func FuzzDecodeProduceFrame(f *testing.F) {
 			t.Fatalf("error frame does not encode: %v", err)
 		}
 	})
+}
+
+// decodeProduceFrame against the reference decoder, in one run.
+func BenchmarkDecodeProduceFrame(b *testing.B) {
+	for _, tc := range []struct{ name, frame string }{
+		{"strings", `{"headers":[{"key":"source","value":"gateway-7"}],"key":{"value":"device-0042","format":"string"},"value":{"value":"temperature reading 21.5 C from the north wing, floor 3","format":"string"},"messageId":"msg-000123"}`},
+		{"json", `{"key":{"value":"device-0042"},"value":{"value":{"device":"0042","temperature":21.5,"unit":"C"},"format":"json"},"messageId":123}`},
+	} {
+		for _, d := range []struct {
+			name   string
+			decode func([]byte, string, format, format) (*bridge.Record, json.RawMessage, *frameError)
+		}{{"reference", decodeProduceFrameRef}, {"now", decodeProduceFrame}} {
+			b.Run(tc.name+"/"+d.name, func(b *testing.B) {
+				frame := []byte(tc.frame)
+				b.ReportAllocs()
+				for b.Loop() {
+					if _, _, err := d.decode(frame, "t", formatString, formatString); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
+
+// decodeFrames are frames whose strings take the fast path or miss it.
+var decodeFrames = []string{
+	`{"key":{"value":""},"value":{"value":"","format":"base64"},"headers":[{"key":"h","value":""}]}`,
+	`{"key":{"value":"a\"b\\c\u00e9\n"},"value":{"value":"\ud83d\ude00 \ud800 lone"}}`,
+	"{\"key\":{\"value\":\"\xff\xfe\"},\"value\":{\"value\":\"ok \xe2\x80\xa8 \u00e9\"},\"headers\":[{\"key\":\"\xff\",\"value\":\"\xc0\xaf\"}]}",
+	`{"value":{"value":"AP8Q"},"headers":[{"key":"b","value":"AP8","format":"base64"},{"key":"c","value":"A\/8=","format":"BASE64"}]}`,
+	`{"value":{"value":123,"format":"string"}}`,
+	`{"value":{"value":["a"],"format":"string"}}`,
+	`{"headers":[{"key":"h","value":7}]}`,
+	`{"headers":[{"key":"h","value":null},{"key":"i"}]}`,
+	`{"key":{"value":"x"},"key":null,"value":{"value":"v"},"value":{"format":"int"}}`,
+	`{"value":{"value":"<&>\u2028"},"messageId":"<id>"}`,
+	`{"value":{"value":  "  spaced  "  ,"format":"string"} }`,
+}
+
+// checkDecode fails t unless decodeProduceFrame decodes data exactly as
+// the reference decoder does.
+func checkDecode(t *testing.T, data []byte, kf, vf format) {
+	t.Helper()
+	rec, id, ferr := decodeProduceFrame(data, "t", kf, vf)
+	wrec, wid, wferr := decodeProduceFrameRef(data, "t", kf, vf)
+	if !bytes.Equal(id, wid) || (id == nil) != (wid == nil) {
+		t.Fatalf("%q: messageId %q, want %q", data, id, wid)
+	}
+	if (ferr == nil) != (wferr == nil) || (ferr != nil && *ferr != *wferr) {
+		t.Fatalf("%q: error %v, want %v", data, ferr, wferr)
+	}
+	if (rec == nil) != (wrec == nil) {
+		t.Fatalf("%q: record %v, want %v", data, rec, wrec)
+	}
+	if rec == nil {
+		return
+	}
+	same := func(a, b []byte) bool { return bytes.Equal(a, b) && (a == nil) == (b == nil) }
+	if rec.Topic != wrec.Topic || !same(rec.Key, wrec.Key) || !same(rec.Value, wrec.Value) || len(rec.Headers) != len(wrec.Headers) ||
+		(rec.Headers == nil) != (wrec.Headers == nil) {
+		t.Fatalf("%q: record %+v, want %+v", data, rec, wrec)
+	}
+	for i, h := range rec.Headers {
+		if h.Key != wrec.Headers[i].Key || !same(h.Value, wrec.Headers[i].Value) {
+			t.Fatalf("%q: header %d %+v, want %+v", data, i, h, wrec.Headers[i])
+		}
+	}
+}
+
+func TestDecodeMatchesReference(t *testing.T) {
+	for _, frame := range decodeFrames {
+		for f := range format(len(formatNames)) {
+			checkDecode(t, []byte(frame), f, f)
+		}
+	}
 }

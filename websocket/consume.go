@@ -31,6 +31,10 @@ type consumeConn struct {
 	limit      *bucket
 	ctrl       frameQueue
 
+	// Only the writer uses these.
+	enc  []byte                   // the frame being encoded
+	sent []*bridge.ConsumedRecord // records written in the current burst
+
 	mu        sync.Mutex
 	written   map[topicPartition]int64 // last offset written to the socket
 	committed map[topicPartition]int64 // last offset the client committed
@@ -141,7 +145,7 @@ func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
 	autoCommit := boolParam("autoCommit", true)
 	ack := boolParam("commitAck", false)
 
-	ws, err := a.upgrader.Upgrade(w, r, nil)
+	ws, conn, err := a.upgrade(w, r)
 	if err != nil {
 		return
 	}
@@ -181,7 +185,7 @@ func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
 	}
 
 	c := &consumeConn{
-		sock:       newSock(ws, a.cfg.MaxFrameBytes, a.cfg.PingInterval),
+		sock:       newSock(ws, conn, a.cfg.MaxFrameBytes, a.cfg.PingInterval),
 		a:          a,
 		topics:     map[string]bool{},
 		keyType:    keyType,
@@ -310,7 +314,7 @@ func (c *consumeConn) writer() {
 	ping := time.NewTicker(c.ping)
 	defer ping.Stop()
 	recs := c.consumer.Records()
-	var batch []*bridge.ConsumedRecord
+	var batch []*bridge.ConsumedRecord // reused; while waitC is set, the batch the rate limit holds back
 	var wait *time.Timer
 	var waitC <-chan time.Time
 	broken := false
@@ -318,9 +322,24 @@ func (c *consumeConn) writer() {
 		broken = true
 		c.requestClose(websocket.CloseGoingAway, "")
 	}
+	send := func() {
+		held, d, err := c.writeBurst(batch, recs)
+		if err != nil {
+			fail()
+			return
+		}
+		if held != nil {
+			batch = held
+			wait = time.NewTimer(d)
+			waitC = wait.C
+			return
+		}
+		clear(batch[:cap(batch)]) // let the records go
+		batch = batch[:0]
+	}
 	for {
 		in := recs
-		if batch != nil || broken {
+		if waitC != nil || broken {
 			in = nil
 		}
 		select {
@@ -330,40 +349,19 @@ func (c *consumeConn) writer() {
 				c.requestClose(websocket.CloseInternalServerErr, "Kafka consumer stopped")
 				continue
 			}
-			batch = append(batch[:0], r)
-			for len(batch) < max(1, c.batchSize) {
-				select {
-				case r, ok := <-recs:
-					if ok {
-						batch = append(batch, r)
-						continue
-					}
-				default:
-				}
-				break
+			batch = c.fill(append(batch[:0], r), recs)
+			if d := c.reserve(len(batch)); d > 0 {
+				wait = time.NewTimer(d)
+				waitC = wait.C
+				continue
 			}
-			if c.limit != nil {
-				if d := c.limit.reserve(float64(len(batch))); d > 0 {
-					wait = time.NewTimer(d)
-					waitC = wait.C
-					continue
-				}
-			}
-			if err := c.writeRecords(batch); err != nil {
-				fail()
-			}
-			batch = nil
+			send()
 		case <-waitC:
 			waitC = nil
-			if err := c.writeRecords(batch); err != nil {
-				fail()
-			}
-			batch = nil
+			send()
 		case <-c.ctrl.notify:
-			for _, f := range c.ctrl.take() {
-				if !broken && c.writeJSON(f) != nil {
-					fail()
-				}
+			if frames := c.ctrl.take(); !broken && c.writeFrames(frames) != nil {
+				fail()
 			}
 		case <-ping.C:
 			if !broken {
@@ -374,9 +372,7 @@ func (c *consumeConn) writer() {
 				wait.Stop()
 			}
 			if !broken {
-				for _, f := range c.ctrl.take() {
-					_ = c.writeJSON(f)
-				}
+				_ = c.writeFrames(c.ctrl.take())
 				c.writeClose()
 			}
 			return
@@ -384,36 +380,112 @@ func (c *consumeConn) writer() {
 	}
 }
 
-// writeRecords sends one frame (a record, or an array of them when
-// batchSize > 1), then marks them written: only now may autoCommit
-// commit them.
-func (c *consumeConn) writeRecords(batch []*bridge.ConsumedRecord) error {
+// fill adds to batch the records already waiting, up to a frame's worth.
+func (c *consumeConn) fill(batch []*bridge.ConsumedRecord, recs <-chan *bridge.ConsumedRecord) []*bridge.ConsumedRecord {
+	for len(batch) < max(1, c.batchSize) {
+		select {
+		case r, ok := <-recs:
+			if ok {
+				batch = append(batch, r)
+				continue
+			}
+		default:
+		}
+		break
+	}
+	return batch
+}
+
+// reserve takes n records' worth of the rate limit, returning how long to
+// wait before sending them.
+func (c *consumeConn) reserve(n int) time.Duration {
+	if c.limit == nil {
+		return 0
+	}
+	return c.limit.reserve(float64(n))
+}
+
+// writeBurst writes batch as a frame and, while more records are waiting
+// and the rate limit allows, the frames after it, up to maxBurstFrames;
+// then it flushes them in one write. A batch the rate limit holds back is
+// returned, with how long it must wait; batch's array holds the batches
+// after the first. Only once the flush succeeded are the records marked
+// sent: only then may autoCommit commit them.
+func (c *consumeConn) writeBurst(batch []*bridge.ConsumedRecord, recs <-chan *bridge.ConsumedRecord) (held []*bridge.ConsumedRecord, wait time.Duration, err error) {
+	c.sent = c.sent[:0]
+	c.beginBurst()
+	for frames := 1; ; frames++ {
+		if err = c.writeBatch(batch); err != nil {
+			break
+		}
+		c.sent = append(c.sent, batch...)
+		// A short batch means the queue was empty a moment ago.
+		if frames == maxBurstFrames || len(batch) < max(1, c.batchSize) {
+			break
+		}
+		if batch = c.fill(batch[:0], recs); len(batch) == 0 {
+			break
+		}
+		if d := c.reserve(len(batch)); d > 0 {
+			held, wait = batch, d
+			break
+		}
+	}
+	if ferr := c.endBurst(); err == nil {
+		err = ferr
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	c.a.metrics.frames.WithLabelValues("out").Add(float64(len(c.sent)))
+	if c.autoCommit {
+		for _, r := range c.sent {
+			c.consumer.Store(r.Topic, r.Partition, r.Offset)
+		}
+	}
+	clear(c.sent) // let the records go
+	return held, wait, nil
+}
+
+// writeBatch writes one frame: a record, or an array of them when
+// batchSize > 1. The frame may wait in the burst: it is only on the socket
+// once endBurst succeeded.
+func (c *consumeConn) writeBatch(batch []*bridge.ConsumedRecord) error {
 	// Noted as written before the frame goes out: a client may commit a
-	// record the moment it arrives, before WriteMessage has returned here.
-	// autoCommit still stores only after the write succeeded.
+	// record the moment it arrives, before the burst has been flushed here.
+	// autoCommit still stores only after the flush succeeded.
 	c.mu.Lock()
 	for _, r := range batch {
 		c.written[topicPartition{r.Topic, r.Partition}] = r.Offset
 	}
 	c.mu.Unlock()
-	var err error
 	if c.batchSize > 1 {
-		out := make([]outRecord, len(batch))
-		for i, r := range batch {
-			out[i] = newOutRecord(r, c.keyType, c.valType)
-		}
-		err = c.writeJSON(out)
+		c.enc = appendRecords(c.enc[:0], batch, c.keyType, c.valType)
 	} else {
-		err = c.writeJSON(newOutRecord(batch[0], c.keyType, c.valType))
+		c.enc = appendRecord(c.enc[:0], batch[0], c.keyType, c.valType)
 	}
-	if err != nil {
-		return err
+	err := c.writeText(c.enc)
+	if cap(c.enc) > maxBurstBytes {
+		c.enc = nil // a rare large frame need not hold its memory for the socket's life
 	}
-	c.a.metrics.frames.WithLabelValues("out").Add(float64(len(batch)))
-	if c.autoCommit {
-		for _, r := range batch {
-			c.consumer.Store(r.Topic, r.Partition, r.Offset)
+	return err
+}
+
+// writeFrames writes control frames (commit acknowledgements, errors) in
+// one burst.
+func (c *consumeConn) writeFrames(frames []any) error {
+	if len(frames) == 0 {
+		return nil
+	}
+	c.beginBurst()
+	var err error
+	for _, f := range frames {
+		if err = c.writeJSON(f); err != nil {
+			break
 		}
 	}
-	return nil
+	if ferr := c.endBurst(); err == nil {
+		err = ferr
+	}
+	return err
 }

@@ -33,6 +33,7 @@ type produceConn struct {
 	slots   chan struct{}
 	out     chan outFrame
 	limit   *bucket
+	enc     []byte // the writer's frame being encoded
 }
 
 type outFrame struct {
@@ -76,7 +77,7 @@ func (a *API) serveProduce(w http.ResponseWriter, r *http.Request) {
 	if t, _ := strconv.ParseBool(q.Get("transactional")); t {
 		problems = append(problems, "transactional=true is not supported")
 	}
-	ws, err := a.upgrader.Upgrade(w, r, nil)
+	ws, conn, err := a.upgrade(w, r)
 	if err != nil {
 		return // the upgrader answered with an HTTP error
 	}
@@ -95,7 +96,7 @@ func (a *API) serveProduce(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	c := &produceConn{
-		sock:    newSock(ws, a.cfg.MaxFrameBytes, a.cfg.PingInterval),
+		sock:    newSock(ws, conn, a.cfg.MaxFrameBytes, a.cfg.PingInterval),
 		a:       a,
 		ctx:     ctx,
 		cancel:  cancel,
@@ -231,16 +232,19 @@ func (c *produceConn) writer() {
 	for {
 		select {
 		case f := <-c.out:
-			if !broken {
-				if err := c.writeFrame(f); err != nil {
-					// The client is gone: keep draining so slots free up,
-					// and stop the reader.
-					broken = true
-					c.cancel()
-					c.requestClose(websocket.CloseGoingAway, "")
-				}
+			if broken {
+				<-c.slots
+				continue
 			}
-			<-c.slots
+			n, err := c.writeBurst(f)
+			if err != nil {
+				// The client is gone: keep draining so slots free up,
+				// and stop the reader.
+				broken = true
+				c.cancel()
+				c.requestClose(websocket.CloseGoingAway, "")
+			}
+			c.release(n)
 		case <-t.C:
 			if !broken {
 				_ = c.pingNow()
@@ -249,14 +253,41 @@ func (c *produceConn) writer() {
 			if !broken {
 				// Results already queued go out before the close frame.
 				for len(c.out) > 0 {
-					f := <-c.out
-					_ = c.writeFrame(f)
-					<-c.slots
+					n, _ := c.writeBurst(<-c.out)
+					c.release(n)
 				}
 				c.writeClose()
 			}
 			return
 		}
+	}
+}
+
+// writeBurst writes f and the frames already waiting behind it, up to
+// maxBurstFrames, in one write. It returns how many frames it took from
+// out: their slots are freed once they are on the socket.
+func (c *produceConn) writeBurst(f outFrame) (int, error) {
+	c.beginBurst()
+	err := c.writeFrame(f)
+	n := 1
+	for ; n < maxBurstFrames && err == nil; n++ {
+		select {
+		case f = <-c.out:
+			err = c.writeFrame(f)
+			continue
+		default:
+		}
+		break
+	}
+	if ferr := c.endBurst(); err == nil {
+		err = ferr
+	}
+	return n, err
+}
+
+func (c *produceConn) release(n int) {
+	for range n {
+		<-c.slots
 	}
 }
 
@@ -269,5 +300,6 @@ func (c *produceConn) writeFrame(f outFrame) error {
 		return c.writeJSON(produceError{MessageID: f.id, Error: errorBody{Code: f.err.code, Message: f.err.msg}})
 	}
 	c.a.metrics.frames.WithLabelValues("in").Inc()
-	return c.writeJSON(produceResult{Topic: f.d.Topic, Partition: f.d.Partition, Offset: f.d.Offset, Timestamp: f.ts, MessageID: f.id})
+	c.enc = appendProduceResult(c.enc[:0], &f.d, f.ts, f.id)
+	return c.writeText(c.enc)
 }

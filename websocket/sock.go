@@ -11,11 +11,12 @@ import (
 )
 
 // sock is what produce and consume sockets share: the close handshake,
-// deadlines and pings. Only the socket's writer goroutine writes data
-// frames; control frames go through WriteControl, which gorilla allows
-// concurrently.
+// deadlines, pings and write bursts. Only the socket's writer goroutine
+// writes data frames; control frames go through WriteControl, which
+// gorilla allows concurrently.
 type sock struct {
 	ws   *websocket.Conn
+	conn *burstConn
 	ping time.Duration
 
 	closing   atomic.Bool
@@ -28,8 +29,8 @@ type sock struct {
 	writerOut chan struct{} // closed when the writer has stopped
 }
 
-func newSock(ws *websocket.Conn, maxFrame int64, ping time.Duration) *sock {
-	s := &sock{ws: ws, ping: ping, code: websocket.CloseNormalClosure, closed: make(chan struct{}),
+func newSock(ws *websocket.Conn, conn *burstConn, maxFrame int64, ping time.Duration) *sock {
+	s := &sock{ws: ws, conn: conn, ping: ping, code: websocket.CloseNormalClosure, closed: make(chan struct{}),
 		finish: make(chan struct{}), writerOut: make(chan struct{})}
 	ws.SetReadLimit(maxFrame)
 	ws.SetPongHandler(func(string) error {
@@ -96,9 +97,28 @@ func (s *sock) writeJSON(v any) error {
 	if err != nil {
 		return err
 	}
-	_ = s.ws.SetWriteDeadline(time.Now().Add(2 * s.ping))
-	return s.ws.WriteMessage(websocket.TextMessage, b)
+	return s.writeText(b)
 }
+
+// writeText sends b as one text frame. b is copied or written before
+// WriteMessage returns, so the caller may reuse it.
+func (s *sock) writeText(b []byte) error {
+	_ = s.ws.SetWriteDeadline(time.Now().Add(2 * s.ping))
+	if err := s.ws.WriteMessage(websocket.TextMessage, b); err != nil {
+		return err
+	}
+	// A burst of large frames goes out as it grows.
+	return s.conn.spill()
+}
+
+// beginBurst holds the frames the writer writes from now on, to send them
+// in one write when endBurst is called. The writer calls endBurst as soon
+// as it has no further frame ready: a burst never waits for one.
+func (s *sock) beginBurst() { s.conn.begin() }
+
+// endBurst writes the burst's frames. Only when it returns nil are they
+// on the socket.
+func (s *sock) endBurst() error { return s.conn.end() }
 
 // refuse sends one error frame and closes the socket with a policy
 // violation: the browser WebSocket API cannot read an HTTP error body, so
