@@ -88,19 +88,17 @@ func startDaemon(ctx context.Context, cfg daemonConfig) (*daemon, error) {
 var errPortTaken = errors.New("port taken")
 
 func startDaemonOnce(ctx context.Context, cfg daemonConfig) (*daemon, error) {
-	mqttAddr, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
-	httpAddr, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
-	wsAddr := ""
+	n := 2
 	if cfg.mqttWS {
-		if wsAddr, err = freeAddr(); err != nil {
-			return nil, err
-		}
+		n = 3
+	}
+	addrs, err := freeAddrs(n)
+	if err != nil {
+		return nil, err
+	}
+	mqttAddr, httpAddr, wsAddr := addrs[0], addrs[1], ""
+	if cfg.mqttWS {
+		wsAddr = addrs[2]
 	}
 	logPath := filepath.Join(cfg.dir, "tributary-"+cfg.name+".log")
 	logFile, err := os.Create(logPath)
@@ -148,12 +146,28 @@ func startDaemonOnce(ctx context.Context, cfg daemonConfig) (*daemon, error) {
 
 // freeAddr returns a loopback address with a port that was free a moment ago.
 func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addrs, err := freeAddrs(1)
 	if err != nil {
-		return "", fmt.Errorf("finding a free port: %w", err)
+		return "", err
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	return addrs[0], nil
+}
+
+// freeAddrs returns n loopback addresses with distinct ports that were
+// free a moment ago. The listeners stay open until all n are chosen: one
+// closed at once can be handed out again by the next (seen: Tributary
+// refused to start with its HTTP and MQTT listeners on one port).
+func freeAddrs(n int) ([]string, error) {
+	addrs := make([]string, 0, n)
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("finding a free port: %w", err)
+		}
+		defer ln.Close()
+		addrs = append(addrs, ln.Addr().String())
+	}
+	return addrs, nil
 }
 
 func (d *daemon) waitReady(ctx context.Context, timeout, poll time.Duration) error {

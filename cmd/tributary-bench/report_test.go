@@ -347,3 +347,15 @@ func TestPickMedians(t *testing.T) {
 		t.Errorf("table lacks the rounds' rates:\n%s", out.String())
 	}
 }
+
+func TestFreeAddrsAreDistinct(t *testing.T) {
+	for range 200 {
+		addrs, err := freeAddrs(3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if addrs[0] == addrs[1] || addrs[1] == addrs[2] || addrs[0] == addrs[2] {
+			t.Fatalf("freeAddrs(3) returned a port twice: %v", addrs)
+		}
+	}
+}
