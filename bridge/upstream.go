@@ -470,6 +470,7 @@ type conn struct {
 	// writer writes PUBACKs to it directly.
 	nc   atomic.Pointer[ackConn]
 	acks []byte // PUBACKs of the current burst; ack writer only
+	rec  Record // reused by handle
 }
 
 // inflight is one QoS 1 or 2 message awaiting its acknowledgement.
@@ -544,8 +545,11 @@ func (c *conn) handle(_ paho.Client, msg paho.Message) {
 		}
 	}
 
-	rec, reason := u.record(msg, received)
-	if rec == nil {
+	// The producer copies the record during the call, so one per
+	// connection is reused; handle runs on one goroutine at a time.
+	rec := &c.rec
+	defer c.clearRecord()
+	if reason := u.record(msg, received, rec); reason != "" {
 		u.m.skipped.WithLabelValues(u.cfg.Name, reason).Inc()
 		c.finish(e, qos)
 		return
@@ -580,12 +584,19 @@ func (c *conn) enqueue(e *inflight) {
 	c.mu.Unlock()
 }
 
-// record builds the Kafka record for msg, or returns nil and the reason
-// it is not produced. Messages the rules send nowhere, drop or refuse, or
+// clearRecord drops the reused record's references to the last message.
+func (c *conn) clearRecord() {
+	clear(c.rec.Headers)
+	c.rec = Record{Headers: c.rec.Headers[:0]}
+}
+
+// record fills rec with the Kafka record for msg, or returns the reason
+// it is not produced. Its fields point into msg and the configuration:
+// rec is only good until msg is handed on. Messages the rules send nowhere, drop or refuse, or
 // that cannot be mapped, are acknowledged without a record and counted:
 // MQTT 3.1.1 has no negative acknowledgement, and holding them back would
 // stall the remote broker's window for good.
-func (u *upstream) record(msg paho.Message, at time.Time) (*Record, string) {
+func (u *upstream) record(msg paho.Message, at time.Time, rec *Record) string {
 	topic := msg.Topic()
 	var key []byte
 	kafkaTopic := u.cfg.KafkaTopic
@@ -594,27 +605,28 @@ func (u *upstream) record(msg paho.Message, at time.Time) (*Record, string) {
 		res, err := u.mapper.Map(u.cfg.Name, topic)
 		if err != nil {
 			u.log.Warn("message not produced: mapping failed", "topic", topic, "error", err)
-			return nil, "mapping_error"
+			return "mapping_error"
 		}
 		switch res.Action {
 		case mapping.ActionNone:
-			return nil, "unmatched"
+			return "unmatched"
 		case mapping.ActionDrop:
-			return nil, "mapping_drop"
+			return "mapping_drop"
 		case mapping.ActionReject:
-			return nil, "mapping_reject"
+			return "mapping_reject"
 		}
 		kafkaTopic, key, extra = res.Topic, res.Key, res.Headers
 	}
 	if key == nil {
-		key = []byte(topic)
+		key = View(topic)
 	}
-	hs := AppendMQTTHeaders(make([]Header, 0, 5+len(extra)), topic, msg.Qos(), msg.Retained(), u.cfg.ClientID)
-	hs = append(hs, Header{Key: "mqtt.source", Value: []byte(u.cfg.Name)})
+	hs := AppendMQTTHeaders(rec.Headers[:0], topic, msg.Qos(), msg.Retained(), u.cfg.ClientID)
+	hs = append(hs, Header{Key: "mqtt.source", Value: View(u.cfg.Name)})
 	for _, h := range extra {
-		hs = append(hs, Header{Key: h.Key, Value: []byte(h.Value)})
+		hs = append(hs, Header{Key: h.Key, Value: View(h.Value)})
 	}
-	return &Record{Topic: kafkaTopic, Key: key, Value: msg.Payload(), Headers: hs, Timestamp: at}, ""
+	*rec = Record{Topic: kafkaTopic, Key: key, Value: msg.Payload(), Headers: hs, Timestamp: at}
+	return ""
 }
 
 // Delivered records Kafka's answer. It runs on the producer's event
