@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"log/slog"
@@ -336,5 +337,84 @@ func BenchmarkPublisherMochi(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "publishes/s")
 		})
+	}
+}
+
+// A broker that acknowledges whatever has arrived whenever it has read all
+// it was sent: the publisher never has more than its window unacknowledged.
+func TestPublisherKeepsItsWindow(t *testing.T) {
+	const n, window = 3000, 10
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type result struct {
+		maxOut, publishes int
+		err               error
+	}
+	done := make(chan result, 1)
+	go func() {
+		var res result
+		defer func() { done <- res }()
+		c, err := ln.Accept()
+		if err != nil {
+			res.err = err
+			return
+		}
+		defer c.Close()
+		r := bufio.NewReader(c)
+		if _, _, err := readPacket(r, nil); err != nil { // CONNECT
+			res.err = err
+			return
+		}
+		_, _ = c.Write([]byte{packets.Connack << 4, 2, 0, 0})
+		var ids []uint16
+		for res.publishes < n {
+			hdr, body, err := readPacket(r, nil)
+			if err != nil {
+				res.err = err
+				return
+			}
+			if hdr>>4 != packets.Publish {
+				continue
+			}
+			tlen := int(binary.BigEndian.Uint16(body))
+			ids = append(ids, binary.BigEndian.Uint16(body[2+tlen:]))
+			res.publishes++
+			res.maxOut = max(res.maxOut, len(ids))
+			if r.Buffered() == 0 {
+				var acks []byte
+				for _, id := range ids {
+					acks = append(acks, packets.Puback<<4, 2, byte(id>>8), byte(id))
+				}
+				ids = ids[:0]
+				if _, err := c.Write(acks); err != nil {
+					res.err = err
+					return
+				}
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p, err := dialPublisher(ctx, ln.Addr().String(), "window", "bench/window", makePayload(50), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	lat, err := p.publishAcked(ctx, n, window)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := <-done
+	if res.err != nil && res.publishes < n {
+		t.Fatalf("broker: %v after %d publishes", res.err, res.publishes)
+	}
+	if len(lat) != n || res.publishes != n {
+		t.Fatalf("%d acknowledged, broker read %d, want %d", len(lat), res.publishes, n)
+	}
+	if res.maxOut > window {
+		t.Fatalf("%d publishes unacknowledged at once, window %d", res.maxOut, window)
 	}
 }
