@@ -106,7 +106,33 @@ func describeTypeError(e *json.UnmarshalTypeError) string {
 // topic. keyType and valType apply where the frame names no format. It
 // returns the frame's messageId (raw JSON, nil if absent or unreadable)
 // even when the frame is otherwise invalid, so the error can be correlated.
+//
+// Frames of the usual shape are read by scanProduceFrame; the rest, and
+// every frame that is not valid JSON, by encoding/json, whose errors are
+// the ones the API reports.
 func decodeProduceFrame(data []byte, topic string, keyType, valType format) (*bridge.Record, json.RawMessage, *frameError) {
+	// The record's bytes are sliced out of this copy, as they are out of
+	// json.RawMessage's copies on the slow path, so that they never alias
+	// the caller's buffer.
+	own := make([]byte, len(data))
+	copy(own, data)
+	var hbuf [4]inHeader
+	if in, headers, ok := scanProduceFrame(own, hbuf[:0]); ok {
+		var key, value *inValue
+		if in.hasKey {
+			key = &in.key
+		}
+		if in.hasValue {
+			value = &in.value
+		}
+		return buildRecord(topic, keyType, valType, key, value, headers, in.messageID)
+	}
+	return decodeProduceFrameJSON(data, topic, keyType, valType)
+}
+
+// decodeProduceFrameJSON is decodeProduceFrame by encoding/json, for any
+// input.
+func decodeProduceFrameJSON(data []byte, topic string, keyType, valType format) (*bridge.Record, json.RawMessage, *frameError) {
 	var in inFrame
 	if err := json.Unmarshal(data, &in); err != nil {
 		var ute *json.UnmarshalTypeError
@@ -121,23 +147,31 @@ func decodeProduceFrame(data []byte, topic string, keyType, valType format) (*br
 		}
 		return nil, nil, invalid("invalid produce message: not a JSON object: %v", err)
 	}
-	id := validID(in.MessageID)
+	return buildRecord(topic, keyType, valType, in.Key, in.Value, in.Headers, in.MessageID)
+}
+
+// buildRecord checks and converts a decoded frame; both decoders end
+// here, so they differ only in how they read the JSON. It takes the
+// frame's fields one by one rather than an *inFrame so that the fast
+// path's key and value can stay on the stack.
+func buildRecord(topic string, keyType, valType format, key, value *inValue, headers []inHeader, messageID json.RawMessage) (*bridge.Record, json.RawMessage, *frameError) {
+	id := validID(messageID)
 	rec := &bridge.Record{Topic: topic}
 	var err *frameError
-	if in.Key != nil {
-		if rec.Key, err = encodeValue("key", in.Key, keyType); err != nil {
+	if key != nil {
+		if rec.Key, err = encodeValue("key", key, keyType); err != nil {
 			return nil, id, err
 		}
 	}
-	if in.Value != nil {
-		if rec.Value, err = encodeValue("value", in.Value, valType); err != nil {
+	if value != nil {
+		if rec.Value, err = encodeValue("value", value, valType); err != nil {
 			return nil, id, err
 		}
 	}
-	if len(in.Headers) > 0 {
-		rec.Headers = make([]bridge.Header, 0, len(in.Headers))
+	if len(headers) > 0 {
+		rec.Headers = make([]bridge.Header, 0, len(headers))
 	}
-	for i, h := range in.Headers {
+	for i, h := range headers {
 		if h.Key == "" {
 			return nil, id, invalid("headers[%d]: key is missing or empty", i)
 		}
@@ -247,7 +281,8 @@ func encodeValue(what string, v *inValue, def format) ([]byte, *frameError) {
 // jsonString returns the text of the JSON string raw, or false if raw is
 // not one. A string without escapes, the usual kind, is sliced out of raw
 // rather than decoded a second time by json.Unmarshal; raw is the frame's
-// own copy (json.RawMessage copies), so nothing else shares it.
+// own copy (json.RawMessage copies, and so does decodeProduceFrame before
+// scanning), so nothing else shares it.
 func jsonString(raw []byte) ([]byte, bool) {
 	if n := len(raw); n >= 2 && raw[0] == '"' && raw[n-1] == '"' {
 		s := raw[1 : n-1 : n-1]

@@ -3,6 +3,9 @@ package websocket
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -144,8 +147,9 @@ func FuzzDecodeProduceFrame(f *testing.F) {
 	} {
 		f.Add([]byte(s), uint8(0), uint8(0))
 	}
-	for _, s := range decodeFrames {
+	for i, s := range decodeFrames {
 		f.Add([]byte(s), uint8(0), uint8(6))
+		f.Add([]byte(s), uint8(i), uint8(i/len(formatNames)))
 	}
 	f.Fuzz(func(t *testing.T, data []byte, k, v uint8) {
 		kf, vf := format(int(k)%len(formatNames)), format(int(v)%len(formatNames))
@@ -168,7 +172,8 @@ func FuzzDecodeProduceFrame(f *testing.F) {
 	})
 }
 
-// decodeProduceFrame against the reference decoder, in one run.
+// decodeProduceFrame against the reference decoder and its own
+// encoding/json fallback, in one run.
 func BenchmarkDecodeProduceFrame(b *testing.B) {
 	for _, tc := range []struct{ name, frame string }{
 		{"strings", `{"headers":[{"key":"source","value":"gateway-7"}],"key":{"value":"device-0042","format":"string"},"value":{"value":"temperature reading 21.5 C from the north wing, floor 3","format":"string"},"messageId":"msg-000123"}`},
@@ -177,7 +182,7 @@ func BenchmarkDecodeProduceFrame(b *testing.B) {
 		for _, d := range []struct {
 			name   string
 			decode func([]byte, string, format, format) (*bridge.Record, json.RawMessage, *frameError)
-		}{{"reference", decodeProduceFrameRef}, {"now", decodeProduceFrame}} {
+		}{{"reference", decodeProduceFrameRef}, {"fallback", decodeProduceFrameJSON}, {"now", decodeProduceFrame}} {
 			b.Run(tc.name+"/"+d.name, func(b *testing.B) {
 				frame := []byte(tc.frame)
 				b.ReportAllocs()
@@ -204,12 +209,108 @@ var decodeFrames = []string{
 	`{"key":{"value":"x"},"key":null,"value":{"value":"v"},"value":{"format":"int"}}`,
 	`{"value":{"value":"<&>\u2028"},"messageId":"<id>"}`,
 	`{"value":{"value":  "  spaced  "  ,"format":"string"} }`,
+
+	// Boundaries of scanProduceFrame: what it takes must decode as
+	// encoding/json decodes it, what it leaves must fall back.
+	` {"key":{"value":"k"},"value":{"value":"v"}} `,
+	" \t\r\n{ \n\"headers\" :\t[ { \"key\" : \"h\" , \"value\" : \"v\" , \"format\" : \"string\" } ] , \"key\"\n:\n{ \"value\" : 7 } ,\"value\" : { \"format\" : \"json\" , \"value\" : [ 1 , { \"a\" : null } ] } , \"messageId\" : -1.5e+3 }\r\n",
+	`{"value":{"value":"line\nbreak \"quoted\" caf\u00e9 \ud83d\ude00 \/ \b\f\r\t"}}`,
+	`{"value":{"value":"\ud83d"},"key":{"value":"\ude00\ud83d\u0041"}}`,
+	`{"headers":[{"key":"caf\u00e9","value":"v"}]}`,
+	`{"headers":[{"key":"k","value":"v\n\u00e9","format":"string"}]}`,
+	`{"headers":[{"key":"k","value":"v","format":"b\u0061se64"}]}`,
+	"{\"value\":{\"value\":\"caf\xc3\xa9 \xed\xa0\x80 \xf0\x9f\x98\x80\"}}",
+	"{\"value\":{\"value\":\"v\",\"format\":\"str\xffing\"}}",
+	"{\"value\":{\"value\":\"tab\tinside\"}}",
+	`{"key":{"value":"a"},"key":{"value":"b"}}`,
+	`{"value":{"value":"a","value":"b"}}`,
+	`{"value":{"value":"a","format":"string","format":"json"}}`,
+	`{"headers":[{"key":"a","key":"b","value":"v"}]}`,
+	`{"headers":[],"headers":[{"key":"a"}]}`,
+	`{"messageId":1,"messageId":"two"}`,
+	`{"key":null,"value":null,"headers":null,"messageId":null}`,
+	`{"key":{"value":null,"format":null},"value":{"format":null}}`,
+	`{"headers":[{"key":null,"value":"v"}]}`,
+	`{"headers":[{"key":"k","value":null,"format":null}]}`,
+	`{"headers":[null]}`,
+	`{"headers":[{"key":"k","value":"v"},]}`,
+	`{"value":{"value":true}}`,
+	`{"value":{"value":false,"format":"json"}}`,
+	`{"value":{"value":-0.0e-0}}`,
+	`{"value":{"value":01}}`,
+	`{"value":{"value":1.}}`,
+	`{"value":{"value":-}}`,
+	`{"value":{"value":1e}}`,
+	`{"value":{"value":2147483648}}`,
+	`{"value":{"value":"12"},"key":{"value":"1.5"}}`,
+	`{"value":{"value":1,"format":1}}`,
+	`{"headers":[{"key":1,"value":"v"}]}`,
+	`{"headers":[{"key":"k","value":1}]}`,
+	`{"headers":{}}`,
+	`{"key":"k"}`,
+	`{"key":[]}`,
+	`{"value":7}`,
+	`{"messageId":{"a":1}}`,
+	`{"messageId":["x"]}`,
+	`{"messageId":true}`,
+	`{"messageId":"\u00e9\n"}`,
+	`{"value":{"value":{"a":{"b":[[],{},[{"c":"\u0000"}]]}},"format":"json"}}`,
+	`{"value":{"value":{ },"format":"json"},"key":{"value":[ ],"format":"json"}}`,
+	`{"value":{"value":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]],"format":"json"}}`,
+	`{}`,
+	`{"key":{},"value":{}}`,
+	`{"headers":[{}]}`,
+	`{"headers":[]}`,
+	`{"value":{"value":"` + strings.Repeat("long value ", 2000) + `"},"headers":[{"key":"` + strings.Repeat("k", 5000) + `","value":"v"}]}`,
+	`{"value":{"value":"v"},"extra":1}`,
+	`{"value":{"value":"v","extra":1}}`,
+	`{"headers":[{"key":"k","value":"v","extra":1}]}`,
+	`{"Value":{"value":"v"},"KEY":{"Value":"k"},"messageid":1}`,
+	`{"\u0076alue":{"value":"v"}}`,
+	"{\"me\xc5\xbfsageId\":1}",
+	`{"value":{"value":"v"}} x`,
+	`{"value":{"value":"v"}}{}`,
+	`{"value":{"value":"v"}`,
+	`{"value":{"value":"v"},}`,
+	`{"value":{"value":"v"` + "\x00" + `}}`,
+	`{"value" {"value":"v"}}`,
+	`{"value":{"value":"v"}` + "\n\n",
+	`{"value":{"value":"AP8","format":"base64"},"key":{"value":"ZZ==","format":"Base64"}}`,
+	`{"value":{"value":"not b64!","format":"base64"},"messageId":"m"}`,
+	`{"value":{"value":"v","format":"avro"},"messageId":5}`,
+	`{"value":{"value":"v","format":""}}`,
+	`{"value":{"value":1.5,"format":"JSON"}}`,
+	`{"headers":[{"key":"k","value":"!!","format":"base64"}],"messageId":"m"}`,
+	`{"headers":[{"key":"k","value":"v","format":"json"}]}`,
+	`{"headers":[{"key":"","value":"v"}]}`,
+	"\xef\xbb\xbf{}",
+	``,
+	`null`,
+	`"str"`,
+	`[{"value":{"value":"v"}}]`,
 }
 
 // checkDecode fails t unless decodeProduceFrame decodes data exactly as
-// the reference decoder does.
+// the reference decoder does, and scanProduceFrame, where it takes data,
+// fills in the frame exactly as encoding/json does.
 func checkDecode(t *testing.T, data []byte, kf, vf format) {
 	t.Helper()
+	if sf, hs, ok := scanProduceFrame(data, nil); ok {
+		fast := inFrame{Headers: hs, MessageID: sf.messageID}
+		if sf.hasKey {
+			fast.Key = &sf.key
+		}
+		if sf.hasValue {
+			fast.Value = &sf.value
+		}
+		var slow inFrame
+		if err := json.Unmarshal(data, &slow); err != nil {
+			t.Fatalf("%q: scanned, but encoding/json fails: %v", data, err)
+		}
+		if !reflect.DeepEqual(fast, slow) {
+			t.Fatalf("%q: scanned %s, encoding/json %s", data, dumpFrame(&fast), dumpFrame(&slow))
+		}
+	}
 	rec, id, ferr := decodeProduceFrame(data, "t", kf, vf)
 	wrec, wid, wferr := decodeProduceFrameRef(data, "t", kf, vf)
 	if !bytes.Equal(id, wid) || (id == nil) != (wid == nil) {
@@ -236,10 +337,40 @@ func checkDecode(t *testing.T, data []byte, kf, vf format) {
 	}
 }
 
+func dumpFrame(in *inFrame) string {
+	s := fmt.Sprintf("{messageId %q headers %q", in.MessageID, in.Headers)
+	for _, v := range []*inValue{in.Key, in.Value} {
+		if v == nil {
+			s += " nil"
+		} else {
+			s += fmt.Sprintf(" {%q %q}", v.Value, v.Format)
+		}
+	}
+	return s + "}"
+}
+
+// Every keyType and valType, since they decide how a value is read.
 func TestDecodeMatchesReference(t *testing.T) {
 	for _, frame := range decodeFrames {
-		for f := range format(len(formatNames)) {
-			checkDecode(t, []byte(frame), f, f)
+		for kf := range format(len(formatNames)) {
+			for vf := range format(len(formatNames)) {
+				checkDecode(t, []byte(frame), kf, vf)
+			}
+		}
+	}
+}
+
+// The usual frames must take the fast path, or it buys nothing.
+func TestScanProduceFrameTakesUsualFrames(t *testing.T) {
+	for _, frame := range []string{
+		`{"headers":[{"key":"h1","value":"v1"},{"key":"raw","value":"AP8=","format":"base64"}],"key":{"value":"foo","format":"string"},"value":{"value":"bar","format":"string"},"messageId":"client-chosen-id"}`,
+		`{"key":{"value":"device-0042"},"value":{"value":{"device":"0042","temperature":21.5,"unit":"C"},"format":"json"},"messageId":123}`,
+		`{"value":{"value":"line\nbreak \u00e9"}}`,
+		`{"key":{"value":7},"value":{"value":null}}`,
+		`{}`,
+	} {
+		if _, _, ok := scanProduceFrame([]byte(frame), nil); !ok {
+			t.Errorf("%s: left to encoding/json", frame)
 		}
 	}
 }
