@@ -147,7 +147,7 @@ type Producer struct {
 	wg          sync.WaitGroup
 	stop        chan struct{}
 
-	unconfirmedLog everyInterval
+	unconfirmedLog LogEvery
 }
 
 // deliveryOf reads a delivery report. A success without an offset is
@@ -161,16 +161,6 @@ func deliveryOf(e *kafka.Message) Delivery {
 		d.Err = fmt.Errorf("producing to %s[%d]: %w", d.Topic, d.Partition, ErrUnconfirmed)
 	}
 	return d
-}
-
-// everyInterval allows an action at most once per interval, across
-// goroutines (log lines that could otherwise flood).
-type everyInterval struct{ last atomic.Int64 }
-
-func (e *everyInterval) allow() bool {
-	now := time.Now().UnixNano()
-	last := e.last.Load()
-	return now-last >= int64(10*time.Second) && e.last.CompareAndSwap(last, now)
 }
 
 type envelope struct {
@@ -252,6 +242,8 @@ func NewProducer(cfg ProducerConfig, log *slog.Logger) (*Producer, error) {
 		budget:    newBudget(cfg.InflightBudgetBytes),
 		delivered: make(chan struct{}, 1),
 		stop:      make(chan struct{}),
+
+		unconfirmedLog: LogEvery{Interval: 10 * time.Second},
 	}
 	pr.metrics = newProducerMetrics(reg, pr.budget)
 	pr.topics = newTopics(pr)
@@ -378,7 +370,7 @@ func (p *Producer) events(kp *kafka.Producer) {
 			}
 			d := deliveryOf(e)
 			if errors.Is(d.Err, ErrUnconfirmed) {
-				if p.unconfirmedLog.allow() {
+				if p.unconfirmedLog.Allow() {
 					p.log.Warn("Kafka reported records delivered without their offsets; they are treated as not delivered and their clients resend them (logged at most every 10s)", "topic", d.Topic, "partition", d.Partition)
 				}
 			}

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tributary-io/tributary/auth"
+	"github.com/tributary-io/tributary/bridge"
 )
 
 // AuthConfig configures who may connect to the MQTT broker and what they
@@ -62,7 +63,7 @@ type authHook struct {
 	log      *slog.Logger
 	failures map[string]prometheus.Counter // by reason
 	denied   [2]prometheus.Counter         // subscribe, publish
-	denyLog  rateLimiter
+	denyLog  bridge.LogEvery
 	done     chan struct{} // closed by Stop: throttle waits end
 	stopOnce sync.Once
 	// client looks up a connected client or a kept session by client id
@@ -99,7 +100,7 @@ func newAuthHook(cfg AuthConfig, log *slog.Logger) (*authHook, error) {
 		log:      log,
 		failures: map[string]prometheus.Counter{},
 		denied:   [2]prometheus.Counter{denied.WithLabelValues("subscribe"), denied.WithLabelValues("publish")},
-		denyLog:  rateLimiter{every: 10 * time.Second},
+		denyLog:  bridge.LogEvery{Interval: 10 * time.Second},
 		done:     make(chan struct{}),
 	}
 	for _, r := range []string{reasonBadCredentials, reasonNotAuthorized, reasonAnonymousRefused} {
@@ -261,7 +262,7 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		} else {
 			h.denied[0].Inc()
 		}
-		if h.denyLog.allow() {
+		if h.denyLog.Allow() {
 			h.log.Warn("MQTT "+action+" refused by the ACLs (logged at most every 10s)",
 				"client", cl.ID, "username", user, "topic", topic, "remote", cl.Net.Remote)
 		}

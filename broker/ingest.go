@@ -41,12 +41,12 @@ type ingest struct {
 	draining  atomic.Bool
 	sessions  sync.Map // *mqtt.Client -> *session
 	writers   sync.WaitGroup
-	dropLog   rateLimiter
+	dropLog   bridge.LogEvery
 
 	publishLimits PublishLimits
 	limiters      sync.Map // *mqtt.Client -> *publishLimiter; used on the client's read goroutine only
 	limited       *publishLimitMetrics
-	limitLog      rateLimiter
+	limitLog      bridge.LogEvery
 }
 
 func newIngest(ctx context.Context, server *mqtt.Server, producer Producer, mapper *mapping.Mapper, log *slog.Logger, m *metrics) *ingest {
@@ -58,8 +58,8 @@ func newIngest(ctx context.Context, server *mqtt.Server, producer Producer, mapp
 		log:       log,
 		m:         m,
 		forwarder: server.NewClient(nil, "local", "tributary-ingest", true),
-		dropLog:   rateLimiter{every: 10 * time.Second},
-		limitLog:  rateLimiter{every: 10 * time.Second},
+		dropLog:   bridge.LogEvery{Interval: 10 * time.Second},
+		limitLog:  bridge.LogEvery{Interval: 10 * time.Second},
 	}
 }
 
@@ -138,7 +138,7 @@ func (h *ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 				return h.tooLarge(cl, pk, err)
 			}
 			h.m.dropped.WithLabelValues(dropReason(err)).Inc()
-			if h.dropLog.allow() {
+			if h.dropLog.Allow() {
 				h.log.Warn("QoS 0 publishes dropped (logged at most every 10s)", "client", cl.ID, "topic", pk.TopicName, "error", err)
 			}
 		}
@@ -199,7 +199,7 @@ func (h *ingest) withinRate(cl *mqtt.Client, pk *packets.Packet, now time.Time) 
 			return true
 		}
 		h.limited.listener(cl.Net.Listener).Inc()
-		if h.limitLog.allow() {
+		if h.limitLog.Allow() {
 			h.log.Warn("disconnecting MQTT 5 client over its publish rate limit with 0x96 (logged at most every 10s)", "client", cl.ID, "remote", cl.Net.Remote)
 		}
 		h.disconnect(cl, packets.ErrMessageRateTooHigh)
@@ -210,7 +210,7 @@ func (h *ingest) withinRate(cl *mqtt.Client, pk *packets.Packet, now time.Time) 
 		return true
 	}
 	h.limited.listener(cl.Net.Listener).Inc()
-	if h.limitLog.allow() {
+	if h.limitLog.Allow() {
 		h.log.Warn("client over its publish rate limit: reading it more slowly (logged at most every 10s)", "client", cl.ID, "remote", cl.Net.Remote, "wait", d)
 	}
 	t := time.NewTimer(d)
@@ -532,16 +532,4 @@ func failReason(err error) string {
 		return r
 	}
 	return "kafka_error"
-}
-
-// rateLimiter allows one event per period.
-type rateLimiter struct {
-	every time.Duration
-	last  atomic.Int64
-}
-
-func (r *rateLimiter) allow() bool {
-	now := time.Now().UnixNano()
-	last := r.last.Load()
-	return now-last >= int64(r.every) && r.last.CompareAndSwap(last, now)
 }
