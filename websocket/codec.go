@@ -110,14 +110,13 @@ func describeTypeError(e *json.UnmarshalTypeError) string {
 // Frames of the usual shape are read by scanProduceFrame; the rest, and
 // every frame that is not valid JSON, by encoding/json, whose errors are
 // the ones the API reports.
+//
+// The record's bytes may be slices of data, which the caller must leave
+// alone until the record has been produced (the socket reads every frame
+// into a buffer of its own).
 func decodeProduceFrame(data []byte, topic string, keyType, valType format) (*bridge.Record, json.RawMessage, *frameError) {
-	// The record's bytes are sliced out of this copy, as they are out of
-	// json.RawMessage's copies on the slow path, so that they never alias
-	// the caller's buffer.
-	own := make([]byte, len(data))
-	copy(own, data)
 	var hbuf [4]inHeader
-	if in, headers, ok := scanProduceFrame(own, hbuf[:0]); ok {
+	if in, headers, ok := scanProduceFrame(data, hbuf[:0]); ok {
 		var key, value *inValue
 		if in.hasKey {
 			key = &in.key
@@ -125,7 +124,10 @@ func decodeProduceFrame(data []byte, topic string, keyType, valType format) (*br
 		if in.hasValue {
 			value = &in.value
 		}
-		return buildRecord(topic, keyType, valType, key, value, headers, in.messageID)
+		// The id waits with the record for Kafka's answer: a copy of its
+		// own, as on the slow path, so that it does not keep the whole
+		// frame alive meanwhile.
+		return buildRecord(topic, keyType, valType, key, value, headers, bytes.Clone(in.messageID))
 	}
 	return decodeProduceFrameJSON(data, topic, keyType, valType)
 }
