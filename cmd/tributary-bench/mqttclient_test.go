@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -15,8 +14,6 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/hooks/auth"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -122,29 +119,13 @@ func (h *countingHook) count(topic string) int {
 	return h.byTopic[topic]
 }
 
-// startMochi runs a plain mochi broker on a free port.
+// startMochi runs a mochi broker on a free port that counts the
+// publishes it gets.
 func startMochi(t *testing.T, payload []byte) (string, *countingHook) {
 	t.Helper()
-	s := mqtt.New(&mqtt.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	hook := &countingHook{byTopic: map[string]int{}, payload: payload}
-	if err := s.AddHook(new(auth.AllowHook), nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.AddHook(hook, nil); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.AddListener(listeners.NewNet("t", ln)); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Serve(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return ln.Addr().String(), hook
+	addr, _ := startMochiWith(t, false, hook)
+	return addr, hook
 }
 
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
@@ -297,27 +278,13 @@ func TestDialPublisherRefused(t *testing.T) {
 // against the mqtt-qos1 scenarios' rates.
 func BenchmarkPublisherMochi(b *testing.B) {
 	payload := makePayload(100)
-	s := mqtt.New(&mqtt.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err := s.AddHook(new(auth.AllowHook), nil); err != nil {
-		b.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := s.AddListener(listeners.NewNet("t", ln)); err != nil {
-		b.Fatal(err)
-	}
-	if err := s.Serve(); err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	addr, _ := startMochiWith(b, false)
 	for _, bc := range []struct{ clients, window int }{{1, 10}, {1, 100}, {100, 10}} {
 		b.Run(fmt.Sprintf("clients=%d/window=%d", bc.clients, bc.window), func(b *testing.B) {
 			pubs := make([]*publisher, bc.clients)
 			for i := range pubs {
 				id := fmt.Sprintf("b%d-%d", bc.window, i)
-				p, err := dialPublisher(context.Background(), ln.Addr().String(), id, "bench/"+id, payload, 1)
+				p, err := dialPublisher(context.Background(), addr, id, "bench/"+id, payload, 1)
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -46,7 +46,7 @@ func (h *stampHook) OnPublish(_ *mqtt.Client, pk packets.Packet) (packets.Packet
 
 // startMochiWith runs a mochi broker with hooks on a TCP listener and, if
 // ws, a WebSocket one; it returns their addresses.
-func startMochiWith(t *testing.T, ws bool, hooks ...mqtt.Hook) (tcpAddr, wsAddr string) {
+func startMochiWith(t testing.TB, ws bool, hooks ...mqtt.Hook) (tcpAddr, wsAddr string) {
 	t.Helper()
 	s := mqtt.New(&mqtt.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err := s.AddHook(new(auth.AllowHook), nil); err != nil {
