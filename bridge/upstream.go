@@ -722,7 +722,7 @@ func (c *conn) complete(e *inflight) {
 func (c *conn) ack(msg paho.Message) {
 	if msg.Qos() == 1 && c.nc.Load() != nil {
 		id := msg.MessageID()
-		c.acks = append(c.acks, 0x40, 2, byte(id>>8), byte(id)) // PUBACK
+		c.acks = append(c.acks, packets.Puback<<4, 2, byte(id>>8), byte(id))
 		return
 	}
 	c.flushAcks()
