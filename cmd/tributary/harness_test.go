@@ -28,20 +28,35 @@ import (
 // (make test-kafka).
 func externalKafka() string { return os.Getenv("TRIBUTARY_TEST_KAFKA_BOOTSTRAP") }
 
+// testLogger is the daemon's debug logger in tests: its tail is printed
+// when the test fails, so a failure in CI explains itself (stderr instead
+// with TRIBUTARY_TEST_LOG).
 func testLogger(t *testing.T) *slog.Logger {
 	t.Helper()
+	return slog.New(slog.NewTextHandler(testLogWriter(t), &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// capturingLogger is testLogger that also keeps the whole log in a
+// buffer, for tests that look for a line in it.
+func capturingLogger(t *testing.T) (*slog.Logger, *syncBuffer) {
+	t.Helper()
+	buf := &syncBuffer{}
+	return slog.New(slog.NewTextHandler(io.MultiWriter(buf, testLogWriter(t)), &slog.HandlerOptions{Level: slog.LevelDebug})), buf
+}
+
+// testLogWriter is where testLogger's handler writes: the tail kept for
+// failures, or stderr with TRIBUTARY_TEST_LOG.
+func testLogWriter(t *testing.T) io.Writer {
 	if os.Getenv("TRIBUTARY_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		return os.Stderr
 	}
-	// Keep the tail of the debug log and print it only when the test
-	// fails, so a failure in CI explains itself.
 	tail := &logTail{max: 400}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("last %d lines of the daemon log:\n%s", tail.max, tail.String())
 		}
 	})
-	return slog.New(slog.NewTextHandler(tail, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return tail
 }
 
 // daemonGoroutines returns the stacks of the goroutines running the

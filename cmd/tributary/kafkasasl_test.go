@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -59,8 +58,7 @@ func TestKafkaSASL(t *testing.T) {
 			}
 			cfg.Kafka.Properties = loaded.Kafka.Properties
 
-			var logBuf syncBuffer
-			log := slog.New(slog.NewTextHandler(io.MultiWriter(&logBuf, testLogWriter(t)), &slog.HandlerOptions{Level: slog.LevelDebug}))
+			log, logBuf := capturingLogger(t)
 			d, err := start(cfg, log)
 			if err != nil {
 				t.Fatalf("starting: %v", err)
@@ -105,8 +103,7 @@ func TestKafkaSASL(t *testing.T) {
 		cfg := testConfig(t)
 		cfg.Kafka.Bootstrap = kc.ListenAddrs()[0]
 		cfg.Kafka.Properties = map[string]string{"security.protocol": "SASL_PLAINTEXT", "sasl.mechanisms": "PLAIN", "sasl.username": user, "sasl.password": "wrong-pw-value"}
-		var logBuf syncBuffer
-		log := slog.New(slog.NewTextHandler(io.MultiWriter(&logBuf, testLogWriter(t)), &slog.HandlerOptions{Level: slog.LevelDebug}))
+		log, logBuf := capturingLogger(t)
 		d, err := start(cfg, log)
 		if err != nil {
 			t.Fatalf("starting: %v", err)

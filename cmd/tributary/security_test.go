@@ -7,7 +7,6 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -103,8 +102,7 @@ func startSecured(t *testing.T, users string, edit func(*config.Config)) *secure
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	buf := &syncBuffer{}
-	log := slog.New(slog.NewTextHandler(io.MultiWriter(buf, testLogWriter(t)), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	log, buf := capturingLogger(t)
 	d, err := start(cfg, log)
 	if err != nil {
 		t.Fatalf("starting daemon: %v", err)
@@ -115,21 +113,6 @@ func startSecured(t *testing.T, users string, edit func(*config.Config)) *secure
 		bs = d.embedded.Addr()
 	}
 	return &secured{testDaemon: &testDaemon{daemon: d, bootstrap: bs}, dir: dir, log: buf, users: users}
-}
-
-// testLogWriter is where testLogger's handler would write: the tail kept
-// for failures, or stderr with TRIBUTARY_TEST_LOG.
-func testLogWriter(t *testing.T) io.Writer {
-	if os.Getenv("TRIBUTARY_TEST_LOG") != "" {
-		return os.Stderr
-	}
-	tail := &logTail{max: 400}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("last lines of the daemon log:\n%s", tail.String())
-		}
-	})
-	return tail
 }
 
 func (s *secured) caPool(t *testing.T) *x509.CertPool {
