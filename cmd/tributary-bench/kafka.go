@@ -278,13 +278,17 @@ func (np *nativeProducer) warm(topic string) error {
 }
 
 // produce queues n records of payload to topic, keyed round-robin with
-// keys, waiting whenever librdkafka's local queue is full.
-func (np *nativeProducer) produce(ctx context.Context, topic string, keys [][]byte, payload []byte, n int) error {
+// keys and, when headers is not nil, with the headers of the same index,
+// waiting whenever librdkafka's local queue is full.
+func (np *nativeProducer) produce(ctx context.Context, topic string, keys [][]byte, headers [][]kafka.Header, payload []byte, n int) error {
 	for i := range n {
 		msg := &kafka.Message{
 			TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: kafka.PartitionAny},
 			Key:            keys[i%len(keys)],
 			Value:          payload,
+		}
+		if headers != nil {
+			msg.Headers = headers[i%len(keys)]
 		}
 		for {
 			err := np.p.Produce(msg, nil)

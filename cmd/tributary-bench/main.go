@@ -27,6 +27,10 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+
+	"github.com/tributary-io/tributary/bridge"
 )
 
 func main() {
@@ -44,6 +48,10 @@ type scenario struct {
 	qos     byte // MQTT QoS
 	window  int  // QoS 1 publishes in flight per connection
 	batch   int  // ws-out: records per frame (batchSize)
+	// headers (native-produce): each record carries the four mqtt.*
+	// headers Tributary adds to a QoS 0 publish, so the native producer
+	// writes the same records the bridge does.
+	headers bool
 }
 
 // kind says how a scenario loads which system.
@@ -94,6 +102,9 @@ func (s scenario) describe() string {
 	}
 	switch s.kind {
 	case nativeProduce:
+		if s.headers {
+			return "confluent-kafka-go producer straight to Kafka (acks=all, idempotent), each record with the four mqtt.* headers Tributary adds"
+		}
 		return "confluent-kafka-go producer straight to Kafka (acks=all, idempotent)"
 	case mqttWSLoad:
 		return load + ", MQTT over WebSocket (/mqtt), through Tributary"
@@ -119,6 +130,7 @@ func (s scenario) describe() string {
 // comes after mqtt-qos1, whose rate it takes.
 var scenarios = []scenario{
 	{name: "native-produce", kind: nativeProduce},
+	{name: "native-produce-headers", kind: nativeProduce, headers: true},
 	{name: "mqtt-qos0", kind: mqttLoad, clients: 10, qos: 0},
 	{name: "mosquitto-qos0", kind: mosquittoLoad, clients: 10, qos: 0},
 	{name: "mqtt-qos1", kind: mqttLoad, clients: 100, qos: 1, window: 10},
@@ -332,6 +344,7 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintln(stdout)
 		printTargets(stdout, results)
 		printGenerator(stdout, results)
+		printCPU(stdout, results, runtime.NumCPU())
 		printDrains(stdout, results)
 		printConsumers(stdout, results)
 		if opts.jsonPath != "" {
@@ -635,13 +648,25 @@ func (b *bench) runNative(ctx context.Context, s scenario, topic string) result 
 	// As many keys as the QoS 0 scenario has clients (each client's key
 	// is its MQTT topic), so records spread over partitions alike.
 	keys := make([][]byte, 10)
+	var headers [][]kafka.Header
+	if s.headers {
+		headers = make([][]kafka.Header, len(keys))
+	}
 	for i := range keys {
-		keys[i] = fmt.Appendf(nil, "bench/native-%03d", i)
+		id := fmt.Sprintf("%s-%03d", s.name, i)
+		keys[i] = []byte("bench/" + id)
+		if s.headers {
+			// What Tributary adds to a QoS 0 publish of client id on topic
+			// bench/id, built by the same function.
+			for _, h := range bridge.AppendMQTTHeaders(nil, string(keys[i]), 0, false, id) {
+				headers[i] = append(headers[i], kafka.Header{Key: h.Key, Value: h.Value})
+			}
+		}
 	}
 	sendCtx, cancel := context.WithTimeout(ctx, b.opts.timeout)
 	defer cancel()
 	start := time.Now()
-	sendErr := np.produce(sendCtx, topic, keys, b.payload, b.opts.records)
+	sendErr := np.produce(sendCtx, topic, keys, headers, b.payload, b.opts.records)
 	found, end, err := b.admin.waitForCount(ctx, topic, b.opts.partitions, int64(b.opts.records), b.pollTimeout(sendErr))
 	b.finish(&r, start, end, found, errors.Join(sendErr, np.err(), err))
 	return r

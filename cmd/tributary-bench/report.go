@@ -33,8 +33,12 @@ type result struct {
 	// (mqtt-qos1 and mqtt-qos1-single): what QoS 1's acknowledgements
 	// after Kafka cost against Tributary's own fire-and-forget path.
 	RatioQoS0 *float64 `json:"ratio_qos0,omitempty"`
-	P50Ms     *float64 `json:"p50_ms"` // PUBACK latency, QoS 1 only
-	P99Ms     *float64 `json:"p99_ms"`
+	// RatioHeaders is Rate divided by native-produce-headers' rate in the
+	// same run (the MQTT scenarios): the native producer writing records
+	// with the same headers, which is part of what Tributary does per record.
+	RatioHeaders *float64 `json:"ratio_native_headers,omitempty"`
+	P50Ms        *float64 `json:"p50_ms"` // PUBACK latency, QoS 1 only
+	P99Ms        *float64 `json:"p99_ms"`
 	// RSS is the peak resident set size (VmHWM) of Tributary during the
 	// scenario; of mosquitto in the mosquitto scenarios.
 	RSS *int64 `json:"bridge_rss_bytes"`
@@ -116,14 +120,15 @@ func ptr[T any](v T) *T { return &v }
 // baselines maps a scenario to the one it is measured against in the
 // same run. Scenarios not listed are baselines or stand alone.
 var baselines = map[string]string{
-	"mqtt-qos0":        "native-produce",
-	"mqtt-qos1":        "native-produce",
-	"mqtt-qos1-single": "native-produce",
-	"mqtt-ws-qos1":     "native-produce",
-	"ws-in":            "native-produce",
-	"ws-out":           "native-consume",
-	"ws-out-batch100":  "native-consume",
-	"upstream":         "mosquitto-sub",
+	"native-produce-headers": "native-produce",
+	"mqtt-qos0":              "native-produce",
+	"mqtt-qos1":              "native-produce",
+	"mqtt-qos1-single":       "native-produce",
+	"mqtt-ws-qos1":           "native-produce",
+	"ws-in":                  "native-produce",
+	"ws-out":                 "native-consume",
+	"ws-out-batch100":        "native-consume",
+	"upstream":               "mosquitto-sub",
 }
 
 // mosquittoPeers maps a Tributary MQTT scenario to the same load against
@@ -136,6 +141,10 @@ var mosquittoPeers = map[string]string{
 // qos0Peers are the QoS 1 loads whose rate is also compared with
 // Tributary's own QoS 0 rate (RatioQoS0).
 var qos0Peers = map[string]bool{"mqtt-qos1": true, "mqtt-qos1-single": true}
+
+// headerPeers are the MQTT loads whose rate is also compared with the
+// native producer writing records with Tributary's headers (RatioHeaders).
+var headerPeers = map[string]bool{"mqtt-qos0": true, "mqtt-qos1": true, "mqtt-qos1-single": true, "mqtt-ws-qos1": true}
 
 // target is a figure the bridge is meant to reach.
 type target struct {
@@ -217,6 +226,9 @@ func fillRatios(rs []result) {
 		if q, ok := rate["mqtt-qos0"]; ok && qos0Peers[r.Scenario] {
 			r.RatioQoS0 = ptr(r.Rate / q)
 		}
+		if q, ok := rate["native-produce-headers"]; ok && headerPeers[r.Scenario] {
+			r.RatioHeaders = ptr(r.Rate / q)
+		}
 	}
 }
 
@@ -281,6 +293,9 @@ func notes(r result) string {
 	}
 	if r.RatioQoS0 != nil {
 		ns = append(ns, fmt.Sprintf("%.3f× mqtt-qos0", *r.RatioQoS0))
+	}
+	if r.RatioHeaders != nil {
+		ns = append(ns, fmt.Sprintf("%.3f× native-produce-headers", *r.RatioHeaders))
 	}
 	if r.SendSeconds != nil && *r.SendSeconds > 0 {
 		ns = append(ns, fmt.Sprintf("sent in %.2f s (%.0f/s)", *r.SendSeconds, float64(r.Records) / *r.SendSeconds))
@@ -388,6 +403,70 @@ func printGenerator(w io.Writer, rs []result) {
 		}
 		fmt.Fprintf(w, "  %s: %s: %s\n", name, strings.Join(says, "; "), verdict)
 	}
+}
+
+// printCPU writes, for each scenario whose harness CPU was measured, the
+// CPU time per record of every process it kept busy: Tributary (or
+// mosquitto, or mosquitto_sub), the harness (load generator, native client
+// and, in-process, kfake) and a remote broker. Over upstream's drain,
+// Tributary's CPU includes its start-up. When a scenario and its baseline both keep
+// the machine's cores busy, the baseline's CPU per record divided by the
+// scenario's is the most the scenario's ratio can be: that is what the
+// ceiling column says. A ratio close to its ceiling is bound by CPU.
+func printCPU(w io.Writer, rs []result, cpus int) {
+	perRecord := map[string]float64{}
+	total := func(r result) (float64, bool) {
+		if !r.OK || r.HarnessCPU == nil || r.Found <= 0 || r.Seconds <= 0 {
+			return 0, false
+		}
+		t := *r.HarnessCPU
+		for _, v := range []*float64{r.CPU, r.RemoteCPU} {
+			if v != nil {
+				t += *v
+			}
+		}
+		return t, true
+	}
+	for _, r := range rs {
+		if t, ok := total(r); ok {
+			perRecord[r.Scenario] = t / float64(r.Found)
+		}
+	}
+	header := false
+	for _, r := range rs {
+		t, ok := total(r)
+		if !ok {
+			continue
+		}
+		if !header {
+			fmt.Fprintf(w, "CPU per record (all processes of the scenario: Tributary or mosquitto, the harness with its clients and kfake; %d CPUs):\n", cpus)
+			header = true
+		}
+		us := 1e6 * perRecord[r.Scenario]
+		fmt.Fprintf(w, "  %-22s %6.1f µs", r.Scenario, us)
+		if r.CPU != nil {
+			fmt.Fprintf(w, " (%s %.1f", cpuOwner(r.Scenario), 1e6**r.CPU/float64(r.Found))
+			if r.RemoteCPU != nil {
+				fmt.Fprintf(w, ", remote mosquitto %.1f", 1e6**r.RemoteCPU/float64(r.Found))
+			}
+			fmt.Fprintf(w, ", harness %.1f)", 1e6**r.HarnessCPU/float64(r.Found))
+		}
+		fmt.Fprintf(w, ", %.2f cores busy", t/r.Seconds)
+		if b, ok := perRecord[r.Baseline]; ok && r.Ratio != nil {
+			fmt.Fprintf(w, "; CPU ceiling %.2f× %s, measured %.3f×", b/perRecord[r.Scenario], r.Baseline, *r.Ratio)
+		}
+		fmt.Fprintln(w)
+	}
+}
+
+func cpuOwner(scenario string) string {
+	switch {
+	case scenario == "mosquitto-sub":
+		return "mosquitto_sub"
+	case strings.HasPrefix(scenario, "mosquitto-"):
+		return "mosquitto"
+	}
+	return "Tributary"
 }
 
 // printDrains writes, for the drain scenarios, the figures the table

@@ -359,3 +359,60 @@ func TestFreeAddrsAreDistinct(t *testing.T) {
 		}
 	}
 }
+
+func TestRatioToNativeHeaders(t *testing.T) {
+	rs := []result{
+		{Scenario: "native-produce", Rate: 400000, OK: true},
+		{Scenario: "native-produce-headers", Rate: 200000, OK: true},
+		{Scenario: "mqtt-qos0", Rate: 150000, OK: true},
+		{Scenario: "mqtt-qos1", Rate: 100000, OK: true},
+		{Scenario: "ws-in", Rate: 100000, OK: true},
+	}
+	fillRatios(rs)
+	if rs[1].Baseline != "native-produce" || deref(rs[1].Ratio) != 0.5 {
+		t.Errorf("native-produce-headers: baseline %q ratio %v, want native-produce 0.5", rs[1].Baseline, deref(rs[1].Ratio))
+	}
+	if deref(rs[2].RatioHeaders) != 0.75 || deref(rs[3].RatioHeaders) != 0.5 {
+		t.Errorf("ratios to native-produce-headers %v, %v; want 0.75, 0.5", deref(rs[2].RatioHeaders), deref(rs[3].RatioHeaders))
+	}
+	if rs[4].RatioHeaders != nil {
+		t.Error("ws-in, whose records carry no mqtt.* headers, compared with native-produce-headers")
+	}
+	var out bytes.Buffer
+	printTable(&out, rs)
+	if !strings.Contains(out.String(), "0.750× native-produce-headers") {
+		t.Errorf("table lacks the ratio to native-produce-headers:\n%s", out.String())
+	}
+}
+
+func TestPrintCPU(t *testing.T) {
+	rs := []result{
+		// 2 s of harness CPU for 200 000 records in 1 s: 10 µs each.
+		{Scenario: "native-produce", Records: 200000, Found: 200000, Seconds: 1, Rate: 200000, HarnessCPU: ptr(2.0), OK: true},
+		// 2 s of Tributary and 2 s of harness in 2 s: 20 µs each, so at
+		// most half the baseline's rate while both keep 2 cores busy.
+		{Scenario: "mqtt-qos0", Records: 200000, Found: 200000, Seconds: 2, Rate: 100000, CPU: ptr(2.0), HarnessCPU: ptr(2.0), OK: true},
+		{Scenario: "mosquitto-qos0", Records: 200000, Found: 200000, Seconds: 2, Rate: 100000, CPU: ptr(1.0), HarnessCPU: ptr(0.6), OK: true},
+		{Scenario: "mqtt-qos1", Records: 200000, Found: 100, Seconds: 2, HarnessCPU: ptr(1.0)}, // failed
+		{Scenario: "mosquitto-sub", Records: 200000, Found: 200000, Seconds: 2, Rate: 100000, CPU: ptr(0.4), RemoteCPU: ptr(0.6), HarnessCPU: ptr(0.2), OK: true},
+		{Scenario: "upstream", Records: 200000, Found: 200000, Seconds: 2, Rate: 100000, CPU: ptr(1.0), OK: true},
+	}
+	fillRatios(rs)
+	var out bytes.Buffer
+	printCPU(&out, rs, 2)
+	for _, want := range []string{
+		"native-produce           10.0 µs, 2.00 cores busy\n",
+		"mqtt-qos0                20.0 µs (Tributary 10.0, harness 10.0), 2.00 cores busy; CPU ceiling 0.50× native-produce, measured 0.500×\n",
+		"mosquitto-qos0            8.0 µs (mosquitto 5.0, harness 3.0), 0.80 cores busy\n",
+		"mosquitto-sub             6.0 µs (mosquitto_sub 2.0, remote mosquitto 3.0, harness 1.0), 0.60 cores busy\n",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+	for _, absent := range []string{"mqtt-qos1", "upstream"} {
+		if strings.Contains(out.String(), absent) {
+			t.Errorf("%s printed without its harness CPU or records:\n%s", absent, out.String())
+		}
+	}
+}

@@ -261,6 +261,7 @@ func (b *bench) runSubBaseline(ctx context.Context, r result, brokerBin, subBin,
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	cpu0, cpuErr := rb.cpuSeconds()
+	harness0 := selfCPU()
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		r.Error = fmt.Sprintf("starting %s: %v", subBin, err)
@@ -269,6 +270,7 @@ func (b *bench) runSubBaseline(ctx context.Context, r result, brokerBin, subBin,
 	lines, first, readErr := countLines(stdout)
 	waitErr := cmd.Wait()
 	end := time.Now()
+	r.HarnessCPU = ptr(centi(selfCPU() - harness0))
 	if cpu1, err := rb.cpuSeconds(); err == nil && cpuErr == nil {
 		r.RemoteCPU = ptr(centi(cpu1 - cpu0))
 	}
@@ -352,6 +354,7 @@ func (b *bench) runUpstreamTributary(ctx context.Context, r result, brokerBin, t
 
 	dc.name = name
 	cpu0, cpuErr := rb.cpuSeconds()
+	harness0 := selfCPU()
 	start := time.Now()
 	d, err = startDaemon(ctx, dc)
 	if err != nil {
@@ -362,6 +365,7 @@ func (b *bench) runUpstreamTributary(ctx context.Context, r result, brokerBin, t
 	r.ReadySeconds = ptr(time.Since(start).Seconds())
 	profiled := b.profile(ctx, d, name)
 	found, end, err := b.admin.waitForCount(ctx, topic, b.opts.partitions, int64(b.opts.records), b.opts.timeout)
+	r.HarnessCPU = ptr(centi(selfCPU() - harness0))
 	profiled()
 	if cpu1, err := rb.cpuSeconds(); err == nil && cpuErr == nil {
 		r.RemoteCPU = ptr(centi(cpu1 - cpu0))

@@ -268,7 +268,7 @@ func (b *bench) filledTopic(ctx context.Context, runID string, round int) (strin
 	}
 	sendCtx, cancel := context.WithTimeout(ctx, b.opts.timeout)
 	defer cancel()
-	sendErr := np.produce(sendCtx, topic, keys, b.payload, b.opts.records)
+	sendErr := np.produce(sendCtx, topic, keys, nil, b.payload, b.opts.records)
 	np.Close()
 	found, _, err := b.admin.waitForCount(ctx, topic, b.opts.partitions, int64(b.opts.records), b.pollTimeout(sendErr))
 	if err = errors.Join(sendErr, np.err(), err); err != nil {
