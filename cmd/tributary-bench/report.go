@@ -411,10 +411,13 @@ func printGenerator(w io.Writer, rs []result) {
 // and, in-process, kfake) and a remote broker. Over upstream's drain,
 // Tributary's CPU includes its start-up. When a scenario and its baseline both keep
 // the machine's cores busy, the baseline's CPU per record divided by the
-// scenario's is the most the scenario's ratio can be: that is what the
-// ceiling column says. A ratio close to its ceiling is bound by CPU.
+// scenario's is the most the scenario's ratio can be: that is the CPU
+// ceiling printed. A ratio close to its ceiling is bound by CPU. A
+// baseline that left cores idle was bound by something else and sets no
+// ceiling.
 func printCPU(w io.Writer, rs []result, cpus int) {
 	perRecord := map[string]float64{}
+	busy := map[string]float64{}
 	total := func(r result) (float64, bool) {
 		if !r.OK || r.HarnessCPU == nil || r.Found <= 0 || r.Seconds <= 0 {
 			return 0, false
@@ -430,6 +433,7 @@ func printCPU(w io.Writer, rs []result, cpus int) {
 	for _, r := range rs {
 		if t, ok := total(r); ok {
 			perRecord[r.Scenario] = t / float64(r.Found)
+			busy[r.Scenario] = t / r.Seconds
 		}
 	}
 	header := false
@@ -453,11 +457,19 @@ func printCPU(w io.Writer, rs []result, cpus int) {
 		}
 		fmt.Fprintf(w, ", %.2f cores busy", t/r.Seconds)
 		if b, ok := perRecord[r.Baseline]; ok && r.Ratio != nil {
-			fmt.Fprintf(w, "; CPU ceiling %.2f× %s, measured %.3f×", b/perRecord[r.Scenario], r.Baseline, *r.Ratio)
+			if busy[r.Baseline] >= cpuBoundShare*float64(cpus) {
+				fmt.Fprintf(w, "; CPU ceiling %.2f× %s, measured %.3f×", b/perRecord[r.Scenario], r.Baseline, *r.Ratio)
+			} else {
+				fmt.Fprintf(w, "; no CPU ceiling: %s kept %.2f of %d cores busy", r.Baseline, busy[r.Baseline], cpus)
+			}
 		}
 		fmt.Fprintln(w)
 	}
 }
+
+// cpuBoundShare is the share of the machine's cores a baseline must keep
+// busy for its CPU per record to bound another scenario's ratio.
+const cpuBoundShare = 0.75
 
 func cpuOwner(scenario string) string {
 	switch {

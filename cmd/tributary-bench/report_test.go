@@ -410,6 +410,13 @@ func TestPrintCPU(t *testing.T) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
 	}
+	// A baseline bound by something other than CPU sets no ceiling.
+	rs[0].HarnessCPU = ptr(1.0)
+	out.Reset()
+	printCPU(&out, rs, 2)
+	if want := "mqtt-qos0                20.0 µs (Tributary 10.0, harness 10.0), 2.00 cores busy; no CPU ceiling: native-produce kept 1.00 of 2 cores busy\n"; !strings.Contains(out.String(), want) {
+		t.Errorf("output lacks %q:\n%s", want, out.String())
+	}
 	for _, absent := range []string{"mqtt-qos1", "upstream"} {
 		if strings.Contains(out.String(), absent) {
 			t.Errorf("%s printed without its harness CPU or records:\n%s", absent, out.String())
