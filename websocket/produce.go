@@ -1,6 +1,7 @@
 package websocket
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -33,7 +34,8 @@ type produceConn struct {
 	slots   chan struct{}
 	out     chan outFrame
 	limit   *bucket
-	enc     []byte // the writer's frame being encoded
+	enc     []byte       // the writer's frame being encoded
+	frame   bytes.Buffer // the reader's frame being decoded
 }
 
 type outFrame struct {
@@ -181,13 +183,37 @@ func (c *produceConn) read() error {
 			<-c.slots
 			return nil
 		}
-		_, data, err := c.ws.ReadMessage()
+		data, err := c.readFrame()
 		if err != nil {
 			<-c.slots
 			return err
 		}
 		c.handle(data)
 	}
+}
+
+// maxKeptFrameBuffer is the largest frame buffer a socket keeps between
+// frames; a bigger one, left by an unusually large frame, is dropped.
+const maxKeptFrameBuffer = 64 << 10
+
+// readFrame reads the next message into the socket's frame buffer, which
+// the next call overwrites: a record made from it must have been handed
+// to Produce (which copies it), and anything kept longer (the messageId)
+// copied, before then. Reusing one buffer instead of allocating a slice
+// per frame was most of the bytes /socket/in allocated.
+func (c *produceConn) readFrame() ([]byte, error) {
+	if c.frame.Cap() > maxKeptFrameBuffer {
+		c.frame = bytes.Buffer{}
+	}
+	c.frame.Reset()
+	_, r, err := c.ws.NextReader()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.frame.ReadFrom(r); err != nil {
+		return nil, err
+	}
+	return c.frame.Bytes(), nil
 }
 
 // handle produces one frame's record; the frame's slot passes to what it
