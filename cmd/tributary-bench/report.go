@@ -409,12 +409,13 @@ func printGenerator(w io.Writer, rs []result) {
 // CPU time per record of every process it kept busy: Tributary (or
 // mosquitto, or mosquitto_sub), the harness (load generator, native client
 // and, in-process, kfake) and a remote broker. Over upstream's drain,
-// Tributary's CPU includes its start-up. When a scenario and its baseline both keep
-// the machine's cores busy, the baseline's CPU per record divided by the
-// scenario's is the most the scenario's ratio can be: that is the CPU
-// ceiling printed. A ratio close to its ceiling is bound by CPU. A
-// baseline that left cores idle was bound by something else and sets no
-// ceiling.
+// Tributary's CPU includes its start-up. Two scenarios that both keep the
+// machine's cores busy run at rates in the inverse ratio of their CPU per
+// record: against a baseline that kept most cores busy, that inverse
+// ratio is printed as the CPU ceiling, the ratio the scenario reaches with
+// the same share of the machine. A scenario that got more of the cores
+// can pass it; a ratio close to it is bound by CPU. A baseline that left
+// cores idle was bound by something else and sets no ceiling.
 func printCPU(w io.Writer, rs []result, cpus int) {
 	perRecord := map[string]float64{}
 	busy := map[string]float64{}
