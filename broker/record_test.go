@@ -39,19 +39,26 @@ func recordCases() []recordCase {
 	}
 }
 
+// mapped returns the mapping result of tc's publish.
+func mapped(t testing.TB, tc recordCase) mapping.Result {
+	t.Helper()
+	m, err := mapping.New(tc.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := m.Map("", tc.pk.TopicName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
 func TestBuildRecord(t *testing.T) {
 	cl := &mqtt.Client{ID: "sensor-1"}
 	at := time.Unix(1700000000, 0)
 	for _, tc := range recordCases() {
 		t.Run(tc.name, func(t *testing.T) {
-			m, err := mapping.New(tc.cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			res, err := m.Map("", tc.pk.TopicName)
-			if err != nil {
-				t.Fatal(err)
-			}
+			res := mapped(t, tc)
 			rec := buildRecord(cl, &tc.pk, &res, at)
 			got := map[string]string{}
 			for _, h := range rec.Headers {
@@ -93,14 +100,7 @@ func TestBuildRecordReusesRecords(t *testing.T) {
 	}
 	cl := &mqtt.Client{ID: "sensor-1"}
 	for _, tc := range recordCases() {
-		m, err := mapping.New(tc.cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		res, err := m.Map("", tc.pk.TopicName)
-		if err != nil {
-			t.Fatal(err)
-		}
+		res := mapped(t, tc)
 		allocs := testing.AllocsPerRun(1000, func() {
 			releaseRecord(buildRecord(cl, &tc.pk, &res, time.Time{}))
 		})
