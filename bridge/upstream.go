@@ -665,14 +665,15 @@ func (c *conn) writeAcks() {
 		clear(c.queue[:i])
 		c.queue = c.queue[i:]
 		finished := closing || (c.gone && len(c.queue) == 0)
+		left := len(c.queue) // read under the lock: handle may still be queueing
 		c.mu.Unlock()
 		for _, e := range ready {
 			c.complete(e)
 		}
 		c.flushAcks()
 		if finished {
-			if n := len(c.queue); n > 0 {
-				u.log.Warn("upstream messages left unacknowledged at shutdown; the remote broker will redeliver them", "messages", n)
+			if left > 0 {
+				u.log.Warn("upstream messages left unacknowledged at shutdown; the remote broker will redeliver them", "messages", left)
 			}
 			return
 		}
