@@ -46,6 +46,7 @@ Commands:
   start      fetch Kafka $KAFKA_VERSION if needed, start it, wait until ready
   stop       stop the broker and delete its run directory
   status     exit 0 if the broker is running (prints pid and address)
+  pid        print only the running broker's pid (for tributary-bench --kafka-pid)
   bootstrap  print the bootstrap address ($HOST:$PORT)
   fetch      only download the broker jars into the cache
   logs       print the tail of the broker log
@@ -422,6 +423,7 @@ main() {
     start) with_lock "$LOCK_FILE" do_start ;;
     stop) with_lock "$LOCK_FILE" do_stop ;;
     status) do_status ;;
+    pid) running_pid || die "Kafka is not running" ;;
     bootstrap) printf '%s:%s\n' "$HOST" "$PORT" ;;
     fetch) fetch; log "Kafka $KAFKA_VERSION jars are in $LIBS" ;;
     logs) if [[ -f "$LOG_FILE" ]]; then tail -n 100 "$LOG_FILE"; else die "no log at $LOG_FILE"; fi ;;

@@ -249,11 +249,7 @@ func parseStatusKB(r io.Reader, field string) (int64, error) {
 
 // cpuSeconds returns the user plus system CPU time the subprocess used.
 func (d *daemon) cpuSeconds() (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", d.cmd.Process.Pid))
-	if err != nil {
-		return 0, fmt.Errorf("reading process stat: %w", err)
-	}
-	return parseStatCPU(string(b))
+	return processCPU(d.cmd.Process.Pid)
 }
 
 // parseStatCPU sums utime and stime (fields 14 and 15) of a /proc/<pid>/stat

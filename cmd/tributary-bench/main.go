@@ -173,6 +173,10 @@ type options struct {
 	mosquittoInflight int
 	// wsWindow is how many frames each ws-in socket keeps awaiting results.
 	wsWindow int
+	// kafkaPID is the pid of the Kafka broker behind bootstrap when it
+	// runs on this machine (0: not measured); its CPU time counts in each
+	// scenario's CPU per record.
+	kafkaPID int
 }
 
 // errReported marks an error the flag package has already printed.
@@ -218,6 +222,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.repeat, "repeat", 1, "run every scenario this many times (rounds) and report each one's median-rate round")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (Tributary logs and metrics) even when every scenario passed")
 	fs.IntVar(&o.mosquittoInflight, "mosquitto-inflight", 1000, "upstream scenario: the remote mosquitto's max_inflight_messages (0: no limit)")
+	fs.IntVar(&o.kafkaPID, "kafka-pid", 0, "pid of the Kafka broker behind --kafka-bootstrap when it runs on this machine (scripts/kafka.sh pid): its CPU time is measured per scenario and counts in the CPU per record (0: not measured)")
 	fs.IntVar(&o.wsWindow, "ws-window", 1000, "ws-in scenario: frames each socket keeps awaiting their results (at most Tributary's websocket.max_inflight to keep it busy, default 1000)")
 	fs.Var(&env, "tributary-env", "KEY=VALUE added to Tributary's environment, e.g. GODEBUG=gctrace=1 (repeatable)")
 	fs.Var(&tribArgs, "tributary-arg", "command-line argument added to Tributary's, e.g. --tributary-arg=--kafka-ack-linger=500us (repeatable)")
@@ -258,6 +263,15 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.mosquittoInflight < 0 || o.mosquittoInflight > 65535 {
 		problems = append(problems, fmt.Errorf("--mosquitto-inflight %d: must be 0 (no limit) to 65535", o.mosquittoInflight))
+	}
+	if o.kafkaPID < 0 {
+		problems = append(problems, fmt.Errorf("--kafka-pid %d: must be a process id", o.kafkaPID))
+	} else if o.kafkaPID > 0 && o.bootstrap == "" {
+		problems = append(problems, fmt.Errorf("--kafka-pid %d: only with --kafka-bootstrap (kfake runs in the harness's process and counts as the harness's CPU)", o.kafkaPID))
+	} else if o.kafkaPID > 0 {
+		if _, err := processCPU(o.kafkaPID); err != nil {
+			problems = append(problems, fmt.Errorf("--kafka-pid %d: %w", o.kafkaPID, err))
+		}
 	}
 	if o.wsWindow < 1 {
 		problems = append(problems, fmt.Errorf("--ws-window %d: must be at least 1", o.wsWindow))
@@ -496,6 +510,7 @@ func (b *bench) runOne(ctx context.Context, s scenario, runID string, round int,
 	}
 	group := fmt.Sprintf("bench-%s-%s", runID, name)
 	cpu0 := selfCPU()
+	kafka0, kafkaErr := b.kafkaCPU()
 	if err != nil {
 		rs[0].Error = err.Error()
 	} else {
@@ -521,6 +536,9 @@ func (b *bench) runOne(ctx context.Context, s scenario, runID string, round int,
 		}
 	}
 	harnessCPU := centi(selfCPU() - cpu0)
+	if len(rs) == 1 {
+		rs[0].KafkaCPU = b.kafkaSince(kafka0, kafkaErr)
+	}
 	harness := "load generator"
 	if b.opts.bootstrap == "" {
 		harness += " and kfake"
@@ -533,7 +551,11 @@ func (b *bench) runOne(ctx context.Context, s scenario, runID string, round int,
 			if s.kind == mosquittoLoad {
 				broker = "mosquitto"
 			}
-			fmt.Fprintf(b.progress, "   CPU: %s %s s, harness (%s) %.2f s\n", broker, optf(r.CPU, 2), harness, harnessCPU)
+			fmt.Fprintf(b.progress, "   CPU: %s %s s, harness (%s) %.2f s", broker, optf(r.CPU, 2), harness, harnessCPU)
+			if r.KafkaCPU != nil {
+				fmt.Fprintf(b.progress, ", Kafka %.2f s", *r.KafkaCPU)
+			}
+			fmt.Fprintln(b.progress)
 		} else {
 			fmt.Fprintf(b.progress, "   %s: CPU %s s, remote mosquitto CPU %s s while draining\n", r.Scenario, optf(r.CPU, 2), optf(r.RemoteCPU, 2))
 		}
@@ -789,6 +811,38 @@ func (b *bench) runMQTT(ctx context.Context, s scenario, topic, name string) res
 }
 
 // selfCPU returns the user plus system CPU seconds this process used.
+// kafkaCPU returns the CPU time the local Kafka broker of --kafka-pid has
+// used so far; 0 and no error when it is not measured.
+func (b *bench) kafkaCPU() (float64, error) {
+	if b.opts.kafkaPID <= 0 {
+		return 0, nil
+	}
+	return processCPU(b.opts.kafkaPID)
+}
+
+// kafkaSince returns the local Kafka broker's CPU time since kafkaCPU
+// returned k0 and err0, or nil when it is not measured.
+func (b *bench) kafkaSince(k0 float64, err0 error) *float64 {
+	if b.opts.kafkaPID <= 0 || err0 != nil {
+		return nil
+	}
+	k1, err := b.kafkaCPU()
+	if err != nil {
+		return nil
+	}
+	return ptr(centi(k1 - k0))
+}
+
+// processCPU returns the user plus system CPU time process pid has used,
+// all its threads together.
+func processCPU(pid int) (float64, error) {
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("reading process stat: %w", err)
+	}
+	return parseStatCPU(string(st))
+}
+
 func selfCPU() float64 {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {

@@ -83,6 +83,9 @@ type result struct {
 	// HarnessCPU is the CPU time the harness itself used in the scenario:
 	// the load generator, and kfake when it runs in-process.
 	HarnessCPU *float64 `json:"harness_cpu_seconds"`
+	// KafkaCPU is the CPU time the local Kafka broker of --kafka-pid used
+	// over the same span as HarnessCPU.
+	KafkaCPU *float64 `json:"kafka_cpu_seconds,omitempty"`
 	// Rates lists the rate of every round when the run was repeated.
 	Rates []float64 `json:"rates,omitempty"`
 	// Found is how many records Kafka held at the end.
@@ -408,7 +411,8 @@ func printGenerator(w io.Writer, rs []result) {
 // printCPU writes, for each scenario whose harness CPU was measured, the
 // CPU time per record of every process it kept busy: Tributary (or
 // mosquitto, or mosquitto_sub), the harness (load generator, native client
-// and, in-process, kfake) and a remote broker. Over upstream's drain,
+// and, in-process, kfake), a remote broker, and a local Kafka broker
+// (--kafka-pid). Over upstream's drain,
 // Tributary's CPU includes its start-up. Two scenarios that both keep the
 // machine's cores busy run at rates in the inverse ratio of their CPU per
 // record: against a baseline that kept most cores busy, that inverse
@@ -424,17 +428,19 @@ func printCPU(w io.Writer, rs []result, cpus int) {
 			return 0, false
 		}
 		t := *r.HarnessCPU
-		for _, v := range []*float64{r.CPU, r.RemoteCPU} {
+		for _, v := range []*float64{r.CPU, r.RemoteCPU, r.KafkaCPU} {
 			if v != nil {
 				t += *v
 			}
 		}
 		return t, true
 	}
+	kafka := false
 	for _, r := range rs {
 		if t, ok := total(r); ok {
 			perRecord[r.Scenario] = t / float64(r.Found)
 			busy[r.Scenario] = t / r.Seconds
+			kafka = kafka || r.KafkaCPU != nil
 		}
 	}
 	header := false
@@ -444,17 +450,27 @@ func printCPU(w io.Writer, rs []result, cpus int) {
 			continue
 		}
 		if !header {
-			fmt.Fprintf(w, "CPU per record (all processes of the scenario: Tributary or mosquitto, the harness with its clients and kfake; %d CPUs):\n", cpus)
+			who := "the harness with its clients and kfake"
+			if kafka {
+				who = "the harness with its clients, the local Kafka broker"
+			}
+			fmt.Fprintf(w, "CPU per record (all processes of the scenario: Tributary or mosquitto, %s; %d CPUs):\n", who, cpus)
 			header = true
 		}
 		us := 1e6 * perRecord[r.Scenario]
 		fmt.Fprintf(w, "  %-22s %6.1f µs", r.Scenario, us)
-		if r.CPU != nil {
-			fmt.Fprintf(w, " (%s %.1f", cpuOwner(r.Scenario), 1e6**r.CPU/float64(r.Found))
-			if r.RemoteCPU != nil {
-				fmt.Fprintf(w, ", remote mosquitto %.1f", 1e6**r.RemoteCPU/float64(r.Found))
+		var parts []string
+		part := func(name string, v *float64) {
+			if v != nil {
+				parts = append(parts, fmt.Sprintf("%s %.1f", name, 1e6**v/float64(r.Found)))
 			}
-			fmt.Fprintf(w, ", harness %.1f)", 1e6**r.HarnessCPU/float64(r.Found))
+		}
+		part(cpuOwner(r.Scenario), r.CPU)
+		part("remote mosquitto", r.RemoteCPU)
+		part("harness", r.HarnessCPU)
+		part("Kafka", r.KafkaCPU)
+		if len(parts) > 1 {
+			fmt.Fprintf(w, " (%s)", strings.Join(parts, ", "))
 		}
 		fmt.Fprintf(w, ", %.2f cores busy", t/r.Seconds)
 		if b, ok := perRecord[r.Baseline]; ok && r.Ratio != nil {

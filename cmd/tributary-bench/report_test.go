@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -319,6 +320,17 @@ func TestParseFlags(t *testing.T) {
 			t.Errorf("error %q does not report %q", err, want)
 		}
 	}
+	// --kafka-pid names a live process, and only with a real Kafka.
+	if _, err := parseFlags([]string{"--kafka-pid", strconv.Itoa(os.Getpid())}, io.Discard); err == nil || !strings.Contains(err.Error(), "only with --kafka-bootstrap") {
+		t.Errorf("--kafka-pid without --kafka-bootstrap: %v", err)
+	}
+	if _, err := parseFlags([]string{"--kafka-bootstrap", "127.0.0.1:1", "--kafka-pid", "999999999"}, io.Discard); err == nil || !strings.Contains(err.Error(), "--kafka-pid 999999999") {
+		t.Errorf("--kafka-pid of no process: %v", err)
+	}
+	o, err = parseFlags([]string{"--kafka-bootstrap", "127.0.0.1:1", "--kafka-pid", strconv.Itoa(os.Getpid())}, io.Discard)
+	if err != nil || o.kafkaPID != os.Getpid() {
+		t.Errorf("--kafka-pid of this process: %v, %d", err, o.kafkaPID)
+	}
 }
 
 func TestPickMedians(t *testing.T) {
@@ -420,6 +432,29 @@ func TestPrintCPU(t *testing.T) {
 	for _, absent := range []string{"mqtt-qos1", "upstream"} {
 		if strings.Contains(out.String(), absent) {
 			t.Errorf("%s printed without its harness CPU or records:\n%s", absent, out.String())
+		}
+	}
+}
+
+// TestPrintCPUWithKafka: the CPU of a local Kafka broker (--kafka-pid)
+// counts in the total, is shown as a part of it, and moves the ceiling.
+func TestPrintCPUWithKafka(t *testing.T) {
+	rs := []result{
+		// 0.8 s harness + 1.2 s Kafka for 200 000 records in 1 s: 10 µs.
+		{Scenario: "native-produce", Records: 200000, Found: 200000, Seconds: 1, Rate: 200000, HarnessCPU: ptr(0.8), KafkaCPU: ptr(1.2), OK: true},
+		// 2 s Tributary + 0.4 s harness + 1.6 s Kafka in 2 s: 20 µs.
+		{Scenario: "mqtt-qos0", Records: 200000, Found: 200000, Seconds: 2, Rate: 100000, CPU: ptr(2.0), HarnessCPU: ptr(0.4), KafkaCPU: ptr(1.6), OK: true},
+	}
+	fillRatios(rs)
+	var out bytes.Buffer
+	printCPU(&out, rs, 2)
+	for _, want := range []string{
+		"the harness with its clients, the local Kafka broker; 2 CPUs",
+		"native-produce           10.0 µs (harness 4.0, Kafka 6.0), 2.00 cores busy\n",
+		"mqtt-qos0                20.0 µs (Tributary 10.0, harness 2.0, Kafka 8.0), 2.00 cores busy; CPU ceiling 0.50× native-produce, measured 0.500×\n",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
 	}
 }

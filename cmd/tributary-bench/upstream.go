@@ -159,11 +159,11 @@ func startRemoteBrokerOnce(ctx context.Context, bin, dir, name string, inflight 
 
 // cpuSeconds returns the CPU time mosquitto used so far.
 func (r *remoteBroker) cpuSeconds() (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", r.cmd.Process.Pid))
+	cpu, err := processCPU(r.cmd.Process.Pid)
 	if err != nil {
-		return 0, fmt.Errorf("reading mosquitto's process stat: %w", err)
+		return 0, fmt.Errorf("mosquitto: %w", err)
 	}
-	return parseStatCPU(string(b))
+	return cpu, nil
 }
 
 // stop terminates mosquitto and waits for it; it is idempotent.
@@ -262,6 +262,7 @@ func (b *bench) runSubBaseline(ctx context.Context, r result, brokerBin, subBin,
 	cmd.Stderr = &stderr
 	cpu0, cpuErr := rb.cpuSeconds()
 	harness0 := selfCPU()
+	kafka0, kafkaErr := b.kafkaCPU()
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		r.Error = fmt.Sprintf("starting %s: %v", subBin, err)
@@ -271,6 +272,7 @@ func (b *bench) runSubBaseline(ctx context.Context, r result, brokerBin, subBin,
 	waitErr := cmd.Wait()
 	end := time.Now()
 	r.HarnessCPU = ptr(centi(selfCPU() - harness0))
+	r.KafkaCPU = b.kafkaSince(kafka0, kafkaErr)
 	if cpu1, err := rb.cpuSeconds(); err == nil && cpuErr == nil {
 		r.RemoteCPU = ptr(centi(cpu1 - cpu0))
 	}
@@ -355,6 +357,7 @@ func (b *bench) runUpstreamTributary(ctx context.Context, r result, brokerBin, t
 	dc.name = name
 	cpu0, cpuErr := rb.cpuSeconds()
 	harness0 := selfCPU()
+	kafka0, kafkaErr := b.kafkaCPU()
 	start := time.Now()
 	d, err = startDaemon(ctx, dc)
 	if err != nil {
@@ -366,6 +369,7 @@ func (b *bench) runUpstreamTributary(ctx context.Context, r result, brokerBin, t
 	profiled := b.profile(ctx, d, name)
 	found, end, err := b.admin.waitForCount(ctx, topic, b.opts.partitions, int64(b.opts.records), b.opts.timeout)
 	r.HarnessCPU = ptr(centi(selfCPU() - harness0))
+	r.KafkaCPU = b.kafkaSince(kafka0, kafkaErr)
 	profiled()
 	if cpu1, err := rb.cpuSeconds(); err == nil && cpuErr == nil {
 		r.RemoteCPU = ptr(centi(cpu1 - cpu0))
