@@ -243,6 +243,18 @@ func (b *Broker) Close() error {
 		b.ingest.draining.Store(true)
 		b.cancel()
 		_ = b.auth.Stop() // ends logins waiting out the failure throttle
+		// The ack writers' last pass acknowledges what Kafka confirmed
+		// before the flush; disconnecting clients before it is written
+		// would make them resend records Kafka already has.
+		written := make(chan struct{})
+		go func() {
+			b.ingest.wait()
+			close(written)
+		}()
+		select {
+		case <-written:
+		case <-time.After(2 * time.Second): // a writer blocked on a client that does not read
+		}
 		b.disconnectAll(5 * time.Second)
 		err = b.server.Close()
 		b.ingest.wait()
@@ -270,17 +282,37 @@ func (b *Broker) disconnectAll(timeout time.Duration) {
 		close(done)
 	}()
 	deadline := time.After(timeout)
+	asked := map[*mqtt.Client]bool{}
 	for {
 		for _, cl := range b.server.Clients.GetAll() {
-			if !cl.Net.Inline && !cl.Closed() {
-				b.ingest.disconnect(cl, packets.ErrServerShuttingDown)
+			if cl.Net.Inline || cl.Closed() || asked[cl] {
+				continue
 			}
+			asked[cl] = true
+			// A client that does not read its socket leaves a write to it
+			// blocked, holding the client's lock, which the DISCONNECT
+			// needs: the deadline ends such a write. Each client is
+			// disconnected on its own goroutine so that one slow client
+			// cannot hold up the others or this deadline.
+			_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+			go b.ingest.disconnect(cl, packets.ErrServerShuttingDown)
 		}
 		select {
 		case <-done:
 			return
 		case <-deadline:
-			b.log.Warn("MQTT clients still connected after the shutdown timeout", "timeout", timeout)
+			n := 0
+			for _, cl := range b.server.Clients.GetAll() {
+				if !cl.Net.Inline && !cl.Closed() {
+					_ = cl.Net.Conn.Close()
+					n++
+				}
+			}
+			b.log.Warn("MQTT clients still connected after the shutdown timeout; their connections were closed", "timeout", timeout, "clients", n)
+			select {
+			case <-done:
+			case <-time.After(time.Second):
+			}
 			return
 		case <-time.After(50 * time.Millisecond):
 		}

@@ -31,17 +31,26 @@ import (
 // acknowledgement still means "Kafka has it".
 type ingest struct {
 	mqtt.HookBase
-	ctx       context.Context
-	server    *mqtt.Server
-	producer  Producer
-	mapper    *mapping.Mapper
-	log       *slog.Logger
-	m         *metrics
-	forwarder *mqtt.Client
-	draining  atomic.Bool
-	sessions  sync.Map // *mqtt.Client -> *session
-	writers   sync.WaitGroup
-	dropLog   bridge.LogEvery
+	ctx      context.Context
+	server   *mqtt.Server
+	producer Producer
+	mapper   *mapping.Mapper
+	log      *slog.Logger
+	m        *metrics
+	// forwarders are inline clients through which acknowledged publishes
+	// reach local subscribers. A forward takes one and gives it the
+	// publisher's client id, which mochi stamps on the packet as its
+	// origin: a subscriber with No Local then does not get its own
+	// publishes back.
+	forwarders sync.Pool
+	// maxPending is how many QoS 1 and 2 publishes of one connection may
+	// await their acknowledgement: the receive maximum the broker
+	// advertises to MQTT 5 clients.
+	maxPending int
+	draining   atomic.Bool
+	sessions   sync.Map // *mqtt.Client -> *session
+	writers    sync.WaitGroup
+	dropLog    bridge.LogEvery
 
 	publishLimits PublishLimits
 	limiters      sync.Map // *mqtt.Client -> *publishLimiter; used on the client's read goroutine only
@@ -50,17 +59,22 @@ type ingest struct {
 }
 
 func newIngest(ctx context.Context, server *mqtt.Server, producer Producer, mapper *mapping.Mapper, log *slog.Logger, m *metrics) *ingest {
-	return &ingest{
-		ctx:       ctx,
-		server:    server,
-		producer:  producer,
-		mapper:    mapper,
-		log:       log,
-		m:         m,
-		forwarder: server.NewClient(nil, "local", "tributary-ingest", true),
-		dropLog:   bridge.LogEvery{Interval: 10 * time.Second},
-		limitLog:  bridge.LogEvery{Interval: 10 * time.Second},
+	h := &ingest{
+		ctx:        ctx,
+		server:     server,
+		producer:   producer,
+		mapper:     mapper,
+		log:        log,
+		m:          m,
+		maxPending: int(server.Options.Capabilities.ReceiveMaximum),
+		dropLog:    bridge.LogEvery{Interval: 10 * time.Second},
+		limitLog:   bridge.LogEvery{Interval: 10 * time.Second},
 	}
+	if h.maxPending == 0 { // no receive maximum advertised: the packet id space bounds it
+		h.maxPending = 65535
+	}
+	h.forwarders.New = func() any { return server.NewClient(nil, "local", "", true) }
+	return h
 }
 
 func (h *ingest) ID() string { return "tributary-ingest" }
@@ -119,10 +133,10 @@ func (h *ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 	switch res.Action {
 	case mapping.ActionNone:
 		h.m.unmatched.Inc()
-		return pk, nil
+		return h.passOn(cl, pk, received)
 	case mapping.ActionDrop:
 		h.m.dropped.WithLabelValues("mapping_drop").Inc()
-		return pk, nil
+		return h.passOn(cl, pk, received)
 	case mapping.ActionReject:
 		h.m.rejected.WithLabelValues("unmatched").Inc()
 		h.log.Debug("publish refused: no mapping rule matches", "client", cl.ID, "topic", pk.TopicName)
@@ -152,16 +166,69 @@ func (h *ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 		// Shutting down: leave it unacknowledged; the client keeps it.
 		return pk, packets.ErrRejectPacket
 	}
-	s := h.session(cl)
-	e, dup := s.add(pk, received)
-	if dup {
-		h.m.duplicates.Inc()
+	e := &pending{kafkaTopic: res.Topic, received: received, viaKafka: true}
+	if _, ok := h.enqueue(cl, &pk, e, true); !ok {
 		return pk, packets.ErrRejectPacket
 	}
 	if err := h.producer.Produce(h.ctx, rec, e); err != nil {
 		e.Delivered(bridge.Delivery{Topic: rec.Topic, Err: err})
 	}
 	return taken(pk), nil
+}
+
+// passOn returns a publish that produces no record to mochi, which
+// acknowledges and forwards it at once. Once the connection has QoS 1 or
+// 2 publishes taken over (its session exists), the acknowledgement of a
+// QoS 1 or 2 publish is queued behind theirs instead, so that PUBACKs
+// still leave in arrival order; the ack writer then forwards it too.
+func (h *ingest) passOn(cl *mqtt.Client, pk packets.Packet, received time.Time) (packets.Packet, error) {
+	if pk.FixedHeader.Qos == 0 {
+		return pk, nil
+	}
+	if _, ok := h.sessions.Load(cl); !ok {
+		return pk, nil
+	}
+	if h.draining.Load() {
+		return pk, packets.ErrRejectPacket
+	}
+	s, ok := h.enqueue(cl, &pk, &pending{received: received, done: true}, true)
+	if !ok {
+		return pk, packets.ErrRejectPacket
+	}
+	s.wake()
+	return taken(pk), nil
+}
+
+// enqueue adds a QoS 1 or 2 publish to its connection's queue, forwarded
+// to local subscribers once acknowledged if forward is set. It returns
+// false for a publish that must be left unacknowledged: a resend of a
+// packet id still queued, which must not be produced twice; or one over
+// the connection's limit from an MQTT 5 client, which breaks the receive
+// maximum the broker advertised and is disconnected with 0x93. An MQTT 3
+// client has no such limit to break, so its read goroutine, which this
+// runs on, waits until the queue has room: the client is read more slowly,
+// and a client that stops reading its acknowledgements cannot grow the
+// queue without bound.
+func (h *ingest) enqueue(cl *mqtt.Client, pk *packets.Packet, e *pending, forward bool) (*session, bool) {
+	s := h.session(cl)
+	for {
+		switch s.add(pk, e, forward, h.maxPending) {
+		case added:
+			return s, true
+		case duplicate:
+			h.m.duplicates.Inc()
+			return s, false
+		}
+		if cl.Properties.ProtocolVersion == 5 {
+			h.m.rejected.WithLabelValues("receive_maximum").Inc()
+			h.log.Info("disconnecting client: more QoS 1 and 2 publishes unacknowledged than the receive maximum", "client", cl.ID, "remote", cl.Net.Remote, "receive_maximum", h.maxPending)
+			h.disconnect(cl, packets.ErrReceiveMaximum)
+			return s, false
+		}
+		if !s.waitRoom(h.ctx) {
+			return s, false
+		}
+	}
 }
 
 // taken is what OnPublish returns for a QoS 1 or 2 publish that the hook
@@ -231,6 +298,17 @@ func (h *ingest) refuse(cl *mqtt.Client, pk packets.Packet, code packets.Code) (
 		return pk, packets.ErrRejectPacket
 	}
 	if cl.Properties.ProtocolVersion == 5 {
+		if h.draining.Load() {
+			return pk, packets.ErrRejectPacket // unanswered: the client resends it to whoever serves it next
+		}
+		if _, ok := h.sessions.Load(cl); ok {
+			// Behind the acknowledgements still awaiting Kafka, in order.
+			e := &pending{done: true, refused: true, refusal: code}
+			if s, ok := h.enqueue(cl, &pk, e, false); ok {
+				s.wake()
+			}
+			return pk, packets.ErrRejectPacket
+		}
 		_ = cl.WritePacket(ack(pk.PacketID, pk.FixedHeader.Qos, code))
 		return pk, packets.ErrRejectPacket
 	}
@@ -326,7 +404,7 @@ func (h *ingest) session(cl *mqtt.Client) *session {
 	if v, ok := h.sessions.Load(cl); ok {
 		return v.(*session)
 	}
-	s := &session{h: h, cl: cl, ids: map[uint16]*pending{}, notify: make(chan struct{}, 1)}
+	s := &session{h: h, cl: cl, ids: map[uint16]*pending{}, notify: make(chan struct{}, 1), room: make(chan struct{}, 1)}
 	if v, loaded := h.sessions.LoadOrStore(cl, s); loaded {
 		return v.(*session)
 	}
@@ -345,40 +423,85 @@ type session struct {
 	ids    map[uint16]*pending
 	gone   bool // the connection ended
 	notify chan struct{}
+	room   chan struct{} // signalled when the writer takes entries off a full queue
 }
 
 // pending keeps what acknowledging and forwarding need, not the whole
 // packet: a packets.Packet is several hundred bytes, and this is per record.
+// Nothing in it points into the packet's buffer except fwd, which is set
+// only when the publish is forwarded: the queue is bounded in entries, and
+// a view of the topic would keep each whole packet, payload and all, in
+// memory until its acknowledgement is written.
 type pending struct {
-	s        *session
-	id       uint16
-	qos      byte
-	topic    string
-	fwd      *packets.Packet // set when the publish must reach local subscribers or be retained
-	received time.Time
-	done     bool
-	err      error
+	s          *session
+	id         uint16
+	qos        byte
+	kafkaTopic string          // for logging a failure; empty for a publish that produces no record
+	fwd        *packets.Packet // set when the publish must reach local subscribers or be retained
+	received   time.Time
+	viaKafka   bool // produced: its acknowledgement waits for Kafka's
+	refused    bool // answered with refusal, a negative acknowledgement (MQTT 5)
+	refusal    packets.Code
+	done       bool
+	err        error
 }
 
-// add queues pk; dup reports a resend of a packet id still awaiting Kafka,
-// which must not be produced twice.
-func (s *session) add(pk packets.Packet, received time.Time) (*pending, bool) {
+type addResult int
+
+const (
+	added addResult = iota
+	duplicate
+	full
+)
+
+// add queues e for pk, unless pk resends a packet id still queued, which
+// must not be produced twice, or the queue already holds limit entries.
+func (s *session) add(pk *packets.Packet, e *pending, forward bool, limit int) addResult {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.ids[pk.PacketID]; ok {
-		return nil, true
+		return duplicate
 	}
-	e := &pending{s: s, id: pk.PacketID, qos: pk.FixedHeader.Qos, topic: pk.TopicName, received: received}
+	if len(s.queue) >= limit {
+		return full
+	}
+	e.s, e.id, e.qos = s, pk.PacketID, pk.FixedHeader.Qos
 	// Subscribers are looked at now: one that subscribes while this
 	// publish awaits Kafka may not get it, as with any publish racing a
 	// SUBSCRIBE.
-	if pk.FixedHeader.Retain || atomic.LoadInt64(&s.h.server.Info.Subscriptions) != 0 {
-		fwd := pk // copied here only, so pk itself does not escape
+	if forward && (pk.FixedHeader.Retain || atomic.LoadInt64(&s.h.server.Info.Subscriptions) != 0) {
+		fwd := *pk
 		e.fwd = &fwd
 	}
 	s.queue = append(s.queue, e)
 	s.ids[pk.PacketID] = e
-	return e, false
+	return added
+}
+
+// waitRoom waits until the writer has taken entries off the queue. It
+// returns false when the broker closes or the connection has ended.
+func (s *session) waitRoom(ctx context.Context) bool {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.room:
+			return true
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			if s.cl.Closed() {
+				return false
+			}
+		}
+	}
+}
+
+func (s *session) wake() {
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
 }
 
 // Delivered records Kafka's answer and wakes the writer when the head of
@@ -390,10 +513,7 @@ func (e *pending) Delivered(d bridge.Delivery) {
 	wake := s.queue[0].done
 	s.mu.Unlock()
 	if wake {
-		select {
-		case s.notify <- struct{}{}:
-		default:
-		}
+		s.wake()
 	}
 }
 
@@ -401,10 +521,7 @@ func (s *session) disconnect() {
 	s.mu.Lock()
 	s.gone = true
 	s.mu.Unlock()
-	select {
-	case s.notify <- struct{}{}:
-	default:
-	}
+	s.wake()
 }
 
 // run writes acknowledgements in arrival order as Kafka confirms records,
@@ -425,7 +542,17 @@ func (s *session) run() {
 		s.mu.Lock()
 		i := 0
 		for i < len(s.queue) && s.queue[i].done {
-			delete(s.ids, s.queue[i].id)
+			e := s.queue[i]
+			if e.qos == 2 && e.err == nil && !e.refused {
+				// mochi completes the QoS 2 flow (PUBREL → PUBCOMP) from
+				// its inflight store, and answers a resent PUBLISH from
+				// it without passing it to OnPublish. Stored before the
+				// id leaves s.ids, so a resend is never produced twice.
+				if s.cl.State.Inflight.Set(ack(e.id, e.qos, packets.CodeSuccess)) {
+					atomic.AddInt64(&s.h.server.Info.Inflight, 1)
+				}
+			}
+			delete(s.ids, e.id)
 			i++
 		}
 		ready = append(ready[:0], s.queue[:i]...)
@@ -436,6 +563,12 @@ func (s *session) run() {
 			s.h.sessions.Delete(s.cl)
 		}
 		s.mu.Unlock()
+		if i > 0 {
+			select {
+			case s.room <- struct{}{}:
+			default:
+			}
+		}
 		s.h.completeAll(s.cl, ready, &acks)
 		if finished {
 			return
@@ -444,11 +577,11 @@ func (s *session) run() {
 }
 
 // completeAll acknowledges publishes that Kafka has answered, in order.
-// Successful acknowledgements are 4-byte PUBACK/PUBREC packets (for MQTT 5
-// too: no reason code means success); consecutive ones go out in a single
-// write, which matters because a write per acknowledgement was the largest
-// cost of the QoS 1 path. Failures take the slow path, after the
-// acknowledgements before them were written.
+// Acknowledgements are encoded into one buffer and written at once, which
+// matters because a write per acknowledgement was the largest cost of the
+// QoS 1 path; negative ones (MQTT 5) go into the same buffer, so that
+// nothing overtakes them. A failure an MQTT 3 client cannot be told about
+// closes the connection after the acknowledgements before it are written.
 func (h *ingest) completeAll(cl *mqtt.Client, ready []*pending, buf *[]byte) {
 	b := (*buf)[:0]
 	flush := func() {
@@ -460,66 +593,113 @@ func (h *ingest) completeAll(cl *mqtt.Client, ready []*pending, buf *[]byte) {
 			_, err := cl.Net.Conn.Write(b)
 			cl.Unlock()
 			if err != nil {
-				h.log.Debug("writing acknowledgements", "client", cl.ID, "error", err)
+				// Part of a packet may have been written: nothing
+				// more can follow it on this connection.
+				h.log.Debug("writing acknowledgements; closing the connection", "client", cl.ID, "error", err)
+				cl.Stop(err)
 			}
 		}
 		b = b[:0]
 	}
 	for _, e := range ready {
-		if e.err != nil {
-			flush()
-			h.fail(cl, e)
-			continue
-		}
-		h.m.ackLatency.Observe(time.Since(e.received).Seconds())
-		typ := byte(packets.Puback << 4)
-		if e.qos == 2 {
-			typ = packets.Pubrec << 4
-			// mochi completes the QoS 2 flow (PUBREL → PUBCOMP) from its
-			// inflight store, and answers a resent PUBLISH from it too.
-			if cl.State.Inflight.Set(ack(e.id, e.qos, packets.CodeSuccess)) {
-				atomic.AddInt64(&h.server.Info.Inflight, 1)
+		switch {
+		case e.refused:
+			b = appendAck(b, cl, e.id, e.qos, e.refusal)
+		case e.err != nil:
+			if code, ok := h.failure(cl, e); ok {
+				b = appendAck(b, cl, e.id, e.qos, code)
+				continue
 			}
+			flush()
+			h.closeFor(cl, e)
+		default:
+			if e.viaKafka {
+				h.m.ackLatency.Observe(time.Since(e.received).Seconds())
+			}
+			// Success needs no reason code, for MQTT 5 either: 4 bytes.
+			typ := byte(packets.Puback << 4)
+			if e.qos == 2 {
+				typ = packets.Pubrec << 4
+			}
+			b = append(b, typ, 2, byte(e.id>>8), byte(e.id))
 		}
-		b = append(b, typ, 2, byte(e.id>>8), byte(e.id))
 	}
 	flush()
 	*buf = b
 	// Forward to local subscribers (and retain) after acknowledging, as
 	// mochi does.
+	var fwd *mqtt.Client
 	for _, e := range ready {
-		if e.err == nil && e.fwd != nil {
-			if err := h.server.InjectPacket(h.forwarder, *e.fwd); err != nil {
-				h.log.Warn("forwarding to local subscribers", "topic", e.topic, "error", err)
-			}
+		if e.err != nil || e.refused || e.fwd == nil {
+			continue
 		}
+		if fwd == nil {
+			fwd = h.forwarders.Get().(*mqtt.Client)
+			fwd.ID = cl.ID
+		}
+		if err := h.server.InjectPacket(fwd, *e.fwd); err != nil {
+			h.log.Warn("forwarding to local subscribers", "topic", e.fwd.TopicName, "error", err)
+		}
+	}
+	if fwd != nil {
+		h.forwarders.Put(fwd)
 	}
 }
 
-// fail answers a publish that Kafka did not take: never as a success.
-func (h *ingest) fail(cl *mqtt.Client, e *pending) {
+// appendAck appends the encoding of a PUBACK (QoS 1) or PUBREC (QoS 2)
+// for packet id with code, as mochi would write it to cl. A reason string
+// that would make the packet larger than the client accepts is left out.
+func appendAck(b []byte, cl *mqtt.Client, id uint16, qos byte, code packets.Code) []byte {
+	pk := ack(id, qos, code)
+	pk.ProtocolVersion = cl.Properties.ProtocolVersion
+	pk.Mods.MaxSize = cl.Properties.Props.MaximumPacketSize
+	if cl.Properties.Props.RequestProblemInfoFlag && cl.Properties.Props.RequestProblemInfo == 0 {
+		pk.Mods.DisallowProblemInfo = true
+	}
+	var out bytes.Buffer
+	encode := pk.PubackEncode
+	if qos == 2 {
+		encode = pk.PubrecEncode
+	}
+	if err := encode(&out); err != nil || (pk.Mods.MaxSize > 0 && uint32(out.Len()) > pk.Mods.MaxSize) {
+		out.Reset()
+		pk.Properties.ReasonString = ""
+		_ = encode(&out)
+	}
+	return append(b, out.Bytes()...)
+}
+
+// failure counts and logs a publish that Kafka did not take, and returns
+// the negative acknowledgement that tells an MQTT 5 client so, for an
+// error that resending cannot fix. ok is false when the client must
+// instead be disconnected: MQTT 3 has no negative acknowledgement, and a
+// transient failure must not be reported as final.
+func (h *ingest) failure(cl *mqtt.Client, e *pending) (code packets.Code, ok bool) {
 	if errors.Is(e.err, bridge.ErrRecordTooLarge) {
 		h.m.rejected.WithLabelValues("too_large").Inc()
 	} else {
 		h.m.failed.WithLabelValues(failReason(e.err)).Inc()
 	}
-	if bridge.Permanent(e.err) && cl.Properties.ProtocolVersion == 5 {
-		code := packets.Code{Code: packets.ErrUnspecifiedError.Code, Reason: e.err.Error()}
-		if errors.Is(e.err, bridge.ErrRecordTooLarge) {
-			code.Code = packets.ErrPacketTooLarge.Code
-		} else if errors.Is(e.err, bridge.ErrUnknownTopic) {
-			code.Code = packets.ErrTopicNameInvalid.Code
-		}
-		h.log.Warn("publish refused: Kafka did not take the record", "client", cl.ID, "topic", e.topic, "error", e.err)
-		_ = cl.WritePacket(ack(e.id, e.qos, code))
-		return
+	if !bridge.Permanent(e.err) || cl.Properties.ProtocolVersion != 5 {
+		return code, false
 	}
+	code = packets.Code{Code: packets.ErrUnspecifiedError.Code, Reason: e.err.Error()}
+	if errors.Is(e.err, bridge.ErrRecordTooLarge) {
+		code.Code = packets.ErrPacketTooLarge.Code
+	} else if errors.Is(e.err, bridge.ErrUnknownTopic) {
+		code.Code = packets.ErrTopicNameInvalid.Code
+	}
+	h.log.Warn("publish refused: Kafka did not take the record", "client", cl.ID, "kafka_topic", e.kafkaTopic, "error", e.err)
+	return code, true
+}
+
+// closeFor closes the connection of a client whose publish Kafka did not
+// take and that cannot be told so: it resends the publish.
+func (h *ingest) closeFor(cl *mqtt.Client, e *pending) {
 	if cl.Closed() {
 		return
 	}
-	// MQTT 3 has no negative acknowledgement, and a transient failure must
-	// not be reported as final: close the connection so the client resends.
-	h.log.Warn("closing connection: Kafka did not take a record, the client will resend it", "client", cl.ID, "topic", e.topic, "error", e.err)
+	h.log.Warn("closing connection: Kafka did not take a record, the client will resend it", "client", cl.ID, "kafka_topic", e.kafkaTopic, "error", e.err)
 	code := packets.ErrServerBusy
 	if errors.Is(e.err, bridge.ErrRecordTooLarge) {
 		code = packets.ErrPacketTooLarge

@@ -1,0 +1,251 @@
+package broker
+
+import (
+	"bytes"
+	"io"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/tributary-io/tributary/mapping"
+)
+
+// startMapped starts a broker whose only rule sends dev/... to Kafka, with
+// the given policy for other topics.
+func startMapped(t *testing.T, p Producer, policy mapping.Policy) *Broker {
+	t.Helper()
+	m, err := mapping.New(mapping.Config{
+		Rules:     []mapping.Rule{{Match: "dev/.*", KafkaTopic: "devices"}},
+		Unmatched: policy,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(Config{Addr: "127.0.0.1:0", MaxMessageBytes: 1 << 20}, p, m, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	return b
+}
+
+func publish(t *testing.T, version, qos byte, topic string, id uint16, payload []byte) []byte {
+	t.Helper()
+	pk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Publish, Qos: qos},
+		ProtocolVersion: version,
+		TopicName:       topic,
+		PacketID:        id,
+		Payload:         payload,
+	}
+	var buf bytes.Buffer
+	if err := pk.PublishEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// expectQuiet fails if anything arrives on conn within d.
+func expectQuiet(t *testing.T, conn net.Conn, d time.Duration, what string) {
+	t.Helper()
+	_ = conn.SetReadDeadline(time.Now().Add(d))
+	if k, err := conn.Read(make([]byte, 64)); err == nil || k > 0 {
+		t.Fatalf("%s: the client got a packet", what)
+	}
+}
+
+// A QoS 1 publish that goes to no Kafka topic is acknowledged at once by
+// mochi, unless earlier publishes of the connection still await Kafka:
+// then its PUBACK waits its turn (MQTT 3.1.1 §4.6), for every policy that
+// sends nothing to Kafka.
+func TestAckOfUnproducedPublishWaitsItsTurn(t *testing.T) {
+	for _, policy := range []mapping.Policy{mapping.PolicyNone, mapping.PolicyDrop} {
+		t.Run("policy "+string(policy), func(t *testing.T) {
+			p := newFakeProducer()
+			b := startMapped(t, p, policy)
+			conn := dial(t, b.Addr("mqtt-tcp"), 4)
+			msgs := append(publish(t, 4, 1, "dev/a", 1, []byte("x")), publish(t, 4, 1, "other/b", 2, []byte("y"))...)
+			if _, err := conn.Write(msgs); err != nil {
+				t.Fatal(err)
+			}
+			p.waitFor(t, 1)
+			expectQuiet(t, conn, 300*time.Millisecond, "before Kafka confirmed publish 1")
+			p.deliver(0, nil)
+			for want := 1; want <= 2; want++ {
+				if pk := readPacket(t, conn, 5*time.Second); pk[0] != 0x40 || pk[3] != byte(want) {
+					t.Fatalf("ack %d: got % x, want PUBACK for packet %d", want, pk, want)
+				}
+			}
+		})
+	}
+}
+
+// An MQTT 5 publish the mapping refuses gets its negative PUBACK in its
+// turn too, after those of the publishes before it.
+func TestRefusalWaitsItsTurn(t *testing.T) {
+	p := newFakeProducer()
+	b := startMapped(t, p, mapping.PolicyReject)
+	conn := dial(t, b.Addr("mqtt-tcp"), 5)
+	msgs := append(publish(t, 5, 1, "dev/a", 1, []byte("x")), publish(t, 5, 1, "other/b", 2, []byte("y"))...)
+	if _, err := conn.Write(msgs); err != nil {
+		t.Fatal(err)
+	}
+	p.waitFor(t, 1)
+	expectQuiet(t, conn, 300*time.Millisecond, "before Kafka confirmed publish 1")
+	p.deliver(0, nil)
+	if pk := readPacket(t, conn, 5*time.Second); pk[0] != 0x40 || pk[3] != 1 || pk[1] != 2 {
+		t.Fatalf("first ack % x, want a plain PUBACK for 1", pk)
+	}
+	if pk := readPacket(t, conn, 5*time.Second); pk[0] != 0x40 || pk[3] != 2 || pk[4] != packets.ErrTopicNameInvalid.Code {
+		t.Fatalf("second ack % x, want PUBACK for 2 with reason 0x90", pk)
+	}
+}
+
+// A connection may have at most the advertised receive maximum of QoS 1
+// publishes awaiting Kafka: an MQTT 5 client over it is disconnected with
+// 0x93; an MQTT 3 client is read no further until there is room.
+func TestPendingPublishesBounded(t *testing.T) {
+	t.Run("MQTT 5", func(t *testing.T) {
+		p := newFakeProducer()
+		b := startBroker(t, p)
+		limit := b.ingest.maxPending
+		conn := dial(t, b.Addr("mqtt-tcp"), 5)
+		if _, err := conn.Write(publishes(t, 5, 1, limit+1)); err != nil {
+			t.Fatal(err)
+		}
+		pk := readPacket(t, conn, 5*time.Second)
+		if pk[0] != 0xe0 || pk[2] != packets.ErrReceiveMaximum.Code {
+			t.Fatalf("got % x, want DISCONNECT with reason 0x93", pk)
+		}
+		p.mu.Lock()
+		produced := len(p.pending)
+		p.mu.Unlock()
+		if produced != limit {
+			t.Fatalf("%d records produced, want %d", produced, limit)
+		}
+	})
+	t.Run("MQTT 3.1.1", func(t *testing.T) {
+		p := newFakeProducer()
+		b := startBroker(t, p)
+		limit := b.ingest.maxPending
+		conn := dial(t, b.Addr("mqtt-tcp"), 4)
+		if _, err := conn.Write(publishes(t, 4, 1, limit+5)); err != nil {
+			t.Fatal(err)
+		}
+		p.waitFor(t, limit)
+		time.Sleep(200 * time.Millisecond)
+		p.mu.Lock()
+		produced := len(p.pending)
+		p.mu.Unlock()
+		if produced != limit {
+			t.Fatalf("%d records produced with none confirmed, want the limit %d", produced, limit)
+		}
+		for i := range limit {
+			p.deliver(i, nil)
+		}
+		p.waitFor(t, limit+5)
+		for i := limit; i < limit+5; i++ {
+			p.deliver(i, nil)
+		}
+		for want := 1; want <= limit+5; want++ {
+			pk := readPacket(t, conn, 5*time.Second)
+			if pk[0] != 0x40 || int(pk[2])<<8|int(pk[3]) != want {
+				t.Fatalf("ack %d: got % x", want, pk)
+			}
+		}
+	})
+}
+
+// A subscriber with No Local does not get its own QoS 1 publishes back
+// once Kafka has them; another subscriber does.
+func TestNoLocalHoldsForAcknowledgedPublishes(t *testing.T) {
+	p := newFakeProducer()
+	b := startBroker(t, p)
+	self := dial(t, b.Addr("mqtt-tcp"), 5)
+	other := dialNamed(t, b.Addr("mqtt-tcp"), "other")
+	sub := func(conn net.Conn, version byte, noLocal bool) {
+		t.Helper()
+		pk := packets.Packet{
+			FixedHeader:     packets.FixedHeader{Type: packets.Subscribe, Qos: 1},
+			ProtocolVersion: version,
+			PacketID:        9,
+			Filters:         packets.Subscriptions{{Filter: "dev/#", Qos: 0, NoLocal: noLocal}},
+		}
+		var buf bytes.Buffer
+		if err := pk.SubscribeEncode(&buf); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Write(buf.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+		if got := readPacket(t, conn, 5*time.Second); got[0] != 0x90 {
+			t.Fatalf("want SUBACK, got % x", got)
+		}
+	}
+	sub(self, 5, true)
+	sub(other, 4, false)
+	if _, err := self.Write(publish(t, 5, 1, "dev/a", 1, []byte("x"))); err != nil {
+		t.Fatal(err)
+	}
+	p.waitFor(t, 1)
+	p.deliver(0, nil)
+	if pk := readPacket(t, self, 5*time.Second); pk[0] != 0x40 {
+		t.Fatalf("want PUBACK, got % x", pk)
+	}
+	if pk := readPacket(t, other, 5*time.Second); pk[0]>>4 != packets.Publish {
+		t.Fatalf("the other subscriber got % x, want the PUBLISH", pk)
+	}
+	expectQuiet(t, self, 300*time.Millisecond, "No Local subscriber after its own publish")
+}
+
+// Close finishes even when a client stopped reading while the broker was
+// writing to it: that write holds the client's lock, which disconnecting
+// the client needs.
+func TestCloseWithAClientThatDoesNotRead(t *testing.T) {
+	p := newFakeProducer()
+	b := startBroker(t, p)
+	// MQTT 5: disconnecting it means writing a DISCONNECT.
+	reader := dial(t, b.Addr("mqtt-tcp"), 5)
+	pk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Subscribe, Qos: 1},
+		ProtocolVersion: 5,
+		PacketID:        1,
+		Filters:         packets.Subscriptions{{Filter: "big/#", Qos: 0}},
+	}
+	var buf bytes.Buffer
+	if err := pk.SubscribeEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reader.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	if got := readPacket(t, reader, 5*time.Second); got[0] != 0x90 {
+		t.Fatalf("want SUBACK, got % x", got)
+	}
+	// From now on the reader reads nothing: 32 MiB forwarded to it fill
+	// the socket buffers and leave the broker's write to it blocked.
+	writer := dialNamed(t, b.Addr("mqtt-tcp"), "writer")
+	big := publish(t, 4, 0, "big/x", 0, make([]byte, 64<<10))
+	for range 512 {
+		if _, err := writer.Write(big); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	done := make(chan struct{})
+	go func() {
+		_ = b.Close()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		t.Fatal("Close did not return within 15 s with a client that does not read")
+	}
+}
