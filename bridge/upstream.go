@@ -6,11 +6,12 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"hash/fnv"
+	"hash/maphash"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -80,7 +81,8 @@ type RetainedPolicy string
 const (
 	// RetainedFirst produces a retained value once: when the remote broker
 	// sends the same topic and payload again (as it does on every
-	// resubscribe), it is acknowledged without producing.
+	// resubscribe) and that payload is still the last one produced on the
+	// topic, it is acknowledged without producing.
 	RetainedFirst RetainedPolicy = "first"
 	// RetainedAlways produces every retained message.
 	RetainedAlways RetainedPolicy = "always"
@@ -136,16 +138,22 @@ func NewUpstreams(cfgs []UpstreamConfig, p UpstreamProducer, mapper *mapping.Map
 			c.IngestRetained = RetainedFirst
 		}
 		u := &upstream{
-			cfg:      c,
-			p:        p,
-			mapper:   mapper,
-			log:      log.With("upstream", c.Name),
-			m:        us.metrics.forUpstream(c.Name),
-			closing:  make(chan struct{}),
-			retained: map[string]uint64{},
+			cfg:     c,
+			p:       p,
+			mapper:  mapper,
+			log:     log.With("upstream", c.Name),
+			m:       us.metrics.forUpstream(c.Name),
+			closing: make(chan struct{}),
+			seed:    maphash.MakeSeed(),
 		}
 		u.ctx, u.cancel = context.WithCancel(context.Background())
 		u.produceCtx, u.stopProducing = context.WithCancel(context.Background())
+		if c.CleanSession && slices.ContainsFunc(c.Subscriptions, func(s UpstreamSubscription) bool { return s.QoS > 0 }) {
+			// Redelivery is how a Kafka error, a lost connection or a
+			// restart is recovered from, and a clean session has none.
+			u.log.Warn("clean_session is true: QoS 1 and 2 messages not yet acknowledged when a connection ends (Kafka error, network, restart) are lost, since the remote broker discards the session on reconnect; set clean_session: false to have them redelivered",
+				"url", c.URL)
+		}
 		us.list = append(us.list, u)
 	}
 	return us
@@ -256,13 +264,26 @@ type upstream struct {
 	connected     atomic.Bool
 	everConnected atomic.Bool
 
-	mu       sync.Mutex
-	lastErr  string
-	closed   bool          // ackers are closing; no new connection starts one
-	closing  chan struct{} // closed by closeAckers
-	ackers   sync.WaitGroup
-	retained map[string]uint64 // topic -> hash of the retained payload produced last
+	mu      sync.Mutex
+	lastErr string
+	closed  bool          // ackers are closing; no new connection starts one
+	closing chan struct{} // closed by closeAckers
+	ackers  sync.WaitGroup
+
+	// retained maps each topic the remote broker sent a retained message
+	// on (ingest_retained: first) to its *retainedTopic. A sync.Map, not
+	// the mutex: live messages look their topic up, and the handlers of an
+	// old and a new connection, and their ack writers, can overlap.
+	retained    sync.Map
+	anyRetained atomic.Bool // retained has an entry
+	seed        maphash.Seed
 }
+
+// retainedTopic is what ingest_retained: first knows of a topic with a
+// retained value: the hash of the payload last produced on it, retained or
+// live, so that a resent retained value is skipped only while it is still
+// what Kafka has last. 0 until Kafka acknowledged one.
+type retainedTopic struct{ last atomic.Uint64 }
 
 func (u *upstream) lastError() string {
 	u.mu.Lock()
@@ -317,7 +338,7 @@ func (u *upstream) run() {
 			}
 			continue
 		}
-		failures = 0
+		up := time.Now()
 		select {
 		case <-c.lost:
 		case <-u.ctx.Done():
@@ -332,8 +353,17 @@ func (u *upstream) run() {
 			return
 		}
 		u.m.disconnects.Inc()
-		wait := u.backoff(1)
-		u.log.Warn("upstream connection lost; reconnecting", "url", u.cfg.URL, "retry_in", wait.Round(time.Millisecond), "error", c.lostErr())
+		// A connection lost before it showed it works counts as a failed
+		// attempt: when every connection ends right away (Kafka refusing
+		// each record, another client taking the client id over), the
+		// reconnects back off instead of redelivering the window every
+		// reconnect_min.
+		if c.delivered.Load() || time.Since(up) >= u.cfg.ReconnectMax {
+			failures = 0
+		}
+		failures++
+		wait := u.backoff(failures)
+		u.log.Warn("upstream connection lost; reconnecting", "url", u.cfg.URL, "attempt", failures, "retry_in", wait.Round(time.Millisecond), "error", c.lostErr())
 		if !u.sleep(wait) {
 			return
 		}
@@ -401,8 +431,16 @@ func (u *upstream) connect() (*conn, error) {
 		return nil, fmt.Errorf("connecting to %s: %w", u.cfg.URL, err)
 	}
 	u.m.connects.Inc()
-	u.log.Info("connected to upstream", "url", u.cfg.URL, "client_id", u.cfg.ClientID,
-		"session_present", tok.(*paho.ConnectToken).SessionPresent())
+	switch present := tok.(*paho.ConnectToken).SessionPresent(); {
+	case present || u.cfg.CleanSession:
+		u.log.Info("connected to upstream", "url", u.cfg.URL, "client_id", u.cfg.ClientID, "session_present", present)
+	case u.everConnected.Load():
+		u.log.Warn("connected to upstream, which lost this client id's session: messages it held for Tributary (published while disconnected, or not yet acknowledged) are lost",
+			"url", u.cfg.URL, "client_id", u.cfg.ClientID, "session_present", present)
+	default:
+		u.log.Warn("connected to upstream, which has no session for this client id: expected the first time the client id is used; otherwise the remote broker discarded it and what it held for Tributary is lost",
+			"url", u.cfg.URL, "client_id", u.cfg.ClientID, "session_present", present)
+	}
 
 	for _, s := range u.cfg.Subscriptions {
 		filter := s.Filter
@@ -466,6 +504,10 @@ type conn struct {
 	lost     chan struct{}
 	lostOnce sync.Once
 
+	// delivered is set once Kafka acknowledged a record of this
+	// connection; run then starts the backoff over.
+	delivered atomic.Bool
+
 	// nc is the network connection paho opened through dial; the ack
 	// writer writes PUBACKs to it directly.
 	nc   atomic.Pointer[ackConn]
@@ -478,10 +520,11 @@ type inflight struct {
 	c        *conn
 	msg      paho.Message
 	received time.Time
-	done     bool
 	err      error
-	produced bool   // false: acknowledged without a record (see handle)
-	retained uint64 // hash of a retained payload to remember once produced; 0 if not retained
+	topic    *retainedTopic // the topic's retained state to update once produced; nil if it has none
+	hash     uint64         // the payload's hash, when topic is set
+	done     bool
+	produced bool // false: acknowledged without a record (see handle)
 }
 
 // lose marks the connection as ended and wakes run and the ack writer.
@@ -524,24 +567,18 @@ func (c *conn) handle(_ paho.Client, msg paho.Message) {
 	qos := msg.Qos()
 	e := &inflight{c: c, msg: msg, received: received}
 
-	if msg.Retained() {
-		switch u.cfg.IngestRetained {
-		case RetainedNever:
+	switch u.cfg.IngestRetained {
+	case RetainedNever:
+		if msg.Retained() {
 			u.m.skipped.WithLabelValues(u.cfg.Name, "retained").Inc()
 			c.finish(e, qos)
 			return
-		case RetainedFirst:
-			h := fnv.New64a()
-			_, _ = h.Write(msg.Payload())
-			e.retained = h.Sum64() | 1 // never 0, which means "not retained"
-			u.mu.Lock()
-			seen := u.retained[msg.Topic()] == e.retained
-			u.mu.Unlock()
-			if seen {
-				u.m.skipped.WithLabelValues(u.cfg.Name, "retained_seen").Inc()
-				c.finish(e, qos)
-				return
-			}
+		}
+	case RetainedFirst:
+		if u.retainedSeen(e) {
+			u.m.skipped.WithLabelValues(u.cfg.Name, "retained_seen").Inc()
+			c.finish(e, qos)
+			return
 		}
 	}
 
@@ -562,10 +599,43 @@ func (c *conn) handle(_ paho.Client, msg paho.Message) {
 		return
 	}
 	e.produced = true
-	c.enqueue(e)
+	if !c.enqueue(e) {
+		return
+	}
 	if err := u.p.Produce(u.produceCtx, rec, e); err != nil {
 		e.Delivered(Delivery{Topic: rec.Topic, Err: err})
 	}
+}
+
+// retainedSeen applies ingest_retained: first to e's message. A retained
+// message whose payload is the last one produced on its topic is seen. A
+// message produced on a topic that has a retained value, whatever its
+// retain flag, carries the topic's state and hash in e, to become the
+// topic's last once Kafka has it: a live message changes the state the
+// retained value is compared with. A topic never retained costs a map
+// lookup, and nothing while no topic of the upstream is.
+func (u *upstream) retainedSeen(e *inflight) bool {
+	msg := e.msg
+	if !msg.Retained() {
+		if !u.anyRetained.Load() || msg.Qos() == 0 {
+			return false // QoS 0 records are never remembered (no ack to wait for)
+		}
+		v, ok := u.retained.Load(msg.Topic())
+		if !ok {
+			return false
+		}
+		e.topic = v.(*retainedTopic)
+		e.hash = maphash.Bytes(u.seed, msg.Payload()) | 1 // never 0, which means nothing produced
+		return false
+	}
+	v, ok := u.retained.Load(msg.Topic())
+	if !ok {
+		v, _ = u.retained.LoadOrStore(msg.Topic(), &retainedTopic{})
+		u.anyRetained.Store(true)
+	}
+	e.topic = v.(*retainedTopic)
+	e.hash = maphash.Bytes(u.seed, msg.Payload()) | 1
+	return e.topic.last.Load() == e.hash
 }
 
 // finish acknowledges a message that produces no record, in its turn.
@@ -574,14 +644,24 @@ func (c *conn) finish(e *inflight, qos byte) {
 		return
 	}
 	e.done = true
-	c.enqueue(e)
-	c.wake()
+	if c.enqueue(e) {
+		c.wake()
+	}
 }
 
-func (c *conn) enqueue(e *inflight) {
+// enqueue queues e for its acknowledgement, unless the connection is gone
+// and its session persistent: the remote broker then resends e's message
+// on the next connection, so producing it here would only add a duplicate
+// that interleaves with the resent ones. Under a clean session nothing is
+// resent, and what paho still hands over is produced.
+func (c *conn) enqueue(e *inflight) bool {
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gone && !c.u.cfg.CleanSession {
+		return false
+	}
 	c.queue = append(c.queue, e)
-	c.mu.Unlock()
+	return true
 }
 
 // clearRecord drops the reused record's references to the last message.
@@ -689,11 +769,12 @@ func (c *conn) complete(e *inflight) {
 		if e.produced {
 			u.m.produced.Inc()
 			u.m.ackLatency.Observe(time.Since(e.received).Seconds())
-		}
-		if e.produced && e.retained != 0 {
-			u.mu.Lock()
-			u.retained[e.msg.Topic()] = e.retained
-			u.mu.Unlock()
+			if e.topic != nil {
+				e.topic.last.Store(e.hash)
+			}
+			if !c.delivered.Load() {
+				c.delivered.Store(true)
+			}
 		}
 		c.ack(e.msg)
 		return
@@ -705,14 +786,16 @@ func (c *conn) complete(e *inflight) {
 		c.ack(e.msg)
 		return
 	}
+	// Acknowledging later messages would let this one be overtaken when it
+	// is redelivered, so nothing more is acknowledged here; the PUBACKs
+	// already gathered are for records before it that Kafka has, and go
+	// out first, or the remote broker would resend those too.
+	c.flushAcks()
+	c.broken = true
 	if u.draining.Load() {
-		c.broken = true
 		return
 	}
-	// Acknowledging later messages would let this one be overtaken when it
-	// is redelivered; reconnecting makes the remote broker resend it and
-	// all that follow.
-	c.broken = true
+	// Reconnecting makes the remote broker resend it and all that follow.
 	u.setError(e.err)
 	u.log.Warn("Kafka did not take an upstream message; reconnecting so the remote broker redelivers it", "topic", e.msg.Topic(), "error", e.err)
 	c.lose(fmt.Errorf("producing: %w", e.err))
@@ -741,9 +824,6 @@ func (c *conn) flushAcks() {
 	}
 	b := c.acks
 	c.acks = c.acks[:0]
-	if c.broken {
-		return
-	}
 	if err := c.nc.Load().writeAcks(b, c.u.cfg.ConnectTimeout); err != nil {
 		c.broken = true
 		c.u.log.Debug("writing PUBACKs to the upstream broker", "url", c.u.cfg.URL, "error", err)

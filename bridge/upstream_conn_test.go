@@ -1,0 +1,520 @@
+package bridge
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.mqtt.golang/packets"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// upMessage is a QoS 1 or 2 upstream message as paho hands it over, with
+// its packet id.
+type upMessage struct {
+	topic    string
+	payload  []byte
+	qos      byte
+	retained bool
+	id       uint16
+}
+
+func (m *upMessage) Duplicate() bool   { return false }
+func (m *upMessage) Qos() byte         { return m.qos }
+func (m *upMessage) Retained() bool    { return m.retained }
+func (m *upMessage) Topic() string     { return m.topic }
+func (m *upMessage) MessageID() uint16 { return m.id }
+func (m *upMessage) Payload() []byte   { return m.payload }
+func (m *upMessage) Ack()              {}
+
+// fakeProducer records what upstreams produce. It reports each record
+// delivered with err at once, or, holding, keeps the handlers for the test
+// to call.
+type fakeProducer struct {
+	mu       sync.Mutex
+	produced []string // record values, in the order Produce was called
+	hold     bool
+	held     []DeliveryHandler
+	err      error
+}
+
+var _ UpstreamProducer = (*fakeProducer)(nil)
+
+func (p *fakeProducer) Produce(_ context.Context, rec *Record, h DeliveryHandler) error {
+	p.mu.Lock()
+	p.produced = append(p.produced, string(rec.Value))
+	hold, err := p.hold, p.err
+	if hold {
+		p.held = append(p.held, h)
+	}
+	p.mu.Unlock()
+	if !hold {
+		h.Delivered(Delivery{Topic: rec.Topic, Err: err})
+	}
+	return nil
+}
+
+func (p *fakeProducer) TryProduce(ctx context.Context, rec *Record, h DeliveryHandler) error {
+	return p.Produce(ctx, rec, h)
+}
+
+func (p *fakeProducer) EnsureTopic(context.Context, string) error { return nil }
+
+func (p *fakeProducer) values() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.produced)
+}
+
+func (p *fakeProducer) heldHandlers() []DeliveryHandler {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.held)
+}
+
+// syncBuffer is a log destination the test reads while upstreams write.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) lines(containing string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for _, l := range strings.Split(s.b.String(), "\n") {
+		if strings.Contains(l, containing) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// upstreamForTest builds one upstream producing into p, closed at cleanup.
+// log may be nil.
+func upstreamForTest(t testing.TB, cfg UpstreamConfig, p UpstreamProducer, log *slog.Logger) (*Upstreams, *upstream) {
+	t.Helper()
+	if cfg.Name == "" {
+		cfg.Name = "remote"
+	}
+	if cfg.KafkaTopic == "" {
+		cfg.KafkaTopic = "remote-data"
+	}
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	us := NewUpstreams([]UpstreamConfig{cfg}, p, nil, prometheus.NewRegistry(), log)
+	t.Cleanup(us.Close)
+	return us, us.list[0]
+}
+
+// connForTest is a connection of u as connect makes it, on a pipe instead
+// of paho's socket, with its ack writer running. The channel yields the
+// packet id of each PUBACK written to the pipe and is closed once the
+// pipe is.
+func connForTest(t *testing.T, u *upstream) (*conn, net.Conn, <-chan uint16) {
+	t.Helper()
+	client, remote := net.Pipe()
+	c := &conn{u: u, lost: make(chan struct{}), notify: make(chan struct{}, 1)}
+	c.nc.Store(&ackConn{Conn: client, r: bufio.NewReader(client)})
+	acks := make(chan uint16, 100)
+	go func() {
+		defer close(acks)
+		var b [4]byte
+		for {
+			if _, err := io.ReadFull(remote, b[:]); err != nil {
+				return
+			}
+			if b[0] != packets.Puback<<4 || b[1] != 2 {
+				t.Errorf("the ack writer wrote % x, not a PUBACK", b)
+				return
+			}
+			acks <- uint16(b[2])<<8 | uint16(b[3])
+		}
+	}()
+	u.ackers.Add(1)
+	go c.writeAcks()
+	t.Cleanup(func() {
+		c.lose(nil)
+		u.closeAckers()
+		client.Close()
+		remote.Close()
+	})
+	return c, client, acks
+}
+
+func nextAck(t *testing.T, acks <-chan uint16) uint16 {
+	t.Helper()
+	select {
+	case id, ok := <-acks:
+		if !ok {
+			t.Fatal("the connection closed before the PUBACK")
+		}
+		return id
+	case <-time.After(5 * time.Second):
+		t.Fatal("no PUBACK within 5s")
+	}
+	return 0
+}
+
+// ingest_retained: first skips a resent retained value only while it is
+// the last value produced on its topic: a live message in between (retain
+// flag cleared, MQTT 3.1.1 3.3.1.3) changed the state, and the resent
+// value changes it back.
+func TestUpstreamRetainedFirstFollowsLiveMessages(t *testing.T) {
+	retainedA := upMessage{topic: "state/1", payload: []byte("A"), retained: true}
+	live := func(topic, payload string) upMessage { return upMessage{topic: topic, payload: []byte(payload)} }
+	for _, tc := range []struct {
+		name string
+		msgs []upMessage
+		want []string
+	}{
+		{"a resent retained value is produced once", []upMessage{retainedA, retainedA}, []string{"A"}},
+		{"a live change, then the retained value again", []upMessage{retainedA, live("state/1", "B"), retainedA}, []string{"A", "B", "A"}},
+		{"a live message of the retained value", []upMessage{retainedA, live("state/1", "A"), retainedA}, []string{"A", "A"}},
+		{"a live message on another topic", []upMessage{retainedA, live("state/2", "B"), retainedA}, []string{"A", "B"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &fakeProducer{}
+			_, u := upstreamForTest(t, UpstreamConfig{IngestRetained: RetainedFirst}, p, nil)
+			c, _, acks := connForTest(t, u)
+			for i, m := range tc.msgs {
+				m.qos, m.id = 1, uint16(i+1)
+				c.handle(nil, &m)
+				// Acknowledged only once Kafka has it: the next message
+				// then sees what it left.
+				if id := nextAck(t, acks); id != m.id {
+					t.Fatalf("PUBACK %d, want %d", id, m.id)
+				}
+			}
+			if got := p.values(); !slices.Equal(got, tc.want) {
+				t.Fatalf("produced %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// Looking up a live message's topic allocates nothing, whether or not the
+// topic has a retained value.
+func TestUpstreamRetainedLookupAllocatesNothing(t *testing.T) {
+	_, u := upstreamForTest(t, UpstreamConfig{IngestRetained: RetainedFirst}, &fakeProducer{}, nil)
+	u.retainedSeen(&inflight{msg: &upMessage{topic: "state/1", payload: []byte("A"), qos: 1, retained: true}})
+	for _, topic := range []string{"state/1", "feed/never-retained"} {
+		e := &inflight{msg: &upMessage{topic: topic, payload: []byte("B"), qos: 1}}
+		if allocs := testing.AllocsPerRun(1000, func() { u.retainedSeen(e) }); allocs != 0 {
+			t.Errorf("%s: %.1f allocations per message, want 0", topic, allocs)
+		}
+	}
+}
+
+// When a record fails, the PUBACKs gathered for the records before it,
+// which Kafka has, still go out; only what follows is left to redeliver.
+func TestUpstreamFailureKeepsEarlierAcks(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		err      error
+		draining bool
+	}{
+		{"transient Kafka error", errors.New("broker transport failure"), false},
+		{"producer stopped at drain", context.Canceled, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &fakeProducer{hold: true}
+			_, u := upstreamForTest(t, UpstreamConfig{}, p, nil)
+			c, client, acks := connForTest(t, u)
+			c.handle(nil, &upMessage{topic: "d/1", payload: []byte("m1"), qos: 1, id: 1})
+			c.handle(nil, &upMessage{topic: "d/1", payload: []byte("m2"), qos: 1, id: 2})
+			if tc.draining {
+				u.draining.Store(true)
+			}
+			held := p.heldHandlers()
+			if len(held) != 2 {
+				t.Fatalf("%d records produced, want 2", len(held))
+			}
+			// The second first: the ack writer then finds both done in
+			// one pass, m1's PUBACK gathered when m2's failure comes.
+			held[1].Delivered(Delivery{Err: tc.err})
+			held[0].Delivered(Delivery{})
+			u.closeAckers() // its last pass, and the writer has ended
+			client.Close()
+			var got []uint16
+			for id := range acks {
+				got = append(got, id)
+			}
+			if !slices.Equal(got, []uint16{1}) {
+				t.Fatalf("PUBACKs %v, want [1]: m1 is in Kafka, m2 is not", got)
+			}
+		})
+	}
+}
+
+// Once a connection is lost, what paho still hands over from it is left
+// for the remote broker to resend on the next connection, not produced
+// where it can never be acknowledged; under a clean session nothing is
+// resent, so it is produced.
+func TestUpstreamLostConnectionProducesNoMore(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		clean bool
+		kafka bool // lost through a Kafka error on m1, not the network
+		want  []string
+	}{
+		{"network, persistent session", false, false, []string{"m1"}},
+		{"Kafka error, persistent session", false, true, []string{"m1"}},
+		{"network, clean session", true, false, []string{"m1", "m2"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &fakeProducer{}
+			if tc.kafka {
+				p.err = errors.New("broker transport failure")
+			}
+			_, u := upstreamForTest(t, UpstreamConfig{CleanSession: tc.clean}, p, nil)
+			c, _, acks := connForTest(t, u)
+			c.handle(nil, &upMessage{topic: "d/1", payload: []byte("m1"), qos: 1, id: 1})
+			if tc.kafka {
+				select {
+				case <-c.lost:
+				case <-time.After(5 * time.Second):
+					t.Fatal("a Kafka error did not end the connection")
+				}
+			} else {
+				if id := nextAck(t, acks); id != 1 {
+					t.Fatalf("PUBACK %d, want 1", id)
+				}
+				c.lose(errors.New("connection reset by peer"))
+			}
+			c.handle(nil, &upMessage{topic: "d/1", payload: []byte("m2"), qos: 1, id: 2})
+			if got := p.values(); !slices.Equal(got, tc.want) {
+				t.Fatalf("produced %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// fakeRemote is a remote MQTT broker that accepts every connection and
+// subscription, then serves it with serve and closes it.
+type fakeRemote struct {
+	t              *testing.T
+	l              net.Listener
+	sessionPresent bool
+	serve          func(net.Conn)
+
+	mu       sync.Mutex
+	connects []time.Time
+}
+
+func startFakeRemote(t *testing.T, sessionPresent bool, serve func(net.Conn)) *fakeRemote {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &fakeRemote{t: t, l: l, sessionPresent: sessionPresent, serve: serve}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			nc, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() { r.session(nc) })
+		}
+	})
+	return r
+}
+
+func (r *fakeRemote) url() string { return "tcp://" + r.l.Addr().String() }
+
+func (r *fakeRemote) session(nc net.Conn) {
+	defer nc.Close()
+	if pk, err := packets.ReadPacket(nc); err != nil {
+		return
+	} else if _, ok := pk.(*packets.ConnectPacket); !ok {
+		r.t.Errorf("first packet %s, want CONNECT", pk)
+		return
+	}
+	r.mu.Lock()
+	r.connects = append(r.connects, time.Now())
+	r.mu.Unlock()
+	ca := packets.NewControlPacket(packets.Connack).(*packets.ConnackPacket)
+	ca.SessionPresent = r.sessionPresent
+	if ca.Write(nc) != nil {
+		return
+	}
+	pk, err := packets.ReadPacket(nc)
+	if err != nil {
+		return
+	}
+	sub, ok := pk.(*packets.SubscribePacket)
+	if !ok {
+		r.t.Errorf("packet %s, want SUBSCRIBE", pk)
+		return
+	}
+	sa := packets.NewControlPacket(packets.Suback).(*packets.SubackPacket)
+	sa.MessageID, sa.ReturnCodes = sub.MessageID, sub.Qoss
+	if sa.Write(nc) != nil {
+		return
+	}
+	r.serve(nc)
+}
+
+func (r *fakeRemote) connectTimes() []time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.connects)
+}
+
+func (r *fakeRemote) waitConnects(t *testing.T, n int) []time.Time {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if ts := r.connectTimes(); len(ts) >= n {
+			return ts
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections in 20s, want %d", len(r.connectTimes()), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// lastAWhile is a connection's lifetime in the fake remote: long enough
+// for paho to have taken the SUBACK, far shorter than reconnect_max.
+func lastAWhile(net.Conn) { time.Sleep(20 * time.Millisecond) }
+
+// A connection lost right after each connect (Kafka refusing every
+// record, another client taking the client id over) backs off up to
+// reconnect_max like a refused connect; one that got a record into Kafka
+// starts the backoff over.
+func TestUpstreamReconnectBackoff(t *testing.T) {
+	const minWait, maxWait = 10 * time.Millisecond, 320 * time.Millisecond
+	deliverOne := func(nc net.Conn) {
+		pub := packets.NewControlPacket(packets.Publish).(*packets.PublishPacket)
+		pub.Qos, pub.MessageID, pub.TopicName, pub.Payload = 1, 1, "d/1", []byte("m")
+		if pub.Write(nc) != nil {
+			return
+		}
+		for {
+			pk, err := packets.ReadPacket(nc)
+			if err != nil {
+				return
+			}
+			if _, ok := pk.(*packets.PubackPacket); ok {
+				return
+			}
+		}
+	}
+	for _, tc := range []struct {
+		name  string
+		serve func(net.Conn)
+		grows bool
+	}{
+		{"lost at once", lastAWhile, true},
+		{"lost after a record is in Kafka", deliverOne, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := startFakeRemote(t, true, tc.serve)
+			us, _ := upstreamForTest(t, UpstreamConfig{
+				URL: r.url(), ClientID: "trib-backoff", Subscriptions: []UpstreamSubscription{{Filter: "d/#", QoS: 1}},
+				KeepAlive: 5 * time.Second, ConnectTimeout: 5 * time.Second, ReconnectMin: minWait, ReconnectMax: maxWait,
+			}, &fakeProducer{}, nil)
+			us.Start()
+			// After five lost connections the wait is backoff(5) or more:
+			// reconnect_max with jitter, at least half of it.
+			ts := r.waitConnects(t, 7)
+			last := ts[6].Sub(ts[5])
+			switch {
+			case tc.grows && last < maxWait/2:
+				t.Fatalf("%s between the 6th and 7th connection, want at least %s: the backoff did not grow", last, maxWait/2)
+			case !tc.grows && last >= maxWait/2:
+				t.Fatalf("%s between the 6th and 7th connection: the backoff grew though each connection delivered", last)
+			}
+		})
+	}
+}
+
+// A clean session loses what is unacknowledged when a connection ends,
+// which the start-up log says for an upstream with QoS 1 or 2
+// subscriptions.
+func TestUpstreamCleanSessionWarning(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		clean bool
+		qos   byte
+		warn  bool
+	}{
+		{"clean session, QoS 1", true, 1, true},
+		{"clean session, QoS 0", true, 0, false},
+		{"persistent session, QoS 1", false, 1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs syncBuffer
+			upstreamForTest(t, UpstreamConfig{CleanSession: tc.clean, Subscriptions: []UpstreamSubscription{{Filter: "d/#", QoS: tc.qos}}},
+				&fakeProducer{}, slog.New(slog.NewTextHandler(&logs, nil)))
+			warned := len(logs.lines("level=WARN")) > 0 && len(logs.lines("clean_session")) > 0
+			if warned != tc.warn {
+				t.Fatalf("warned %v, want %v:\n%s", warned, tc.warn, strings.Join(logs.lines(""), "\n"))
+			}
+		})
+	}
+}
+
+// A CONNACK without a session for a persistent one is a warning: whatever
+// the remote broker held for Tributary is gone.
+func TestUpstreamSessionNotPresentWarning(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		clean    bool
+		present  bool
+		connects int
+		want     string // in the log line of the last connect
+	}{
+		{"persistent session resumed", false, true, 1, "level=INFO"},
+		{"persistent session not there at the first connect", false, false, 1, "level=WARN"},
+		{"persistent session lost between connections", false, false, 2, "lost this client id's session"},
+		{"clean session", true, false, 1, "level=INFO"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := startFakeRemote(t, tc.present, func(nc net.Conn) {
+				if tc.connects == 1 {
+					_, _ = io.Copy(io.Discard, nc) // stays up
+				} else {
+					lastAWhile(nc)
+				}
+			})
+			var logs syncBuffer
+			us, _ := upstreamForTest(t, UpstreamConfig{
+				URL: r.url(), ClientID: "trib-session", CleanSession: tc.clean, Subscriptions: []UpstreamSubscription{{Filter: "d/#", QoS: 1}},
+				KeepAlive: 5 * time.Second, ConnectTimeout: 5 * time.Second, ReconnectMin: 10 * time.Millisecond, ReconnectMax: 20 * time.Millisecond,
+			}, &fakeProducer{}, slog.New(slog.NewTextHandler(&logs, nil)))
+			us.Start()
+			deadline := time.Now().Add(20 * time.Second)
+			for len(logs.lines("connected to upstream")) < tc.connects {
+				if time.Now().After(deadline) {
+					t.Fatalf("%d connections logged in 20s, want %d", len(logs.lines("connected to upstream")), tc.connects)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			line := logs.lines("connected to upstream")[tc.connects-1]
+			if !strings.Contains(line, tc.want) {
+				t.Fatalf("connect logged as\n%s\nwant %q", line, tc.want)
+			}
+		})
+	}
+}
