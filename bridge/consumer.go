@@ -6,15 +6,27 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 )
 
-// ErrNotAssigned means a commit named a partition this consumer does not
-// own (it was never assigned, or a rebalance moved it to another member).
+// ErrNotAssigned means a commit named a record of a partition this
+// consumer does not own under the assignment the record was fetched in: a
+// rebalance moved the partition to another member (even if a later one
+// gave it back).
 var ErrNotAssigned = errors.New("partition is not assigned to this consumer")
+
+// ErrNoSuchTopic means Kafka says a topic the consumer reads, or one of its
+// partitions, does not exist.
+var ErrNoSuchTopic = errors.New("topic or partition does not exist")
+
+// ErrAccessDenied means Kafka refused the consumer access to a topic or to
+// its consumer group.
+var ErrAccessDenied = errors.New("Kafka refused access")
 
 // ConsumerConfig configures one consumer-group member.
 type ConsumerConfig struct {
@@ -40,6 +52,11 @@ type ConsumerConfig struct {
 	// OnPause, if set, is called with true when the consumer pauses its
 	// partitions for a slow reader and with false when it resumes them.
 	OnPause func(paused bool)
+	// OnError, if set, is called with the errors that stop the consumer
+	// reading its topics: ErrNoSuchTopic, ErrAccessDenied, or partitions it
+	// could not take. librdkafka retries and repeats them, so each kind is
+	// reported at most once per errorEvery.
+	OnError func(err error)
 }
 
 // ConsumedRecord is one record read from Kafka.
@@ -51,7 +68,32 @@ type ConsumedRecord struct {
 	Key       []byte
 	Value     []byte
 	Headers   []Header
+	// Assignment is the assignment of the record's partition it was
+	// fetched under.
+	Assignment *Assignment
 }
+
+// Assignment is one assignment of a partition to a Consumer, from the
+// rebalance that gave the partition to the one that took it away. A record
+// fetched under an assignment that has ended is stale even when a later
+// rebalance gave the partition back: another member may have read it and
+// committed past it meanwhile, and committing it would move the group's
+// offset back.
+type Assignment struct {
+	key     partitionKey
+	revoked atomic.Bool
+	// start is the offset of the first record fetched under the
+	// assignment (-1 before one): the group's committed offset, or where
+	// auto.offset.reset put the partition. Only the poll goroutine sets it.
+	start atomic.Int64
+	// Guarded by Consumer.mu. Offsets to commit are a record's offset + 1.
+	next      int64 // the offset to commit next; above committed when a commit is due
+	committed int64 // the offset Kafka last confirmed committed under this assignment
+}
+
+// Current reports whether the assignment holds: no rebalance has taken its
+// partition away.
+func (a *Assignment) Current() bool { return !a.revoked.Load() }
 
 // Consumer is one member of a Kafka consumer group. It never commits on its
 // own: offsets are committed only when the owner calls Commit (the record
@@ -66,10 +108,13 @@ type Consumer struct {
 	kc   *kafka.Consumer
 	recs chan *ConsumedRecord
 
-	mu       sync.Mutex // guards assigned, pending, acks; held while committing
-	assigned map[partitionKey]bool
-	pending  map[partitionKey]int64 // next offset to commit (record offset + 1)
-	acks     []pendingAck
+	// mu guards assigned, acks, and the assignments' next and committed;
+	// it is held while committing. The poll goroutine, which alone
+	// changes assigned, reads it without mu.
+	mu        sync.Mutex
+	assigned  map[partitionKey]*Assignment
+	acks      []pendingAck
+	commitLog LogEvery // a failing commit is retried every interval; its warning is not
 
 	wake      chan struct{} // signals the committer
 	stop      chan struct{}
@@ -77,9 +122,14 @@ type Consumer struct {
 	closeOnce sync.Once
 	wg        sync.WaitGroup
 
-	paused bool
-	held   []*ConsumedRecord // polled while the queue was full; poll goroutine only
+	paused   bool
+	held     []*ConsumedRecord             // polled while the queue was full; poll goroutine only
+	reported map[kafka.ErrorCode]time.Time // when OnError last had each kind; poll goroutine only
 }
+
+// errorEvery is how often OnError hears about one kind of error that
+// librdkafka keeps repeating while it retries.
+const errorEvery = 10 * time.Second
 
 type partitionKey struct {
 	topic     string
@@ -148,15 +198,16 @@ func NewConsumer(cfg ConsumerConfig, log *slog.Logger) (*Consumer, error) {
 		return nil, fmt.Errorf("creating Kafka consumer for group %q: %w", cfg.GroupID, err)
 	}
 	c := &Consumer{
-		cfg:      cfg,
-		log:      log,
-		kc:       kc,
-		recs:     make(chan *ConsumedRecord, cfg.QueueSize),
-		assigned: map[partitionKey]bool{},
-		pending:  map[partitionKey]int64{},
-		wake:     make(chan struct{}, 1),
-		stop:     make(chan struct{}),
-		done:     make(chan struct{}),
+		cfg:       cfg,
+		log:       log,
+		kc:        kc,
+		recs:      make(chan *ConsumedRecord, cfg.QueueSize),
+		assigned:  map[partitionKey]*Assignment{},
+		commitLog: LogEvery{Interval: errorEvery},
+		reported:  map[kafka.ErrorCode]time.Time{},
+		wake:      make(chan struct{}, 1),
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
 	}
 	if err := kc.SubscribeTopics(cfg.Topics, c.rebalance); err != nil {
 		kc.Close()
@@ -177,36 +228,40 @@ func (c *Consumer) Records() <-chan *ConsumedRecord { return c.recs }
 // fatal Kafka error).
 func (c *Consumer) Done() <-chan struct{} { return c.done }
 
-// Commit commits offset (a record's offset) and everything before it in its
-// partition. It returns ErrNotAssigned at once if the partition is not
-// this member's; otherwise done is called, from another goroutine, when the
-// commit succeeded or failed. Commits are coalesced per partition.
-func (c *Consumer) Commit(topic string, partition int32, offset int64, done func(error)) error {
-	k := partitionKey{topic, partition}
+// Commit commits offset, the offset of a record fetched under a, and
+// everything before it in its partition. It returns ErrNotAssigned at once
+// if a has ended, or if offset is below the first record fetched under a:
+// either would move the group's offset back over what another member
+// committed. Otherwise done is called, from another goroutine, when the
+// commit succeeded or failed. Commits are coalesced per partition; a
+// failed one is retried on the next commit interval.
+func (c *Consumer) Commit(a *Assignment, offset int64, done func(error)) error {
 	c.mu.Lock()
-	if !c.assigned[k] {
+	if !a.Current() {
 		c.mu.Unlock()
-		return fmt.Errorf("committing %s[%d]@%d: %w", topic, partition, offset, ErrNotAssigned)
+		return fmt.Errorf("committing %s[%d]@%d: %w", a.key.topic, a.key.partition, offset, ErrNotAssigned)
 	}
-	if offset+1 > c.pending[k] {
-		c.pending[k] = offset + 1
+	if start := a.start.Load(); start < 0 || offset < start {
+		c.mu.Unlock()
+		return fmt.Errorf("committing %s[%d]@%d: the record is from before the partition's current assignment: %w", a.key.topic, a.key.partition, offset, ErrNotAssigned)
 	}
+	a.next = max(a.next, offset+1)
 	if done != nil {
-		c.acks = append(c.acks, pendingAck{key: k, offset: offset, done: done})
+		c.acks = append(c.acks, pendingAck{key: a.key, offset: offset, done: done})
 	}
 	c.mu.Unlock()
 	c.signal()
 	return nil
 }
 
-// Store marks a record as processed: it is committed on the next commit
-// interval, before its partition is revoked, and on Close. Records of
-// partitions not assigned any more are ignored.
-func (c *Consumer) Store(topic string, partition int32, offset int64) {
-	k := partitionKey{topic, partition}
+// Store marks records as processed: each is committed, with everything
+// before it in its partition, on the next commit interval, before its
+// partition is revoked, and on Close. Records fetched under an assignment
+// that has ended change nothing: only current assignments are committed.
+func (c *Consumer) Store(recs []*ConsumedRecord) {
 	c.mu.Lock()
-	if c.assigned[k] && offset+1 > c.pending[k] {
-		c.pending[k] = offset + 1
+	for _, r := range recs {
+		r.Assignment.next = max(r.Assignment.next, r.Offset+1)
 	}
 	c.mu.Unlock()
 }
@@ -258,20 +313,34 @@ func (c *Consumer) poll() {
 		}
 		switch e := c.kc.Poll(timeout).(type) {
 		case *kafka.Message:
-			rec := &ConsumedRecord{
-				Partition: e.TopicPartition.Partition,
-				Offset:    int64(e.TopicPartition.Offset),
-				Timestamp: e.Timestamp,
-				Key:       e.Key,
-				Value:     e.Value,
-				Headers:   e.Headers,
-			}
+			var topic string
 			if e.TopicPartition.Topic != nil {
-				rec.Topic = *e.TopicPartition.Topic
+				topic = *e.TopicPartition.Topic
 			}
-			if e.TopicPartition.Error != nil {
-				c.log.Warn("Kafka consumer record error", "group", c.cfg.GroupID, "error", e.TopicPartition.Error)
+			if err := e.TopicPartition.Error; err != nil {
+				what := fmt.Sprintf("reading %s[%d]", topic, e.TopicPartition.Partition)
+				if !c.report(what, err) {
+					c.log.Warn("Kafka consumer record error", "group", c.cfg.GroupID, "error", fmt.Errorf("%s: %w", what, err))
+				}
 				continue
+			}
+			a := c.assigned[partitionKey{topic, e.TopicPartition.Partition}]
+			if a == nil {
+				continue // its partition was revoked since librdkafka fetched it
+			}
+			offset := int64(e.TopicPartition.Offset)
+			if a.start.Load() < 0 {
+				a.start.Store(offset)
+			}
+			rec := &ConsumedRecord{
+				Topic:      topic,
+				Partition:  e.TopicPartition.Partition,
+				Offset:     offset,
+				Timestamp:  e.Timestamp,
+				Key:        e.Key,
+				Value:      e.Value,
+				Headers:    e.Headers,
+				Assignment: a,
 			}
 			if len(c.held) == 0 {
 				select {
@@ -286,8 +355,47 @@ func (c *Consumer) poll() {
 				c.log.Error("Kafka consumer fatal error", "group", c.cfg.GroupID, "error", e)
 				return
 			}
-			c.log.Debug("Kafka consumer error", "group", c.cfg.GroupID, "error", e)
+			if !c.report("reading "+strings.Join(c.cfg.Topics, ", "), e) {
+				// librdkafka recovers from these on its own (a broker
+				// down for a while).
+				c.log.Debug("Kafka consumer error", "group", c.cfg.GroupID, "error", e)
+			}
 		}
+	}
+}
+
+// report passes err, met while doing what, to reportNow if it stops the
+// consumer reading its topics, and says whether it did. It runs on the
+// poll goroutine.
+func (c *Consumer) report(what string, err error) bool {
+	var ke kafka.Error
+	if !errors.As(err, &ke) {
+		return false
+	}
+	switch ke.Code() {
+	case kafka.ErrUnknownTopicOrPart, kafka.ErrUnknownTopic, kafka.ErrUnknownPartition, kafka.ErrUnknownTopicID:
+		err = fmt.Errorf("%s: %w: %w", what, ErrNoSuchTopic, err)
+	case kafka.ErrTopicAuthorizationFailed, kafka.ErrGroupAuthorizationFailed:
+		err = fmt.Errorf("%s: %w: %w", what, ErrAccessDenied, err)
+	default:
+		return false
+	}
+	c.reportNow(ke.Code(), err)
+	return true
+}
+
+// reportNow passes err to OnError and logs it, unless an error of kind
+// code was reported less than errorEvery ago. It runs on the poll
+// goroutine.
+func (c *Consumer) reportNow(code kafka.ErrorCode, err error) {
+	now := time.Now()
+	if last, ok := c.reported[code]; ok && now.Sub(last) < errorEvery {
+		return
+	}
+	c.reported[code] = now
+	c.log.Warn("Kafka consumer cannot read", "group", c.cfg.GroupID, "client", c.cfg.ClientID, "topics", c.cfg.Topics, "error", err)
+	if c.cfg.OnError != nil {
+		c.cfg.OnError(err)
 	}
 }
 
@@ -377,12 +485,20 @@ func (c *Consumer) rebalance(kc *kafka.Consumer, ev kafka.Event) error {
 		c.mu.Lock()
 		for _, tp := range e.Partitions {
 			if tp.Topic != nil {
-				c.assigned[partitionKey{*tp.Topic, tp.Partition}] = true
+				k := partitionKey{*tp.Topic, tp.Partition}
+				a := &Assignment{key: k}
+				a.start.Store(-1)
+				c.assigned[k] = a
 			}
 		}
 		c.mu.Unlock()
 		if err := kc.Assign(e.Partitions); err != nil {
-			c.log.Warn("assigning Kafka partitions", "group", c.cfg.GroupID, "error", err)
+			var ke kafka.Error
+			code := kafka.ErrUnknown
+			if errors.As(err, &ke) {
+				code = ke.Code()
+			}
+			c.reportNow(code, fmt.Errorf("taking partitions %v assigned by the group: %w", describe(e.Partitions), err))
 		}
 		if c.paused && len(e.Partitions) > 0 {
 			_ = kc.Pause(e.Partitions)
@@ -402,8 +518,10 @@ func (c *Consumer) rebalance(kc *kafka.Consumer, ev kafka.Event) error {
 			c.commitLocked(revoked)
 		}
 		for k := range revoked {
+			if a := c.assigned[k]; a != nil {
+				a.revoked.Store(true)
+			}
 			delete(c.assigned, k)
-			delete(c.pending, k)
 		}
 		acks := c.acks[:0]
 		for _, a := range c.acks {
@@ -417,7 +535,7 @@ func (c *Consumer) rebalance(kc *kafka.Consumer, ev kafka.Event) error {
 		c.mu.Unlock()
 		held := c.held[:0]
 		for _, r := range c.held {
-			if !revoked[partitionKey{r.Topic, r.Partition}] {
+			if r.Assignment.Current() {
 				held = append(held, r)
 			}
 		}
@@ -459,23 +577,18 @@ func (c *Consumer) committer() {
 	}
 }
 
-// commitLocked commits the pending offsets of the given partitions (all
-// when only is nil) and settles their acknowledgements. c.mu is held, so
-// a rebalance cannot move a partition away between the ownership check
-// and the commit.
+// commitLocked commits the offsets due of the given partitions (all when
+// only is nil) and settles their acknowledgements. c.mu is held, so a
+// rebalance cannot move a partition away between the ownership check and
+// the commit. An offset Kafka did not confirm stays due.
 func (c *Consumer) commitLocked(only map[partitionKey]bool) {
 	var tps []kafka.TopicPartition
-	for k, off := range c.pending {
-		if only != nil && !only[k] {
-			continue
-		}
-		if !c.assigned[k] {
-			delete(c.pending, k)
+	for k, a := range c.assigned {
+		if a.next <= a.committed || (only != nil && !only[k]) {
 			continue
 		}
 		t := k.topic
-		tps = append(tps, kafka.TopicPartition{Topic: &t, Partition: k.partition, Offset: kafka.Offset(off)})
-		delete(c.pending, k)
+		tps = append(tps, kafka.TopicPartition{Topic: &t, Partition: k.partition, Offset: kafka.Offset(a.next)})
 	}
 	var err error
 	failed := map[partitionKey]error{}
@@ -484,12 +597,25 @@ func (c *Consumer) commitLocked(only map[partitionKey]bool) {
 		res, err = c.kc.CommitOffsets(tps)
 		if err != nil {
 			err = fmt.Errorf("committing offsets of group %q: %w", c.cfg.GroupID, err)
-			c.log.Warn("Kafka commit failed", "group", c.cfg.GroupID, "error", err)
 		}
 		for _, tp := range res {
-			if tp.Error != nil && tp.Topic != nil {
-				failed[partitionKey{*tp.Topic, tp.Partition}] = tp.Error
+			if tp.Topic == nil {
+				continue
 			}
+			k := partitionKey{*tp.Topic, tp.Partition}
+			switch a := c.assigned[k]; {
+			case tp.Error != nil:
+				failed[k] = tp.Error
+			case err == nil && a != nil:
+				a.committed = max(a.committed, int64(tp.Offset))
+			}
+		}
+		if (err != nil || len(failed) > 0) && c.commitLog.Allow() {
+			parts := make([]string, 0, len(failed))
+			for k, perr := range failed {
+				parts = append(parts, fmt.Sprintf("%s[%d]: %v", k.topic, k.partition, perr))
+			}
+			c.log.Warn("Kafka commit failed; retrying on the next interval", "group", c.cfg.GroupID, "error", err, "partitions", parts)
 		}
 	}
 	acks := c.acks[:0]

@@ -38,6 +38,7 @@ type burstConn struct {
 	on       bool      // the writer is in a burst: writes are held
 	busy     bool      // the writer is flushing: writes are held for it
 	buf      []byte    // held writes
+	pong     []byte    // a held pong with no held write after it; see holdLocked
 	spare    []byte    // the other buffer, which a flush writes from
 	deadline time.Time // the write deadline last asked for
 	flushBy  time.Time // latest deadline among the held writes
@@ -71,7 +72,7 @@ func (c *burstConn) Write(p []byte) (int, error) {
 		return 0, c.err
 	}
 	if c.busy || (c.on && len(p) < maxBurstBytes) {
-		c.buf = append(c.buf, p...)
+		c.holdLocked(p)
 		if c.deadline.IsZero() {
 			c.noLimit = true
 		} else if c.deadline.After(c.flushBy) {
@@ -91,6 +92,28 @@ func (c *burstConn) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// holdLocked keeps p for the next flush. A pong replaces a pong held
+// before it with no other write between them: RFC 6455 (5.5.3) lets an
+// endpoint answer only the most recent of the pings it has not answered
+// yet, and so a client that keeps pinging while a flush waits for it to
+// read (up to two ping intervals) cannot make the socket hold more than
+// one pong's bytes. Other writes keep their order, pongs included.
+func (c *burstConn) holdLocked(p []byte) {
+	if isPong(p) {
+		c.pong = append(c.pong[:0], p...)
+		return
+	}
+	c.buf = append(append(c.buf, c.pong...), p...)
+	c.pong = c.pong[:0]
+}
+
+// isPong reports whether p is a pong frame as gorilla writes it: a server
+// sends its frames unmasked and control frames whole, so the first byte
+// is FIN and the opcode.
+func isPong(p []byte) bool {
+	return len(p) >= 2 && p[0] == 0x80|websocket.PongMessage
 }
 
 // begin starts a burst: writes are held until end.
@@ -124,7 +147,9 @@ func (c *burstConn) spill() error {
 // flushLocked writes the held bytes, releasing mu while it does. Outside
 // a burst it also writes what other goroutines left meanwhile.
 func (c *burstConn) flushLocked() error {
-	for len(c.buf) > 0 && c.err == nil {
+	for (len(c.buf) > 0 || len(c.pong) > 0) && c.err == nil {
+		c.buf = append(c.buf, c.pong...)
+		c.pong = c.pong[:0]
 		out, d := c.buf, c.flushBy
 		if c.noLimit {
 			// Each held frame had its own deadline; none is cut short by
@@ -147,7 +172,7 @@ func (c *burstConn) flushLocked() error {
 		}
 	}
 	if c.err != nil {
-		c.buf = c.buf[:0]
+		c.buf, c.pong = c.buf[:0], c.pong[:0]
 	}
 	return c.err
 }

@@ -176,6 +176,38 @@ func TestBurstConn(t *testing.T) {
 			t.Fatalf("writes %q under %v", w.writes, w.under)
 		}
 	})
+	t.Run("pongs held during a flush are bounded", func(t *testing.T) {
+		bc := &blockingConn{recordingConn: &recordingConn{}, entered: make(chan struct{}), release: make(chan struct{})}
+		c := &burstConn{Conn: bc}
+		c.begin()
+		_, _ = c.Write([]byte("burst"))
+		ended := make(chan error)
+		go func() { ended <- c.end() }()
+		<-bc.entered // the flush is stuck on a client that does not read
+		pong := func(i int) []byte {
+			payload := fmt.Appendf(nil, "%0125d", i)
+			return append([]byte{0x80 | websocket.PongMessage, byte(len(payload))}, payload...)
+		}
+		const pings = 10000
+		for i := range pings {
+			if n, err := c.Write(pong(i)); n != 127 || err != nil {
+				t.Fatalf("pong %d: %d %v", i, n, err)
+			}
+		}
+		// A write that is not a pong keeps the pong before it.
+		_, _ = c.Write([]byte("close"))
+		_, _ = c.Write(pong(pings))
+		close(bc.release)
+		if err := <-ended; err != nil {
+			t.Fatal(err)
+		}
+		// What was held is what the flusher wrote next.
+		w := bc.recordingConn
+		want := string(pong(pings-1)) + "close" + string(pong(pings))
+		if len(w.writes) != 2 || string(w.writes[0]) != "burst" || string(w.writes[1]) != want {
+			t.Fatalf("%d writes, the second %d bytes, want only the last pong before the close and the pong after it (%d bytes)", len(w.writes), len(w.writes[len(w.writes)-1]), len(want))
+		}
+	})
 	t.Run("a failed flush fails every later write", func(t *testing.T) {
 		rc := &recordingConn{fail: errors.New("broken pipe")}
 		c := &burstConn{Conn: rc}
@@ -394,8 +426,9 @@ func readFrames(t *testing.T, c *websocket.Conn, n int) []string {
 
 func testRecords(n int) []*bridge.ConsumedRecord {
 	var recs []*bridge.ConsumedRecord
+	asg := [2]*bridge.Assignment{{}, {}}
 	for i := range n {
-		recs = append(recs, &bridge.ConsumedRecord{Topic: "t", Partition: int32(i % 2), Offset: int64(i), Timestamp: time.UnixMilli(1), Value: fmt.Appendf(nil, "v%d", i)})
+		recs = append(recs, &bridge.ConsumedRecord{Topic: "t", Partition: int32(i % 2), Offset: int64(i), Timestamp: time.UnixMilli(1), Value: fmt.Appendf(nil, "v%d", i), Assignment: asg[i%2]})
 	}
 	return recs
 }
@@ -405,7 +438,7 @@ func TestConsumeWriteBurst(t *testing.T) {
 		client, ws, conn, count := burstPair(t)
 		a := NewAPI(APIConfig{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 		c := &consumeConn{sock: newSock(ws, conn, 1<<20, time.Minute), a: a, batchSize: batchSize,
-			written: map[topicPartition]int64{}, committed: map[topicPartition]int64{}}
+			parts: map[topicPartition]*sentState{}}
 		return c, client, count
 	}
 	t.Run("records waiting go out in one write", func(t *testing.T) {
@@ -427,8 +460,8 @@ func TestConsumeWriteBurst(t *testing.T) {
 				t.Fatalf("frame %d: %s, want %s", i, f, want)
 			}
 		}
-		if c.written[topicPartition{"t", 0}] != 4 || c.written[topicPartition{"t", 1}] != 5 {
-			t.Fatalf("written %v", c.written)
+		if p0, p1 := c.parts[topicPartition{"t", 0}], c.parts[topicPartition{"t", 1}]; p0.last != 4 || p1.last != 5 {
+			t.Fatalf("written %+v, %+v", *p0, *p1)
 		}
 	})
 	t.Run("stops at a short batch", func(t *testing.T) {

@@ -126,8 +126,12 @@ func decodeProduceFrame(data []byte, topic string, keyType, valType format) (*br
 		}
 		// The id waits with the record for Kafka's answer: a copy of its
 		// own, as on the slow path, so that it does not keep the whole
-		// frame alive meanwhile.
-		return buildRecord(topic, keyType, valType, key, value, headers, bytes.Clone(in.messageID))
+		// frame alive meanwhile. One too long is refused, not copied.
+		id := in.messageID
+		if len(id) <= maxMessageIDBytes {
+			id = bytes.Clone(id)
+		}
+		return buildRecord(topic, keyType, valType, key, value, headers, id)
 	}
 	return decodeProduceFrameJSON(data, topic, keyType, valType)
 }
@@ -157,6 +161,9 @@ func decodeProduceFrameJSON(data []byte, topic string, keyType, valType format) 
 // frame's fields one by one rather than an *inFrame so that the fast
 // path's key and value can stay on the stack.
 func buildRecord(topic string, keyType, valType format, key, value *inValue, headers []inHeader, messageID json.RawMessage) (*bridge.Record, json.RawMessage, *frameError) {
+	if len(messageID) > maxMessageIDBytes {
+		return nil, nil, invalid("invalid produce message: messageId is %d bytes of JSON, longer than the %d allowed", len(messageID), maxMessageIDBytes)
+	}
 	id := validID(messageID)
 	rec := &bridge.Record{Topic: topic}
 	var err *frameError
@@ -203,11 +210,21 @@ func buildRecord(topic string, keyType, valType format, key, value *inValue, hea
 	return rec, id, nil
 }
 
-// validID keeps a messageId only if it is a JSON string or number; other
-// values are not echoed back.
+// maxMessageIDBytes bounds the ids clients choose: a produce frame's
+// messageId (its JSON text) and a commit's wsProxyMessageId. A produce
+// socket holds each messageId until its record's result is written, up to
+// websocket.max_inflight of them, and a consume socket holds the id of
+// each commit it refuses until the error frame is written; ids as large as
+// a frame would multiply the frame limit by those counts. A
+// wsProxyMessageId the server sends is a topic name (at most 249 bytes)
+// and three numbers.
+const maxMessageIDBytes = 1024
+
+// validID keeps a messageId only if it is a JSON string or number of at
+// most maxMessageIDBytes; other values are not echoed back.
 func validID(raw json.RawMessage) json.RawMessage {
 	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) || !json.Valid(raw) {
+	if len(raw) == 0 || len(raw) > maxMessageIDBytes || bytes.Equal(raw, []byte("null")) || !json.Valid(raw) {
 		return nil
 	}
 	if raw[0] == '"' || raw[0] == '-' || (raw[0] >= '0' && raw[0] <= '9') {

@@ -21,6 +21,7 @@ func TestDecodeProduceFrame(t *testing.T) {
 		wantValue []byte
 		wantID    string
 		wantCode  int
+		wantMsg   string
 	}{
 		{name: "kpmeen shape", frame: `{"headers":[{"key":"h1","value":"v1"}],"key":{"value":"foo","format":"string"},"value":{"value":"bar","format":"string"},"messageId":"m1"}`,
 			wantKey: []byte("foo"), wantValue: []byte("bar"), wantID: `"m1"`},
@@ -38,6 +39,14 @@ func TestDecodeProduceFrame(t *testing.T) {
 		{name: "bad base64", frame: `{"value":{"value":"!!","format":"base64"}}`, wantCode: CodeInvalidPayload},
 		{name: "wrong field type keeps id", frame: `{"headers":"x","messageId":"z"}`, wantCode: CodeInvalidPayload, wantID: `"z"`},
 		{name: "header without key", frame: `{"headers":[{"value":"v"}]}`, wantCode: CodeInvalidPayload},
+		{name: "messageId at the limit", frame: `{"value":{"value":"v"},"messageId":"` + longID(maxMessageIDBytes) + `"}`,
+			wantValue: []byte("v"), wantID: `"` + longID(maxMessageIDBytes) + `"`},
+		{name: "messageId over the limit", frame: `{"value":{"value":"v"},"messageId":"` + longID(maxMessageIDBytes+1) + `"}`,
+			wantCode: CodeInvalidPayload, wantMsg: "1024"},
+		{name: "messageId over the limit, slow path", frame: `{"extra":1,"messageId":` + strings.Repeat("9", 4<<20) + `}`,
+			wantCode: CodeInvalidPayload, wantMsg: "1024"},
+		{name: "messageId over the limit not echoed with another error", frame: `{"headers":"x","messageId":"` + longID(maxMessageIDBytes+1) + `"}`,
+			wantCode: CodeInvalidPayload},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rec, id, ferr := decodeProduceFrame([]byte(tc.frame), "t", tc.key, tc.val)
@@ -45,8 +54,8 @@ func TestDecodeProduceFrame(t *testing.T) {
 				t.Errorf("messageId %s, want %s", id, tc.wantID)
 			}
 			if tc.wantCode != 0 {
-				if ferr == nil || ferr.code != tc.wantCode {
-					t.Fatalf("error %v, want code %d", ferr, tc.wantCode)
+				if ferr == nil || ferr.code != tc.wantCode || !strings.Contains(ferr.msg, tc.wantMsg) {
+					t.Fatalf("error %v, want code %d saying %q", ferr, tc.wantCode, tc.wantMsg)
 				}
 				return
 			}
@@ -59,6 +68,10 @@ func TestDecodeProduceFrame(t *testing.T) {
 		})
 	}
 }
+
+// longID is the JSON text of a string messageId n bytes long, quotes
+// included, without them.
+func longID(n int) string { return strings.Repeat("x", n-2) }
 
 func TestHeadersBase64(t *testing.T) {
 	rec, _, ferr := decodeProduceFrame([]byte(`{"headers":[{"key":"a","value":"x"},{"key":"b","value":"AP8=","format":"base64"}],"value":{"value":"v"}}`), "t", formatString, formatString)

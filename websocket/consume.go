@@ -35,14 +35,23 @@ type consumeConn struct {
 	enc  []byte                   // the frame being encoded
 	sent []*bridge.ConsumedRecord // records written in the current burst
 
-	mu        sync.Mutex
-	written   map[topicPartition]int64 // last offset written to the socket
-	committed map[topicPartition]int64 // last offset the client committed
+	mu    sync.Mutex
+	parts map[topicPartition]*sentState
 }
 
 type topicPartition struct {
 	topic     string
 	partition int32
+}
+
+// sentState is what the socket wrote of one partition under its latest
+// assignment. Commits go to that assignment, which refuses offsets from
+// before it: those would move the group's offset back over what another
+// member committed while it owned the partition.
+type sentState struct {
+	asg       *bridge.Assignment
+	last      int64 // the last offset written under asg
+	committed int64 // the last offset Kafka confirmed committed for the client; -1 for none
 }
 
 // frameQueue holds control frames (commit acknowledgements and errors) for
@@ -194,8 +203,7 @@ func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
 		commitAck:  ack,
 		batchSize:  batchSize,
 		ctrl:       frameQueue{notify: make(chan struct{}, 1)},
-		written:    map[topicPartition]int64{},
-		committed:  map[topicPartition]int64{},
+		parts:      map[topicPartition]*sentState{},
 	}
 	for _, t := range topics {
 		c.topics[t] = true
@@ -220,6 +228,7 @@ func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
 			a.metrics.pauses.Inc()
 		}
 	}
+	cc.OnError = c.consumerError
 	log := a.log.With("client_id", clientID, "group", groupID, "topics", topics)
 	c.consumer, err = bridge.NewConsumer(cc, log.With("component", "kafka-consumer"))
 	if err != nil {
@@ -265,10 +274,31 @@ func (c *consumeConn) fail(id string, code int, msg string) {
 	c.ctrl.push(consumeError{ID: id, Error: errorBody{Code: code, Message: msg}})
 }
 
+// consumerError tells the client why its consumer cannot read (a topic
+// deleted or not readable any more); the consumer calls it from its poll
+// goroutine, at most every few seconds for each kind of error.
+func (c *consumeConn) consumerError(err error) {
+	code := CodeKafka
+	switch {
+	case errors.Is(err, bridge.ErrNoSuchTopic):
+		code = CodeUnknownTopic
+	case errors.Is(err, bridge.ErrAccessDenied):
+		code = CodeForbidden
+	}
+	c.fail("", code, err.Error())
+}
+
 // commit handles one client frame: {"wsProxyMessageId": "..."}.
 func (c *consumeConn) commit(data []byte) {
 	var f commitFrame
-	if err := json.Unmarshal(data, &f); err != nil || f.ID == "" {
+	err := json.Unmarshal(data, &f)
+	if len(f.ID) > maxMessageIDBytes {
+		// Not echoed: error frames wait in the control queue, whose
+		// length, not size, bounds what a socket holds.
+		c.fail("", CodeInvalidPayload, fmt.Sprintf("invalid wsProxyMessageId: %d bytes, longer than any this server sends (at most %d)", len(f.ID), maxMessageIDBytes))
+		return
+	}
+	if err != nil || f.ID == "" {
 		c.fail(f.ID, CodeInvalidPayload, `invalid commit message: expected {"wsProxyMessageId": "<id of a record received on this socket>"}`)
 		return
 	}
@@ -279,35 +309,44 @@ func (c *consumeConn) commit(data []byte) {
 	}
 	tp := topicPartition{topic, partition}
 	c.mu.Lock()
-	w, seen := c.written[tp]
-	last, done := c.committed[tp]
+	s := c.parts[tp]
 	switch {
-	case !c.topics[topic] || !seen || offset > w:
+	case !c.topics[topic] || s == nil || offset > s.last:
 		c.mu.Unlock()
 		c.fail(f.ID, CodeUnknownMessage, "unknown wsProxyMessageId: no such record was sent on this socket")
 		return
-	case done && offset <= last:
+	case offset <= s.committed:
 		c.mu.Unlock()
 		c.fail(f.ID, CodeUnknownMessage, "stale wsProxyMessageId: this record is already committed")
 		return
 	}
-	c.committed[tp] = offset
+	asg := s.asg
 	c.mu.Unlock()
 	id := f.ID
-	err := c.consumer.Commit(topic, partition, offset, func(err error) {
+	err = c.consumer.Commit(asg, offset, func(err error) {
 		switch {
 		case errors.Is(err, bridge.ErrNotAssigned):
-			c.fail(id, CodeUnknownMessage, "stale wsProxyMessageId: its partition was reassigned to another member of the group")
+			c.fail(id, CodeUnknownMessage, staleReassigned)
 		case err != nil:
+			// Not noted as committed: the client may send it again.
 			c.fail(id, CodeKafka, err.Error())
-		case c.commitAck:
-			c.ctrl.push(commitAck{Committed: committed{Topic: topic, Partition: partition, Offset: offset}})
+		default:
+			c.mu.Lock()
+			s.committed = max(s.committed, offset)
+			c.mu.Unlock()
+			if c.commitAck {
+				c.ctrl.push(commitAck{Committed: committed{Topic: topic, Partition: partition, Offset: offset}})
+			}
 		}
 	})
 	if err != nil {
-		c.fail(id, CodeUnknownMessage, "stale wsProxyMessageId: its partition was reassigned to another member of the group")
+		c.fail(id, CodeUnknownMessage, staleReassigned)
 	}
 }
+
+// staleReassigned answers a commit of a record whose partition a rebalance
+// took away after it was sent, even if one has given it back since.
+const staleReassigned = "stale wsProxyMessageId: its partition was reassigned by a rebalance since the record was sent (another member of the group may have read it and committed past it)"
 
 func (c *consumeConn) writer() {
 	defer close(c.writerOut)
@@ -415,12 +454,13 @@ func (c *consumeConn) writeBurst(batch []*bridge.ConsumedRecord, recs <-chan *br
 	c.sent = c.sent[:0]
 	c.beginBurst()
 	for frames := 1; ; frames++ {
-		if err = c.writeBatch(batch); err != nil {
+		// A short batch means the queue was empty a moment ago.
+		short := len(batch) < max(1, c.batchSize)
+		if batch, err = c.writeBatch(batch); err != nil {
 			break
 		}
 		c.sent = append(c.sent, batch...)
-		// A short batch means the queue was empty a moment ago.
-		if frames == maxBurstFrames || len(batch) < max(1, c.batchSize) {
+		if frames == maxBurstFrames || short {
 			break
 		}
 		if batch = c.fill(batch[:0], recs); len(batch) == 0 {
@@ -439,9 +479,7 @@ func (c *consumeConn) writeBurst(batch []*bridge.ConsumedRecord, recs <-chan *br
 	}
 	c.a.metrics.frames.WithLabelValues("out").Add(float64(len(c.sent)))
 	if c.autoCommit {
-		for _, r := range c.sent {
-			c.consumer.Store(r.Topic, r.Partition, r.Offset)
-		}
+		c.consumer.Store(c.sent)
 	}
 	clear(c.sent) // let the records go
 	return held, wait, nil
@@ -449,16 +487,35 @@ func (c *consumeConn) writeBurst(batch []*bridge.ConsumedRecord, recs <-chan *br
 
 // writeBatch writes one frame: a record, or an array of them when
 // batchSize > 1. The frame may wait in the burst: it is only on the socket
-// once endBurst succeeded.
-func (c *consumeConn) writeBatch(batch []*bridge.ConsumedRecord) error {
+// once endBurst succeeded. Records fetched under an assignment a rebalance
+// has ended are dropped: their partition's new owner reads them too, and
+// storing them could commit the group's offset back. It returns the
+// records it wrote, in batch's array.
+func (c *consumeConn) writeBatch(batch []*bridge.ConsumedRecord) ([]*bridge.ConsumedRecord, error) {
 	// Noted as written before the frame goes out: a client may commit a
 	// record the moment it arrives, before the burst has been flushed here.
 	// autoCommit still stores only after the flush succeeded.
+	n := 0
 	c.mu.Lock()
 	for _, r := range batch {
-		c.written[topicPartition{r.Topic, r.Partition}] = r.Offset
+		if !r.Assignment.Current() {
+			continue
+		}
+		tp := topicPartition{r.Topic, r.Partition}
+		s := c.parts[tp]
+		if s == nil || s.asg != r.Assignment {
+			s = &sentState{asg: r.Assignment, committed: -1}
+			c.parts[tp] = s
+		}
+		s.last = r.Offset
+		batch[n] = r
+		n++
 	}
 	c.mu.Unlock()
+	clear(batch[n:])
+	if batch = batch[:n]; n == 0 {
+		return batch, nil
+	}
 	if c.batchSize > 1 {
 		c.enc = appendRecords(c.enc[:0], batch, c.keyType, c.valType)
 	} else {
@@ -468,7 +525,7 @@ func (c *consumeConn) writeBatch(batch []*bridge.ConsumedRecord) error {
 	if cap(c.enc) > maxBurstBytes {
 		c.enc = nil // a rare large frame need not hold its memory for the socket's life
 	}
-	return err
+	return batch, err
 }
 
 // writeFrames writes control frames (commit acknowledgements, errors) in

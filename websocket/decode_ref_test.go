@@ -29,6 +29,9 @@ func decodeProduceFrameRef(data []byte, topic string, keyType, valType format) (
 		}
 		return nil, nil, invalid("invalid produce message: not a JSON object: %v", err)
 	}
+	if len(in.MessageID) > maxMessageIDBytes {
+		return nil, nil, invalid("invalid produce message: messageId is %d bytes of JSON, longer than the %d allowed", len(in.MessageID), maxMessageIDBytes)
+	}
 	id := validID(in.MessageID)
 	rec := &bridge.Record{Topic: topic}
 	var err *frameError

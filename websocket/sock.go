@@ -34,8 +34,12 @@ func newSock(ws *websocket.Conn, conn *burstConn, maxFrame int64, ping time.Dura
 		finish: make(chan struct{}), writerOut: make(chan struct{})}
 	ws.SetReadLimit(maxFrame)
 	ws.SetPongHandler(func(string) error {
-		if !s.closing.Load() {
-			_ = ws.SetReadDeadline(time.Now().Add(2 * ping))
+		// Set, then check, as armRead does: a requestClose between a
+		// check and the set would have its deadline (now) overwritten,
+		// and the reader would wait two ping intervals instead of stopping.
+		_ = ws.SetReadDeadline(time.Now().Add(2 * ping))
+		if s.closing.Load() {
+			_ = ws.SetReadDeadline(time.Now())
 		}
 		return nil
 	})

@@ -1,0 +1,273 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+func consumerCluster(t *testing.T, opts ...kfake.Opt) *kfake.Cluster {
+	t.Helper()
+	c, err := kfake.NewCluster(append([]kfake.Opt{kfake.NumBrokers(1), kfake.SeedTopics(1, "t")}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// produceTo appends n records to the single partition of topic t.
+func produceTo(t *testing.T, c *kfake.Cluster, n int) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.DefaultProduceTopic("t"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for range n {
+		if err := cl.ProduceSync(ctx, &kgo.Record{Value: []byte("v")}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func testConsumer(t *testing.T, c *kfake.Cluster, cfg ConsumerConfig) *Consumer {
+	t.Helper()
+	cfg.Bootstrap = c.ListenAddrs()[0]
+	if cfg.Topics == nil {
+		cfg.Topics = []string{"t"}
+	}
+	cfg.SessionTimeout = 6 * time.Second // quick rebalances
+	cons, err := NewConsumer(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cons.Close)
+	return cons
+}
+
+func nextRecords(t *testing.T, cons *Consumer, n int) []*ConsumedRecord {
+	t.Helper()
+	var recs []*ConsumedRecord
+	timeout := time.After(60 * time.Second)
+	for len(recs) < n {
+		select {
+		case r := <-cons.Records():
+			recs = append(recs, r)
+		case <-timeout:
+			t.Fatalf("%d of %d records", len(recs), n)
+		}
+	}
+	return recs
+}
+
+func commitNow(t *testing.T, cons *Consumer, r *ConsumedRecord) {
+	t.Helper()
+	done := make(chan error, 1)
+	if err := cons.Commit(r.Assignment, r.Offset, func(err error) { done <- err }); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// committedOffset is group's committed offset of partition 0 of topic t.
+func committedOffset(t *testing.T, c *kfake.Cluster, group string) int64 {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	req := kmsg.NewPtrOffsetFetchRequest()
+	req.Group = group
+	rt := kmsg.NewOffsetFetchRequestTopic()
+	rt.Topic, rt.Partitions = "t", []int32{0}
+	req.Topics = append(req.Topics, rt)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := req.RequestWith(ctx, cl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range resp.Groups {
+		for _, gt := range g.Topics {
+			for _, p := range gt.Partitions {
+				if gt.Topic == "t" && p.Partition == 0 {
+					return p.Offset
+				}
+			}
+		}
+	}
+	for _, rt := range resp.Topics {
+		for _, p := range rt.Partitions {
+			if rt.Topic == "t" && p.Partition == 0 {
+				return p.Offset
+			}
+		}
+	}
+	t.Fatalf("no offset for t[0] in %+v", resp)
+	return 0
+}
+
+// A record from an earlier assignment of a partition cannot commit the
+// group's offset back over what another member committed while it owned
+// the partition: not by Commit, nor by Store.
+func TestConsumerStaleCommitAfterRebalance(t *testing.T) {
+	c := consumerCluster(t)
+	produceTo(t, c, 10)
+	// The range assignor gives the one partition to the member whose id
+	// sorts first; Kafka member ids start with the client id.
+	a := testConsumer(t, c, ConsumerConfig{GroupID: "g", ClientID: "b-member"})
+	old := nextRecords(t, a, 10)
+	b := testConsumer(t, c, ConsumerConfig{GroupID: "g", ClientID: "a-member"})
+	nextRecords(t, b, 10) // from the start: nothing was committed
+	produceTo(t, c, 10)
+	commitNow(t, b, nextRecords(t, b, 10)[9])
+	b.Close()
+	produceTo(t, c, 1)
+	fresh := nextRecords(t, a, 1)[0]
+	if fresh.Offset != 20 {
+		t.Fatalf("back with the first member at offset %d, want 20, after the other's commit", fresh.Offset)
+	}
+	if old[5].Assignment.Current() || !fresh.Assignment.Current() {
+		t.Fatal("a record fetched before the partition moved away counts as current")
+	}
+	if err := a.Commit(old[5].Assignment, old[5].Offset, nil); !errors.Is(err, ErrNotAssigned) {
+		t.Fatalf("commit of a record from the first assignment: %v, want ErrNotAssigned", err)
+	}
+	if err := a.Commit(fresh.Assignment, 5, nil); !errors.Is(err, ErrNotAssigned) {
+		t.Fatalf("commit below the current assignment's start: %v, want ErrNotAssigned", err)
+	}
+	a.Store(old)
+	a.Close() // commits what is due
+	if off := committedOffset(t, c, "g"); off != 20 {
+		t.Fatalf("group offset %d after the first member's stale commits, want 20", off)
+	}
+}
+
+// A commit Kafka refused stays due: it is retried on the next commit
+// interval, without the caller asking again.
+func TestConsumerRetriesFailedCommit(t *testing.T) {
+	c := consumerCluster(t)
+	produceTo(t, c, 10)
+	cons := testConsumer(t, c, ConsumerConfig{GroupID: "g", ClientID: "m", CommitInterval: 100 * time.Millisecond})
+	recs := nextRecords(t, cons, 10)
+	// Kafka refuses the next commit (a control function applies once).
+	c.ControlKey(int16(kmsg.OffsetCommit), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		r := req.(*kmsg.OffsetCommitRequest)
+		resp := r.ResponseKind().(*kmsg.OffsetCommitResponse)
+		for _, rt := range r.Topics {
+			st := kmsg.NewOffsetCommitResponseTopic()
+			st.Topic = rt.Topic
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewOffsetCommitResponseTopicPartition()
+				sp.Partition = rp.Partition
+				sp.ErrorCode = kerr.TopicAuthorizationFailed.Code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+	done := make(chan error, 1)
+	if err := cons.Commit(recs[4].Assignment, recs[4].Offset, func(err error) { done <- err }); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err == nil {
+		t.Fatal("the refused commit succeeded")
+	}
+	for deadline := time.Now().Add(10 * time.Second); committedOffset(t, c, "g") != 5; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("group offset %d, want 5 once the commit was retried", committedOffset(t, c, "g"))
+		}
+	}
+}
+
+// Errors that stop the consumer reading its topics reach OnError, once
+// however often librdkafka repeats them.
+func TestConsumerReportsUnreadableTopics(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		topic string
+		setup func(c *kfake.Cluster)
+		want  error
+	}{
+		{name: "no such topic", topic: "absent", want: ErrNoSuchTopic},
+		{name: "not authorized", topic: "t", want: ErrAccessDenied, setup: func(c *kfake.Cluster) {
+			c.ControlKey(int16(kmsg.Fetch), func(req kmsg.Request) (kmsg.Response, error, bool) {
+				c.KeepControl()
+				r := req.(*kmsg.FetchRequest)
+				resp := r.ResponseKind().(*kmsg.FetchResponse)
+				for _, rt := range r.Topics {
+					st := kmsg.NewFetchResponseTopic()
+					st.Topic, st.TopicID = rt.Topic, rt.TopicID
+					for _, rp := range rt.Partitions {
+						sp := kmsg.NewFetchResponseTopicPartition()
+						sp.Partition = rp.Partition
+						sp.ErrorCode = kerr.TopicAuthorizationFailed.Code
+						sp.RecordBatches = []byte{} // librdkafka refuses a null one
+						st.Partitions = append(st.Partitions, sp)
+					}
+					resp.Topics = append(resp.Topics, st)
+				}
+				return resp, nil, true
+			})
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := consumerCluster(t)
+			produceTo(t, c, 1)
+			if tc.setup != nil {
+				tc.setup(c)
+			}
+			errs := make(chan error, 100)
+			testConsumer(t, c, ConsumerConfig{GroupID: "g", ClientID: "m", Topics: []string{tc.topic}, OnError: func(err error) { errs <- err }})
+			select {
+			case err := <-errs:
+				if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.topic) {
+					t.Fatalf("OnError(%v), want %v naming topic %q", err, tc.want, tc.topic)
+				}
+				t.Logf("reported: %v", err)
+			case <-time.After(30 * time.Second):
+				t.Fatal("no error reported")
+			}
+
+		})
+	}
+}
+
+// An error librdkafka keeps repeating reaches OnError once per errorEvery
+// for each kind.
+func TestConsumerReportsEachKindOnceInAWhile(t *testing.T) {
+	var got []error
+	c := &Consumer{cfg: ConsumerConfig{OnError: func(err error) { got = append(got, err) }},
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)), reported: map[kafka.ErrorCode]time.Time{}}
+	denied := kafka.NewError(kafka.ErrTopicAuthorizationFailed, "Fetch failed", false)
+	for range 3 {
+		c.report("reading t", denied)
+	}
+	c.report("reading u", kafka.NewError(kafka.ErrUnknownTopicOrPart, "Subscribed topic not available", false))
+	c.report("reading t", kafka.NewError(kafka.ErrAllBrokersDown, "down", false)) // recovers on its own
+	if len(got) != 2 || !errors.Is(got[0], ErrAccessDenied) || !errors.Is(got[1], ErrNoSuchTopic) {
+		t.Fatalf("reported %v, want one of each kind", got)
+	}
+	c.reported[kafka.ErrTopicAuthorizationFailed] = time.Now().Add(-errorEvery)
+	c.report("reading t", denied)
+	if len(got) != 3 {
+		t.Fatalf("not reported again after %s", errorEvery)
+	}
+}

@@ -1,0 +1,318 @@
+package websocket
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/tributary-io/tributary/bridge"
+)
+
+// kafkaCluster is an in-process Kafka with one topic, "t", of one
+// partition.
+func kafkaCluster(t *testing.T) *kfake.Cluster {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "t"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// produceTo appends n records to topic t.
+func produceTo(t *testing.T, c *kfake.Cluster, n int) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.DefaultProduceTopic("t"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for range n {
+		if err := cl.ProduceSync(ctx, &kgo.Record{Value: []byte("v")}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// groupMember joins group g as client, reading topic t.
+func groupMember(t *testing.T, c *kfake.Cluster, client string) *bridge.Consumer {
+	t.Helper()
+	cons, err := bridge.NewConsumer(bridge.ConsumerConfig{Bootstrap: c.ListenAddrs()[0], GroupID: "g", ClientID: client,
+		Topics: []string{"t"}, SessionTimeout: 6 * time.Second}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cons.Close)
+	return cons
+}
+
+func nextRecords(t *testing.T, cons *bridge.Consumer, n int) []*bridge.ConsumedRecord {
+	t.Helper()
+	var recs []*bridge.ConsumedRecord
+	timeout := time.After(60 * time.Second)
+	for len(recs) < n {
+		select {
+		case r := <-cons.Records():
+			recs = append(recs, r)
+		case <-timeout:
+			t.Fatalf("%d of %d records", len(recs), n)
+		}
+	}
+	return recs
+}
+
+// committedOffset is group g's committed offset of t[0].
+func committedOffset(t *testing.T, c *kfake.Cluster) int64 {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	req := kmsg.NewPtrOffsetFetchRequest()
+	req.Group = "g"
+	rt := kmsg.NewOffsetFetchRequestTopic()
+	rt.Topic, rt.Partitions = "t", []int32{0}
+	req.Topics = append(req.Topics, rt)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := req.RequestWith(ctx, cl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range resp.Groups {
+		for _, gt := range g.Topics {
+			for _, p := range gt.Partitions {
+				if gt.Topic == "t" && p.Partition == 0 {
+					return p.Offset
+				}
+			}
+		}
+	}
+	for _, rt := range resp.Topics {
+		for _, p := range rt.Partitions {
+			if rt.Topic == "t" && p.Partition == 0 {
+				return p.Offset
+			}
+		}
+	}
+	t.Fatalf("no offset for t[0] in %+v", resp)
+	return 0
+}
+
+// movedAndBack plays a rebalance that takes t[0] from member a and gives
+// it back: a reads records 0-9, member b takes the partition and commits
+// up to 20, and leaves. It returns the records a read before (its old
+// ones) and a's first record of the partition since, at offset 20.
+// written runs with the old records before b joins.
+func movedAndBack(t *testing.T, c *kfake.Cluster, a *bridge.Consumer, written func(old []*bridge.ConsumedRecord)) (old []*bridge.ConsumedRecord, fresh *bridge.ConsumedRecord) {
+	t.Helper()
+	produceTo(t, c, 10)
+	old = nextRecords(t, a, 10)
+	written(old)
+	// The range assignor gives the one partition to the member whose id
+	// sorts first; Kafka member ids start with the client id.
+	b := groupMember(t, c, "a-member")
+	nextRecords(t, b, 10) // from the start: nothing was committed
+	produceTo(t, c, 10)
+	last := nextRecords(t, b, 10)[9]
+	done := make(chan error, 1)
+	if err := b.Commit(last.Assignment, last.Offset, func(err error) { done <- err }); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	produceTo(t, c, 1)
+	fresh = nextRecords(t, a, 1)[0]
+	if fresh.Offset != 20 {
+		t.Fatalf("back with the first member at offset %d, want 20, after the other's commit", fresh.Offset)
+	}
+	return old, fresh
+}
+
+// testConsume is a /socket/out socket over cons, without its HTTP
+// handler and goroutines: the test calls writeBurst and commit itself.
+func testConsume(t *testing.T, cons *bridge.Consumer, autoCommit bool) (*consumeConn, *websocket.Conn) {
+	t.Helper()
+	client, ws, conn, _ := burstPair(t)
+	a := NewAPI(APIConfig{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	return &consumeConn{sock: newSock(ws, conn, 1<<20, time.Minute), a: a, consumer: cons, topics: map[string]bool{"t": true},
+		autoCommit: autoCommit, commitAck: true, ctrl: frameQueue{notify: make(chan struct{}, 1)},
+		parts: map[topicPartition]*sentState{}}, client
+}
+
+// write writes recs to the socket as the writer would.
+func write(t *testing.T, c *consumeConn, recs []*bridge.ConsumedRecord) {
+	t.Helper()
+	if _, _, err := c.writeBurst(append([]*bridge.ConsumedRecord(nil), recs...), nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func commitFrameFor(r *bridge.ConsumedRecord) []byte {
+	return fmt.Appendf(nil, `{"wsProxyMessageId":"%s-%d-%d-%d"}`, r.Topic, r.Partition, r.Offset, r.Timestamp.UnixMilli())
+}
+
+// controlFrame waits for the one control frame the socket queued.
+func controlFrame(t *testing.T, c *consumeConn) string {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		switch items := c.ctrl.take(); len(items) {
+		case 0:
+			continue
+		case 1:
+			b, err := json.Marshal(items[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			return string(b)
+		default:
+			t.Fatalf("%d control frames, want 1: %+v", len(items), items)
+		}
+	}
+	t.Fatal("no control frame")
+	return ""
+}
+
+// A client's commit of a record it received before a rebalance took the
+// record's partition away, and gave it back, is stale: committing it would
+// move the group's offset back over what the other member committed.
+func TestConsumeStaleCommitAfterRebalance(t *testing.T) {
+	c := kafkaCluster(t)
+	a := groupMember(t, c, "b-member")
+	s, _ := testConsume(t, a, false)
+	old, fresh := movedAndBack(t, c, a, func(old []*bridge.ConsumedRecord) { write(t, s, old) })
+	write(t, s, []*bridge.ConsumedRecord{fresh})
+	s.commit(commitFrameFor(old[5]))
+	if f := controlFrame(t, s); !strings.Contains(f, `"code":40402`) || !strings.Contains(f, "rebalance") || !strings.Contains(f, `"t-0-5-`) {
+		t.Fatalf("commit of a record from before the rebalance: %s, want error 40402 naming the rebalance", f)
+	}
+	s.commit(commitFrameFor(fresh))
+	if f := controlFrame(t, s); f != `{"committed":{"topic":"t","partition":0,"offset":20}}` {
+		t.Fatalf("commit of the record since: %s", f)
+	}
+	if off := committedOffset(t, c); off != 21 {
+		t.Fatalf("group offset %d, want 21", off)
+	}
+}
+
+// With autoCommit, records fetched before a rebalance took their partition
+// away, and still waiting for the writer when it came back, are neither
+// sent (the other member read them too) nor committed.
+func TestConsumeDropsRecordsOfAnEndedAssignment(t *testing.T) {
+	c := kafkaCluster(t)
+	a := groupMember(t, c, "b-member")
+	s, client := testConsume(t, a, true)
+	old, _ := movedAndBack(t, c, a, func([]*bridge.ConsumedRecord) {})
+	write(t, s, old)
+	if err := s.writeText([]byte(`"end"`)); err != nil {
+		t.Fatal(err)
+	}
+	if f := readFrames(t, client, 1)[0]; f != `"end"` {
+		t.Fatalf("the socket sent %s, a record it had read before the partition moved away", f)
+	}
+	a.Close() // commits what was stored
+	if off := committedOffset(t, c); off != 20 {
+		t.Fatalf("group offset %d, want the other member's 20", off)
+	}
+}
+
+// A commit Kafka failed may be sent again: it is not taken for committed.
+func TestConsumeCommitAgainAfterFailure(t *testing.T) {
+	c := kafkaCluster(t)
+	produceTo(t, c, 10)
+	cons := groupMember(t, c, "m")
+	s, _ := testConsume(t, cons, false)
+	recs := nextRecords(t, cons, 10)
+	write(t, s, recs)
+	// Kafka refuses the next commit.
+	c.ControlKey(int16(kmsg.OffsetCommit), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		r := req.(*kmsg.OffsetCommitRequest)
+		resp := r.ResponseKind().(*kmsg.OffsetCommitResponse)
+		for _, rt := range r.Topics {
+			st := kmsg.NewOffsetCommitResponseTopic()
+			st.Topic = rt.Topic
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewOffsetCommitResponseTopicPartition()
+				sp.Partition = rp.Partition
+				sp.ErrorCode = kerr.TopicAuthorizationFailed.Code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+	s.commit(commitFrameFor(recs[4]))
+	if f := controlFrame(t, s); !strings.Contains(f, `"code":50002`) {
+		t.Fatalf("refused commit: %s, want error 50002", f)
+	}
+	s.commit(commitFrameFor(recs[4]))
+	if f := controlFrame(t, s); f != `{"committed":{"topic":"t","partition":0,"offset":4}}` {
+		t.Fatalf("the same commit again: %s, want it acknowledged", f)
+	}
+	s.commit(commitFrameFor(recs[4]))
+	if f := controlFrame(t, s); !strings.Contains(f, `"code":40402`) || !strings.Contains(f, "already committed") {
+		t.Fatalf("a third time: %s, want error 40402, already committed", f)
+	}
+}
+
+// A commit frame's wsProxyMessageId is not echoed when it is longer than
+// any the server sends, so that refused commits waiting to be answered
+// hold little memory.
+func TestConsumeCommitIDLimit(t *testing.T) {
+	a := NewAPI(APIConfig{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c := &consumeConn{a: a, topics: map[string]bool{"t": true}, ctrl: frameQueue{notify: make(chan struct{}, 1)}, parts: map[topicPartition]*sentState{}}
+	long := "t-0-1-" + strings.Repeat("1", 4<<20)
+	for _, frame := range []string{
+		`{"wsProxyMessageId":"` + long + `"}`,
+		`{"wsProxyMessageId":"` + long + `","wsProxyMessageId":5}`, // a type error after the id
+	} {
+		c.commit([]byte(frame))
+		f := controlFrame(t, c)
+		if len(f) > 500 || !strings.Contains(f, `"code":42205`) || !strings.Contains(f, "1024") {
+			t.Fatalf("%d-byte answer %.200s, want error 42205 naming the limit, without the id", len(f), f)
+		}
+	}
+	// Within the limit, an unknown id is echoed.
+	c.commit([]byte(`{"wsProxyMessageId":"t-0-1-2"}`))
+	if f := controlFrame(t, c); !strings.Contains(f, `"wsProxyMessageId":"t-0-1-2"`) || !strings.Contains(f, `"code":40402`) {
+		t.Fatalf("unknown id: %s", f)
+	}
+}
+
+// Errors that stop the consumer reading reach the client as error frames.
+func TestConsumeErrorFrames(t *testing.T) {
+	a := NewAPI(APIConfig{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c := &consumeConn{a: a, ctrl: frameQueue{notify: make(chan struct{}, 1)}}
+	for _, tc := range []struct {
+		err  error
+		code int
+	}{
+		{fmt.Errorf("reading t: %w: x", bridge.ErrNoSuchTopic), CodeUnknownTopic},
+		{fmt.Errorf("reading t: %w: x", bridge.ErrAccessDenied), CodeForbidden},
+		{errors.New("taking partitions [t[0]] assigned by the group: x"), CodeKafka},
+	} {
+		c.consumerError(tc.err)
+		want := fmt.Sprintf(`{"error":{"code":%d,"message":%q}}`, tc.code, tc.err.Error())
+		if f := controlFrame(t, c); f != want {
+			t.Fatalf("frame %s, want %s", f, want)
+		}
+	}
+}
