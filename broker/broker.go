@@ -163,9 +163,17 @@ func (h mochiLogHandler) WithGroup(name string) slog.Handler {
 	return mochiLogHandler{h.Handler.WithGroup(name)}
 }
 
-// Start binds the configured listeners and starts serving. A bind failure
+// Start binds the configured listeners and starts serving. A failure
 // closes whatever was bound and is returned.
-func (b *Broker) Start() error {
+func (b *Broker) Start() (err error) {
+	defer func() {
+		if err != nil {
+			for _, l := range b.lns {
+				l.Close()
+			}
+			b.lns = nil
+		}
+	}()
 	type spec struct {
 		id, addr string
 		ws, tls  bool
@@ -184,9 +192,6 @@ func (b *Broker) Start() error {
 		}
 		ln, err := net.Listen("tcp", s.addr)
 		if err != nil {
-			for _, l := range b.lns {
-				l.Close()
-			}
 			return fmt.Errorf("starting MQTT listener %s on %s: %w", s.id, s.addr, err)
 		}
 		b.lns = append(b.lns, ln)
