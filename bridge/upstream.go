@@ -145,6 +145,8 @@ func NewUpstreams(cfgs []UpstreamConfig, p UpstreamProducer, mapper *mapping.Map
 			m:       us.metrics.forUpstream(c.Name),
 			closing: make(chan struct{}),
 			seed:    maphash.MakeSeed(),
+
+			refusedLog: LogEvery{Interval: 10 * time.Second},
 		}
 		u.ctx, u.cancel = context.WithCancel(context.Background())
 		u.produceCtx, u.stopProducing = context.WithCancel(context.Background())
@@ -263,6 +265,10 @@ type upstream struct {
 	draining      atomic.Bool
 	connected     atomic.Bool
 	everConnected atomic.Bool
+	// refusedLog limits the log line of records Kafka refuses for good: a
+	// misconfiguration (a missing topic, an ACL) refuses every message of
+	// a feed, which the metric counts.
+	refusedLog LogEvery
 
 	mu      sync.Mutex
 	lastErr string
@@ -782,7 +788,9 @@ func (c *conn) complete(e *inflight) {
 	u.m.failed.WithLabelValues(u.cfg.Name, failReason(e.err)).Inc()
 	if Permanent(e.err) {
 		// It can never succeed; holding its ack would stall the feed.
-		u.log.Error("message dropped: Kafka refused the record for good", "topic", e.msg.Topic(), "error", e.err)
+		if u.refusedLog.Allow() {
+			u.log.Error("messages dropped: Kafka refused the record for good (logged at most every 10s; tributary_upstream_records_failed_total counts them)", "topic", e.msg.Topic(), "error", e.err)
+		}
 		c.ack(e.msg)
 		return
 	}

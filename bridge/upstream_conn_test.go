@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -516,5 +517,24 @@ func TestUpstreamSessionNotPresentWarning(t *testing.T) {
 				t.Fatalf("connect logged as\n%s\nwant %q", line, tc.want)
 			}
 		})
+	}
+}
+
+// Records Kafka refuses for good are acknowledged (holding them would
+// stall the feed) and counted, and a feed of them logs one line per
+// interval, not one per message.
+func TestUpstreamRefusedRecordsLoggedOnceInAWhile(t *testing.T) {
+	p := &fakeProducer{err: fmt.Errorf("producing: %w", ErrUnknownTopic)}
+	var logs syncBuffer
+	_, u := upstreamForTest(t, UpstreamConfig{}, p, slog.New(slog.NewTextHandler(&logs, nil)))
+	c, _, acks := connForTest(t, u)
+	for id := uint16(1); id <= 5; id++ {
+		c.handle(nil, &upMessage{topic: "d/1", payload: []byte("m"), qos: 1, id: id})
+		if got := nextAck(t, acks); got != id {
+			t.Fatalf("PUBACK %d, want %d", got, id)
+		}
+	}
+	if n := len(logs.lines("Kafka refused the record for good")); n != 1 {
+		t.Fatalf("%d log lines for 5 refused records, want 1", n)
 	}
 }
