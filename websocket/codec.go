@@ -164,6 +164,11 @@ func buildRecord(topic string, keyType, valType format, key, value *inValue, hea
 	if len(messageID) > maxMessageIDBytes {
 		return nil, nil, invalid("invalid produce message: messageId is %d bytes of JSON, longer than the %d allowed", len(messageID), maxMessageIDBytes)
 	}
+	if !utf8.Valid(messageID) {
+		// Echoed as it came in a text frame, which must be UTF-8: a
+		// browser would fail the whole socket (1007) on the result.
+		return nil, nil, invalid("invalid produce message: messageId is not valid UTF-8")
+	}
 	id := validID(messageID)
 	rec := &bridge.Record{Topic: topic}
 	var err *frameError
@@ -221,10 +226,10 @@ func buildRecord(topic string, keyType, valType format, key, value *inValue, hea
 const maxMessageIDBytes = 1024
 
 // validID keeps a messageId only if it is a JSON string or number of at
-// most maxMessageIDBytes; other values are not echoed back.
+// most maxMessageIDBytes, in UTF-8; other values are not echoed back.
 func validID(raw json.RawMessage) json.RawMessage {
 	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 || len(raw) > maxMessageIDBytes || bytes.Equal(raw, []byte("null")) || !json.Valid(raw) {
+	if len(raw) == 0 || len(raw) > maxMessageIDBytes || bytes.Equal(raw, []byte("null")) || !json.Valid(raw) || !utf8.Valid(raw) {
 		return nil
 	}
 	if raw[0] == '"' || raw[0] == '-' || (raw[0] >= '0' && raw[0] <= '9') {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"math"
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/tributary-io/tributary/bridge"
 )
@@ -31,6 +32,9 @@ func decodeProduceFrameRef(data []byte, topic string, keyType, valType format) (
 	}
 	if len(in.MessageID) > maxMessageIDBytes {
 		return nil, nil, invalid("invalid produce message: messageId is %d bytes of JSON, longer than the %d allowed", len(in.MessageID), maxMessageIDBytes)
+	}
+	if !utf8.Valid(in.MessageID) {
+		return nil, nil, invalid("invalid produce message: messageId is not valid UTF-8")
 	}
 	id := validID(in.MessageID)
 	rec := &bridge.Record{Topic: topic}
