@@ -332,9 +332,17 @@ func (c *Config) Validate() error {
 	if c.Kafka.FlushTimeout <= 0 {
 		add("kafka.flush_timeout %s: must be positive", c.Kafka.FlushTimeout)
 	}
-	for k := range c.Kafka.Properties {
-		if k == "bootstrap.servers" {
+	for k, v := range c.Kafka.Properties {
+		switch {
+		case k == "bootstrap.servers":
 			add("kafka.properties.bootstrap.servers: set kafka.bootstrap (--kafka-bootstrap) instead")
+		case k == "partition.assignment.strategy" && strings.Contains(v, "cooperative"):
+			// The WebSocket consumers take and give back whole
+			// assignments at each rebalance (eager); incremental
+			// rebalancing would need the other half of that protocol.
+			add("kafka.properties.partition.assignment.strategy %q: cooperative rebalancing is not supported by the WebSocket consumers; use range or roundrobin", v)
+		case k == "group.protocol" && v != "classic":
+			add("kafka.properties.group.protocol %q: only the classic consumer group protocol is supported by the WebSocket consumers", v)
 		}
 	}
 	switch c.Log.Level {

@@ -304,3 +304,25 @@ func TestRatesMustBeFinite(t *testing.T) {
 		}
 	}
 }
+
+// librdkafka settings the WebSocket consumers cannot work with are
+// refused at start-up, naming the key and value, rather than breaking
+// the first rebalance.
+func TestUnsupportedConsumerProperties(t *testing.T) {
+	for _, tc := range []struct {
+		yaml string
+		want string
+	}{
+		{"kafka:\n  properties:\n    partition.assignment.strategy: cooperative-sticky\n", `partition.assignment.strategy "cooperative-sticky"`},
+		{"kafka:\n  properties:\n    group.protocol: consumer\n", `group.protocol "consumer"`},
+	} {
+		_, _, err := Load(Options{Args: []string{"--config", writeFile(t, tc.yaml)}})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error naming %s", tc.yaml, err, tc.want)
+		}
+	}
+	ok := "kafka:\n  properties:\n    partition.assignment.strategy: roundrobin\n    group.protocol: classic\n"
+	if _, _, err := Load(Options{Args: []string{"--config", writeFile(t, ok)}}); err != nil {
+		t.Errorf("eager assignment and the classic protocol refused: %v", err)
+	}
+}
