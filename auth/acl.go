@@ -108,9 +108,11 @@ func (r *mqttRule) compile(topic string) string {
 
 // substitutable reports whether a username or client id may stand for %u
 // or %c: an empty one, or one with a wildcard or level separator (or a
-// Kafka glob star), would widen or shift what the rule grants.
+// Kafka glob star), would widen or shift what the rule grants, and one
+// starting with '$' would reach the broker's own $-topics ($SYS) through
+// a rule such as %c/#.
 func substitutable(s string) bool {
-	return s != "" && !strings.ContainsAny(s, "+#/*")
+	return s != "" && s[0] != '$' && !strings.ContainsAny(s, "+#/*")
 }
 
 // covers reports whether every topic that filter matches is matched by the

@@ -99,6 +99,8 @@ func TestMQTTRuleSubstitution(t *testing.T) {
 		{"anonymous", "devices/%u/#", "devices//x", "", "c1", false},
 		{"empty client id", "clients/%c/x", "clients//x", "dev", "", false},
 		{"subscription + is not the user", "devices/%u/#", "devices/+/#", "dev", "c1", false},
+		{"client id $SYS into $-topics", "%c/#", "$SYS/broker/version", "dev", "$SYS", false},
+		{"username $SYS into $-topics", "%u/#", "$SYS/#", "$SYS", "c1", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
