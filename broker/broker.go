@@ -93,7 +93,7 @@ func New(cfg Config, producer Producer, mapper *mapping.Mapper, log *slog.Logger
 	caps.TopicAliasMaximum = 16
 	server := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
-		Logger:       slog.New(mochiLogHandler{log.With("component", "mqtt").Handler()}),
+		Logger:       slog.New(newMochiLogHandler(log.With("component", "mqtt").Handler())),
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	reg := cfg.Registerer
@@ -142,25 +142,48 @@ func ClientCertUsername(from string) func(cl *mqtt.Client) (string, bool) {
 	}
 }
 
-// mochiLogHandler passes mochi's log on, except its debug line for every
-// packet a hook rejected: the ingest hook rejects every QoS 1 and 2 publish
-// on purpose (it acknowledges them itself once Kafka has them), so that
-// line would be one per message, carrying the whole packet and payload.
-type mochiLogHandler struct{ slog.Handler }
+// mochiLogHandler passes mochi's log on, except:
+//   - its debug line for every packet a hook rejected: a refused publish
+//     would be a line per message, carrying the whole packet and payload;
+//   - the packet in its warning for a packet that ended a connection (a
+//     publish refused by an ACL, an MQTT 5 protocol error): a client that
+//     reconnects and sends it again would copy payloads into the log. That
+//     warning is also logged at most every 10 seconds, across connections.
+type mochiLogHandler struct {
+	slog.Handler
+	packetErrors *bridge.LogEvery
+}
+
+func newMochiLogHandler(h slog.Handler) mochiLogHandler {
+	return mochiLogHandler{h, &bridge.LogEvery{Interval: 10 * time.Second}}
+}
 
 func (h mochiLogHandler) Handle(ctx context.Context, r slog.Record) error {
-	if r.Level == slog.LevelDebug && r.Message == "publish packet rejected" {
+	switch {
+	case r.Level == slog.LevelDebug && r.Message == "publish packet rejected":
 		return nil
+	case r.Message == "error processing packet":
+		if !h.packetErrors.Allow() {
+			return nil
+		}
+		out := slog.NewRecord(r.Time, r.Level, r.Message+" (logged at most every 10s)", r.PC)
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key != "pk" {
+				out.AddAttrs(a)
+			}
+			return true
+		})
+		return h.Handler.Handle(ctx, out)
 	}
 	return h.Handler.Handle(ctx, r)
 }
 
 func (h mochiLogHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	return mochiLogHandler{h.Handler.WithAttrs(as)}
+	return mochiLogHandler{h.Handler.WithAttrs(as), h.packetErrors}
 }
 
 func (h mochiLogHandler) WithGroup(name string) slog.Handler {
-	return mochiLogHandler{h.Handler.WithGroup(name)}
+	return mochiLogHandler{h.Handler.WithGroup(name), h.packetErrors}
 }
 
 // Start binds the configured listeners and starts serving. A failure

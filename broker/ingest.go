@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -80,7 +81,34 @@ func newIngest(ctx context.Context, server *mqtt.Server, producer Producer, mapp
 func (h *ingest) ID() string { return "tributary-ingest" }
 
 func (h *ingest) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnPublish, mqtt.OnSessionEstablished, mqtt.OnDisconnect}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnPublish, mqtt.OnSessionEstablished, mqtt.OnDisconnect}, []byte{b})
+}
+
+// OnConnect refuses a will topic that is not a topic a client may publish
+// to (wildcards, $SYS, empty): mochi stores and sends the will without
+// checking it, so a will on "a/#" would be retained under that name and
+// sent to subscribers, which must not get wildcards in a topic name. The
+// returned error ends the connection and is counted as a protocol
+// violation; MQTT 5 clients are told why first.
+func (h *ingest) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	if !pk.Connect.WillFlag {
+		return nil
+	}
+	topic := pk.Connect.WillTopic
+	if topic != "" && mqtt.IsValidFilter(topic, true) {
+		return nil
+	}
+	reason := fmt.Sprintf("will topic %q is not a topic name a client may publish to", topic)
+	if cl.Properties.ProtocolVersion == 5 {
+		ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}, ReasonCode: packets.ErrTopicNameInvalid.Code}
+		ack.Properties.ReasonString = reason
+		if err := cl.WritePacket(ack); err != nil {
+			h.log.Debug("writing a refusing CONNACK", "client", cl.ID, "error", err)
+		}
+	}
+	// MQTT 3.1.1 has no return code for it: a malformed CONNECT closes
+	// the connection without a CONNACK [MQTT-3.1.4-1].
+	return packets.Code{Code: packets.ErrProtocolViolation.Code, Reason: reason}
 }
 
 func (h *ingest) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
