@@ -124,6 +124,8 @@ func parseUsers(path string, data []byte) (*Users, error) {
 			p.addf(append(at, "username"), "a username is required")
 		case strings.ContainsAny(e.Username, "+#/*"):
 			p.addf(append(at, "username"), "%q contains '+', '#', '/' or '*', which %%u in ACLs refuses to substitute", e.Username)
+		case strings.HasPrefix(e.Username, "$"):
+			p.addf(append(at, "username"), "%q starts with '$', which %%u in ACLs refuses to substitute", e.Username)
 		case u.users[e.Username] != nil:
 			p.addf(append(at, "username"), "%q is listed twice", e.Username)
 		}
@@ -156,6 +158,16 @@ func parseUsers(path string, data []byte) (*Users, error) {
 	}
 	if p.present("kafka_acls") {
 		u.kafka = buildRules(p, "kafka_acls", f.KafkaACLs, u.users, groups, compileKafkaRule)
+		// A user's consumer groups are <user> and <user>.<anything>: with
+		// users a and a.b, a could take and commit for a.b's groups.
+		for i, e := range f.Users {
+			for j := range len(e.Username) {
+				if e.Username[j] == '.' && u.users[e.Username[:j]] != nil {
+					p.addf([]any{"users", i, "username"}, "%q: with kafka_acls, user %q's consumer groups (%q and %q) include this user's; rename one of them", e.Username, e.Username[:j], e.Username[:j], e.Username[:j]+".…")
+					break
+				}
+			}
+		}
 	}
 	if len(p.errs) > 0 {
 		return nil, p.err()

@@ -73,6 +73,9 @@ func TestLoadUsersProblems(t *testing.T) {
 		{"bad bcrypt cost", "users:\n  - username: dev\n    password_hash: \"" + "$2a$99$" + hash[7:] + "\"\n", []string{"malformed bcrypt hash"}},
 		{"no username", "users:\n  - password_hash: \"" + hash + "\"\n", []string{"users.yaml:2: users[0].username: a username is required"}},
 		{"username with wildcard", "users:\n  - username: a+b\n", []string{"users[0].username: \"a+b\" contains"}},
+		{"username with $", "users:\n  - username: $SYS\n", []string{"users[0].username: \"$SYS\" starts with '$'"}},
+		{"a user's groups include another's", "users:\n  - username: alice\n  - username: alice.admin\nkafka_acls:\n  - user: alice\n    topic: t\n    access: all\n",
+			[]string{`users.yaml:3: users[1].username: "alice.admin": with kafka_acls, user "alice"'s consumer groups`}},
 		{"duplicate user", "users:\n  - username: dev\n  - username: dev\n", []string{"users.yaml:3: users[1].username: \"dev\" is listed twice"}},
 		{"empty group", "users:\n  - username: dev\n    groups: [\"\"]\n", []string{"users.yaml:3: users[0].groups[0]: user \"dev\": a group name must not be empty"}},
 		{"no selector", "users:\n  - username: dev\nacls:\n  - topic: a\n    access: all\n", []string{"users.yaml:4: acls[0]: a rule needs exactly one of user, group, anonymous: true, all: true (it has 0)"}},
@@ -371,4 +374,12 @@ func FuzzLoadUsers(f *testing.F) {
 			u.CanConsume(name, "t")
 		}
 	})
+}
+
+// Without kafka_acls consumer groups are not named per user, so users a
+// and a.b may both exist.
+func TestDottedUsersWithoutKafkaACLs(t *testing.T) {
+	if _, err := parseUsers("users.yaml", []byte("users:\n  - username: alice\n  - username: alice.admin\n")); err != nil {
+		t.Fatal(err)
+	}
 }
