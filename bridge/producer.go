@@ -139,6 +139,11 @@ type Producer struct {
 	topics  *topics
 	metrics *producerMetrics
 
+	// handles is read-locked by calls into librdkafka that outlive their
+	// caller (topic lookups, see topics.lookup); Close write-locks it
+	// before it destroys the handles they use.
+	handles sync.RWMutex
+
 	delivered   chan struct{} // signalled after each delivery report, for queue-full waits
 	outstanding atomic.Int64  // records produced whose handler has not run yet
 	ready       atomic.Bool
@@ -503,6 +508,7 @@ func (p *Producer) Close(ctx context.Context) {
 				"unacknowledged", left)
 		}
 		close(p.stop)
+		p.handles.Lock() // no lookup is left running; none can start
 		p.admin.Close()
 		for _, kp := range p.lanes {
 			kp.Close()

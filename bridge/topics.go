@@ -157,14 +157,38 @@ func (t *topics) lookup(ctx context.Context, topic string) error {
 	// means no timeout at all: never pass one.
 	wait := 10 * time.Second
 	if dl, ok := ctx.Deadline(); ok {
-		wait = time.Until(dl)
+		wait = min(wait, time.Until(dl))
 	}
 	if wait < time.Millisecond {
 		return fmt.Errorf("looking up Kafka topic %q: %w", topic, context.DeadlineExceeded)
 	}
-	md, err := t.p.admin.GetMetadata(&topic, false, int(wait/time.Millisecond))
-	if err != nil {
-		return fmt.Errorf("looking up Kafka topic %q: %w", topic, err)
+	// The call cannot be cancelled, so it runs on its own: a caller whose
+	// context ends (a publish at shutdown, while Kafka does not answer)
+	// returns at once instead of holding its client's read loop, and the
+	// broker's close, for the rest of the timeout. The producer's Close
+	// waits for such calls before it destroys the handle they use.
+	type answer struct {
+		md  *kafka.Metadata
+		err error
+	}
+	ch := make(chan answer, 1)
+	if !t.p.handles.TryRLock() {
+		return fmt.Errorf("looking up Kafka topic %q: %w", topic, ErrClosed)
+	}
+	go func() {
+		defer t.p.handles.RUnlock()
+		md, err := t.p.admin.GetMetadata(&topic, false, int(wait/time.Millisecond))
+		ch <- answer{md, err}
+	}()
+	var md *kafka.Metadata
+	select {
+	case a := <-ch:
+		if a.err != nil {
+			return fmt.Errorf("looking up Kafka topic %q: %w", topic, a.err)
+		}
+		md = a.md
+	case <-ctx.Done():
+		return fmt.Errorf("looking up Kafka topic %q: %w", topic, ctx.Err())
 	}
 	tm, ok := md.Topics[topic]
 	if !ok || tm.Error.Code() == kafka.ErrUnknownTopicOrPart || tm.Error.Code() == kafka.ErrUnknownTopic {

@@ -259,7 +259,12 @@ func (b *Broker) Serving() bool { return b.serving.Load() }
 // Drain stops taking new QoS 1 and 2 publishes into Kafka: from now on they
 // are left unacknowledged, so their clients keep and resend them. Records
 // already in flight still get their acknowledgements when Kafka confirms.
-func (b *Broker) Drain() { b.ingest.draining.Store(true) }
+// The broker reports itself not serving (/readyz) from here on.
+func (b *Broker) Drain() {
+	b.serving.Store(false) // /readyz: send new clients elsewhere
+	b.ingest.draining.Store(true)
+	b.ingest.stopProducing()
+}
 
 // Close stops the listeners and disconnects every client. Call Drain and
 // flush the producer first so in-flight acknowledgements reach clients.

@@ -49,9 +49,15 @@ type ingest struct {
 	// advertises to MQTT 5 clients.
 	maxPending int
 	draining   atomic.Bool
-	sessions   sync.Map // *mqtt.Client -> *session
-	writers    sync.WaitGroup
-	dropLog    bridge.LogEvery
+	// produceCtx ends at Drain: a publish still waiting to get into the
+	// producer then (for budget, or for a topic lookup Kafka does not
+	// answer) gives up and stays unacknowledged, so the client resends it,
+	// rather than holding its connection's read loop through shutdown.
+	produceCtx    context.Context
+	stopProducing context.CancelFunc
+	sessions      sync.Map // *mqtt.Client -> *session
+	writers       sync.WaitGroup
+	dropLog       bridge.LogEvery
 
 	publishLimits PublishLimits
 	limiters      sync.Map // *mqtt.Client -> *publishLimiter; used on the client's read goroutine only
@@ -71,6 +77,7 @@ func newIngest(ctx context.Context, server *mqtt.Server, producer Producer, mapp
 		dropLog:    bridge.LogEvery{Interval: 10 * time.Second},
 		limitLog:   bridge.LogEvery{Interval: 10 * time.Second},
 	}
+	h.produceCtx, h.stopProducing = context.WithCancel(ctx)
 	if h.maxPending == 0 { // no receive maximum advertised: the packet id space bounds it
 		h.maxPending = 65535
 	}
@@ -175,7 +182,7 @@ func (h *ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 	// The producer copies the record during the call, so it is reused.
 	defer releaseRecord(rec)
 	if qos == 0 {
-		if err := h.producer.TryProduce(h.ctx, rec, nil); err != nil {
+		if err := h.producer.TryProduce(h.produceCtx, rec, nil); err != nil {
 			if errors.Is(err, bridge.ErrRecordTooLarge) {
 				return h.tooLarge(cl, pk, err)
 			}
@@ -198,7 +205,7 @@ func (h *ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 	if _, ok := h.enqueue(cl, &pk, e, true); !ok {
 		return pk, packets.ErrRejectPacket
 	}
-	if err := h.producer.Produce(h.ctx, rec, e); err != nil {
+	if err := h.producer.Produce(h.produceCtx, rec, e); err != nil {
 		e.Delivered(bridge.Delivery{Topic: rec.Topic, Err: err})
 	}
 	return taken(pk), nil
@@ -727,7 +734,11 @@ func (h *ingest) closeFor(cl *mqtt.Client, e *pending) {
 	if cl.Closed() {
 		return
 	}
-	h.log.Warn("closing connection: Kafka did not take a record, the client will resend it", "client", cl.ID, "kafka_topic", e.kafkaTopic, "error", e.err)
+	level := slog.LevelWarn
+	if h.draining.Load() {
+		level = slog.LevelDebug // shutting down: every client still waiting gets this
+	}
+	h.log.Log(context.Background(), level, "closing connection: Kafka did not take a record, the client will resend it", "client", cl.ID, "kafka_topic", e.kafkaTopic, "error", e.err)
 	code := packets.ErrServerBusy
 	if errors.Is(e.err, bridge.ErrRecordTooLarge) {
 		code = packets.ErrPacketTooLarge

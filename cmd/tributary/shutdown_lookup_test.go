@@ -1,0 +1,46 @@
+package main
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/tributary-io/tributary/mapping"
+)
+
+// A publish waiting for Kafka to say whether its topic exists, while
+// Kafka does not answer at all, does not hold shutdown for the whole
+// lookup timeout of librdkafka: it gives up at drain and stays
+// unacknowledged.
+func TestShutdownWithAPublishWaitingForATopicLookup(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nowhere := ln.Addr().String()
+	ln.Close() // nothing listens there: Kafka is unreachable
+	cfg := testConfig(t)
+	cfg.Kafka.Bootstrap = nowhere
+	cfg.Kafka.FlushTimeout = 2 * time.Second
+	// A templated topic: nothing to create at start-up, a lookup at the
+	// first publish.
+	cfg.Mapping.Rules = []mapping.Rule{{Match: `^dev/(?P<kind>[a-z]+)$`, KafkaTopic: "t.${kind}"}}
+	d := startDaemon(t, cfg)
+	c := mqttClient(t, "tcp://"+d.mqttAddr(), uniq("lk"), func(o *paho.ClientOptions) { o.SetAutoReconnect(false) })
+	tok := c.Publish("dev/temp", 1, false, "x")
+	time.Sleep(time.Second) // the publish is in the topic lookup
+	start := time.Now()
+	d.stop()
+	took := time.Since(start)
+	t.Logf("shutdown took %s", took.Round(time.Millisecond))
+	// Bounded by the flush deadline and the 10 s cap on one lookup, which
+	// the producer waits out before it destroys the handle the lookup uses.
+	if limit := 16 * time.Second; took > limit {
+		t.Errorf("shutdown took %s with a publish in a topic lookup, more than %s", took, limit)
+	}
+	if tok.WaitTimeout(time.Second) && tok.Error() == nil {
+		t.Error("a publish Kafka never took was acknowledged")
+	}
+}
