@@ -363,14 +363,17 @@ func (d *daemon) reload() {
 
 // run starts the daemon and serves until ctx ends.
 func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+	// Taken before start-up, which may wait seconds for Kafka: SIGHUP's
+	// default action would end the process; one received meanwhile
+	// reloads once it is running.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	d, err := start(cfg, log)
 	if err != nil {
 		return fmt.Errorf("starting: %w", err)
 	}
 	log.Info("tributary running", "version", version)
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	for ctx.Err() == nil {
 		select {
 		case <-hup:
@@ -378,7 +381,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		case <-ctx.Done():
 		}
 	}
-	log.Info("shutting down")
+	log.Info("shutting down; a second SIGINT or SIGTERM ends the process at once", "flush_timeout", cfg.Kafka.FlushTimeout)
 	d.stop()
 	log.Info("stopped")
 	return nil

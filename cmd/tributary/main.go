@@ -21,6 +21,12 @@ var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		// The first signal starts the graceful shutdown; a second one
+		// takes the default action and ends the process at once.
+		<-ctx.Done()
+		stop()
+	}()
 	code := realMain(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
