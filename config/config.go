@@ -297,9 +297,13 @@ func (c *Config) Validate() error {
 			add("data_dir (--data-dir) is empty but the embedded Kafka needs it")
 		}
 	}
-	ports := map[int]string{}
+	// Two listeners clash on one port when they bind the same host, or
+	// one of them binds every address; 127.0.0.1:1883 and 10.0.0.1:1883
+	// do not.
+	type bound struct{ host, key string }
+	ports := map[int][]bound{}
 	for _, l := range listeners {
-		port, err := parseAddr(l.addr)
+		host, port, err := parseAddr(l.addr)
 		if err != nil {
 			add("%s %q: %v", l.key, l.addr, err)
 			continue
@@ -307,11 +311,18 @@ func (c *Config) Validate() error {
 		if port == 0 {
 			continue
 		}
-		if other, ok := ports[port]; ok {
-			add("%s %q: port %d is already used by %s", l.key, l.addr, port, other)
+		clash := ""
+		for _, o := range ports[port] {
+			if o.host == host || anyHost(o.host) || anyHost(host) {
+				clash = o.key
+				break
+			}
+		}
+		if clash != "" {
+			add("%s %q: port %d is already used by %s", l.key, l.addr, port, clash)
 			continue
 		}
-		ports[port] = l.key
+		ports[port] = append(ports[port], bound{host, l.key})
 	}
 
 	if c.Kafka.TopicPartitions < 1 {
@@ -389,16 +400,21 @@ func unjoin(err error) []error {
 }
 
 // parseAddr checks a listen address of the form host:port and returns its port.
-func parseAddr(addr string) (int, error) {
-	_, p, err := net.SplitHostPort(addr)
+func parseAddr(addr string) (host string, port int, err error) {
+	host, p, err := net.SplitHostPort(addr)
 	if err != nil {
-		return 0, fmt.Errorf("not a host:port address: %v", err)
+		return "", 0, fmt.Errorf("not a host:port address: %v", err)
 	}
-	port, err := strconv.Atoi(p)
+	port, err = strconv.Atoi(p)
 	if err != nil || port < 0 || port > 65535 {
-		return 0, fmt.Errorf("port %q is not a number from 0 to 65535", p)
+		return "", 0, fmt.Errorf("port %q is not a number from 0 to 65535", p)
 	}
-	return port, nil
+	return host, port, nil
+}
+
+// anyHost reports whether a listen host binds every address.
+func anyHost(host string) bool {
+	return host == "" || host == "0.0.0.0" || host == "::"
 }
 
 // Redacted returns a copy safe to print: values of librdkafka properties

@@ -326,3 +326,23 @@ func TestUnsupportedConsumerProperties(t *testing.T) {
 		t.Errorf("eager assignment and the classic protocol refused: %v", err)
 	}
 }
+
+// Listeners clash on a port when they bind the same host or one binds
+// every address; different hosts may share a port.
+func TestListenerPortClash(t *testing.T) {
+	for _, tc := range []struct {
+		mqtt, http string
+		clash      bool
+	}{
+		{"127.0.0.1:18831", "127.0.0.1:18831", true},
+		{":18831", "127.0.0.1:18831", true},
+		{"0.0.0.0:18831", "10.0.0.1:18831", true},
+		{"[::]:18831", "127.0.0.1:18831", true},
+		{"127.0.0.1:18831", "10.0.0.1:18831", false},
+	} {
+		_, _, err := Load(Options{Args: []string{"--mqtt-addr", tc.mqtt, "--http-addr", tc.http}})
+		if got := err != nil && strings.Contains(err.Error(), "already used by"); got != tc.clash {
+			t.Errorf("mqtt %s, http %s: %v, want a clash: %v", tc.mqtt, tc.http, err, tc.clash)
+		}
+	}
+}

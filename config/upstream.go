@@ -3,6 +3,7 @@ package config
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -214,7 +215,7 @@ func validateUpstreams(ups []UpstreamConfig) []string {
 			names[u.Name] = i
 		}
 		if why := upstreamURLProblem(u.URL); why != "" {
-			add("url %q: %s", u.URL, why)
+			add("url %q: %s", redactURL(u.URL), why)
 		}
 		if u.Password != "" && u.PasswordFile != "" {
 			add("password_file %q: set password or password_file, not both", u.PasswordFile)
@@ -295,6 +296,10 @@ func upstreamURLProblem(raw string) string {
 	}
 	p, err := url.Parse(raw)
 	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			return ue.Err.Error() // not the URL again, with any password in it
+		}
 		return err.Error()
 	}
 	switch p.Scheme {
@@ -339,4 +344,25 @@ func filterProblem(f string) string {
 		return "a $share/<group>/<filter> needs a group and a filter"
 	}
 	return ""
+}
+
+// redactURL returns raw with the password of any user info replaced, for
+// error messages; a URL that does not parse has everything between its
+// scheme and the last '@' before the host replaced.
+func redactURL(raw string) string {
+	if p, err := url.Parse(raw); err == nil {
+		return p.Redacted()
+	}
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		return raw
+	}
+	host := rest
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+		host = rest[:i]
+	}
+	if at := strings.LastIndex(host, "@"); at >= 0 {
+		return scheme + "://xxxxx@" + rest[at+1:]
+	}
+	return raw
 }

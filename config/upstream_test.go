@@ -139,3 +139,18 @@ func TestUpstreamDuplicateNames(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// An upstream URL with credentials in it is refused without repeating the
+// password, whether or not the URL parses.
+func TestUpstreamURLPasswordNotEchoed(t *testing.T) {
+	for _, raw := range []string{"tcp://u:s3cretpw@host:1883", "tcp://u:s3cretpw@host:18%zz"} {
+		y := "upstreams:\n  - name: x\n    url: \"" + raw + "\"\n    subscriptions:\n      - {filter: \"a/#\"}\n"
+		_, _, err := Load(Options{Args: []string{"--config", writeFile(t, y)}})
+		if err == nil {
+			t.Fatalf("%s accepted", raw)
+		}
+		if strings.Contains(err.Error(), "s3cretpw") || !strings.Contains(err.Error(), "upstreams[0]") {
+			t.Errorf("%s: error %q repeats the password or does not name the upstream", raw, err)
+		}
+	}
+}
