@@ -287,12 +287,12 @@ func (d *daemon) startTLS(ctx context.Context) error {
 	d.registry.MustRegister(
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Namespace: "tributary", Name: "tls_reloads_total",
-			Help:        "Successful reloads of the TLS certificate files.",
+			Help:        "Reloads of the TLS certificate files, by result (ok, failed).",
 			ConstLabels: prometheus.Labels{"result": "ok"},
 		}, func() float64 { ok, _ := store.Reloads(); return float64(ok) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Namespace: "tributary", Name: "tls_reloads_total",
-			Help:        "Successful reloads of the TLS certificate files.",
+			Help:        "Reloads of the TLS certificate files, by result (ok, failed).",
 			ConstLabels: prometheus.Labels{"result": "failed"},
 		}, func() float64 { _, failed := store.Reloads(); return float64(failed) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
