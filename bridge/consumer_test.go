@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -84,7 +85,8 @@ func commitNow(t *testing.T, cons *Consumer, r *ConsumedRecord) {
 	}
 }
 
-// committedOffset is group's committed offset of partition 0 of topic t.
+// committedOffset is group's committed offset of partition 0 of topic t
+// (-1 for none).
 func committedOffset(t *testing.T, c *kfake.Cluster, group string) int64 {
 	t.Helper()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...))
@@ -92,35 +94,17 @@ func committedOffset(t *testing.T, c *kfake.Cluster, group string) int64 {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	req := kmsg.NewPtrOffsetFetchRequest()
-	req.Group = group
-	rt := kmsg.NewOffsetFetchRequestTopic()
-	rt.Topic, rt.Partitions = "t", []int32{0}
-	req.Topics = append(req.Topics, rt)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	resp, err := req.RequestWith(ctx, cl)
+	offs, err := kadm.NewClient(cl).FetchOffsetsForTopics(ctx, group, "t")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, g := range resp.Groups {
-		for _, gt := range g.Topics {
-			for _, p := range gt.Partitions {
-				if gt.Topic == "t" && p.Partition == 0 {
-					return p.Offset
-				}
-			}
-		}
+	o, ok := offs.Lookup("t", 0)
+	if !ok {
+		t.Fatalf("no offset for %s[0] in %+v", "t", offs)
 	}
-	for _, rt := range resp.Topics {
-		for _, p := range rt.Partitions {
-			if rt.Topic == "t" && p.Partition == 0 {
-				return p.Offset
-			}
-		}
-	}
-	t.Fatalf("no offset for t[0] in %+v", resp)
-	return 0
+	return o.At
 }
 
 // A record from an earlier assignment of a partition cannot commit the

@@ -19,24 +19,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// upMessage is a QoS 1 or 2 upstream message as paho hands it over, with
-// its packet id.
-type upMessage struct {
-	topic    string
-	payload  []byte
-	qos      byte
-	retained bool
-	id       uint16
-}
-
-func (m *upMessage) Duplicate() bool   { return false }
-func (m *upMessage) Qos() byte         { return m.qos }
-func (m *upMessage) Retained() bool    { return m.retained }
-func (m *upMessage) Topic() string     { return m.topic }
-func (m *upMessage) MessageID() uint16 { return m.id }
-func (m *upMessage) Payload() []byte   { return m.payload }
-func (m *upMessage) Ack()              {}
-
 // fakeProducer records what upstreams produce. It reports each record
 // delivered with err at once, or, holding, keeps the handlers for the test
 // to call.
@@ -178,17 +160,17 @@ func nextAck(t *testing.T, acks <-chan uint16) uint16 {
 // flag cleared, MQTT 3.1.1 3.3.1.3) changed the state, and the resent
 // value changes it back.
 func TestUpstreamRetainedFirstFollowsLiveMessages(t *testing.T) {
-	retainedA := upMessage{topic: "state/1", payload: []byte("A"), retained: true}
-	live := func(topic, payload string) upMessage { return upMessage{topic: topic, payload: []byte(payload)} }
+	retainedA := testMessage{topic: "state/1", payload: []byte("A"), retained: true}
+	live := func(topic, payload string) testMessage { return testMessage{topic: topic, payload: []byte(payload)} }
 	for _, tc := range []struct {
 		name string
-		msgs []upMessage
+		msgs []testMessage
 		want []string
 	}{
-		{"a resent retained value is produced once", []upMessage{retainedA, retainedA}, []string{"A"}},
-		{"a live change, then the retained value again", []upMessage{retainedA, live("state/1", "B"), retainedA}, []string{"A", "B", "A"}},
-		{"a live message of the retained value", []upMessage{retainedA, live("state/1", "A"), retainedA}, []string{"A", "A"}},
-		{"a live message on another topic", []upMessage{retainedA, live("state/2", "B"), retainedA}, []string{"A", "B"}},
+		{"a resent retained value is produced once", []testMessage{retainedA, retainedA}, []string{"A"}},
+		{"a live change, then the retained value again", []testMessage{retainedA, live("state/1", "B"), retainedA}, []string{"A", "B", "A"}},
+		{"a live message of the retained value", []testMessage{retainedA, live("state/1", "A"), retainedA}, []string{"A", "A"}},
+		{"a live message on another topic", []testMessage{retainedA, live("state/2", "B"), retainedA}, []string{"A", "B"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := &fakeProducer{}
@@ -214,9 +196,9 @@ func TestUpstreamRetainedFirstFollowsLiveMessages(t *testing.T) {
 // topic has a retained value.
 func TestUpstreamRetainedLookupAllocatesNothing(t *testing.T) {
 	_, u := upstreamForTest(t, UpstreamConfig{IngestRetained: RetainedFirst}, &fakeProducer{}, nil)
-	u.retainedSeen(&inflight{msg: &upMessage{topic: "state/1", payload: []byte("A"), qos: 1, retained: true}})
+	u.retainedSeen(&inflight{msg: &testMessage{topic: "state/1", payload: []byte("A"), qos: 1, retained: true}})
 	for _, topic := range []string{"state/1", "feed/never-retained"} {
-		e := &inflight{msg: &upMessage{topic: topic, payload: []byte("B"), qos: 1}}
+		e := &inflight{msg: &testMessage{topic: topic, payload: []byte("B"), qos: 1}}
 		if allocs := testing.AllocsPerRun(1000, func() { u.retainedSeen(e) }); allocs != 0 {
 			t.Errorf("%s: %.1f allocations per message, want 0", topic, allocs)
 		}
@@ -238,8 +220,8 @@ func TestUpstreamFailureKeepsEarlierAcks(t *testing.T) {
 			p := &fakeProducer{hold: true}
 			_, u := upstreamForTest(t, UpstreamConfig{}, p, nil)
 			c, client, acks := connForTest(t, u)
-			c.handle(nil, &upMessage{topic: "d/1", payload: []byte("m1"), qos: 1, id: 1})
-			c.handle(nil, &upMessage{topic: "d/1", payload: []byte("m2"), qos: 1, id: 2})
+			c.handle(nil, &testMessage{topic: "d/1", payload: []byte("m1"), qos: 1, id: 1})
+			c.handle(nil, &testMessage{topic: "d/1", payload: []byte("m2"), qos: 1, id: 2})
 			if tc.draining {
 				u.draining.Store(true)
 			}
@@ -286,7 +268,7 @@ func TestUpstreamLostConnectionProducesNoMore(t *testing.T) {
 			}
 			_, u := upstreamForTest(t, UpstreamConfig{CleanSession: tc.clean}, p, nil)
 			c, _, acks := connForTest(t, u)
-			c.handle(nil, &upMessage{topic: "d/1", payload: []byte("m1"), qos: 1, id: 1})
+			c.handle(nil, &testMessage{topic: "d/1", payload: []byte("m1"), qos: 1, id: 1})
 			if tc.kafka {
 				select {
 				case <-c.lost:
@@ -299,7 +281,7 @@ func TestUpstreamLostConnectionProducesNoMore(t *testing.T) {
 				}
 				c.lose(errors.New("connection reset by peer"))
 			}
-			c.handle(nil, &upMessage{topic: "d/1", payload: []byte("m2"), qos: 1, id: 2})
+			c.handle(nil, &testMessage{topic: "d/1", payload: []byte("m2"), qos: 1, id: 2})
 			if got := p.values(); !slices.Equal(got, tc.want) {
 				t.Fatalf("produced %q, want %q", got, tc.want)
 			}
@@ -529,7 +511,7 @@ func TestUpstreamRefusedRecordsLoggedOnceInAWhile(t *testing.T) {
 	_, u := upstreamForTest(t, UpstreamConfig{}, p, slog.New(slog.NewTextHandler(&logs, nil)))
 	c, _, acks := connForTest(t, u)
 	for id := uint16(1); id <= 5; id++ {
-		c.handle(nil, &upMessage{topic: "d/1", payload: []byte("m"), qos: 1, id: id})
+		c.handle(nil, &testMessage{topic: "d/1", payload: []byte("m"), qos: 1, id: id})
 		if got := nextAck(t, acks); got != id {
 			t.Fatalf("PUBACK %d, want %d", got, id)
 		}

@@ -73,7 +73,14 @@ func (f *fakeProducer) deliver(i int, err error) {
 
 func startBroker(t *testing.T, p Producer) *Broker {
 	t.Helper()
-	m, err := mapping.New(mapping.Config{})
+	return startWithMapping(t, p, mapping.Config{})
+}
+
+// startWithMapping starts a broker on a free port whose publishes are
+// mapped by mc, closed at cleanup.
+func startWithMapping(t *testing.T, p Producer, mc mapping.Config) *Broker {
+	t.Helper()
+	m, err := mapping.New(mc)
 	if err != nil {
 		t.Fatal(err)
 	}

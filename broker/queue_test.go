@@ -2,8 +2,6 @@ package broker
 
 import (
 	"bytes"
-	"io"
-	"log/slog"
 	"net"
 	"testing"
 	"time"
@@ -17,22 +15,10 @@ import (
 // the given policy for other topics.
 func startMapped(t *testing.T, p Producer, policy mapping.Policy) *Broker {
 	t.Helper()
-	m, err := mapping.New(mapping.Config{
+	return startWithMapping(t, p, mapping.Config{
 		Rules:     []mapping.Rule{{Match: "dev/.*", KafkaTopic: "devices"}},
 		Unmatched: policy,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := New(Config{Addr: "127.0.0.1:0", MaxMessageBytes: 1 << 20}, p, m, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Close() })
-	return b
 }
 
 func publish(t *testing.T, version, qos byte, topic string, id uint16, payload []byte) []byte {
@@ -49,6 +35,27 @@ func publish(t *testing.T, version, qos byte, topic string, id uint16, payload [
 		t.Fatal(err)
 	}
 	return buf.Bytes()
+}
+
+// subscribe subscribes conn to filter at QoS 0 and waits for the SUBACK.
+func subscribe(t *testing.T, conn net.Conn, version byte, filter string, noLocal bool) {
+	t.Helper()
+	pk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Subscribe, Qos: 1},
+		ProtocolVersion: version,
+		PacketID:        9,
+		Filters:         packets.Subscriptions{{Filter: filter, Qos: 0, NoLocal: noLocal}},
+	}
+	var buf bytes.Buffer
+	if err := pk.SubscribeEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	if got := readPacket(t, conn, 5*time.Second); got[0] != 0x90 {
+		t.Fatalf("want SUBACK, got % x", got)
+	}
 }
 
 // expectQuiet fails if anything arrives on conn within d.
@@ -169,27 +176,8 @@ func TestNoLocalHoldsForAcknowledgedPublishes(t *testing.T) {
 	b := startBroker(t, p)
 	self := dial(t, b.Addr("mqtt-tcp"), 5)
 	other := dialNamed(t, b.Addr("mqtt-tcp"), "other")
-	sub := func(conn net.Conn, version byte, noLocal bool) {
-		t.Helper()
-		pk := packets.Packet{
-			FixedHeader:     packets.FixedHeader{Type: packets.Subscribe, Qos: 1},
-			ProtocolVersion: version,
-			PacketID:        9,
-			Filters:         packets.Subscriptions{{Filter: "dev/#", Qos: 0, NoLocal: noLocal}},
-		}
-		var buf bytes.Buffer
-		if err := pk.SubscribeEncode(&buf); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := conn.Write(buf.Bytes()); err != nil {
-			t.Fatal(err)
-		}
-		if got := readPacket(t, conn, 5*time.Second); got[0] != 0x90 {
-			t.Fatalf("want SUBACK, got % x", got)
-		}
-	}
-	sub(self, 5, true)
-	sub(other, 4, false)
+	subscribe(t, self, 5, "dev/#", true)
+	subscribe(t, other, 4, "dev/#", false)
 	if _, err := self.Write(publish(t, 5, 1, "dev/a", 1, []byte("x"))); err != nil {
 		t.Fatal(err)
 	}
@@ -212,22 +200,7 @@ func TestCloseWithAClientThatDoesNotRead(t *testing.T) {
 	b := startBroker(t, p)
 	// MQTT 5: disconnecting it means writing a DISCONNECT.
 	reader := dial(t, b.Addr("mqtt-tcp"), 5)
-	pk := packets.Packet{
-		FixedHeader:     packets.FixedHeader{Type: packets.Subscribe, Qos: 1},
-		ProtocolVersion: 5,
-		PacketID:        1,
-		Filters:         packets.Subscriptions{{Filter: "big/#", Qos: 0}},
-	}
-	var buf bytes.Buffer
-	if err := pk.SubscribeEncode(&buf); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := reader.Write(buf.Bytes()); err != nil {
-		t.Fatal(err)
-	}
-	if got := readPacket(t, reader, 5*time.Second); got[0] != 0x90 {
-		t.Fatalf("want SUBACK, got % x", got)
-	}
+	subscribe(t, reader, 5, "big/#", false)
 	// From now on the reader reads nothing: 32 MiB forwarded to it fill
 	// the socket buffers and leave the broker's write to it blocked.
 	writer := dialNamed(t, b.Addr("mqtt-tcp"), "writer")

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
@@ -120,7 +121,8 @@ func nextResult(t *testing.T, frames <-chan []byte) wsResult {
 	return r
 }
 
-// groupOffset is group's committed offset of partition 0 of topic.
+// groupOffset is group's committed offset of partition 0 of topic (-1 for
+// none).
 func groupOffset(t *testing.T, bootstrap, group, topic string) int64 {
 	t.Helper()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(bootstrap))
@@ -128,35 +130,17 @@ func groupOffset(t *testing.T, bootstrap, group, topic string) int64 {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	req := kmsg.NewPtrOffsetFetchRequest()
-	req.Group = group
-	rt := kmsg.NewOffsetFetchRequestTopic()
-	rt.Topic, rt.Partitions = topic, []int32{0}
-	req.Topics = append(req.Topics, rt)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	resp, err := req.RequestWith(ctx, cl)
+	offs, err := kadm.NewClient(cl).FetchOffsetsForTopics(ctx, group, topic)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, g := range resp.Groups {
-		for _, gt := range g.Topics {
-			for _, p := range gt.Partitions {
-				if gt.Topic == topic && p.Partition == 0 {
-					return p.Offset
-				}
-			}
-		}
+	o, ok := offs.Lookup(topic, 0)
+	if !ok {
+		t.Fatalf("no offset for %s[0] in %+v", topic, offs)
 	}
-	for _, rt := range resp.Topics {
-		for _, p := range rt.Partitions {
-			if rt.Topic == topic && p.Partition == 0 {
-				return p.Offset
-			}
-		}
-	}
-	t.Fatalf("no offset for %s[0] in %+v", topic, resp)
-	return 0
+	return o.At
 }
 
 // A topic deleted under a consume socket: the client is told, with an
