@@ -153,6 +153,7 @@ type Producer struct {
 	stop        chan struct{}
 
 	unconfirmedLog LogEvery
+	errorLog       errorLog // non-fatal error events of both lanes
 }
 
 // deliveryOf reads a delivery report. A success without an offset is
@@ -249,6 +250,7 @@ func NewProducer(cfg ProducerConfig, log *slog.Logger) (*Producer, error) {
 		stop:      make(chan struct{}),
 
 		unconfirmedLog: LogEvery{Interval: 10 * time.Second},
+		errorLog:       errorLog{interval: errorEvery},
 	}
 	pr.metrics = newProducerMetrics(reg, pr.budget)
 	pr.topics = newTopics(pr)
@@ -390,14 +392,7 @@ func (p *Producer) events(kp *kafka.Producer) {
 			}
 			p.outstanding.Add(-1)
 		case kafka.Error:
-			if e.Code() == kafka.ErrAllBrokersDown {
-				p.ready.Store(false)
-			}
-			if e.IsFatal() {
-				p.log.Error("Kafka producer fatal error", "error", e)
-			} else {
-				p.log.Warn("Kafka producer error", "error", e)
-			}
+			p.producerError(e)
 		}
 		if batched > 0 && (batched >= 512 || len(ch) == 0) {
 			p.budget.Release(release)
@@ -410,6 +405,23 @@ func (p *Producer) events(kp *kafka.Producer) {
 	}
 	if release > 0 {
 		p.budget.Release(release)
+	}
+}
+
+// producerError logs an error event of a producer lane. A fatal one is
+// always logged; the others at most once per errorEvery for each kind,
+// since librdkafka repeats them many times a second while Kafka is down.
+// That Kafka is unreachable is also logged by watchReady when it happens.
+func (p *Producer) producerError(e kafka.Error) {
+	if e.Code() == kafka.ErrAllBrokersDown {
+		p.ready.Store(false)
+	}
+	if e.IsFatal() {
+		p.log.Error("Kafka producer fatal error", "error", e)
+		return
+	}
+	if ok, skipped := p.errorLog.allow(int(e.Code()), time.Now()); ok {
+		p.log.Warn("Kafka producer error (each kind logged at most every 10s)", "error", e, "code", e.Code().String(), "not_logged_since", skipped)
 	}
 }
 

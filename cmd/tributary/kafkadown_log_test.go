@@ -1,0 +1,47 @@
+package main
+
+import (
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+// While Kafka cannot be reached, librdkafka reports it many times a
+// second; each kind of error is logged at most once per 10s.
+func TestKafkaDownDoesNotFloodTheLog(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := l.Addr().String()
+	l.Close()
+
+	cfg := testConfig(t)
+	cfg.Kafka.Bootstrap = dead
+	cfg.Kafka.FlushTimeout = time.Second
+	log, buf := capturingLogger(t)
+	d, err := start(cfg, log)
+	if err != nil {
+		t.Fatalf("starting daemon: %v", err)
+	}
+	defer d.stop()
+	time.Sleep(time.Second) // start-up itself waited about 10s for Kafka
+
+	var lines []string
+	for _, l := range strings.Split(buf.String(), "\n") {
+		if strings.Contains(l, `msg="Kafka producer error`) {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) == 0 {
+		t.Fatal("no producer error logged while Kafka was unreachable")
+	}
+	// Two kinds are expected (the failed connection and all brokers
+	// down), each at most twice in the 11s or so since the start; a few
+	// more leave room for another kind, not for a flood (298 lines in
+	// the same time before the throttle).
+	if len(lines) > 8 {
+		t.Errorf("%d producer error lines since the start:\n%s", len(lines), strings.Join(lines, "\n"))
+	}
+}
