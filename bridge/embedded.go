@@ -30,7 +30,9 @@ type Embedded struct {
 // StartEmbedded starts the embedded Kafka.
 func StartEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 	dir := filepath.Join(cfg.DataDir, "kafka")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	// The records are the devices' data: other local users get no access
+	// to a dir created here (one that exists keeps its mode).
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating embedded Kafka data dir: %w", err)
 	}
 	lock, err := lockDir(cfg.DataDir)
@@ -71,7 +73,7 @@ func StartEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 // then lost.
 func lockDir(dir string) (*os.File, error) {
 	path := filepath.Join(dir, "kafka.lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("locking the embedded Kafka data dir: %w", err)
 	}

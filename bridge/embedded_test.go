@@ -3,6 +3,8 @@ package bridge
 import (
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -29,4 +31,26 @@ func TestEmbeddedDataDirIsExclusive(t *testing.T) {
 		t.Fatalf("after the first closed: %v", err)
 	}
 	again.Close()
+}
+
+// The embedded Kafka's data dir, created by it, is for its owner only:
+// kfake writes its files 0644, so the dir's mode is what keeps other
+// local users from reading the records.
+func TestEmbeddedDataDirIsPrivate(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	e, err := StartEmbedded(EmbeddedConfig{Addr: "127.0.0.1:0", DataDir: dir}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	for _, p := range []string{filepath.Join(dir, "kafka"), filepath.Join(dir, "kafka.lock")} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+			t.Errorf("%s has mode %v: readable by others", p, perm)
+		}
+	}
 }
