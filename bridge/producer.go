@@ -447,7 +447,14 @@ func (p *Producer) watchReady() {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	for {
+		// Close destroys the handle once it holds handles for writing:
+		// a poll it would cut short does not start, and one under way
+		// (up to 3s while Kafka is unreachable) is waited for.
+		if !p.handles.TryRLock() {
+			return
+		}
 		_, err := p.lanes[laneAcked].GetMetadata(nil, false, 3000)
+		p.handles.RUnlock()
 		was := p.ready.Swap(err == nil)
 		if err != nil && was {
 			p.log.Warn("Kafka unreachable", "error", err)
@@ -520,7 +527,7 @@ func (p *Producer) Close(ctx context.Context) {
 				"unacknowledged", left)
 		}
 		close(p.stop)
-		p.handles.Lock() // no lookup is left running; none can start
+		p.handles.Lock() // no lookup or readiness poll is left running; none can start
 		p.admin.Close()
 		for _, kp := range p.lanes {
 			kp.Close()
