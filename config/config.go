@@ -218,14 +218,27 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("invalid configuration (%d problems):\n  - %s", len(e.Problems), strings.Join(e.Problems, "\n  - "))
 }
 
-// DecodeYAML decodes a YAML document onto cfg strictly: unknown keys are errors.
+// DecodeYAML decodes a YAML document onto cfg strictly: unknown keys are
+// errors, and so is a second document, which would otherwise be ignored.
+// An empty input (or one of comments only) leaves cfg as it was.
 func DecodeYAML(r io.Reader, cfg *Config) error {
 	dec := yaml.NewDecoder(r)
 	dec.KnownFields(true)
-	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
+	if err := dec.Decode(cfg); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
 		return err
 	}
-	return nil
+	var next yaml.Node
+	switch err := dec.Decode(&next); {
+	case errors.Is(err, io.EOF):
+		return nil
+	case err != nil:
+		return err
+	default:
+		return fmt.Errorf("only one YAML document is allowed, but a second one starts at line %d", next.Line)
+	}
 }
 
 // LoadFile decodes the YAML file at path onto cfg.

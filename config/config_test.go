@@ -346,3 +346,96 @@ func TestListenerPortClash(t *testing.T) {
 		}
 	}
 }
+
+// A second YAML document would be ignored, so it is an error naming the
+// file; an empty file, or one of comments only, is the defaults.
+func TestOneYAMLDocument(t *testing.T) {
+	for _, tc := range []struct {
+		name, body string
+		line       string // the second document's line; empty: accepted
+	}{
+		{"two documents", "log:\n  level: info\n---\nlog:\n  level: debug\n", "line 3"},
+		{"empty first document", "---\n---\nlog:\n  level: debug\n", "line 2"},
+		{"after a document end", "log:\n  level: info\n...\n---\nlog:\n  level: debug\n", "line 4"},
+		{"a trailing empty document", "log:\n  level: info\n---\n", "line 3"},
+		{"empty file", "", ""},
+		{"comments only", "# Tributary\n\n# nothing set yet\n", ""},
+		{"blank lines", "\n\n", ""},
+		{"a leading document marker", "---\nlog:\n  level: warn\n", ""},
+		{"a document end marker", "log:\n  level: warn\n...\n", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeFile(t, tc.body)
+			cfg, _, err := Load(Options{Args: []string{"--config", path}})
+			if tc.line == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				if want := Default(); !strings.Contains(tc.body, "level") && cfg.Log != want.Log {
+					t.Errorf("log %+v, want the defaults %+v", cfg.Log, want.Log)
+				}
+				return
+			}
+			var ce *Error
+			if !errors.As(err, &ce) {
+				t.Fatalf("err = %v, want *Error", err)
+			}
+			for _, want := range []string{path, "only one YAML document is allowed", tc.line} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error does not name %q: %v", want, err)
+				}
+			}
+		})
+	}
+}
+
+// What the Kafka client refuses in kafka.properties is reported with
+// every other problem: the key, the value unless it may be a secret, and
+// the client's reason.
+func TestKafkaPropertiesCheckedByTheClient(t *testing.T) {
+	file := writeFile(t, "kafka:\n  properties:\n    lingr.ms: 5\n    compression.type: brotli\n    sasl.pasword: hunter2\n"+
+		"    ssl.key.password: hunter2\n    fetch.wait.max.ms: 100\n    group.protocol: consumer\nlog:\n  level: loud\n")
+	var asked map[string]string
+	check := func(props map[string]string) []PropertyProblem {
+		asked = props
+		return []PropertyProblem{
+			{Name: "compression.type", Reason: `Invalid value "brotli" for configuration property "compression.codec"`},
+			{Name: "lingr.ms", Unknown: true, Reason: `No such configuration property: "lingr.ms"`},
+			{Name: "sasl.pasword", Unknown: true, Reason: `No such configuration property: "sasl.pasword"`},
+			{Name: "ssl.key.password", Reason: `Invalid value "hunter2"`},
+		}
+	}
+	_, _, err := Load(Options{Args: []string{"--config", file}, CheckKafkaProperties: check})
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("err = %v, want *Error", err)
+	}
+	if asked["lingr.ms"] != "5" || asked["fetch.wait.max.ms"] != "100" {
+		t.Errorf("the check was given %v", asked)
+	}
+	want := []string{
+		`kafka.properties.group.protocol "consumer": only the classic consumer group protocol is supported by the WebSocket consumers`,
+		`log.level (--log-level) "loud"`,
+		`kafka.properties.compression.type "brotli": Invalid value "brotli" for configuration property "compression.codec"`,
+		`kafka.properties.lingr.ms: No such configuration property: "lingr.ms"`,
+		`kafka.properties.sasl.pasword: No such configuration property: "sasl.pasword"`,
+		`kafka.properties.ssl.key.password [redacted]: Invalid value "[redacted]"`,
+	}
+	if len(ce.Problems) != len(want) {
+		t.Fatalf("%d problems, want %d:\n%s", len(ce.Problems), len(want), err)
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(ce.Problems[i], w) {
+			t.Errorf("problem %d is %q, want %q", i, ce.Problems[i], w)
+		}
+	}
+	if strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("a secret is shown:\n%s", err)
+	}
+
+	// Nothing refused, nothing reported.
+	file = writeFile(t, "kafka:\n  properties:\n    linger.ms: 5\n")
+	if _, _, err := Load(Options{Args: []string{"--config", file}, CheckKafkaProperties: func(map[string]string) []PropertyProblem { return nil }}); err != nil {
+		t.Fatal(err)
+	}
+}

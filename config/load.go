@@ -196,6 +196,22 @@ type Options struct {
 	Output io.Writer
 	// Name is used in usage messages.
 	Name string
+	// CheckKafkaProperties, when set, asks the Kafka client library whether
+	// it accepts kafka.properties, and returns the ones it refuses; Load
+	// reports them with every other problem. Package config does not link
+	// that library (it is cgo): the command passes bridge.CheckProperties.
+	CheckKafkaProperties func(props map[string]string) []PropertyProblem
+}
+
+// PropertyProblem is a kafka.properties entry the Kafka client library
+// refuses.
+type PropertyProblem struct {
+	Name string
+	// Unknown means the library has no property of that name. The value is
+	// then not shown: it may be a secret under a misspelled name.
+	Unknown bool
+	// Reason is the library's explanation.
+	Reason string
 }
 
 // Load builds the configuration from defaults, the YAML file (--config or
@@ -265,9 +281,41 @@ func Load(opts Options) (Config, []string, error) {
 		return Config{}, nil, &Error{Problems: problems}
 	}
 	if err := cfg.Validate(); err != nil {
-		return Config{}, nil, err
+		var ce *Error
+		if !errors.As(err, &ce) {
+			return Config{}, nil, err
+		}
+		problems = ce.Problems
+	}
+	if opts.CheckKafkaProperties != nil && len(cfg.Kafka.Properties) > 0 {
+		problems = append(problems, propertyProblems(cfg.Kafka.Properties, opts.CheckKafkaProperties(cfg.Kafka.Properties))...)
+	}
+	if len(problems) > 0 {
+		return Config{}, nil, &Error{Problems: problems}
 	}
 	return cfg, fs.Args(), nil
+}
+
+// propertyProblems words the Kafka client's refusals like every other
+// problem: the key, the value (unless it may be a secret), the reason.
+func propertyProblems(props map[string]string, refused []PropertyProblem) []string {
+	var problems []string
+	for _, p := range refused {
+		key := "kafka.properties." + p.Name
+		v, reason := props[p.Name], p.Reason
+		switch {
+		case p.Unknown:
+			problems = append(problems, fmt.Sprintf("%s: %s", key, reason))
+		case isSecretKey(p.Name):
+			if v != "" {
+				reason = strings.ReplaceAll(reason, v, "[redacted]")
+			}
+			problems = append(problems, fmt.Sprintf("%s [redacted]: %s", key, reason))
+		default:
+			problems = append(problems, fmt.Sprintf("%s %q: %s", key, v, reason))
+		}
+	}
+	return problems
 }
 
 func (s Setting) envNames() []string {

@@ -351,11 +351,26 @@ func TestBadConfigExitsTwo(t *testing.T) {
 	if err := os.WriteFile(badRule, []byte("mapping:\n  rules:\n    - match: '^a/(?P<x>[^/]+)$'\n      kafka_topic: 't.${y}'\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	badProps := filepath.Join(dir, "props.yaml")
+	if err := os.WriteFile(badProps, []byte("kafka:\n  properties:\n    lingr.ms: 5\n    compression.type: brotli\n    linger.ms: abc\n"+
+		"    fetch.wait.max.ms: 100\n    acks: all\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	twoDocs := filepath.Join(dir, "two.yaml")
+	if err := os.WriteFile(twoDocs, []byte("log:\n  level: info\n---\nmqtt:\n  addr: \":1884\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name string
 		args []string
 		want []string
 	}{
+		{"librdkafka properties", []string{"check-config", "--config", badProps, "--log-level", "loud"}, []string{
+			"4 problems", "log.level", "loud",
+			`kafka.properties.lingr.ms: No such configuration property: "lingr.ms"`,
+			`kafka.properties.compression.type "brotli": Invalid value "brotli"`,
+			`kafka.properties.linger.ms "abc": Invalid value for configuration property`}},
+		{"two YAML documents", []string{"check-config", "--config", twoDocs}, []string{twoDocs, "only one YAML document is allowed", "line 3"}},
 		{"regex does not compile", []string{"check-config", "--topic-regex-list", "bad:(["}, []string{"bad:([", "missing closing ]"}},
 		{"malformed pair", []string{"check-config", "--topic-regex-list", "temperature:.*temperature,nocolon"}, []string{"nocolon"}},
 		{"unknown YAML key", []string{"check-config", "--config", unknownKey}, []string{"adr"}},
@@ -366,6 +381,7 @@ func TestBadConfigExitsTwo(t *testing.T) {
 		{"all problems at once", []string{"check-config", "--topic-regex-list", "bad:([", "--mqtt-ws-addr", "nope", "--log-level", "loud"},
 			[]string{"bad:([", "mqtt.ws_addr", "nope", "log.level", "loud", "3 problems"}},
 		{"run refuses too", []string{"--topic-regex-list", "bad:([", "--data-dir", filepath.Join(dir, "never")}, []string{"bad:(["}},
+		{"run refuses librdkafka properties", []string{"--config", badProps, "--data-dir", filepath.Join(dir, "never")}, []string{"kafka.properties.lingr.ms"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stdout, stderr strings.Builder
@@ -385,10 +401,18 @@ func TestBadConfigExitsTwo(t *testing.T) {
 	}
 
 	// And the real binary, as an operator runs it.
-	out, err := exec.Command(binary(t), "--topic-regex-list", "bad:([").CombinedOutput()
-	var ee *exec.ExitError
-	if !errorsAs(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "bad:([") {
-		t.Fatalf("binary with a bad regex: %v, output %s; want exit 2 naming the regex", err, out)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--topic-regex-list", "bad:(["}, "bad:(["},
+		{[]string{"--config", badProps, "--data-dir", filepath.Join(dir, "never")}, "kafka.properties.lingr.ms"},
+	} {
+		out, err := exec.Command(binary(t), tc.args...).CombinedOutput()
+		var ee *exec.ExitError
+		if !errorsAs(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), tc.want) {
+			t.Fatalf("binary %q: %v, output %s; want exit 2 naming %q", tc.args, err, out, tc.want)
+		}
 	}
 }
 
@@ -401,12 +425,27 @@ func errorsAs(err error, target **exec.ExitError) bool {
 }
 
 func TestCommands(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	// One map feeds the producers and the consumers: the properties of
+	// either kind pass.
+	props := write("props.yaml", "kafka:\n  properties:\n    linger.ms: 20\n    compression.type: lz4\n    acks: all\n"+
+		"    fetch.wait.max.ms: 50\n    auto.offset.reset: latest\n    partition.assignment.strategy: roundrobin\n    group.protocol: classic\n")
 	for _, tc := range []struct {
 		args []string
 		env  map[string]string
 		want []string
 	}{
 		{[]string{"version"}, nil, []string{"tributary "}},
+		{[]string{"check-config", "--config", props}, nil, []string{"configuration ok"}},
+		{[]string{"check-config", "--config", write("empty.yaml", "")}, nil, []string{"configuration ok"}},
+		{[]string{"check-config", "--config", write("comments.yaml", "# nothing set yet\n")}, nil, []string{"configuration ok"}},
 		{[]string{"check-config", "--topic-regex-list", "temperature:.*temperature"}, nil, []string{"configuration ok"}},
 		{[]string{"mapping", "explain", "--topic-regex-list", "temperature:.*temperature,brightness:.*brightness", "house/kitchen/temperature"}, nil,
 			[]string{"temperature", "house/kitchen/temperature"}},

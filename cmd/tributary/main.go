@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/tributary-io/tributary/bridge"
 	"github.com/tributary-io/tributary/config"
 )
 
@@ -79,7 +80,8 @@ func realMain(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		args = args[1:]
 	}
 
-	cfg, rest, err := config.Load(config.Options{Args: args, LookupEnv: os.LookupEnv, Output: stderr, Name: "tributary " + cmd})
+	cfg, rest, err := config.Load(config.Options{Args: args, LookupEnv: os.LookupEnv, Output: stderr, Name: "tributary " + cmd,
+		CheckKafkaProperties: checkKafkaProperties})
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -120,6 +122,16 @@ func realMain(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		return 1
 	}
 	return 0
+}
+
+// checkKafkaProperties lets configuration validation ask librdkafka about
+// kafka.properties without creating a Kafka client.
+func checkKafkaProperties(props map[string]string) []config.PropertyProblem {
+	var out []config.PropertyProblem
+	for _, e := range bridge.CheckProperties(props) {
+		out = append(out, config.PropertyProblem{Name: e.Name, Unknown: e.Unknown, Reason: e.Reason})
+	}
+	return out
 }
 
 func newLogger(cfg config.LogConfig, w io.Writer) *slog.Logger {
