@@ -13,7 +13,8 @@ import (
 // Tokens is a loaded tokens file: the bearer tokens that the HTTP and
 // WebSocket API accepts, each standing for a user. Only a SHA-256 hash of
 // each token is kept; tokens are random high-entropy strings, so a fast
-// hash is enough (unlike passwords). It is safe for concurrent use.
+// hash is enough (unlike passwords). It is safe for concurrent use and,
+// like Users, never changes after loading.
 //
 //	tokens:
 //	  - name: ci          # unique; used in logs instead of the token
@@ -91,17 +92,40 @@ func parseTokens(path string, data []byte) (*Tokens, error) {
 	return t, nil
 }
 
+// TokenSum is a token's SHA-256, which is all the tokens file holds of
+// it. A socket opened with a token keeps its sum rather than the token, to
+// check after a reload that the token is still listed.
+type TokenSum [sha256.Size]byte
+
+// SumToken returns tok's TokenSum.
+func SumToken(tok string) TokenSum { return sha256.Sum256([]byte(tok)) }
+
+// Len returns how many tokens the file lists.
+func (t *Tokens) Len() int {
+	if t == nil {
+		return 0
+	}
+	return len(t.tokens)
+}
+
 // Lookup returns the user a token acts as, and the token's name for logs.
 // It compares against every token in constant time, so timing tells
 // nothing about how much of a guess was right.
 func (t *Tokens) Lookup(tok string) (username, name string, ok bool) {
-	if t == nil || tok == "" {
+	if tok == "" {
 		return "", "", false
 	}
-	h := sha256.Sum256([]byte(tok))
+	return t.LookupSum(SumToken(tok))
+}
+
+// LookupSum is Lookup for the token whose SHA-256 is sum.
+func (t *Tokens) LookupSum(sum TokenSum) (username, name string, ok bool) {
+	if t == nil {
+		return "", "", false
+	}
 	found := -1
 	for i := range t.tokens {
-		if subtle.ConstantTimeCompare(h[:], t.tokens[i].hash[:]) == 1 {
+		if subtle.ConstantTimeCompare(sum[:], t.tokens[i].hash[:]) == 1 {
 			found = i
 		}
 	}

@@ -90,3 +90,25 @@ func TestLoadTokensProblems(t *testing.T) {
 		})
 	}
 }
+
+// A socket keeps only its token's sum and checks it again after a reload.
+func TestLookupSum(t *testing.T) {
+	tok, sum, err := NewToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens, err := parseTokens("tokens.yaml", []byte("tokens:\n  - {name: ci, user: dev, sha256: "+sum+"}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if user, name, ok := tokens.LookupSum(SumToken(tok)); !ok || user != "dev" || name != "ci" {
+		t.Fatalf("LookupSum = %q, %q, %v; want dev, ci, true", user, name, ok)
+	}
+	if _, _, ok := tokens.LookupSum(SumToken(tok + "x")); ok {
+		t.Fatal("LookupSum accepted another token's sum")
+	}
+	var none *Tokens
+	if _, _, ok := none.LookupSum(SumToken(tok)); ok || none.Len() != 0 || tokens.Len() != 1 {
+		t.Fatal("a nil *Tokens accepted a token, or Len is wrong")
+	}
+}

@@ -46,9 +46,10 @@ import (
 const maxPasswordBytes = 72
 
 // Users is a loaded users file. It is safe for concurrent use and never
-// changes after loading. A nil *Users allows everything: it is what running
-// without a users file means (anonymous allowed, every ACL check passes,
-// no password login and no known user).
+// changes after loading: a reload loads a new one and swaps it in whole
+// (see Live). A nil *Users allows everything: it is what running without a
+// users file means (anonymous allowed, every ACL check passes, no password
+// login and no known user).
 type Users struct {
 	allowAnonymous bool
 	users          map[string]*user
@@ -216,6 +217,45 @@ func (u *Users) AllowAnonymous() bool { return u == nil || u.allowAnonymous }
 // proved this name with a verified certificate may log in as it.
 func (u *Users) Known(username string) bool {
 	return u != nil && u.users[username] != nil
+}
+
+// Len returns how many users the file lists.
+func (u *Users) Len() int {
+	if u == nil {
+		return 0
+	}
+	return len(u.users)
+}
+
+// Admits reports whether a client may be logged in as username at all: a
+// listed user, or for "" an anonymous client where those are allowed.
+// Whoever Authenticate or a certificate of a Known name let in is admitted.
+func (u *Users) Admits(username string) bool {
+	if username == "" {
+		return u.AllowAnonymous()
+	}
+	return u == nil || u.users[username] != nil
+}
+
+// Revokes reports whether u, replacing old, ends a login as username that
+// old allowed: u no longer admits the name (the user was removed, or
+// anonymous clients are no longer allowed), or the user's password hash
+// changed, so that a password that leaked stops working for connections
+// already open as well as for new ones. A certificate login cannot be told
+// apart from a password one here, so it ends too when its user's password
+// changes; it can log in again at once.
+func (u *Users) Revokes(old *Users, username string) bool {
+	if u == nil {
+		return false
+	}
+	if !u.Admits(username) {
+		return true
+	}
+	if username == "" || old == nil {
+		return false
+	}
+	was := old.users[username]
+	return was != nil && !bytes.Equal(was.hash, u.users[username].hash)
 }
 
 // Authenticate reports whether password is username's password. A name

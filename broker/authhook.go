@@ -17,9 +17,12 @@ import (
 // AuthConfig configures who may connect to the MQTT broker and what they
 // may publish and subscribe to.
 type AuthConfig struct {
-	// Users is the loaded users file; nil lets every client connect and
-	// publish or subscribe anywhere, as without authentication.
-	Users *auth.Users
+	// Users holds the users file in force, which a reload may replace;
+	// every login and ACL check reads the file in force at that moment.
+	// Nil lets every client connect and publish or subscribe anywhere, as
+	// without authentication. After a reload, Broker.Revoke disconnects
+	// the clients the new file no longer lets in.
+	Users *auth.Live[auth.Users]
 	// Throttle slows down repeated failed logins from one address; nil
 	// means no throttling.
 	Throttle *auth.Throttle
@@ -57,7 +60,7 @@ const (
 // that connection.
 type authHook struct {
 	mqtt.HookBase
-	users    *auth.Users
+	users    *auth.Live[auth.Users]
 	throttle *auth.Throttle
 	certName func(cl *mqtt.Client) (string, bool)
 	log      *slog.Logger
@@ -115,7 +118,7 @@ func (h *authHook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnectAuthenticate, mqtt.OnACLCheck:
 		return true
-	case mqtt.OnConnect, mqtt.OnPacketRead:
+	case mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnSessionEstablished:
 		return h.users != nil
 	}
 	return false
@@ -159,7 +162,7 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			return packets.ErrServerShuttingDown
 		}
 	}
-	name, _, ref := h.authenticate(cl, pk)
+	name, _, ref := h.authenticate(cl, pk, h.users.Load())
 	if ref == nil {
 		ref = h.checkSessionOwner(cl.ID, name)
 	}
@@ -185,26 +188,27 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	return ref.code5
 }
 
-// authenticate decides who the client is. credentialed reports a login
-// by password or certificate rather than an anonymous one.
-func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet) (name string, credentialed bool, ref *refusal) {
+// authenticate decides who the client is, by the users file given.
+// credentialed reports a login by password or certificate rather than an
+// anonymous one.
+func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet, users *auth.Users) (name string, credentialed bool, ref *refusal) {
 	given := string(pk.Connect.Username)
-	switch cert, ok := h.certIdentity(cl); {
+	switch cert, ok := h.certIdentity(cl, users); {
 	case ok && given != "" && given != cert:
 		return "", false, notAuthorized(reasonNotAuthorized,
 			fmt.Sprintf("user name %q does not match the client certificate's identity %q", given, cert))
 	case ok:
 		name, credentialed = cert, true
 	case pk.Connect.UsernameFlag || pk.Connect.PasswordFlag:
-		if !h.users.Authenticate(given, pk.Connect.Password) {
+		if !users.Authenticate(given, pk.Connect.Password) {
 			return "", false, badCredentials()
 		}
 		name, credentialed = given, true
-	case !h.users.AllowAnonymous():
+	case !users.AllowAnonymous():
 		return "", false, notAuthorized(reasonAnonymousRefused, "anonymous connections are not allowed: log in with a user name and password")
 	}
 	// mochi publishes the will without an ACL check, so it is checked here.
-	if pk.Connect.WillFlag && !h.users.CanPublish(name, cl.ID, pk.Connect.WillTopic) {
+	if pk.Connect.WillFlag && !users.CanPublish(name, cl.ID, pk.Connect.WillTopic) {
 		return "", false, notAuthorized(reasonNotAuthorized, fmt.Sprintf("not authorized to publish the will message to %q", pk.Connect.WillTopic))
 	}
 	return name, credentialed, nil
@@ -226,12 +230,12 @@ func (h *authHook) checkSessionOwner(id, name string) *refusal {
 	return notAuthorized(reasonNotAuthorized, fmt.Sprintf("client id %q belongs to another user's session", id))
 }
 
-func (h *authHook) certIdentity(cl *mqtt.Client) (string, bool) {
+func (h *authHook) certIdentity(cl *mqtt.Client, users *auth.Users) (string, bool) {
 	if h.certName == nil {
 		return "", false
 	}
 	name, ok := h.certName(cl)
-	return name, ok && h.users.Known(name)
+	return name, ok && users.Known(name)
 }
 
 // OnConnectAuthenticate lets in every client that reaches it: mochi calls
@@ -244,15 +248,16 @@ func (h *authHook) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { re
 // to a subscriber, with the topic name. A refused publish never reaches the
 // OnPublish hooks, so it never reaches Kafka.
 func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
-	if h.users == nil || cl.Net.Inline {
+	users := h.users.Load()
+	if users == nil || cl.Net.Inline {
 		return true
 	}
 	user := string(cl.Properties.Username)
 	var ok bool
 	if write {
-		ok = h.users.CanPublish(user, cl.ID, topic)
+		ok = users.CanPublish(user, cl.ID, topic)
 	} else {
-		ok = h.users.CanSubscribe(user, cl.ID, topic)
+		ok = users.CanSubscribe(user, cl.ID, topic)
 	}
 	if !ok {
 		action := "subscribe"
@@ -284,4 +289,72 @@ func (h *authHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	// itself would a moment later.
 	pk.TopicName = cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, "")
 	return pk, nil
+}
+
+// revokedCode ends the connection of a client whose login a reloaded users
+// file no longer allows; MQTT 5 clients get it as DISCONNECT 0x87 with
+// this reason string.
+var revokedCode = packets.Code{Code: packets.ErrNotAuthorized.Code, Reason: "not authorized: the reloaded users file no longer allows this login"}
+
+// OnSessionEstablished repeats against the file now in force the check
+// that revoke makes after a reload. A login decided by the file before a
+// reload, of a client that mochi listed only after revoke had looked at
+// the list, would otherwise stay; the two are moments apart, and only
+// whether the name is still admitted is checked here (not whether its
+// password changed).
+func (h *authHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	users := h.users.Load()
+	if users == nil || cl.Net.Inline || users.Admits(string(cl.Properties.Username)) {
+		return
+	}
+	h.log.Info("disconnecting MQTT client: the users file was reloaded while it logged in and no longer allows its login",
+		"client", cl.ID, "username", string(cl.Properties.Username), "remote", cl.Net.Remote)
+	endLogin(cl)
+}
+
+// revoke disconnects the clients (the server's client list) whose login
+// the users file in force no longer allows, now that it replaced old (see
+// auth.Users.Revokes), and returns how many it disconnected. Kept
+// sessions of clients not connected stay until they expire: nobody can
+// log in to them as a user the file no longer has.
+func (h *authHook) revoke(old *auth.Users, clients map[string]*mqtt.Client) int {
+	users := h.users.Load()
+	if users == nil {
+		return 0
+	}
+	var wg sync.WaitGroup
+	n := 0
+	for _, cl := range clients {
+		if cl.Net.Inline || cl.Closed() || !users.Revokes(old, string(cl.Properties.Username)) {
+			continue
+		}
+		n++
+		h.log.Debug("disconnecting MQTT client: the reloaded users file no longer allows its login",
+			"client", cl.ID, "username", string(cl.Properties.Username), "remote", cl.Net.Remote)
+		// A client that does not read its socket would hold the
+		// DISCONNECT's write, and the client's lock, indefinitely: the
+		// deadline ends it, and each client gets its own goroutine so
+		// that one cannot hold up the rest.
+		_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			endLogin(cl)
+		}()
+	}
+	wg.Wait()
+	return n
+}
+
+// endLogin disconnects a client whose login is no longer allowed: MQTT 5
+// clients are told why first, as mochi's DisconnectClient would.
+func endLogin(cl *mqtt.Client) {
+	if cl.Properties.ProtocolVersion == 5 {
+		_ = cl.WritePacket(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Disconnect},
+			ReasonCode:  revokedCode.Code,
+			Properties:  packets.Properties{ReasonString: revokedCode.Reason},
+		})
+	}
+	cl.Stop(revokedCode)
 }

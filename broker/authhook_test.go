@@ -95,11 +95,18 @@ acls:
     access: subscribe
 `
 
-// loadTestUsers writes a users file with bcrypt hashes of "dev-pw" and
-// "ops-pw" (at the lowest cost, to keep the tests fast) and loads it.
-func loadTestUsers(t *testing.T, extra string) *auth.Users {
+// loadTestUsers loads testUsersFile with extra appended, as the file in
+// force.
+func loadTestUsers(t *testing.T, extra string) *auth.Live[auth.Users] {
 	t.Helper()
-	text := testUsersFile + extra
+	return auth.NewLive(parseTestUsers(t, testUsersFile+extra))
+}
+
+// parseTestUsers writes a users file with {{dev}} and {{ops}} replaced by
+// bcrypt hashes of "dev-pw" and "ops-pw" (at the lowest cost, to keep the
+// tests fast) and loads it.
+func parseTestUsers(t *testing.T, text string) *auth.Users {
+	t.Helper()
 	for _, u := range []string{"dev", "ops"} {
 		h, err := bcrypt.GenerateFromPassword([]byte(u+"-pw"), bcrypt.MinCost)
 		if err != nil {

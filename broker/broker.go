@@ -20,6 +20,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tributary-io/tributary/auth"
 	"github.com/tributary-io/tributary/bridge"
 	"github.com/tributary-io/tributary/certs"
 	"github.com/tributary-io/tributary/mapping"
@@ -255,6 +256,17 @@ func (b *Broker) Addr(id string) string { return b.addrs[id] }
 
 // Serving reports whether the listeners are up.
 func (b *Broker) Serving() bool { return b.serving.Load() }
+
+// Revoke disconnects the connected clients whose login the users file in
+// force (Config.Auth.Users) no longer allows, after a reload replaced old:
+// users no longer in the file, users whose password changed, and anonymous
+// clients when the file no longer allows them. MQTT 5 clients get
+// DISCONNECT 0x87 (not authorized) with a reason string first. It returns
+// how many clients it disconnected. ACL changes need no disconnect: every
+// publish, subscription and delivery is checked against the file in force.
+func (b *Broker) Revoke(old *auth.Users) int {
+	return b.auth.revoke(old, b.server.Clients.GetAll())
+}
 
 // Drain stops taking new QoS 1 and 2 publishes into Kafka: from now on they
 // are left unacknowledged, so their clients keep and resend them. Records

@@ -67,6 +67,10 @@ type session struct {
 	key  string
 	stop func(code int, reason string) // asks the socket to close; idempotent
 	done chan struct{}                 // closed when the socket is gone
+	// check repeats the socket's authentication and authorization against
+	// the users and tokens files in force, returning why they no longer
+	// allow it, or "". Nil: nothing to check.
+	check func() string
 }
 
 // NewAPI builds the API over the shared producer.
@@ -166,6 +170,10 @@ func (a *API) register(ctx context.Context, s *session) bool {
 			a.all[s] = struct{}{}
 			a.wg.Add(1)
 			a.mu.Unlock()
+			// The socket was authorized by the files in force before it
+			// was listed; a reload in between was not seen by Revoke,
+			// which lists the sockets after swapping the files.
+			a.revokeIfDenied(s)
 			return true
 		}
 		a.mu.Unlock()
@@ -194,6 +202,46 @@ func (a *API) unregister(s *session) {
 	a.mu.Unlock()
 	close(s.done)
 	a.wg.Done()
+}
+
+// Revoke closes every open socket whose credentials or topics the users
+// and tokens files in force no longer allow: call it after a reload. A
+// socket opened with HTTP Basic closes when its user is no longer in the
+// users file or its password changed, one opened with a token when the
+// token is no longer listed (for the same user), and any socket when the
+// Kafka ACLs no longer allow its topics or consumer group. Each closes as
+// at shutdown (a produce socket first sends the results still due; a
+// consume socket commits and leaves its group), with close code 1008 and
+// the reason. It returns how many sockets it closed.
+func (a *API) Revoke() int {
+	a.mu.Lock()
+	all := make([]*session, 0, len(a.all))
+	for s := range a.all {
+		all = append(all, s)
+	}
+	a.mu.Unlock()
+	n := 0
+	for _, s := range all {
+		if a.revokeIfDenied(s) {
+			n++
+		}
+	}
+	return n
+}
+
+// revokeIfDenied closes s if the files in force no longer allow it, and
+// reports whether it did.
+func (a *API) revokeIfDenied(s *session) bool {
+	if s.check == nil {
+		return false
+	}
+	why := s.check()
+	if why == "" {
+		return false
+	}
+	a.log.Info("closing a WebSocket API socket the reloaded users or tokens file no longer allows", "socket", s.key, "reason", why)
+	s.stop(websocket.ClosePolicyViolation, why)
+	return true
 }
 
 // Drain refuses new sockets and asks every open one to finish: produce

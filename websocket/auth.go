@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -14,16 +15,19 @@ import (
 )
 
 // AuthConfig configures who may use the HTTP API. With neither Users nor
-// Tokens set, everyone may.
+// Tokens set, everyone may. Both hold the file in force, which a reload
+// may replace: each request is checked against the file in force when it
+// arrives, and API.Revoke closes the open sockets a new file no longer
+// allows.
 type AuthConfig struct {
 	// Users authenticates HTTP Basic credentials and holds the per-user
 	// Kafka topic ACLs. Its allow_anonymous does not apply to HTTP.
-	Users *auth.Users
+	Users *auth.Live[auth.Users]
 	// Tokens authenticates bearer tokens: an "Authorization: Bearer"
 	// header, an access_token query parameter, or, for browsers, a
 	// Sec-WebSocket-Protocol entry "bearer.<token>" offered beside
 	// "tributary".
-	Tokens *auth.Tokens
+	Tokens *auth.Live[auth.Tokens]
 	// Metrics requires credentials for /metrics too.
 	Metrics bool
 	// Throttle slows down addresses with repeated failures.
@@ -41,10 +45,13 @@ const tokenProtocolPrefix = "bearer."
 type userKey struct{}
 
 // principal is who made a request: a user name ("" for anonymous) and
-// how they proved it.
+// how they proved it, with what a socket needs to check after a reload
+// that the proof still stands.
 type principal struct {
 	user   string
-	method string // "basic", "token" or "none" (no auth configured)
+	method string        // "basic", "token" or "none" (no auth configured)
+	users  *auth.Users   // basic: the users file that accepted the password
+	token  auth.TokenSum // token: the token's hash
 }
 
 func userOf(ctx context.Context) principal {
@@ -157,10 +164,11 @@ func (a *Authenticator) authenticate(r *http.Request) (principal, string) {
 			if !ok {
 				return principal{}, "bad_credentials"
 			}
-			if a.cfg.Users == nil || !a.cfg.Users.Authenticate(user, []byte(pass)) {
+			users := a.cfg.Users.Load()
+			if users == nil || !users.Authenticate(user, []byte(pass)) {
 				return principal{user: user}, "bad_credentials"
 			}
-			return principal{user: user, method: "basic"}, ""
+			return principal{user: user, method: "basic", users: users}, ""
 		case "bearer":
 			return a.token(strings.TrimSpace(rest))
 		default:
@@ -181,11 +189,37 @@ func (a *Authenticator) authenticate(r *http.Request) (principal, string) {
 }
 
 func (a *Authenticator) token(tok string) (principal, string) {
-	user, _, ok := a.cfg.Tokens.Lookup(tok)
+	if tok == "" {
+		return principal{}, "bad_token"
+	}
+	sum := auth.SumToken(tok)
+	user, _, ok := a.cfg.Tokens.Load().LookupSum(sum)
 	if !ok {
 		return principal{}, "bad_token"
 	}
-	return principal{user: user, method: "token"}, ""
+	return principal{user: user, method: "token", token: sum}, ""
+}
+
+// revoked says why the files in force no longer accept the credentials a
+// socket was opened with, or returns "" when they still do: a basic login
+// whose user the users file no longer has or whose password changed (see
+// auth.Users.Revokes), or a token no longer listed for the same user.
+func (a *Authenticator) revoked(ctx context.Context) string {
+	if !a.Enabled() {
+		return ""
+	}
+	p := userOf(ctx)
+	switch p.method {
+	case "basic":
+		if a.cfg.Users.Load().Revokes(p.users, p.user) {
+			return "the reloaded users file no longer allows user " + strconv.Quote(p.user) + " to log in"
+		}
+	case "token":
+		if user, _, ok := a.cfg.Tokens.Load().LookupSum(p.token); !ok || user != p.user {
+			return "the token is no longer in the reloaded tokens file"
+		}
+	}
+	return ""
 }
 
 func websocketProtocols(r *http.Request) []string {
@@ -203,18 +237,18 @@ func websocketProtocols(r *http.Request) []string {
 // canProduce and canConsume apply the users file's Kafka topic ACLs.
 func (a *Authenticator) canProduce(ctx context.Context, topic string) bool {
 	p := userOf(ctx)
-	if !a.Enabled() || a.cfg.Users == nil || p.method == "none" {
+	if !a.Enabled() || p.method == "none" {
 		return true
 	}
-	return a.cfg.Users.CanProduce(p.user, topic)
+	return a.cfg.Users.Load().CanProduce(p.user, topic)
 }
 
 func (a *Authenticator) canConsume(ctx context.Context, topic string) bool {
 	p := userOf(ctx)
-	if !a.Enabled() || a.cfg.Users == nil || p.method == "none" {
+	if !a.Enabled() || p.method == "none" {
 		return true
 	}
-	return a.cfg.Users.CanConsume(p.user, topic)
+	return a.cfg.Users.Load().CanConsume(p.user, topic)
 }
 
 // sessionKey names a socket for the clientId replacement rule: per
@@ -232,7 +266,7 @@ func sessionKey(path string, r *http.Request, clientID string) string {
 // user's names.
 func (a *Authenticator) consumerGroup(ctx context.Context, groupID, clientID string, given bool) (string, bool) {
 	p := userOf(ctx)
-	if !a.Enabled() || a.cfg.Users == nil || !a.cfg.Users.KafkaACLs() || p.method == "none" {
+	if !a.Enabled() || !a.cfg.Users.Load().KafkaACLs() || p.method == "none" {
 		return groupID, true
 	}
 	if !given {

@@ -163,7 +163,8 @@ func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
 		refuse(ws, consumeError{Error: errorBody{Code: CodeBadRequest, Message: msg}}, msg)
 		return
 	}
-	if g, ok := a.cfg.Auth.consumerGroup(r.Context(), groupID, clientID, q.Get("groupId") != ""); ok {
+	askedGroup, givenGroup := groupID, q.Get("groupId") != ""
+	if g, ok := a.cfg.Auth.consumerGroup(r.Context(), askedGroup, clientID, givenGroup); ok {
 		groupID = g
 	} else {
 		a.cfg.Auth.m.denied.WithLabelValues("consume").Inc()
@@ -213,7 +214,21 @@ func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
 	}
 	// Register before joining the group, so a replaced socket has left
 	// the group before this one joins: one rebalance instead of two.
-	sess := &session{key: sessionKey("out", r, clientID), stop: c.requestClose, done: make(chan struct{})}
+	sess := &session{key: sessionKey("out", r, clientID), stop: c.requestClose, done: make(chan struct{}),
+		check: func() string {
+			if why := a.cfg.Auth.revoked(r.Context()); why != "" {
+				return why
+			}
+			if g, ok := a.cfg.Auth.consumerGroup(r.Context(), askedGroup, clientID, givenGroup); !ok || g != groupID {
+				return "the reloaded users file no longer allows consumer group " + strconv.Quote(groupID)
+			}
+			for _, t := range topics {
+				if !a.cfg.Auth.canConsume(r.Context(), t) {
+					return "the reloaded users file no longer allows consuming topic " + strconv.Quote(t)
+				}
+			}
+			return ""
+		}}
 	if !a.register(r.Context(), sess) {
 		refuseWith(ws, consumeError{Error: errorBody{Code: 50302, Message: "server shutting down"}}, websocket.CloseGoingAway, "server shutting down")
 		return

@@ -111,7 +111,16 @@ func (a *API) serveProduce(w http.ResponseWriter, r *http.Request) {
 	if a.cfg.ProduceRate > 0 {
 		c.limit = newBucket(a.cfg.ProduceRate, max(1, a.cfg.ProduceRate))
 	}
-	sess := &session{key: sessionKey("in", r, clientID), stop: c.requestClose, done: make(chan struct{})}
+	sess := &session{key: sessionKey("in", r, clientID), stop: c.requestClose, done: make(chan struct{}),
+		check: func() string {
+			if why := a.cfg.Auth.revoked(r.Context()); why != "" {
+				return why
+			}
+			if !a.cfg.Auth.canProduce(r.Context(), topic) {
+				return "the reloaded users file no longer allows producing to topic " + strconv.Quote(topic)
+			}
+			return ""
+		}}
 	if !a.register(ctx, sess) {
 		refuseWith(ws, produceError{Error: errorBody{Code: 50302, Message: "server shutting down"}}, websocket.CloseGoingAway, "server shutting down")
 		return
@@ -125,8 +134,9 @@ func (a *API) serveProduce(w http.ResponseWriter, r *http.Request) {
 	go c.writer()
 	err = c.read()
 	if c.closing.Load() {
-		// The server asked (shutdown or replacement): send what Kafka
-		// acknowledges for the records already read, then close.
+		// The server asked (shutdown, replacement, revoked credentials):
+		// send what Kafka acknowledges for the records already read, then
+		// close.
 		deadline := time.Now().Add(30 * time.Second)
 		for len(c.slots) > 0 && time.Now().Before(deadline) {
 			time.Sleep(5 * time.Millisecond)

@@ -36,11 +36,14 @@ type daemon struct {
 	http      *websocket.Server
 	wsAPI     *websocket.API
 	registry  *prometheus.Registry
-	tls       *certs.Store // nil without a server certificate
-	users     *auth.Users  // nil without a users file
-	tokens    *auth.Tokens // nil without a tokens file
+	tls       *certs.Store            // nil without a server certificate
+	users     *auth.Live[auth.Users]  // nil without a users file
+	tokens    *auth.Live[auth.Tokens] // nil without a tokens file
 	throttle  *auth.Throttle
-	stopOnce  sync.Once
+	// authReloads counts reloads of the users and tokens files by file
+	// and result; nil without either file.
+	authReloads *prometheus.CounterVec
+	stopOnce    sync.Once
 
 	bg       sync.WaitGroup // background goroutines (certificate watcher)
 	bgCancel context.CancelFunc
@@ -313,21 +316,76 @@ func (d *daemon) startTLS(ctx context.Context) error {
 
 // loadAuth reads the users and tokens files.
 func (d *daemon) loadAuth() error {
-	var err error
 	if f := d.cfg.Auth.UsersFile; f != "" {
-		if d.users, err = auth.LoadUsers(f); err != nil {
+		users, err := auth.LoadUsers(f)
+		if err != nil {
 			return fmt.Errorf("loading auth.users_file: %w", err)
+		}
+		d.users = auth.NewLive(users)
+	}
+	if f := d.cfg.Auth.TokensFile; f != "" {
+		tokens, err := auth.LoadTokens(f)
+		if err != nil {
+			return fmt.Errorf("loading auth.tokens_file: %w", err)
+		}
+		d.tokens = auth.NewLive(tokens)
+	}
+	if d.users == nil && d.tokens == nil {
+		return nil
+	}
+	d.throttle = auth.NewThrottle(auth.ThrottleConfig{})
+	d.authReloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "tributary", Name: "auth_reloads_total",
+		Help: "Reloads (SIGHUP) of the users and tokens files, by file (users, tokens) and result (ok, failed).",
+	}, []string{"file", "result"})
+	d.registry.MustRegister(d.authReloads)
+	for file, on := range map[string]bool{"users": d.users != nil, "tokens": d.tokens != nil} {
+		if on {
+			d.authReloads.WithLabelValues(file, "ok")
+			d.authReloads.WithLabelValues(file, "failed")
+		}
+	}
+	return nil
+}
+
+// reloadAuth re-reads the users and tokens files, each if configured. A
+// file that fails to load keeps the old one in force and is logged with
+// the problem. When either changed, the MQTT clients and WebSocket API
+// sockets whose login or topics the new files no longer allow are
+// disconnected; everything decided from now on uses the new files.
+func (d *daemon) reloadAuth() {
+	oldUsers, usersSwapped, tokensSwapped := d.users.Load(), false, false
+	if f := d.cfg.Auth.UsersFile; f != "" {
+		if users, err := auth.LoadUsers(f); err != nil {
+			d.authReloads.WithLabelValues("users", "failed").Inc()
+			d.log.Error("reloading auth.users_file failed; the users loaded before stay in force", "file", f, "error", err)
+		} else {
+			oldUsers, usersSwapped = d.users.Swap(users), true
+			d.authReloads.WithLabelValues("users", "ok").Inc()
+			d.log.Info("users file reloaded", "file", f, "users", users.Len())
 		}
 	}
 	if f := d.cfg.Auth.TokensFile; f != "" {
-		if d.tokens, err = auth.LoadTokens(f); err != nil {
-			return fmt.Errorf("loading auth.tokens_file: %w", err)
+		if tokens, err := auth.LoadTokens(f); err != nil {
+			d.authReloads.WithLabelValues("tokens", "failed").Inc()
+			d.log.Error("reloading auth.tokens_file failed; the tokens loaded before stay in force", "file", f, "error", err)
+		} else {
+			d.tokens.Swap(tokens)
+			tokensSwapped = true
+			d.authReloads.WithLabelValues("tokens", "ok").Inc()
+			d.log.Info("tokens file reloaded", "file", f, "tokens", tokens.Len())
 		}
 	}
-	if d.users != nil || d.tokens != nil {
-		d.throttle = auth.NewThrottle(auth.ThrottleConfig{})
+	if usersSwapped && d.broker != nil {
+		if n := d.broker.Revoke(oldUsers); n > 0 {
+			d.log.Info("disconnected the MQTT clients whose login the reloaded users file no longer allows", "clients", n)
+		}
 	}
-	return nil
+	if (usersSwapped || tokensSwapped) && d.wsAPI != nil {
+		if n := d.wsAPI.Revoke(); n > 0 {
+			d.log.Info("closed the WebSocket API sockets the reloaded files no longer allow", "sockets", n)
+		}
+	}
 }
 
 // certUsername returns how MQTT clients' certificates name them, or nil
@@ -353,12 +411,14 @@ func (d *daemon) tlsConfig() func() *tls.Config {
 }
 
 // reload re-reads what can change without a restart (SIGHUP): the TLS
-// certificate files. A broken file keeps the old material and is logged.
+// certificate files, the users file and the tokens file. A broken file
+// keeps the old contents in force and is logged.
 func (d *daemon) reload() {
 	d.log.Info("reloading on SIGHUP")
 	if d.tls != nil {
 		_ = d.tls.Reload() // logs its own failure
 	}
+	d.reloadAuth()
 }
 
 // run starts the daemon and serves until ctx ends.

@@ -138,10 +138,23 @@ func (d *testDaemon) httpAddr() string { return d.http.Addr() }
 // startDaemon starts the whole product in-process and stops it at cleanup.
 func startDaemon(t *testing.T, cfg config.Config) *testDaemon {
 	t.Helper()
+	return startDaemonLog(t, cfg, testLogger(t))
+}
+
+// startLogged is startDaemon with a log the test can search.
+func startLogged(t *testing.T, cfg config.Config) (*testDaemon, *syncBuffer) {
+	t.Helper()
+	log, buf := capturingLogger(t)
+	return startDaemonLog(t, cfg, log), buf
+}
+
+// startDaemonLog is startDaemon logging to log.
+func startDaemonLog(t *testing.T, cfg config.Config, log *slog.Logger) *testDaemon {
+	t.Helper()
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("test config invalid: %v", err)
 	}
-	d, err := start(cfg, testLogger(t))
+	d, err := start(cfg, log)
 	if err != nil {
 		t.Fatalf("starting daemon: %v", err)
 	}

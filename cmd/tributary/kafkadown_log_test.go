@@ -20,12 +20,7 @@ func TestKafkaDownDoesNotFloodTheLog(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Kafka.Bootstrap = dead
 	cfg.Kafka.FlushTimeout = time.Second
-	log, buf := capturingLogger(t)
-	d, err := start(cfg, log)
-	if err != nil {
-		t.Fatalf("starting daemon: %v", err)
-	}
-	defer d.stop()
+	_, buf := startLogged(t, cfg)
 	time.Sleep(time.Second) // start-up itself waited about 10s for Kafka
 
 	var lines []string

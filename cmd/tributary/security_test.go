@@ -99,20 +99,8 @@ func startSecured(t *testing.T, users string, edit func(*config.Config)) *secure
 	if edit != nil {
 		edit(&cfg)
 	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	log, buf := capturingLogger(t)
-	d, err := start(cfg, log)
-	if err != nil {
-		t.Fatalf("starting daemon: %v", err)
-	}
-	t.Cleanup(d.stop)
-	bs := cfg.Kafka.Bootstrap
-	if d.embedded != nil {
-		bs = d.embedded.Addr()
-	}
-	return &secured{testDaemon: &testDaemon{daemon: d, bootstrap: bs}, dir: dir, log: buf, users: users}
+	d, buf := startLogged(t, cfg)
+	return &secured{testDaemon: d, dir: dir, log: buf, users: users}
 }
 
 func (s *secured) caPool(t *testing.T) *x509.CertPool {

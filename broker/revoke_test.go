@@ -1,0 +1,166 @@
+package broker
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/tributary-io/tributary/auth"
+)
+
+// usersWithHashes parses a users file whose {{dev}} and {{ops}} are the
+// hashes given, so that two files can share a user's password hash.
+func usersWithHashes(t *testing.T, text string, hashes map[string]string) *auth.Users {
+	t.Helper()
+	for u, h := range hashes {
+		text = strings.ReplaceAll(text, "{{"+u+"}}", h)
+	}
+	return parseTestUsers(t, text)
+}
+
+// After a reload, the new users file decides every later login and ACL
+// check, also on connections already open, and the logins it no longer
+// allows end: a removed user's MQTT 5 connection gets DISCONNECT 0x87
+// and its MQTT 3.1.1 connection is closed, and so is an anonymous one once
+// anonymous clients are refused. A user still in the file stays connected.
+func TestAuthReloadRevokes(t *testing.T) {
+	hashes := map[string]string{}
+	for _, u := range []string{"dev", "ops"} {
+		h, err := bcrypt.GenerateFromPassword([]byte(u+"-pw"), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hashes[u] = string(h)
+	}
+	users := auth.NewLive(usersWithHashes(t, `allow_anonymous: true
+users:
+  - {username: dev, password_hash: "{{dev}}"}
+  - {username: ops, password_hash: "{{ops}}"}
+acls:
+  - {user: dev, topic: "devices/%u/#", access: publish}
+  - {user: ops, topic: "#", access: all}
+  - {anonymous: true, topic: "public/#", access: all}
+`, hashes))
+	s := startAuthServer(t, AuthConfig{Users: users})
+
+	dev5, ack := connectRaw(t, s.addr, rawConnect{version: 5, id: "dev-5", user: "dev", pass: "dev-pw"})
+	if ack.ReasonCode != 0 {
+		t.Fatalf("dev's CONNACK %#x", ack.ReasonCode)
+	}
+	lost := make(chan error, 1)
+	o := paho.NewClientOptions().AddBroker("tcp://" + s.addr).SetClientID("dev-3").SetProtocolVersion(4).
+		SetUsername("dev").SetPassword("dev-pw").SetAutoReconnect(false).SetConnectRetry(false).
+		SetConnectionLostHandler(func(_ paho.Client, err error) { lost <- err })
+	dev3 := paho.NewClient(o)
+	if tok := dev3.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connecting dev over MQTT 3.1.1: %v", tok.Error())
+	}
+	t.Cleanup(func() { dev3.Disconnect(50) })
+	anon, ack := connectRaw(t, s.addr, rawConnect{version: 5, id: "anon-5"})
+	if ack.ReasonCode != 0 {
+		t.Fatalf("anonymous CONNACK %#x", ack.ReasonCode)
+	}
+	ops, ack := connectRaw(t, s.addr, rawConnect{version: 5, id: "ops-5", user: "ops", pass: "ops-pw"})
+	if ack.ReasonCode != 0 {
+		t.Fatalf("ops's CONNACK %#x", ack.ReasonCode)
+	}
+	writePackets(t, dev5, publish5("devices/dev/x", 1, 1, 0))
+	if got := readMQTT(t, dev5, 5); got.ReasonCode != 0 {
+		t.Fatalf("dev's publish before the reload: PUBACK %#x", got.ReasonCode)
+	}
+	writePackets(t, ops, publish5("devices/dev/y", 1, 1, 0))
+	if got := readMQTT(t, ops, 5); got.ReasonCode != 0 {
+		t.Fatalf("ops's publish before the reload: PUBACK %#x", got.ReasonCode)
+	}
+
+	// dev removed, anonymous clients refused, ops narrowed to ops/#.
+	old := users.Swap(usersWithHashes(t, `users:
+  - {username: ops, password_hash: "{{ops}}"}
+acls:
+  - {user: ops, topic: "ops/#", access: all}
+`, hashes))
+	if n := s.hook.revoke(old, s.srv.Clients.GetAll()); n != 3 {
+		t.Fatalf("revoke disconnected %d clients, want 3 (dev twice and the anonymous one)", n)
+	}
+	for _, c := range []struct {
+		name string
+		conn net.Conn
+	}{{"dev", dev5}, {"anonymous", anon}} {
+		pk := readMQTT(t, c.conn, 5)
+		if pk.FixedHeader.Type != packets.Disconnect || pk.ReasonCode != 0x87 || !strings.Contains(pk.Properties.ReasonString, "users file") {
+			t.Fatalf("%s's MQTT 5 connection got packet type %d reason %#x %q, want DISCONNECT 0x87 naming the users file",
+				c.name, pk.FixedHeader.Type, pk.ReasonCode, pk.Properties.ReasonString)
+		}
+		if _, err := tryReadMQTT(c.conn, 5, 5*time.Second); !errors.Is(err, io.EOF) {
+			t.Fatalf("%s's connection after the DISCONNECT: %v, want it closed", c.name, err)
+		}
+	}
+	select {
+	case <-lost:
+	case <-time.After(10 * time.Second):
+		t.Fatal("dev's MQTT 3.1.1 connection stayed open after dev was removed")
+	}
+
+	// ops is still connected, under the new ACLs.
+	writePackets(t, ops, publish5("devices/dev/z", 1, 2, 0), publish5("ops/x", 1, 3, 0))
+	for _, want := range []struct {
+		id   uint16
+		code byte
+	}{{2, 0x87}, {3, 0}} {
+		if got := readMQTT(t, ops, 5); got.FixedHeader.Type != packets.Puback || got.PacketID != want.id || got.ReasonCode != want.code {
+			t.Fatalf("ops's publish %d after the reload: type %d id %d reason %#x, want PUBACK %#x",
+				want.id, got.FixedHeader.Type, got.PacketID, got.ReasonCode, want.code)
+		}
+	}
+	if got, want := s.rec.got(), []string{"devices/dev/x", "devices/dev/y", "ops/x"}; !slices.Equal(got, want) {
+		t.Fatalf("publishes reaching OnPublish: %q, want %q", got, want)
+	}
+
+	// New logins use the new file.
+	if _, ack := connectRaw(t, s.addr, rawConnect{version: 5, id: "dev-again", user: "dev", pass: "dev-pw"}); ack.ReasonCode != 0x86 {
+		t.Fatalf("a removed user's CONNACK %#x, want 0x86", ack.ReasonCode)
+	}
+	if _, ack := connectRaw(t, s.addr, rawConnect{version: 5, id: "anon-again"}); ack.ReasonCode != 0x87 {
+		t.Fatalf("an anonymous CONNACK %#x after anonymous clients were refused, want 0x87", ack.ReasonCode)
+	}
+	if s.hook.revoke(users.Load(), s.srv.Clients.GetAll()) != 0 {
+		t.Fatal("revoking against the same file disconnected someone")
+	}
+}
+
+// A login decided by the file before a reload, of a client listed only
+// after the reload's revoke looked, ends when its session is established.
+func TestAuthSessionEstablishedAfterReload(t *testing.T) {
+	users := loadTestUsers(t, "")
+	h, err := newAuthHook(AuthConfig{Users: users}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := mqtt.New(&mqtt.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	client := func(id, user string) *mqtt.Client {
+		cl := srv.NewClient(nil, "test", id, false)
+		cl.Properties.ProtocolVersion = 4
+		cl.Properties.Username = []byte(user)
+		return cl
+	}
+	kept, removed := client("c1", "ops"), client("c2", "dev")
+	users.Swap(parseTestUsers(t, "users:\n  - {username: ops, password_hash: \"{{ops}}\"}\n"))
+	h.OnSessionEstablished(kept, packets.Packet{})
+	h.OnSessionEstablished(removed, packets.Packet{})
+	if kept.StopCause() != nil {
+		t.Fatalf("a user still in the file was stopped: %v", kept.StopCause())
+	}
+	if !errors.Is(removed.StopCause(), revokedCode) {
+		t.Fatalf("a user no longer in the file: stop cause %v, want %v", removed.StopCause(), revokedCode)
+	}
+}
