@@ -15,34 +15,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/tributary-io/tributary/internal/testutil"
 )
-
-func consumerCluster(t *testing.T, opts ...kfake.Opt) *kfake.Cluster {
-	t.Helper()
-	c, err := kfake.NewCluster(append([]kfake.Opt{kfake.NumBrokers(1), kfake.SeedTopics(1, "t")}, opts...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	return c
-}
-
-// produceTo appends n records to the single partition of topic t.
-func produceTo(t *testing.T, c *kfake.Cluster, n int) {
-	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.DefaultProduceTopic("t"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	for range n {
-		if err := cl.ProduceSync(ctx, &kgo.Record{Value: []byte("v")}).FirstErr(); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
 
 func testConsumer(t *testing.T, c *kfake.Cluster, cfg ConsumerConfig) *Consumer {
 	t.Helper()
@@ -111,18 +86,18 @@ func committedOffset(t *testing.T, c *kfake.Cluster, group string) int64 {
 // group's offset back over what another member committed while it owned
 // the partition: not by Commit, nor by Store.
 func TestConsumerStaleCommitAfterRebalance(t *testing.T) {
-	c := consumerCluster(t)
-	produceTo(t, c, 10)
+	c := testutil.KafkaCluster(t)
+	testutil.ProduceTo(t, c, 10)
 	// The range assignor gives the one partition to the member whose id
 	// sorts first; Kafka member ids start with the client id.
 	a := testConsumer(t, c, ConsumerConfig{GroupID: "g", ClientID: "b-member"})
 	old := nextRecords(t, a, 10)
 	b := testConsumer(t, c, ConsumerConfig{GroupID: "g", ClientID: "a-member"})
 	nextRecords(t, b, 10) // from the start: nothing was committed
-	produceTo(t, c, 10)
+	testutil.ProduceTo(t, c, 10)
 	commitNow(t, b, nextRecords(t, b, 10)[9])
 	b.Close()
-	produceTo(t, c, 1)
+	testutil.ProduceTo(t, c, 1)
 	fresh := nextRecords(t, a, 1)[0]
 	if fresh.Offset != 20 {
 		t.Fatalf("back with the first member at offset %d, want 20, after the other's commit", fresh.Offset)
@@ -146,8 +121,8 @@ func TestConsumerStaleCommitAfterRebalance(t *testing.T) {
 // A commit Kafka refused stays due: it is retried on the next commit
 // interval, without the caller asking again.
 func TestConsumerRetriesFailedCommit(t *testing.T) {
-	c := consumerCluster(t)
-	produceTo(t, c, 10)
+	c := testutil.KafkaCluster(t)
+	testutil.ProduceTo(t, c, 10)
 	cons := testConsumer(t, c, ConsumerConfig{GroupID: "g", ClientID: "m", CommitInterval: 100 * time.Millisecond})
 	recs := nextRecords(t, cons, 10)
 	// Kafka refuses the next commit (a control function applies once).
@@ -213,8 +188,8 @@ func TestConsumerReportsUnreadableTopics(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := consumerCluster(t)
-			produceTo(t, c, 1)
+			c := testutil.KafkaCluster(t)
+			testutil.ProduceTo(t, c, 1)
 			if tc.setup != nil {
 				tc.setup(c)
 			}

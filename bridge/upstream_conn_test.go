@@ -2,7 +2,6 @@ package bridge
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +16,8 @@ import (
 
 	"github.com/eclipse/paho.mqtt.golang/packets"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tributary-io/tributary/internal/testutil"
 )
 
 // fakeProducer records what upstreams produce. It reports each record
@@ -62,30 +63,6 @@ func (p *fakeProducer) heldHandlers() []DeliveryHandler {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return slices.Clone(p.held)
-}
-
-// syncBuffer is a log destination the test reads while upstreams write.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) lines(containing string) []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []string
-	for _, l := range strings.Split(s.b.String(), "\n") {
-		if strings.Contains(l, containing) {
-			out = append(out, l)
-		}
-	}
-	return out
 }
 
 // upstreamForTest builds one upstream producing into p, closed at cleanup.
@@ -447,12 +424,12 @@ func TestUpstreamCleanSessionWarning(t *testing.T) {
 		{"persistent session, QoS 1", false, 1, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var logs syncBuffer
+			var logs testutil.SyncBuffer
 			upstreamForTest(t, UpstreamConfig{CleanSession: tc.clean, Subscriptions: []UpstreamSubscription{{Filter: "d/#", QoS: tc.qos}}},
 				&fakeProducer{}, slog.New(slog.NewTextHandler(&logs, nil)))
-			warned := len(logs.lines("level=WARN")) > 0 && len(logs.lines("clean_session")) > 0
+			warned := len(logs.Lines("level=WARN")) > 0 && len(logs.Lines("clean_session")) > 0
 			if warned != tc.warn {
-				t.Fatalf("warned %v, want %v:\n%s", warned, tc.warn, strings.Join(logs.lines(""), "\n"))
+				t.Fatalf("warned %v, want %v:\n%s", warned, tc.warn, strings.Join(logs.Lines(""), "\n"))
 			}
 		})
 	}
@@ -481,20 +458,20 @@ func TestUpstreamSessionNotPresentWarning(t *testing.T) {
 					lastAWhile(nc)
 				}
 			})
-			var logs syncBuffer
+			var logs testutil.SyncBuffer
 			us, _ := upstreamForTest(t, UpstreamConfig{
 				URL: r.url(), ClientID: "trib-session", CleanSession: tc.clean, Subscriptions: []UpstreamSubscription{{Filter: "d/#", QoS: 1}},
 				KeepAlive: 5 * time.Second, ConnectTimeout: 5 * time.Second, ReconnectMin: 10 * time.Millisecond, ReconnectMax: 20 * time.Millisecond,
 			}, &fakeProducer{}, slog.New(slog.NewTextHandler(&logs, nil)))
 			us.Start()
 			deadline := time.Now().Add(20 * time.Second)
-			for len(logs.lines("connected to upstream")) < tc.connects {
+			for len(logs.Lines("connected to upstream")) < tc.connects {
 				if time.Now().After(deadline) {
-					t.Fatalf("%d connections logged in 20s, want %d", len(logs.lines("connected to upstream")), tc.connects)
+					t.Fatalf("%d connections logged in 20s, want %d", len(logs.Lines("connected to upstream")), tc.connects)
 				}
 				time.Sleep(5 * time.Millisecond)
 			}
-			line := logs.lines("connected to upstream")[tc.connects-1]
+			line := logs.Lines("connected to upstream")[tc.connects-1]
 			if !strings.Contains(line, tc.want) {
 				t.Fatalf("connect logged as\n%s\nwant %q", line, tc.want)
 			}
@@ -507,7 +484,7 @@ func TestUpstreamSessionNotPresentWarning(t *testing.T) {
 // interval, not one per message.
 func TestUpstreamRefusedRecordsLoggedOnceInAWhile(t *testing.T) {
 	p := &fakeProducer{err: fmt.Errorf("producing: %w", ErrUnknownTopic)}
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	_, u := upstreamForTest(t, UpstreamConfig{}, p, slog.New(slog.NewTextHandler(&logs, nil)))
 	c, _, acks := connForTest(t, u)
 	for id := uint16(1); id <= 5; id++ {
@@ -516,7 +493,7 @@ func TestUpstreamRefusedRecordsLoggedOnceInAWhile(t *testing.T) {
 			t.Fatalf("PUBACK %d, want %d", got, id)
 		}
 	}
-	if n := len(logs.lines("Kafka refused the record for good")); n != 1 {
+	if n := len(logs.Lines("Kafka refused the record for good")); n != 1 {
 		t.Fatalf("%d log lines for 5 refused records, want 1", n)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/tributary-io/tributary/auth"
+	"github.com/tributary-io/tributary/internal/testutil"
 )
 
 // publishRecorder is an OnPublish hook standing in for the Kafka ingest:
@@ -50,24 +51,6 @@ func (r *publishRecorder) got() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.topics)
-}
-
-// syncBuffer is a log destination several goroutines may write to.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 const testUsersFile = `users:
@@ -137,13 +120,13 @@ type authServer struct {
 	hook *authHook
 	rec  *publishRecorder
 	reg  *prometheus.Registry
-	logs *syncBuffer
+	logs *testutil.SyncBuffer
 }
 
 func startAuthServer(t *testing.T, cfg AuthConfig) *authServer {
 	t.Helper()
 	discard := slog.New(slog.NewTextHandler(io.Discard, nil))
-	s := &authServer{rec: &publishRecorder{}, reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	s := &authServer{rec: &publishRecorder{}, reg: prometheus.NewRegistry(), logs: &testutil.SyncBuffer{}}
 	cfg.Registerer = s.reg
 	if cfg.CertUsername == nil {
 		cfg.CertUsername = testCertNames

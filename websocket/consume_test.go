@@ -19,36 +19,11 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/tributary-io/tributary/bridge"
+	"github.com/tributary-io/tributary/internal/testutil"
 )
 
 // kafkaCluster is an in-process Kafka with one topic, "t", of one
 // partition.
-func kafkaCluster(t *testing.T) *kfake.Cluster {
-	t.Helper()
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "t"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	return c
-}
-
-// produceTo appends n records to topic t.
-func produceTo(t *testing.T, c *kfake.Cluster, n int) {
-	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.DefaultProduceTopic("t"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	for range n {
-		if err := cl.ProduceSync(ctx, &kgo.Record{Value: []byte("v")}).FirstErr(); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
 
 // groupMember joins group g as client, reading topic t.
 func groupMember(t *testing.T, c *kfake.Cluster, client string) *bridge.Consumer {
@@ -105,14 +80,14 @@ func committedOffset(t *testing.T, c *kfake.Cluster) int64 {
 // written runs with the old records before b joins.
 func movedAndBack(t *testing.T, c *kfake.Cluster, a *bridge.Consumer, written func(old []*bridge.ConsumedRecord)) (old []*bridge.ConsumedRecord, fresh *bridge.ConsumedRecord) {
 	t.Helper()
-	produceTo(t, c, 10)
+	testutil.ProduceTo(t, c, 10)
 	old = nextRecords(t, a, 10)
 	written(old)
 	// The range assignor gives the one partition to the member whose id
 	// sorts first; Kafka member ids start with the client id.
 	b := groupMember(t, c, "a-member")
 	nextRecords(t, b, 10) // from the start: nothing was committed
-	produceTo(t, c, 10)
+	testutil.ProduceTo(t, c, 10)
 	last := nextRecords(t, b, 10)[9]
 	done := make(chan error, 1)
 	if err := b.Commit(last.Assignment, last.Offset, func(err error) { done <- err }); err != nil {
@@ -122,7 +97,7 @@ func movedAndBack(t *testing.T, c *kfake.Cluster, a *bridge.Consumer, written fu
 		t.Fatal(err)
 	}
 	b.Close()
-	produceTo(t, c, 1)
+	testutil.ProduceTo(t, c, 1)
 	fresh = nextRecords(t, a, 1)[0]
 	if fresh.Offset != 20 {
 		t.Fatalf("back with the first member at offset %d, want 20, after the other's commit", fresh.Offset)
@@ -178,7 +153,7 @@ func controlFrame(t *testing.T, c *consumeConn) string {
 // record's partition away, and gave it back, is stale: committing it would
 // move the group's offset back over what the other member committed.
 func TestConsumeStaleCommitAfterRebalance(t *testing.T) {
-	c := kafkaCluster(t)
+	c := testutil.KafkaCluster(t)
 	a := groupMember(t, c, "b-member")
 	s, _ := testConsume(t, a, false)
 	old, fresh := movedAndBack(t, c, a, func(old []*bridge.ConsumedRecord) { write(t, s, old) })
@@ -200,7 +175,7 @@ func TestConsumeStaleCommitAfterRebalance(t *testing.T) {
 // away, and still waiting for the writer when it came back, are neither
 // sent (the other member read them too) nor committed.
 func TestConsumeDropsRecordsOfAnEndedAssignment(t *testing.T) {
-	c := kafkaCluster(t)
+	c := testutil.KafkaCluster(t)
 	a := groupMember(t, c, "b-member")
 	s, client := testConsume(t, a, true)
 	old, _ := movedAndBack(t, c, a, func([]*bridge.ConsumedRecord) {})
@@ -219,8 +194,8 @@ func TestConsumeDropsRecordsOfAnEndedAssignment(t *testing.T) {
 
 // A commit Kafka failed may be sent again: it is not taken for committed.
 func TestConsumeCommitAgainAfterFailure(t *testing.T) {
-	c := kafkaCluster(t)
-	produceTo(t, c, 10)
+	c := testutil.KafkaCluster(t)
+	testutil.ProduceTo(t, c, 10)
 	cons := groupMember(t, c, "m")
 	s, _ := testConsume(t, cons, false)
 	recs := nextRecords(t, cons, 10)

@@ -21,6 +21,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/tributary-io/tributary/config"
+	"github.com/tributary-io/tributary/internal/testutil"
 )
 
 // The integration suite runs against the embedded Kafka (kfake) by default
@@ -38,9 +39,9 @@ func testLogger(t *testing.T) *slog.Logger {
 
 // capturingLogger is testLogger that also keeps the whole log in a
 // buffer, for tests that look for a line in it.
-func capturingLogger(t *testing.T) (*slog.Logger, *syncBuffer) {
+func capturingLogger(t *testing.T) (*slog.Logger, *testutil.SyncBuffer) {
 	t.Helper()
-	buf := &syncBuffer{}
+	buf := &testutil.SyncBuffer{}
 	return slog.New(slog.NewTextHandler(io.MultiWriter(buf, testLogWriter(t)), &slog.HandlerOptions{Level: slog.LevelDebug})), buf
 }
 
@@ -142,7 +143,7 @@ func startDaemon(t *testing.T, cfg config.Config) *testDaemon {
 }
 
 // startLogged is startDaemon with a log the test can search.
-func startLogged(t *testing.T, cfg config.Config) (*testDaemon, *syncBuffer) {
+func startLogged(t *testing.T, cfg config.Config) (*testDaemon, *testutil.SyncBuffer) {
 	t.Helper()
 	log, buf := capturingLogger(t)
 	return startDaemonLog(t, cfg, log), buf

@@ -23,6 +23,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/tributary-io/tributary/config"
+	"github.com/tributary-io/tributary/internal/testutil"
 )
 
 // secured is a daemon with TLS listeners, a users file and a log that the
@@ -30,25 +31,8 @@ import (
 type secured struct {
 	*testDaemon
 	dir   string // the dev certificates
-	log   *syncBuffer
+	log   *testutil.SyncBuffer
 	users string
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // devCerts runs `tributary certs dev --out DIR` and checks its six files.
