@@ -9,7 +9,7 @@ KAFKA    := scripts/kafka.sh
 # fixed in Go 1.27). A count has no deadline to race.
 FUZZTIME ?= 50000x
 
-.PHONY: help build run deps test vet test-kafka fuzz bench clean
+.PHONY: help build run deps test vet test-kafka test-allocs fuzz bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ test-kafka: deps ## the integration suite against a real Apache Kafka 4.x (KRaft
 	$(KAFKA) start
 	TRIBUTARY_TEST_KAFKA_BOOTSTRAP=$$($(KAFKA) bootstrap) $(GO) test -race -count=1 -timeout 25m ./cmd/tributary/; \
 		status=$$?; $(KAFKA) stop; exit $$status
+
+test-allocs: ## allocation guards that the race detector makes skip (sync.Pool drops items under it)
+	$(GO) test -count=1 -run 'TestBuildRecordReusesRecords' ./broker/
 
 fuzz: ## run each fuzz test for FUZZTIME (executions, e.g. 50000x)
 	$(GO) test ./mapping -run '^$$' -fuzz FuzzParseRegexList -fuzztime $(FUZZTIME)
