@@ -172,6 +172,7 @@ type rawConnect struct {
 	user, pass string
 	will       string
 	from       string // source IP; "" for the default
+	keep       bool   // ask for a persistent session (MQTT 5: expiry 60 s)
 }
 
 // connectRaw sends a CONNECT and returns the connection and the CONNACK.
@@ -190,10 +191,13 @@ func connectRaw(t *testing.T, addr string, c rawConnect) (net.Conn, packets.Pack
 		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
 		ProtocolVersion: c.version,
 		Connect: packets.ConnectParams{
-			ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: c.id,
+			ProtocolName: []byte("MQTT"), Clean: !c.keep, Keepalive: 30, ClientIdentifier: c.id,
 			UsernameFlag: c.user != "", Username: []byte(c.user),
 			PasswordFlag: c.pass != "", Password: []byte(c.pass),
 		},
+	}
+	if c.keep && c.version == 5 {
+		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 60, true
 	}
 	if c.will != "" {
 		pk.Connect.WillFlag, pk.Connect.WillTopic, pk.Connect.WillPayload = true, c.will, []byte("gone")
@@ -218,6 +222,8 @@ func writePackets(t *testing.T, conn net.Conn, pks ...packets.Packet) {
 			err = pk.PublishEncode(&buf)
 		case packets.Subscribe:
 			err = pk.SubscribeEncode(&buf)
+		case packets.Pubrel:
+			err = pk.PubrelEncode(&buf)
 		default:
 			t.Fatalf("no encoder for packet type %d", pk.FixedHeader.Type)
 		}
@@ -278,6 +284,10 @@ func tryReadMQTT(conn net.Conn, version byte, timeout time.Duration) (packets.Pa
 		err = pk.ConnackDecode(body)
 	case packets.Puback:
 		err = pk.PubackDecode(body)
+	case packets.Pubrec:
+		err = pk.PubrecDecode(body)
+	case packets.Pubcomp:
+		err = pk.PubcompDecode(body)
 	case packets.Suback:
 		err = pk.SubackDecode(body)
 	case packets.Publish:

@@ -56,8 +56,12 @@ type ingest struct {
 	produceCtx    context.Context
 	stopProducing context.CancelFunc
 	sessions      sync.Map // *mqtt.Client -> *session
-	writers       sync.WaitGroup
-	dropLog       bridge.LogEvery
+	// takeoverWait bounds how long a CONNECT resuming a session waits for
+	// the QoS 2 publishes of the session's previous connection to reach
+	// Kafka (see settlePrevious).
+	takeoverWait time.Duration
+	writers      sync.WaitGroup
+	dropLog      bridge.LogEvery
 
 	publishLimits PublishLimits
 	limiters      sync.Map // *mqtt.Client -> *publishLimiter; used on the client's read goroutine only
@@ -67,15 +71,16 @@ type ingest struct {
 
 func newIngest(ctx context.Context, server *mqtt.Server, producer Producer, mapper *mapping.Mapper, log *slog.Logger, m *metrics) *ingest {
 	h := &ingest{
-		ctx:        ctx,
-		server:     server,
-		producer:   producer,
-		mapper:     mapper,
-		log:        log,
-		m:          m,
-		maxPending: int(server.Options.Capabilities.ReceiveMaximum),
-		dropLog:    bridge.LogEvery{Interval: 10 * time.Second},
-		limitLog:   bridge.LogEvery{Interval: 10 * time.Second},
+		ctx:          ctx,
+		server:       server,
+		producer:     producer,
+		mapper:       mapper,
+		log:          log,
+		m:            m,
+		maxPending:   int(server.Options.Capabilities.ReceiveMaximum),
+		dropLog:      bridge.LogEvery{Interval: 10 * time.Second},
+		limitLog:     bridge.LogEvery{Interval: 10 * time.Second},
+		takeoverWait: 10 * time.Second,
 	}
 	h.produceCtx, h.stopProducing = context.WithCancel(ctx)
 	if h.maxPending == 0 { // no receive maximum advertised: the packet id space bounds it
@@ -98,6 +103,13 @@ func (h *ingest) Provides(b byte) bool {
 // returned error ends the connection and is counted as a protocol
 // violation; MQTT 5 clients are told why first.
 func (h *ingest) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	if err := h.checkWill(cl, pk); err != nil {
+		return err
+	}
+	return h.settlePrevious(cl, pk)
+}
+
+func (h *ingest) checkWill(cl *mqtt.Client, pk packets.Packet) error {
 	if !pk.Connect.WillFlag {
 		return nil
 	}
@@ -116,6 +128,58 @@ func (h *ingest) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	// MQTT 3.1.1 has no return code for it: a malformed CONNECT closes
 	// the connection without a CONNACK [MQTT-3.1.4-1].
 	return packets.Code{Code: packets.ErrProtocolViolation.Code, Reason: reason}
+}
+
+// settlePrevious makes a session's QoS 2 state whole before a new
+// connection resumes it. mochi hands the resumed session a copy of the
+// previous connection's inflight store, where the ack writer keeps a
+// PUBREC for each QoS 2 publish Kafka has confirmed; that PUBREC is what
+// answers the client's resend without producing it again. A publish that
+// was still awaiting Kafka at that moment would have none, and its resend
+// would be produced twice. So the previous connection is closed (as the
+// takeover would close it) and its QoS 2 publishes are waited for, up to
+// takeoverWait. If Kafka has not answered them by then, the CONNECT is
+// refused as server unavailable (MQTT 5: server busy) and the client
+// connects again later, its session intact.
+//
+// A session MQTT does not keep past its connection (MQTT 3 clean
+// session, MQTT 5 with no session expiry) is not waited for.
+func (h *ingest) settlePrevious(cl *mqtt.Client, pk packets.Packet) error {
+	if pk.Connect.Clean {
+		return nil
+	}
+	prev, ok := h.server.Clients.Get(cl.ID)
+	if !ok || prev == cl {
+		return nil
+	}
+	if prev.Properties.ProtocolVersion < 5 && prev.Properties.Clean ||
+		prev.Properties.ProtocolVersion == 5 && prev.Properties.Props.SessionExpiryInterval == 0 {
+		return nil
+	}
+	v, ok := h.sessions.Load(prev)
+	if !ok || !v.(*session).holdsQoS2() {
+		return nil
+	}
+	s := v.(*session)
+	if !prev.Closed() {
+		h.disconnect(prev, packets.ErrSessionTakenOver)
+	}
+	start := time.Now()
+	if s.awaitQoS2(h.ctx, h.takeoverWait) {
+		h.log.Debug("resumed session waited for its QoS 2 publishes to reach Kafka", "client", cl.ID, "waited", time.Since(start))
+		return nil
+	}
+	h.m.resumesRefused.Inc()
+	h.log.Warn("refusing a CONNECT that resumes a session: QoS 2 publishes of its previous connection are still awaiting Kafka; the client may connect again later",
+		"client", cl.ID, "remote", cl.Net.Remote, "waited", time.Since(start))
+	code := packets.ErrServerBusy
+	if cl.Properties.ProtocolVersion < 5 {
+		code = packets.ErrServerUnavailable // MQTT 3 has return code 3 for it, not busy
+	}
+	if err := h.server.SendConnack(cl, code, false, nil); err != nil {
+		h.log.Debug("writing a refusing CONNACK", "client", cl.ID, "error", err)
+	}
+	return code
 }
 
 func (h *ingest) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
@@ -530,6 +594,38 @@ func (s *session) waitRoom(ctx context.Context) bool {
 			}
 		}
 	}
+}
+
+// holdsQoS2 reports whether a QoS 2 publish is queued, its PUBREC not
+// yet in the client's inflight store.
+func (s *session) holdsQoS2() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range s.queue {
+		if e.qos == 2 {
+			return true
+		}
+	}
+	return false
+}
+
+// awaitQoS2 waits until no QoS 2 publish is queued, for at most d. It
+// returns false when d passed or the broker closes first.
+func (s *session) awaitQoS2(ctx context.Context, d time.Duration) bool {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	poll := time.NewTicker(5 * time.Millisecond)
+	defer poll.Stop()
+	for s.holdsQoS2() {
+		select {
+		case <-poll.C:
+		case <-deadline.C:
+			return !s.holdsQoS2()
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return true
 }
 
 func (s *session) wake() {

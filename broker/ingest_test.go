@@ -26,6 +26,7 @@ type fakeProducer struct {
 	pending []bridge.DeliveryHandler
 	values  []string
 	changed chan struct{}
+	confirm bool // confirm each record as it is produced
 }
 
 func newFakeProducer() *fakeProducer { return &fakeProducer{changed: make(chan struct{}, 1)} }
@@ -34,7 +35,11 @@ func (f *fakeProducer) Produce(_ context.Context, rec *bridge.Record, h bridge.D
 	f.mu.Lock()
 	f.pending = append(f.pending, h)
 	f.values = append(f.values, string(rec.Value))
+	confirm := f.confirm
 	f.mu.Unlock()
+	if confirm {
+		h.Delivered(bridge.Delivery{Topic: "mqtt"})
+	}
 	select {
 	case f.changed <- struct{}{}:
 	default:

@@ -7,16 +7,17 @@ import (
 )
 
 type metrics struct {
-	connections   *prometheus.GaugeVec
-	received      *prometheus.CounterVec
-	receivedBytes *prometheus.CounterVec
-	unmatched     prometheus.Counter
-	dropped       *prometheus.CounterVec
-	rejected      *prometheus.CounterVec
-	failed        *prometheus.CounterVec
-	duplicates    prometheus.Counter
-	ackLatency    prometheus.Histogram
-	listeners     sync.Map // listener id -> *listenerMetrics
+	connections    *prometheus.GaugeVec
+	received       *prometheus.CounterVec
+	receivedBytes  *prometheus.CounterVec
+	unmatched      prometheus.Counter
+	dropped        *prometheus.CounterVec
+	rejected       *prometheus.CounterVec
+	failed         *prometheus.CounterVec
+	duplicates     prometheus.Counter
+	resumesRefused prometheus.Counter
+	ackLatency     prometheus.Histogram
+	listeners      sync.Map // listener id -> *listenerMetrics
 }
 
 // listenerMetrics caches one listener's counters: looking labelled
@@ -72,12 +73,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "tributary", Subsystem: "mqtt", Name: "duplicates_ignored_total",
 			Help: "Resent publishes whose packet id was still awaiting Kafka, not produced again.",
 		}),
+		resumesRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "tributary", Subsystem: "mqtt", Name: "session_resumes_refused_total",
+			Help: "CONNECTs resuming a session refused (server unavailable) because QoS 2 publishes of its previous connection were still awaiting Kafka.",
+		}),
 		ackLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "tributary", Subsystem: "mqtt", Name: "publish_ack_latency_seconds",
 			Help:    "Time from receiving a QoS 1 or 2 publish to acknowledging it after Kafka confirmed it.",
 			Buckets: []float64{.001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}),
 	}
-	reg.MustRegister(m.connections, m.received, m.receivedBytes, m.unmatched, m.dropped, m.rejected, m.failed, m.duplicates, m.ackLatency)
+	reg.MustRegister(m.connections, m.received, m.receivedBytes, m.unmatched, m.dropped, m.rejected, m.failed, m.duplicates, m.resumesRefused, m.ackLatency)
 	return m
 }
