@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -347,8 +348,10 @@ func (h *authHook) revoke(old *auth.Users, clients map[string]*mqtt.Client) int 
 }
 
 // endLogin disconnects a client whose login is no longer allowed: MQTT 5
-// clients are told why first, as mochi's DisconnectClient would.
+// clients are told why first, as mochi's DisconnectClient would. Its will
+// is not published: it was accepted for a login that is no longer allowed.
 func endLogin(cl *mqtt.Client) {
+	atomic.StoreUint32(&cl.Properties.Will.Flag, 0) // mochi reads it atomically before sending a will
 	if cl.Properties.ProtocolVersion == 5 {
 		_ = cl.WritePacket(packets.Packet{
 			FixedHeader: packets.FixedHeader{Type: packets.Disconnect},

@@ -164,3 +164,56 @@ func TestAuthSessionEstablishedAfterReload(t *testing.T) {
 		t.Fatalf("a user no longer in the file: stop cause %v, want %v", removed.StopCause(), revokedCode)
 	}
 }
+
+// A login the reloaded users file ends does not get its will published:
+// the will was accepted for a login that is no longer allowed.
+func TestRevokedLoginSendsNoWill(t *testing.T) {
+	hashes := map[string]string{}
+	for _, u := range []string{"dev", "ops"} {
+		h, err := bcrypt.GenerateFromPassword([]byte(u+"-pw"), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hashes[u] = string(h)
+	}
+	users := auth.NewLive(usersWithHashes(t, `users:
+  - {username: dev, password_hash: "{{dev}}"}
+  - {username: ops, password_hash: "{{ops}}"}
+acls:
+  - {user: dev, topic: "devices/%u/#", access: publish}
+  - {user: ops, topic: "#", access: all}
+`, hashes))
+	s := startAuthServer(t, AuthConfig{Users: users})
+	ops, _ := connectRaw(t, s.addr, rawConnect{version: 4, id: "ops", user: "ops", pass: "ops-pw"})
+	subscribe(t, ops, 4, "devices/#", false)
+	if _, ack := connectRaw(t, s.addr, rawConnect{version: 4, id: "dev", user: "dev", pass: "dev-pw", will: "devices/dev/status"}); ack.ReasonCode != 0 {
+		t.Fatalf("dev's CONNACK %#x", ack.ReasonCode)
+	}
+
+	old := users.Swap(usersWithHashes(t, `users:
+  - {username: ops, password_hash: "{{ops}}"}
+acls:
+  - {user: ops, topic: "#", access: all}
+`, hashes))
+	if n := s.hook.revoke(old, s.srv.Clients.GetAll()); n != 1 {
+		t.Fatalf("revoke disconnected %d clients, want 1", n)
+	}
+	// mochi sends a will before it forgets the client.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, ok := s.srv.Clients.Get("dev"); !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("dev is still listed 10 s after it was revoked")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	writePackets(t, ops, packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish}, ProtocolVersion: 4,
+		TopicName: "devices/dev/status", Payload: []byte("marker"),
+	})
+	if pk := readMQTT(t, ops, 4); pk.FixedHeader.Type != packets.Publish || string(pk.Payload) != "marker" {
+		t.Fatalf("the subscriber got %q on %q first, want only the marker: the revoked login's will was sent", pk.Payload, pk.TopicName)
+	}
+}
