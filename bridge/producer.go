@@ -68,6 +68,9 @@ var (
 	// ErrUnknownTopic means the Kafka topic does not exist and topic
 	// creation is disabled.
 	ErrUnknownTopic = errors.New("Kafka topic does not exist and kafka.create_topics is false")
+	// ErrTooManyTopics means the record names a topic beyond
+	// kafka.max_topics distinct topics already produced to.
+	ErrTooManyTopics = errors.New("Kafka topic limit reached (kafka.max_topics)")
 	// ErrBudgetExhausted means the in-flight byte budget is used up; only
 	// TryProduce returns it.
 	ErrBudgetExhausted = errors.New("in-flight budget exhausted")
@@ -86,7 +89,7 @@ var (
 // Permanent reports whether a produce or delivery error will not go away by
 // retrying the same record.
 func Permanent(err error) bool {
-	if errors.Is(err, ErrRecordTooLarge) || errors.Is(err, ErrUnknownTopic) {
+	if errors.Is(err, ErrRecordTooLarge) || errors.Is(err, ErrUnknownTopic) || errors.Is(err, ErrTooManyTopics) {
 		return true
 	}
 	var ke kafka.Error
@@ -111,6 +114,8 @@ type ProducerConfig struct {
 	CreateTopics           bool
 	TopicPartitions        int
 	TopicReplicationFactor int
+	// MaxTopics bounds the distinct topics produced to; 0 means no limit.
+	MaxTopics int
 	// AckLinger is the linger for records whose producer-side client waits
 	// for the acknowledgement (MQTT QoS 1 and 2); negative keeps
 	// Properties' linger.ms.

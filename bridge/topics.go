@@ -21,6 +21,12 @@ type topics struct {
 	ok    sync.Map // topic -> struct{}: known to exist; the per-record fast path
 	mu    sync.Mutex
 	known map[string]*topicState
+	// max bounds len(known) (0: no limit): a topic beyond it is refused
+	// with ErrTooManyTopics. Failures whose retry time has passed are
+	// dropped from known to make room, at most once per topicFailureTTL.
+	max       int
+	lastSweep time.Time
+	limitLog  LogEvery
 }
 
 type topicState struct {
@@ -32,7 +38,28 @@ type topicState struct {
 const topicFailureTTL = 5 * time.Second
 
 func newTopics(p *Producer) *topics {
-	return &topics{p: p, known: map[string]*topicState{}}
+	return &topics{p: p, known: map[string]*topicState{}, max: p.cfg.MaxTopics, limitLog: LogEvery{Interval: 10 * time.Second}}
+}
+
+// full reports whether a topic not yet in known would exceed max. It is
+// called with t.mu held.
+func (t *topics) full() bool {
+	if t.max <= 0 || len(t.known) < t.max {
+		return false
+	}
+	if now := time.Now(); now.Sub(t.lastSweep) >= topicFailureTTL {
+		t.lastSweep = now
+		for name, st := range t.known {
+			select {
+			case <-st.done:
+				if st.err != nil && now.After(st.until) {
+					delete(t.known, name)
+				}
+			default:
+			}
+		}
+	}
+	return len(t.known) >= t.max
 }
 
 func (t *topics) ensure(ctx context.Context, topic string) error {
@@ -41,6 +68,7 @@ func (t *topics) ensure(ctx context.Context, topic string) error {
 	}
 	t.mu.Lock()
 	st, ok := t.known[topic]
+	listed := ok
 	if ok {
 		select {
 		case <-st.done:
@@ -51,6 +79,14 @@ func (t *topics) ensure(ctx context.Context, topic string) error {
 			ok = false
 		default:
 		}
+	}
+	if !listed && t.full() {
+		t.mu.Unlock()
+		if t.limitLog.Allow() {
+			t.p.log.Error("Kafka topic refused: kafka.max_topics distinct topics are already in use; records for it are refused (logged at most every 10s)",
+				"topic", topic, "max_topics", t.max)
+		}
+		return fmt.Errorf("producing to %q: %w: %d topics in use", topic, ErrTooManyTopics, t.max)
 	}
 	if !ok {
 		st = &topicState{done: make(chan struct{})}

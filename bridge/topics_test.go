@@ -137,3 +137,50 @@ func TestLookupWithExpiredContextReturns(t *testing.T) {
 		t.Fatal("lookup with an expired context did not return")
 	}
 }
+
+// kafka.max_topics bounds the distinct topics produced to: one more is
+// refused with ErrTooManyTopics naming it, while the topics already in use
+// keep working. A topic that failed stops counting once it may be retried.
+func TestMaxTopics(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "there"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p, err := NewProducer(ProducerConfig{
+		Bootstrap: c.ListenAddrs()[0], MaxMessageBytes: 1 << 20, InflightBudgetBytes: 8 << 20,
+		CreateTopics: false, MaxTopics: 2, AckLinger: time.Millisecond,
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	if err := p.EnsureTopic(ctx, "there"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.EnsureTopic(ctx, "absent-1"); !errors.Is(err, ErrUnknownTopic) {
+		t.Fatalf("second topic: %v, want ErrUnknownTopic", err)
+	}
+	err = p.Produce(ctx, &Record{Topic: "absent-2", Value: []byte("x")}, DeliveryFunc(func(Delivery) {}))
+	if !errors.Is(err, ErrTooManyTopics) || !Permanent(err) || !containsAll(err.Error(), `"absent-2"`, "kafka.max_topics") {
+		t.Fatalf("third topic with kafka.max_topics 2: %v, want a permanent ErrTooManyTopics naming the topic and the setting", err)
+	}
+	if err := p.EnsureTopic(ctx, "there"); err != nil {
+		t.Fatalf("a topic in use after the limit was reached: %v", err)
+	}
+	if err := p.EnsureTopic(ctx, "absent-1"); !errors.Is(err, ErrUnknownTopic) {
+		t.Fatalf("a counted topic after the limit was reached: %v, want ErrUnknownTopic again", err)
+	}
+
+	// Once absent-1 may be retried, it no longer holds a place.
+	p.topics.mu.Lock()
+	p.topics.known["absent-1"].until = time.Now().Add(-time.Second)
+	p.topics.lastSweep = time.Time{}
+	p.topics.mu.Unlock()
+	if err := p.EnsureTopic(ctx, "absent-2"); !errors.Is(err, ErrUnknownTopic) {
+		t.Fatalf("third topic after a failed one expired: %v, want ErrUnknownTopic (counted, not refused)", err)
+	}
+}

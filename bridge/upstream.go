@@ -858,6 +858,8 @@ func failReason(err error) string {
 		return "too_large"
 	case errors.Is(err, ErrUnknownTopic):
 		return "unknown_topic"
+	case errors.Is(err, ErrTooManyTopics):
+		return "too_many_topics"
 	case errors.Is(err, ErrClosed), errors.Is(err, context.Canceled):
 		return "shutting_down"
 	}

@@ -442,6 +442,8 @@ func dropReason(err error) string {
 		return "budget_exhausted"
 	case errors.Is(err, bridge.ErrUnknownTopic):
 		return "unknown_topic"
+	case errors.Is(err, bridge.ErrTooManyTopics):
+		return "too_many_topics"
 	case errors.Is(err, bridge.ErrClosed), errors.Is(err, context.Canceled):
 		return "shutting_down"
 	}
@@ -819,6 +821,8 @@ func (h *ingest) failure(cl *mqtt.Client, e *pending) (code packets.Code, ok boo
 		code.Code = packets.ErrPacketTooLarge.Code
 	} else if errors.Is(e.err, bridge.ErrUnknownTopic) {
 		code.Code = packets.ErrTopicNameInvalid.Code
+	} else if errors.Is(e.err, bridge.ErrTooManyTopics) {
+		code.Code = packets.ErrQuotaExceeded.Code
 	}
 	h.log.Warn("publish refused: Kafka did not take the record", "client", cl.ID, "kafka_topic", e.kafkaTopic, "error", e.err)
 	return code, true

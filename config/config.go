@@ -61,6 +61,11 @@ type KafkaConfig struct {
 	CreateTopics bool `yaml:"create_topics"`
 	// TopicPartitions is the partition count of topics the bridge creates. Default 3.
 	TopicPartitions int `yaml:"topic_partitions"`
+	// MaxTopics bounds the distinct Kafka topics the bridge produces to, so
+	// that topic templates fed by device-chosen MQTT topic levels (or
+	// WebSocket clients naming topics) cannot create topics without end. A
+	// record for one topic more is refused. 0 means no limit. Default 10000.
+	MaxTopics int `yaml:"max_topics"`
 	// TopicReplicationFactor is the replication factor of topics the bridge
 	// creates; -1 means the broker's default. Default -1.
 	TopicReplicationFactor int `yaml:"topic_replication_factor"`
@@ -178,6 +183,7 @@ func Default() Config {
 			CreateTopics:           true,
 			TopicPartitions:        3,
 			TopicReplicationFactor: -1,
+			MaxTopics:              10000,
 			MaxMessageBytes:        1000000,
 			InflightBudgetBytes:    64 << 20,
 			FlushTimeout:           30 * time.Second,
@@ -340,6 +346,9 @@ func (c *Config) Validate() error {
 
 	if c.Kafka.TopicPartitions < 1 {
 		add("kafka.topic_partitions %d: must be at least 1", c.Kafka.TopicPartitions)
+	}
+	if c.Kafka.MaxTopics < 0 {
+		add("kafka.max_topics %d: must be 0 (no limit) or more", c.Kafka.MaxTopics)
 	}
 	if c.Kafka.TopicReplicationFactor == 0 || c.Kafka.TopicReplicationFactor < -1 {
 		add("kafka.topic_replication_factor %d: must be -1 (broker default) or at least 1", c.Kafka.TopicReplicationFactor)

@@ -124,20 +124,20 @@ func TestProblemsReportedTogether(t *testing.T) {
 	file := writeFile(t, "mapping:\n  unmatched: sometimes\n")
 	_, _, err := Load(Options{
 		Args: []string{"--config", file, "--topic-regex-list", "bad:([", "--mqtt-addr", ":1883", "--http-addr", ":1883",
-			"--kafka-topic-partitions", "0"},
+			"--kafka-topic-partitions", "0", "--kafka-max-topics", "-1"},
 	})
 	var ce *Error
 	if !errors.As(err, &ce) {
 		t.Fatalf("err = %v, want *Error", err)
 	}
 	text := err.Error()
-	for _, want := range []string{"bad:([", "sometimes", "port 1883 is already used by mqtt.addr", "kafka.topic_partitions 0"} {
+	for _, want := range []string{"bad:([", "sometimes", "port 1883 is already used by mqtt.addr", "kafka.topic_partitions 0", "kafka.max_topics -1"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("error does not name %q:\n%s", want, text)
 		}
 	}
-	if len(ce.Problems) < 4 {
-		t.Errorf("%d problems reported, want at least 4: %q", len(ce.Problems), ce.Problems)
+	if len(ce.Problems) < 5 {
+		t.Errorf("%d problems reported, want at least 5: %q", len(ce.Problems), ce.Problems)
 	}
 }
 

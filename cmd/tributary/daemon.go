@@ -88,6 +88,7 @@ func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 		InflightBudgetBytes:    cfg.Kafka.InflightBudgetBytes,
 		CreateTopics:           cfg.Kafka.CreateTopics,
 		TopicPartitions:        cfg.Kafka.TopicPartitions,
+		MaxTopics:              cfg.Kafka.MaxTopics,
 		TopicReplicationFactor: cfg.Kafka.TopicReplicationFactor,
 		AckLinger:              cfg.Kafka.AckLinger,
 		Registerer:             d.registry,

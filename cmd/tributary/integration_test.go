@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -451,5 +452,47 @@ func TestQoS2ResendProducedOnce(t *testing.T) {
 	recs := settledRecords(t, d.bootstrap, topic)
 	if len(recs) != 1 {
 		t.Fatalf("Kafka holds %d records for one QoS 2 message sent twice, want 1", len(recs))
+	}
+}
+
+// Past kafka.max_topics distinct topics, a publish to one more is refused
+// (MQTT 5: PUBACK 0x97 quota exceeded) and counted; the topic in use keeps
+// working. Which of the two rules' topics gets the one place is decided
+// at start-up, where both are looked up at once.
+func TestMaxTopicsRefusesOneMore(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Kafka.MaxTopics = 1
+	a, b := uniq("a"), uniq("b")
+	cfg.Mapping.TopicRegexList = a + ":a/.*," + b + ":b/.*"
+	d, log := startLogged(t, cfg)
+	c := dialBadTCP(t, d.mqttAddr())
+	defer c.close()
+	_ = c.setRD(time.Now().Add(20 * time.Second))
+	if err := c.write(mqttConnect(5, "MQTT", 0x02, uniq("dev"))); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := readMQTT(c.r, true); got != "CONNACK:00" {
+		t.Fatalf("CONNACK: %q, %v", got, err)
+	}
+	var acks []string
+	for i, topic := range []string{"a/1", "b/1"} {
+		if err := c.write(mqttPublish(0x32, topic, uint16(i+1), true, nil, []byte("x"))); err != nil {
+			t.Fatal(err)
+		}
+		got, err := readMQTT(c.r, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		acks = append(acks, got)
+	}
+	slices.Sort(acks)
+	if want := []string{"PUBACK:00", "PUBACK:97"}; !slices.Equal(acks, want) {
+		t.Fatalf("PUBACKs %q, want one success and one 0x97 quota exceeded", acks)
+	}
+	if !strings.Contains(metricsText(t, d.httpAddr()), `tributary_mqtt_kafka_failures_total{reason="too_many_topics"} 1`) {
+		t.Error("the refusal is not counted as too_many_topics")
+	}
+	if !strings.Contains(log.String(), "kafka.max_topics") {
+		t.Error("the log does not name kafka.max_topics")
 	}
 }
