@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -290,7 +291,7 @@ func Load(opts Options) (Config, []string, error) {
 		problems = ce.Problems
 	}
 	if opts.CheckKafkaProperties != nil && len(cfg.Kafka.Properties) > 0 {
-		problems = append(problems, propertyProblems(cfg.Kafka.Properties, opts.CheckKafkaProperties(cfg.Kafka.Properties))...)
+		problems = append(problems, propertyProblems(cfg.Kafka.Properties, opts.CheckKafkaProperties(cfg.Kafka.Properties), problems)...)
 	}
 	if len(problems) > 0 {
 		return Config{}, nil, &Error{Problems: problems}
@@ -299,11 +300,18 @@ func Load(opts Options) (Config, []string, error) {
 }
 
 // propertyProblems words the Kafka client's refusals like every other
-// problem: the key, the value (unless it may be a secret), the reason.
-func propertyProblems(props map[string]string, refused []PropertyProblem) []string {
+// problem: the key, the value (unless it may be a secret), the reason. A
+// property that already has a problem in reported (one Tributary checks
+// itself, such as group.protocol) is not reported twice.
+func propertyProblems(props map[string]string, refused []PropertyProblem, reported []string) []string {
 	var problems []string
 	for _, p := range refused {
 		key := "kafka.properties." + p.Name
+		if slices.ContainsFunc(reported, func(r string) bool {
+			return strings.HasPrefix(r, key+" ") || strings.HasPrefix(r, key+":")
+		}) {
+			continue
+		}
 		v, reason := props[p.Name], p.Reason
 		switch {
 		case p.Unknown:
