@@ -172,7 +172,8 @@ type rawConnect struct {
 	user, pass string
 	will       string
 	from       string // source IP; "" for the default
-	keep       bool   // ask for a persistent session (MQTT 5: expiry 60 s)
+	keep       bool   // Clean Start 0: a persistent session (MQTT 5: expiry 60 s unless noExpiry)
+	noExpiry   bool   // MQTT 5 with keep: no session expiry, the session ends with the connection
 }
 
 // connectRaw sends a CONNECT and returns the connection and the CONNACK.
@@ -196,7 +197,7 @@ func connectRaw(t *testing.T, addr string, c rawConnect) (net.Conn, packets.Pack
 			PasswordFlag: c.pass != "", Password: []byte(c.pass),
 		},
 	}
-	if c.keep && c.version == 5 {
+	if c.keep && c.version == 5 && !c.noExpiry {
 		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 60, true
 	}
 	if c.will != "" {

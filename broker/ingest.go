@@ -56,6 +56,8 @@ type ingest struct {
 	produceCtx    context.Context
 	stopProducing context.CancelFunc
 	sessions      sync.Map // *mqtt.Client -> *session
+	live          sync.Map // *mqtt.Client -> chan struct{}, closed when its read loop has ended
+	resumeLog     bridge.LogEvery
 	// takeoverWait bounds how long a CONNECT resuming a session waits for
 	// the QoS 2 publishes of the session's previous connection to reach
 	// Kafka (see settlePrevious).
@@ -81,6 +83,7 @@ func newIngest(ctx context.Context, server *mqtt.Server, producer Producer, mapp
 		dropLog:      bridge.LogEvery{Interval: 10 * time.Second},
 		limitLog:     bridge.LogEvery{Interval: 10 * time.Second},
 		takeoverWait: 10 * time.Second,
+		resumeLog:    bridge.LogEvery{Interval: 10 * time.Second},
 	}
 	h.produceCtx, h.stopProducing = context.WithCancel(ctx)
 	if h.maxPending == 0 { // no receive maximum advertised: the packet id space bounds it
@@ -93,15 +96,29 @@ func newIngest(ctx context.Context, server *mqtt.Server, producer Producer, mapp
 func (h *ingest) ID() string { return "tributary-ingest" }
 
 func (h *ingest) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnPublish, mqtt.OnSessionEstablished, mqtt.OnDisconnect}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnPublish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPacketEncode}, []byte{b})
 }
 
-// OnConnect refuses a will topic that is not a topic a client may publish
-// to (wildcards, $SYS, empty): mochi stores and sends the will without
-// checking it, so a will on "a/#" would be retained under that name and
-// sent to subscribers, which must not get wildcards in a topic name. The
-// returned error ends the connection and is counted as a protocol
-// violation; MQTT 5 clients are told why first.
+// OnPacketEncode answers a resent QoS 2 PUBLISH as the first one was
+// answered. mochi answers a resend whose PUBREC is in the inflight store
+// with PUBREC 0x91 (packet identifier in use), which an MQTT 5 client
+// takes as the failure of a publish Kafka has; the stored PUBREC's
+// success goes instead. (mochi does this for every client; the
+// acknowledgements Tributary writes itself do not pass through here.)
+func (h *ingest) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type != packets.Pubrec || pk.ReasonCode != packets.ErrPacketIdentifierInUse.Code {
+		return pk
+	}
+	if stored, ok := cl.State.Inflight.Get(pk.PacketID); ok && stored.FixedHeader.Type == packets.Pubrec && stored.ReasonCode == packets.CodeSuccess.Code {
+		pk.ReasonCode = packets.CodeSuccess.Code
+		pk.Properties.ReasonString = ""
+	}
+	return pk
+}
+
+// OnConnect refuses a bad will topic (checkWill) and, for a CONNECT that
+// resumes a session, settles the previous connection's QoS 2 publishes
+// first (settlePrevious). A returned error ends the connection.
 func (h *ingest) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if err := h.checkWill(cl, pk); err != nil {
 		return err
@@ -109,6 +126,12 @@ func (h *ingest) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	return h.settlePrevious(cl, pk)
 }
 
+// checkWill refuses a will topic that is not a topic a client may publish
+// to (wildcards, $SYS, empty): mochi stores and sends the will without
+// checking it, so a will on "a/#" would be retained under that name and
+// sent to subscribers, which must not get wildcards in a topic name. The
+// refusal is counted as a protocol violation; MQTT 5 clients are told
+// why first.
 func (h *ingest) checkWill(cl *mqtt.Client, pk packets.Packet) error {
 	if !pk.Connect.WillFlag {
 		return nil
@@ -137,44 +160,61 @@ func (h *ingest) checkWill(cl *mqtt.Client, pk packets.Packet) error {
 // answers the client's resend without producing it again. A publish that
 // was still awaiting Kafka at that moment would have none, and its resend
 // would be produced twice. So the previous connection is closed (as the
-// takeover would close it) and its QoS 2 publishes are waited for, up to
-// takeoverWait. If Kafka has not answered them by then, the CONNECT is
-// refused as server unavailable (MQTT 5: server busy) and the client
-// connects again later, its session intact.
+// takeover would close it a moment later), its read loop is waited for
+// (a publish it is handling may still be queued), and then its queued
+// QoS 2 publishes, all within takeoverWait. If Kafka has not answered
+// them by then, the CONNECT is refused as server unavailable (MQTT 5:
+// server busy) and the client connects again later, its session intact.
 //
-// A session MQTT does not keep past its connection (MQTT 3 clean
-// session, MQTT 5 with no session expiry) is not waited for.
+// Closing the previous connection early also ends an MQTT 5 session
+// without expiry before mochi looks for a session to hand on: such a
+// session ends with its connection (MQTT 5 §3.1.2.11.2), and the new
+// connection starts afresh.
+//
+// It runs after the auth hook's OnConnect, which is added first: mochi
+// stops at the first OnConnect that fails, so a login the auth hook
+// refuses never closes the session owner's connection.
 func (h *ingest) settlePrevious(cl *mqtt.Client, pk packets.Packet) error {
 	if pk.Connect.Clean {
 		return nil
 	}
 	prev, ok := h.server.Clients.Get(cl.ID)
-	if !ok || prev == cl {
-		return nil
+	if !ok || prev == cl || prev.Properties.ProtocolVersion < 5 && prev.Properties.Clean {
+		return nil // mochi starts a new session (inheritClientSession)
 	}
-	if prev.Properties.ProtocolVersion < 5 && prev.Properties.Clean ||
-		prev.Properties.ProtocolVersion == 5 && prev.Properties.Props.SessionExpiryInterval == 0 {
-		return nil
-	}
-	v, ok := h.sessions.Load(prev)
-	if !ok || !v.(*session).holdsQoS2() {
-		return nil
-	}
-	s := v.(*session)
 	if !prev.Closed() {
+		if prev.Net.Conn != nil {
+			// A socket nobody reads would hold the DISCONNECT's write.
+			_ = prev.Net.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+		}
 		h.disconnect(prev, packets.ErrSessionTakenOver)
 	}
 	start := time.Now()
-	if s.awaitQoS2(h.ctx, h.takeoverWait) {
-		h.log.Debug("resumed session waited for its QoS 2 publishes to reach Kafka", "client", cl.ID, "waited", time.Since(start))
-		return nil
+	deadline := time.NewTimer(h.takeoverWait)
+	defer deadline.Stop()
+	if h.readLoopEnded(prev, deadline.C) {
+		v, ok := h.sessions.Load(prev)
+		if !ok || v.(*session).awaitQoS2(h.ctx, deadline.C) {
+			if ok {
+				h.log.Debug("resuming a session after its QoS 2 publishes reached Kafka", "client", cl.ID, "waited", time.Since(start))
+			}
+			return nil
+		}
 	}
-	h.m.resumesRefused.Inc()
-	h.log.Warn("refusing a CONNECT that resumes a session: QoS 2 publishes of its previous connection are still awaiting Kafka; the client may connect again later",
-		"client", cl.ID, "remote", cl.Net.Remote, "waited", time.Since(start))
 	code := packets.ErrServerBusy
 	if cl.Properties.ProtocolVersion < 5 {
-		code = packets.ErrServerUnavailable // MQTT 3 has return code 3 for it, not busy
+		code = packets.ErrServerUnavailable // MQTT 3 has return code 3 for it
+	}
+	if h.ctx.Err() != nil {
+		if cl.Properties.ProtocolVersion == 5 {
+			code = packets.ErrServerShuttingDown
+		}
+	} else {
+		h.m.resumesRefused.Inc()
+		if h.resumeLog.Allow() {
+			h.log.Warn("refusing a CONNECT that resumes a session: QoS 2 publishes of its previous connection are still awaiting Kafka; the client may connect again later (logged at most every 10s)",
+				"client", cl.ID, "remote", cl.Net.Remote, "waited", time.Since(start))
+		}
 	}
 	if err := h.server.SendConnack(cl, code, false, nil); err != nil {
 		h.log.Debug("writing a refusing CONNACK", "client", cl.ID, "error", err)
@@ -182,12 +222,37 @@ func (h *ingest) settlePrevious(cl *mqtt.Client, pk packets.Packet) error {
 	return code
 }
 
-func (h *ingest) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
-	h.m.connections.WithLabelValues(cl.Net.Listener).Inc()
+// readLoopEnded waits until cl's read loop has ended (OnDisconnect ran),
+// so that no publish of cl is still on its way into the queue. A client
+// whose session is not yet established has no read loop running; once it
+// starts, it finds the client closed and reads nothing. It returns false
+// when timeout fires or the broker closes first.
+func (h *ingest) readLoopEnded(cl *mqtt.Client, timeout <-chan time.Time) bool {
+	v, ok := h.live.Load(cl)
+	if !ok {
+		return true
+	}
+	select {
+	case <-v.(chan struct{}):
+		return true
+	case <-timeout:
+		return false
+	case <-h.ctx.Done():
+		return false
+	}
 }
 
+func (h *ingest) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	h.m.connections.WithLabelValues(cl.Net.Listener).Inc()
+	h.live.Store(cl, make(chan struct{}))
+}
+
+// OnDisconnect runs after the client's read loop has ended.
 func (h *ingest) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 	h.m.connections.WithLabelValues(cl.Net.Listener).Dec()
+	if v, ok := h.live.LoadAndDelete(cl); ok {
+		close(v.(chan struct{}))
+	}
 	h.limiters.Delete(cl)
 	if v, ok := h.sessions.Load(cl); ok {
 		v.(*session).disconnect()
@@ -385,7 +450,9 @@ func (h *ingest) withinRate(cl *mqtt.Client, pk *packets.Packet, now time.Time) 
 	case <-t.C:
 	case <-h.ctx.Done():
 	}
-	return true
+	// A QoS 1 or 2 publish of a connection closed meanwhile (taken over,
+	// say) is left unacknowledged: the client sends it again.
+	return pk.FixedHeader.Qos == 0 || !cl.Closed()
 }
 
 // refuse answers a publish the bridge will not take: MQTT 5 clients get a
@@ -611,17 +678,15 @@ func (s *session) holdsQoS2() bool {
 	return false
 }
 
-// awaitQoS2 waits until no QoS 2 publish is queued, for at most d. It
-// returns false when d passed or the broker closes first.
-func (s *session) awaitQoS2(ctx context.Context, d time.Duration) bool {
-	deadline := time.NewTimer(d)
-	defer deadline.Stop()
+// awaitQoS2 waits until no QoS 2 publish is queued. It returns false when
+// timeout fires or the broker closes first.
+func (s *session) awaitQoS2(ctx context.Context, timeout <-chan time.Time) bool {
 	poll := time.NewTicker(5 * time.Millisecond)
 	defer poll.Stop()
 	for s.holdsQoS2() {
 		select {
 		case <-poll.C:
-		case <-deadline.C:
+		case <-timeout:
 			return !s.holdsQoS2()
 		case <-ctx.Done():
 			return false

@@ -75,7 +75,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		resumesRefused: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "tributary", Subsystem: "mqtt", Name: "session_resumes_refused_total",
-			Help: "CONNECTs resuming a session refused (server unavailable) because QoS 2 publishes of its previous connection were still awaiting Kafka.",
+			Help: "CONNECTs resuming a session refused (MQTT 5: server busy; MQTT 3: server unavailable) because QoS 2 publishes of its previous connection were still awaiting Kafka.",
 		}),
 		ackLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "tributary", Subsystem: "mqtt", Name: "publish_ack_latency_seconds",

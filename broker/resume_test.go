@@ -2,6 +2,8 @@ package broker
 
 import (
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"reflect"
 	"testing"
@@ -9,6 +11,8 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tributary-io/tributary/mapping"
 )
 
 func qos2Publish(version byte, id uint16, payload string, dup bool) packets.Packet {
@@ -40,6 +44,25 @@ func (f *fakeProducer) confirmFromNowOn() {
 	f.mu.Lock()
 	f.confirm = true
 	f.mu.Unlock()
+}
+
+// allSucceed fails unless every PUBREC in recs is a success: mochi
+// answers a resend from its inflight store with 0x91 (packet identifier
+// in use), a failure to an MQTT 5 client, unless the ingest hook mends it.
+func allSucceed(t *testing.T, recs []packets.Packet) {
+	t.Helper()
+	for _, r := range recs {
+		if r.ReasonCode != 0 {
+			t.Fatalf("PUBREC for packet %d with reason %#x, want success: Kafka has the record", r.PacketID, r.ReasonCode)
+		}
+	}
+}
+
+// liveConnections counts the connections whose read loop has not ended.
+func liveConnections(b *Broker) int {
+	n := 0
+	b.ingest.live.Range(func(any, any) bool { n++; return true })
+	return n
 }
 
 func (f *fakeProducer) produced() []string {
@@ -77,9 +100,10 @@ func TestQoS2AwaitingKafkaWhenTheClientReconnects(t *testing.T) {
 			p.confirmFromNowOn()
 			writePackets(t, conn, qos2Publish(version, 1, "first", true), qos2Publish(version, 2, "second", false))
 			recs := readUntilPubrec(t, conn, version, 2)
-			if recs[0].PacketID != 1 || recs[0].ReasonCode != 0 {
-				t.Fatalf("first PUBREC after reconnecting: packet %d, reason %#x; want packet 1, success", recs[0].PacketID, recs[0].ReasonCode)
+			if recs[0].PacketID != 1 {
+				t.Fatalf("first PUBREC after reconnecting is for packet %d, want 1", recs[0].PacketID)
 			}
+			allSucceed(t, recs)
 			if got, want := p.produced(), []string{"first", "second"}; !reflect.DeepEqual(got, want) {
 				t.Fatalf("Kafka got %q, want %q: the resend was produced again", got, want)
 			}
@@ -129,10 +153,135 @@ func TestResumeRefusedWhileQoS2AwaitsKafka(t *testing.T) {
 			}
 			p.confirmFromNowOn()
 			writePackets(t, conn, qos2Publish(version, 1, "first", true), qos2Publish(version, 2, "second", false))
-			readUntilPubrec(t, conn, version, 2)
+			allSucceed(t, readUntilPubrec(t, conn, version, 2))
 			if got, want := p.produced(), []string{"first", "second"}; !reflect.DeepEqual(got, want) {
 				t.Fatalf("Kafka got %q, want %q", got, want)
 			}
 		})
 	}
+}
+
+// An MQTT 5 connection with Clean Start 0 and no session expiry, taken
+// over while still open: its session ends with that connection (MQTT 5
+// §3.1.2.11.2), closed here before mochi looks for a session to hand on,
+// so the new connection starts afresh and the record Kafka has is its
+// only copy.
+func TestTakeoverOfAnOpenMQTT5SessionWithoutExpiry(t *testing.T) {
+	p := newFakeProducer()
+	b := startBroker(t, p)
+	addr := b.Addr("mqtt-tcp")
+	old, _ := connectRaw(t, addr, rawConnect{version: 5, id: "dev", keep: true, noExpiry: true})
+	writePackets(t, old, qos2Publish(5, 1, "first", false))
+	p.waitFor(t, 1)
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		p.deliver(0, nil)
+	}()
+	conn, connack := connectRaw(t, addr, rawConnect{version: 5, id: "dev", keep: true})
+	if connack.ReasonCode != 0 || connack.SessionPresent {
+		t.Fatalf("CONNACK reason %#x, session present %v; want 0 and false", connack.ReasonCode, connack.SessionPresent)
+	}
+	p.confirmFromNowOn()
+	writePackets(t, conn, qos2Publish(5, 1, "new", false))
+	allSucceed(t, readUntilPubrec(t, conn, 5, 1))
+	if got, want := p.produced(), []string{"first", "new"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("Kafka got %q, want %q", got, want)
+	}
+}
+
+// A QoS 2 publish the previous connection is still handling when the
+// takeover comes (here held by the publish rate limit) is not queued
+// behind the takeover's back: the new connection waits for the old one's
+// read loop, and the publish, left unacknowledged, is resent and produced
+// once.
+func TestTakeoverWhileAPublishIsHeldByTheRateLimit(t *testing.T) {
+	p := newFakeProducer()
+	p.confirmFromNowOn()
+	m, err := mapping.New(mapping.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(Config{Addr: "127.0.0.1:0", MaxMessageBytes: 1 << 20, Publish: PublishLimits{MessagesPerSecond: 1, MessageBurst: 1}},
+		p, m, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	addr := b.Addr("mqtt-tcp")
+	dev := rawConnect{version: 4, id: "dev", keep: true}
+	old, _ := connectRaw(t, addr, dev)
+	writePackets(t, old, qos2Publish(4, 1, "first", false), qos2Publish(4, 2, "second", false))
+	readUntilPubrec(t, old, 4, 1)
+	// The second publish now waits about a second for the rate limit.
+	conn, connack := connectRaw(t, addr, dev)
+	if connack.ReasonCode != 0 || !connack.SessionPresent {
+		t.Fatalf("CONNACK reason %#x, session present %v; want 0 and true", connack.ReasonCode, connack.SessionPresent)
+	}
+	writePackets(t, conn, qos2Publish(4, 2, "second", true))
+	readUntilPubrec(t, conn, 4, 2)
+	// Whatever the old connection would produce, it has produced once its
+	// read loop has ended (only the new connection is left).
+	deadline := time.Now().Add(10 * time.Second)
+	for liveConnections(b) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections still reading after 10 s, want 1", liveConnections(b))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got, want := p.produced(), []string{"first", "second"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("Kafka got %q, want %q", got, want)
+	}
+}
+
+// Only QoS 2 publishes hold a reconnect up: a QoS 1 publish awaiting Kafka
+// may be produced again (at least once), and its client is not kept
+// waiting for Kafka.
+func TestResumeNotHeldForQoS1(t *testing.T) {
+	p := newFakeProducer()
+	b := startBroker(t, p)
+	b.ingest.takeoverWait = time.Minute // longer than connectRaw waits for the CONNACK
+	addr := b.Addr("mqtt-tcp")
+	dev := rawConnect{version: 4, id: "dev", keep: true}
+	old, _ := connectRaw(t, addr, dev)
+	writePackets(t, old, packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: 4,
+		TopicName: "dev/once", PacketID: 1, Payload: []byte("q1"),
+	})
+	p.waitFor(t, 1)
+	if _, connack := connectRaw(t, addr, dev); connack.ReasonCode != 0 || !connack.SessionPresent {
+		t.Fatalf("CONNACK reason %#x, session present %v; want 0 and true", connack.ReasonCode, connack.SessionPresent)
+	}
+}
+
+// A CONNECT the auth hook refuses (a wrong password for the session's own
+// user) does not get as far as closing the session owner's connection.
+func TestRefusedLoginLeavesTheSessionOwnerConnected(t *testing.T) {
+	p := newFakeProducer()
+	m, err := mapping.New(mapping.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(Config{Addr: "127.0.0.1:0", MaxMessageBytes: 1 << 20, Auth: AuthConfig{Users: loadTestUsers(t, "")}},
+		p, m, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	addr := b.Addr("mqtt-tcp")
+	owner, _ := connectRaw(t, addr, rawConnect{version: 4, id: "ops-1", user: "ops", pass: "ops-pw", keep: true})
+	writePackets(t, owner, qos2Publish(4, 1, "first", false))
+	p.waitFor(t, 1)
+	if _, connack := connectRaw(t, addr, rawConnect{version: 4, id: "ops-1", user: "ops", pass: "wrong", keep: true}); connack.ReasonCode == 0 {
+		t.Fatal("a wrong password was accepted")
+	}
+	p.confirmFromNowOn()
+	p.deliver(0, nil)
+	writePackets(t, owner, qos2Publish(4, 2, "second", false))
+	readUntilPubrec(t, owner, 4, 2)
 }
