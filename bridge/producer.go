@@ -116,6 +116,10 @@ type ProducerConfig struct {
 	TopicReplicationFactor int
 	// MaxTopics bounds the distinct topics produced to; 0 means no limit.
 	MaxTopics int
+	// ConfiguredTopics are the topics the configuration names (mapping
+	// rules, the default topic, upstreams' kafka_topic): MaxTopics neither
+	// counts nor refuses them.
+	ConfiguredTopics []string
 	// AckLinger is the linger for records whose producer-side client waits
 	// for the acknowledgement (MQTT QoS 1 and 2); negative keeps
 	// Properties' linger.ms.

@@ -21,10 +21,14 @@ type topics struct {
 	ok    sync.Map // topic -> struct{}: known to exist; the per-record fast path
 	mu    sync.Mutex
 	known map[string]*topicState
-	// max bounds len(known) (0: no limit): a topic beyond it is refused
-	// with ErrTooManyTopics. Failures whose retry time has passed are
-	// dropped from known to make room, at most once per topicFailureTTL.
+	// max bounds inUse (0: no limit): a topic beyond it is refused with
+	// ErrTooManyTopics. inUse counts the topics of known that exist or are
+	// being checked; a failed topic gives its place back, and is dropped
+	// from known once it may be retried (swept at most once per
+	// topicFailureTTL). Configured topics are neither counted nor refused.
 	max       int
+	inUse     int
+	exempt    map[string]bool
 	lastSweep time.Time
 	limitLog  LogEvery
 }
@@ -38,28 +42,48 @@ type topicState struct {
 const topicFailureTTL = 5 * time.Second
 
 func newTopics(p *Producer) *topics {
-	return &topics{p: p, known: map[string]*topicState{}, max: p.cfg.MaxTopics, limitLog: LogEvery{Interval: 10 * time.Second}}
+	t := &topics{p: p, known: map[string]*topicState{}, max: p.cfg.MaxTopics, exempt: map[string]bool{},
+		limitLog: LogEvery{Interval: 10 * time.Second}}
+	for _, name := range p.cfg.ConfiguredTopics {
+		t.exempt[name] = true
+	}
+	return t
 }
 
-// full reports whether a topic not yet in known would exceed max. It is
-// called with t.mu held.
-func (t *topics) full() bool {
-	if t.max <= 0 || len(t.known) < t.max {
-		return false
+// take gives topic a place under max, unless it is configured. It is
+// called with t.mu held, for a topic about to be checked.
+func (t *topics) take(topic string) error {
+	if t.exempt[topic] {
+		return nil
 	}
-	if now := time.Now(); now.Sub(t.lastSweep) >= topicFailureTTL {
-		t.lastSweep = now
-		for name, st := range t.known {
-			select {
-			case <-st.done:
-				if st.err != nil && now.After(st.until) {
-					delete(t.known, name)
-				}
-			default:
+	if t.max > 0 && t.inUse >= t.max {
+		if t.limitLog.Allow() {
+			t.p.log.Error("Kafka topic refused: kafka.max_topics distinct topics are already in use; records for other topics are refused (logged at most every 10s)",
+				"topic", topic, "max_topics", t.max)
+		}
+		return fmt.Errorf("producing to %q: %w: %d topics in use", topic, ErrTooManyTopics, t.max)
+	}
+	t.inUse++
+	return nil
+}
+
+// sweep drops failures that may be retried, at most once per
+// topicFailureTTL, so that names that never existed do not pile up. It
+// is called with t.mu held.
+func (t *topics) sweep(now time.Time) {
+	if now.Sub(t.lastSweep) < topicFailureTTL {
+		return
+	}
+	t.lastSweep = now
+	for name, st := range t.known {
+		select {
+		case <-st.done:
+			if st.err != nil && now.After(st.until) {
+				delete(t.known, name)
 			}
+		default:
 		}
 	}
-	return len(t.known) >= t.max
 }
 
 func (t *topics) ensure(ctx context.Context, topic string) error {
@@ -68,7 +92,6 @@ func (t *topics) ensure(ctx context.Context, topic string) error {
 	}
 	t.mu.Lock()
 	st, ok := t.known[topic]
-	listed := ok
 	if ok {
 		select {
 		case <-st.done:
@@ -80,21 +103,22 @@ func (t *topics) ensure(ctx context.Context, topic string) error {
 		default:
 		}
 	}
-	if !listed && t.full() {
-		t.mu.Unlock()
-		if t.limitLog.Allow() {
-			t.p.log.Error("Kafka topic refused: kafka.max_topics distinct topics are already in use; records for it are refused (logged at most every 10s)",
-				"topic", topic, "max_topics", t.max)
-		}
-		return fmt.Errorf("producing to %q: %w: %d topics in use", topic, ErrTooManyTopics, t.max)
-	}
 	if !ok {
+		if err := t.take(topic); err != nil {
+			t.mu.Unlock()
+			return err
+		}
+		t.sweep(time.Now())
 		st = &topicState{done: make(chan struct{})}
 		t.known[topic] = st
 		t.mu.Unlock()
 		st.err = t.check(ctx, topic)
 		if st.err == nil {
 			t.ok.Store(topic, struct{}{})
+		} else if !t.exempt[topic] {
+			t.mu.Lock()
+			t.inUse--
+			t.mu.Unlock()
 		}
 		st.until = time.Now().Add(topicFailureTTL)
 		if ctx.Err() != nil {

@@ -139,17 +139,19 @@ func TestLookupWithExpiredContextReturns(t *testing.T) {
 }
 
 // kafka.max_topics bounds the distinct topics produced to: one more is
-// refused with ErrTooManyTopics naming it, while the topics already in use
-// keep working. A topic that failed stops counting once it may be retried.
+// refused with ErrTooManyTopics naming it, while the topics in use keep
+// working. Topics the configuration names do not count and are never
+// refused; a topic that failed does not count, and is forgotten once it
+// may be retried.
 func TestMaxTopics(t *testing.T) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "there"))
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "one", "two", "three", "configured"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	p, err := NewProducer(ProducerConfig{
 		Bootstrap: c.ListenAddrs()[0], MaxMessageBytes: 1 << 20, InflightBudgetBytes: 8 << 20,
-		CreateTopics: false, MaxTopics: 2, AckLinger: time.Millisecond,
+		CreateTopics: false, MaxTopics: 2, ConfiguredTopics: []string{"configured"}, AckLinger: time.Millisecond,
 	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -157,30 +159,34 @@ func TestMaxTopics(t *testing.T) {
 	defer p.Close(context.Background())
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-
-	if err := p.EnsureTopic(ctx, "there"); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.EnsureTopic(ctx, "absent-1"); !errors.Is(err, ErrUnknownTopic) {
-		t.Fatalf("second topic: %v, want ErrUnknownTopic", err)
-	}
-	err = p.Produce(ctx, &Record{Topic: "absent-2", Value: []byte("x")}, DeliveryFunc(func(Delivery) {}))
-	if !errors.Is(err, ErrTooManyTopics) || !Permanent(err) || !containsAll(err.Error(), `"absent-2"`, "kafka.max_topics") {
-		t.Fatalf("third topic with kafka.max_topics 2: %v, want a permanent ErrTooManyTopics naming the topic and the setting", err)
-	}
-	if err := p.EnsureTopic(ctx, "there"); err != nil {
-		t.Fatalf("a topic in use after the limit was reached: %v", err)
-	}
-	if err := p.EnsureTopic(ctx, "absent-1"); !errors.Is(err, ErrUnknownTopic) {
-		t.Fatalf("a counted topic after the limit was reached: %v, want ErrUnknownTopic again", err)
+	ensure := func(topic string, want error) {
+		t.Helper()
+		if err := p.EnsureTopic(ctx, topic); !errors.Is(err, want) {
+			t.Fatalf("topic %q: %v, want %v", topic, err, want)
+		}
 	}
 
-	// Once absent-1 may be retried, it no longer holds a place.
+	ensure("absent-1", ErrUnknownTopic)
 	p.topics.mu.Lock()
-	p.topics.known["absent-1"].until = time.Now().Add(-time.Second)
+	p.topics.known["absent-1"].until = time.Now().Add(-time.Second) // may be retried now
 	p.topics.lastSweep = time.Time{}
 	p.topics.mu.Unlock()
-	if err := p.EnsureTopic(ctx, "absent-2"); !errors.Is(err, ErrUnknownTopic) {
-		t.Fatalf("third topic after a failed one expired: %v, want ErrUnknownTopic (counted, not refused)", err)
+	ensure("absent-2", ErrUnknownTopic)
+	p.topics.mu.Lock()
+	_, kept := p.topics.known["absent-1"]
+	p.topics.mu.Unlock()
+	if kept {
+		t.Fatal("a failed topic that may be retried is still remembered after a sweep")
 	}
+
+	ensure("one", nil)
+	ensure("configured", nil)
+	ensure("two", nil) // the failures and the configured topic took no place
+	err = p.Produce(ctx, &Record{Topic: "three", Value: []byte("x")}, DeliveryFunc(func(Delivery) {}))
+	if !errors.Is(err, ErrTooManyTopics) || !Permanent(err) || !containsAll(err.Error(), `"three"`, "kafka.max_topics") {
+		t.Fatalf("third topic with kafka.max_topics 2: %v, want a permanent ErrTooManyTopics naming the topic and the setting", err)
+	}
+	ensure("absent-3", ErrTooManyTopics) // not even looked up
+	ensure("one", nil)
+	ensure("configured", nil)
 }

@@ -58,6 +58,7 @@ type ingest struct {
 	sessions      sync.Map // *mqtt.Client -> *session
 	live          sync.Map // *mqtt.Client -> chan struct{}, closed when its read loop has ended
 	resumeLog     bridge.LogEvery
+	refuseLog     bridge.LogEvery // failure's refusals, which a client can cause per publish
 	// takeoverWait bounds how long a CONNECT resuming a session waits for
 	// the QoS 2 publishes of the session's previous connection to reach
 	// Kafka (see settlePrevious).
@@ -84,6 +85,7 @@ func newIngest(ctx context.Context, server *mqtt.Server, producer Producer, mapp
 		limitLog:     bridge.LogEvery{Interval: 10 * time.Second},
 		takeoverWait: 10 * time.Second,
 		resumeLog:    bridge.LogEvery{Interval: 10 * time.Second},
+		refuseLog:    bridge.LogEvery{Interval: 10 * time.Second},
 	}
 	h.produceCtx, h.stopProducing = context.WithCancel(ctx)
 	if h.maxPending == 0 { // no receive maximum advertised: the packet id space bounds it
@@ -889,7 +891,9 @@ func (h *ingest) failure(cl *mqtt.Client, e *pending) (code packets.Code, ok boo
 	} else if errors.Is(e.err, bridge.ErrTooManyTopics) {
 		code.Code = packets.ErrQuotaExceeded.Code
 	}
-	h.log.Warn("publish refused: Kafka did not take the record", "client", cl.ID, "kafka_topic", e.kafkaTopic, "error", e.err)
+	if h.refuseLog.Allow() {
+		h.log.Warn("publish refused: Kafka did not take the record (logged at most every 10s)", "client", cl.ID, "kafka_topic", e.kafkaTopic, "error", e.err)
+	}
 	return code, true
 }
 

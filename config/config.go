@@ -64,7 +64,8 @@ type KafkaConfig struct {
 	// MaxTopics bounds the distinct Kafka topics the bridge produces to, so
 	// that topic templates fed by device-chosen MQTT topic levels (or
 	// WebSocket clients naming topics) cannot create topics without end. A
-	// record for one topic more is refused. 0 means no limit. Default 10000.
+	// record for one topic more is refused. Topics the configuration names
+	// do not count. 0 means no limit. Default 10000.
 	MaxTopics int `yaml:"max_topics"`
 	// TopicReplicationFactor is the replication factor of topics the bridge
 	// creates; -1 means the broker's default. Default -1.

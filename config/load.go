@@ -59,7 +59,7 @@ func Settings() []Setting {
 			func(c *Config) *bool { return &c.Kafka.CreateTopics }),
 		integer("kafka-topic-partitions", "kafka.topic_partitions", "partitions of topics the bridge creates",
 			func(c *Config) *int { return &c.Kafka.TopicPartitions }),
-		integer("kafka-max-topics", "kafka.max_topics", "most distinct Kafka topics the bridge produces to; a record for one more is refused (0: no limit)",
+		integer("kafka-max-topics", "kafka.max_topics", "most distinct Kafka topics records may name besides the configured ones; a record for one more is refused (0: no limit)",
 			func(c *Config) *int { return &c.Kafka.MaxTopics }),
 		integer("kafka-topic-replication-factor", "kafka.topic_replication_factor", "replication factor of topics the bridge creates (-1: broker default)",
 			func(c *Config) *int { return &c.Kafka.TopicReplicationFactor }),

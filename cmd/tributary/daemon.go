@@ -81,6 +81,12 @@ func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 		log.Warn("no kafka.bootstrap set: started the embedded Kafka, which is for evaluation only; set --kafka-bootstrap (or TRIBUTARY_KAFKA_BOOTSTRAP) to use a real cluster",
 			"addr", bootstrap, "data_dir", cfg.DataDir)
 	}
+	configured := mapper.StaticTopics()
+	for _, u := range cfg.Upstreams {
+		if u.KafkaTopic != "" {
+			configured = append(configured, u.KafkaTopic)
+		}
+	}
 	d.producer, err = bridge.NewProducer(bridge.ProducerConfig{
 		Bootstrap:              bootstrap,
 		Properties:             cfg.Kafka.Properties,
@@ -89,6 +95,7 @@ func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 		CreateTopics:           cfg.Kafka.CreateTopics,
 		TopicPartitions:        cfg.Kafka.TopicPartitions,
 		MaxTopics:              cfg.Kafka.MaxTopics,
+		ConfiguredTopics:       configured,
 		TopicReplicationFactor: cfg.Kafka.TopicReplicationFactor,
 		AckLinger:              cfg.Kafka.AckLinger,
 		Registerer:             d.registry,
