@@ -56,7 +56,6 @@ type ingest struct {
 	produceCtx    context.Context
 	stopProducing context.CancelFunc
 	sessions      sync.Map // *mqtt.Client -> *session
-	live          sync.Map // *mqtt.Client -> chan struct{}, closed when its read loop has ended
 	resumeLog     bridge.LogEvery
 	refuseLog     bridge.LogEvery // failure's refusals, which a client can cause per publish
 	// takeoverWait bounds how long a CONNECT resuming a session waits for
@@ -161,17 +160,17 @@ func (h *ingest) checkWill(cl *mqtt.Client, pk packets.Packet) error {
 // PUBREC for each QoS 2 publish Kafka has confirmed; that PUBREC is what
 // answers the client's resend without producing it again. A publish that
 // was still awaiting Kafka at that moment would have none, and its resend
-// would be produced twice. So the previous connection is closed (as the
-// takeover would close it a moment later), its read loop is waited for
-// (a publish it is handling may still be queued), and then its queued
-// QoS 2 publishes, all within takeoverWait. If Kafka has not answered
+// would be produced twice. So the previous connection is closed first (as
+// the takeover would close it a moment later; from then on its session
+// queues nothing more, see session.add), and then its queued QoS 2
+// publishes are waited for, up to takeoverWait. If Kafka has not answered
 // them by then, the CONNECT is refused as server unavailable (MQTT 5:
 // server busy) and the client connects again later, its session intact.
 //
-// Closing the previous connection early also ends an MQTT 5 session
-// without expiry before mochi looks for a session to hand on: such a
-// session ends with its connection (MQTT 5 §3.1.2.11.2), and the new
-// connection starts afresh.
+// An MQTT 5 session without expiry ends with its connection (MQTT 5
+// §3.1.2.11.2): closed early, it is waited for until mochi has let it go,
+// so that the new connection starts afresh rather than racing mochi's
+// clean-up of the old one.
 //
 // It runs after the auth hook's OnConnect, which is added first: mochi
 // stops at the first OnConnect that fails, so a login the auth hook
@@ -185,23 +184,25 @@ func (h *ingest) settlePrevious(cl *mqtt.Client, pk packets.Packet) error {
 		return nil // mochi starts a new session (inheritClientSession)
 	}
 	if !prev.Closed() {
-		if prev.Net.Conn != nil {
-			// A socket nobody reads would hold the DISCONNECT's write.
-			_ = prev.Net.Conn.SetWriteDeadline(time.Now().Add(time.Second))
-		}
-		h.disconnect(prev, packets.ErrSessionTakenOver)
+		h.endPrevious(prev)
 	}
 	start := time.Now()
 	deadline := time.NewTimer(h.takeoverWait)
 	defer deadline.Stop()
-	if h.readLoopEnded(prev, deadline.C) {
-		v, ok := h.sessions.Load(prev)
-		if !ok || v.(*session).awaitQoS2(h.ctx, deadline.C) {
-			if ok {
-				h.log.Debug("resuming a session after its QoS 2 publishes reached Kafka", "client", cl.ID, "waited", time.Since(start))
-			}
-			return nil
+	what := "its QoS 2 publishes are still awaiting Kafka"
+	settled := true
+	if v, ok := h.sessions.Load(prev); ok {
+		settled = v.(*session).awaitQoS2(h.ctx, deadline.C)
+		if settled {
+			h.log.Debug("resuming a session after its QoS 2 publishes reached Kafka", "client", cl.ID, "waited", time.Since(start))
 		}
+	}
+	if settled && prev.Properties.ProtocolVersion == 5 && prev.Properties.Props.SessionExpiryInterval == 0 {
+		what = "its previous connection has not ended"
+		settled = h.awaitGone(prev, deadline.C)
+	}
+	if settled {
+		return nil
 	}
 	code := packets.ErrServerBusy
 	if cl.Properties.ProtocolVersion < 5 {
@@ -214,7 +215,7 @@ func (h *ingest) settlePrevious(cl *mqtt.Client, pk packets.Packet) error {
 	} else {
 		h.m.resumesRefused.Inc()
 		if h.resumeLog.Allow() {
-			h.log.Warn("refusing a CONNECT that resumes a session: QoS 2 publishes of its previous connection are still awaiting Kafka; the client may connect again later (logged at most every 10s)",
+			h.log.Warn("refusing a CONNECT that resumes a session: "+what+"; the client may connect again later (logged at most every 10s)",
 				"client", cl.ID, "remote", cl.Net.Remote, "waited", time.Since(start))
 		}
 	}
@@ -224,37 +225,51 @@ func (h *ingest) settlePrevious(cl *mqtt.Client, pk packets.Packet) error {
 	return code
 }
 
-// readLoopEnded waits until cl's read loop has ended (OnDisconnect ran),
-// so that no publish of cl is still on its way into the queue. A client
-// whose session is not yet established has no read loop running; once it
-// starts, it finds the client closed and reads nothing. It returns false
-// when timeout fires or the broker closes first.
-func (h *ingest) readLoopEnded(cl *mqtt.Client, timeout <-chan time.Time) bool {
-	v, ok := h.live.Load(cl)
-	if !ok {
-		return true
-	}
+// endPrevious closes a connection whose session a new one takes over, as
+// mochi's takeover does: an MQTT 5 client gets DISCONNECT 0x8E first. A
+// client that does not read its socket holds that write (and mochi's
+// read loop resets socket deadlines), so after a second the connection
+// is closed regardless, which ends the write.
+func (h *ingest) endPrevious(prev *mqtt.Client) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		h.disconnect(prev, packets.ErrSessionTakenOver)
+	}()
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
 	select {
-	case <-v.(chan struct{}):
-		return true
-	case <-timeout:
-		return false
-	case <-h.ctx.Done():
-		return false
+	case <-done:
+	case <-t.C:
+		prev.Stop(packets.ErrSessionTakenOver)
+	}
+}
+
+// awaitGone waits until mochi no longer lists prev under its client id.
+// It returns false when timeout fires or the broker closes first.
+func (h *ingest) awaitGone(prev *mqtt.Client, timeout <-chan time.Time) bool {
+	poll := time.NewTicker(5 * time.Millisecond)
+	defer poll.Stop()
+	for {
+		if cur, ok := h.server.Clients.Get(prev.ID); !ok || cur != prev {
+			return true
+		}
+		select {
+		case <-poll.C:
+		case <-timeout:
+			return false
+		case <-h.ctx.Done():
+			return false
+		}
 	}
 }
 
 func (h *ingest) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	h.m.connections.WithLabelValues(cl.Net.Listener).Inc()
-	h.live.Store(cl, make(chan struct{}))
 }
 
-// OnDisconnect runs after the client's read loop has ended.
 func (h *ingest) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 	h.m.connections.WithLabelValues(cl.Net.Listener).Dec()
-	if v, ok := h.live.LoadAndDelete(cl); ok {
-		close(v.(chan struct{}))
-	}
 	h.limiters.Delete(cl)
 	if v, ok := h.sessions.Load(cl); ok {
 		v.(*session).disconnect()
@@ -384,6 +399,8 @@ func (h *ingest) enqueue(cl *mqtt.Client, pk *packets.Packet, e *pending, forwar
 		case duplicate:
 			h.m.duplicates.Inc()
 			return s, false
+		case closed:
+			return s, false
 		}
 		if cl.Properties.ProtocolVersion == 5 {
 			h.m.rejected.WithLabelValues("receive_maximum").Inc()
@@ -448,9 +465,20 @@ func (h *ingest) withinRate(cl *mqtt.Client, pk *packets.Packet, now time.Time) 
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-h.ctx.Done():
+	poll := time.NewTicker(100 * time.Millisecond)
+	defer poll.Stop()
+wait:
+	for {
+		select {
+		case <-t.C:
+			break wait
+		case <-h.ctx.Done():
+			break wait
+		case <-poll.C:
+			if cl.Closed() {
+				break wait
+			}
+		}
 	}
 	// A QoS 1 or 2 publish of a connection closed meanwhile (taken over,
 	// say) is left unacknowledged: the client sends it again.
@@ -622,6 +650,7 @@ const (
 	added addResult = iota
 	duplicate
 	full
+	closed
 )
 
 // add queues e for pk, unless pk resends a packet id still queued, which
@@ -629,6 +658,13 @@ const (
 func (s *session) add(pk *packets.Packet, e *pending, forward bool, limit int) addResult {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.cl.Closed() {
+		// Its acknowledgement could not be written: the client sends it
+		// again, on a new connection. Checked under s.mu, so that once a
+		// takeover has closed the connection and looked at the queue
+		// (settlePrevious), nothing more joins it.
+		return closed
+	}
 	if _, ok := s.ids[pk.PacketID]; ok {
 		return duplicate
 	}

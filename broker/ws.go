@@ -166,7 +166,16 @@ func (ws *wsConn) SetDeadline(t time.Time) error {
 
 func (ws *wsConn) SetReadDeadline(t time.Time) error { return ws.c.SetReadDeadline(t) }
 
+// SetWriteDeadline sets the deadline on the socket first: a write blocked
+// on a peer that does not read holds ws.mu, and this must not wait behind
+// it (a takeover, a revocation or shutdown sets a deadline precisely to
+// end such a write; gorilla fails every write after one that failed).
+// gorilla's own deadline, which it applies at each write, is set under
+// ws.mu, as gorilla allows no write method alongside a write.
 func (ws *wsConn) SetWriteDeadline(t time.Time) error {
+	if err := ws.Conn.SetWriteDeadline(t); err != nil {
+		return err
+	}
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
 	return ws.c.SetWriteDeadline(t)
