@@ -85,11 +85,19 @@ func startBroker(t *testing.T, p Producer) *Broker {
 // mapped by mc, closed at cleanup.
 func startWithMapping(t *testing.T, p Producer, mc mapping.Config) *Broker {
 	t.Helper()
+	return startConfigured(t, p, mc, Config{})
+}
+
+// startConfigured is startWithMapping with cfg for the rest (its address
+// and message limit are filled in).
+func startConfigured(t *testing.T, p Producer, mc mapping.Config, cfg Config) *Broker {
+	t.Helper()
 	m, err := mapping.New(mc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := New(Config{Addr: "127.0.0.1:0", MaxMessageBytes: 1 << 20}, p, m, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	cfg.Addr, cfg.MaxMessageBytes = "127.0.0.1:0", 1<<20
+	b, err := New(cfg, p, m, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,8 +2,6 @@ package broker
 
 import (
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"reflect"
 	"testing"
@@ -199,19 +197,7 @@ func TestTakeoverOfAnOpenMQTT5SessionWithoutExpiry(t *testing.T) {
 func TestTakeoverWhileAPublishIsHeldByTheRateLimit(t *testing.T) {
 	p := newFakeProducer()
 	p.confirmFromNowOn()
-	m, err := mapping.New(mapping.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := New(Config{Addr: "127.0.0.1:0", MaxMessageBytes: 1 << 20, Publish: PublishLimits{MessagesPerSecond: 1, MessageBurst: 1}},
-		p, m, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Close() })
+	b := startConfigured(t, p, mapping.Config{}, Config{Publish: PublishLimits{MessagesPerSecond: 1, MessageBurst: 1}})
 	addr := b.Addr("mqtt-tcp")
 	dev := rawConnect{version: 4, id: "dev", keep: true}
 	old, _ := connectRaw(t, addr, dev)
@@ -263,19 +249,7 @@ func TestResumeNotHeldForQoS1(t *testing.T) {
 // user) does not get as far as closing the session owner's connection.
 func TestRefusedLoginLeavesTheSessionOwnerConnected(t *testing.T) {
 	p := newFakeProducer()
-	m, err := mapping.New(mapping.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := New(Config{Addr: "127.0.0.1:0", MaxMessageBytes: 1 << 20, Auth: AuthConfig{Users: loadTestUsers(t, "")}},
-		p, m, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Close() })
+	b := startConfigured(t, p, mapping.Config{}, Config{Auth: AuthConfig{Users: loadTestUsers(t, "")}})
 	addr := b.Addr("mqtt-tcp")
 	owner, _ := connectRaw(t, addr, rawConnect{version: 4, id: "ops-1", user: "ops", pass: "ops-pw", keep: true})
 	writePackets(t, owner, qos2Publish(4, 1, "first", false))

@@ -18,6 +18,21 @@ import (
 	"github.com/tributary-io/tributary/auth"
 )
 
+// testHashes returns bcrypt hashes of "dev-pw" and "ops-pw" for the users
+// dev and ops, at the lowest cost, to keep the tests fast.
+func testHashes(t *testing.T) map[string]string {
+	t.Helper()
+	hashes := map[string]string{}
+	for _, u := range []string{"dev", "ops"} {
+		h, err := bcrypt.GenerateFromPassword([]byte(u+"-pw"), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hashes[u] = string(h)
+	}
+	return hashes
+}
+
 // usersWithHashes parses a users file whose {{dev}} and {{ops}} are the
 // hashes given, so that two files can share a user's password hash.
 func usersWithHashes(t *testing.T, text string, hashes map[string]string) *auth.Users {
@@ -34,14 +49,7 @@ func usersWithHashes(t *testing.T, text string, hashes map[string]string) *auth.
 // and its MQTT 3.1.1 connection is closed, and so is an anonymous one once
 // anonymous clients are refused. A user still in the file stays connected.
 func TestAuthReloadRevokes(t *testing.T) {
-	hashes := map[string]string{}
-	for _, u := range []string{"dev", "ops"} {
-		h, err := bcrypt.GenerateFromPassword([]byte(u+"-pw"), bcrypt.MinCost)
-		if err != nil {
-			t.Fatal(err)
-		}
-		hashes[u] = string(h)
-	}
+	hashes := testHashes(t)
 	users := auth.NewLive(usersWithHashes(t, `allow_anonymous: true
 users:
   - {username: dev, password_hash: "{{dev}}"}
@@ -168,14 +176,7 @@ func TestAuthSessionEstablishedAfterReload(t *testing.T) {
 // A login the reloaded users file ends does not get its will published:
 // the will was accepted for a login that is no longer allowed.
 func TestRevokedLoginSendsNoWill(t *testing.T) {
-	hashes := map[string]string{}
-	for _, u := range []string{"dev", "ops"} {
-		h, err := bcrypt.GenerateFromPassword([]byte(u+"-pw"), bcrypt.MinCost)
-		if err != nil {
-			t.Fatal(err)
-		}
-		hashes[u] = string(h)
-	}
+	hashes := testHashes(t)
 	users := auth.NewLive(usersWithHashes(t, `users:
   - {username: dev, password_hash: "{{dev}}"}
   - {username: ops, password_hash: "{{ops}}"}
