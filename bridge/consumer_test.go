@@ -126,22 +126,7 @@ func TestConsumerRetriesFailedCommit(t *testing.T) {
 	cons := testConsumer(t, c, ConsumerConfig{GroupID: "g", ClientID: "m", CommitInterval: 100 * time.Millisecond})
 	recs := nextRecords(t, cons, 10)
 	// Kafka refuses the next commit (a control function applies once).
-	c.ControlKey(int16(kmsg.OffsetCommit), func(req kmsg.Request) (kmsg.Response, error, bool) {
-		r := req.(*kmsg.OffsetCommitRequest)
-		resp := r.ResponseKind().(*kmsg.OffsetCommitResponse)
-		for _, rt := range r.Topics {
-			st := kmsg.NewOffsetCommitResponseTopic()
-			st.Topic = rt.Topic
-			for _, rp := range rt.Partitions {
-				sp := kmsg.NewOffsetCommitResponseTopicPartition()
-				sp.Partition = rp.Partition
-				sp.ErrorCode = kerr.TopicAuthorizationFailed.Code
-				st.Partitions = append(st.Partitions, sp)
-			}
-			resp.Topics = append(resp.Topics, st)
-		}
-		return resp, nil, true
-	})
+	testutil.RefuseNextCommit(c)
 	done := make(chan error, 1)
 	if err := cons.Commit(recs[4].Assignment, recs[4].Offset, func(err error) { done <- err }); err != nil {
 		t.Fatal(err)

@@ -21,38 +21,49 @@ func (e *LogEvery) Allow() bool {
 	return now-last >= int64(e.Interval) && e.last.CompareAndSwap(last, now)
 }
 
-// errorLog throttles log lines per kind of error: the first of a kind is
-// logged at once, later ones at most once per interval, each saying how
-// many were left out since. librdkafka reports a broker it cannot reach
-// many times a second for as long as it is down.
+// Throttle lets one log line through per Interval and counts the ones it
+// held back since, so that a flood cannot fill the disk but its volume
+// still shows. The first line always goes through.
+type Throttle struct {
+	Interval   time.Duration
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+// Allow reports whether a line may be logged at now, and how many were
+// held back since the last one that was.
+func (l *Throttle) Allow(now time.Time) (ok bool, suppressed int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.last.IsZero() && now.Sub(l.last) < l.Interval {
+		l.suppressed++
+		return false, 0
+	}
+	suppressed, l.suppressed, l.last = l.suppressed, 0, now
+	return true, suppressed
+}
+
+// errorLog is a Throttle per kind of error. librdkafka reports a broker it
+// cannot reach many times a second for as long as it is down.
 type errorLog struct {
 	interval time.Duration
 	mu       sync.Mutex
-	kinds    map[int]*errorKind
-}
-
-type errorKind struct {
-	last    time.Time
-	skipped int
+	kinds    map[int]*Throttle
 }
 
 // allow reports whether an error of kind may be logged now, and how many
 // of its kind were not logged since the last one that was.
 func (l *errorLog) allow(kind int, now time.Time) (bool, int) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.kinds == nil {
-		l.kinds = map[int]*errorKind{}
-	}
 	k, seen := l.kinds[kind]
 	if !seen {
-		k = &errorKind{}
+		if l.kinds == nil {
+			l.kinds = map[int]*Throttle{}
+		}
+		k = &Throttle{Interval: l.interval}
 		l.kinds[kind] = k
-	} else if now.Sub(k.last) < l.interval {
-		k.skipped++
-		return false, 0
 	}
-	skipped := k.skipped
-	k.last, k.skipped = now, 0
-	return true, skipped
+	l.mu.Unlock()
+	return k.Allow(now)
 }

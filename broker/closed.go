@@ -11,6 +11,8 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tributary-io/tributary/bridge"
 )
 
 // closeReasons counts and logs the connections the broker ended because
@@ -21,7 +23,7 @@ import (
 type closeReasons struct {
 	log    *slog.Logger
 	closed *prometheus.CounterVec
-	logs   map[string]*logThrottle // by reason; fixed at construction
+	logs   map[string]*bridge.Throttle // by reason; fixed at construction
 }
 
 func newCloseReasons(reg prometheus.Registerer, log *slog.Logger) *closeReasons {
@@ -31,10 +33,10 @@ func newCloseReasons(reg prometheus.Registerer, log *slog.Logger) *closeReasons 
 			Namespace: "tributary", Subsystem: "mqtt", Name: "connections_rejected_total",
 			Help: "MQTT connections closed because of what the client sent, by listener and reason (malformed, protocol_violation, packet_too_large, text_frame, timeout).",
 		}, []string{"listener", "reason"}),
-		logs: map[string]*logThrottle{},
+		logs: map[string]*bridge.Throttle{},
 	}
 	for _, r := range closeReasonNames {
-		c.logs[r] = new(logThrottle)
+		c.logs[r] = &bridge.Throttle{Interval: time.Second}
 	}
 	if reg != nil {
 		reg.MustRegister(c.closed)
@@ -79,7 +81,7 @@ func (c *closeReasons) record(listener, remote string, err error) {
 		return
 	}
 	c.closed.WithLabelValues(listener, reason).Inc()
-	if suppressed, ok := c.logs[reason].allow(time.Now()); ok {
+	if ok, suppressed := c.logs[reason].Allow(time.Now()); ok {
 		c.log.Info("MQTT connection closed: bad input from the client", "listener", listener, "remote", remote, "reason", reason, "error", err, "suppressed", suppressed)
 	}
 }

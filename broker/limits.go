@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tributary-io/tributary/bridge"
 )
 
 // ConnLimits bounds the connections the MQTT listeners accept. The checks
@@ -67,8 +69,8 @@ type connGate struct {
 	now    func() time.Time
 
 	refused *prometheus.CounterVec
-	logs    [3]logThrottle // by reason: refusal lines, at most one a second each
-	acceptT logThrottle    // accept errors
+	logs    [3]bridge.Throttle // by reason: refusal lines, at most one a second each
+	acceptT bridge.Throttle    // accept errors
 
 	open atomic.Int64 // connections open through the gate
 
@@ -98,6 +100,10 @@ func newConnGate(l ConnLimits, reg prometheus.Registerer, log *slog.Logger) *con
 		}, []string{"listener", "reason"}),
 	}
 	g.nextSweep = g.maxIdle
+	for i := range g.logs {
+		g.logs[i].Interval = time.Second
+	}
+	g.acceptT.Interval = time.Second
 	if l.RatePerIP > 0 {
 		g.burst = float64(l.BurstPerIP)
 		if l.BurstPerIP <= 0 {
@@ -236,7 +242,7 @@ func (g *connGate) refuse(listener, reason string, remote net.Addr) {
 	case reasonRate:
 		i = 2
 	}
-	if suppressed, ok := g.logs[i].allow(g.now()); ok {
+	if ok, suppressed := g.logs[i].Allow(g.now()); ok {
 		g.log.Warn("MQTT connection refused (logged at most once a second per reason)",
 			"listener", listener, "remote", addrString(remote), "reason", reason,
 			"max_connections", g.limits.MaxConns, "max_connections_per_ip", g.limits.MaxConnsPerIP,
@@ -249,25 +255,6 @@ func addrString(a net.Addr) string {
 		return ""
 	}
 	return a.String()
-}
-
-// logThrottle lets one log line through per second and counts the ones it
-// held back, so a flood cannot fill the disk but the volume still shows.
-type logThrottle struct {
-	mu         sync.Mutex
-	last       time.Time
-	suppressed int
-}
-
-func (l *logThrottle) allow(now time.Time) (suppressed int, ok bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.last.IsZero() && now.Sub(l.last) < time.Second {
-		l.suppressed++
-		return 0, false
-	}
-	suppressed, l.suppressed, l.last = l.suppressed, 0, now
-	return suppressed, true
 }
 
 // gatedListener applies a connGate in Accept.
@@ -295,7 +282,7 @@ func (l *gatedListener) Accept() (net.Conn, error) {
 				return nil, err
 			}
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			if suppressed, ok := l.gate.acceptT.allow(l.gate.now()); ok {
+			if ok, suppressed := l.gate.acceptT.Allow(l.gate.now()); ok {
 				l.gate.log.Warn("accepting MQTT connection failed; retrying", "listener", l.id, "error", err, "retry_in", backoff, "suppressed", suppressed)
 			}
 			select {

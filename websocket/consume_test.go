@@ -13,10 +13,8 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/tributary-io/tributary/bridge"
 	"github.com/tributary-io/tributary/internal/testutil"
@@ -201,22 +199,7 @@ func TestConsumeCommitAgainAfterFailure(t *testing.T) {
 	recs := nextRecords(t, cons, 10)
 	write(t, s, recs)
 	// Kafka refuses the next commit.
-	c.ControlKey(int16(kmsg.OffsetCommit), func(req kmsg.Request) (kmsg.Response, error, bool) {
-		r := req.(*kmsg.OffsetCommitRequest)
-		resp := r.ResponseKind().(*kmsg.OffsetCommitResponse)
-		for _, rt := range r.Topics {
-			st := kmsg.NewOffsetCommitResponseTopic()
-			st.Topic = rt.Topic
-			for _, rp := range rt.Partitions {
-				sp := kmsg.NewOffsetCommitResponseTopicPartition()
-				sp.Partition = rp.Partition
-				sp.ErrorCode = kerr.TopicAuthorizationFailed.Code
-				st.Partitions = append(st.Partitions, sp)
-			}
-			resp.Topics = append(resp.Topics, st)
-		}
-		return resp, nil, true
-	})
+	testutil.RefuseNextCommit(c)
 	s.commit(commitFrameFor(recs[4]))
 	if f := controlFrame(t, s); !strings.Contains(f, `"code":50002`) {
 		t.Fatalf("refused commit: %s, want error 50002", f)
