@@ -32,6 +32,14 @@ type AuthConfig struct {
 	// without a password; an unknown one is ignored and the client must
 	// log in with a password like any other. Nil means no certificates.
 	CertUsername func(cl *mqtt.Client) (string, bool)
+	// CertOrigins are the browser origins, besides the listener's own
+	// host, whose pages may log in with a client certificate over MQTT
+	// over (secure) WebSocket. A browser presents its certificate to a
+	// socket any page opens, so a page from another origin is not
+	// logged in by it: it needs a password, or gets an anonymous login
+	// where those are allowed. Clients that send no Origin (not browsers)
+	// are not affected. Same forms as auth.OriginAllowed.
+	CertOrigins []string
 	// Registerer receives the auth metrics; nil means none.
 	Registerer prometheus.Registerer
 }
@@ -64,12 +72,14 @@ type authHook struct {
 	users    *auth.Live[auth.Users]
 	throttle *auth.Throttle
 	certName func(cl *mqtt.Client) (string, bool)
-	log      *slog.Logger
-	failures map[string]prometheus.Counter // by reason
-	denied   [2]prometheus.Counter         // subscribe, publish
-	denyLog  bridge.LogEvery
-	done     chan struct{} // closed by Stop: throttle waits end
-	stopOnce sync.Once
+	// certOrigins: AuthConfig.CertOrigins.
+	certOrigins []string
+	log         *slog.Logger
+	failures    map[string]prometheus.Counter // by reason
+	denied      [2]prometheus.Counter         // subscribe, publish
+	denyLog     bridge.LogEvery
+	done        chan struct{} // closed by Stop: throttle waits end
+	stopOnce    sync.Once
 	// client looks up a connected client or a kept session by client id
 	// (the server's client list); nil skips the session owner check.
 	client func(id string) (*mqtt.Client, bool)
@@ -98,14 +108,15 @@ func newAuthHook(cfg AuthConfig, log *slog.Logger) (*authHook, error) {
 		}
 	}
 	h := &authHook{
-		users:    cfg.Users,
-		throttle: cfg.Throttle,
-		certName: cfg.CertUsername,
-		log:      log,
-		failures: map[string]prometheus.Counter{},
-		denied:   [2]prometheus.Counter{denied.WithLabelValues("subscribe"), denied.WithLabelValues("publish")},
-		denyLog:  bridge.LogEvery{Interval: 10 * time.Second},
-		done:     make(chan struct{}),
+		users:       cfg.Users,
+		throttle:    cfg.Throttle,
+		certName:    cfg.CertUsername,
+		certOrigins: cfg.CertOrigins,
+		log:         log,
+		failures:    map[string]prometheus.Counter{},
+		denied:      [2]prometheus.Counter{denied.WithLabelValues("subscribe"), denied.WithLabelValues("publish")},
+		denyLog:     bridge.LogEvery{Interval: 10 * time.Second},
+		done:        make(chan struct{}),
 	}
 	for _, r := range []string{reasonBadCredentials, reasonNotAuthorized, reasonAnonymousRefused} {
 		h.failures[r] = failures.WithLabelValues(r)
@@ -194,7 +205,14 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 // anonymous one.
 func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet, users *auth.Users) (name string, credentialed bool, ref *refusal) {
 	given := string(pk.Connect.Username)
-	switch cert, ok := h.certIdentity(cl, users); {
+	cert, ok := h.certIdentity(cl, users)
+	foreign := ""
+	if ok {
+		if foreign = h.foreignOrigin(cl); foreign != "" {
+			ok = false
+		}
+	}
+	switch {
 	case ok && given != "" && given != cert:
 		return "", false, notAuthorized(reasonNotAuthorized,
 			fmt.Sprintf("user name %q does not match the client certificate's identity %q", given, cert))
@@ -205,6 +223,9 @@ func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet, users *auth.
 			return "", false, badCredentials()
 		}
 		name, credentialed = given, true
+	case !users.AllowAnonymous() && foreign != "":
+		return "", false, notAuthorized(reasonNotAuthorized, fmt.Sprintf(
+			"a client certificate does not log in a web page from %q: add that origin to websocket.allowed_origins, or log in with a user name and password", foreign))
 	case !users.AllowAnonymous():
 		return "", false, notAuthorized(reasonAnonymousRefused, "anonymous connections are not allowed: log in with a user name and password")
 	}
@@ -229,6 +250,17 @@ func (h *authHook) checkSessionOwner(id, name string) *refusal {
 		return nil
 	}
 	return notAuthorized(reasonNotAuthorized, fmt.Sprintf("client id %q belongs to another user's session", id))
+}
+
+// foreignOrigin returns the Origin of the web page that opened cl's
+// MQTT-over-WebSocket connection when that origin is neither the
+// listener's own host nor one of certOrigins; "" for every other client.
+func (h *authHook) foreignOrigin(cl *mqtt.Client) string {
+	ws, ok := cl.Net.Conn.(*wsConn)
+	if !ok || auth.OriginAllowed(ws.origin, ws.host, h.certOrigins) {
+		return ""
+	}
+	return ws.origin
 }
 
 func (h *authHook) certIdentity(cl *mqtt.Client, users *auth.Users) (string, bool) {

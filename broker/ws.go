@@ -43,7 +43,10 @@ func newWSListener(id string, ln net.Listener, maxMessageBytes int64, connectTim
 		upgrader: websocket.Upgrader{
 			Subprotocols: []string{"mqtt"},
 			// MQTT authenticates at the MQTT level; browsers on any page
-			// may connect, as with any MQTT-over-WebSocket broker.
+			// may connect, as with any MQTT-over-WebSocket broker. The
+			// one credential a browser sends by itself, its client
+			// certificate, counts only for trusted origins (see
+			// authHook.foreignOrigin).
 			CheckOrigin:     func(*http.Request) bool { return true },
 			ReadBufferSize:  4096,
 			WriteBufferSize: 4096,
@@ -99,7 +102,8 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 	if l.connectTimeout > 0 {
 		_ = c.SetReadDeadline(time.Now().Add(l.connectTimeout))
 	}
-	if err := l.establish(l.id, &wsConn{Conn: c.UnderlyingConn(), c: c}); err != nil && !errors.Is(err, io.EOF) {
+	ws := &wsConn{Conn: c.UnderlyingConn(), c: c, origin: r.Header.Get("Origin"), host: r.Host}
+	if err := l.establish(l.id, ws); err != nil && !errors.Is(err, io.EOF) {
 		l.log.Debug("MQTT WebSocket client ended", "error", err)
 	}
 }
@@ -111,6 +115,10 @@ type wsConn struct {
 	c  *websocket.Conn
 	r  io.Reader
 	mu sync.Mutex
+	// origin and host are the upgrade request's Origin and Host headers:
+	// a browser's client certificate logs in only pages of trusted
+	// origins (AuthConfig.CertOrigins).
+	origin, host string
 }
 
 // errTextFrame is returned for a text frame: MQTT over WebSocket is binary.

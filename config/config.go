@@ -137,6 +137,8 @@ type WebSocketConfig struct {
 	// AllowedOrigins are browser origins allowed besides the server's own
 	// ("https://app.example.com", "app.example.com:8443", or "*").
 	// Clients that send no Origin header are always allowed. Default none.
+	// Pages from these origins may also log in to MQTT over WebSocket
+	// with the browser's client certificate.
 	AllowedOrigins []string `yaml:"allowed_origins"`
 	// MaxFrameBytes is the largest frame a client may send. Default 4194304.
 	MaxFrameBytes int `yaml:"max_frame_bytes"`

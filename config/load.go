@@ -103,7 +103,7 @@ func Settings() []Setting {
 			func(c *Config) *bool { return &c.WebSocket.Enabled }),
 		{
 			Flag: "websocket-allowed-origins", Key: "websocket.allowed_origins",
-			Usage: "browser origins allowed besides the server's own, comma-separated (* allows any); clients sending no Origin are always allowed",
+			Usage: "browser origins allowed besides the server's own, comma-separated (* allows any); clients sending no Origin are always allowed; pages from these origins may also log in to MQTT over WebSocket with a client certificate",
 			set: func(c *Config, v string) error {
 				c.WebSocket.AllowedOrigins = nil
 				for _, o := range strings.Split(v, ",") {

@@ -5,14 +5,13 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"net/url"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tributary-io/tributary/auth"
 	"github.com/tributary-io/tributary/bridge"
 )
 
@@ -134,21 +133,8 @@ func (a *API) clusterInfo(w http.ResponseWriter, r *http.Request) {
 // configured allow-list.
 func (a *API) checkOrigin(r *http.Request) bool {
 	origin := r.Header.Get("Origin")
-	if origin == "" {
+	if auth.OriginAllowed(origin, r.Host, a.cfg.AllowedOrigins) {
 		return true
-	}
-	u, err := url.Parse(origin)
-	if err != nil {
-		return false
-	}
-	if strings.EqualFold(u.Host, r.Host) {
-		return true
-	}
-	for _, o := range a.cfg.AllowedOrigins {
-		o = strings.TrimSuffix(strings.TrimSpace(o), "/")
-		if o == "*" || strings.EqualFold(o, origin) || strings.EqualFold(o, u.Host) {
-			return true
-		}
 	}
 	a.log.Info("WebSocket origin refused; add it to websocket.allowed_origins to allow it", "origin", origin, "host", r.Host)
 	return false

@@ -133,6 +133,7 @@ func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 				Users:        d.users,
 				Throttle:     d.throttle,
 				CertUsername: d.certUsername(),
+				CertOrigins:  cfg.WebSocket.AllowedOrigins,
 			},
 			Conns: broker.ConnLimits{
 				MaxConns:       cfg.Limits.MaxConnections,

@@ -236,6 +236,78 @@ func TestClientCertificateAuthentication(t *testing.T) {
 	}
 }
 
+// Over MQTT over secure WebSocket a browser presents its client
+// certificate to a socket any web page opens, so the certificate logs in
+// only pages of the listener's own host and of websocket.allowed_origins.
+func TestWebSocketCertificateLoginNeedsATrustedOrigin(t *testing.T) {
+	users := usersFile(t, devUsers, map[string]string{"dev": "secret"})
+	s := startSecured(t, users, func(c *config.Config) {
+		dir := filepath.Dir(c.TLS.CertFile)
+		c.TLS.ClientCAFile = filepath.Join(dir, "ca.crt")
+		c.TLS.ClientAuth = "request"
+		c.WebSocket.AllowedOrigins = []string{"https://app.example.com"}
+	})
+	cert, err := tls.LoadX509KeyPair(filepath.Join(s.dir, "client.crt"), filepath.Join(s.dir, "client.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port := hostPort(s.broker.Addr("mqtt-wss"))
+	dialer := &websocket.Dialer{
+		HandshakeTimeout: 10 * time.Second,
+		Subprotocols:     []string{"mqtt"},
+		TLSClientConfig:  &tls.Config{RootCAs: s.caPool(t), Certificates: []tls.Certificate{cert}},
+	}
+	// connack sends an MQTT 3.1.1 CONNECT from a page of origin ("" for
+	// a client that is not a browser) and returns the CONNACK code.
+	connack := func(origin, user, pass string) byte {
+		t.Helper()
+		h := http.Header{}
+		if origin != "" {
+			h.Set("Origin", origin)
+		}
+		c, _, err := dialer.Dial("wss://localhost:"+port+"/mqtt", h)
+		if err != nil {
+			t.Fatalf("dialing from %q: %v", origin, err)
+		}
+		defer c.Close()
+		flags, creds := byte(0x02), [][]byte{mqttString(uniq("page"))}
+		if user != "" {
+			flags |= 0xC0
+			creds = append(creds, mqttString(user), mqttString(pass))
+		}
+		pk := mqttPacket(0x10, append([][]byte{mqttString("MQTT"), {4, flags, 0, 30}}, creds...)...)
+		if err := c.WriteMessage(websocket.BinaryMessage, pk); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(15 * time.Second))
+		_, b, err := c.ReadMessage()
+		if err != nil || len(b) != 4 || b[0] != 0x20 {
+			t.Fatalf("from %q: no CONNACK: % x, %v", origin, b, err)
+		}
+		return b[3]
+	}
+	for _, tc := range []struct {
+		name, origin, user, pass string
+		want                     byte
+	}{
+		{"not a browser", "", "", "", 0},
+		{"the listener's own host", "https://localhost:" + port, "", "", 0},
+		{"an allowed origin", "https://app.example.com", "", "", 0},
+		{"another origin", "https://evil.example", "", "", 5},
+		{"another origin, with a password", "https://evil.example", "dev", "secret", 0},
+		{"another origin, with a wrong password", "https://evil.example", "dev", "nope", 4},
+		// The certificate still counts where the origin is trusted: a
+		// different user name is refused as a mismatch.
+		{"an allowed origin, with another user's password", "https://app.example.com", "dev", "secret", 5},
+	} {
+		if got := connack(tc.origin, tc.user, tc.pass); got != tc.want {
+			t.Errorf("%s: CONNACK %d, want %d", tc.name, got, tc.want)
+		}
+	}
+	want := `a client certificate does not log in a web page from \"https://evil.example\"`
+	waitFor(t, 5*time.Second, "the refusal to name the origin", func() bool { return strings.Contains(s.log.String(), want) })
+}
+
 // ACLs: a denied publish gets PUBACK 0x87 (MQTT 5) and nothing reaches
 // Kafka; a denied subscription gets SUBACK 0x87; %u is the username.
 func TestACLDenyPublishAndSubscribe(t *testing.T) {
