@@ -118,6 +118,28 @@ func TestConfluentEnvIsHonoured(t *testing.T) {
 	if cfg.Mapping.TopicRegexList != "b:.*" {
 		t.Fatalf("topic_regex_list %q, want the TRIBUTARY_ value", cfg.Mapping.TopicRegexList)
 	}
+	// An empty Tributary name does not hide the Confluent one...
+	cfg, _, err = Load(Options{LookupEnv: env(map[string]string{
+		"KAFKA_MQTT_TOPIC_REGEX_LIST": "a:.*",
+		"TRIBUTARY_TOPIC_REGEX_LIST":  "",
+	})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Mapping.TopicRegexList != "a:.*" {
+		t.Fatalf("topic_regex_list %q, want the KAFKA_MQTT_ value under an empty TRIBUTARY_ one", cfg.Mapping.TopicRegexList)
+	}
+	// ...but alone it still clears the file's rules.
+	file := writeFile(t, "mapping:\n  topic_regex_list: 'c:.*'\n")
+	cfg, _, err = Load(Options{Args: []string{"--config", file}, LookupEnv: env(map[string]string{
+		"TRIBUTARY_TOPIC_REGEX_LIST": "",
+	})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Mapping.TopicRegexList != "" {
+		t.Fatalf("topic_regex_list %q, want the empty TRIBUTARY_ value over the file's", cfg.Mapping.TopicRegexList)
+	}
 }
 
 func TestProblemsReportedTogether(t *testing.T) {

@@ -260,15 +260,12 @@ func Load(opts Options) (Config, []string, error) {
 
 	var problems []string
 	for _, s := range settings {
-		for _, env := range s.envNames() {
-			v, ok := opts.LookupEnv(env)
-			if !ok {
-				continue
-			}
-			if err := s.set(&cfg, v); err != nil {
-				problems = append(problems, fmt.Sprintf("%s (env %s) %q: %v", s.Key, env, v, cleanParseErr(err)))
-			}
-			break
+		env, v, ok := lookupSetting(s, opts.LookupEnv)
+		if !ok {
+			continue
+		}
+		if err := s.set(&cfg, v); err != nil {
+			problems = append(problems, fmt.Sprintf("%s (env %s) %q: %v", s.Key, env, v, cleanParseErr(err)))
 		}
 	}
 	for i, s := range settings {
@@ -330,6 +327,25 @@ func propertyProblems(props map[string]string, refused []PropertyProblem, report
 
 func (s Setting) envNames() []string {
 	return append([]string{envName(s.Flag)}, s.Env...)
+}
+
+// lookupSetting returns the environment variable that sets s, if any, and
+// its value. The first of s's names that is set wins, except that an
+// empty value gives way to a later name set to something: a deployment
+// template that leaves TRIBUTARY_TOPIC_REGEX_LIST empty does not hide
+// the KAFKA_MQTT_TOPIC_REGEX_LIST of a Confluent MQTT Proxy setup.
+func lookupSetting(s Setting, lookup func(string) (string, bool)) (env, value string, ok bool) {
+	for _, name := range s.envNames() {
+		v, set := lookup(name)
+		switch {
+		case !set:
+		case v != "":
+			return name, v, true
+		case !ok:
+			env, ok = name, true // empty: applies if no later name has a value
+		}
+	}
+	return env, "", ok
 }
 
 // EnvNames returns the environment variables that set this setting,
