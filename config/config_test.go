@@ -177,7 +177,7 @@ func TestBadValues(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--kafka-create-topics", "maybe"}, "not a valid boolean"},
+		{[]string{"--kafka-create-topics=maybe"}, "not a valid boolean"},
 		{[]string{"--flush-timeout", "soon"}, "kafka.flush_timeout"},
 		{[]string{"--inflight-budget-bytes", "100"}, "inflight_budget_bytes 100"},
 		{[]string{"--log-format", "xml"}, "log.format"},
@@ -187,6 +187,22 @@ func TestBadValues(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("Load(%q) = %v, want an error naming %q", tc.args, err, tc.want)
 		}
+	}
+}
+
+// An on/off flag given bare means true; "=false" turns it off; a value
+// after a space is not the flag's.
+func TestBareBooleanFlags(t *testing.T) {
+	cfg, rest, err := Load(Options{Args: []string{"--http-pprof", "--kafka-create-topics=false", "--websocket-enabled=1"}})
+	if err != nil || len(rest) != 0 {
+		t.Fatalf("Load: %v, rest %q", err, rest)
+	}
+	if !cfg.HTTP.Pprof || cfg.Kafka.CreateTopics || !cfg.WebSocket.Enabled {
+		t.Fatalf("pprof %v, create topics %v, websocket %v; want true, false, true", cfg.HTTP.Pprof, cfg.Kafka.CreateTopics, cfg.WebSocket.Enabled)
+	}
+	cfg, rest, err = Load(Options{Args: []string{"--kafka-create-topics", "false"}})
+	if err != nil || len(rest) != 1 || rest[0] != "false" || !cfg.Kafka.CreateTopics {
+		t.Fatalf("Load(--kafka-create-topics false) = create topics %v, rest %q, %v; want true and the stray argument", cfg.Kafka.CreateTopics, rest, err)
 	}
 }
 

@@ -21,8 +21,10 @@ type Setting struct {
 	Env   []string // environment variables, the first is canonical
 	Key   string   // YAML key path
 	Usage string
-	set   func(*Config, string) error
-	get   func(*Config) string
+	// Bool marks an on/off setting, whose flag given bare means true.
+	Bool bool
+	set  func(*Config, string) error
+	get  func(*Config) string
 }
 
 // Settings lists every setting in the order they are documented.
@@ -150,7 +152,7 @@ func str(flagName, key, usage string, field func(*Config) *string) Setting {
 
 func boolean(flagName, key, usage string, field func(*Config) *bool) Setting {
 	return Setting{
-		Flag: flagName, Key: key, Usage: usage,
+		Flag: flagName, Key: key, Usage: usage, Bool: true,
 		set: func(c *Config, v string) error {
 			b, err := strconv.ParseBool(v)
 			*field(c) = b
@@ -234,7 +236,13 @@ func Load(opts Options) (Config, []string, error) {
 	configPath := fs.String("config", "", "YAML config file (env TRIBUTARY_CONFIG)")
 	values := make([]string, len(settings))
 	for i, s := range settings {
-		fs.StringVar(&values[i], s.Flag, s.Default(), s.Usage+" (env "+strings.Join(s.envNames(), ", ")+")")
+		usage := s.Usage + " (env " + strings.Join(s.envNames(), ", ") + ")"
+		values[i] = s.Default()
+		if s.Bool {
+			fs.Var((*boolFlag)(&values[i]), s.Flag, usage)
+		} else {
+			fs.StringVar(&values[i], s.Flag, values[i], usage)
+		}
 	}
 	if err := fs.Parse(opts.Args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -328,6 +336,15 @@ func propertyProblems(props map[string]string, refused []PropertyProblem, report
 func (s Setting) envNames() []string {
 	return append([]string{envName(s.Flag)}, s.Env...)
 }
+
+// boolFlag is the flag of an on/off setting: "--name" alone means true,
+// "--name=false" turns it off. The value is checked with the other
+// settings, so a bad one is reported alongside them.
+type boolFlag string
+
+func (b *boolFlag) String() string     { return string(*b) }
+func (b *boolFlag) Set(v string) error { *b = boolFlag(v); return nil }
+func (b *boolFlag) IsBoolFlag() bool   { return true }
 
 // lookupSetting returns the environment variable that sets s, if any, and
 // its value. The first of s's names that is set wins, except that an

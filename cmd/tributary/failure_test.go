@@ -378,6 +378,8 @@ func TestBadConfigExitsTwo(t *testing.T) {
 		{"unparsable address", []string{"check-config", "--mqtt-addr", "localhost"}, []string{"mqtt.addr", "localhost"}},
 		{"two listeners on one port", []string{"check-config", "--mqtt-addr", ":18830", "--http-addr", "127.0.0.1:18830"}, []string{"http.addr", "18830", "mqtt.addr"}},
 		{"not a number", []string{"check-config", "--kafka-topic-partitions", "many"}, []string{"kafka.topic_partitions", "many"}},
+		{"on/off flag with a separate value", []string{"check-config", "--kafka-create-topics", "false"}, []string{`unexpected arguments ["false"]`, "--kafka-create-topics=false"}},
+		{"on/off flag with a bad value", []string{"check-config", "--metrics-auth=maybe"}, []string{"auth.metrics_auth", "maybe", "not a valid boolean"}},
 		{"all problems at once", []string{"check-config", "--topic-regex-list", "bad:([", "--mqtt-ws-addr", "nope", "--log-level", "loud"},
 			[]string{"bad:([", "mqtt.ws_addr", "nope", "log.level", "loud", "3 problems"}},
 		{"run refuses too", []string{"--topic-regex-list", "bad:([", "--data-dir", filepath.Join(dir, "never")}, []string{"bad:(["}},
