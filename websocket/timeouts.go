@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -64,11 +65,26 @@ type timeoutConn struct {
 	w       *timeoutWatch
 	state   atomic.Int32 // http.ConnState
 	counted atomic.Bool
+	// aborting: the last read deadline set was already past. net/http
+	// does that to end its own background read once a handler is done
+	// with a request, on every request; the read that fails is not a
+	// client being slow.
+	aborting atomic.Bool
+}
+
+func (c *timeoutConn) SetReadDeadline(t time.Time) error {
+	c.aborting.Store(!t.IsZero() && t.Before(time.Now()))
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *timeoutConn) SetDeadline(t time.Time) error {
+	c.aborting.Store(!t.IsZero() && t.Before(time.Now()))
+	return c.Conn.SetDeadline(t)
 }
 
 func (c *timeoutConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	if err != nil {
+	if err != nil && !c.aborting.Load() {
 		switch http.ConnState(c.state.Load()) {
 		case http.StateNew, http.StateActive:
 			c.count(err, "read")

@@ -582,11 +582,30 @@ func TestCertificateReload(t *testing.T) {
 }
 
 // A client that never finishes its request headers is cut off after
-// http.read_header_timeout, and that is counted.
+// http.read_header_timeout, and that is counted; ordinary requests are
+// not.
 func TestHTTPSlowClientTimesOut(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.HTTP.ReadHeaderTimeout = 300 * time.Millisecond
 	d := startDaemon(t, cfg)
+	const readTimeouts = `tributary_http_timeouts_total{timeout="read"}`
+	for _, close := range []bool{false, false, true, true} {
+		req, err := http.NewRequest(http.MethodGet, "http://"+d.httpAddr()+"/healthz", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Close = close
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	metricsText(t, d.httpAddr())
+	if m := metricsText(t, d.httpAddr()); strings.Contains(m, readTimeouts) {
+		t.Fatalf("ordinary requests were counted as timeouts:\n%s", grepLines(m, "tributary_http_timeouts_total"))
+	}
 	c, err := net.DialTimeout("tcp", d.httpAddr(), 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -602,9 +621,13 @@ func TestHTTPSlowClientTimesOut(t *testing.T) {
 		t.Fatalf("a client stuck in its headers was not cut off: %v after %s", err, el)
 	}
 	waitFor(t, 5*time.Second, "the timeout to be counted", func() bool {
-		return strings.Contains(metricsText(t, d.httpAddr()), `tributary_http_timeouts_total{timeout="read"} 1`)
+		return strings.Contains(metricsText(t, d.httpAddr()), readTimeouts+" 1")
 	})
+	if m := metricsText(t, d.httpAddr()); !strings.Contains(m, readTimeouts+" 1\n") {
+		t.Fatalf("more read timeouts than the one slow client:\n%s", grepLines(m, "tributary_http_timeouts_total"))
+	}
 }
+
 
 // The binary reloads its certificate on SIGHUP (with file watching off),
 // and keeps running.
