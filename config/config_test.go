@@ -163,6 +163,36 @@ func TestProblemsReportedTogether(t *testing.T) {
 	}
 }
 
+// Values that do not parse and secrets that cannot be read are reported
+// together with what validation finds in the rest, each key once; every
+// unreadable TLS file is named, not only the first.
+func TestParseAndValidationProblemsTogether(t *testing.T) {
+	dir := t.TempDir()
+	missing := func(name string) string { return filepath.Join(dir, name) }
+	file := writeFile(t, "kafka:\n  properties:\n    sasl.password: ${file:"+missing("password")+"}\nlog:\n  level: loud\n")
+	_, _, err := Load(Options{Args: []string{"--config", file,
+		"--kafka-topic-partitions", "many", "--users-file", missing("users.yaml"),
+		"--mqtt-tls-addr", ":8883", "--tls-cert-file", missing("server.crt"), "--tls-key-file", missing("server.key"),
+		"--tls-client-ca-file", missing("ca.crt"),
+	}})
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("err = %v, want *Error", err)
+	}
+	for _, want := range []string{"kafka.properties.sasl.password", "log.level", "kafka.topic_partitions", "auth.users_file",
+		"tls.cert_file", "tls.key_file", "tls.client_ca_file"} {
+		n := 0
+		for _, p := range ce.Problems {
+			if problemKey(p) == want {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("%d problems about %s, want 1:\n%s", n, want, err)
+		}
+	}
+}
+
 func TestStrictYAML(t *testing.T) {
 	for _, body := range []string{"mqtt:\n  adr: x\n", "kafka: [1, 2]\n", "unknown_top_level: 1\n"} {
 		cfg := Default()

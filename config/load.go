@@ -285,15 +285,18 @@ func Load(opts Options) (Config, []string, error) {
 		}
 	}
 	problems = append(problems, expandSecrets(&cfg, opts.LookupEnv)...)
-	if len(problems) > 0 {
-		return Config{}, nil, &Error{Problems: problems}
-	}
 	if err := cfg.Validate(); err != nil {
 		var ce *Error
 		if !errors.As(err, &ce) {
 			return Config{}, nil, err
 		}
-		problems = ce.Problems
+		// A key whose value did not parse, or whose secret could not be
+		// read, is reported once, for that.
+		for _, p := range ce.Problems {
+			if !slices.ContainsFunc(problems, func(r string) bool { return problemKey(r) == problemKey(p) }) {
+				problems = append(problems, p)
+			}
+		}
 	}
 	if opts.CheckKafkaProperties != nil && len(cfg.Kafka.Properties) > 0 {
 		problems = append(problems, propertyProblems(cfg.Kafka.Properties, opts.CheckKafkaProperties(cfg.Kafka.Properties), problems)...)
@@ -302,6 +305,16 @@ func Load(opts Options) (Config, []string, error) {
 		return Config{}, nil, &Error{Problems: problems}
 	}
 	return cfg, fs.Args(), nil
+}
+
+// problemKey is the setting a problem is about: its text up to the first
+// space or colon ("kafka.topic_partitions" in "kafka.topic_partitions
+// (--kafka-topic-partitions) \"many\": not a valid integer").
+func problemKey(problem string) string {
+	if i := strings.IndexAny(problem, " :"); i >= 0 {
+		return problem[:i]
+	}
+	return problem
 }
 
 // propertyProblems words the Kafka client's refusals like every other

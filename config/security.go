@@ -2,7 +2,9 @@ package config
 
 import (
 	"errors"
+	"io/fs"
 	"math"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -95,8 +97,26 @@ func (c *Config) validateSecurity(add func(string, ...any)) {
 			add("tls.cert_file (--tls-cert-file) is set but tls.key_file (--tls-key-file) is empty")
 		}
 	}
-	// The files are read here too, so check-config finds a broken one.
-	if t.CertFile != "" && t.KeyFile != "" {
+	// The files are read here too, so check-config finds a broken one;
+	// each one missing or unreadable is named.
+	readable := true
+	for _, f := range []struct{ key, path string }{{"cert_file", t.CertFile}, {"key_file", t.KeyFile}, {"client_ca_file", t.ClientCAFile}} {
+		if f.path == "" {
+			continue
+		}
+		fh, err := os.Open(f.path)
+		if err != nil {
+			var pe *fs.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
+			add("tls.%s (--tls-%s) %q: %v", f.key, strings.ReplaceAll(f.key, "_", "-"), f.path, err)
+			readable = false
+			continue
+		}
+		fh.Close()
+	}
+	if readable && t.CertFile != "" && t.KeyFile != "" {
 		_, err := certs.New(certs.Config{CertFile: t.CertFile, KeyFile: t.KeyFile, ClientCAFile: t.ClientCAFile, ClientAuth: t.ClientAuth}, nil)
 		var fe *certs.FileError
 		switch {

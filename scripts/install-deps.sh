@@ -5,6 +5,8 @@
 #   kcat               Kafka command-line client (readiness probe, smoke tests)
 # and, with npm ci, the npm tools pinned in e2e/package-lock.json:
 #   wscat              WebSocket client for the JSON WebSocket API smoke tests
+# and, when java or mvn is missing, default-jre-headless and maven, which
+# scripts/kafka.sh needs for make test-kafka.
 #
 # Idempotent: when every needed command is already on PATH nothing is done,
 # and npm ci is skipped while e2e/node_modules matches the lock file.
@@ -29,7 +31,8 @@ when any of the commands mosquitto, mosquitto_pub, mosquitto_sub or kcat is
 missing, and makes sure the system mosquitto service is not running.
 Then installs the npm tools pinned in e2e/package-lock.json (wscat) with
 npm ci, unless e2e/node_modules already matches the lock file; Node.js and
-npm come from apt-get when npm is missing.
+npm come from apt-get when npm is missing. Java and Maven (for
+scripts/kafka.sh) come from apt-get when java or mvn is missing.
 EOF
 }
 
@@ -104,6 +107,23 @@ install_npm_tools() {
   log "ok: wscat $("$NPM_DIR/node_modules/.bin/wscat" --version) -> $NPM_DIR/node_modules/.bin/wscat"
 }
 
+# Java and Maven, which scripts/kafka.sh needs to fetch Apache Kafka from
+# Maven Central and run it (make test-kafka). It checks for Java 17+ itself.
+install_kafka_tools() {
+  local need=()
+  command -v java >/dev/null 2>&1 || need+=(default-jre-headless)
+  command -v mvn >/dev/null 2>&1 || need+=(maven)
+  if [[ ${#need[@]} -eq 0 ]]; then
+    log "ok: java -> $(command -v java), mvn -> $(command -v mvn)"
+    return 0
+  fi
+  command -v apt-get >/dev/null 2>&1 ||
+    die "java or mvn not found and no apt-get; install Java 17+ and Maven for scripts/kafka.sh"
+  log "installing ${need[*]} with apt-get (scripts/kafka.sh needs java and mvn)"
+  as_root apt-get update -qq
+  as_root apt-get install -y -qq --no-install-recommends "${need[@]}"
+}
+
 # Stop and disable a system mosquitto service if one is running, so that
 # port 1883 stays free for whatever the tests decide to start.
 stop_system_mosquitto() {
@@ -153,6 +173,7 @@ if [[ ${#missing[@]} -eq 0 ]]; then
   log "all of ${COMMANDS[*]} already present; skipping apt-get"
   stop_system_mosquitto
   install_npm_tools
+  install_kafka_tools
   exit 0
 fi
 
@@ -240,3 +261,4 @@ for c in "${COMMANDS[@]}"; do
   fi
 done
 install_npm_tools
+install_kafka_tools

@@ -160,7 +160,7 @@ func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(problems) > 0 {
 		msg := strings.Join(problems, "; ")
-		refuse(ws, consumeError{Error: errorBody{Code: CodeBadRequest, Message: msg}}, msg)
+		a.refuse(ws, consumeError{Error: errorBody{Code: CodeBadRequest, Message: msg}}, msg)
 		return
 	}
 	askedGroup, givenGroup := groupID, q.Get("groupId") != ""
@@ -171,7 +171,7 @@ func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
 		user := userOf(r.Context()).user
 		msg := fmt.Sprintf("not authorized to use consumer group %q: with Kafka topic ACLs a user's groups are named %q or start with %q", groupID, user, user+".")
 		a.log.Info("WebSocket consume socket refused: consumer group of another user", "user", user, "group", groupID, "remote", r.RemoteAddr)
-		refuse(ws, consumeError{Error: errorBody{Code: CodeForbidden, Message: msg}}, msg)
+		a.refuse(ws, consumeError{Error: errorBody{Code: CodeForbidden, Message: msg}}, msg)
 		return
 	}
 	for _, t := range topics {
@@ -179,7 +179,7 @@ func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
 			a.cfg.Auth.m.denied.WithLabelValues("consume").Inc()
 			msg := "not authorized to consume topic " + strconv.Quote(t)
 			a.log.Info("WebSocket consume socket refused by the ACLs", "user", userOf(r.Context()).user, "topic", t, "remote", r.RemoteAddr)
-			refuse(ws, consumeError{Error: errorBody{Code: CodeForbidden, Message: msg}}, msg)
+			a.refuse(ws, consumeError{Error: errorBody{Code: CodeForbidden, Message: msg}}, msg)
 			return
 		}
 	}
@@ -189,7 +189,7 @@ func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
 			if errors.Is(err, bridge.ErrUnknownTopic) {
 				code = CodeUnknownTopic
 			}
-			refuse(ws, consumeError{Error: errorBody{Code: code, Message: err.Error()}}, "topic "+t+": "+err.Error())
+			a.refuse(ws, consumeError{Error: errorBody{Code: code, Message: err.Error()}}, "topic "+t+": "+err.Error())
 			return
 		}
 	}
@@ -230,7 +230,7 @@ func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
 			return ""
 		}}
 	if !a.register(r.Context(), sess) {
-		refuseWith(ws, consumeError{Error: errorBody{Code: 50302, Message: "server shutting down"}}, websocket.CloseGoingAway, "server shutting down")
+		a.refuseWith(ws, consumeError{Error: errorBody{Code: 50302, Message: "server shutting down"}}, websocket.CloseGoingAway, "server shutting down")
 		return
 	}
 	defer a.unregister(sess)
@@ -247,7 +247,7 @@ func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
 	log := a.log.With("client_id", clientID, "group", groupID, "topics", topics)
 	c.consumer, err = bridge.NewConsumer(cc, log.With("component", "kafka-consumer"))
 	if err != nil {
-		refuse(ws, consumeError{Error: errorBody{Code: CodeKafka, Message: err.Error()}}, "cannot create the Kafka consumer")
+		a.refuse(ws, consumeError{Error: errorBody{Code: CodeKafka, Message: err.Error()}}, "cannot create the Kafka consumer")
 		return
 	}
 	a.metrics.connections.WithLabelValues("/socket/out").Inc()

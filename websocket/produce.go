@@ -85,14 +85,14 @@ func (a *API) serveProduce(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(problems) > 0 {
 		msg := strings.Join(problems, "; ")
-		refuse(ws, produceError{Error: errorBody{Code: CodeBadRequest, Message: msg}}, msg)
+		a.refuse(ws, produceError{Error: errorBody{Code: CodeBadRequest, Message: msg}}, msg)
 		return
 	}
 	if !a.cfg.Auth.canProduce(r.Context(), topic) {
 		a.cfg.Auth.m.denied.WithLabelValues("produce").Inc()
 		msg := "not authorized to produce to topic " + strconv.Quote(topic)
 		a.log.Info("WebSocket produce socket refused by the ACLs", "user", userOf(r.Context()).user, "topic", topic, "remote", r.RemoteAddr)
-		refuse(ws, produceError{Error: errorBody{Code: CodeForbidden, Message: msg}}, msg)
+		a.refuse(ws, produceError{Error: errorBody{Code: CodeForbidden, Message: msg}}, msg)
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -122,7 +122,7 @@ func (a *API) serveProduce(w http.ResponseWriter, r *http.Request) {
 			return ""
 		}}
 	if !a.register(ctx, sess) {
-		refuseWith(ws, produceError{Error: errorBody{Code: 50302, Message: "server shutting down"}}, websocket.CloseGoingAway, "server shutting down")
+		a.refuseWith(ws, produceError{Error: errorBody{Code: 50302, Message: "server shutting down"}}, websocket.CloseGoingAway, "server shutting down")
 		return
 	}
 	defer a.unregister(sess)

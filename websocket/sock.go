@@ -2,6 +2,7 @@ package websocket
 
 import (
 	"encoding/json"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -124,16 +125,23 @@ func (s *sock) beginBurst() { s.conn.begin() }
 // on the socket.
 func (s *sock) endBurst() error { return s.conn.end() }
 
+// errorFrame is a produce or consume error frame.
+type errorFrame interface{ errorCode() int }
+
+func (e produceError) errorCode() int { return e.Error.Code }
+func (e consumeError) errorCode() int { return e.Error.Code }
+
 // refuse sends one error frame and closes the socket with a policy
 // violation: the browser WebSocket API cannot read an HTTP error body, so
 // bad parameters are reported after the upgrade.
-func refuse(ws *websocket.Conn, frame any, reason string) {
-	refuseWith(ws, frame, websocket.ClosePolicyViolation, reason)
+func (a *API) refuse(ws *websocket.Conn, frame errorFrame, reason string) {
+	a.refuseWith(ws, frame, websocket.ClosePolicyViolation, reason)
 }
 
 // refuseWith is refuse with another close code (1001 when the server is
 // shutting down: nothing was wrong with the request).
-func refuseWith(ws *websocket.Conn, frame any, code int, reason string) {
+func (a *API) refuseWith(ws *websocket.Conn, frame errorFrame, code int, reason string) {
+	a.metrics.errors.WithLabelValues(strconv.Itoa(frame.errorCode())).Inc()
 	if b, err := json.Marshal(frame); err == nil {
 		_ = ws.SetWriteDeadline(time.Now().Add(5 * time.Second))
 		_ = ws.WriteMessage(websocket.TextMessage, b)

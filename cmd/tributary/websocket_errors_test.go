@@ -38,11 +38,11 @@ func expectClose(t *testing.T, c *websocket.Conn, timeout time.Duration) *websoc
 }
 
 // 40000: bad query parameters get one error frame naming each problem, then
-// close 1008 with the reason.
+// close 1008 with the reason; each frame is counted.
 func TestWebSocketBadParams(t *testing.T) {
 	d := startDaemon(t, wsConfig(t))
 	topic := uniq("params")
-	for _, tc := range []struct {
+	cases := []struct {
 		path  string
 		q     url.Values
 		names []string // each must be named in the error message and the close reason
@@ -62,7 +62,8 @@ func TestWebSocketBadParams(t *testing.T) {
 		{"/socket/out", url.Values{"clientId": {"c"}, "topic": {topic}, "autoCommit": {"maybe"}}, []string{"autoCommit"}},
 		{"/socket/out", url.Values{"clientId": {"c"}, "topic": {topic}, "commitAck": {"sometimes"}}, []string{"commitAck"}},
 		{"/socket/out", url.Values{"clientId": {"c"}, "topic": {topic}, "valType": {"xml"}}, []string{"valType", "xml"}},
-	} {
+	}
+	for _, tc := range cases {
 		t.Run(tc.path+" "+strings.Join(tc.names, ","), func(t *testing.T) {
 			c := wsDial(t, d, tc.path, tc.q)
 			r := readResult(t, c)
@@ -79,6 +80,10 @@ func TestWebSocketBadParams(t *testing.T) {
 				}
 			}
 		})
+	}
+	want := fmt.Sprintf(`tributary_websocket_error_frames_total{code="40000"} %d`, len(cases))
+	if m := metricsText(t, d.httpAddr()); !strings.Contains(m, want+"\n") {
+		t.Fatalf("want %s:\n%s", want, linesWith(m, "error_frames_total"))
 	}
 }
 
