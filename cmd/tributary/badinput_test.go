@@ -436,7 +436,8 @@ func closeOutcome(err error) string {
 }
 
 // readMQTT reads one MQTT packet and names it with its reason code:
-// "CONNACK:84", "SUBACK:80", "PUBACK:95", "DISCONNECT:82", "PINGRESP".
+// "CONNACK:84", "SUBACK:80", "PUBACK:95", "PUBREC:90", "DISCONNECT:82",
+// "PINGRESP".
 func readMQTT(r *bufio.Reader, v5 bool) (string, error) {
 	first, err := r.ReadByte()
 	if err != nil {
@@ -472,6 +473,8 @@ func readMQTT(r *bufio.Reader, v5 bool) (string, error) {
 		return "CONNACK:" + code(1), nil
 	case 4:
 		return "PUBACK:" + code(2), nil
+	case 5:
+		return "PUBREC:" + code(2), nil
 	case 9:
 		i := 2
 		if v5 && len(body) > 2 {
@@ -485,6 +488,71 @@ func readMQTT(r *bufio.Reader, v5 bool) (string, error) {
 		return "DISCONNECT:" + code(0), nil
 	}
 	return fmt.Sprintf("type%d", first>>4), nil
+}
+
+// A publish to a reserved topic ($SYS/..., $share/...), which mochi drops
+// without an answer, is refused like any publish the bridge does not take:
+// MQTT 5 gets 0x90, in order behind the publishes before it, and keeps its
+// connection; MQTT 3 is disconnected; QoS 0 is dropped and counted.
+func TestReservedTopicPublishIsRefused(t *testing.T) {
+	cfg := testConfig(t)
+	topic := uniq("reserved")
+	cfg.Mapping.TopicRegexList = topic + ":.*"
+	d := startDaemon(t, cfg)
+	for _, tc := range []struct {
+		v     byte
+		first byte // PUBLISH with its QoS
+		topic string
+		want  []string
+	}{
+		{4, 0x32, "$SYS/x", []string{"closed"}},
+		{4, 0x34, "$share", []string{"closed"}},
+		{5, 0x32, "$SYS/x", []string{"PUBACK:90", "PINGRESP"}},
+		{5, 0x34, "$sys/lower", []string{"PUBREC:90", "PINGRESP"}},
+		{5, 0x32, "$share/g", []string{"PUBACK:90", "PINGRESP"}},
+		{5, 0x30, "$SYS/x", []string{"PINGRESP"}},
+	} {
+		c := dialBadTCP(t, d.mqttAddr())
+		c.connect(t, tc.v)
+		id := uint16(7)
+		if tc.first&0x06 == 0 {
+			id = 0
+		}
+		got := c.exchange(mqttPublish(tc.first, tc.topic, id, tc.v == 5, nil, []byte("x")), 0, tc.v == 5, false)
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("MQTT v%d PUBLISH %#x to %q: server answered %v, want %v", tc.v, tc.first, tc.topic, got, tc.want)
+		}
+		c.close()
+	}
+	// Behind a publish awaiting Kafka, the refusal waits its turn, and the
+	// connection goes on.
+	c := dialBadTCP(t, d.mqttAddr())
+	defer c.close()
+	c.connect(t, 5)
+	two := append(mqttPublish(0x32, "a/b", 1, true, nil, []byte("first")), mqttPublish(0x32, "$SYS/x", 2, true, nil, []byte("x"))...)
+	if err := c.write(two); err != nil {
+		t.Fatal(err)
+	}
+	var acks []string
+	for len(acks) < 2 {
+		got := c.answers(true, "PUBACK")
+		if last := got[len(got)-1]; !strings.HasPrefix(last, "PUBACK") {
+			t.Fatalf("after %v: %v", acks, got)
+		}
+		acks = append(acks, got[len(got)-1])
+	}
+	if !slices.Equal(acks, []string{"PUBACK:00", "PUBACK:90"}) {
+		t.Fatalf("PUBACKs %v, want the success first, then 0x90", acks)
+	}
+	if got := c.exchange(mqttPublish(0x32, "a/c", 3, true, nil, []byte("second")), 0, true, true); !slices.Equal(got, []string{"PUBACK:00", "PINGRESP"}) {
+		t.Fatalf("a publish after the refusal: %v", got)
+	}
+	if recs := settledRecords(t, d.bootstrap, topic); len(recs) != 2 {
+		t.Fatalf("%d records in Kafka, want the 2 valid publishes", len(recs))
+	}
+	if m := metricsText(t, d.httpAddr()); !strings.Contains(m, `tributary_mqtt_rejected_total{reason="reserved_topic"} 7`) {
+		t.Errorf("reserved topic refusals not counted:\n%s", linesWith(m, "rejected_total"))
+	}
 }
 
 // uvarint decodes an MQTT variable byte integer: value and width.
