@@ -628,7 +628,6 @@ func TestHTTPSlowClientTimesOut(t *testing.T) {
 	}
 }
 
-
 // The binary reloads its certificate on SIGHUP (with file watching off),
 // and keeps running.
 func TestSIGHUPReloadsCertificate(t *testing.T) {
