@@ -175,7 +175,7 @@ func New(cfg Config) (*Mapper, error) {
 	m := &Mapper{policy: cfg.Unmatched, defaultTopic: cfg.DefaultTopic}
 	if m.defaultTopic == "" {
 		m.defaultTopic = DefaultKafkaTopic
-	} else if why := topicNameProblem(m.defaultTopic); why != "" {
+	} else if why := TopicNameProblem(m.defaultTopic); why != "" {
 		errs = append(errs, fmt.Errorf("default_topic %q: %w: %s", m.defaultTopic, ErrInvalidTopicName, why))
 	}
 	switch m.policy {
@@ -240,7 +240,7 @@ func compileRule(i int, r Rule) (compiledRule, []error) {
 	} else if cr.topic, err = parseTemplate(r.KafkaTopic, cr.re); err != nil {
 		fail("kafka_topic", r.KafkaTopic, err)
 	} else if cr.topic.static {
-		if why := topicNameProblem(cr.topic.value); why != "" {
+		if why := TopicNameProblem(cr.topic.value); why != "" {
 			fail("kafka_topic", r.KafkaTopic, fmt.Errorf("%w: %s", ErrInvalidTopicName, why))
 		}
 	}
@@ -326,7 +326,7 @@ func (m *Mapper) Map(source, mqttTopic string) (Result, error) {
 func (r *compiledRule) produce(i int, source, mqttTopic string, loc []int) (Result, error) {
 	topic := r.topic.render(source, mqttTopic, loc)
 	if !r.topic.static {
-		if why := topicNameProblem(topic); why != "" {
+		if why := TopicNameProblem(topic); why != "" {
 			return Result{Action: ActionReject, Rule: i}, fmt.Errorf("rules[%d].kafka_topic %q rendered %q: %w: %s",
 				i, r.KafkaTopic, topic, ErrInvalidTopicName, why)
 		}
@@ -383,9 +383,9 @@ func ValidTopicName(s string) bool {
 	return true
 }
 
-// topicNameProblem says what is wrong with s as a Kafka topic name, or "" if
+// TopicNameProblem says what is wrong with s as a Kafka topic name, or "" if
 // nothing is, so that errors tell the user what to change.
-func topicNameProblem(s string) string {
+func TopicNameProblem(s string) string {
 	switch {
 	case s == "":
 		return "empty"

@@ -121,7 +121,7 @@ func parseListItem(item string) (Rule, error) {
 	case expr == "":
 		return Rule{}, errors.New(`empty regex after ':' (want "kafkaTopic:regex")`)
 	}
-	if why := topicNameProblem(topic); why != "" {
+	if why := TopicNameProblem(topic); why != "" {
 		return Rule{}, fmt.Errorf("Kafka topic %q: %w: %s", topic, ErrInvalidTopicName, why)
 	}
 	// Compile as New will, so a list that parses always builds a Mapper.

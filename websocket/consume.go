@@ -104,6 +104,9 @@ func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
 	for _, t := range strings.Split(q.Get("topic"), ",") {
 		if t = strings.TrimSpace(t); t != "" {
 			topics = append(topics, t)
+			if why := topicProblem(t); why != "" {
+				problems = append(problems, why)
+			}
 		}
 	}
 	if len(topics) == 0 {

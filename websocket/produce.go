@@ -15,6 +15,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/tributary-io/tributary/bridge"
+	"github.com/tributary-io/tributary/mapping"
 )
 
 // produceConn is one /socket/in socket. Its reader (the handler goroutine)
@@ -70,6 +71,8 @@ func (a *API) serveProduce(w http.ResponseWriter, r *http.Request) {
 	topic := q.Get("topic")
 	if topic == "" {
 		problems = append(problems, "topic is required")
+	} else if why := topicProblem(topic); why != "" {
+		problems = append(problems, why)
 	}
 	keyType := queryFormat(q.Get("keyType"), "keyType", &problems)
 	valType := queryFormat(q.Get("valType"), "valType", &problems)
@@ -149,6 +152,21 @@ func (a *API) serveProduce(w http.ResponseWriter, r *http.Request) {
 	cancel()
 	ws.Close()
 	log.Debug("WebSocket produce socket closed", "error", err)
+}
+
+// topicProblem says what is wrong with t as a Kafka topic name, naming
+// it (its start, when long enough to crowd the close reason out), or ""
+// if nothing is.
+func topicProblem(t string) string {
+	why := mapping.TopicNameProblem(t)
+	if why == "" {
+		return ""
+	}
+	name := strconv.Quote(t)
+	if len(t) > 40 {
+		name = strconv.Quote(t[:32]) + "..."
+	}
+	return "topic " + name + " is not a valid Kafka topic name: " + why
 }
 
 func queryFormat(v, name string, problems *[]string) format {
