@@ -84,12 +84,16 @@ type inFrame struct {
 	MessageID json.RawMessage `json:"messageId"`
 }
 
+// notAnObject is the error for a produce message that is valid JSON but
+// not an object.
+const notAnObject = "a produce message must be a JSON object like {\"key\": {...}, \"value\": {...}, \"headers\": [...], \"messageId\": ...}"
+
 // describeTypeError says in the API's terms which part of a produce
 // message has the wrong JSON type.
 func describeTypeError(e *json.UnmarshalTypeError) string {
 	switch {
 	case e.Field == "":
-		return "a produce message must be a JSON object like {\"key\": {...}, \"value\": {...}, \"headers\": [...], \"messageId\": ...}"
+		return notAnObject
 	case e.Field == "key" || e.Field == "value":
 		return fmt.Sprintf("%q must be an object like {\"value\": ..., \"format\": \"string\"}, got a JSON %s", e.Field, e.Value)
 	case e.Field == "headers":
@@ -115,6 +119,9 @@ func describeTypeError(e *json.UnmarshalTypeError) string {
 // alone until the record has been produced (the socket reads every frame
 // into a buffer of its own).
 func decodeProduceFrame(data []byte, topic string, keyType, valType format) (*bridge.Record, json.RawMessage, *frameError) {
+	if id, ferr := checkFrameText(data); ferr != nil {
+		return nil, id, ferr
+	}
 	var hbuf [4]inHeader
 	if in, headers, ok := scanProduceFrame(data, hbuf[:0]); ok {
 		var key, value *inValue
@@ -154,6 +161,37 @@ func decodeProduceFrameJSON(data []byte, topic string, keyType, valType format) 
 		return nil, nil, invalid("invalid produce message: not a JSON object: %v", err)
 	}
 	return buildRecord(topic, keyType, valType, in.Key, in.Value, in.Headers, in.MessageID)
+}
+
+// checkFrameText refuses a frame that encoding/json would read as
+// something other than what was sent: bytes that are not UTF-8, which it
+// turns into U+FFFD, and a bare null, which it reads as an empty record.
+// The error carries the frame's messageId when it can be read.
+func checkFrameText(data []byte) (json.RawMessage, *frameError) {
+	if !utf8.Valid(data) {
+		var id struct {
+			MessageID json.RawMessage `json:"messageId"`
+		}
+		_ = json.Unmarshal(data, &id)
+		return validID(id.MessageID), invalid("invalid produce message: not valid UTF-8 (at byte %d); JSON is text: send binary keys, values and header values with \"format\": \"base64\"", invalidUTF8At(data))
+	}
+	if bytes.Equal(bytes.TrimSpace(data), []byte("null")) {
+		return nil, invalid("invalid produce message: %s", notAnObject)
+	}
+	return nil, nil
+}
+
+// invalidUTF8At returns the offset of the first byte of b that is not
+// part of valid UTF-8.
+func invalidUTF8At(b []byte) int {
+	for i := 0; i < len(b); {
+		r, n := utf8.DecodeRune(b[i:])
+		if r == utf8.RuneError && n == 1 {
+			return i
+		}
+		i += n
+	}
+	return len(b)
 }
 
 // buildRecord checks and converts a decoded frame; both decoders end
@@ -317,8 +355,9 @@ func jsonString(raw []byte) ([]byte, bool) {
 				break
 			}
 		}
-		// json.Unmarshal would replace invalid UTF-8 with U+FFFD.
-		if plain && utf8.Valid(s) {
+		// Invalid UTF-8, which json.Unmarshal would replace with U+FFFD,
+		// never gets here: checkFrameText refused the frame.
+		if plain {
 			return s, true
 		}
 	}

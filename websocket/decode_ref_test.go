@@ -14,8 +14,12 @@ import (
 
 // decodeProduceFrameRef and encodeValueRef are decodeProduceFrame and
 // encodeValue as they were before their string fast path: the reference
-// the decoder is held to.
+// the decoder is held to. The frame-level checks of checkFrameText came
+// later and apply to both.
 func decodeProduceFrameRef(data []byte, topic string, keyType, valType format) (*bridge.Record, json.RawMessage, *frameError) {
+	if id, ferr := checkFrameText(data); ferr != nil {
+		return nil, id, ferr
+	}
 	var in inFrame
 	if err := json.Unmarshal(data, &in); err != nil {
 		var ute *json.UnmarshalTypeError
