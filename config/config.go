@@ -379,6 +379,10 @@ func (c *Config) Validate() error {
 			add("kafka.properties.partition.assignment.strategy %q: cooperative rebalancing is not supported by the WebSocket consumers; use range or roundrobin", v)
 		case k == "group.protocol" && v != "classic":
 			add("kafka.properties.group.protocol %q: only the classic consumer group protocol is supported by the WebSocket consumers", v)
+		case k == "delivery.report.only.error" && isTrue(v):
+			add("kafka.properties.%s %q: Tributary acknowledges a record only when Kafka's delivery report for it comes, so it needs every report", k, v)
+		case (k == "acks" || k == "request.required.acks") && strings.TrimSpace(v) == "0":
+			add("kafka.properties.%s %q: with acks=0 Kafka confirms nothing, and Tributary acknowledges only what Kafka confirmed; use all (the default), or 1 with enable.idempotence false", k, v)
 		}
 	}
 	switch c.Log.Level {
@@ -505,4 +509,11 @@ func (w WebSocketConfig) validate() []string {
 		}
 	}
 	return problems
+}
+
+// isTrue reads a librdkafka boolean property as true, as librdkafka
+// would; a value that is no boolean is left to librdkafka's check.
+func isTrue(v string) bool {
+	b, err := strconv.ParseBool(strings.TrimSpace(v))
+	return err == nil && b
 }

@@ -373,9 +373,10 @@ func TestRatesMustBeFinite(t *testing.T) {
 	}
 }
 
-// librdkafka settings the WebSocket consumers cannot work with are
-// refused at start-up, naming the key and value, rather than breaking
-// the first rebalance.
+// librdkafka settings the WebSocket consumers cannot work with, or that
+// would keep the producer from acknowledging anything, are refused at
+// start-up, naming the key and value, rather than breaking the first
+// rebalance or stalling every client.
 func TestUnsupportedConsumerProperties(t *testing.T) {
 	for _, tc := range []struct {
 		yaml string
@@ -383,15 +384,20 @@ func TestUnsupportedConsumerProperties(t *testing.T) {
 	}{
 		{"kafka:\n  properties:\n    partition.assignment.strategy: cooperative-sticky\n", `partition.assignment.strategy "cooperative-sticky"`},
 		{"kafka:\n  properties:\n    group.protocol: consumer\n", `group.protocol "consumer"`},
+		// Settings that would keep every record from being acknowledged.
+		{"kafka:\n  properties:\n    delivery.report.only.error: \"true\"\n", `delivery.report.only.error "true": Tributary acknowledges`},
+		{"kafka:\n  properties:\n    acks: \"0\"\n", `acks "0": with acks=0 Kafka confirms nothing`},
+		{"kafka:\n  properties:\n    request.required.acks: \"0\"\n", `request.required.acks "0"`},
 	} {
 		_, _, err := Load(Options{Args: []string{"--config", writeFile(t, tc.yaml)}})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error naming %s", tc.yaml, err, tc.want)
 		}
 	}
-	ok := "kafka:\n  properties:\n    partition.assignment.strategy: roundrobin\n    group.protocol: classic\n"
+	ok := "kafka:\n  properties:\n    partition.assignment.strategy: roundrobin\n    group.protocol: classic\n" +
+		"    acks: \"1\"\n    delivery.report.only.error: \"false\"\n"
 	if _, _, err := Load(Options{Args: []string{"--config", writeFile(t, ok)}}); err != nil {
-		t.Errorf("eager assignment and the classic protocol refused: %v", err)
+		t.Errorf("eager assignment, the classic protocol, acks=1 or every delivery report refused: %v", err)
 	}
 }
 
