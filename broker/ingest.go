@@ -58,6 +58,7 @@ type ingest struct {
 	sessions      sync.Map // *mqtt.Client -> *session
 	resumeLog     bridge.LogEvery
 	refuseLog     bridge.LogEvery // failure's refusals, which a client can cause per publish
+	forgedLog     bridge.LogEvery // user properties named like Tributary's headers
 	// takeoverWait bounds how long a CONNECT resuming a session waits for
 	// the QoS 2 publishes of the session's previous connection to reach
 	// Kafka (see settlePrevious).
@@ -85,6 +86,7 @@ func newIngest(ctx context.Context, server *mqtt.Server, producer Producer, mapp
 		takeoverWait: 10 * time.Second,
 		resumeLog:    bridge.LogEvery{Interval: 10 * time.Second},
 		refuseLog:    bridge.LogEvery{Interval: 10 * time.Second},
+		forgedLog:    bridge.LogEvery{Interval: 10 * time.Second},
 	}
 	h.produceCtx, h.stopProducing = context.WithCancel(ctx)
 	if h.maxPending == 0 { // no receive maximum advertised: the packet id space bounds it
@@ -343,7 +345,13 @@ func (h *ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 		return h.refuse(cl, pk, packets.Code{Code: packets.ErrTopicNameInvalid.Code, Reason: "no mapping rule matches topic " + pk.TopicName})
 	}
 
-	rec := buildRecord(cl, &pk, &res, received)
+	rec, forged := buildRecord(cl, &pk, &res, received)
+	if forged > 0 {
+		h.m.forgedHeaders.Add(float64(forged))
+		if h.forgedLog.Allow() {
+			h.log.Warn("MQTT 5 user properties named like a header Tributary sets were not copied to Kafka (logged at most every 10s)", "client", cl.ID, "topic", pk.TopicName)
+		}
+	}
 	// The producer copies the record during the call, so it is reused.
 	defer releaseRecord(rec)
 	if qos == 0 {
@@ -566,12 +574,12 @@ func dropReason(err error) string {
 	return "kafka_error"
 }
 
-func buildRecord(cl *mqtt.Client, pk *packets.Packet, res *mapping.Result, at time.Time) *bridge.Record {
+func buildRecord(cl *mqtt.Client, pk *packets.Packet, res *mapping.Result, at time.Time) (rec *bridge.Record, forged int) {
 	n := 4 + len(pk.Properties.User) + len(res.Headers)
 	if pk.Properties.ContentType != "" {
 		n++
 	}
-	rec := records.Get().(*bridge.Record)
+	rec = records.Get().(*bridge.Record)
 	hs := rec.Headers[:0]
 	if cap(hs) < n {
 		hs = make([]bridge.Header, 0, n)
@@ -581,13 +589,17 @@ func buildRecord(cl *mqtt.Client, pk *packets.Packet, res *mapping.Result, at ti
 		hs = append(hs, bridge.Header{Key: "mqtt.content_type", Value: bridge.View(pk.Properties.ContentType)})
 	}
 	for _, u := range pk.Properties.User {
+		if bridge.ReservedHeader(u.Key) {
+			forged++
+			continue
+		}
 		hs = append(hs, bridge.Header{Key: u.Key, Value: bridge.View(u.Val)})
 	}
 	for _, x := range res.Headers {
 		hs = append(hs, bridge.Header{Key: x.Key, Value: bridge.View(x.Value)})
 	}
 	*rec = bridge.Record{Topic: res.Topic, Key: res.Key, Value: pk.Payload, Headers: hs, Timestamp: at}
-	return rec
+	return rec, forged
 }
 
 var records = sync.Pool{New: func() any { return new(bridge.Record) }}

@@ -13,6 +13,7 @@ type metrics struct {
 	unmatched      prometheus.Counter
 	dropped        *prometheus.CounterVec
 	rejected       *prometheus.CounterVec
+	forgedHeaders  prometheus.Counter
 	failed         *prometheus.CounterVec
 	duplicates     prometheus.Counter
 	resumesRefused prometheus.Counter
@@ -65,6 +66,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "tributary", Subsystem: "mqtt", Name: "rejected_total",
 			Help: "Publishes refused with a reason code or a closed connection, by reason.",
 		}, []string{"reason"}),
+		forgedHeaders: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "tributary", Subsystem: "mqtt", Name: "reserved_user_properties_total",
+			Help: "MQTT 5 user properties not copied to Kafka because they carry the name of a header Tributary sets (mqtt.topic, mqtt.client_id, ...).",
+		}),
 		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "tributary", Subsystem: "mqtt", Name: "kafka_failures_total",
 			Help: "QoS 1 and 2 publishes that Kafka did not take, by reason; none of them was acknowledged as a success.",
@@ -83,6 +88,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: []float64{.001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}),
 	}
-	reg.MustRegister(m.connections, m.received, m.receivedBytes, m.unmatched, m.dropped, m.rejected, m.failed, m.duplicates, m.resumesRefused, m.ackLatency)
+	reg.MustRegister(m.connections, m.received, m.receivedBytes, m.unmatched, m.dropped, m.rejected, m.forgedHeaders, m.failed, m.duplicates, m.resumesRefused, m.ackLatency)
 	return m
 }

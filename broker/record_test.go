@@ -28,6 +28,9 @@ func recordCases() []recordCase {
 	v5 := plain
 	v5.Properties.ContentType = "text/plain"
 	v5.Properties.User = []packets.UserProperty{{Key: "unit", Val: "celsius"}, {Key: "room", Val: "kitchen"}}
+	forged := v5
+	forged.Properties.User = []packets.UserProperty{{Key: "unit", Val: "celsius"}, {Key: "mqtt.client_id", Val: "someone-else"},
+		{Key: "mqtt.topic", Val: "elsewhere"}, {Key: "mqtt.source", Val: "plant"}, {Key: "mqtt.content_type", Val: "x"}}
 	return []recordCase{
 		{"no rules, MQTT 3.1.1", mapping.Config{}, plain},
 		{"named groups and a header rule", mapping.Config{Rules: []mapping.Rule{{
@@ -36,6 +39,7 @@ func recordCases() []recordCase {
 			Headers: map[string]string{"room": "${room}"},
 		}}}, plain},
 		{"MQTT 5 user properties and content type", mapping.Config{}, v5},
+		{"MQTT 5 user properties named like Tributary's headers", mapping.Config{}, forged},
 	}
 }
 
@@ -59,7 +63,7 @@ func TestBuildRecord(t *testing.T) {
 	for _, tc := range recordCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			res := mapped(t, tc)
-			rec := buildRecord(cl, &tc.pk, &res, at)
+			rec, forged := buildRecord(cl, &tc.pk, &res, at)
 			got := map[string]string{}
 			for _, h := range rec.Headers {
 				got[h.Key] = string(h.Value)
@@ -71,8 +75,16 @@ func TestBuildRecord(t *testing.T) {
 			if tc.pk.Properties.ContentType != "" {
 				want["mqtt.content_type"] = tc.pk.Properties.ContentType
 			}
+			wantForged := 0
 			for _, u := range tc.pk.Properties.User {
+				if _, ours := want[u.Key]; ours || u.Key == "mqtt.source" {
+					wantForged++ // Tributary's headers keep their values
+					continue
+				}
 				want[u.Key] = u.Val
+			}
+			if forged != wantForged {
+				t.Errorf("%d user properties reported as reserved, want %d", forged, wantForged)
 			}
 			if len(rec.Headers) != len(want) {
 				t.Errorf("%d headers, want %d: %v", len(rec.Headers), len(want), got)
@@ -102,7 +114,8 @@ func TestBuildRecordReusesRecords(t *testing.T) {
 	for _, tc := range recordCases() {
 		res := mapped(t, tc)
 		allocs := testing.AllocsPerRun(1000, func() {
-			releaseRecord(buildRecord(cl, &tc.pk, &res, time.Time{}))
+			rec, _ := buildRecord(cl, &tc.pk, &res, time.Time{})
+			releaseRecord(rec)
 		})
 		if allocs != 0 {
 			t.Errorf("%s: %.1f allocations per record, want 0", tc.name, allocs)
@@ -127,7 +140,8 @@ func BenchmarkBuildRecord(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				releaseRecord(buildRecord(cl, &tc.pk, &res, at))
+				rec, _ := buildRecord(cl, &tc.pk, &res, at)
+				releaseRecord(rec)
 			}
 		})
 	}

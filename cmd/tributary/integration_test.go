@@ -88,7 +88,8 @@ func TestPubackMeansReadable(t *testing.T) {
 	}
 }
 
-// MQTT 5 user properties and content type become headers.
+// MQTT 5 user properties and content type become headers; a user
+// property named like a header Tributary sets is not copied (and counted).
 func TestMQTT5UserPropertiesBecomeHeaders(t *testing.T) {
 	pub := needTool(t, "mosquitto_pub")
 	cfg := testConfig(t)
@@ -99,6 +100,8 @@ func TestMQTT5UserPropertiesBecomeHeaders(t *testing.T) {
 	out, err := exec.Command(pub, "-V", "mqttv5", "-h", host, "-p", port, "-q", "1", "-t", "sensors/a", "-m", "{}",
 		"-D", "publish", "user-property", "site", "north",
 		"-D", "publish", "user-property", "unit", "celsius",
+		"-D", "publish", "user-property", "mqtt.client_id", "someone-else",
+		"-i", "the-real-one",
 		"-D", "publish", "content-type", "application/json").CombinedOutput()
 	if err != nil {
 		t.Fatalf("mosquitto_pub: %v: %s", err, out)
@@ -107,10 +110,22 @@ func TestMQTT5UserPropertiesBecomeHeaders(t *testing.T) {
 	if len(recs) != 1 {
 		t.Fatalf("got %d records, want 1", len(recs))
 	}
-	for k, want := range map[string]string{"site": "north", "unit": "celsius", "mqtt.content_type": "application/json", "mqtt.qos": "1"} {
+	for k, want := range map[string]string{"site": "north", "unit": "celsius", "mqtt.content_type": "application/json", "mqtt.qos": "1", "mqtt.client_id": "the-real-one"} {
 		if v, ok := header(recs[0], k); !ok || v != want {
 			t.Errorf("header %s = %q (present %v), want %q", k, v, ok, want)
 		}
+	}
+	n := 0
+	for _, h := range recs[0].Headers {
+		if h.Key == "mqtt.client_id" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d mqtt.client_id headers, want 1", n)
+	}
+	if m := metricsText(t, d.httpAddr()); !strings.Contains(m, "tributary_mqtt_reserved_user_properties_total 1\n") {
+		t.Errorf("the reserved user property was not counted:\n%s", linesWith(m, "reserved_user_properties"))
 	}
 }
 
