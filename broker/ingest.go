@@ -102,14 +102,16 @@ func (h *ingest) Provides(b byte) bool {
 	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPacketEncode}, []byte{b})
 }
 
-// OnPacketRead refuses a publish to a reserved topic ($SYS/..., $share/...)
-// as any publish the bridge will not take (refuse): mochi drops one before
-// any OnPublish hook sees it and acknowledges nothing, so a QoS 1 or 2
-// client would keep it in flight, and send it again on every reconnect,
-// without learning why. Wildcards are left to mochi, which treats them
-// as the protocol violation they are.
+// OnPacketRead refuses a publish to a reserved topic ($SYS/..., or $share
+// and $share/<group> with no topic after them) as any publish the bridge
+// will not take (refuse): mochi drops one before any OnPublish hook sees
+// it and acknowledges nothing, so a QoS 1 or 2 client would keep it in
+// flight, and send it again on every reconnect, without learning why. A
+// publish mochi itself refuses as malformed (wildcards, no packet id) is
+// left to it.
 func (h *ingest) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Type != packets.Publish || cl.Net.Inline || strings.ContainsAny(pk.TopicName, "+#") || mqtt.IsValidFilter(pk.TopicName, true) {
+	if pk.FixedHeader.Type != packets.Publish || cl.Net.Inline || mqtt.IsValidFilter(pk.TopicName, true) ||
+		pk.PublishValidate(h.server.Options.Capabilities.TopicAliasMaximum) != packets.CodeSuccess {
 		return pk, nil
 	}
 	h.m.rejected.WithLabelValues("reserved_topic").Inc()
@@ -117,7 +119,8 @@ func (h *ingest) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 		h.log.Warn("publish refused: reserved topic (logged at most every 10s)", "client", cl.ID, "topic", pk.TopicName, "qos", pk.FixedHeader.Qos, "remote", cl.Net.Remote)
 	}
 	// mochi then drops the packet itself; the answer is queued or written.
-	_, _ = h.refuse(cl, pk, packets.Code{Code: packets.ErrTopicNameInvalid.Code, Reason: "topic " + pk.TopicName + " is reserved: $SYS and $share topics are not for publishing"})
+	_, _ = h.refuse(cl, pk, packets.Code{Code: packets.ErrTopicNameInvalid.Code,
+		Reason: "topic " + pk.TopicName + " is reserved: $SYS topics, and $share without a topic after its group, are not for publishing"})
 	return pk, nil
 }
 

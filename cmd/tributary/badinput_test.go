@@ -511,6 +511,9 @@ func TestReservedTopicPublishIsRefused(t *testing.T) {
 		{5, 0x34, "$sys/lower", []string{"PUBREC:90", "PINGRESP"}},
 		{5, 0x32, "$share/g", []string{"PUBACK:90", "PINGRESP"}},
 		{5, 0x30, "$SYS/x", []string{"PINGRESP"}},
+		// Malformed as well (QoS 1 without a packet id): mochi's protocol
+		// error, with no PUBACK before it.
+		{5, 0x32, "$SYS/y", []string{"DISCONNECT:82", "closed"}},
 	} {
 		c := dialBadTCP(t, d.mqttAddr())
 		c.connect(t, tc.v)
@@ -518,7 +521,11 @@ func TestReservedTopicPublishIsRefused(t *testing.T) {
 		if tc.first&0x06 == 0 {
 			id = 0
 		}
-		got := c.exchange(mqttPublish(tc.first, tc.topic, id, tc.v == 5, nil, []byte("x")), 0, tc.v == 5, false)
+		pk := mqttPublish(tc.first, tc.topic, id, tc.v == 5, nil, []byte("x"))
+		if tc.topic == "$SYS/y" {
+			pk = mqttPacket(tc.first, mqttString(tc.topic), []byte{0, 0}, []byte{0}, []byte("x")) // packet id 0
+		}
+		got := c.exchange(pk, 0, tc.v == 5, false)
 		if !slices.Equal(got, tc.want) {
 			t.Errorf("MQTT v%d PUBLISH %#x to %q: server answered %v, want %v", tc.v, tc.first, tc.topic, got, tc.want)
 		}
