@@ -3,6 +3,7 @@ package broker
 import (
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -255,12 +256,23 @@ func (h *authHook) checkSessionOwner(id, name string) *refusal {
 // foreignOrigin returns the Origin of the web page that opened cl's
 // MQTT-over-WebSocket connection when that origin is neither the
 // listener's own host nor one of certOrigins; "" for every other client.
+// Only what a browser sends counts as a web page's origin: http or https,
+// or "null" for a page without one. Other values come from clients that
+// are not browsers (some device libraries send "file://"), which present
+// a certificate only because they were given one.
 func (h *authHook) foreignOrigin(cl *mqtt.Client) string {
 	ws, ok := cl.Net.Conn.(*wsConn)
-	if !ok || auth.OriginAllowed(ws.origin, ws.host, h.certOrigins) {
+	if !ok || !browserOrigin(ws.origin) || auth.OriginAllowed(ws.origin, ws.host, h.certOrigins) {
 		return ""
 	}
 	return ws.origin
+}
+
+// browserOrigin reports whether origin is an Origin header a browser
+// sends for a web page.
+func browserOrigin(origin string) bool {
+	scheme, _, ok := strings.Cut(origin, "://")
+	return origin == "null" || ok && (strings.EqualFold(scheme, "http") || strings.EqualFold(scheme, "https"))
 }
 
 func (h *authHook) certIdentity(cl *mqtt.Client, users *auth.Users) (string, bool) {

@@ -291,9 +291,13 @@ func TestWebSocketCertificateLoginNeedsATrustedOrigin(t *testing.T) {
 		want                     byte
 	}{
 		{"not a browser", "", "", "", 0},
+		{"not a browser, with an Origin of its own", "file://", "", "", 0},
 		{"the listener's own host", "https://localhost:" + port, "", "", 0},
 		{"an allowed origin", "https://app.example.com", "", "", 0},
 		{"another origin", "https://evil.example", "", "", 5},
+		{"another origin, upper case", "HTTPS://EVIL.EXAMPLE", "", "", 5},
+		{"a page without an origin", "null", "", "", 5},
+		{"the listener's own host on another port", "https://localhost:1", "", "", 5},
 		{"another origin, with a password", "https://evil.example", "dev", "secret", 0},
 		{"another origin, with a wrong password", "https://evil.example", "dev", "nope", 4},
 		// The certificate still counts where the origin is trusted: a
