@@ -381,7 +381,7 @@ func (c *Config) Validate() error {
 			add("kafka.properties.group.protocol %q: only the classic consumer group protocol is supported by the WebSocket consumers", v)
 		case k == "delivery.report.only.error" && isTrue(v):
 			add("kafka.properties.%s %q: Tributary acknowledges a record only when Kafka's delivery report for it comes, so it needs every report", k, v)
-		case (k == "acks" || k == "request.required.acks") && strings.TrimSpace(v) == "0":
+		case (k == "acks" || k == "request.required.acks") && isZero(v):
 			add("kafka.properties.%s %q: with acks=0 Kafka confirms nothing, and Tributary acknowledges only what Kafka confirmed; use all (the default), or 1 with enable.idempotence false", k, v)
 		}
 	}
@@ -514,6 +514,12 @@ func (w WebSocketConfig) validate() []string {
 // isTrue reads a librdkafka boolean property as true, as librdkafka
 // would; a value that is no boolean is left to librdkafka's check.
 func isTrue(v string) bool {
-	b, err := strconv.ParseBool(strings.TrimSpace(v))
+	b, err := strconv.ParseBool(strings.ToLower(strings.TrimSpace(v)))
 	return err == nil && b
+}
+
+// isZero reads an integer property as 0 ("0", "00", "-0").
+func isZero(v string) bool {
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	return err == nil && n == 0
 }

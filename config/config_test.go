@@ -230,9 +230,30 @@ func TestBareBooleanFlags(t *testing.T) {
 	if !cfg.HTTP.Pprof || cfg.Kafka.CreateTopics || !cfg.WebSocket.Enabled {
 		t.Fatalf("pprof %v, create topics %v, websocket %v; want true, false, true", cfg.HTTP.Pprof, cfg.Kafka.CreateTopics, cfg.WebSocket.Enabled)
 	}
-	cfg, rest, err = Load(Options{Args: []string{"--kafka-create-topics", "false"}})
-	if err != nil || len(rest) != 1 || rest[0] != "false" || !cfg.Kafka.CreateTopics {
-		t.Fatalf("Load(--kafka-create-topics false) = create topics %v, rest %q, %v; want true and the stray argument", cfg.Kafka.CreateTopics, rest, err)
+	for _, args := range [][]string{{"--kafka-create-topics", "false"}, {"-http-pprof", "true", "topic"}} {
+		if _, _, err := Load(Options{Args: args}); err == nil || !strings.Contains(err.Error(), args[0]+"="+args[1]) {
+			t.Errorf("Load(%q) = %v, want an error showing %s=%s", args, err, args[0], args[1])
+		}
+	}
+	// A positional argument after a flag with its value is no concern of
+	// the flags', and neither is one after "--".
+	for _, args := range [][]string{{"--kafka-create-topics=false", "false"}, {"--data-dir", "d", "true"}, {"--http-pprof", "--", "false"}} {
+		if _, rest, err := Load(Options{Args: args}); err != nil || len(rest) != 1 {
+			t.Errorf("Load(%q) = rest %q, %v; want one positional argument", args, rest, err)
+		}
+	}
+}
+
+// A value that does not parse is reported alone: the setting keeps its
+// previous value, so other settings are not judged against it.
+func TestUnparsableValueBlamesNoOtherSetting(t *testing.T) {
+	_, _, err := Load(Options{Args: []string{"--kafka-max-message-bytes", "99999999999999999999", "--publish-bytes-rate", "2000000"}})
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("err = %v", err)
+	}
+	if len(ce.Problems) != 1 || !strings.HasPrefix(ce.Problems[0], "kafka.max_message_bytes") {
+		t.Fatalf("problems %q, want only kafka.max_message_bytes", ce.Problems)
 	}
 }
 
@@ -387,7 +408,8 @@ func TestUnsupportedConsumerProperties(t *testing.T) {
 		// Settings that would keep every record from being acknowledged.
 		{"kafka:\n  properties:\n    delivery.report.only.error: \"true\"\n", `delivery.report.only.error "true": Tributary acknowledges`},
 		{"kafka:\n  properties:\n    acks: \"0\"\n", `acks "0": with acks=0 Kafka confirms nothing`},
-		{"kafka:\n  properties:\n    request.required.acks: \"0\"\n", `request.required.acks "0"`},
+		{"kafka:\n  properties:\n    request.required.acks: \"00\"\n", `request.required.acks "00"`},
+		{"kafka:\n  properties:\n    delivery.report.only.error: \"tRuE\"\n", `delivery.report.only.error "tRuE"`},
 	} {
 		_, _, err := Load(Options{Args: []string{"--config", writeFile(t, tc.yaml)}})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -267,12 +267,22 @@ func Load(opts Options) (Config, []string, error) {
 	}
 
 	var problems []string
+	// A value that does not parse leaves the setting as it was, so that
+	// validation does not judge other settings against it.
+	apply := func(s Setting, v string) error {
+		prev := cfg
+		err := s.set(&cfg, v)
+		if err != nil {
+			cfg = prev
+		}
+		return err
+	}
 	for _, s := range settings {
 		env, v, ok := lookupSetting(s, opts.LookupEnv)
 		if !ok {
 			continue
 		}
-		if err := s.set(&cfg, v); err != nil {
+		if err := apply(s, v); err != nil {
 			problems = append(problems, fmt.Sprintf("%s (env %s) %q: %v", s.Key, env, v, cleanParseErr(err)))
 		}
 	}
@@ -280,9 +290,12 @@ func Load(opts Options) (Config, []string, error) {
 		if !setFlags[s.Flag] {
 			continue
 		}
-		if err := s.set(&cfg, values[i]); err != nil {
+		if err := apply(s, values[i]); err != nil {
 			problems = append(problems, fmt.Sprintf("%s (--%s) %q: %v", s.Key, s.Flag, values[i], cleanParseErr(err)))
 		}
+	}
+	if p := strayBoolValue(fs, opts.Args); p != "" {
+		problems = append(problems, p)
 	}
 	problems = append(problems, expandSecrets(&cfg, opts.LookupEnv)...)
 	if err := cfg.Validate(); err != nil {
@@ -358,6 +371,29 @@ type boolFlag string
 func (b *boolFlag) String() string     { return string(*b) }
 func (b *boolFlag) Set(v string) error { *b = boolFlag(v); return nil }
 func (b *boolFlag) IsBoolFlag() bool   { return true }
+
+// strayBoolValue says what is wrong when the first argument after the
+// flags is "true" or "false" (or another boolean) and the flag before it
+// an on/off one given bare: "--kafka-create-topics false" means the flag
+// alone (true) and a stray "false", not what was meant.
+func strayBoolValue(fs *flag.FlagSet, args []string) string {
+	rest := fs.Args()
+	i := len(args) - len(rest) - 1
+	if len(rest) == 0 || i < 0 || strings.Contains(args[i], "=") {
+		return ""
+	}
+	if _, err := strconv.ParseBool(rest[0]); err != nil {
+		return ""
+	}
+	f := fs.Lookup(strings.TrimLeft(args[i], "-"))
+	if f == nil {
+		return ""
+	}
+	if _, ok := f.Value.(*boolFlag); !ok {
+		return ""
+	}
+	return fmt.Sprintf("--%s %s: an on/off flag takes a value only after \"=\" (--%s=%s); alone it means true", f.Name, rest[0], f.Name, rest[0])
+}
 
 // lookupSetting returns the environment variable that sets s, if any, and
 // its value. The first of s's names that is set wins, except that an

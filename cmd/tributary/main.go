@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strconv"
 	"syscall"
 
 	"github.com/tributary-io/tributary/bridge"
@@ -94,14 +93,14 @@ func realMain(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	switch cmd {
 	case "check-config":
 		if len(rest) > 0 {
-			fmt.Fprintf(stderr, "tributary: unexpected arguments %q%s\n", rest, boolHint(rest))
+			fmt.Fprintf(stderr, "tributary: unexpected arguments %q\n", rest)
 			return 2
 		}
 		fmt.Fprintln(stdout, "configuration ok")
 		return 0
 	case "mapping":
 		if len(rest) != 1 {
-			fmt.Fprintf(stderr, "tributary: usage: tributary mapping explain [flags] TOPIC%s\n", boolHint(rest))
+			fmt.Fprintf(stderr, "tributary: usage: tributary mapping explain [flags] TOPIC\n")
 			return 2
 		}
 		m, err := cfg.Mapper()
@@ -113,7 +112,7 @@ func realMain(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		return 0
 	}
 	if len(rest) > 0 {
-		fmt.Fprintf(stderr, "tributary: unexpected arguments %q%s\n%s", rest, boolHint(rest), usage)
+		fmt.Fprintf(stderr, "tributary: unexpected arguments %q\n%s", rest, usage)
 		return 2
 	}
 
@@ -123,17 +122,6 @@ func realMain(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		return 1
 	}
 	return 0
-}
-
-// boolHint explains a stray "true" or "false" among the arguments: an
-// on/off flag takes its value only after "=".
-func boolHint(rest []string) string {
-	for _, a := range rest {
-		if _, err := strconv.ParseBool(a); err == nil {
-			return fmt.Sprintf(" (an on/off flag takes a value only after \"=\", as in --kafka-create-topics=%s)", a)
-		}
-	}
-	return ""
 }
 
 // checkKafkaProperties lets configuration validation ask librdkafka about
