@@ -178,7 +178,53 @@ func checkFrameText(data []byte) (json.RawMessage, *frameError) {
 	if bytes.Equal(bytes.TrimSpace(data), []byte("null")) {
 		return nil, invalid("invalid produce message: %s", notAnObject)
 	}
+	if bytes.Contains(data, []byte(`\u`)) {
+		if at := loneSurrogateAt(data); at >= 0 {
+			var id struct {
+				MessageID json.RawMessage `json:"messageId"`
+			}
+			_ = json.Unmarshal(data, &id)
+			return validID(id.MessageID), invalid("invalid produce message: %s at byte %d is half of a UTF-16 surrogate pair, which is no text; send binary keys, values and header values with \"format\": \"base64\"", data[at:at+6], at)
+		}
+	}
 	return nil, nil
+}
+
+// loneSurrogateAt returns the offset of the first \u escape in b of a
+// UTF-16 surrogate that is not half of a pair, or -1. encoding/json reads
+// one as U+FFFD. Backslashes appear only in JSON strings, so b is read
+// escape by escape from the start.
+func loneSurrogateAt(b []byte) int {
+	hex4 := func(i int) (rune, bool) {
+		if i+4 > len(b) {
+			return 0, false
+		}
+		n, err := strconv.ParseUint(string(b[i:i+4]), 16, 16)
+		return rune(n), err == nil
+	}
+	for i := 0; i+1 < len(b); i++ {
+		if b[i] != '\\' {
+			continue
+		}
+		if b[i+1] != 'u' {
+			i++ // \", \\, \n ...: the escaped character is no escape itself
+			continue
+		}
+		r, ok := hex4(i + 2)
+		switch {
+		case !ok, r < 0xd800, r >= 0xe000:
+		case r < 0xdc00 && i+12 <= len(b) && b[i+6] == '\\' && b[i+7] == 'u':
+			if low, ok := hex4(i + 8); ok && low >= 0xdc00 && low < 0xe000 {
+				i += 6 // the pair's low half
+				break
+			}
+			return i
+		default:
+			return i
+		}
+		i += 5
+	}
+	return -1
 }
 
 // invalidUTF8At returns the offset of the first byte of b that is not
