@@ -4,9 +4,10 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"testing"
 	"time"
+
+	"github.com/tributary-io/tributary/internal/testutil"
 )
 
 // With Kafka unreachable, the readiness poll waits up to 3s in a metadata
@@ -17,12 +18,7 @@ import (
 // would deadlock Close. Each round closes at a different point of the
 // poll's wait.
 func TestCloseDuringReadinessPoll(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := l.Addr().String()
-	l.Close()
+	dead := testutil.FreeAddr(t) // nothing listens there
 	for _, after := range []time.Duration{0, 300 * time.Millisecond} {
 		p, err := NewProducer(ProducerConfig{
 			Bootstrap:           dead,

@@ -338,9 +338,7 @@ func propertyProblems(props map[string]string, refused []PropertyProblem, report
 	var problems []string
 	for _, p := range refused {
 		key := "kafka.properties." + p.Name
-		if slices.ContainsFunc(reported, func(r string) bool {
-			return strings.HasPrefix(r, key+" ") || strings.HasPrefix(r, key+":")
-		}) {
+		if slices.ContainsFunc(reported, func(r string) bool { return problemKey(r) == key }) {
 			continue
 		}
 		v, reason := props[p.Name], p.Reason

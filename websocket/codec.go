@@ -152,11 +152,7 @@ func decodeProduceFrameJSON(data []byte, topic string, keyType, valType format) 
 		if errors.As(err, &ute) {
 			// The JSON is well formed but a field has the wrong type; the
 			// messageId may still be readable.
-			var id struct {
-				MessageID json.RawMessage `json:"messageId"`
-			}
-			_ = json.Unmarshal(data, &id)
-			return nil, validID(id.MessageID), invalid("invalid produce message: %s", describeTypeError(ute))
+			return nil, messageIDOf(data), invalid("invalid produce message: %s", describeTypeError(ute))
 		}
 		return nil, nil, invalid("invalid produce message: not a JSON object: %v", err)
 	}
@@ -169,25 +165,28 @@ func decodeProduceFrameJSON(data []byte, topic string, keyType, valType format) 
 // The error carries the frame's messageId when it can be read.
 func checkFrameText(data []byte) (json.RawMessage, *frameError) {
 	if !utf8.Valid(data) {
-		var id struct {
-			MessageID json.RawMessage `json:"messageId"`
-		}
-		_ = json.Unmarshal(data, &id)
-		return validID(id.MessageID), invalid("invalid produce message: not valid UTF-8 (at byte %d); JSON is text: send binary keys, values and header values with \"format\": \"base64\"", invalidUTF8At(data))
+		return messageIDOf(data), invalid("invalid produce message: not valid UTF-8 (at byte %d); JSON is text: send binary keys, values and header values with \"format\": \"base64\"", invalidUTF8At(data))
 	}
 	if bytes.Equal(bytes.TrimSpace(data), []byte("null")) {
 		return nil, invalid("invalid produce message: %s", notAnObject)
 	}
 	if bytes.Contains(data, []byte(`\u`)) {
 		if at := loneSurrogateAt(data); at >= 0 {
-			var id struct {
-				MessageID json.RawMessage `json:"messageId"`
-			}
-			_ = json.Unmarshal(data, &id)
-			return validID(id.MessageID), invalid("invalid produce message: %s at byte %d is half of a UTF-16 surrogate pair, which is no text; send binary keys, values and header values with \"format\": \"base64\"", data[at:at+6], at)
+			return messageIDOf(data), invalid("invalid produce message: %s at byte %d is half of a UTF-16 surrogate pair, which is no text; send binary keys, values and header values with \"format\": \"base64\"", data[at:at+6], at)
 		}
 	}
 	return nil, nil
+}
+
+// messageIDOf reads only the messageId of a frame refused for something
+// else, for the error frame; nil if it cannot be read or may not be
+// echoed (validID).
+func messageIDOf(data []byte) json.RawMessage {
+	var id struct {
+		MessageID json.RawMessage `json:"messageId"`
+	}
+	_ = json.Unmarshal(data, &id)
+	return validID(id.MessageID)
 }
 
 // loneSurrogateAt returns the offset of the first \u escape in b of a

@@ -20,6 +20,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/tributary-io/tributary/config"
+	"github.com/tributary-io/tributary/internal/testutil"
 )
 
 // outage makes Kafka unavailable and brings it back. Against the embedded
@@ -223,16 +224,6 @@ func binary(t *testing.T) string {
 	return binPath
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 type proc struct {
 	cmd  *exec.Cmd
 	log  *os.File
@@ -290,8 +281,8 @@ func TestProcessDeathKeepsAcknowledged(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
 		t.Run(sig.String(), func(t *testing.T) {
 			dataDir := t.TempDir()
-			kafkaAddr := freeAddr(t)
-			mqttAddr, httpAddr := freeAddr(t), freeAddr(t)
+			kafkaAddr := testutil.FreeAddr(t)
+			mqttAddr, httpAddr := testutil.FreeAddr(t), testutil.FreeAddr(t)
 			topic := uniq("crash")
 			args := []string{"--data-dir", dataDir, "--embedded-kafka-addr", kafkaAddr, "--mqtt-addr", mqttAddr,
 				"--mqtt-ws-addr", "", "--topic-regex-list", topic + ":.*"}

@@ -1,34 +1,23 @@
 package main
 
 import (
-	"net"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tributary-io/tributary/internal/testutil"
 )
 
 // While Kafka cannot be reached, librdkafka reports it many times a
 // second; each kind of error is logged at most once per 10s.
 func TestKafkaDownDoesNotFloodTheLog(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := l.Addr().String()
-	l.Close()
-
 	cfg := testConfig(t)
-	cfg.Kafka.Bootstrap = dead
+	cfg.Kafka.Bootstrap = testutil.FreeAddr(t) // nothing listens there
 	cfg.Kafka.FlushTimeout = time.Second
 	_, buf := startLogged(t, cfg)
 	time.Sleep(time.Second) // start-up itself waited about 10s for Kafka
 
-	var lines []string
-	for _, l := range strings.Split(buf.String(), "\n") {
-		if strings.Contains(l, `msg="Kafka producer error`) {
-			lines = append(lines, l)
-		}
-	}
+	lines := buf.Lines(`msg="Kafka producer error`)
 	if len(lines) == 0 {
 		t.Fatal("no producer error logged while Kafka was unreachable")
 	}

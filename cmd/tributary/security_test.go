@@ -637,8 +637,8 @@ func TestHTTPSlowClientTimesOut(t *testing.T) {
 func TestSIGHUPReloadsCertificate(t *testing.T) {
 	dir := devCerts(t)
 	certFile, keyFile := filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key")
-	tlsAddr, httpAddr := freeAddr(t), freeAddr(t)
-	args := []string{"--data-dir", t.TempDir(), "--embedded-kafka-addr", freeAddr(t), "--mqtt-addr", "", "--mqtt-ws-addr", "",
+	tlsAddr, httpAddr := testutil.FreeAddr(t), testutil.FreeAddr(t)
+	args := []string{"--data-dir", t.TempDir(), "--embedded-kafka-addr", testutil.FreeAddr(t), "--mqtt-addr", "", "--mqtt-ws-addr", "",
 		"--mqtt-tls-addr", tlsAddr, "--tls-cert-file", certFile, "--tls-key-file", keyFile, "--tls-reload-interval", "0"}
 	if bs := externalKafka(); bs != "" {
 		args = append(args, "--kafka-bootstrap", bs)

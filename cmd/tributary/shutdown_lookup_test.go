@@ -1,12 +1,12 @@
 package main
 
 import (
-	"net"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/tributary-io/tributary/internal/testutil"
 	"github.com/tributary-io/tributary/mapping"
 )
 
@@ -15,14 +15,8 @@ import (
 // lookup timeout of librdkafka: it gives up at drain and stays
 // unacknowledged.
 func TestShutdownWithAPublishWaitingForATopicLookup(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	nowhere := ln.Addr().String()
-	ln.Close() // nothing listens there: Kafka is unreachable
 	cfg := testConfig(t)
-	cfg.Kafka.Bootstrap = nowhere
+	cfg.Kafka.Bootstrap = testutil.FreeAddr(t) // nothing listens there: Kafka is unreachable
 	cfg.Kafka.FlushTimeout = 2 * time.Second
 	// A templated topic: nothing to create at start-up, a lookup at the
 	// first publish.

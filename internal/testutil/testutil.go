@@ -4,6 +4,7 @@ package testutil
 import (
 	"bytes"
 	"context"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +15,19 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
+
+// FreeAddr returns a loopback address that nothing listens on: it was
+// free a moment ago. Tests use it for a listener to start, or for a
+// Kafka that cannot be reached.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
 
 // SyncBuffer is a log destination that several goroutines may write to
 // while a test reads it.
