@@ -118,16 +118,18 @@ func TestConfluentEnvIsHonoured(t *testing.T) {
 	if cfg.Mapping.TopicRegexList != "b:.*" {
 		t.Fatalf("topic_regex_list %q, want the TRIBUTARY_ value", cfg.Mapping.TopicRegexList)
 	}
-	// An empty Tributary name does not hide the Confluent one...
-	cfg, _, err = Load(Options{LookupEnv: env(map[string]string{
-		"KAFKA_MQTT_TOPIC_REGEX_LIST": "a:.*",
-		"TRIBUTARY_TOPIC_REGEX_LIST":  "",
-	})})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if cfg.Mapping.TopicRegexList != "a:.*" {
-		t.Fatalf("topic_regex_list %q, want the KAFKA_MQTT_ value under an empty TRIBUTARY_ one", cfg.Mapping.TopicRegexList)
+	// An empty or blank Tributary name does not hide the Confluent one...
+	for _, blank := range []string{"", " \t"} {
+		cfg, _, err = Load(Options{LookupEnv: env(map[string]string{
+			"KAFKA_MQTT_TOPIC_REGEX_LIST": "a:.*",
+			"TRIBUTARY_TOPIC_REGEX_LIST":  blank,
+		})})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.Mapping.TopicRegexList != "a:.*" {
+			t.Fatalf("topic_regex_list %q, want the KAFKA_MQTT_ value under a TRIBUTARY_ one of %q", cfg.Mapping.TopicRegexList, blank)
+		}
 	}
 	// ...but alone it still clears the file's rules.
 	file := writeFile(t, "mapping:\n  topic_regex_list: 'c:.*'\n")
@@ -189,6 +191,22 @@ func TestParseAndValidationProblemsTogether(t *testing.T) {
 		}
 		if n != 1 {
 			t.Errorf("%d problems about %s, want 1:\n%s", n, want, err)
+		}
+	}
+}
+
+// Validation may find several problems under one key (two items of the
+// regex list, two settings of one upstream); each is reported.
+func TestSeveralValidationProblemsUnderOneKey(t *testing.T) {
+	file := writeFile(t, "upstreams:\n  - name: a\n    url: ftp://x\n    subscriptions:\n      - {filter: \"t/#\", qos: 3}\n")
+	_, _, err := Load(Options{Args: []string{"--config", file, "--topic-regex-list", "a:(, b:["}})
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("err = %v, want *Error", err)
+	}
+	for _, want := range []string{"item 1", "item 2", "ftp", "qos"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not name %q:\n%s", want, err)
 		}
 	}
 }

@@ -304,9 +304,11 @@ func Load(opts Options) (Config, []string, error) {
 			return Config{}, nil, err
 		}
 		// A key whose value did not parse, or whose secret could not be
-		// read, is reported once, for that.
+		// read, is reported once, for that. Validation's own problems are
+		// all kept, several of them under one key included.
+		before := problems
 		for _, p := range ce.Problems {
-			if !slices.ContainsFunc(problems, func(r string) bool { return problemKey(r) == problemKey(p) }) {
+			if !slices.ContainsFunc(before, func(r string) bool { return problemKey(r) == problemKey(p) }) {
 				problems = append(problems, p)
 			}
 		}
@@ -395,21 +397,22 @@ func strayBoolValue(fs *flag.FlagSet, args []string) string {
 
 // lookupSetting returns the environment variable that sets s, if any, and
 // its value. The first of s's names that is set wins, except that an
-// empty value gives way to a later name set to something: a deployment
-// template that leaves TRIBUTARY_TOPIC_REGEX_LIST empty does not hide
-// the KAFKA_MQTT_TOPIC_REGEX_LIST of a Confluent MQTT Proxy setup.
+// empty (or blank) value gives way to a later name set to something: a
+// deployment template that leaves TRIBUTARY_TOPIC_REGEX_LIST empty does
+// not hide the KAFKA_MQTT_TOPIC_REGEX_LIST of a Confluent MQTT Proxy
+// setup.
 func lookupSetting(s Setting, lookup func(string) (string, bool)) (env, value string, ok bool) {
 	for _, name := range s.envNames() {
 		v, set := lookup(name)
 		switch {
 		case !set:
-		case v != "":
+		case strings.TrimSpace(v) != "":
 			return name, v, true
 		case !ok:
-			env, ok = name, true // empty: applies if no later name has a value
+			env, value, ok = name, v, true // blank: applies if no later name has a value
 		}
 	}
-	return env, "", ok
+	return env, value, ok
 }
 
 // EnvNames returns the environment variables that set this setting,
