@@ -1,6 +1,10 @@
 package bridge
 
-import "unsafe"
+import (
+	"unsafe"
+
+	"github.com/tributary-io/tributary/mapping"
+)
 
 // Header values shared by every record; the producer only reads them.
 var (
@@ -25,14 +29,9 @@ func AppendMQTTHeaders(hs []Header, topic string, qos byte, retain bool, clientI
 // ReservedHeader reports whether key names a header Tributary sets on a
 // record made from an MQTT message (those above, mqtt.content_type and
 // an upstream's mqtt.source). A device's MQTT 5 user property of such a
-// name is not copied, so that it cannot pass for Tributary's.
-func ReservedHeader(key string) bool {
-	switch key {
-	case "mqtt.topic", "mqtt.qos", "mqtt.retain", "mqtt.client_id", "mqtt.content_type", "mqtt.source":
-		return true
-	}
-	return false
-}
+// name is not copied, so that it cannot pass for Tributary's; a mapping
+// rule may not set one either.
+func ReservedHeader(key string) bool { return mapping.ReservedHeader(key) }
 
 // View returns the bytes of s without copying. Only for record fields
 // handed to Produce, which copies them during the call and never writes to

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -270,7 +271,7 @@ func (c *Config) Mapper() (*mapping.Mapper, error) {
 	rules, err := mapping.ParseRegexList(c.Mapping.TopicRegexList)
 	if err != nil {
 		for _, e := range unjoin(err) {
-			errs = append(errs, fmt.Errorf("mapping.topic_regex_list (--topic-regex-list) %q: %w", c.Mapping.TopicRegexList, e))
+			errs = append(errs, fmt.Errorf("mapping.topic_regex_list (--topic-regex-list, env TRIBUTARY_TOPIC_REGEX_LIST or KAFKA_MQTT_TOPIC_REGEX_LIST) %q: %w", c.Mapping.TopicRegexList, e))
 		}
 	}
 	// The YAML rules are checked on their own so that problems name their
@@ -283,7 +284,16 @@ func (c *Config) Mapper() (*mapping.Mapper, error) {
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
+	// Each rule is named where it was configured, not by its place in
+	// the joined list.
+	for i := range rules {
+		rules[i].Label = fmt.Sprintf("topic_regex_list item %d", i+1)
+	}
 	mc := c.Mapping.Config
+	mc.Rules = slices.Clone(mc.Rules)
+	for i := range mc.Rules {
+		mc.Rules[i].Label = fmt.Sprintf("mapping.rules[%d]", i)
+	}
 	mc.Rules = append(rules, mc.Rules...)
 	return mapping.New(mc)
 }
@@ -398,6 +408,11 @@ func (c *Config) Validate() error {
 	if _, err := c.Mapper(); err != nil {
 		for _, e := range unjoin(err) {
 			add("%v", e)
+		}
+	}
+	for i, r := range c.Mapping.Rules {
+		if r.Source != "" && !slices.ContainsFunc(c.Upstreams, func(u UpstreamConfig) bool { return u.Name == r.Source }) {
+			add("mapping.rules[%d].source %q: no upstream of that name is configured, so the rule can never match", i, r.Source)
 		}
 	}
 	c.validateSecurity(add)

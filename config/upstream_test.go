@@ -154,3 +154,15 @@ func TestUpstreamURLPasswordNotEchoed(t *testing.T) {
 		}
 	}
 }
+
+// A rule limited to an upstream that is not configured (a typo, say)
+// could never match.
+func TestRuleSourceMustNameAnUpstream(t *testing.T) {
+	file := writeFile(t, "upstreams:\n  - name: hsl\n    url: tcp://127.0.0.1:1883\n    subscriptions:\n      - {filter: \"t/#\", qos: 1}\n"+
+		"mapping:\n  rules:\n    - {match: 't/.*', source: hls, kafka_topic: a}\n    - {match: 't/.*', source: hsl, kafka_topic: b}\n")
+	_, _, err := Load(Options{Args: []string{"--config", file}})
+	var ce *Error
+	if !errors.As(err, &ce) || len(ce.Problems) != 1 || !strings.Contains(ce.Problems[0], `mapping.rules[0].source "hls"`) {
+		t.Fatalf("err = %v, want one problem naming mapping.rules[0].source", err)
+	}
+}

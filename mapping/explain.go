@@ -20,7 +20,7 @@ func (m *Mapper) Explain(source, mqttTopic string) string {
 	}
 	for i := range m.rules {
 		r := &m.rules[i]
-		fmt.Fprintf(&b, "rules[%d] match %q (%s): ", i, r.Match, describeRuleSource(r.Source))
+		fmt.Fprintf(&b, "%s match %q (%s): ", r.name, r.Match, describeRuleSource(r.Source))
 		if r.Source != "" && r.Source != source {
 			fmt.Fprintf(&b, "skipped, the publish is from %s\n", describeSource(source))
 			continue

@@ -56,6 +56,10 @@ type Rule struct {
 	Source string `yaml:"source"`
 	// Headers are extra record headers; values are templates. Default: none.
 	Headers map[string]string `yaml:"headers"`
+	// Label names the rule in errors and explanations, where it came
+	// from ("mapping.rules[2]", "topic_regex_list item 1"). Default:
+	// "rules[i]", its index among all rules. Not configurable.
+	Label string `yaml:"-"`
 }
 
 // Policy says what happens to a publish no rule matched.
@@ -144,6 +148,7 @@ type Mapper struct {
 
 type compiledRule struct {
 	Rule                   // as configured, for Explain
+	name    string         // Label, or rules[i]
 	re      *regexp.Regexp // anchored
 	topic   template
 	key     template // unused when keyIsTopic
@@ -220,7 +225,10 @@ func compileRule(i int, r Rule) (compiledRule, []error) {
 		errs = append(errs, fmt.Errorf("rules[%d].%s %q: %w", i, field, value, err))
 	}
 
-	cr := compiledRule{Rule: r}
+	cr := compiledRule{Rule: r, name: r.Label}
+	if cr.name == "" {
+		cr.name = fmt.Sprintf("rules[%d]", i)
+	}
 	// Explain reads the configured text later; the caller keeps its map.
 	cr.Headers = maps.Clone(r.Headers)
 	var err error
@@ -243,6 +251,9 @@ func compileRule(i int, r Rule) (compiledRule, []error) {
 		if why := TopicNameProblem(cr.topic.value); why != "" {
 			fail("kafka_topic", r.KafkaTopic, fmt.Errorf("%w: %s", ErrInvalidTopicName, why))
 		}
+	} else if why := cr.topic.literalTopicProblem(); why != "" {
+		// The fixed text alone already makes every rendering invalid.
+		fail("kafka_topic", r.KafkaTopic, fmt.Errorf("%w whatever it renders: its fixed text %s", ErrInvalidTopicName, why))
 	}
 
 	cr.keyIsTopic = r.Key == ""
@@ -256,6 +267,10 @@ func compileRule(i int, r Rule) (compiledRule, []error) {
 		v := r.Headers[k]
 		if k == "" {
 			fail("headers", k, errors.New("header name must not be empty"))
+			continue
+		}
+		if ReservedHeader(k) {
+			errs = append(errs, fmt.Errorf("rules[%d].headers[%q]: Tributary sets this header itself; a rule may not", i, k))
 			continue
 		}
 		t, err := parseTemplate(v, cr.re)
@@ -275,6 +290,10 @@ func compileRule(i int, r Rule) (compiledRule, []error) {
 
 // compileMatch compiles a rule's regex so that it must match the whole topic.
 func compileMatch(expr string) (*regexp.Regexp, error) {
+	if filterLike(expr) {
+		return nil, errors.New("looks like an MQTT topic filter, but a rule takes a regular expression for the whole topic: " +
+			"write [^/]+ for a + level and .* for a trailing #")
+	}
 	// Compiling the bare expression first gives errors that quote what the
 	// user wrote, and guarantees its parentheses balance, so the wrapper
 	// below cannot be closed early by a stray ")" inside expr.
@@ -291,6 +310,27 @@ func compileMatch(expr string) (*regexp.Regexp, error) {
 		return nil, fmt.Errorf("anchoring regexp: %w", err)
 	}
 	return re, nil
+}
+
+// ReservedHeader reports whether key names a header Tributary sets on
+// every record made from an MQTT message: mqtt.topic, mqtt.qos,
+// mqtt.retain, mqtt.client_id, mqtt.content_type and an upstream's
+// mqtt.source.
+func ReservedHeader(key string) bool {
+	switch key {
+	case "mqtt.topic", "mqtt.qos", "mqtt.retain", "mqtt.client_id", "mqtt.content_type", "mqtt.source":
+		return true
+	}
+	return false
+}
+
+// filterLike reports whether expr is written as an MQTT topic filter
+// ("house/+/temperature", "house/#"). As a regex it would need a literal
+// '#', which no topic name holds, or read '+' as repetition.
+func filterLike(expr string) bool {
+	e := strings.TrimSuffix(strings.TrimPrefix(expr, "^"), "$")
+	return e == "#" || e == "+" || strings.HasSuffix(e, "/#") || strings.HasPrefix(e, "+/") ||
+		strings.HasSuffix(e, "/+") || strings.Contains(e, "/+/")
 }
 
 // Map maps a publish on mqttTopic; source is "" for local devices or the
@@ -327,8 +367,8 @@ func (r *compiledRule) produce(i int, source, mqttTopic string, loc []int) (Resu
 	topic := r.topic.render(source, mqttTopic, loc)
 	if !r.topic.static {
 		if why := TopicNameProblem(topic); why != "" {
-			return Result{Action: ActionReject, Rule: i}, fmt.Errorf("rules[%d].kafka_topic %q rendered %q: %w: %s",
-				i, r.KafkaTopic, topic, ErrInvalidTopicName, why)
+			return Result{Action: ActionReject, Rule: i}, fmt.Errorf("%s.kafka_topic %q rendered %q: %w: %s",
+				r.name, r.KafkaTopic, topic, ErrInvalidTopicName, why)
 		}
 	}
 	res := Result{Action: ActionProduce, Rule: i, Topic: topic}

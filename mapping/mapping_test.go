@@ -267,6 +267,25 @@ func TestNewErrors(t *testing.T) {
 			want: []string{`rules[0].match "["`, `rules[0].kafka_topic "${unterminated": unterminated "${"`, `rules[0].key "$x"`},
 		},
 		{
+			name: "fixed text of a topic template that no rendering can make valid",
+			cfg: mapping.Config{Rules: []mapping.Rule{
+				{Match: "(?P<kind>.*)", KafkaTopic: "iot/${kind}"},
+				{Match: "(?P<kind>.*)", KafkaTopic: strings.Repeat("x", 250) + "${kind}"},
+			}},
+			want: []string{`rules[0].kafka_topic "iot/${kind}": not a valid Kafka topic name whatever it renders: its fixed text contains '/'`,
+				"rules[1].kafka_topic", "250 bytes long"},
+		},
+		{
+			name: "a header Tributary sets",
+			cfg:  mapping.Config{Rules: []mapping.Rule{{Match: "a", KafkaTopic: "t", Headers: map[string]string{"mqtt.topic": "forged", "site": "x"}}}},
+			want: []string{`rules[0].headers["mqtt.topic"]: Tributary sets this header itself`},
+		},
+		{
+			name: "an MQTT topic filter instead of a regex",
+			cfg:  mapping.Config{Rules: []mapping.Rule{{Match: "sensors/+/temperature", KafkaTopic: "t"}}},
+			want: []string{`rules[0].match "sensors/+/temperature": looks like an MQTT topic filter`},
+		},
+		{
 			name: "required fields",
 			cfg:  mapping.Config{Rules: []mapping.Rule{{}}},
 			want: []string{`rules[0].match "": required`, `rules[0].kafka_topic "": required`},

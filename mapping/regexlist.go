@@ -70,7 +70,12 @@ func nextSeparator(s string, start int) int {
 		case c == ',' && inClass && startsItem(s[i+1:]):
 			return i
 		case inClass:
-			if c == ']' {
+			if c == '[' && strings.HasPrefix(s[i+1:], ":") {
+				// A named class such as [:alpha:] ends at ":]", not "]".
+				if j := strings.Index(s[i+2:], ":]"); j >= 0 {
+					i += 2 + j + 1
+				}
+			} else if c == ']' {
 				inClass = false
 			}
 		case c == '[':
@@ -120,6 +125,8 @@ func parseListItem(item string) (Rule, error) {
 		return Rule{}, errors.New(`empty Kafka topic before ':' (want "kafkaTopic:regex")`)
 	case expr == "":
 		return Rule{}, errors.New(`empty regex after ':' (want "kafkaTopic:regex")`)
+	case strings.TrimLeft(expr, listSpace) != expr:
+		return Rule{}, fmt.Errorf("regex %q starts with white space, which a topic would have to start with too (remove it, or write [ ] for a topic that does)", expr)
 	}
 	if why := TopicNameProblem(topic); why != "" {
 		return Rule{}, fmt.Errorf("Kafka topic %q: %w: %s", topic, ErrInvalidTopicName, why)

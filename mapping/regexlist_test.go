@@ -46,6 +46,11 @@ func TestParseRegexList(t *testing.T) {
 			[]mapping.Rule{{Match: "[,;]x", KafkaTopic: "t"}, {Match: "y", KafkaTopic: "u"}},
 		},
 		{
+			"comma after a named class inside a character class",
+			"a:[[:alpha:],]+,b:y",
+			[]mapping.Rule{{Match: "[[:alpha:],]+", KafkaTopic: "a"}, {Match: "y", KafkaTopic: "b"}},
+		},
+		{
 			"escaped comma",
 			`t:a\,b,u:y`,
 			[]mapping.Rule{{Match: `a\,b`, KafkaTopic: "t"}, {Match: "y", KafkaTopic: "u"}},
@@ -87,6 +92,9 @@ func TestParseRegexListErrors(t *testing.T) {
 		{"empty item between commas", "t:x, ,u:y", []string{`item 2`, "empty item"}},
 		{"trailing comma", "a:x,", []string{`item 2 at byte 4 ""`, "empty item"}},
 		{"leading comma", ",a:x", []string{`item 1 at byte 0 ""`, "empty item"}},
+		{"space after the colon", "temperature: .*temperature", []string{`regex " .*temperature" starts with white space`}},
+		{"MQTT single-level wildcard", "a:house/+/temperature", []string{"item 1", "MQTT topic filter"}},
+		{"MQTT multi-level wildcard", "a:x, b:house/#", []string{"item 2", "MQTT topic filter"}},
 		{
 			"all problems at once",
 			"ok:a, bad:(, x:, fine:c",

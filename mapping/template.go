@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 type partKind uint8
@@ -193,4 +194,27 @@ func (t *template) renderBytes(source, topic string, loc []int) []byte {
 		b = append(b, t.parts[i].text(source, topic, loc)...)
 	}
 	return b
+}
+
+// literalTopicProblem says why t's fixed text keeps every rendering of t
+// from being a Kafka topic name (a character Kafka refuses, or more bytes
+// than a name may have), or returns "".
+func (t *template) literalTopicProblem() string {
+	n := 0
+	for _, p := range t.parts {
+		if p.kind != partLiteral {
+			continue
+		}
+		n += len(p.lit)
+		for i := 0; i < len(p.lit); i++ {
+			if !isTopicChar(p.lit[i]) {
+				r, _ := utf8.DecodeRuneInString(p.lit[i:])
+				return fmt.Sprintf("contains %q (allowed: a-z A-Z 0-9 . _ -)", r)
+			}
+		}
+	}
+	if n > maxTopicLen {
+		return fmt.Sprintf("is %d bytes long, Kafka allows at most %d", n, maxTopicLen)
+	}
+	return ""
 }

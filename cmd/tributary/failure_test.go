@@ -372,6 +372,8 @@ func TestBadConfigExitsTwo(t *testing.T) {
 		{"on/off flag with a separate value", []string{"check-config", "--kafka-create-topics", "false"}, []string{"--kafka-create-topics=false", "alone it means true"}},
 		{"on/off flag with a separate value before a topic", []string{"mapping", "explain", "--http-pprof", "false"}, []string{"--http-pprof=false"}},
 		{"on/off flag with a bad value", []string{"check-config", "--metrics-auth=maybe"}, []string{"auth.metrics_auth", "maybe", "not a valid boolean"}},
+		{"explain from an upstream nobody configured", []string{"mapping", "explain", "--source", "hls", "a"}, []string{`--source "hls"`, "no upstream"}},
+		{"explain --source without a name", []string{"mapping", "explain", "a", "--source"}, []string{"--source needs an upstream name"}},
 		{"all problems at once", []string{"check-config", "--topic-regex-list", "bad:([", "--mqtt-ws-addr", "nope", "--log-level", "loud"},
 			[]string{"bad:([", "mqtt.ws_addr", "nope", "log.level", "loud", "3 problems"}},
 		{"run refuses too", []string{"--topic-regex-list", "bad:([", "--data-dir", filepath.Join(dir, "never")}, []string{"bad:(["}},
@@ -427,6 +429,10 @@ func TestCommands(t *testing.T) {
 		}
 		return p
 	}
+	rules := write("rules.yaml", "mapping:\n  rules:\n"+
+		"    - {match: '^sensors/(?P<site>[^/]+)/(?P<kind>[^/]+)$', kafka_topic: 'iot.${kind}'}\n"+
+		"    - {match: '^/hfp/.*$', source: hsl, kafka_topic: vehicles}\n"+
+		"upstreams:\n  - name: hsl\n    url: tcp://127.0.0.1:1\n    subscriptions:\n      - {filter: '/hfp/#', qos: 1}\n")
 	// One map feeds the producers and the consumers: the properties of
 	// either kind pass.
 	props := write("props.yaml", "kafka:\n  properties:\n    linger.ms: 20\n    compression.type: lz4\n    acks: all\n"+
@@ -444,6 +450,13 @@ func TestCommands(t *testing.T) {
 		{[]string{"mapping", "explain", "--topic-regex-list", "temperature:.*temperature,brightness:.*brightness", "house/kitchen/temperature"}, nil,
 			[]string{"temperature", "house/kitchen/temperature"}},
 		{[]string{"mapping", "explain", "--topic-regex-list", "temperature:.*temperature", "house/door"}, nil, []string{"no rule matched"}},
+		// Rules are named where they were configured, not by their place
+		// among all of them.
+		{[]string{"mapping", "explain", "--config", rules, "--topic-regex-list", "a:zzz", "sensors/north/te mp"}, nil,
+			[]string{"topic_regex_list item 1 match", "mapping.rules[0] match", `mapping.rules[0].kafka_topic "iot.${kind}" rendered "iot.te mp"`}},
+		{[]string{"mapping", "explain", "--config", rules, "--source=hsl", "/hfp/v2/x"}, nil, []string{`from upstream "hsl"`, `Kafka topic: "vehicles"`}},
+		{[]string{"mapping", "explain", "--source", "hsl", "--config", rules, "/hfp/v2/x"}, nil, []string{`Kafka topic: "vehicles"`}},
+		{[]string{"mapping", "explain", "--config", rules, "/hfp/v2/x"}, nil, []string{"skipped, the publish is from a local device"}},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var stdout, stderr strings.Builder

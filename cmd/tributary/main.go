@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/tributary-io/tributary/bridge"
@@ -39,6 +41,7 @@ commands:
   (none)                 run the bridge
   check-config           validate the configuration and exit
   mapping explain TOPIC  show which mapping rule a topic matches, its Kafka topic and key
+                         (--source UPSTREAM: as a message from that upstream)
   version                print the version
   certs dev --out DIR    write a development CA, server and client certificates
   passwd                 read a password from stdin and print its bcrypt hash (for --users-file)
@@ -46,6 +49,37 @@ commands:
 
 Run 'tributary -h' for the flags; each also has a TRIBUTARY_* environment form and a YAML key.
 `
+
+const explainUsage = "tributary mapping explain [--source UPSTREAM] [flags] TOPIC"
+
+// takeSource removes mapping explain's own flag, --source NAME (or
+// --source=NAME), from args: the publish comes from that upstream rather
+// than from a local device.
+func takeSource(args []string) (source string, rest []string, err error) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			return source, append(rest, args[i:]...), nil
+		}
+		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !strings.HasPrefix(a, "-") || name != "source" {
+			rest = append(rest, a)
+			continue
+		}
+		if !hasValue {
+			if i+1 == len(args) {
+				return "", nil, errors.New("--source needs an upstream name")
+			}
+			i++
+			value = args[i]
+		}
+		if value == "" {
+			return "", nil, errors.New("--source needs an upstream name")
+		}
+		source = value
+	}
+	return source, rest, nil
+}
 
 // realMain runs a command and returns the exit code: 0 ok, 1 failure,
 // 2 bad configuration or usage.
@@ -72,12 +106,17 @@ func realMain(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		fmt.Fprintf(stderr, "tributary: unknown command %q\n%s", cmd, usage)
 		return 2
 	}
+	var source string
 	if cmd == "mapping" {
 		if len(args) == 0 || args[0] != "explain" {
-			fmt.Fprintf(stderr, "tributary: usage: tributary mapping explain [flags] TOPIC\n")
+			fmt.Fprintf(stderr, "tributary: usage: %s\n", explainUsage)
 			return 2
 		}
-		args = args[1:]
+		var err error
+		if source, args, err = takeSource(args[1:]); err != nil {
+			fmt.Fprintf(stderr, "tributary: %v\n", err)
+			return 2
+		}
 	}
 
 	cfg, rest, err := config.Load(config.Options{Args: args, LookupEnv: os.LookupEnv, Output: stderr, Name: "tributary " + cmd,
@@ -100,7 +139,11 @@ func realMain(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		return 0
 	case "mapping":
 		if len(rest) != 1 {
-			fmt.Fprintf(stderr, "tributary: usage: tributary mapping explain [flags] TOPIC\n")
+			fmt.Fprintf(stderr, "tributary: usage: %s\n", explainUsage)
+			return 2
+		}
+		if source != "" && !slices.ContainsFunc(cfg.Upstreams, func(u config.UpstreamConfig) bool { return u.Name == source }) {
+			fmt.Fprintf(stderr, "tributary: --source %q: no upstream of that name is configured\n", source)
 			return 2
 		}
 		m, err := cfg.Mapper()
@@ -108,7 +151,7 @@ func realMain(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 			fmt.Fprintf(stderr, "tributary: %v\n", err)
 			return 2
 		}
-		fmt.Fprintln(stdout, m.Explain("", rest[0]))
+		fmt.Fprint(stdout, m.Explain(source, rest[0]))
 		return 0
 	}
 	if len(rest) > 0 {
