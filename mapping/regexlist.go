@@ -125,6 +125,8 @@ func parseListItem(item string) (Rule, error) {
 		return Rule{}, errors.New(`empty Kafka topic before ':' (want "kafkaTopic:regex")`)
 	case expr == "":
 		return Rule{}, errors.New(`empty regex after ':' (want "kafkaTopic:regex")`)
+	case strings.ContainsAny(expr, "\r\n"):
+		return Rule{}, fmt.Errorf("regex %q holds a line break: items are separated by commas", expr)
 	case strings.TrimLeft(expr, listSpace) != expr:
 		return Rule{}, fmt.Errorf("regex %q starts with white space, which a topic would have to start with too (remove it, or write [ ] for a topic that does)", expr)
 	}

@@ -92,6 +92,7 @@ func TestParseRegexListErrors(t *testing.T) {
 		{"empty item between commas", "t:x, ,u:y", []string{`item 2`, "empty item"}},
 		{"trailing comma", "a:x,", []string{`item 2 at byte 4 ""`, "empty item"}},
 		{"leading comma", ",a:x", []string{`item 1 at byte 0 ""`, "empty item"}},
+		{"line break instead of a comma", "a:x\nb:y", []string{`regex "x\nb:y" holds a line break`}},
 		{"space after the colon", "temperature: .*temperature", []string{`regex " .*temperature" starts with white space`}},
 		{"MQTT single-level wildcard", "a:house/+/temperature", []string{"item 1", "MQTT topic filter"}},
 		{"MQTT multi-level wildcard", "a:x, b:house/#", []string{"item 2", "MQTT topic filter"}},
