@@ -100,7 +100,8 @@ func Permanent(err error) bool {
 			kafka.ErrUnknownTopic, kafka.ErrInvalidMsgSize:
 			return true
 		}
-		return ke.IsFatal()
+		// A fatal error is the producer's state, not the record's: the
+		// record would be taken by a new producer (see Producer.Fatal).
 	}
 	return false
 }
@@ -163,6 +164,25 @@ type Producer struct {
 
 	unconfirmedLog LogEvery
 	errorLog       errorLog // non-fatal error events of both lanes
+
+	fatal     chan struct{} // closed at the first fatal error
+	fatalOnce sync.Once
+	fatalErr  error // set before fatal is closed
+}
+
+// Fatal is closed when librdkafka reports a fatal error: the producer
+// can take no more records (each fails, transiently, and nothing is
+// acknowledged), and only a new one can. FatalErr then says which.
+func (p *Producer) Fatal() <-chan struct{} { return p.fatal }
+
+// FatalErr returns the fatal error once Fatal is closed, else nil.
+func (p *Producer) FatalErr() error {
+	select {
+	case <-p.fatal:
+		return p.fatalErr
+	default:
+		return nil
+	}
 }
 
 // deliveryOf reads a delivery report. A success without an offset is
@@ -257,6 +277,7 @@ func NewProducer(cfg ProducerConfig, log *slog.Logger) (*Producer, error) {
 		budget:    newBudget(cfg.InflightBudgetBytes),
 		delivered: make(chan struct{}, 1),
 		stop:      make(chan struct{}),
+		fatal:     make(chan struct{}),
 
 		unconfirmedLog: LogEvery{Interval: 10 * time.Second},
 		errorLog:       errorLog{interval: errorEvery},
@@ -427,6 +448,10 @@ func (p *Producer) producerError(e kafka.Error) {
 	}
 	if e.IsFatal() {
 		p.log.Error("Kafka producer fatal error", "error", e)
+		p.fatalOnce.Do(func() {
+			p.fatalErr = e
+			close(p.fatal)
+		})
 		return
 	}
 	if ok, skipped := p.errorLog.allow(int(e.Code()), time.Now()); ok {

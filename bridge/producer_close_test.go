@@ -4,8 +4,11 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 
 	"github.com/tributary-io/tributary/internal/testutil"
 )
@@ -36,6 +39,51 @@ func TestCloseDuringReadinessPoll(t *testing.T) {
 		cancel()
 		if d := time.Since(start); d > 5*time.Second {
 			t.Errorf("closing %v after the start took %v", after, d)
+		}
+	}
+}
+
+// A fatal error leaves the producer unable to take records. Fatal says
+// so, for the daemon to stop; the records it refuses are not Permanent
+// failures, so no face acknowledges one as done with (an upstream would
+// otherwise PUBACK and drop each).
+func TestFatalErrorIsSignalledAndNotPermanent(t *testing.T) {
+	p, err := NewProducer(ProducerConfig{
+		Bootstrap:           testutil.FreeAddr(t), // nothing listens there
+		MaxMessageBytes:     1 << 20,
+		InflightBudgetBytes: 1 << 20,
+		AckLinger:           time.Millisecond,
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		p.Close(ctx)
+	}()
+	if p.FatalErr() != nil {
+		t.Fatal("FatalErr before any fatal error")
+	}
+	if code := p.lanes[laneAcked].TestFatalError(kafka.ErrOutOfOrderSequenceNumber, "test: sequence broken"); code != kafka.ErrNoError {
+		t.Fatalf("TestFatalError: %v", code)
+	}
+	select {
+	case <-p.Fatal():
+	case <-time.After(10 * time.Second):
+		t.Fatal("Fatal not closed after a fatal error")
+	}
+	if err := p.FatalErr(); err == nil || !strings.Contains(err.Error(), "sequence broken") {
+		t.Fatalf("FatalErr = %v", err)
+	}
+	topic := "t"
+	err = p.lanes[laneAcked].Produce(&kafka.Message{TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: kafka.PartitionAny}, Value: []byte("v")}, nil)
+	if err == nil {
+		t.Fatal("a producer in a fatal state took a record")
+	}
+	for _, err := range []error{err, p.FatalErr()} {
+		if Permanent(err) {
+			t.Errorf("Permanent(%v) = true: the record is not at fault", err)
 		}
 	}
 }

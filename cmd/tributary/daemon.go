@@ -448,6 +448,13 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		case <-hup:
 			d.reload()
 		case <-ctx.Done():
+		case <-d.producer.Fatal():
+			// Every record would now fail: stop, so that a supervisor
+			// starts the process again with a new producer. What was
+			// not acknowledged, the publishers still hold.
+			log.Error("shutting down: the Kafka producer failed for good and nothing more can be produced; start Tributary again", "error", d.producer.FatalErr())
+			d.stop()
+			return fmt.Errorf("Kafka producer: %w", d.producer.FatalErr())
 		}
 	}
 	log.Info("shutting down; a second SIGINT or SIGTERM ends the process at once", "flush_timeout", cfg.Kafka.FlushTimeout)
