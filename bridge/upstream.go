@@ -63,7 +63,8 @@ import (
 // and writer goroutine. Acks of a connection that is gone are dropped; the
 // remote broker redelivers those messages on the next connection
 // (persistent session), with the DUP flag, and they are produced again:
-// at-least-once, duplicates counted in upstream_redelivered_total.
+// at-least-once; messages that came with the DUP flag are counted in
+// upstream_redelivered_total.
 
 // UpstreamProducer is what upstream sources need of the producer.
 type UpstreamProducer interface {
@@ -147,6 +148,7 @@ func NewUpstreams(cfgs []UpstreamConfig, p UpstreamProducer, mapper *mapping.Map
 			seed:    maphash.MakeSeed(),
 
 			refusedLog: LogEvery{Interval: 10 * time.Second},
+			strayLog:   LogEvery{Interval: 10 * time.Second},
 		}
 		u.ctx, u.cancel = context.WithCancel(context.Background())
 		u.produceCtx, u.stopProducing = context.WithCancel(context.Background())
@@ -269,6 +271,7 @@ type upstream struct {
 	// misconfiguration (a missing topic, an ACL) refuses every message of
 	// a feed, which the metric counts.
 	refusedLog LogEvery
+	strayLog   LogEvery // messages of a subscription no longer configured
 
 	mu      sync.Mutex
 	lastErr string
@@ -333,6 +336,9 @@ func (u *upstream) run() {
 	failures := 0
 	for u.ctx.Err() == nil && !u.draining.Load() {
 		c, err := u.connect()
+		if err != nil && (u.ctx.Err() != nil || u.draining.Load()) {
+			return // shutting down: the attempt was cut short, it did not fail
+		}
 		if err != nil {
 			failures++
 			wait := u.backoff(failures)
@@ -437,7 +443,8 @@ func (u *upstream) connect() (*conn, error) {
 		return nil, fmt.Errorf("connecting to %s: %w", u.cfg.URL, err)
 	}
 	u.m.connects.Inc()
-	switch present := tok.(*paho.ConnectToken).SessionPresent(); {
+	present := tok.(*paho.ConnectToken).SessionPresent()
+	switch {
 	case present || u.cfg.CleanSession:
 		u.log.Info("connected to upstream", "url", u.cfg.URL, "client_id", u.cfg.ClientID, "session_present", present)
 	case u.everConnected.Load():
@@ -473,6 +480,19 @@ func (u *upstream) connect() (*conn, error) {
 			u.log.Warn("upstream granted a lower QoS than requested", "filter", filter, "requested", s.QoS, "granted", granted)
 		default:
 			u.log.Debug("subscribed", "filter", filter, "qos", granted)
+		}
+	}
+	if present && u.cfg.SharedGroup != "" {
+		// A session kept from before shared_group was set still holds
+		// the plain subscriptions, which would deliver every message to
+		// this node too. Unsubscribing a filter the session lacks is
+		// harmless.
+		plain := make([]string, len(u.cfg.Subscriptions))
+		for i, s := range u.cfg.Subscriptions {
+			plain[i] = s.Filter
+		}
+		if err := u.wait(c.client.Unsubscribe(plain...), u.cfg.ConnectTimeout); err != nil {
+			u.log.Warn("unsubscribing the session's plain subscriptions (shared_group is set)", "filters", plain, "error", err)
 		}
 	}
 	u.connected.Store(true)
@@ -572,6 +592,17 @@ func (c *conn) handle(_ paho.Client, msg paho.Message) {
 	}
 	qos := msg.Qos()
 	e := &inflight{c: c, msg: msg, received: received}
+	if !u.subscribed(msg.Topic()) {
+		// A persistent session can keep subscriptions the configuration
+		// no longer has; their messages are not this feed's.
+		u.m.skipped.WithLabelValues(u.cfg.Name, "not_subscribed").Inc()
+		if u.strayLog.Allow() {
+			u.log.Warn("the remote session delivers a topic no configured subscription matches (a filter removed from the configuration stays in a persistent session): acknowledged, not produced; use a new client_id, or connect once with clean_session: true, to end it (logged at most every 10s)",
+				"topic", msg.Topic(), "client_id", u.cfg.ClientID)
+		}
+		c.finish(e, qos)
+		return
+	}
 
 	switch u.cfg.IngestRetained {
 	case RetainedNever:
@@ -599,8 +630,12 @@ func (c *conn) handle(_ paho.Client, msg paho.Message) {
 	}
 	if qos == 0 {
 		// Best effort, as MQTT QoS 0 is: never waits, drops are counted.
+		// With no acknowledgement to wait for, ingest_retained: first
+		// takes a record handed to the producer as Kafka's.
 		if err := u.p.TryProduce(u.produceCtx, rec, bestEffort{u}); err != nil {
 			u.m.failed.WithLabelValues(u.cfg.Name, failReason(err)).Inc()
+		} else if e.topic != nil {
+			e.topic.last.Store(e.hash)
 		}
 		return
 	}
@@ -610,6 +645,46 @@ func (c *conn) handle(_ paho.Client, msg paho.Message) {
 	}
 	if err := u.p.Produce(u.produceCtx, rec, e); err != nil {
 		e.Delivered(Delivery{Topic: rec.Topic, Err: err})
+	}
+}
+
+// subscribed reports whether topic matches one of the configured
+// subscriptions' filters.
+func (u *upstream) subscribed(topic string) bool {
+	for _, s := range u.cfg.Subscriptions {
+		if matchFilter(s.Filter, topic) {
+			return true
+		}
+	}
+	return false
+}
+
+// matchFilter reports whether an MQTT topic filter matches topic: "+"
+// matches one level, a trailing "#" any number of levels including
+// none, and a topic starting with "$" matches no filter that starts
+// with a wildcard (MQTT 3.1.1 section 4.7).
+func matchFilter(filter, topic string) bool {
+	if topic != "" && topic[0] == '$' && filter != "" && (filter[0] == '+' || filter[0] == '#') {
+		return false
+	}
+	for {
+		fl, frest, fmore := strings.Cut(filter, "/")
+		if fl == "#" {
+			return true
+		}
+		tl, trest, tmore := strings.Cut(topic, "/")
+		if fl != "+" && fl != tl {
+			return false
+		}
+		switch {
+		case !fmore && !tmore:
+			return true
+		case !tmore:
+			return frest == "#" // "a/#" matches "a"
+		case !fmore:
+			return false
+		}
+		filter, topic = frest, trest
 	}
 }
 
@@ -623,8 +698,8 @@ func (c *conn) handle(_ paho.Client, msg paho.Message) {
 func (u *upstream) retainedSeen(e *inflight) bool {
 	msg := e.msg
 	if !msg.Retained() {
-		if !u.anyRetained.Load() || msg.Qos() == 0 {
-			return false // QoS 0 records are never remembered (no ack to wait for)
+		if !u.anyRetained.Load() {
+			return false
 		}
 		v, ok := u.retained.Load(msg.Topic())
 		if !ok {
@@ -768,20 +843,21 @@ func (c *conn) writeAcks() {
 
 func (c *conn) complete(e *inflight) {
 	u := c.u
+	if e.err == nil && e.produced {
+		// In Kafka, whether or not it can still be acknowledged.
+		u.m.produced.Inc()
+		u.m.ackLatency.Observe(time.Since(e.received).Seconds())
+		if e.topic != nil {
+			e.topic.last.Store(e.hash)
+		}
+		if !c.delivered.Load() {
+			c.delivered.Store(true)
+		}
+	}
 	if c.broken {
 		return
 	}
 	if e.err == nil {
-		if e.produced {
-			u.m.produced.Inc()
-			u.m.ackLatency.Observe(time.Since(e.received).Seconds())
-			if e.topic != nil {
-				e.topic.last.Store(e.hash)
-			}
-			if !c.delivered.Load() {
-				c.delivered.Store(true)
-			}
-		}
 		c.ack(e.msg)
 		return
 	}
@@ -910,7 +986,7 @@ func newUpstreamMetrics(reg prometheus.Registerer) *upstreamMetrics {
 		return prometheus.NewGaugeVec(prometheus.GaugeOpts(opts(name, help)), []string{"upstream"})
 	}
 	m := &upstreamMetrics{
-		connected:   gauge("connected", "1 while connected to the upstream with subscriptions made, else 0."),
+		connected:   gauge("connected", "1 while connected to the upstream with its subscriptions requested (one it refused is counted in tributary_upstream_subscriptions_refused_total), else 0."),
 		connects:    counter("connects_total", "Successful connections to the upstream."),
 		connectErrs: counter("connect_errors_total", "Connection attempts to the upstream that failed (each is retried after a backoff)."),
 		disconnects: counter("disconnects_total", "Connections to the upstream that ended other than at shutdown."),

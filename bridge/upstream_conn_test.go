@@ -75,6 +75,9 @@ func upstreamForTest(t testing.TB, cfg UpstreamConfig, p UpstreamProducer, log *
 	if cfg.KafkaTopic == "" {
 		cfg.KafkaTopic = "remote-data"
 	}
+	if cfg.Subscriptions == nil {
+		cfg.Subscriptions = []UpstreamSubscription{{Filter: "#", QoS: 1}}
+	}
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -166,6 +169,76 @@ func TestUpstreamRetainedFirstFollowsLiveMessages(t *testing.T) {
 				t.Fatalf("produced %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+// At QoS 0 there is no acknowledgement to wait for: a retained value is
+// remembered once handed to the producer, and skipped when it is resent.
+func TestUpstreamRetainedFirstAtQoS0(t *testing.T) {
+	p := &fakeProducer{}
+	_, u := upstreamForTest(t, UpstreamConfig{IngestRetained: RetainedFirst}, p, nil)
+	c, _, _ := connForTest(t, u)
+	for _, m := range []testMessage{
+		{topic: "state/1", payload: []byte("A"), retained: true},
+		{topic: "state/1", payload: []byte("A"), retained: true},
+		{topic: "state/1", payload: []byte("B")},
+		{topic: "state/1", payload: []byte("A"), retained: true},
+	} {
+		c.handle(nil, &m)
+	}
+	if got, want := p.values(), []string{"A", "B", "A"}; !slices.Equal(got, want) {
+		t.Fatalf("produced %q, want %q", got, want)
+	}
+}
+
+// A persistent session may hold a subscription the configuration no
+// longer has: its messages are acknowledged, counted and not produced.
+func TestUpstreamMessageOfNoConfiguredSubscription(t *testing.T) {
+	p := &fakeProducer{}
+	_, u := upstreamForTest(t, UpstreamConfig{Subscriptions: []UpstreamSubscription{{Filter: "plant/line1/#", QoS: 1}}}, p, nil)
+	c, _, acks := connForTest(t, u)
+	for i, topic := range []string{"plant/line2/x", "plant/line1/y"} {
+		c.handle(nil, &testMessage{topic: topic, payload: []byte(topic), qos: 1, id: uint16(i + 1)})
+		if id := nextAck(t, acks); id != uint16(i+1) {
+			t.Fatalf("PUBACK %d, want %d", id, i+1)
+		}
+	}
+	if got, want := p.values(), []string{"plant/line1/y"}; !slices.Equal(got, want) {
+		t.Fatalf("produced %q, want %q", got, want)
+	}
+}
+
+func TestMatchFilter(t *testing.T) {
+	for _, tc := range []struct {
+		filter, topic string
+		want          bool
+	}{
+		{"a/b", "a/b", true},
+		{"a/b", "a/c", false},
+		{"a/b", "a/b/c", false},
+		{"a/b/c", "a/b", false},
+		{"a/+", "a/b", true},
+		{"a/+", "a/", true},
+		{"a/+", "a", false},
+		{"a/+", "a/b/c", false},
+		{"+/+", "/finance", true},
+		{"/+", "/finance", true},
+		{"+", "/finance", false},
+		{"a/#", "a", true},
+		{"a/#", "a/b/c", true},
+		{"a/#", "ab", false},
+		{"#", "a/b", true},
+		{"#", "$SYS/x", false},
+		{"+/x", "$SYS/x", false},
+		{"$SYS/#", "$SYS/x", true},
+		{"a/+/c", "a/b/c", true},
+		{"a/+/c", "a/b/d", false},
+		{"a/b/#", "a/b", true},
+		{"a/b/#", "a/c", false},
+	} {
+		if got := matchFilter(tc.filter, tc.topic); got != tc.want {
+			t.Errorf("matchFilter(%q, %q) = %v, want %v", tc.filter, tc.topic, got, tc.want)
+		}
 	}
 }
 

@@ -65,7 +65,7 @@ func Settings() []Setting {
 			func(c *Config) *int { return &c.Kafka.MaxTopics }),
 		integer("kafka-topic-replication-factor", "kafka.topic_replication_factor", "replication factor of topics the bridge creates (-1: broker default)",
 			func(c *Config) *int { return &c.Kafka.TopicReplicationFactor }),
-		integer("kafka-max-message-bytes", "kafka.max_message_bytes", "largest record produced; larger MQTT payloads are refused",
+		integer("kafka-max-message-bytes", "kafka.max_message_bytes", "largest record produced (payload, key and headers); larger ones are refused",
 			func(c *Config) *int { return &c.Kafka.MaxMessageBytes }),
 		{
 			Flag: "inflight-budget-bytes", Key: "kafka.inflight_budget_bytes",

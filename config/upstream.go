@@ -195,6 +195,7 @@ var upstreamName = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
 func validateUpstreams(ups []UpstreamConfig) []string {
 	var problems []string
 	names := map[string]int{}
+	clientIDs := map[string]int{} // broker host:port and client id → index
 	for i, u := range ups {
 		where := fmt.Sprintf("upstreams[%d]", i)
 		if u.Name != "" {
@@ -216,6 +217,15 @@ func validateUpstreams(ups []UpstreamConfig) []string {
 		}
 		if why := upstreamURLProblem(u.URL); why != "" {
 			add("url %q: %s", redactURL(u.URL), why)
+		} else if pu, err := url.Parse(u.URL); err == nil && u.ClientID != "" {
+			// One client id per broker: a second connection with it
+			// takes the first one's session over, and back, for ever.
+			key := strings.ToLower(pu.Host) + " " + u.ClientID
+			if j, dup := clientIDs[key]; dup {
+				add("client_id %q: also used by upstreams[%d] on the same broker; each connection would take the other's session over", u.ClientID, j)
+			} else {
+				clientIDs[key] = i
+			}
 		}
 		if u.Password != "" && u.PasswordFile != "" {
 			add("password_file %q: set password or password_file, not both", u.PasswordFile)

@@ -140,6 +140,23 @@ func TestUpstreamDuplicateNames(t *testing.T) {
 	}
 }
 
+// Two upstreams with one client id on one broker would take each other's
+// session over for ever; on different brokers they may share it.
+func TestUpstreamDuplicateClientIDOnOneBroker(t *testing.T) {
+	cfg := Default()
+	sub := []SubscriptionConfig{{Filter: "x"}}
+	cfg.Upstreams = []UpstreamConfig{
+		{Name: "a", URL: "tcp://Broker:1883", ClientID: "same", Subscriptions: sub},
+		{Name: "b", URL: "tcp://broker:1883", ClientID: "same", Subscriptions: sub},
+		{Name: "c", URL: "tcp://other:1883", ClientID: "same", Subscriptions: sub},
+	}
+	err := cfg.Validate()
+	var ce *Error
+	if !errors.As(err, &ce) || len(ce.Problems) != 1 || !strings.Contains(ce.Problems[0], `upstreams[1] (b).client_id "same": also used by upstreams[0]`) {
+		t.Fatalf("got %v", err)
+	}
+}
+
 // An upstream URL with credentials in it is refused without repeating the
 // password, whether or not the URL parses.
 func TestUpstreamURLPasswordNotEchoed(t *testing.T) {

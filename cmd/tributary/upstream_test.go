@@ -747,6 +747,72 @@ func TestUpstreamSharedGroup(t *testing.T) {
 	}
 }
 
+// oldSession leaves the remote broker a persistent session for clientID
+// subscribed to filter, as an earlier configuration would have.
+func oldSession(t *testing.T, mq *mosquittoBroker, clientID, filter string) {
+	t.Helper()
+	bin := needTool(t, "mosquitto_sub")
+	out, err := exec.Command(bin, "-h", "127.0.0.1", "-p", strconv.Itoa(mq.port), "-c", "-i", clientID, "-q", "1", "-t", filter, "-E").CombinedOutput()
+	if err != nil {
+		t.Fatalf("mosquitto_sub: %v\n%s", err, out)
+	}
+}
+
+// A persistent session keeps the subscriptions of an earlier
+// configuration. Messages of one the configuration no longer has are not
+// produced; a session kept from before shared_group was set does not
+// deliver the whole feed to one node besides its share.
+func TestUpstreamSessionKeepsOldSubscriptions(t *testing.T) {
+	t.Run("a filter removed", func(t *testing.T) {
+		mq := startMosquitto(t, "")
+		cfg := testConfig(t)
+		topic := uniq("upstream-narrowed")
+		up := testUpstream("plant", mq.url(), "plant/line1/#")
+		up.KafkaTopic = topic
+		oldSession(t, mq, up.ClientID, "plant/#")
+		cfg.Upstreams = []config.UpstreamConfig{up}
+		d := startDaemon(t, cfg)
+		waitConnected(t, d, "plant")
+		mosquittoPub(t, mq.port, "plant/line2/x", []string{"not-subscribed"})
+		mosquittoPub(t, mq.port, "plant/line1/x", []string{"subscribed"})
+		kafkaRecords(t, d.bootstrap, topic, 1, 20*time.Second)
+		for _, r := range settledRecords(t, d.bootstrap, topic) {
+			if string(r.Value) != "subscribed" {
+				t.Errorf("record %q from a subscription the configuration does not have", r.Value)
+			}
+		}
+		if m := metricsText(t, d.httpAddr()); !strings.Contains(m, `tributary_upstream_messages_skipped_total{reason="not_subscribed",upstream="plant"} 1`) {
+			t.Errorf("not counted as not_subscribed:\n%s", grepLines(m, "tributary_upstream_messages_skipped_total"))
+		}
+	})
+	t.Run("shared_group added", func(t *testing.T) {
+		mq := startMosquitto(t, "")
+		topic := uniq("upstream-now-shared")
+		up := testUpstream("shared", mq.url(), "sh/#")
+		up.KafkaTopic = topic
+		up.SharedGroup = "tributary"
+		oldSession(t, mq, up.ClientID, "sh/#")
+		cfg1 := testConfig(t)
+		cfg1.Upstreams = []config.UpstreamConfig{up}
+		d1 := startDaemon(t, cfg1)
+		cfg2 := testConfig(t)
+		cfg2.Kafka.Bootstrap = d1.bootstrap
+		up2 := up
+		up2.ClientID = uniq("trib-shared-2")
+		cfg2.Upstreams = []config.UpstreamConfig{up2}
+		d2 := startDaemon(t, cfg2)
+		waitConnected(t, d1, "shared")
+		waitConnected(t, d2, "shared")
+
+		want := payloads("s", 0, 200)
+		mosquittoPub(t, mq.port, "sh/a", want)
+		counts := countPayloads(t, d1.bootstrap, topic, want, 30*time.Second)
+		if dups := checkNoneLost(t, counts, want); dups != 0 {
+			t.Fatalf("%d messages produced twice: the old plain subscription still delivers to node 1", dups)
+		}
+	})
+}
+
 // An upstream reached over MQTT-over-WebSocket (ws://) works like tcp://.
 func TestUpstreamOverWebSocket(t *testing.T) {
 	wsPort := freePort(t)
