@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"strings"
@@ -86,4 +87,33 @@ func TestFatalErrorIsSignalledAndNotPermanent(t *testing.T) {
 			t.Errorf("Permanent(%v) = true: the record is not at fault", err)
 		}
 	}
+}
+
+// A topic lookup whose caller has already given up (a publish at
+// shutdown) starts no metadata request: one would hold the handles, and
+// Close with them, for its whole timeout while Kafka does not answer.
+func TestLookupAfterCancelHoldsNothing(t *testing.T) {
+	p, err := NewProducer(ProducerConfig{
+		Bootstrap:           testutil.FreeAddr(t), // nothing listens there
+		MaxMessageBytes:     1 << 20,
+		InflightBudgetBytes: 1 << 20,
+		AckLinger:           time.Millisecond,
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		p.Close(ctx)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	cancel()
+	if err := p.topics.lookup(ctx, "t"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("lookup after cancel: %v", err)
+	}
+	if !p.handles.TryLock() {
+		t.Fatal("a lookup nobody waits for still holds the handles")
+	}
+	p.handles.Unlock()
 }

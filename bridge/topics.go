@@ -213,6 +213,11 @@ func (t *topics) awaitLeaders(ctx context.Context, topic string, partitions int)
 
 // lookup checks that topic exists.
 func (t *topics) lookup(ctx context.Context, topic string) error {
+	if err := ctx.Err(); err != nil {
+		// Ended already (shutdown): a lookup nobody waits for would
+		// still hold the handles, and Close with them, for its timeout.
+		return fmt.Errorf("looking up Kafka topic %q: %w", topic, err)
+	}
 	// GetMetadata takes a timeout, not a context, and a negative one
 	// means no timeout at all: never pass one.
 	wait := 10 * time.Second

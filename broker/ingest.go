@@ -145,6 +145,16 @@ func (h *ingest) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Pack
 // resumes a session, settles the previous connection's QoS 2 publishes
 // first (settlePrevious). A returned error ends the connection.
 func (h *ingest) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	if h.draining.Load() {
+		// Shutting down: a new client would only be cut off again, its
+		// QoS 1 and 2 publishes unacknowledged. CONNACK has no "shutting
+		// down" code; server unavailable (MQTT 3 return code 3) says
+		// to come back later, elsewhere.
+		if err := h.server.SendConnack(cl, packets.ErrServerUnavailable, false, nil); err != nil {
+			h.log.Debug("writing a refusing CONNACK", "client", cl.ID, "error", err)
+		}
+		return packets.ErrServerUnavailable
+	}
 	if err := h.checkWill(cl, pk); err != nil {
 		return err
 	}
@@ -233,9 +243,9 @@ func (h *ingest) settlePrevious(cl *mqtt.Client, pk packets.Packet) error {
 		code = packets.ErrServerUnavailable // MQTT 3 has return code 3 for it
 	}
 	if h.ctx.Err() != nil {
-		if cl.Properties.ProtocolVersion == 5 {
-			code = packets.ErrServerShuttingDown
-		}
+		// Shutting down: server unavailable, since CONNACK has no
+		// shutting-down code (0x8B is for DISCONNECT only).
+		code = packets.ErrServerUnavailable
 	} else {
 		h.m.resumesRefused.Inc()
 		if h.resumeLog.Allow() {
@@ -382,6 +392,11 @@ func (h *ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 		return pk, packets.ErrRejectPacket
 	}
 	if err := h.producer.Produce(h.produceCtx, rec, e); err != nil {
+		if errors.Is(err, bridge.ErrRecordTooLarge) {
+			// Logged here, where the MQTT topic is known; the ack
+			// writer answers it in its turn.
+			h.log.Warn("publish refused: record larger than kafka.max_message_bytes", "client", cl.ID, "topic", pk.TopicName, "bytes", len(pk.Payload), "error", err)
+		}
 		e.Delivered(bridge.Delivery{Topic: rec.Topic, Err: err})
 	}
 	return taken(pk), nil
@@ -555,7 +570,7 @@ func (h *ingest) disconnect(cl *mqtt.Client, code packets.Code) {
 
 func (h *ingest) tooLarge(cl *mqtt.Client, pk packets.Packet, err error) (packets.Packet, error) {
 	h.m.rejected.WithLabelValues("too_large").Inc()
-	h.log.Warn("publish refused: payload larger than the Kafka message limit", "client", cl.ID, "topic", pk.TopicName, "bytes", len(pk.Payload), "error", err)
+	h.log.Warn("publish refused: record larger than kafka.max_message_bytes", "client", cl.ID, "topic", pk.TopicName, "bytes", len(pk.Payload), "error", err)
 	if pk.FixedHeader.Qos == 0 {
 		h.disconnect(cl, packets.ErrPacketTooLarge)
 		return pk, packets.ErrRejectPacket
@@ -961,7 +976,7 @@ func (h *ingest) failure(cl *mqtt.Client, e *pending) (code packets.Code, ok boo
 	} else if errors.Is(e.err, bridge.ErrTooManyTopics) {
 		code.Code = packets.ErrQuotaExceeded.Code
 	}
-	if h.refuseLog.Allow() {
+	if !errors.Is(e.err, bridge.ErrRecordTooLarge) && h.refuseLog.Allow() { // too large: logged by OnPublish
 		h.log.Warn("publish refused: Kafka did not take the record (logged at most every 10s)", "client", cl.ID, "kafka_topic", e.kafkaTopic, "error", e.err)
 	}
 	return code, true

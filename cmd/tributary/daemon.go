@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -44,6 +45,7 @@ type daemon struct {
 	// and result; nil without either file.
 	authReloads *prometheus.CounterVec
 	stopOnce    sync.Once
+	stopping    atomic.Bool // shutdown has begun: /readyz sends traffic elsewhere
 
 	bg       sync.WaitGroup // background goroutines (certificate watcher)
 	bgCancel context.CancelFunc
@@ -203,6 +205,12 @@ func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 			Registerer:        d.registry,
 			API:               d.wsAPI,
 			Ready: []websocket.Check{
+				{Name: "shutdown", Fn: func() error {
+					if d.stopping.Load() {
+						return errors.New("shutting down")
+					}
+					return nil
+				}},
 				{Name: "kafka", Fn: func() error {
 					if !d.producer.Ready() {
 						return errors.New("Kafka is not reachable")
@@ -235,6 +243,7 @@ func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 func (d *daemon) stop() { d.stopOnce.Do(d.shutdown) }
 
 func (d *daemon) shutdown() {
+	d.stopping.Store(true)
 	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.Kafka.FlushTimeout)
 	defer cancel()
 	if d.broker != nil {

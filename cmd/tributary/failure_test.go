@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -500,6 +501,30 @@ func TestShutdownWithKafkaDown(t *testing.T) {
 
 // A failure part-way through start-up is an error naming the cause, with
 // whatever had started stopped again, never a crash.
+// With JSON logs, the line saying why the process exits is JSON too.
+func TestStartFailureLoggedAsJSON(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	var stdout, stderr strings.Builder
+	code := realMain(context.Background(), []string{"--log-format", "json", "--mqtt-addr", busy.Addr().String(), "--mqtt-ws-addr=",
+		"--http-addr", "127.0.0.1:0", "--embedded-kafka-addr", "127.0.0.1:0", "--data-dir", t.TempDir()}, strings.NewReader(""), &stdout, &stderr)
+	if code != 1 {
+		t.Fatalf("exit code %d, want 1; stderr:\n%s", code, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+	for _, l := range lines {
+		if !json.Valid([]byte(l)) {
+			t.Errorf("not JSON: %s", l)
+		}
+	}
+	if last := lines[len(lines)-1]; !strings.Contains(last, busy.Addr().String()) {
+		t.Errorf("the last line does not say why: %s", last)
+	}
+}
+
 func TestStartFailureIsAnError(t *testing.T) {
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

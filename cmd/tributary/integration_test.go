@@ -318,7 +318,7 @@ func TestOversizedPayload(t *testing.T) {
 	topic := uniq("big")
 	cfg.Mapping.TopicRegexList = topic + ":.*"
 	cfg.Kafka.MaxMessageBytes = 10000
-	d := startDaemon(t, cfg)
+	d, logs := startLogged(t, cfg)
 	host, port := hostPort(d.mqttAddr())
 	big := strings.Repeat("x", 20000)
 	out, err := exec.Command(pub, "-V", "mqttv5", "-h", host, "-p", port, "-q", "1", "-t", "big/one", "-m", big).CombinedOutput()
@@ -340,6 +340,12 @@ func TestOversizedPayload(t *testing.T) {
 	if !strings.Contains(metricsText(t, d.httpAddr()), `tributary_mqtt_rejected_total{reason="too_large"} 2`) {
 		t.Error("too_large rejections not counted")
 	}
+	// Each refusal is logged naming the client's MQTT topic.
+	for _, topic := range []string{"topic=big/one", "topic=big/two"} {
+		if !strings.Contains(logs.String(), topic) {
+			t.Errorf("no log line names %s:\n%s", topic, logs.String())
+		}
+	}
 }
 
 // With topic creation off, a publish to a missing topic is refused with
@@ -358,20 +364,49 @@ func TestMissingTopicWithCreationDisabled(t *testing.T) {
 	}
 }
 
-// Readiness and health.
+// Readiness and health; once shutdown begins, /readyz sends traffic
+// elsewhere, whichever faces are configured, and a new MQTT client is
+// refused as server unavailable.
 func TestHealthAndReady(t *testing.T) {
-	d := startDaemon(t, testConfig(t))
-	for _, path := range []string{"/healthz", "/readyz"} {
-		var code int
-		waitFor(t, 15*time.Second, path+" to answer 200", func() bool {
-			resp, err := http.Get("http://" + d.httpAddr() + path)
-			if err != nil {
-				return false
+	for _, mqttOn := range []bool{true, false} {
+		cfg := testConfig(t)
+		if !mqttOn {
+			cfg.MQTT.Addr, cfg.MQTT.WSAddr = "", ""
+		}
+		d := startDaemon(t, cfg)
+		for _, path := range []string{"/healthz", "/readyz"} {
+			var code int
+			waitFor(t, 15*time.Second, path+" to answer 200", func() bool {
+				resp, err := http.Get("http://" + d.httpAddr() + path)
+				if err != nil {
+					return false
+				}
+				resp.Body.Close()
+				code = resp.StatusCode
+				return code == http.StatusOK
+			})
+		}
+		// What shutdown does before its flush, without the rest.
+		d.stopping.Store(true)
+		if d.broker != nil {
+			d.broker.Drain()
+		}
+		resp, err := http.Get("http://" + d.httpAddr() + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "shutting down") {
+			t.Errorf("MQTT %v: /readyz during shutdown: %d %s", mqttOn, resp.StatusCode, body)
+		}
+		if mqttOn {
+			opts := paho.NewClientOptions().AddBroker("tcp://" + d.mqttAddr()).SetClientID(uniq("late")).SetConnectRetry(false)
+			tok := paho.NewClient(opts).Connect()
+			if !tok.WaitTimeout(10*time.Second) || tok.Error() == nil || !strings.Contains(strings.ToLower(tok.Error().Error()), "unavailable") {
+				t.Errorf("a client connecting during shutdown: %v, want server unavailable", tok.Error())
 			}
-			resp.Body.Close()
-			code = resp.StatusCode
-			return code == http.StatusOK
-		})
+		}
 	}
 }
 

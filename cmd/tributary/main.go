@@ -161,7 +161,12 @@ func realMain(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 
 	log := newLogger(cfg.Log, stderr)
 	if err := run(ctx, cfg, log); err != nil {
-		fmt.Fprintf(stderr, "tributary: %v\n", err)
+		if cfg.Log.Format == "json" {
+			// One format on stderr, for log pipelines that parse it.
+			log.Error("tributary exits", "error", err.Error())
+		} else {
+			fmt.Fprintf(stderr, "tributary: %v\n", err)
+		}
 		return 1
 	}
 	return 0
