@@ -49,20 +49,8 @@ func TestCloseDuringReadinessPoll(t *testing.T) {
 // failures, so no face acknowledges one as done with (an upstream would
 // otherwise PUBACK and drop each).
 func TestFatalErrorIsSignalledAndNotPermanent(t *testing.T) {
-	p, err := NewProducer(ProducerConfig{
-		Bootstrap:           testutil.FreeAddr(t), // nothing listens there
-		MaxMessageBytes:     1 << 20,
-		InflightBudgetBytes: 1 << 20,
-		AckLinger:           time.Millisecond,
-	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		p.Close(ctx)
-	}()
+	p := unreachableProducer(t)
+	var err error
 	if p.FatalErr() != nil {
 		t.Fatal("FatalErr before any fatal error")
 	}
@@ -93,20 +81,7 @@ func TestFatalErrorIsSignalledAndNotPermanent(t *testing.T) {
 // shutdown) starts no metadata request: one would hold the handles, and
 // Close with them, for its whole timeout while Kafka does not answer.
 func TestLookupAfterCancelHoldsNothing(t *testing.T) {
-	p, err := NewProducer(ProducerConfig{
-		Bootstrap:           testutil.FreeAddr(t), // nothing listens there
-		MaxMessageBytes:     1 << 20,
-		InflightBudgetBytes: 1 << 20,
-		AckLinger:           time.Millisecond,
-	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		p.Close(ctx)
-	}()
+	p := unreachableProducer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	cancel()
 	if err := p.topics.lookup(ctx, "t"); !errors.Is(err, context.Canceled) {
@@ -116,4 +91,25 @@ func TestLookupAfterCancelHoldsNothing(t *testing.T) {
 		t.Fatal("a lookup nobody waits for still holds the handles")
 	}
 	p.handles.Unlock()
+}
+
+// unreachableProducer is a producer whose Kafka never answers, closed at
+// cleanup.
+func unreachableProducer(t *testing.T) *Producer {
+	t.Helper()
+	p, err := NewProducer(ProducerConfig{
+		Bootstrap:           testutil.FreeAddr(t), // nothing listens there
+		MaxMessageBytes:     1 << 20,
+		InflightBudgetBytes: 1 << 20,
+		AckLinger:           time.Millisecond,
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		p.Close(ctx)
+	})
+	return p
 }

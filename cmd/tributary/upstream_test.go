@@ -710,17 +710,23 @@ func TestUpstreamRetainedPolicy(t *testing.T) {
 	}
 }
 
-// Two nodes with one shared_group split one feed, and nothing is lost.
-func TestUpstreamSharedGroup(t *testing.T) {
-	mq := startMosquitto(t, "")
-	topic := uniq("upstream-shared")
-	cfg1 := testConfig(t)
+// sharedUpstream is upstream "shared" of mq's sh/# in shared_group
+// tributary, producing to topic.
+func sharedUpstream(mq *mosquittoBroker, topic string) config.UpstreamConfig {
 	up := testUpstream("shared", mq.url(), "sh/#")
 	up.KafkaTopic = topic
 	up.SharedGroup = "tributary"
+	return up
+}
+
+// startSharedNodes starts two nodes on one Kafka, the first with up, the
+// second with up under another client id, and waits until both are
+// subscribed.
+func startSharedNodes(t *testing.T, up config.UpstreamConfig) (*testDaemon, *testDaemon) {
+	t.Helper()
+	cfg1 := testConfig(t)
 	cfg1.Upstreams = []config.UpstreamConfig{up}
 	d1 := startDaemon(t, cfg1)
-
 	cfg2 := testConfig(t)
 	cfg2.Kafka.Bootstrap = d1.bootstrap // the same Kafka as node 1
 	up2 := up
@@ -729,6 +735,15 @@ func TestUpstreamSharedGroup(t *testing.T) {
 	d2 := startDaemon(t, cfg2)
 	waitConnected(t, d1, "shared")
 	waitConnected(t, d2, "shared")
+	return d1, d2
+}
+
+// Two nodes with one shared_group split one feed, and nothing is lost.
+func TestUpstreamSharedGroup(t *testing.T) {
+	mq := startMosquitto(t, "")
+	topic := uniq("upstream-shared")
+	up := sharedUpstream(mq, topic)
+	d1, d2 := startSharedNodes(t, up)
 
 	want := payloads("s", 0, 2000)
 	mosquittoPub(t, mq.port, "sh/a", want)
@@ -788,21 +803,9 @@ func TestUpstreamSessionKeepsOldSubscriptions(t *testing.T) {
 	t.Run("shared_group added", func(t *testing.T) {
 		mq := startMosquitto(t, "")
 		topic := uniq("upstream-now-shared")
-		up := testUpstream("shared", mq.url(), "sh/#")
-		up.KafkaTopic = topic
-		up.SharedGroup = "tributary"
+		up := sharedUpstream(mq, topic)
 		oldSession(t, mq, up.ClientID, "sh/#")
-		cfg1 := testConfig(t)
-		cfg1.Upstreams = []config.UpstreamConfig{up}
-		d1 := startDaemon(t, cfg1)
-		cfg2 := testConfig(t)
-		cfg2.Kafka.Bootstrap = d1.bootstrap
-		up2 := up
-		up2.ClientID = uniq("trib-shared-2")
-		cfg2.Upstreams = []config.UpstreamConfig{up2}
-		d2 := startDaemon(t, cfg2)
-		waitConnected(t, d1, "shared")
-		waitConnected(t, d2, "shared")
+		d1, _ := startSharedNodes(t, up)
 
 		want := payloads("s", 0, 200)
 		mosquittoPub(t, mq.port, "sh/a", want)
