@@ -295,8 +295,10 @@ func (l *gatedListener) Accept() (net.Conn, error) {
 		backoff = 0
 		ip := remoteIP(c.RemoteAddr())
 		if reason := l.gate.admit(ip, l.gate.now()); reason != "" {
-			_ = c.Close()
+			// Counted before the close, so that whoever sees the
+			// connection end also sees it counted.
 			l.gate.refuse(l.id, reason, c.RemoteAddr())
+			_ = c.Close()
 			continue
 		}
 		if d := l.gate.limits.ConnectTimeout; d > 0 {
