@@ -86,6 +86,24 @@ var (
 	ErrUnconfirmed = errors.New("Kafka did not confirm the record's offset; it may not have been written")
 )
 
+// ErrTopicGone means Kafka no longer has a topic that Tributary checked
+// or created before (deleted, or the cluster rebuilt). With topic
+// creation on, it is created again on the next record, so the error is
+// not permanent: the client resends.
+var ErrTopicGone = errors.New("the Kafka topic no longer exists; it is created again for the next record")
+
+// topicGone turns librdkafka's unknown-topic error for topic into
+// ErrTopicGone when topics are created on demand, and has the next record
+// for topic check (and create) it again. Other errors pass unchanged.
+func (p *Producer) topicGone(topic string, err error) error {
+	var ke kafka.Error
+	if !p.cfg.CreateTopics || !errors.As(err, &ke) || ke.Code() != kafka.ErrUnknownTopic && ke.Code() != kafka.ErrUnknownTopicOrPart {
+		return err
+	}
+	p.topics.forget(topic)
+	return fmt.Errorf("%w: %v", ErrTopicGone, err)
+}
+
 // Permanent reports whether a produce or delivery error will not go away by
 // retrying the same record.
 func Permanent(err error) bool {
@@ -380,7 +398,7 @@ func (p *Producer) produce(ctx context.Context, lane int, rec *Record, h Deliver
 		} else if errors.As(err, &ke) && (ke.Code() == kafka.ErrMsgSizeTooLarge || ke.Code() == kafka.ErrInvalidMsgSize) {
 			err = fmt.Errorf("producing to %q: %w: %v", rec.Topic, ErrRecordTooLarge, ke)
 		} else {
-			err = fmt.Errorf("producing to %q: %w", rec.Topic, err)
+			err = fmt.Errorf("producing to %q: %w", rec.Topic, p.topicGone(rec.Topic, err))
 		}
 		p.outstanding.Add(-1)
 		p.budget.Release(size)
@@ -406,6 +424,7 @@ func (p *Producer) events(kp *kafka.Producer) {
 				continue
 			}
 			d := deliveryOf(e)
+			d.Err = p.topicGone(d.Topic, d.Err)
 			if errors.Is(d.Err, ErrUnconfirmed) {
 				if p.unconfirmedLog.Allow() {
 					p.log.Warn("Kafka reported records delivered without their offsets; they are treated as not delivered and their clients resend them (logged at most every 10s)", "topic", d.Topic, "partition", d.Partition)

@@ -86,6 +86,30 @@ func (t *topics) sweep(now time.Time) {
 	}
 }
 
+// forget drops what is known of topic once it was found or made, so
+// that the next ensure checks (and creates) it again.
+func (t *topics) forget(topic string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st, ok := t.known[topic]
+	if !ok {
+		return
+	}
+	select {
+	case <-st.done:
+	default:
+		return // a check is under way
+	}
+	if st.err != nil {
+		return // not in use; forgotten in its time
+	}
+	t.ok.Delete(topic)
+	delete(t.known, topic)
+	if !t.exempt[topic] {
+		t.inUse--
+	}
+}
+
 func (t *topics) ensure(ctx context.Context, topic string) error {
 	if _, ok := t.ok.Load(topic); ok {
 		return nil

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -189,4 +190,57 @@ func TestMaxTopics(t *testing.T) {
 	ensure("absent-3", ErrTooManyTopics) // not even looked up
 	ensure("one", nil)
 	ensure("configured", nil)
+}
+
+// deliveryResult is a DeliveryHandler that hands the delivery to a channel.
+type deliveryResult chan Delivery
+
+func (r deliveryResult) Delivered(d Delivery) { r <- d }
+
+// A topic deleted while Tributary runs is created again, with topic
+// creation on: the records in between fail, but not permanently (an MQTT 5
+// client gets no final refusal and resends), and producing then works.
+func TestDeletedTopicIsCreatedAgain(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p := testProducer(t, c, true)
+	produce := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		res := make(deliveryResult, 1)
+		if err := p.Produce(ctx, &Record{Topic: "gone", Value: []byte("v")}, res); err != nil {
+			return err
+		}
+		select {
+		case d := <-res:
+			return d.Err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if err := produce(); err != nil {
+		t.Fatalf("first record: %v", err)
+	}
+	res, err := p.admin.DeleteTopics(context.Background(), []string{"gone"})
+	if err != nil || res[0].Error.Code() != kafka.ErrNoError {
+		t.Fatalf("deleting the topic: %v %v", err, res)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for failures := 0; ; failures++ {
+		err := produce()
+		if err == nil {
+			t.Logf("produced again after %d failed records", failures)
+			return
+		}
+		if Permanent(err) {
+			t.Fatalf("record for the deleted topic failed permanently: %v", err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the topic was not created again within 60s; last error %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
