@@ -96,8 +96,11 @@ var ErrTopicGone = errors.New("the Kafka topic no longer exists; it is created a
 // ErrTopicGone when topics are created on demand, and has the next record
 // for topic check (and create) it again. Other errors pass unchanged.
 func (p *Producer) topicGone(topic string, err error) error {
+	if err == nil || !p.cfg.CreateTopics {
+		return err // every delivery report passes here: nothing to allocate
+	}
 	var ke kafka.Error
-	if !p.cfg.CreateTopics || !errors.As(err, &ke) || ke.Code() != kafka.ErrUnknownTopic && ke.Code() != kafka.ErrUnknownTopicOrPart {
+	if !errors.As(err, &ke) || ke.Code() != kafka.ErrUnknownTopic && ke.Code() != kafka.ErrUnknownTopicOrPart {
 		return err
 	}
 	p.topics.forget(topic)

@@ -22,17 +22,8 @@ import (
 // would deadlock Close. Each round closes at a different point of the
 // poll's wait.
 func TestCloseDuringReadinessPoll(t *testing.T) {
-	dead := testutil.FreeAddr(t) // nothing listens there
 	for _, after := range []time.Duration{0, 300 * time.Millisecond} {
-		p, err := NewProducer(ProducerConfig{
-			Bootstrap:           dead,
-			MaxMessageBytes:     1 << 20,
-			InflightBudgetBytes: 1 << 20,
-			AckLinger:           time.Millisecond,
-		}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		if err != nil {
-			t.Fatal(err)
-		}
+		p := unreachableProducer(t) // its cleanup's Close does nothing more
 		time.Sleep(after)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		start := time.Now()

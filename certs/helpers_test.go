@@ -1,7 +1,6 @@
 package certs
 
 import (
-	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -91,24 +90,6 @@ func checkFor(t *testing.T, timeout, every time.Duration, f func() error) {
 }
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
-
-// logBuffer collects log output from concurrent goroutines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 func newStore(t *testing.T, cfg Config, log *slog.Logger) *Store {
 	t.Helper()

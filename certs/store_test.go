@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tributary-io/tributary/internal/testutil"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -127,7 +129,7 @@ func TestNewCombinedFileAndExpiry(t *testing.T) {
 	if err := os.WriteFile(combined, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logs := &logBuffer{}
+	logs := &testutil.SyncBuffer{}
 	s := newStore(t, Config{CertFile: combined, KeyFile: combined}, slog.New(slog.NewTextHandler(logs, nil)))
 	if got := s.Subject(); got != "CN=localhost,O=Tributary (development only)" {
 		t.Errorf("Subject = %q", got)
@@ -269,7 +271,7 @@ func serial(t *testing.T, srv *server, cfg *tls.Config) string {
 
 func TestReload(t *testing.T) {
 	dir := writeDev(t, DevOptions{})
-	logs := &logBuffer{}
+	logs := &testutil.SyncBuffer{}
 	s := newStore(t, devConfig(dir, ""), slog.New(slog.NewTextHandler(logs, nil)))
 	srv := startServer(t, s.TLSConfig())
 	oldSerial := serial(t, srv, clientConfig(t, dir, false))
@@ -306,7 +308,7 @@ func TestReloadBrokenKeepsOld(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := writeDev(t, DevOptions{})
 			cfg := devConfig(dir, tt.clientAuth)
-			logs := &logBuffer{}
+			logs := &testutil.SyncBuffer{}
 			s := newStore(t, cfg, slog.New(slog.NewTextHandler(logs, nil)))
 			srv := startServer(t, s.TLSConfig())
 			client := clientConfig(t, dir, tt.clientAuth != "")

@@ -298,6 +298,11 @@ func (c *Config) Mapper() (*mapping.Mapper, error) {
 	return mapping.New(mc)
 }
 
+// HasUpstream reports whether an upstream of that name is configured.
+func (c *Config) HasUpstream(name string) bool {
+	return slices.ContainsFunc(c.Upstreams, func(u UpstreamConfig) bool { return u.Name == name })
+}
+
 // Validate checks the whole configuration and returns an *Error listing
 // every problem, or nil.
 func (c *Config) Validate() error {
@@ -411,7 +416,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	for i, r := range c.Mapping.Rules {
-		if r.Source != "" && !slices.ContainsFunc(c.Upstreams, func(u UpstreamConfig) bool { return u.Name == r.Source }) {
+		if r.Source != "" && !c.HasUpstream(r.Source) {
 			add("mapping.rules[%d].source %q: no upstream of that name is configured, so the rule can never match", i, r.Source)
 		}
 	}

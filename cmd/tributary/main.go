@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"slices"
 	"strings"
 	"syscall"
 
@@ -142,7 +141,7 @@ func realMain(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 			fmt.Fprintf(stderr, "tributary: usage: %s\n", explainUsage)
 			return 2
 		}
-		if source != "" && !slices.ContainsFunc(cfg.Upstreams, func(u config.UpstreamConfig) bool { return u.Name == source }) {
+		if source != "" && !cfg.HasUpstream(source) {
 			fmt.Fprintf(stderr, "tributary: --source %q: no upstream of that name is configured\n", source)
 			return 2
 		}
