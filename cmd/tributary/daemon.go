@@ -47,8 +47,10 @@ type daemon struct {
 	stopOnce    sync.Once
 	stopping    atomic.Bool // shutdown has begun: /readyz sends traffic elsewhere
 
-	bg       sync.WaitGroup // background goroutines (certificate watcher)
-	bgCancel context.CancelFunc
+	bg sync.WaitGroup // background goroutines (certificate watcher, start-up topic creation)
+
+	startupCancel context.CancelFunc // ends start-up topic creation
+	bgCancel      context.CancelFunc
 }
 
 // start builds and starts every part. On error, whatever started is stopped.
@@ -105,24 +107,7 @@ func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-	// Create the topics the rules name up front, so a missing permission
-	// or a bad cluster shows at start-up; failures here are retried on
-	// first use, so Kafka being down does not stop the bridge starting.
-	// All at once, under one deadline, so that an unreachable Kafka delays
-	// start-up by seconds, not by a timeout per topic.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	var wg sync.WaitGroup
-	for _, t := range mapper.StaticTopics() {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := d.producer.EnsureTopic(ctx, t); err != nil {
-				log.Warn("Kafka topic not ready at start-up; will retry on first publish", "topic", t, "error", err)
-			}
-		}()
-	}
-	wg.Wait()
-	cancel()
+	d.ensureStartupTopics(bgCtx, mapper.StaticTopics())
 
 	if cfg.MQTT.Addr != "" || cfg.MQTT.WSAddr != "" || cfg.MQTT.TLSAddr != "" || cfg.MQTT.WSSAddr != "" {
 		d.broker, err = broker.New(broker.Config{
@@ -238,12 +223,46 @@ func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 	return d, nil
 }
 
+// ensureStartupTopics creates the topics the rules name, in the
+// background, so a missing permission or a bad cluster shows in the log
+// at start-up. Failures are retried on first use. Start-up does not wait
+// for it: with Kafka unreachable, /healthz and the listeners are up at
+// once and /readyz says that Kafka is not reachable.
+func (d *daemon) ensureStartupTopics(ctx context.Context, topics []string) {
+	if len(topics) == 0 {
+		return
+	}
+	// One deadline for all, so an unreachable Kafka is reported within
+	// seconds, not after a timeout per topic.
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	d.startupCancel = cancel
+	var wg sync.WaitGroup
+	for _, t := range topics {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := d.producer.EnsureTopic(ctx, t); err != nil && !errors.Is(err, context.Canceled) {
+				d.log.Warn("Kafka topic not ready at start-up; will retry on first publish", "topic", t, "error", err)
+			}
+		}()
+	}
+	d.bg.Add(1)
+	go func() {
+		defer d.bg.Done()
+		wg.Wait()
+		cancel()
+	}()
+}
+
 // stop shuts down, once, in order: no new work, flush Kafka under the deadline
 // (so acknowledgements still reach connected clients), close the rest.
 func (d *daemon) stop() { d.stopOnce.Do(d.shutdown) }
 
 func (d *daemon) shutdown() {
 	d.stopping.Store(true)
+	if d.startupCancel != nil {
+		d.startupCancel() // lookups in progress must not hold up closing the producer
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.Kafka.FlushTimeout)
 	defer cancel()
 	if d.broker != nil {
