@@ -573,15 +573,13 @@ func (p *Producer) Flush(ctx context.Context) int {
 }
 
 // Close stops accepting records, flushes what is in flight until ctx ends,
-// and closes the producer. Records still unacknowledged then are logged;
-// their clients were not acknowledged either. It is idempotent.
-func (p *Producer) Close(ctx context.Context) {
+// and closes the producer. It returns how many records Kafka had not
+// acknowledged by then; their clients were not acknowledged either. It is
+// idempotent: later calls return 0.
+func (p *Producer) Close(ctx context.Context) (unacknowledged int) {
 	p.closeOnce.Do(func() {
 		p.closing.Store(true)
-		if left := p.Flush(ctx); left > 0 {
-			p.log.Error("Kafka did not acknowledge every record before the flush deadline; their clients were not acknowledged either",
-				"unacknowledged", left)
-		}
+		unacknowledged = p.Flush(ctx)
 		close(p.stop)
 		p.handles.Lock() // no lookup or readiness poll is left running; none can start
 		p.admin.Close()
@@ -590,6 +588,7 @@ func (p *Producer) Close(ctx context.Context) {
 		}
 		p.wg.Wait()
 	})
+	return unacknowledged
 }
 
 type producerMetrics struct {

@@ -50,6 +50,7 @@ type daemon struct {
 	bg sync.WaitGroup // background goroutines (certificate watcher, start-up topic creation)
 
 	startupCancel context.CancelFunc // ends start-up topic creation
+	unflushed     int                // records Kafka had not acknowledged when the producer closed
 	bgCancel      context.CancelFunc
 }
 
@@ -280,9 +281,7 @@ func (d *daemon) shutdown() {
 		d.wsAPI.Drain()
 	}
 	if d.producer != nil {
-		if left := d.producer.Flush(ctx); left > 0 {
-			d.log.Error("shutdown flush deadline passed; those records' clients were not acknowledged", "records", left)
-		}
+		d.unflushed = d.producer.Flush(ctx)
 	}
 	if d.upstreams != nil {
 		d.upstreams.Close()
@@ -298,7 +297,12 @@ func (d *daemon) shutdown() {
 		hcancel()
 	}
 	if d.producer != nil {
-		d.producer.Close(ctx)
+		// Records acknowledged between the flush and here still count.
+		d.unflushed = d.producer.Close(ctx)
+		if d.unflushed > 0 {
+			d.log.Error("shutdown flush deadline passed: Kafka had not acknowledged these records, and neither were their clients (QoS 0 ones are lost; the rest their publishers still hold)",
+				"records", d.unflushed, "flush_timeout", d.cfg.Kafka.FlushTimeout)
+		}
 	}
 	if d.embedded != nil {
 		d.embedded.Close()
@@ -487,6 +491,9 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	}
 	log.Info("shutting down; a second SIGINT or SIGTERM ends the process at once", "flush_timeout", cfg.Kafka.FlushTimeout)
 	d.stop()
+	if d.unflushed > 0 {
+		return fmt.Errorf("shut down with %d records Kafka had not acknowledged by the flush deadline (kafka.flush_timeout %v)", d.unflushed, cfg.Kafka.FlushTimeout)
+	}
 	log.Info("stopped")
 	return nil
 }

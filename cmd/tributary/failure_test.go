@@ -474,7 +474,8 @@ func TestCommands(t *testing.T) {
 }
 
 // Shutting down while Kafka is unreachable ends within the flush deadline
-// and acknowledges nothing that Kafka did not take.
+// and acknowledges nothing that Kafka did not take; what was left is
+// counted for the exit status and logged once.
 func TestShutdownWithKafkaDown(t *testing.T) {
 	o := newOutage(t)
 	cfg := testConfig(t)
@@ -482,7 +483,7 @@ func TestShutdownWithKafkaDown(t *testing.T) {
 	cfg.Kafka.FlushTimeout = 2 * time.Second
 	topic := uniq("shutdown")
 	cfg.Mapping.TopicRegexList = topic + ":.*"
-	d := startDaemon(t, cfg)
+	d, buf := startLogged(t, cfg)
 	c := mqttClient(t, "tcp://"+d.mqttAddr(), uniq("sd"))
 	publish(t, c, "dev/sd", 1, false, "before")
 	o.down(t)
@@ -496,6 +497,12 @@ func TestShutdownWithKafkaDown(t *testing.T) {
 	}
 	if tok.WaitTimeout(time.Second) && tok.Error() == nil {
 		t.Error("a publish Kafka never took was acknowledged")
+	}
+	if d.unflushed != 1 {
+		t.Errorf("%d records counted as left at the flush deadline, want 1", d.unflushed)
+	}
+	if lines := buf.Lines("flush deadline"); len(lines) != 1 || !strings.Contains(lines[0], "records=1") {
+		t.Errorf("want one line about the flush deadline naming 1 record, got:\n%s", strings.Join(lines, "\n"))
 	}
 }
 
