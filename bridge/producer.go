@@ -655,3 +655,9 @@ func (m *producerMetrics) observe(d Delivery, at time.Time, cache map[string]pro
 		m.latency.Observe(time.Since(at).Seconds())
 	}
 }
+
+// LibrdkafkaVersion is the version of the librdkafka linked in.
+func LibrdkafkaVersion() string {
+	_, v := kafka.LibraryVersion()
+	return v
+}

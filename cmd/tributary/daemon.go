@@ -474,7 +474,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("starting: %w", err)
 	}
-	log.Info("tributary running", "version", version)
+	log.Info("tributary running", "version", versionString(), "librdkafka", bridge.LibrdkafkaVersion())
 	for ctx.Err() == nil {
 		select {
 		case <-hup:

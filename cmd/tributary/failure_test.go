@@ -443,7 +443,7 @@ func TestCommands(t *testing.T) {
 		env  map[string]string
 		want []string
 	}{
-		{[]string{"version"}, nil, []string{"tributary "}},
+		{[]string{"version"}, nil, []string{"tributary ", "(librdkafka 2."}},
 		{[]string{"check-config", "--config", props}, nil, []string{"configuration ok"}},
 		{[]string{"check-config", "--config", write("empty.yaml", "")}, nil, []string{"configuration ok"}},
 		{[]string{"check-config", "--config", write("comments.yaml", "# nothing set yet\n")}, nil, []string{"configuration ok"}},

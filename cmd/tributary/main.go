@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -18,8 +20,40 @@ import (
 	"github.com/tributary-io/tributary/config"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
+// version is set at build time with -ldflags "-X main.version=...";
+// without it, versionString falls back on what Go recorded in the binary.
 var version = "dev"
+
+// versionString is the version, and for a binary built without
+// -ldflags (go build, go install) the module version or the commit Go
+// stamped into it.
+func versionString() string {
+	v := version
+	info, ok := debug.ReadBuildInfo()
+	if v != "dev" || !ok {
+		return v
+	}
+	if mv := info.Main.Version; mv != "" && mv != "(devel)" {
+		return mv
+	}
+	var rev, modified string
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			modified = s.Value
+		}
+	}
+	if rev == "" {
+		return v
+	}
+	v += "-" + rev[:min(12, len(rev))]
+	if modified == "true" {
+		v += "-modified"
+	}
+	return v
+}
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -89,7 +123,7 @@ func realMain(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	}
 	switch cmd {
 	case "version":
-		fmt.Fprintf(stdout, "tributary %s\n", version)
+		fmt.Fprintf(stdout, "tributary %s (librdkafka %s, %s)\n", versionString(), bridge.LibrdkafkaVersion(), runtime.Version())
 		return 0
 	case "help":
 		fmt.Fprint(stdout, usage)
