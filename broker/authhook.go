@@ -84,6 +84,10 @@ type authHook struct {
 	// client looks up a connected client or a kept session by client id
 	// (the server's client list); nil skips the session owner check.
 	client func(id string) (*mqtt.Client, bool)
+	// publishesChecked is set when the ingest checks every client publish
+	// with canPublish (takePublishChecks); mochi's own check of a publish
+	// then lets it through. Set before the server serves.
+	publishesChecked bool
 }
 
 var _ mqtt.Hook = (*authHook)(nil)
@@ -290,9 +294,32 @@ func (h *authHook) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { re
 
 // OnACLCheck checks a publish (write) or a subscription filter against the
 // ACLs. mochi also calls it with write false for each message it delivers
-// to a subscriber, with the topic name. A refused publish never reaches the
-// OnPublish hooks, so it never reaches Kafka.
+// to a subscriber, with the topic name. A publish refused here never
+// reaches the OnPublish hooks, so it never reaches Kafka.
+//
+// Once the ingest checks publishes itself (takePublishChecks), a publish
+// passes here: mochi would answer a refused one at once, its PUBACK 0x87
+// overtaking the acknowledgements of earlier publishes still awaiting
+// Kafka, whereas the ingest refuses it in its turn.
 func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	if write && h.publishesChecked {
+		return true
+	}
+	return h.allowed(cl, topic, write)
+}
+
+// takePublishChecks hands the ACL check of client publishes to the
+// caller, which must call the function returned for every publish of a
+// client that is not inline, and refuse it when that returns false; a
+// refusal is counted and logged by that call. It must be called before
+// the server serves.
+func (h *authHook) takePublishChecks() func(cl *mqtt.Client, topic string) bool {
+	h.publishesChecked = true
+	return func(cl *mqtt.Client, topic string) bool { return h.allowed(cl, topic, true) }
+}
+
+// allowed applies the ACLs in force, and counts and logs a refusal.
+func (h *authHook) allowed(cl *mqtt.Client, topic string, write bool) bool {
 	users := h.users.Load()
 	if users == nil || cl.Net.Inline {
 		return true
@@ -323,6 +350,8 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 // OnPacketRead fills in the topic of an MQTT 5 publish that gives only a
 // topic alias. mochi checks the ACL before it resolves the alias, so it
 // would check the empty topic, and refuse a publish to an allowed topic.
+// (The ingest, when it checks publishes, gets them with the alias
+// resolved.)
 func (h *authHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if pk.FixedHeader.Type != packets.Publish || pk.TopicName != "" || !pk.Properties.TopicAliasFlag || pk.Properties.TopicAlias == 0 {
 		return pk, nil

@@ -115,6 +115,9 @@ func New(cfg Config, producer Producer, mapper *mapping.Mapper, log *slog.Logger
 		return nil, err
 	}
 	ah.client = server.Clients.Get
+	// Publishes are checked by the ingest, which refuses them in their
+	// turn among the connection's acknowledgements.
+	b.ingest.canPublish = ah.takePublishChecks()
 	b.auth = ah
 	// The auth hook replaces mochi's allow-all one: mochi lets a client or
 	// topic through when any hook allows it.
@@ -146,10 +149,10 @@ func ClientCertUsername(from string) func(cl *mqtt.Client) (string, bool) {
 // mochiLogHandler passes mochi's log on, except:
 //   - its debug line for every packet a hook rejected: a refused publish
 //     would be a line per message, carrying the whole packet and payload;
-//   - the packet in its warning for a packet that ended a connection (a
-//     publish refused by an ACL, an MQTT 5 protocol error): a client that
-//     reconnects and sends it again would copy payloads into the log. That
-//     warning is also logged at most every 10 seconds, across connections.
+//   - the packet in its warning for a packet that ended a connection (an
+//     MQTT 5 protocol error, say): a client that reconnects and sends it
+//     again would copy payloads into the log. That warning is also logged
+//     at most every 10 seconds, across connections.
 type mochiLogHandler struct {
 	slog.Handler
 	packetErrors *bridge.LogEvery

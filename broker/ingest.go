@@ -70,6 +70,11 @@ type ingest struct {
 	limiters      sync.Map // *mqtt.Client -> *publishLimiter; used on the client's read goroutine only
 	limited       *publishLimitMetrics
 	limitLog      bridge.LogEvery
+
+	// canPublish applies the ACLs to a client publish, counting and
+	// logging a refusal (authHook.takePublishChecks); nil allows every
+	// publish.
+	canPublish func(cl *mqtt.Client, topic string) bool
 }
 
 func newIngest(ctx context.Context, server *mqtt.Server, producer Producer, mapper *mapping.Mapper, log *slog.Logger, m *metrics) *ingest {
@@ -331,6 +336,12 @@ func (h *ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 		h.log.Info("disconnecting client: publish without a topic (unknown topic alias)", "client", cl.ID, "remote", cl.Net.Remote)
 		h.disconnect(cl, packets.ErrProtocolViolationNoTopic)
 		return pk, packets.ErrRejectPacket
+	}
+	if h.canPublish != nil && !h.canPublish(cl, pk.TopicName) {
+		// Refused here, in arrival order, rather than by mochi, which
+		// would answer at once, ahead of the acknowledgements of earlier
+		// publishes still awaiting Kafka.
+		return h.refuse(cl, pk, packets.Code{Code: packets.ErrNotAuthorized.Code, Reason: "not authorized to publish to " + pk.TopicName})
 	}
 	lm := h.m.listener(cl.Net.Listener)
 	lm.received[qos&3].Inc()

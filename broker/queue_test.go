@@ -2,11 +2,15 @@ package broker
 
 import (
 	"bytes"
+	"errors"
+	"io"
+	"maps"
 	"net"
 	"testing"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tributary-io/tributary/mapping"
 )
@@ -221,4 +225,107 @@ func TestCloseWithAClientThatDoesNotRead(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("Close did not return within 15 s with a client that does not read")
 	}
+}
+
+// A publish the ACLs refuse is answered in its turn as well: an MQTT 5
+// client gets PUBACK (QoS 1) or PUBREC (QoS 2) 0x87 after the
+// acknowledgements of the publishes before it, and an MQTT 3.1.1 client,
+// which has no negative acknowledgement, is disconnected without a PUBACK
+// for a record Kafka has not confirmed. A refused publish produces no
+// record and is counted once, also when it gives only a topic alias; a
+// refused subscription is still refused.
+func TestACLRefusalWaitsItsTurn(t *testing.T) {
+	start := func(t *testing.T) (*fakeProducer, *Broker, *prometheus.Registry) {
+		t.Helper()
+		p := newFakeProducer()
+		reg := prometheus.NewRegistry()
+		b := startConfigured(t, p, mapping.Config{}, Config{Auth: AuthConfig{Users: loadTestUsers(t, "")}, Registerer: reg})
+		return p, b, reg
+	}
+	denied := func(t *testing.T, reg prometheus.Gatherer, want map[string]float64) {
+		t.Helper()
+		if got := authMetric(t, reg, "tributary_mqtt_acl_denied_total"); !maps.Equal(got, want) {
+			t.Fatalf("tributary_mqtt_acl_denied_total by action: %v, want %v", got, want)
+		}
+	}
+	t.Run("MQTT 5", func(t *testing.T) {
+		p, b, reg := start(t)
+		conn, _ := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 5, id: "dev-1", user: "dev", pass: "dev-pw"})
+		writePackets(t, conn,
+			publish5("devices/dev/x", 1, 1, 0),
+			publish5("devices/ops/x", 1, 2, 0),
+			publish5("devices/ops/y", 2, 3, 0),
+			publish5("devices/ops/z", 0, 0, 0),
+		)
+		p.waitFor(t, 1)
+		expectQuiet(t, conn, 300*time.Millisecond, "before Kafka confirmed publish 1")
+		p.deliver(0, nil)
+		for _, want := range []struct {
+			typ    byte
+			id     uint16
+			reason byte
+		}{{packets.Puback, 1, 0}, {packets.Puback, 2, 0x87}, {packets.Pubrec, 3, 0x87}} {
+			got := readMQTT(t, conn, 5)
+			if got.FixedHeader.Type != want.typ || got.PacketID != want.id || got.ReasonCode != want.reason {
+				t.Fatalf("got type %d id %d reason %#x, want type %d id %d reason %#x",
+					got.FixedHeader.Type, got.PacketID, got.ReasonCode, want.typ, want.id, want.reason)
+			}
+		}
+		if got := p.produced(); len(got) != 1 {
+			t.Fatalf("%d records produced, want 1 (the allowed publish)", len(got))
+		}
+		// The topic a topic alias stands for is what is checked.
+		p.confirmFromNowOn()
+		for _, st := range []struct {
+			pk     packets.Packet
+			reason byte
+		}{
+			{publish5("devices/ops/a", 1, 4, 1), 0x87},
+			{publish5("", 1, 5, 1), 0x87},
+			{publish5("devices/dev/b", 1, 6, 2), 0},
+			{publish5("", 1, 7, 2), 0},
+		} {
+			writePackets(t, conn, st.pk)
+			if got := readMQTT(t, conn, 5); got.FixedHeader.Type != packets.Puback || got.PacketID != st.pk.PacketID || got.ReasonCode != st.reason {
+				t.Fatalf("publish %d: got type %d id %d reason %#x, want PUBACK reason %#x",
+					st.pk.PacketID, got.FixedHeader.Type, got.PacketID, got.ReasonCode, st.reason)
+			}
+		}
+		if got := p.produced(); len(got) != 3 {
+			t.Fatalf("%d records produced, want 3 (the allowed publishes)", len(got))
+		}
+		sub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 5, PacketID: 9,
+			Filters: packets.Subscriptions{{Filter: "devices/dev/x", Qos: 1}}}
+		writePackets(t, conn, sub)
+		if got := readMQTT(t, conn, 5); got.FixedHeader.Type != packets.Suback || !bytes.Equal(got.ReasonCodes, []byte{0x87}) {
+			t.Fatalf("SUBACK type %d reason codes % x, want 87", got.FixedHeader.Type, got.ReasonCodes)
+		}
+		denied(t, reg, map[string]float64{"publish": 5, "subscribe": 1})
+	})
+	t.Run("MQTT 3.1.1", func(t *testing.T) {
+		p, b, reg := start(t)
+		conn, _ := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 4, id: "dev-3", user: "dev", pass: "dev-pw"})
+		writePackets(t, conn,
+			packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: 4, TopicName: "devices/dev/x", PacketID: 1, Payload: []byte("x")},
+			packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: 4, TopicName: "devices/ops/x", PacketID: 2, Payload: []byte("x")},
+		)
+		p.waitFor(t, 1)
+		for {
+			pk, err := tryReadMQTT(conn, 4, 5*time.Second)
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("want the connection closed, got %v", err)
+			}
+			if pk.FixedHeader.Type == packets.Puback {
+				t.Fatalf("got PUBACK for %d before Kafka confirmed anything", pk.PacketID)
+			}
+		}
+		p.deliver(0, nil)
+		if got := p.produced(); len(got) != 1 {
+			t.Fatalf("%d records produced, want 1 (the allowed publish)", len(got))
+		}
+		denied(t, reg, map[string]float64{"publish": 1, "subscribe": 0})
+	})
 }
