@@ -638,7 +638,7 @@ func (m *producerMetrics) observe(d Delivery, at time.Time, cache map[string]pro
 		var ke kafka.Error
 		switch {
 		case errors.As(d.Err, &ke):
-			code = strconv.Itoa(int(ke.Code()))
+			code = errorName(ke.Code())
 		case errors.Is(d.Err, ErrUnconfirmed):
 			code = "unconfirmed"
 		}
