@@ -59,6 +59,10 @@ type API struct {
 	all      map[*session]struct{}
 	closing  bool
 	wg       sync.WaitGroup
+	// flushed is closed by Close: the daemon's flush is over, so produce
+	// sockets stop waiting for results that have not come.
+	flushed     chan struct{}
+	flushedOnce sync.Once
 }
 
 // session is one open socket, as the registry sees it.
@@ -97,6 +101,7 @@ func NewAPI(cfg APIConfig, producer *bridge.Producer, log *slog.Logger) *API {
 		metrics:  newAPIMetrics(reg),
 		sessions: map[string]*session{},
 		all:      map[*session]struct{}{},
+		flushed:  make(chan struct{}),
 	}
 	a.upgrader = websocket.Upgrader{
 		HandshakeTimeout: 10 * time.Second,
@@ -246,10 +251,14 @@ func (a *API) Drain() {
 	}
 }
 
-// Close drains and waits for every socket to close, until ctx ends.
+// Close drains and waits for every socket to close, until ctx ends. The
+// caller has flushed the producer: a result still missing will not come
+// (Kafka did not acknowledge the record by the flush deadline), so produce
+// sockets send the results they have and close without waiting for it.
 // Idempotent.
 func (a *API) Close(ctx context.Context) {
 	a.Drain()
+	a.flushedOnce.Do(func() { close(a.flushed) })
 	done := make(chan struct{})
 	go func() {
 		a.wg.Wait()

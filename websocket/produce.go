@@ -139,10 +139,18 @@ func (a *API) serveProduce(w http.ResponseWriter, r *http.Request) {
 	if c.closing.Load() {
 		// The server asked (shutdown, replacement, revoked credentials):
 		// send what Kafka acknowledges for the records already read, then
-		// close.
+		// close; at shutdown, only until the producer's flush is over.
 		deadline := time.Now().Add(30 * time.Second)
+	wait:
 		for len(c.slots) > 0 && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
+			select {
+			case <-time.After(5 * time.Millisecond):
+			case <-a.flushed:
+				if left := len(c.slots); left > 0 {
+					log.Warn("WebSocket produce socket closed at shutdown without the results of records Kafka did not acknowledge in time", "records", left)
+				}
+				break wait
+			}
 		}
 	} else {
 		a.readEnded(err, r)
