@@ -366,7 +366,7 @@ func (m *Mapper) Map(source, mqttTopic string) (Result, error) {
 func (r *compiledRule) produce(i int, source, mqttTopic string, loc []int) (Result, error) {
 	topic := r.topic.render(source, mqttTopic, loc)
 	if !r.topic.static {
-		if why := TopicNameProblem(topic); why != "" {
+		if why := ProduceTopicProblem(topic); why != "" {
 			return Result{Action: ActionReject, Rule: i}, fmt.Errorf("%s.kafka_topic %q rendered %q: %w: %s",
 				r.name, r.KafkaTopic, topic, ErrInvalidTopicName, why)
 		}
@@ -440,6 +440,21 @@ func TopicNameProblem(s string) string {
 			r, _ := utf8.DecodeRuneInString(s[i:])
 			return fmt.Sprintf("contains %q at byte %d (allowed: a-z A-Z 0-9 . _ -)", r, i)
 		}
+	}
+	return ""
+}
+
+// ProduceTopicProblem is TopicNameProblem for a topic a record is about
+// to be produced to, whose name came from a client (a rendered template,
+// a WebSocket query): it also refuses the "__" prefix Kafka keeps for its
+// internal topics, which a broker may not protect (the embedded one does
+// not).
+func ProduceTopicProblem(s string) string {
+	if why := TopicNameProblem(s); why != "" {
+		return why
+	}
+	if strings.HasPrefix(s, "__") {
+		return `starts with "__", which Kafka keeps for its internal topics such as __consumer_offsets`
 	}
 	return ""
 }

@@ -210,6 +210,13 @@ func TestMap(t *testing.T) {
 			wantErr: `rendered ""`,
 		},
 		{
+			name:    "rendered topic internal",
+			cfg:     mapping.Config{Rules: []mapping.Rule{{Match: "dev/(?P<kind>[^/]+)", KafkaTopic: "${kind}"}}},
+			topic:   "dev/__consumer_offsets",
+			want:    mapping.Result{Action: mapping.ActionReject, Rule: 0},
+			wantErr: `rendered "__consumer_offsets": not a valid Kafka topic name: starts with "__"`,
+		},
+		{
 			name:    "rendered topic too long",
 			cfg:     mapping.Config{Rules: []mapping.Rule{{Match: ".*", KafkaTopic: "${topic}"}}},
 			topic:   strings.Repeat("a", 250),

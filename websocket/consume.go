@@ -13,6 +13,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/tributary-io/tributary/bridge"
+	"github.com/tributary-io/tributary/mapping"
 )
 
 // consumeConn is one /socket/out socket: one member of its consumer group.
@@ -104,7 +105,7 @@ func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
 	for _, t := range strings.Split(q.Get("topic"), ",") {
 		if t = strings.TrimSpace(t); t != "" {
 			topics = append(topics, t)
-			if why := topicProblem(t); why != "" {
+			if why := topicProblem(t, mapping.TopicNameProblem); why != "" {
 				problems = append(problems, why)
 			}
 		}

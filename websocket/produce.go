@@ -71,7 +71,7 @@ func (a *API) serveProduce(w http.ResponseWriter, r *http.Request) {
 	topic := q.Get("topic")
 	if topic == "" {
 		problems = append(problems, "topic is required")
-	} else if why := topicProblem(topic); why != "" {
+	} else if why := topicProblem(topic, mapping.ProduceTopicProblem); why != "" {
 		problems = append(problems, why)
 	}
 	keyType := queryFormat(q.Get("keyType"), "keyType", &problems)
@@ -164,9 +164,10 @@ func (a *API) serveProduce(w http.ResponseWriter, r *http.Request) {
 
 // topicProblem says what is wrong with t as a Kafka topic name, naming
 // it (its start, when long enough to crowd the close reason out), or ""
-// if nothing is.
-func topicProblem(t string) string {
-	why := mapping.TopicNameProblem(t)
+// if nothing is. problem is mapping.TopicNameProblem, or for a topic to
+// produce to mapping.ProduceTopicProblem.
+func topicProblem(t string, problem func(string) string) string {
+	why := problem(t)
 	if why == "" {
 		return ""
 	}

@@ -56,6 +56,7 @@ func TestWebSocketBadParams(t *testing.T) {
 		{"/socket/in", url.Values{"clientId": {"c"}, "topic": {"bad topic"}}, []string{"bad topic", "not a valid Kafka topic name"}},
 		{"/socket/in", url.Values{"clientId": {"c"}, "topic": {strings.Repeat("t", 300)}}, []string{"300 bytes long"}},
 		{"/socket/in", url.Values{"clientId": {"c"}, "topic": {".."}}, []string{"reserved"}},
+		{"/socket/in", url.Values{"clientId": {"c"}, "topic": {"__consumer_offsets"}}, []string{"__consumer_offsets", "internal topics"}},
 		{"/socket/out", url.Values{"topic": {topic}}, []string{"clientId"}},
 		{"/socket/out", url.Values{"clientId": {"c"}, "topic": {" , "}}, []string{"topic"}},
 		{"/socket/out", url.Values{"clientId": {"c"}, "topic": {topic + ",a/b"}}, []string{`"a/b"`, "not a valid Kafka topic name"}},
