@@ -21,6 +21,11 @@ type Broker struct {
 func (p *Producer) Brokers(ctx context.Context) ([]Broker, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	ctx, release, err := p.useHandles(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("describing Kafka cluster: %w", err)
+	}
+	defer release()
 	var out []Broker
 	res, err := p.admin.DescribeCluster(ctx)
 	if err == nil {
@@ -28,6 +33,11 @@ func (p *Producer) Brokers(ctx context.Context) ([]Broker, error) {
 			out = append(out, Broker{ID: n.ID, Host: n.Host, Port: n.Port, Rack: n.Rack})
 		}
 	} else {
+		if ctx.Err() != nil {
+			// GetMetadata cannot be cancelled: at Close, it would hold
+			// the handles, and Close, for the rest of the timeout.
+			return nil, fmt.Errorf("describing Kafka cluster: %w", err)
+		}
 		dl, _ := ctx.Deadline()
 		md, mdErr := p.admin.GetMetadata(nil, false, max(1, int(time.Until(dl)/time.Millisecond)))
 		if mdErr != nil {

@@ -171,9 +171,14 @@ type Producer struct {
 	metrics *producerMetrics
 
 	// handles is read-locked by calls into librdkafka that outlive their
-	// caller (topic lookups, see topics.lookup); Close write-locks it
-	// before it destroys the handles they use.
+	// caller (topic lookups, see topics.lookup) and by admin requests (see
+	// useHandles); Close write-locks it before it destroys the handles
+	// they use.
 	handles sync.RWMutex
+	// closed is cancelled when Close begins to wait for handles, so that
+	// admin requests under way return instead of holding it up.
+	closed      context.Context
+	closeCancel context.CancelFunc
 
 	delivered   chan struct{} // signalled after each delivery report, for queue-full waits
 	outstanding atomic.Int64  // records produced whose handler has not run yet
@@ -303,6 +308,7 @@ func NewProducer(cfg ProducerConfig, log *slog.Logger) (*Producer, error) {
 		unconfirmedLog: LogEvery{Interval: 10 * time.Second},
 		errorLog:       errorLog{interval: errorEvery},
 	}
+	pr.closed, pr.closeCancel = context.WithCancel(context.Background())
 	pr.metrics = newProducerMetrics(reg, pr.budget)
 	pr.topics = newTopics(pr)
 	pr.wg.Add(2*lanes + 1)
@@ -525,6 +531,27 @@ func (p *Producer) watchReady() {
 	}
 }
 
+// useHandles read-locks handles for calls into the admin client, which
+// would otherwise use a handle that Close destroys under them: AdminClient
+// methods check that the client is open only before they start, if at all
+// (ListOffsets does not), and a derived client's Close swaps its handle for
+// an empty one, so a call after it passes librdkafka a NULL rd_kafka_t (a
+// full test run died with SIGSEGV in rd_kafka_ListOffsets that way, from
+// awaitLeaders). The context returned ends also when Close begins, so Close
+// waits only until the calls notice. release must be called after them.
+func (p *Producer) useHandles(ctx context.Context) (_ context.Context, release func(), _ error) {
+	if !p.handles.TryRLock() {
+		return ctx, func() {}, ErrClosed
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(p.closed, cancel)
+	return ctx, func() {
+		stop()
+		cancel()
+		p.handles.RUnlock()
+	}, nil
+}
+
 // Ready reports whether Kafka answered the last metadata request.
 func (p *Producer) Ready() bool { return p.ready.Load() }
 
@@ -581,7 +608,8 @@ func (p *Producer) Close(ctx context.Context) (unacknowledged int) {
 		p.closing.Store(true)
 		unacknowledged = p.Flush(ctx)
 		close(p.stop)
-		p.handles.Lock() // no lookup or readiness poll is left running; none can start
+		p.closeCancel()  // admin requests under way return
+		p.handles.Lock() // no lookup, admin request or readiness poll is left running; none can start
 		p.admin.Close()
 		for _, kp := range p.lanes {
 			kp.Close()

@@ -181,6 +181,11 @@ func (t *topics) check(ctx context.Context, topic string) error {
 
 func (t *topics) create(ctx context.Context, topic string) error {
 	cfg := t.p.cfg
+	ctx, release, err := t.p.useHandles(ctx)
+	if err != nil {
+		return fmt.Errorf("creating Kafka topic %q: %w", topic, err)
+	}
+	defer release()
 	res, err := t.p.admin.CreateTopics(ctx, []kafka.TopicSpecification{{
 		Topic:             topic,
 		NumPartitions:     cfg.TopicPartitions,
@@ -207,7 +212,8 @@ func (t *topics) create(ctx context.Context, topic string) error {
 // new topic's metadata names leaders a moment before they take writes, and
 // produce requests in that moment fail with "not leader" (which the
 // idempotent producer then has to untangle); waiting here avoids that. It
-// is best effort: producing retries anyway.
+// is best effort: producing retries anyway. It is called with the
+// handles in use (see Producer.useHandles), ctx ending when Close begins.
 func (t *topics) awaitLeaders(ctx context.Context, topic string, partitions int) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
