@@ -383,9 +383,15 @@ func (p *Producer) produce(ctx context.Context, lane int, rec *Record, h Deliver
 	}
 	p.outstanding.Add(1)
 	for {
-		err := p.lanes[lane].Produce(msg, nil)
-		if err == nil {
-			return nil
+		// Counted before this check: Close sets closing, then waits for
+		// outstanding records, so either it waits for this call or the
+		// call sees closing. A call between admit and here (waiting for
+		// budget, say) must not reach a handle Close destroys.
+		err := ErrClosed
+		if !p.closing.Load() {
+			if err = p.lanes[lane].Produce(msg, nil); err == nil {
+				return nil
+			}
 		}
 		var ke kafka.Error
 		if errors.As(err, &ke) && ke.Code() == kafka.ErrQueueFull && wait {
