@@ -156,7 +156,33 @@ func decodeProduceFrameJSON(data []byte, topic string, keyType, valType format) 
 		}
 		return nil, nil, invalid("invalid produce message: not a JSON object: %v", err)
 	}
-	return buildRecord(topic, keyType, valType, in.Key, in.Value, in.Headers, in.MessageID)
+	rec, id, ferr := buildRecord(topic, keyType, valType, in.Key, in.Value, in.Headers, in.MessageID)
+	if ferr == nil {
+		// A misspelt field ("vaule", "fromat") would otherwise be ignored
+		// and the record produced without what the client meant to send.
+		// Only frames the fast path left here can have one.
+		if field := unknownField(data); field != "" {
+			return nil, id, invalid("invalid produce message: unknown field %s (a frame has headers, key, value and messageId; key and value have value and format; a header has key, value and format)", field)
+		}
+	}
+	return rec, id, ferr
+}
+
+// unknownField names the first field of a produce frame that inFrame does
+// not have, or returns "" if there is none.
+func unknownField(data []byte) string {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var in inFrame
+	err := dec.Decode(&in)
+	if err == nil {
+		return ""
+	}
+	// encoding/json's only words for it: `json: unknown field "name"`.
+	if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		return f
+	}
+	return ""
 }
 
 // checkFrameText refuses a frame that encoding/json would read as
@@ -253,6 +279,10 @@ func buildRecord(topic string, keyType, valType format, key, value *inValue, hea
 		return nil, nil, invalid("invalid produce message: messageId is not valid UTF-8")
 	}
 	id := validID(messageID)
+	if id == nil && len(bytes.TrimSpace(messageID)) > 0 && !bytes.Equal(bytes.TrimSpace(messageID), []byte("null")) {
+		// Produced without it, the result could not be matched to the frame.
+		return nil, nil, invalid("invalid produce message: messageId must be a JSON string or number, not %s", jsonKind(messageID))
+	}
 	rec := &bridge.Record{Topic: topic}
 	var err *frameError
 	if key != nil {
@@ -307,6 +337,22 @@ func buildRecord(topic string, keyType, valType format, key, value *inValue, hea
 // wsProxyMessageId the server sends is a topic name (at most 249 bytes)
 // and three numbers.
 const maxMessageIDBytes = 1024
+
+// jsonKind names the kind of JSON value raw is, for error messages.
+func jsonKind(raw json.RawMessage) string {
+	raw = bytes.TrimSpace(raw)
+	switch {
+	case len(raw) == 0:
+		return "empty"
+	case raw[0] == '{':
+		return "an object"
+	case raw[0] == '[':
+		return "an array"
+	case raw[0] == 't' || raw[0] == 'f':
+		return "a boolean"
+	}
+	return "that"
+}
 
 // validID keeps a messageId only if it is a JSON string or number of at
 // most maxMessageIDBytes, in UTF-8; other values are not echoed back.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"math"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/tributary-io/tributary/bridge"
@@ -41,6 +42,9 @@ func decodeProduceFrameRef(data []byte, topic string, keyType, valType format) (
 		return nil, nil, invalid("invalid produce message: messageId is not valid UTF-8")
 	}
 	id := validID(in.MessageID)
+	if m := bytes.TrimSpace(in.MessageID); id == nil && len(m) > 0 && string(m) != "null" {
+		return nil, nil, invalid("invalid produce message: messageId must be a JSON string or number, not %s", jsonKind(m))
+	}
 	rec := &bridge.Record{Topic: topic}
 	var err *frameError
 	if in.Key != nil {
@@ -83,6 +87,12 @@ func decodeProduceFrameRef(data []byte, topic string, keyType, valType format) (
 			}
 		}
 		rec.Headers = append(rec.Headers, bridge.Header{Key: h.Key, Value: v})
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(new(inFrame)); err != nil {
+		return nil, id, invalid("invalid produce message: unknown field %s (a frame has headers, key, value and messageId; key and value have value and format; a header has key, value and format)",
+			strings.TrimPrefix(err.Error(), "json: unknown field "))
 	}
 	return rec, id, nil
 }
