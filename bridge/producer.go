@@ -42,6 +42,18 @@ func (r *Record) Size() int {
 	return n
 }
 
+// recordFraming is the room librdkafka's message.max.bytes leaves beyond
+// kafka.max_message_bytes, for a record's framing in the batch: librdkafka
+// refuses a record whose size with its framing is over message.max.bytes,
+// so with no room a record within kafka.max_message_bytes would be refused
+// as too large.
+const recordFraming = 1024
+
+// framedSize is at least the size librdkafka counts for a record of size
+// bytes with n headers: the record's own framing (lengths, timestamp and
+// offset deltas, attributes) and two length varints per header.
+func framedSize(size, n int) int { return size + 64 + 10*n }
+
 // Delivery is the outcome of producing one record.
 type Delivery struct {
 	Topic     string
@@ -242,7 +254,7 @@ func NewProducer(cfg ProducerConfig, log *slog.Logger) (*Producer, error) {
 		"bootstrap.servers":                  cfg.Bootstrap,
 		"acks":                               "all",
 		"enable.idempotence":                 true,
-		"message.max.bytes":                  cfg.MaxMessageBytes,
+		"message.max.bytes":                  min(cfg.MaxMessageBytes+recordFraming, 1000000000), // librdkafka's maximum
 		"queue.buffering.max.messages":       1000000,
 		"allow.auto.create.topics":           false,
 		"enable.metrics.push":                false,
@@ -356,6 +368,10 @@ func (p *Producer) admit(ctx context.Context, rec *Record) (int64, error) {
 	size := rec.Size()
 	if size > p.cfg.MaxMessageBytes {
 		return 0, fmt.Errorf("producing to %q: %d bytes: %w (%d)", rec.Topic, size, ErrRecordTooLarge, p.cfg.MaxMessageBytes)
+	}
+	if framed := framedSize(size, len(rec.Headers)); framed > p.cfg.MaxMessageBytes+recordFraming {
+		return 0, fmt.Errorf("producing to %q: %d bytes, %d with the framing of its %d headers: %w (%d, and %d bytes of framing)",
+			rec.Topic, size, framed, len(rec.Headers), ErrRecordTooLarge, p.cfg.MaxMessageBytes, recordFraming)
 	}
 	if err := p.topics.ensure(ctx, rec.Topic); err != nil {
 		return 0, err

@@ -1,0 +1,77 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+)
+
+// A record of exactly kafka.max_message_bytes (key, value and headers)
+// reaches Kafka: librdkafka, which counts the record's framing too, is
+// given room for it. One byte more is refused before librdkafka, and so is
+// a record within the limit whose headers' framing would not fit.
+func TestRecordAtMaxMessageBytes(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const limit = 4096
+	p, err := NewProducer(ProducerConfig{
+		Bootstrap: c.ListenAddrs()[0], MaxMessageBytes: limit, InflightBudgetBytes: 1 << 20,
+		AckLinger: time.Millisecond,
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	produce := func(rec *Record) error {
+		t.Helper()
+		done := make(chan Delivery, 1)
+		if err := p.Produce(ctx, rec, DeliveryFunc(func(d Delivery) { done <- d })); err != nil {
+			return err
+		}
+		select {
+		case d := <-done:
+			return d.Err
+		case <-ctx.Done():
+			t.Fatal("no delivery report")
+			return nil
+		}
+	}
+	headers := func(n int) []Header {
+		hs := make([]Header, n)
+		for i := range hs {
+			hs[i] = Header{Key: fmt.Sprintf("h%02d", i), Value: []byte("v")}
+		}
+		return hs
+	}
+	withHeaders := func(n, size int) *Record {
+		hs := headers(n)
+		rec := &Record{Topic: "big", Key: []byte("k"), Headers: hs}
+		rec.Value = []byte(strings.Repeat("x", size-rec.Size()))
+		return rec
+	}
+	for _, n := range []int{0, 5, 40} {
+		if err := produce(withHeaders(n, limit)); err != nil {
+			t.Errorf("a record of exactly %d bytes with %d headers: %v", limit, n, err)
+		}
+	}
+	if err := produce(withHeaders(0, limit+1)); !errors.Is(err, ErrRecordTooLarge) {
+		t.Errorf("a record one byte over: %v, want ErrRecordTooLarge", err)
+	}
+	// 400 headers of 4 bytes: within the limit, but their framing is not.
+	err = produce(withHeaders(400, limit))
+	if !errors.Is(err, ErrRecordTooLarge) || !strings.Contains(err.Error(), "framing of its 400 headers") {
+		t.Errorf("a record whose headers' framing does not fit: %v", err)
+	}
+}
