@@ -77,9 +77,9 @@ func (f DeliveryFunc) Delivered(d Delivery) { f(d) }
 var (
 	// ErrRecordTooLarge means the record exceeds kafka.max_message_bytes.
 	ErrRecordTooLarge = errors.New("record larger than kafka.max_message_bytes")
-	// ErrUnknownTopic means the Kafka topic does not exist and topic
-	// creation is disabled.
-	ErrUnknownTopic = errors.New("Kafka topic does not exist and kafka.create_topics is false")
+	// ErrUnknownTopic means the Kafka topic does not exist: a lookup found
+	// none, or a record names one while topic creation is disabled.
+	ErrUnknownTopic = errors.New("Kafka topic does not exist")
 	// ErrTooManyTopics means the record names a topic beyond
 	// kafka.max_topics distinct topics already produced to.
 	ErrTooManyTopics = errors.New("Kafka topic limit reached (kafka.max_topics)")

@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -176,7 +177,13 @@ func (t *topics) check(ctx context.Context, topic string) error {
 		}
 		return err
 	}
-	return t.lookup(ctx, topic)
+	if err := t.lookup(ctx, topic); err != nil {
+		if errors.Is(err, ErrUnknownTopic) {
+			return fmt.Errorf("%w, and kafka.create_topics is false", err)
+		}
+		return err
+	}
+	return nil
 }
 
 func (t *topics) create(ctx context.Context, topic string) error {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -103,7 +104,7 @@ func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
 	}
 	var topics []string
 	for _, t := range strings.Split(q.Get("topic"), ",") {
-		if t = strings.TrimSpace(t); t != "" {
+		if t = strings.TrimSpace(t); t != "" && !slices.Contains(topics, t) { // librdkafka refuses a list naming a topic twice
 			topics = append(topics, t)
 			if why := topicProblem(t, mapping.TopicNameProblem); why != "" {
 				problems = append(problems, why)
