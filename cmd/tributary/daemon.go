@@ -242,7 +242,7 @@ func (d *daemon) ensureStartupTopics(ctx context.Context, topics []string) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := d.producer.EnsureTopic(ctx, t); err != nil && !errors.Is(err, context.Canceled) {
+			if err := d.producer.EnsureTopic(ctx, t); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, bridge.ErrClosed) {
 				d.log.Warn("Kafka topic not ready at start-up; will retry on first publish", "topic", t, "error", err)
 			}
 		}()
