@@ -338,20 +338,16 @@ func buildRecord(topic string, keyType, valType format, key, value *inValue, hea
 // and three numbers.
 const maxMessageIDBytes = 1024
 
-// jsonKind names the kind of JSON value raw is, for error messages.
+// jsonKind names the kind of a JSON value that is not null, a string or a
+// number, for error messages.
 func jsonKind(raw json.RawMessage) string {
-	raw = bytes.TrimSpace(raw)
-	switch {
-	case len(raw) == 0:
-		return "empty"
-	case raw[0] == '{':
+	switch bytes.TrimSpace(raw)[0] {
+	case '{':
 		return "an object"
-	case raw[0] == '[':
+	case '[':
 		return "an array"
-	case raw[0] == 't' || raw[0] == 'f':
-		return "a boolean"
 	}
-	return "that"
+	return "a boolean"
 }
 
 // validID keeps a messageId only if it is a JSON string or number of at

@@ -234,25 +234,17 @@ func (d *daemon) ensureStartupTopics(ctx context.Context, topics []string) {
 		return
 	}
 	// One deadline for all, so an unreachable Kafka is reported within
-	// seconds, not after a timeout per topic.
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	d.startupCancel = cancel
-	var wg sync.WaitGroup
+	// seconds, not after a timeout per topic. Shutdown cancels it.
+	ctx, d.startupCancel = context.WithTimeout(ctx, 10*time.Second)
 	for _, t := range topics {
-		wg.Add(1)
+		d.bg.Add(1)
 		go func() {
-			defer wg.Done()
+			defer d.bg.Done()
 			if err := d.producer.EnsureTopic(ctx, t); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, bridge.ErrClosed) {
 				d.log.Warn("Kafka topic not ready at start-up; will retry on first publish", "topic", t, "error", err)
 			}
 		}()
 	}
-	d.bg.Add(1)
-	go func() {
-		defer d.bg.Done()
-		wg.Wait()
-		cancel()
-	}()
 }
 
 // stop shuts down, once, in order: no new work, flush Kafka under the deadline
@@ -281,7 +273,7 @@ func (d *daemon) shutdown() {
 		d.wsAPI.Drain()
 	}
 	if d.producer != nil {
-		d.unflushed = d.producer.Flush(ctx)
+		d.producer.Flush(ctx) // what is left is counted when the producer closes
 	}
 	if d.upstreams != nil {
 		d.upstreams.Close()
