@@ -26,6 +26,33 @@ type Record struct {
 	Value     []byte
 	Headers   []Header
 	Timestamp time.Time // when the bridge received it; also the start of the ack latency
+	// Order, when set, keeps the record in order with the others of its
+	// source: see Order.
+	Order *Order
+}
+
+// Order keeps the records of one source (an MQTT connection, an upstream
+// connection) in Kafka in the order they were produced. Best-effort and
+// acknowledged records take different lanes, librdkafka producers with
+// their own lingers, so a QoS 1 record produced right after a QoS 0 one
+// of the same MQTT topic would otherwise reach the partition first. With
+// an Order, a record takes the lane its source's records still awaiting
+// Kafka are in, whatever its kind, and the source moves to another lane
+// only once none are. The zero value is ready; one goroutine at a time
+// produces with an Order.
+type Order struct {
+	lane    int          // the lane of the records awaiting Kafka; only the producing goroutine uses it
+	pending atomic.Int64 // records produced with it whose delivery report is not handled yet
+}
+
+// take picks the lane for a record that would take want and counts the
+// record as pending.
+func (o *Order) take(want int) int {
+	if o.pending.Load() == 0 {
+		o.lane = want
+	}
+	o.pending.Add(1)
+	return o.lane
 }
 
 // Header is one Kafka record header ({Key string; Value []byte}). It is
@@ -237,9 +264,10 @@ func deliveryOf(e *kafka.Message) Delivery {
 }
 
 type envelope struct {
-	h    DeliveryHandler
-	size int64
-	at   time.Time
+	h     DeliveryHandler
+	order *Order
+	size  int64
+	at    time.Time
 }
 
 var (
@@ -382,6 +410,10 @@ func (p *Producer) admit(ctx context.Context, rec *Record) (int64, error) {
 func (p *Producer) produce(ctx context.Context, lane int, rec *Record, h DeliveryHandler, size int64, wait bool) error {
 	env := envelopes.Get().(*envelope)
 	env.h, env.size, env.at = h, size, rec.Timestamp
+	if rec.Order != nil {
+		lane = rec.Order.take(lane)
+		env.order = rec.Order
+	}
 	// librdkafka copies key, value and headers during Produce and the Go
 	// client keeps only Opaque, so the message is reused.
 	msg := messages.Get().(*kafka.Message)
@@ -433,7 +465,10 @@ func (p *Producer) produce(ctx context.Context, lane int, rec *Record, h Deliver
 		}
 		p.outstanding.Add(-1)
 		p.budget.Release(size)
-		env.h = nil
+		if env.order != nil {
+			env.order.pending.Add(-1)
+		}
+		*env = envelope{}
 		envelopes.Put(env)
 		return err
 	}
@@ -465,7 +500,10 @@ func (p *Producer) events(kp *kafka.Producer) {
 			batched++
 			p.metrics.observe(d, env.at, produced)
 			h := env.h
-			env.h = nil
+			if env.order != nil {
+				env.order.pending.Add(-1)
+			}
+			*env = envelope{}
 			envelopes.Put(env)
 			if h != nil {
 				h.Delivered(d)

@@ -536,9 +536,10 @@ type conn struct {
 
 	// nc is the network connection paho opened through dial; the ack
 	// writer writes PUBACKs to it directly.
-	nc   atomic.Pointer[ackConn]
-	acks []byte // PUBACKs of the current burst; ack writer only
-	rec  Record // reused by handle
+	nc    atomic.Pointer[ackConn]
+	acks  []byte // PUBACKs of the current burst; ack writer only
+	rec   Record // reused by handle
+	order Order  // this connection's records in order across the lanes; used by handle
 }
 
 // inflight is one QoS 1 or 2 message awaiting its acknowledgement.
@@ -628,6 +629,7 @@ func (c *conn) handle(_ paho.Client, msg paho.Message) {
 		c.finish(e, qos)
 		return
 	}
+	rec.Order = &c.order
 	if qos == 0 {
 		// Best effort, as MQTT QoS 0 is: never waits, drops are counted.
 		// With no acknowledgement to wait for, ingest_retained: first

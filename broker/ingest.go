@@ -66,6 +66,11 @@ type ingest struct {
 	writers      sync.WaitGroup
 	dropLog      bridge.LogEvery
 
+	// orders keep each connection's records in Kafka in the order they
+	// came, across the producer's lanes (see bridge.Order); used on the
+	// client's read goroutine only.
+	orders sync.Map // *mqtt.Client -> *bridge.Order
+
 	publishLimits PublishLimits
 	limiters      sync.Map // *mqtt.Client -> *publishLimiter; used on the client's read goroutine only
 	limited       *publishLimitMetrics
@@ -310,6 +315,7 @@ func (h *ingest) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 func (h *ingest) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 	h.m.connections.WithLabelValues(cl.Net.Listener).Dec()
 	h.limiters.Delete(cl)
+	h.orders.Delete(cl)
 	if v, ok := h.sessions.Load(cl); ok {
 		v.(*session).disconnect()
 	}
@@ -376,6 +382,7 @@ func (h *ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 			h.log.Warn("MQTT 5 user properties named like a header Tributary sets were not copied to Kafka (logged at most every 10s)", "client", cl.ID, "topic", pk.TopicName)
 		}
 	}
+	rec.Order = h.order(cl)
 	// The producer copies the record during the call, so it is reused.
 	defer releaseRecord(rec)
 	if qos == 0 {
@@ -411,6 +418,15 @@ func (h *ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 		e.Delivered(bridge.Delivery{Topic: rec.Topic, Err: err})
 	}
 	return taken(pk), nil
+}
+
+// order returns cl's bridge.Order.
+func (h *ingest) order(cl *mqtt.Client) *bridge.Order {
+	v, ok := h.orders.Load(cl)
+	if !ok {
+		v, _ = h.orders.LoadOrStore(cl, new(bridge.Order))
+	}
+	return v.(*bridge.Order)
 }
 
 // passOn returns a publish that produces no record to mochi, which

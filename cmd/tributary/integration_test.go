@@ -310,6 +310,36 @@ func TestOrderingOfPipelinedPublishes(t *testing.T) {
 	}
 }
 
+// A client that mixes QoS 0 and QoS 1 on one topic finds its records in
+// Kafka in the order it published them, although the two QoS levels are
+// produced through producers with different lingers.
+func TestOrderingOfMixedQoS(t *testing.T) {
+	const n = 2000
+	cfg := testConfig(t)
+	topic := uniq("mixed")
+	cfg.Mapping.TopicRegexList = topic + ":.*"
+	d := startDaemon(t, cfg)
+	c := mqttClient(t, "tcp://"+d.mqttAddr(), uniq("mix"))
+	toks := make([]paho.Token, n)
+	for i := range n {
+		toks[i] = c.Publish("mix/one", byte(i%2), false, strconv.Itoa(i))
+	}
+	for i, tok := range toks {
+		if !tok.WaitTimeout(60*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish %d not sent or not acknowledged: %v", i, tok.Error())
+		}
+	}
+	recs := kafkaRecords(t, d.bootstrap, topic, n, 30*time.Second)
+	if len(recs) != n {
+		t.Fatalf("got %d records, want %d", len(recs), n)
+	}
+	for i, r := range recs {
+		if string(r.Value) != strconv.Itoa(i) {
+			t.Fatalf("record %d has value %q: order broken", i, r.Value)
+		}
+	}
+}
+
 // A payload over the Kafka message limit: MQTT 5 gets 0x95, MQTT 3 is
 // disconnected; nothing reaches Kafka and nothing is falsely acknowledged.
 func TestOversizedPayload(t *testing.T) {

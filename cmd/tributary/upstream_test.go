@@ -375,6 +375,53 @@ func TestUpstreamQoS1AndQoS2Acknowledged(t *testing.T) {
 	}
 }
 
+// A remote topic carrying QoS 0 and QoS 1 messages, interleaved, lands in
+// Kafka in the order the remote broker sent them, although the two QoS
+// levels are produced through producers with different lingers.
+func TestUpstreamMixedQoSInOrder(t *testing.T) {
+	// No in-flight limit: past it, mosquitto sends QoS 0 messages ahead of
+	// the QoS 1 ones it queued.
+	mq := startMosquitto(t, "max_inflight_messages 0\n")
+	cfg := testConfig(t)
+	topic := uniq("mixed-order")
+	up := testUpstream("mixorder", mq.url(), "mixorder/#")
+	up.KafkaTopic = topic
+	cfg.Upstreams = []config.UpstreamConfig{up}
+	d := startDaemon(t, cfg)
+	waitConnected(t, d, "mixorder")
+
+	const n = 1000
+	pub := mqttClient(t, mq.url(), uniq("pub"))
+	toks := make([]paho.Token, n)
+	var acked []string
+	for i := range n {
+		v := fmt.Sprintf("m-%05d", i)
+		toks[i] = pub.Publish("mixorder/a", byte(i%2), false, v)
+		if i%2 == 1 {
+			acked = append(acked, v)
+		}
+	}
+	for i, tok := range toks {
+		if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish %d to mosquitto: %v", i, tok.Error())
+		}
+	}
+	counts := countPayloads(t, d.bootstrap, topic, acked, 30*time.Second)
+	checkNoneLost(t, counts, acked)
+	recs := settledRecords(t, d.bootstrap, topic)
+	last := ""
+	for _, r := range recs {
+		if v := string(r.Value); v <= last {
+			t.Fatalf("record %q after %q: order not kept", v, last)
+		} else {
+			last = v
+		}
+	}
+	if len(recs) < n {
+		t.Logf("%d of %d messages in Kafka: QoS 0 is best effort", len(recs), n)
+	}
+}
+
 // 10,000 QoS 1 messages with mosquitto restarted (persistence on) while
 // Tributary is still draining its persistent session: none lost.
 func TestUpstreamRestartMidStreamLosesNothing(t *testing.T) {
