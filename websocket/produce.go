@@ -269,12 +269,19 @@ func (c *produceConn) handle(data []byte) {
 	now := time.Now()
 	rec.Timestamp = now
 	if err := c.a.producer.Produce(c.ctx, rec, &delivery{c: c, id: id, ts: now.UnixMilli()}); err != nil {
-		c.out <- outFrame{id: id, err: produceFailure(err)}
+		c.out <- outFrame{id: id, err: produceFailure(rec.Topic, err)}
 	}
 }
 
-func produceFailure(err error) *frameError {
+// produceFailure is the error frame for a record to topic that the
+// producer refused or Kafka failed with err.
+func produceFailure(topic string, err error) *frameError {
 	switch {
+	case errors.Is(err, bridge.ErrTooManyTopics):
+		// Tributary's own limit, which Kafka knows nothing of: blaming
+		// Kafka would send the user to the wrong place.
+		return &frameError{code: CodeInvalidPayload, msg: "topic " + strconv.Quote(topic) +
+			" refused by Tributary, not by Kafka: records already go to as many distinct topics as kafka.max_topics allows; raise kafka.max_topics to allow more"}
 	case errors.Is(err, bridge.ErrUnknownTopic):
 		return &frameError{code: CodeUnknownTopic, msg: err.Error()}
 	case errors.Is(err, bridge.ErrRecordTooLarge):
@@ -356,7 +363,7 @@ func (c *produceConn) release(n int) {
 
 func (c *produceConn) writeFrame(f outFrame) error {
 	if f.err == nil && f.d.Err != nil {
-		f.err = produceFailure(f.d.Err)
+		f.err = produceFailure(f.d.Topic, f.d.Err)
 	}
 	if f.err != nil {
 		c.a.metrics.errors.WithLabelValues(strconv.Itoa(f.err.code)).Inc()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -157,6 +158,34 @@ func TestWebSocketPayloadErrors(t *testing.T) {
 	if m := metricsText(t, d.httpAddr()); !strings.Contains(m, `tributary_websocket_error_frames_total{code="42205"} 11`) ||
 		strings.Contains(m, `tributary_websocket_error_frames_total{code="50002"}`) {
 		t.Fatalf("error frames not counted by code:\n%s", linesWith(m, "error_frames_total"))
+	}
+}
+
+// 42205 for a record to one more topic than kafka.max_topics allows: the
+// message says Tributary refused it, not Kafka, and names the setting to
+// raise. The topic in use keeps working.
+func TestWebSocketMaxTopics(t *testing.T) {
+	cfg := wsConfig(t)
+	cfg.Kafka.MaxTopics = 1
+	d := startDaemon(t, cfg)
+	first, second := uniq("first"), uniq("second")
+	in := wsDial(t, d, "/socket/in", url.Values{"clientId": {uniq("p")}, "topic": {first}})
+	produceStrings(t, in, "a", 1)
+	over := wsDial(t, d, "/socket/in", url.Values{"clientId": {uniq("p")}, "topic": {second}})
+	sendJSON(t, over, `{"value":{"value":"b"},"messageId":"b"}`)
+	r := readResult(t, over)
+	if r.Error == nil || r.Error.Code != 42205 || string(r.MessageID) != `"b"` {
+		t.Fatalf("record for a second topic with kafka.max_topics 1: %+v messageId %s, want error 42205", r.Error, r.MessageID)
+	}
+	msg := r.Error.Message
+	if strings.Contains(msg, "Kafka refused") || !strings.Contains(msg, "Tributary") ||
+		!strings.Contains(msg, "kafka.max_topics") || !strings.Contains(msg, strconv.Quote(second)) {
+		t.Fatalf("error %q: want it to say Tributary refused topic %q, not Kafka, and name kafka.max_topics", msg, second)
+	}
+	t.Logf("42205: %s", msg)
+	produceStrings(t, in, "c", 1)
+	if m := metricsText(t, d.httpAddr()); !strings.Contains(m, `tributary_websocket_error_frames_total{code="42205"} 1`+"\n") {
+		t.Fatalf("the refusal is not counted:\n%s", linesWith(m, "error_frames_total"))
 	}
 }
 
