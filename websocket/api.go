@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -112,8 +113,31 @@ func NewAPI(cfg APIConfig, producer *bridge.Producer, log *slog.Logger) *API {
 		// which is the one selected, so the token is never echoed.
 		Subprotocols:      []string{TokenSubprotocol},
 		EnableCompression: false,
+		Error:             a.upgradeError,
 	}
 	return a
+}
+
+// upgradeError answers a request the upgrader refused, in plain text
+// saying what is wrong: gorilla's own answer is the bare status text
+// ("Bad Request"), which leaves someone who opened /socket/in in a browser
+// tab or with curl guessing.
+func (a *API) upgradeError(w http.ResponseWriter, r *http.Request, status int, reason error) {
+	msg := reason.Error()
+	switch {
+	case !websocket.IsWebSocketUpgrade(r):
+		// RFC 9110: a 426 names the protocol to upgrade to.
+		status = http.StatusUpgradeRequired
+		w.Header().Set("Upgrade", "websocket")
+		w.Header().Set("Connection", "Upgrade")
+		msg = r.URL.Path + " is a WebSocket endpoint: it needs a WebSocket upgrade request (Connection: Upgrade, Upgrade: websocket), " +
+			"such as a WebSocket client (wscat, a browser's WebSocket) sends, not a plain HTTP request; the JSON WebSocket API is described in docs/websocket.md"
+	case status == http.StatusForbidden: // the only refusal checkOrigin causes
+		msg = "WebSocket origin " + strconv.Quote(r.Header.Get("Origin")) +
+			" is not allowed: only the server's own origin and those in websocket.allowed_origins are"
+	}
+	w.Header().Set("Sec-WebSocket-Version", "13")
+	http.Error(w, msg, status)
 }
 
 func (a *API) routes(mux *http.ServeMux, guard func(http.Handler) http.Handler) {
