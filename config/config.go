@@ -278,6 +278,11 @@ func (c *Config) Mapper() (*mapping.Mapper, error) {
 	// index in mapping.rules, not their place after the list's rules.
 	if _, err := mapping.New(c.Mapping.Config); err != nil {
 		for _, e := range unjoin(err) {
+			if fe, ok := errors.AsType[*mapping.FieldError](e); ok {
+				// Named like the other settings: by key and flag.
+				errs = append(errs, fmt.Errorf("%s %q: %w", settingName("mapping."+fe.Field), fe.Value, fe.Err))
+				continue
+			}
 			errs = append(errs, fmt.Errorf("mapping.%w", e))
 		}
 	}

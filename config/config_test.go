@@ -230,6 +230,11 @@ func TestBadValues(t *testing.T) {
 		{[]string{"--inflight-budget-bytes", "100"}, "inflight_budget_bytes 100"},
 		{[]string{"--log-format", "xml"}, "log.format"},
 		{[]string{"--kafka-bootstrap", "", "--embedded-kafka-addr", ""}, "embedded_addr"},
+		// The unmatched policy and default topic are named with their
+		// flag, as every other setting is.
+		{[]string{"--mapping-unmatched", "sometimes"}, `mapping.unmatched (--mapping-unmatched) "sometimes": unknown policy`},
+		{[]string{"--mapping-default-topic", "a b"}, `mapping.default_topic (--mapping-default-topic) "a b": not a valid Kafka topic name`},
+		{[]string{"--mapping-unmatched", "default_topic", "--mapping-default-topic", ".."}, `mapping.default_topic (--mapping-default-topic) "..": not a valid Kafka topic name`},
 	} {
 		_, _, err := Load(Options{Args: tc.args})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -332,6 +332,17 @@ func problemKey(problem string) string {
 	return problem
 }
 
+// settingName is key as problems name it: followed by the flag that sets
+// it, when one does ("mapping.unmatched (--mapping-unmatched)").
+func settingName(key string) string {
+	for _, s := range Settings() {
+		if s.Key == key {
+			return key + " (--" + s.Flag + ")"
+		}
+	}
+	return key
+}
+
 // propertyProblems words the Kafka client's refusals like every other
 // problem: the key, the value (unless it may be a secret), the reason. A
 // property that already has a problem in reported (one Tributary checks

@@ -91,6 +91,20 @@ type Config struct {
 	DefaultTopic string `yaml:"default_topic"`
 }
 
+// FieldError is a problem with one of Config's own settings (unmatched,
+// default_topic) rather than with a rule. Field is its YAML key, so that a
+// caller that also reads the setting from a flag can name the flag too.
+type FieldError struct {
+	Field string // "unmatched" or "default_topic"
+	Value string
+	Err   error
+}
+
+func (e *FieldError) Error() string { return fmt.Sprintf("%s %q: %v", e.Field, e.Value, e.Err) }
+
+// Unwrap returns what is wrong with the value (ErrInvalidTopicName, ...).
+func (e *FieldError) Unwrap() error { return e.Err }
+
 // Action is what the caller should do with a mapped publish.
 type Action int
 
@@ -181,7 +195,7 @@ func New(cfg Config) (*Mapper, error) {
 	if m.defaultTopic == "" {
 		m.defaultTopic = DefaultKafkaTopic
 	} else if why := TopicNameProblem(m.defaultTopic); why != "" {
-		errs = append(errs, fmt.Errorf("default_topic %q: %w: %s", m.defaultTopic, ErrInvalidTopicName, why))
+		errs = append(errs, &FieldError{Field: "default_topic", Value: m.defaultTopic, Err: fmt.Errorf("%w: %s", ErrInvalidTopicName, why)})
 	}
 	switch m.policy {
 	case PolicyNone:
@@ -192,8 +206,8 @@ func New(cfg Config) (*Mapper, error) {
 		}
 	case PolicyDefaultTopic, PolicyDrop, PolicyReject:
 	default:
-		errs = append(errs, fmt.Errorf("unmatched %q: unknown policy (want %q, %q or %q, or leave unset)",
-			m.policy, PolicyDefaultTopic, PolicyDrop, PolicyReject))
+		errs = append(errs, &FieldError{Field: "unmatched", Value: string(m.policy),
+			Err: fmt.Errorf("unknown policy (want %q, %q or %q, or leave unset)", PolicyDefaultTopic, PolicyDrop, PolicyReject)})
 	}
 
 	m.rules = make([]compiledRule, 0, len(cfg.Rules))

@@ -250,9 +250,10 @@ func equalResult(a, b mapping.Result) bool {
 
 func TestNewErrors(t *testing.T) {
 	tests := []struct {
-		name string
-		cfg  mapping.Config
-		want []string
+		name  string
+		cfg   mapping.Config
+		want  []string
+		field string // a *FieldError's Field among the problems, if any
 	}{
 		{
 			name: "bad regex names the field and the regex",
@@ -341,19 +342,22 @@ func TestNewErrors(t *testing.T) {
 			want: []string{`rules[0].kafka_topic ".."`, "reserved"},
 		},
 		{
-			name: "unknown policy",
-			cfg:  mapping.Config{Unmatched: "discard"},
-			want: []string{`unmatched "discard"`, "unknown policy"},
+			name:  "unknown policy",
+			cfg:   mapping.Config{Unmatched: "discard"},
+			want:  []string{`unmatched "discard"`, "unknown policy"},
+			field: "unmatched",
 		},
 		{
-			name: "invalid default topic",
-			cfg:  mapping.Config{Unmatched: mapping.PolicyDefaultTopic, DefaultTopic: "a b"},
-			want: []string{`default_topic "a b"`, "contains ' '"},
+			name:  "invalid default topic",
+			cfg:   mapping.Config{Unmatched: mapping.PolicyDefaultTopic, DefaultTopic: "a b"},
+			want:  []string{`default_topic "a b"`, "contains ' '"},
+			field: "default_topic",
 		},
 		{
-			name: "policy and rule errors together",
-			cfg:  mapping.Config{Unmatched: "nope", Rules: []mapping.Rule{{Match: "(", KafkaTopic: "t"}}},
-			want: []string{`unmatched "nope"`, `rules[0].match "("`},
+			name:  "policy and rule errors together",
+			cfg:   mapping.Config{Unmatched: "nope", Rules: []mapping.Rule{{Match: "(", KafkaTopic: "t"}}},
+			want:  []string{`unmatched "nope"`, `rules[0].match "("`},
+			field: "unmatched",
 		},
 	}
 	for _, tt := range tests {
@@ -363,6 +367,13 @@ func TestNewErrors(t *testing.T) {
 				t.Errorf("New returned a Mapper with error %v", err)
 			}
 			wantErrContains(t, err, tt.want...)
+			got := ""
+			if fe, ok := errors.AsType[*mapping.FieldError](err); ok {
+				got = fe.Field
+			}
+			if got != tt.field {
+				t.Errorf("FieldError for %q, want one for %q", got, tt.field)
+			}
 		})
 	}
 }
