@@ -109,7 +109,7 @@ var (
 	ErrUnknownTopic = errors.New("Kafka topic does not exist")
 	// ErrTooManyTopics means the record names a topic beyond
 	// kafka.max_topics distinct topics already produced to.
-	ErrTooManyTopics = errors.New("Kafka topic limit reached (kafka.max_topics)")
+	ErrTooManyTopics = errors.New("Tributary's limit on distinct Kafka topics reached (kafka.max_topics)")
 	// ErrBudgetExhausted means the in-flight byte budget is used up; only
 	// TryProduce returns it.
 	ErrBudgetExhausted = errors.New("in-flight budget exhausted")

@@ -1004,7 +1004,7 @@ func (h *ingest) failure(cl *mqtt.Client, e *pending) (code packets.Code, ok boo
 		code.Code = packets.ErrQuotaExceeded.Code
 	}
 	if !errors.Is(e.err, bridge.ErrRecordTooLarge) && h.refuseLog.Allow() { // too large: logged by OnPublish
-		h.log.Warn("publish refused: Kafka did not take the record (logged at most every 10s)", "client", cl.ID, "kafka_topic", e.kafkaTopic, "error", e.err)
+		h.log.Warn("publish refused: the record cannot be produced (logged at most every 10s)", "client", cl.ID, "kafka_topic", e.kafkaTopic, "error", e.err)
 	}
 	return code, true
 }

@@ -568,7 +568,7 @@ func TestMaxTopicsRefusesOneMore(t *testing.T) {
 	if !strings.Contains(metricsText(t, d.httpAddr()), `tributary_mqtt_kafka_failures_total{reason="too_many_topics"} 1`) {
 		t.Error("the refusal is not counted as too_many_topics")
 	}
-	if !strings.Contains(log.String(), "kafka.max_topics") {
-		t.Error("the log does not name kafka.max_topics")
+	if l := log.String(); !strings.Contains(l, "kafka.max_topics") || !strings.Contains(l, "Tributary's limit on distinct Kafka topics") {
+		t.Error("the log does not say that Tributary's kafka.max_topics refused the record")
 	}
 }
