@@ -9,7 +9,7 @@ KAFKA    := scripts/kafka.sh
 # fixed in Go 1.27). A count has no deadline to race.
 FUZZTIME ?= 50000x
 
-.PHONY: help build run deps test vet test-kafka test-allocs fuzz bench clean
+.PHONY: help build run deps test vet test-kafka test-allocs check-compose fuzz bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,10 @@ test-kafka: deps ## the integration suite against a real Apache Kafka 4.x (KRaft
 
 test-allocs: ## allocation guards that the race detector makes skip (sync.Pool drops items under it)
 	$(GO) test -count=1 -run 'TestBuildRecordReusesRecords' ./broker/
+
+check-compose: ## check compose/: its Tributary settings against the config package, and the file with docker compose config when Compose is installed
+	$(GO) test -count=1 -run '^TestCompose' ./cmd/tributary/
+	scripts/check-compose.sh
 
 fuzz: ## run each fuzz test for FUZZTIME (executions, e.g. 50000x)
 	$(GO) test ./mapping -run '^$$' -fuzz FuzzParseRegexList -fuzztime $(FUZZTIME)
