@@ -654,11 +654,28 @@ func (c *conn) handle(_ paho.Client, msg paho.Message) {
 // subscriptions' filters.
 func (u *upstream) subscribed(topic string) bool {
 	for _, s := range u.cfg.Subscriptions {
-		if matchFilter(s.Filter, topic) {
+		if matchFilter(topicFilter(s.Filter), topic) {
 			return true
 		}
 	}
 	return false
+}
+
+// topicFilter returns the filter that topics of messages a subscription
+// delivers match: a shared subscription ($share/<group>/<filter>, or
+// EMQX's $queue/<filter>) delivers its plain filter's messages under
+// their own topics.
+func topicFilter(f string) string {
+	if rest, ok := strings.CutPrefix(f, "$share/"); ok {
+		if _, filter, ok := strings.Cut(rest, "/"); ok {
+			return filter
+		}
+		return f
+	}
+	if filter, ok := strings.CutPrefix(f, "$queue/"); ok {
+		return filter
+	}
+	return f
 }
 
 // matchFilter reports whether an MQTT topic filter matches topic: "+"

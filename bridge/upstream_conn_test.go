@@ -208,6 +208,29 @@ func TestUpstreamMessageOfNoConfiguredSubscription(t *testing.T) {
 	}
 }
 
+// A filter written as a shared subscription ($share/<group>/<filter>,
+// or EMQX's $queue/<filter>), without shared_group, delivers messages on
+// the plain topics it covers: they are the feed's, and are produced.
+func TestUpstreamSharedSubscriptionFilterIsSubscribed(t *testing.T) {
+	for _, filter := range []string{"$share/tributary/plant/#", "$queue/plant/#"} {
+		t.Run(filter, func(t *testing.T) {
+			p := &fakeProducer{}
+			_, u := upstreamForTest(t, UpstreamConfig{Subscriptions: []UpstreamSubscription{{Filter: filter, QoS: 1}}}, p, nil)
+			c, _, acks := connForTest(t, u)
+			c.handle(nil, &testMessage{topic: "plant/line1/temp", payload: []byte("21.5"), qos: 1, id: 1})
+			c.handle(nil, &testMessage{topic: "office/temp", payload: []byte("19"), qos: 1, id: 2})
+			for want := uint16(1); want <= 2; want++ {
+				if id := nextAck(t, acks); id != want {
+					t.Fatalf("PUBACK %d, want %d", id, want)
+				}
+			}
+			if got, want := p.values(), []string{"21.5"}; !slices.Equal(got, want) {
+				t.Fatalf("produced %q, want %q", got, want)
+			}
+		})
+	}
+}
+
 func TestMatchFilter(t *testing.T) {
 	for _, tc := range []struct {
 		filter, topic string
