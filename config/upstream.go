@@ -94,6 +94,12 @@ const (
 	IngestRetainedNever  = "never"
 )
 
+// The defaults of an upstream's reconnect backoff.
+const (
+	defaultReconnectMin = 500 * time.Millisecond
+	defaultReconnectMax = time.Minute
+)
+
 // WithDefaults returns u with every default filled in.
 func (u UpstreamConfig) WithDefaults() UpstreamConfig {
 	if u.ClientID == "" {
@@ -113,10 +119,10 @@ func (u UpstreamConfig) WithDefaults() UpstreamConfig {
 		u.ConnectTimeout = 10 * time.Second
 	}
 	if u.ReconnectMin == 0 {
-		u.ReconnectMin = 500 * time.Millisecond
+		u.ReconnectMin = defaultReconnectMin
 	}
 	if u.ReconnectMax == 0 {
-		u.ReconnectMax = time.Minute
+		u.ReconnectMax = defaultReconnectMax
 	}
 	subs := make([]SubscriptionConfig, len(u.Subscriptions))
 	for i, s := range u.Subscriptions {
@@ -293,8 +299,16 @@ func validateUpstreams(ups []UpstreamConfig) []string {
 		if u.KeepAlive > 0 && u.KeepAlive < time.Second {
 			add("keepalive %s: must be at least 1s", u.KeepAlive)
 		}
-		if u.ReconnectMin > 0 && u.ReconnectMax > 0 && u.ReconnectMax < u.ReconnectMin {
+		// Against the defaults too: one bound set alone past the other's
+		// default would otherwise be cut to it without a word.
+		switch {
+		case u.ReconnectMin < 0 || u.ReconnectMax < 0:
+		case u.ReconnectMin > 0 && u.ReconnectMax > 0 && u.ReconnectMax < u.ReconnectMin:
 			add("reconnect_max %s: must be at least reconnect_min (%s)", u.ReconnectMax, u.ReconnectMin)
+		case u.ReconnectMax == 0 && u.ReconnectMin > defaultReconnectMax:
+			add("reconnect_min %s: must be at most reconnect_max (%s, the default)", u.ReconnectMin, defaultReconnectMax)
+		case u.ReconnectMin == 0 && u.ReconnectMax > 0 && u.ReconnectMax < defaultReconnectMin:
+			add("reconnect_max %s: must be at least reconnect_min (%s, the default)", u.ReconnectMax, defaultReconnectMin)
 		}
 	}
 	return problems

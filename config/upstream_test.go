@@ -105,6 +105,10 @@ func TestUpstreamValidation(t *testing.T) {
 		{"bad kafka topic", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("x"), KafkaTopic: "a b"}, []string{`upstreams[0] (a).kafka_topic "a b": not a valid Kafka topic name`}},
 		{"bad retained policy", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("x"), IngestRetained: "once"}, []string{`ingest_retained "once": must be first, always or never`}},
 		{"backoff", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("x"), ReconnectMin: time.Second, ReconnectMax: time.Millisecond, KeepAlive: -1}, []string{"reconnect_max 1ms: must be at least reconnect_min", "keepalive -1ns: must not be negative"}},
+		{"reconnect_min over the default reconnect_max", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("x"), ReconnectMin: 2 * time.Minute},
+			[]string{"upstreams[0] (a).reconnect_min 2m0s: must be at most reconnect_max (1m0s, the default)"}},
+		{"reconnect_max under the default reconnect_min", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("x"), ReconnectMax: 100 * time.Millisecond},
+			[]string{"upstreams[0] (a).reconnect_max 100ms: must be at least reconnect_min (500ms, the default)"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := Default()
