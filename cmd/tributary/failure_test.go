@@ -434,6 +434,8 @@ func TestCommands(t *testing.T) {
 		"    - {match: '^sensors/(?P<site>[^/]+)/(?P<kind>[^/]+)$', kafka_topic: 'iot.${kind}'}\n"+
 		"    - {match: '^/hfp/.*$', source: hsl, kafka_topic: vehicles}\n"+
 		"upstreams:\n  - name: hsl\n    url: tcp://127.0.0.1:1\n    subscriptions:\n      - {filter: '/hfp/#', qos: 1}\n")
+	fixed := write("fixed.yaml", "mapping:\n  rules:\n    - {match: '^plant/.*$', kafka_topic: devices}\n"+
+		"upstreams:\n  - name: plant\n    url: tcp://127.0.0.1:1\n    kafka_topic: plant-data\n    subscriptions:\n      - {filter: 'plant/#', qos: 1}\n")
 	// One map feeds the producers and the consumers: the properties of
 	// either kind pass.
 	props := write("props.yaml", "kafka:\n  properties:\n    linger.ms: 20\n    compression.type: lz4\n    acks: all\n"+
@@ -458,6 +460,11 @@ func TestCommands(t *testing.T) {
 		{[]string{"mapping", "explain", "--config", rules, "--source=hsl", "/hfp/v2/x"}, nil, []string{`from upstream "hsl"`, `Kafka topic: "vehicles"`}},
 		{[]string{"mapping", "explain", "--source", "hsl", "--config", rules, "/hfp/v2/x"}, nil, []string{`Kafka topic: "vehicles"`}},
 		{[]string{"mapping", "explain", "--config", rules, "/hfp/v2/x"}, nil, []string{"skipped, the publish is from a local device"}},
+		// An upstream with kafka_topic sends everything there; the rules
+		// apply to its messages no more.
+		{[]string{"mapping", "explain", "--config", fixed, "--source", "plant", "plant/line1/temp"}, nil,
+			[]string{`from upstream "plant"`, `upstreams[0] (plant) sets kafka_topic`, `Kafka topic: "plant-data"`, `key: "plant/line1/temp"`}},
+		{[]string{"mapping", "explain", "--config", fixed, "plant/line1/temp"}, nil, []string{`Kafka topic: "devices"`}},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var stdout, stderr strings.Builder

@@ -184,6 +184,10 @@ func realMain(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 			fmt.Fprintf(stderr, "tributary: %v\n", err)
 			return 2
 		}
+		if out, ok := explainFixedTopic(cfg.Upstreams, source, rest[0]); ok {
+			fmt.Fprint(stdout, out)
+			return 0
+		}
 		fmt.Fprint(stdout, m.Explain(source, rest[0]))
 		return 0
 	}

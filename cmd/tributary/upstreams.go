@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/tributary-io/tributary/bridge"
 	"github.com/tributary-io/tributary/config"
@@ -44,4 +45,22 @@ func upstreamConfigs(ups []config.UpstreamConfig) ([]bridge.UpstreamConfig, erro
 		})
 	}
 	return out, nil
+}
+
+// explainFixedTopic explains where a message on mqttTopic from the
+// upstream named source goes when that upstream sets kafka_topic, which
+// sends every message of it there without consulting the rules; ok is
+// false for any other source.
+func explainFixedTopic(ups []config.UpstreamConfig, source, mqttTopic string) (out string, ok bool) {
+	for i, u := range ups {
+		if source == "" || u.Name != source || u.KafkaTopic == "" {
+			continue
+		}
+		var b strings.Builder
+		fmt.Fprintf(&b, "MQTT topic %q from upstream %q\n", mqttTopic, source)
+		fmt.Fprintf(&b, "upstreams[%d] (%s) sets kafka_topic: every message of this upstream goes there, and the mapping rules are not used\n", i, u.Name)
+		fmt.Fprintf(&b, "Kafka topic: %q\nkey: %q (the MQTT topic)\n", u.KafkaTopic, mqttTopic)
+		return b.String(), true
+	}
+	return "", false
 }
