@@ -421,8 +421,16 @@ func (c *Config) Validate() error {
 		}
 	}
 	for i, r := range c.Mapping.Rules {
-		if r.Source != "" && !c.HasUpstream(r.Source) {
+		if r.Source == "" {
+			continue
+		}
+		j := slices.IndexFunc(c.Upstreams, func(u UpstreamConfig) bool { return u.Name == r.Source })
+		switch {
+		case j < 0:
 			add("mapping.rules[%d].source %q: no upstream of that name is configured, so the rule can never match", i, r.Source)
+		case c.Upstreams[j].KafkaTopic != "":
+			add("mapping.rules[%d].source %q: upstreams[%d] (%s) sets kafka_topic %q, which takes every message of it without the rules, so the rule can never match; remove one or the other",
+				i, r.Source, j, r.Source, c.Upstreams[j].KafkaTopic)
 		}
 	}
 	c.validateSecurity(add)

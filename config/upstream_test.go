@@ -187,3 +187,16 @@ func TestRuleSourceMustNameAnUpstream(t *testing.T) {
 		t.Fatalf("err = %v, want one problem naming mapping.rules[0].source", err)
 	}
 }
+
+// An upstream with kafka_topic sends every message there without the
+// rules, so a rule limited to it could never match.
+func TestRuleSourceNamingAnUpstreamWithKafkaTopic(t *testing.T) {
+	file := writeFile(t, "upstreams:\n  - name: plant\n    url: tcp://127.0.0.1:1883\n    kafka_topic: plant-data\n    subscriptions:\n      - {filter: \"t/#\", qos: 1}\n"+
+		"mapping:\n  rules:\n    - {match: 't/.*', kafka_topic: a}\n    - {match: 't/.*', source: plant, kafka_topic: b}\n")
+	_, _, err := Load(Options{Args: []string{"--config", file}})
+	var ce *Error
+	if !errors.As(err, &ce) || len(ce.Problems) != 1 ||
+		!strings.Contains(ce.Problems[0], `mapping.rules[1].source "plant": upstreams[0] (plant) sets kafka_topic "plant-data"`) {
+		t.Fatalf("err = %v, want one problem naming mapping.rules[1].source", err)
+	}
+}
