@@ -230,13 +230,23 @@ func (e *Error) Error() string {
 
 // DecodeYAML decodes a YAML document onto cfg strictly: unknown keys are
 // errors, and so is a second document, which would otherwise be ignored.
-// An empty input (or one of comments only) leaves cfg as it was.
+// An empty input (or one of comments only) leaves cfg as it was. A key it
+// does not know or a value of the wrong type is a *FileError naming the
+// key's path; the rest of the document is decoded onto cfg nonetheless.
 func DecodeYAML(r io.Reader, cfg *Config) error {
-	dec := yaml.NewDecoder(r)
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(cfg); err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil
+		}
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			return describeTypeErrors(data, te.Errors)
 		}
 		return err
 	}
@@ -251,16 +261,38 @@ func DecodeYAML(r io.Reader, cfg *Config) error {
 	}
 }
 
-// LoadFile decodes the YAML file at path onto cfg.
+// LoadFile decodes the YAML file at path onto cfg. Its error is an
+// *Error.
 func LoadFile(path string, cfg *Config) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return &Error{Problems: []string{fmt.Sprintf("reading config file: %v", err)}}
-	}
-	if err := DecodeYAML(bytes.NewReader(b), cfg); err != nil {
-		return &Error{Problems: []string{fmt.Sprintf("config file %s: %v", path, err)}}
+	if fe, err := loadFile(path, cfg); err != nil {
+		return err
+	} else if fe != nil {
+		return &Error{Problems: fe.Problems}
 	}
 	return nil
+}
+
+// loadFile decodes the YAML file at path onto cfg. Keys it does not know
+// or whose values have the wrong type are returned in a FileError, with
+// the rest of the file decoded onto cfg, so that validation can report
+// its problems too; any other failure is an *Error.
+func loadFile(path string, cfg *Config) (*FileError, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &Error{Problems: []string{fmt.Sprintf("reading config file: %v", err)}}
+	}
+	if err := DecodeYAML(bytes.NewReader(b), cfg); err != nil {
+		var fe *FileError
+		if errors.As(err, &fe) {
+			out := &FileError{Keys: fe.Keys}
+			for _, p := range fe.Problems {
+				out.Problems = append(out.Problems, fmt.Sprintf("config file %s %s", path, p))
+			}
+			return out, nil
+		}
+		return nil, &Error{Problems: []string{fmt.Sprintf("config file %s: %v", path, err)}}
+	}
+	return nil, nil
 }
 
 // Mapper builds the mapper the configuration describes: the rules of

@@ -320,6 +320,7 @@ func FuzzDecodeYAML(f *testing.F) {
 	f.Add([]byte("mapping:\n  topic_regex_list: 'temperature:.*temperature'\n  rules:\n    - match: '^s/(?P<a>[^/]+)$'\n      kafka_topic: 'x.${a}'\n"))
 	f.Add([]byte("kafka:\n  properties:\n    linger.ms: '5'\n  flush_timeout: 3s\n"))
 	f.Add([]byte("{{{"))
+	f.Add([]byte("upstreams:\n  - name: a\n    kafka-topic: x\n    keepalive: 30\n    subscriptions: [{qos: [1], filter: {a: b}}]\nmqtt: {addr: [1]}\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		cfg := Default()
 		if err := DecodeYAML(bytes.NewReader(b), &cfg); err != nil {

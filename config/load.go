@@ -260,13 +260,18 @@ func Load(opts Options) (Config, []string, error) {
 			path = v
 		}
 	}
+	var problems, fileKeys []string
 	if path != "" {
-		if err := LoadFile(path, &cfg); err != nil {
+		fe, err := loadFile(path, &cfg)
+		if err != nil {
 			return Config{}, nil, err
 		}
+		if fe != nil {
+			// The rest of the file was decoded: validation reports its
+			// problems too, except for the keys that did not decode.
+			problems, fileKeys = append(problems, fe.Problems...), fe.Keys
+		}
 	}
-
-	var problems []string
 	// A value that does not parse leaves the setting as it was, so that
 	// validation does not judge other settings against it.
 	apply := func(s Setting, v string) error {
@@ -308,7 +313,8 @@ func Load(opts Options) (Config, []string, error) {
 		// all kept, several of them under one key included.
 		before := problems
 		for _, p := range ce.Problems {
-			if !slices.ContainsFunc(before, func(r string) bool { return problemKey(r) == problemKey(p) }) {
+			if !slices.ContainsFunc(before, func(r string) bool { return problemKey(r) == problemKey(p) }) &&
+				!slices.ContainsFunc(fileKeys, func(k string) bool { return aboutKey(p, k) }) {
 				problems = append(problems, p)
 			}
 		}
@@ -320,6 +326,13 @@ func Load(opts Options) (Config, []string, error) {
 		return Config{}, nil, &Error{Problems: problems}
 	}
 	return cfg, fs.Args(), nil
+}
+
+// aboutKey reports whether a validation problem is about key (a path as
+// "upstreams[0] (plant).subscriptions") or a key under it.
+func aboutKey(problem, key string) bool {
+	rest, ok := strings.CutPrefix(problem, key)
+	return ok && (rest == "" || strings.ContainsRune(" :.[", rune(rest[0])))
 }
 
 // problemKey is the setting a problem is about: its text up to the first

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -59,11 +60,41 @@ upstreams:
 	}
 }
 
+// A key the file should not have, or a value of the wrong type, is named
+// by its path and line, the way validation names keys, not by the Go
+// type it was decoded into; the rest of the file is still validated, so
+// every problem is reported at once.
 func TestUpstreamUnknownKey(t *testing.T) {
-	file := writeFile(t, "upstreams:\n  - name: a\n    url: tcp://h:1883\n    subscribe: [x]\n")
+	file := writeFile(t, `upstreams:
+  - name: plant
+    url: http://h:1883
+    kafka-topic: plant-data
+    keepalive: 30
+    subscriptions:
+      - {filter: "plant/#", qos: one, bogus: 1}
+  - name: edge
+    url: tcp://h:1884
+    subscriptions: "edge/#"
+kafka:
+  flush_timout: 3s
+  properties: {linger.ms: "5"}
+`)
 	_, _, err := Load(Options{Args: []string{"--config", file}})
-	if err == nil || !strings.Contains(err.Error(), "subscribe") {
-		t.Fatalf("want an unknown-key error, got %v", err)
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("err = %v, want *Error", err)
+	}
+	want := []string{
+		"config file " + file + " line 4: upstreams[0] (plant).kafka-topic: unknown key (did you mean kafka_topic?)",
+		"config file " + file + " line 5: upstreams[0] (plant).keepalive 30: not a duration (a number with a unit: 500ms, 30s, 1m)",
+		"config file " + file + " line 7: upstreams[0] (plant).subscriptions[0].qos one: not a whole number",
+		"config file " + file + " line 7: upstreams[0] (plant).subscriptions[0].bogus: unknown key",
+		"config file " + file + " line 10: upstreams[1] (edge).subscriptions edge/#: not a list",
+		"config file " + file + " line 12: kafka.flush_timout: unknown key (did you mean flush_timeout?)",
+		`upstreams[0] (plant).url "http://h:1883": scheme must be tcp://, ssl://, ws:// or wss://`,
+	}
+	if !slices.Equal(ce.Problems, want) {
+		t.Fatalf("problems:\n  %s\nwant:\n  %s", strings.Join(ce.Problems, "\n  "), strings.Join(want, "\n  "))
 	}
 }
 
