@@ -240,8 +240,12 @@ func validateUpstreams(ups []UpstreamConfig) []string {
 			add("username: required when a password is set (MQTT 3.1.1)")
 		}
 		if u.PasswordFile != "" {
-			if _, err := os.ReadFile(u.PasswordFile); err != nil {
+			if b, err := os.ReadFile(u.PasswordFile); err != nil {
 				add("password_file %q: %v", u.PasswordFile, err)
+			} else if strings.TrimRight(string(b), "\r\n") == "" {
+				// MQTT would then send the username alone, and the
+				// remote broker's refusal would not say why.
+				add("password_file %q: empty; it must hold the password", u.PasswordFile)
 			}
 		}
 		tlsSet := u.TLS != (UpstreamTLS{})

@@ -104,6 +104,10 @@ func TestUpstreamValidation(t *testing.T) {
 	if err := os.WriteFile(notPEM, []byte("hello"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	emptyFile := filepath.Join(dir, "empty")
+	if err := os.WriteFile(emptyFile, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	one := func(f string) []SubscriptionConfig { return []SubscriptionConfig{{Filter: f}} }
 	n := func(v int) *int { return &v }
 	for _, tt := range []struct {
@@ -131,6 +135,8 @@ func TestUpstreamValidation(t *testing.T) {
 		{"password twice", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("x"), Username: "u", Password: "p", PasswordFile: notPEM}, []string{"set password or password_file, not both"}},
 		{"password without user", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("x"), Password: "p"}, []string{"upstreams[0] (a).username: required"}},
 		{"unreadable password file", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("x"), Username: "u", PasswordFile: filepath.Join(dir, "nope")}, []string{"password_file", "no such file"}},
+		{"empty password file", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("x"), Username: "u", PasswordFile: emptyFile},
+			[]string{`upstreams[0] (a).password_file "` + emptyFile + `": empty`}},
 		{"share in filter and group", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("$share/g/x"), SharedGroup: "g"}, []string{"shared_group is set; give the plain filter"}},
 		{"bad group", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("x"), SharedGroup: "a/b"}, []string{`shared_group "a/b"`}},
 		{"bad kafka topic", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("x"), KafkaTopic: "a b"}, []string{`upstreams[0] (a).kafka_topic "a b": not a valid Kafka topic name`}},
