@@ -440,7 +440,7 @@ func (u *upstream) connect() (*conn, error) {
 	if err := u.wait(tok, u.cfg.ConnectTimeout+time.Second); err != nil {
 		c.lose(err)
 		c.client.Disconnect(0)
-		return nil, fmt.Errorf("connecting to %s: %w", u.cfg.URL, err)
+		return nil, fmt.Errorf("connecting to %s: %w%s", u.cfg.URL, err, u.refusalHint(err))
 	}
 	u.m.connects.Inc()
 	present := tok.(*paho.ConnectToken).SessionPresent()
@@ -499,6 +499,22 @@ func (u *upstream) connect() (*conn, error) {
 	u.everConnected.Store(true)
 	u.m.connected.Set(1)
 	return c, nil
+}
+
+// refusalHint says what to check when the remote broker refused the
+// CONNECT: paho's words for the CONNACK code ("not Authorized", which
+// mosquitto answers a wrong password with) do not.
+func (u *upstream) refusalHint(err error) string {
+	switch {
+	case errors.Is(err, packets.ErrorRefusedNotAuthorised), errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword):
+		if u.cfg.Username == "" {
+			return " (the remote broker refused the login; it may need a username and password, or password_file)"
+		}
+		return fmt.Sprintf(" (the remote broker refused the login; check username and password, or password_file, and that the broker allows user %q)", u.cfg.Username)
+	case errors.Is(err, packets.ErrorRefusedIDRejected):
+		return fmt.Sprintf(" (the remote broker refused client_id %q; MQTT 3.1.1 brokers need only accept 1 to 23 letters and digits: set a client_id it accepts)", u.cfg.ClientID)
+	}
+	return ""
 }
 
 // wait waits for tok, at most d, and returns its error.

@@ -593,3 +593,49 @@ func TestUpstreamRefusedRecordsLoggedOnceInAWhile(t *testing.T) {
 		t.Fatalf("%d log lines for 5 refused records, want 1", n)
 	}
 }
+
+// A remote broker that refuses the login is reported with what to
+// check, not only paho's words for the CONNACK code.
+func TestUpstreamRefusedConnectSaysWhatToCheck(t *testing.T) {
+	for _, tc := range []struct {
+		code byte
+		want []string
+	}{
+		{packets.ErrRefusedNotAuthorised, []string{"not Authorized", "username and password", "password_file"}},
+		{packets.ErrRefusedBadUsernameOrPassword, []string{"bad user name or password", "username and password"}},
+		{packets.ErrRefusedIDRejected, []string{"identifier rejected", `client_id "tributary-x-1"`}},
+	} {
+		t.Run(fmt.Sprint(tc.code), func(t *testing.T) {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { l.Close() })
+			go func() {
+				for {
+					nc, err := l.Accept()
+					if err != nil {
+						return
+					}
+					if _, err := packets.ReadPacket(nc); err == nil {
+						ca := packets.NewControlPacket(packets.Connack).(*packets.ConnackPacket)
+						ca.ReturnCode = tc.code
+						_ = ca.Write(nc)
+					}
+					nc.Close()
+				}
+			}()
+			_, u := upstreamForTest(t, UpstreamConfig{URL: "tcp://" + l.Addr().String(), ClientID: "tributary-x-1",
+				Username: "bridge", Password: "wrong", ConnectTimeout: 5 * time.Second}, &fakeProducer{}, nil)
+			_, err = u.connect()
+			if err == nil {
+				t.Fatal("connected")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
