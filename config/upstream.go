@@ -303,6 +303,11 @@ func validateUpstreams(ups []UpstreamConfig) []string {
 		if u.KeepAlive > 0 && u.KeepAlive < time.Second {
 			add("keepalive %s: must be at least 1s", u.KeepAlive)
 		}
+		if maxKeepAlive := 65535 * time.Second; u.KeepAlive > maxKeepAlive {
+			// CONNECT carries it in 16 bits: more would wrap around, and
+			// the remote broker would expect pings far sooner than sent.
+			add("keepalive %s: must be at most %s (65535 seconds, the most MQTT can carry)", u.KeepAlive, maxKeepAlive)
+		}
 		// Against the defaults too: one bound set alone past the other's
 		// default would otherwise be cut to it without a word.
 		switch {

@@ -142,6 +142,8 @@ func TestUpstreamValidation(t *testing.T) {
 		{"bad kafka topic", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("x"), KafkaTopic: "a b"}, []string{`upstreams[0] (a).kafka_topic "a b": not a valid Kafka topic name`}},
 		{"bad retained policy", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("x"), IngestRetained: "once"}, []string{`ingest_retained "once": must be first, always or never`}},
 		{"backoff", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("x"), ReconnectMin: time.Second, ReconnectMax: time.Millisecond, KeepAlive: -1}, []string{"reconnect_max 1ms: must be at least reconnect_min", "keepalive -1ns: must not be negative"}},
+		{"keepalive over MQTT's limit", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("x"), KeepAlive: 24 * time.Hour},
+			[]string{"upstreams[0] (a).keepalive 24h0m0s: must be at most 18h12m15s (65535 seconds, the most MQTT can carry)"}},
 		{"reconnect_min over the default reconnect_max", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("x"), ReconnectMin: 2 * time.Minute},
 			[]string{"upstreams[0] (a).reconnect_min 2m0s: must be at most reconnect_max (1m0s, the default)"}},
 		{"reconnect_max under the default reconnect_min", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("x"), ReconnectMax: 100 * time.Millisecond},
