@@ -53,7 +53,9 @@ import (
 // paho's message handler is called in order on paho's router goroutine
 // (OrderMatters, the default). It does no waiting of its own: it maps the
 // message, queues it for acknowledgement and hands it to Producer.Produce,
-// which blocks only while the shared in-flight budget is used up. Records
+// which blocks only while the shared in-flight budget is used up or a new
+// topic's metadata is awaited (and paho reads nothing meanwhile, SUBACKs
+// included: see waitReply). Records
 // from one remote topic therefore reach the producer in arrival order, with
 // the same key (the MQTT topic, unless a rule says otherwise), so they keep
 // their order in Kafka. The remote broker's own in-flight window bounds how
@@ -461,7 +463,7 @@ func (u *upstream) connect() (*conn, error) {
 			filter = "$share/" + u.cfg.SharedGroup + "/" + filter
 		}
 		st := c.client.Subscribe(filter, s.QoS, nil)
-		if err := u.wait(st, u.cfg.ConnectTimeout); err != nil {
+		if err := c.waitReply(st, u.cfg.ConnectTimeout); err != nil {
 			c.lose(err)
 			c.client.Disconnect(0)
 			return nil, fmt.Errorf("subscribing to %q: %w", filter, err)
@@ -491,7 +493,7 @@ func (u *upstream) connect() (*conn, error) {
 		for i, s := range u.cfg.Subscriptions {
 			plain[i] = s.Filter
 		}
-		if err := u.wait(c.client.Unsubscribe(plain...), u.cfg.ConnectTimeout); err != nil {
+		if err := c.waitReply(c.client.Unsubscribe(plain...), u.cfg.ConnectTimeout); err != nil {
 			u.log.Warn("unsubscribing the session's plain subscriptions (shared_group is set)", "filters", plain, "error", err)
 		}
 	}
@@ -531,6 +533,38 @@ func (u *upstream) wait(tok paho.Token, d time.Duration) error {
 	}
 }
 
+// waitReply waits for the remote broker's answer to a SUBSCRIBE or
+// UNSUBSCRIBE, for d, or for as long as the message handler is waiting
+// in the producer: paho reads nothing while it does, once the few
+// messages its channels hold are taken, so an answer queued behind the
+// messages of a resumed session is not read until Kafka takes them
+// (Kafka unreachable, the in-flight budget used up). That is no fault
+// of the remote broker or the connection, and giving up on the
+// connection would only make the remote broker send it all again. The
+// wait ends with the connection.
+func (c *conn) waitReply(tok paho.Token, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-tok.Done():
+			return tok.Error()
+		case <-t.C:
+			if !c.producing.Load() {
+				return fmt.Errorf("no answer within %s", d)
+			}
+			t.Reset(d)
+		case <-c.lost:
+			if err := c.lostErr(); err != nil {
+				return fmt.Errorf("connection lost: %w", err)
+			}
+			return errors.New("connection lost")
+		case <-c.u.ctx.Done():
+			return c.u.ctx.Err()
+		}
+	}
+}
+
 // conn is one connection: its client, and its messages awaiting Kafka in
 // arrival order.
 type conn struct {
@@ -549,6 +583,9 @@ type conn struct {
 	// delivered is set once Kafka acknowledged a record of this
 	// connection; run then starts the backoff over.
 	delivered atomic.Bool
+	// producing is set while handle is in the producer, which can wait
+	// (see waitReply).
+	producing atomic.Bool
 
 	// nc is the network connection paho opened through dial; the ack
 	// writer writes PUBACKs to it directly.
@@ -650,7 +687,10 @@ func (c *conn) handle(_ paho.Client, msg paho.Message) {
 		// Best effort, as MQTT QoS 0 is: never waits, drops are counted.
 		// With no acknowledgement to wait for, ingest_retained: first
 		// takes a record handed to the producer as Kafka's.
-		if err := u.p.TryProduce(u.produceCtx, rec, bestEffort{u}); err != nil {
+		c.producing.Store(true)
+		err := u.p.TryProduce(u.produceCtx, rec, bestEffort{u})
+		c.producing.Store(false)
+		if err != nil {
 			u.m.failed.WithLabelValues(u.cfg.Name, failReason(err)).Inc()
 		} else if e.topic != nil {
 			e.topic.last.Store(e.hash)
@@ -661,7 +701,10 @@ func (c *conn) handle(_ paho.Client, msg paho.Message) {
 	if !c.enqueue(e) {
 		return
 	}
-	if err := u.p.Produce(u.produceCtx, rec, e); err != nil {
+	c.producing.Store(true)
+	err := u.p.Produce(u.produceCtx, rec, e)
+	c.producing.Store(false)
+	if err != nil {
 		e.Delivered(Delivery{Topic: rec.Topic, Err: err})
 	}
 }

@@ -639,3 +639,89 @@ func TestUpstreamRefusedConnectSaysWhatToCheck(t *testing.T) {
 		})
 	}
 }
+
+// blockingProducer holds each Produce call until release is closed, as
+// the producer does while the in-flight budget is used up or a new
+// topic's metadata is awaited from an unreachable Kafka.
+type blockingProducer struct {
+	fakeProducer
+	release chan struct{}
+}
+
+func (p *blockingProducer) Produce(ctx context.Context, rec *Record, h DeliveryHandler) error {
+	<-p.release
+	return p.fakeProducer.Produce(ctx, rec, h)
+}
+
+// The messages a resumed session holds arrive before the SUBACK, and
+// paho reads nothing more while its handler waits in Produce. A SUBACK
+// that comes later than connect_timeout for that reason is not the
+// remote broker's fault: the connection is kept, and works once the
+// producer takes the message.
+func TestUpstreamSubscribeWaitsForABusyHandler(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	subacked := make(chan struct{})
+	go func() {
+		nc, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		if _, err := packets.ReadPacket(nc); err != nil {
+			return
+		}
+		ca := packets.NewControlPacket(packets.Connack).(*packets.ConnackPacket)
+		ca.SessionPresent = true
+		if ca.Write(nc) != nil {
+			return
+		}
+		// More than paho's channels hold besides the one in the handler.
+		for id := uint16(1); id <= 5; id++ {
+			pub := packets.NewControlPacket(packets.Publish).(*packets.PublishPacket)
+			pub.TopicName, pub.Qos, pub.MessageID, pub.Payload = "d/1", 1, id, []byte(fmt.Sprint("held-", id))
+			if pub.Write(nc) != nil {
+				return
+			}
+		}
+		for {
+			pk, err := packets.ReadPacket(nc)
+			if err != nil {
+				return
+			}
+			switch pk := pk.(type) {
+			case *packets.SubscribePacket:
+				sa := packets.NewControlPacket(packets.Suback).(*packets.SubackPacket)
+				sa.MessageID, sa.ReturnCodes = pk.MessageID, pk.Qoss
+				if sa.Write(nc) != nil {
+					return
+				}
+				close(subacked)
+			}
+		}
+	}()
+	p := &blockingProducer{release: make(chan struct{})}
+	_, u := upstreamForTest(t, UpstreamConfig{URL: "tcp://" + l.Addr().String(), ConnectTimeout: 200 * time.Millisecond}, p, nil)
+	time.AfterFunc(time.Second, func() { close(p.release) }) // five connect timeouts
+	c, err := u.connect()
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(func() { c.client.Disconnect(0) })
+	select {
+	case <-subacked:
+	default:
+		t.Fatal("connect returned before the SUBACK")
+	}
+	want := []string{"held-1", "held-2", "held-3", "held-4", "held-5"}
+	deadline := time.Now().Add(5 * time.Second)
+	for !slices.Equal(p.values(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("produced %q, want %q", p.values(), want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
