@@ -1073,7 +1073,7 @@ func newUpstreamMetrics(reg prometheus.Registerer) *upstreamMetrics {
 		redelivered: counter("redelivered_total", "Messages received with the DUP flag (resent by the upstream; may be duplicates in Kafka)."),
 		produced:    counter("records_produced_total", "Records from the upstream that Kafka acknowledged."),
 		failed:      counter("records_failed_total", "Records from the upstream that Kafka did not take, by reason.", "reason"),
-		skipped:     counter("messages_skipped_total", "Messages acknowledged without a record, by reason (retained, retained_seen, unmatched, mapping_drop, mapping_reject, mapping_error).", "reason"),
+		skipped:     counter("messages_skipped_total", "Messages acknowledged without a record, by reason (not_subscribed, retained, retained_seen, unmatched, mapping_drop, mapping_reject, mapping_error).", "reason"),
 		refused:     counter("subscriptions_refused_total", "Subscriptions the upstream refused (SUBACK 0x80), by filter.", "filter"),
 		lastError:   gauge("last_error_timestamp_seconds", "Unix time of the upstream's last connection, subscription or produce error (the message is in the log and /readyz)."),
 		ackLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{

@@ -725,3 +725,30 @@ func TestUpstreamSubscribeWaitsForABusyHandler(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// The help of the skipped-messages counter names every reason it is
+// counted with.
+func TestUpstreamSkippedHelpNamesEveryReason(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := newUpstreamMetrics(reg)
+	reasons := []string{"retained", "retained_seen", "unmatched", "mapping_drop", "mapping_reject", "mapping_error", "not_subscribed"}
+	for _, r := range reasons {
+		m.skipped.WithLabelValues("u", r).Inc()
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "tributary_upstream_messages_skipped_total" {
+			continue
+		}
+		for _, r := range reasons {
+			if !strings.Contains(mf.GetHelp(), r) {
+				t.Errorf("help %q does not name reason %q", mf.GetHelp(), r)
+			}
+		}
+		return
+	}
+	t.Fatal("no tributary_upstream_messages_skipped_total")
+}
