@@ -281,7 +281,21 @@ func TestQoS2OnceAndLocalBroker(t *testing.T) {
 // 10,000 QoS 1 messages from one client, all in flight at once, land in
 // Kafka in the order they were published.
 func TestOrderingOfPipelinedPublishes(t *testing.T) {
-	const n = 10000
+	checkPublishOrder(t, 10000, func(int) byte { return 1 })
+}
+
+// A client that mixes QoS 0 and QoS 1 on one topic finds its records in
+// Kafka in the order it published them, although the two QoS levels are
+// produced through producers with different lingers.
+func TestOrderingOfMixedQoS(t *testing.T) {
+	checkPublishOrder(t, 2000, func(i int) byte { return byte(i % 2) })
+}
+
+// checkPublishOrder publishes n messages from one client to one MQTT topic,
+// the i-th at QoS qos(i), all at once, and checks that they are in Kafka,
+// in one partition, in the order they were published.
+func checkPublishOrder(t *testing.T, n int, qos func(i int) byte) {
+	t.Helper()
 	cfg := testConfig(t)
 	topic := uniq("order")
 	cfg.Mapping.TopicRegexList = topic + ":.*"
@@ -289,11 +303,11 @@ func TestOrderingOfPipelinedPublishes(t *testing.T) {
 	c := mqttClient(t, "tcp://"+d.mqttAddr(), uniq("seq"))
 	toks := make([]paho.Token, n)
 	for i := range n {
-		toks[i] = c.Publish("seq/one", 1, false, strconv.Itoa(i))
+		toks[i] = c.Publish("seq/one", qos(i), false, strconv.Itoa(i))
 	}
 	for i, tok := range toks {
 		if !tok.WaitTimeout(60*time.Second) || tok.Error() != nil {
-			t.Fatalf("publish %d not acknowledged: %v", i, tok.Error())
+			t.Fatalf("publish %d (QoS %d) not sent or not acknowledged: %v", i, qos(i), tok.Error())
 		}
 	}
 	recs := kafkaRecords(t, d.bootstrap, topic, n, 30*time.Second)
@@ -306,36 +320,6 @@ func TestOrderingOfPipelinedPublishes(t *testing.T) {
 		}
 		if r.Partition != recs[0].Partition {
 			t.Fatalf("records of one MQTT topic spread over partitions %d and %d", recs[0].Partition, r.Partition)
-		}
-	}
-}
-
-// A client that mixes QoS 0 and QoS 1 on one topic finds its records in
-// Kafka in the order it published them, although the two QoS levels are
-// produced through producers with different lingers.
-func TestOrderingOfMixedQoS(t *testing.T) {
-	const n = 2000
-	cfg := testConfig(t)
-	topic := uniq("mixed")
-	cfg.Mapping.TopicRegexList = topic + ":.*"
-	d := startDaemon(t, cfg)
-	c := mqttClient(t, "tcp://"+d.mqttAddr(), uniq("mix"))
-	toks := make([]paho.Token, n)
-	for i := range n {
-		toks[i] = c.Publish("mix/one", byte(i%2), false, strconv.Itoa(i))
-	}
-	for i, tok := range toks {
-		if !tok.WaitTimeout(60*time.Second) || tok.Error() != nil {
-			t.Fatalf("publish %d not sent or not acknowledged: %v", i, tok.Error())
-		}
-	}
-	recs := kafkaRecords(t, d.bootstrap, topic, n, 30*time.Second)
-	if len(recs) != n {
-		t.Fatalf("got %d records, want %d", len(recs), n)
-	}
-	for i, r := range recs {
-		if string(r.Value) != strconv.Itoa(i) {
-			t.Fatalf("record %d has value %q: order broken", i, r.Value)
 		}
 	}
 }
