@@ -146,6 +146,17 @@ func (p *Producer) topicGone(topic string, err error) error {
 	return fmt.Errorf("%w: %v", ErrTopicGone, err)
 }
 
+// topicRefused reports whether err refuses the record's topic, whatever
+// the record: the topic does not exist (and kafka.create_topics is
+// false), or writing to it is not authorized.
+func topicRefused(err error) bool {
+	if errors.Is(err, ErrUnknownTopic) {
+		return true
+	}
+	var ke kafka.Error
+	return errors.As(err, &ke) && (ke.Code() == kafka.ErrTopicAuthorizationFailed || ke.Code() == kafka.ErrUnknownTopic)
+}
+
 // Permanent reports whether a produce or delivery error will not go away by
 // retrying the same record.
 func Permanent(err error) bool {

@@ -940,7 +940,13 @@ func (c *conn) complete(e *inflight) {
 		return
 	}
 	u.m.failed.WithLabelValues(u.cfg.Name, failReason(e.err)).Inc()
-	if Permanent(e.err) {
+	// With kafka_topic set, every message of the upstream goes to that one
+	// topic: acknowledging when Kafka refuses the topic would drop the
+	// whole feed, a persistent session's backlog included, until someone
+	// noticed. So such a refusal is handled as a transient failure: the
+	// messages stay with the remote broker, and the upstream reconnects,
+	// with backoff, until the topic exists or may be written.
+	if Permanent(e.err) && !(u.cfg.KafkaTopic != "" && topicRefused(e.err)) {
 		// It can never succeed; holding its ack would stall the feed.
 		if u.refusedLog.Allow() {
 			u.log.Error("messages dropped: Kafka refused the record for good (logged at most every 10s; tributary_upstream_records_failed_total counts them)", "topic", e.msg.Topic(), "error", e.err)

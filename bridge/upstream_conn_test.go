@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tributary-io/tributary/internal/testutil"
+	"github.com/tributary-io/tributary/mapping"
 )
 
 // fakeProducer records what upstreams produce. It reports each record
@@ -577,9 +578,10 @@ func TestUpstreamSessionNotPresentWarning(t *testing.T) {
 
 // Records Kafka refuses for good are acknowledged (holding them would
 // stall the feed) and counted, and a feed of them logs one line per
-// interval, not one per message.
+// interval, not one per message. (A refusal of the upstream's kafka_topic
+// itself is not acknowledged: see TestUpstreamRefusedFixedTopicIsNotAcknowledged.)
 func TestUpstreamRefusedRecordsLoggedOnceInAWhile(t *testing.T) {
-	p := &fakeProducer{err: fmt.Errorf("producing: %w", ErrUnknownTopic)}
+	p := &fakeProducer{err: fmt.Errorf("producing: %w", ErrRecordTooLarge)}
 	var logs testutil.SyncBuffer
 	_, u := upstreamForTest(t, UpstreamConfig{}, p, slog.New(slog.NewTextHandler(&logs, nil)))
 	c, _, acks := connForTest(t, u)
@@ -591,6 +593,52 @@ func TestUpstreamRefusedRecordsLoggedOnceInAWhile(t *testing.T) {
 	}
 	if n := len(logs.Lines("Kafka refused the record for good")); n != 1 {
 		t.Fatalf("%d log lines for 5 refused records, want 1", n)
+	}
+}
+
+// Kafka refusing the upstream's kafka_topic, which every message goes to,
+// acknowledges nothing and ends the connection, so that the remote broker
+// keeps the feed; a rule's topic refused for good is acknowledged.
+func TestUpstreamRefusedFixedTopicIsNotAcknowledged(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		kafkaTopic string // empty: the rules choose the topic
+		acked      bool
+	}{
+		{"kafka_topic", "remote-data", false},
+		{"rules", "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &fakeProducer{err: fmt.Errorf("producing: %w", ErrUnknownTopic)}
+			_, u := upstreamForTest(t, UpstreamConfig{}, p, nil)
+			if tc.kafkaTopic == "" {
+				m, err := mapping.New(mapping.Config{}) // every topic to "mqtt"
+				if err != nil {
+					t.Fatal(err)
+				}
+				u.cfg.KafkaTopic, u.mapper = "", m
+			}
+			c, _, acks := connForTest(t, u)
+			c.handle(nil, &testMessage{topic: "d/1", payload: []byte("m"), qos: 1, id: 1})
+			if tc.acked {
+				if got := nextAck(t, acks); got != 1 {
+					t.Fatalf("PUBACK %d, want 1", got)
+				}
+				return
+			}
+			select {
+			case <-c.lost:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the connection was not given up")
+			}
+			select {
+			case id, ok := <-acks:
+				if ok {
+					t.Fatalf("PUBACK %d for a record Kafka refused the topic of", id)
+				}
+			case <-time.After(100 * time.Millisecond):
+			}
+		})
 	}
 }
 

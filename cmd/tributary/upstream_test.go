@@ -26,6 +26,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/tributary-io/tributary/config"
@@ -419,6 +420,44 @@ func TestUpstreamMixedQoSInOrder(t *testing.T) {
 	}
 	if len(recs) < n {
 		t.Logf("%d of %d messages in Kafka: QoS 0 is best effort", len(recs), n)
+	}
+}
+
+// With kafka_topic set, Kafka refusing that topic (here: it does not exist
+// and topic creation is off) refuses the whole feed: the messages are not
+// acknowledged and dropped but stay with the remote broker, and reach
+// Kafka once the topic is there.
+func TestUpstreamFixedTopicRefusedKeepsMessages(t *testing.T) {
+	mq := startMosquitto(t, "")
+	cfg := testConfig(t)
+	cfg.Kafka.CreateTopics = false
+	topic := uniq("made-later")
+	up := testUpstream("later", mq.url(), "later/#")
+	up.KafkaTopic = topic
+	cfg.Upstreams = []config.UpstreamConfig{up}
+	d, log := startLogged(t, cfg)
+	waitConnected(t, d, "later")
+
+	msgs := payloads("m", 0, 200)
+	mosquittoPub(t, mq.port, "later/a", msgs)
+	waitFor(t, 20*time.Second, "the refusal counted", func() bool {
+		return strings.Contains(grepLines(metricsText(t, d.httpAddr()), "tributary_upstream_records_failed_total"), `upstream="later"`)
+	})
+
+	cl, err := kgo.NewClient(kgo.SeedBrokers(d.bootstrap))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, nil, topic); err != nil {
+		t.Fatalf("creating %s: %v", topic, err)
+	}
+	counts := countPayloads(t, d.bootstrap, topic, msgs, 60*time.Second)
+	checkNoneLost(t, counts, msgs)
+	if strings.Contains(log.String(), "messages dropped") {
+		t.Errorf("messages were dropped:\n%s", log.String())
 	}
 }
 
