@@ -164,6 +164,45 @@ func (t *topics) ensure(ctx context.Context, topic string) error {
 func (t *topics) check(ctx context.Context, topic string) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	return retryRetired(ctx, func() error {
+		err := t.checkOnce(ctx, topic)
+		if brokerRetired(err) {
+			t.p.log.Debug("a Kafka topic check failed because librdkafka retired the broker connection its request used; it is made up to 4 times", "topic", topic, "error", err)
+		}
+		return err
+	})
+}
+
+// retryRetired calls fn again while it fails with librdkafka's
+// ErrDestroyBroker, up to four calls in all, 100, 200 and 400 ms apart,
+// unless ctx ends first. librdkafka fails a request with that error when
+// it retires the broker connection the request went out on: the
+// bootstrap connection once Kafka has named its brokers, or a broker a
+// metadata answer left out for a moment (fenced while it restarts).
+// Kafka refused nothing then, so the request is worth making again.
+func retryRetired(ctx context.Context, fn func() error) error {
+	wait := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := fn()
+		if attempt == 4 || !brokerRetired(err) {
+			return err
+		}
+		select {
+		case <-time.After(wait):
+			wait *= 2
+		case <-ctx.Done():
+			return err
+		}
+	}
+}
+
+// brokerRetired reports whether err is librdkafka's ErrDestroyBroker.
+func brokerRetired(err error) bool {
+	var ke kafka.Error
+	return errors.As(err, &ke) && ke.Code() == kafka.ErrDestroyBroker
+}
+
+func (t *topics) checkOnce(ctx context.Context, topic string) error {
 	cfg := t.p.cfg
 	if cfg.CreateTopics {
 		err := t.create(ctx, topic)

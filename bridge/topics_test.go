@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -242,5 +243,38 @@ func TestDeletedTopicIsCreatedAgain(t *testing.T) {
 			t.Fatalf("the topic was not created again within 60s; last error %v", err)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// A topic check that fails because librdkafka retired the broker
+// connection its request used is made again; any other failure, and the
+// fourth retired one, is returned as it is.
+func TestTopicCheckRetriesRetiredBroker(t *testing.T) {
+	retired := fmt.Errorf("creating Kafka topic %q: %w", "t", kafka.NewError(kafka.ErrDestroyBroker, "Broker handle destroyed without termination", false))
+	other := fmt.Errorf("creating Kafka topic %q: %w", "t", kafka.NewError(kafka.ErrTopicAuthorizationFailed, "not authorized", false))
+	for _, tc := range []struct {
+		name  string
+		errs  []error // what each call returns; nil after the last
+		calls int
+		want  error
+	}{
+		{"retired, then made", []error{retired, retired}, 3, nil},
+		{"retired every time", []error{retired, retired, retired, retired, retired}, 4, retired},
+		{"refused", []error{other}, 1, other},
+		{"retired, then refused", []error{retired, other}, 2, other},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			calls := 0
+			err := retryRetired(context.Background(), func() error {
+				calls++
+				if calls <= len(tc.errs) {
+					return tc.errs[calls-1]
+				}
+				return nil
+			})
+			if calls != tc.calls || err != tc.want {
+				t.Errorf("%d calls returning %v; want %d returning %v", calls, err, tc.calls, tc.want)
+			}
+		})
 	}
 }
