@@ -13,25 +13,31 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 )
 
+// kfakeProducer starts a one-broker kfake cluster holding topics, each of
+// one partition, and a Producer on it; both are closed at cleanup.
+func kfakeProducer(t *testing.T, cfg ProducerConfig, topics ...string) *Producer {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topics...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	cfg.Bootstrap = c.ListenAddrs()[0]
+	p, err := NewProducer(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close(context.Background()) })
+	return p
+}
+
 // A record of exactly kafka.max_message_bytes (key, value and headers)
 // reaches Kafka: librdkafka, which counts the record's framing too, is
 // given room for it. One byte more is refused before librdkafka, and so is
 // a record within the limit whose headers' framing would not fit.
 func TestRecordAtMaxMessageBytes(t *testing.T) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "big"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	const limit = 4096
-	p, err := NewProducer(ProducerConfig{
-		Bootstrap: c.ListenAddrs()[0], MaxMessageBytes: limit, InflightBudgetBytes: 1 << 20,
-		AckLinger: time.Millisecond,
-	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close(context.Background())
+	p := kfakeProducer(t, ProducerConfig{MaxMessageBytes: limit, InflightBudgetBytes: 1 << 20, AckLinger: time.Millisecond}, "big")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	produce := func(rec *Record) error {
@@ -70,7 +76,7 @@ func TestRecordAtMaxMessageBytes(t *testing.T) {
 		t.Errorf("a record one byte over: %v, want ErrRecordTooLarge", err)
 	}
 	// 400 headers of 4 bytes: within the limit, but their framing is not.
-	err = produce(withHeaders(400, limit))
+	err := produce(withHeaders(400, limit))
 	if !errors.Is(err, ErrRecordTooLarge) || !strings.Contains(err.Error(), "framing of its 400 headers") {
 		t.Errorf("a record whose headers' framing does not fit: %v", err)
 	}

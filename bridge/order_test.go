@@ -2,13 +2,9 @@ package bridge
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"strconv"
 	"testing"
 	"time"
-
-	"github.com/twmb/franz-go/pkg/kfake"
 )
 
 // A source stays in the lane its records awaiting Kafka are in, and moves
@@ -37,19 +33,10 @@ func TestOrderMovesLanesOnlyWhenDrained(t *testing.T) {
 // acknowledged one for 1 ms, so without an Order each acknowledged record
 // would overtake the best-effort one before it.
 func TestOrderKeepsMixedRecordsInOrder(t *testing.T) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "mixed"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	p, err := NewProducer(ProducerConfig{
-		Bootstrap: c.ListenAddrs()[0], MaxMessageBytes: 1 << 20, InflightBudgetBytes: 1 << 24,
+	p := kfakeProducer(t, ProducerConfig{
+		MaxMessageBytes: 1 << 20, InflightBudgetBytes: 1 << 24,
 		AckLinger: time.Millisecond, Properties: map[string]string{"linger.ms": "20"},
-	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close(context.Background())
+	}, "mixed")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 

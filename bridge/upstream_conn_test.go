@@ -87,6 +87,13 @@ func upstreamForTest(t testing.TB, cfg UpstreamConfig, p UpstreamProducer, log *
 	return us, us.list[0]
 }
 
+// writePublish writes a QoS 1 PUBLISH, as a remote broker sends it.
+func writePublish(w io.Writer, id uint16, topic, payload string) error {
+	pub := packets.NewControlPacket(packets.Publish).(*packets.PublishPacket)
+	pub.Qos, pub.MessageID, pub.TopicName, pub.Payload = 1, id, topic, []byte(payload)
+	return pub.Write(w)
+}
+
 // connForTest is a connection of u as connect makes it, on a pipe instead
 // of paho's socket, with its ack writer running. The channel yields the
 // packet id of each PUBACK written to the pipe and is closed once the
@@ -462,9 +469,7 @@ func lastAWhile(net.Conn) { time.Sleep(20 * time.Millisecond) }
 func TestUpstreamReconnectBackoff(t *testing.T) {
 	const minWait, maxWait = 10 * time.Millisecond, 320 * time.Millisecond
 	deliverOne := func(nc net.Conn) {
-		pub := packets.NewControlPacket(packets.Publish).(*packets.PublishPacket)
-		pub.Qos, pub.MessageID, pub.TopicName, pub.Payload = 1, 1, "d/1", []byte("m")
-		if pub.Write(nc) != nil {
+		if writePublish(nc, 1, "d/1", "m") != nil {
 			return
 		}
 		for {
@@ -729,9 +734,7 @@ func TestUpstreamSubscribeWaitsForABusyHandler(t *testing.T) {
 		}
 		// More than paho's channels hold besides the one in the handler.
 		for id := uint16(1); id <= 5; id++ {
-			pub := packets.NewControlPacket(packets.Publish).(*packets.PublishPacket)
-			pub.TopicName, pub.Qos, pub.MessageID, pub.Payload = "d/1", 1, id, []byte(fmt.Sprint("held-", id))
-			if pub.Write(nc) != nil {
+			if writePublish(nc, id, "d/1", fmt.Sprint("held-", id)) != nil {
 				return
 			}
 		}
