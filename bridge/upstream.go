@@ -101,12 +101,22 @@ type UpstreamSubscription struct {
 
 // UpstreamConfig configures one upstream source.
 type UpstreamConfig struct {
-	Name          string
-	URL           string
-	ClientID      string
-	Username      string
-	Password      string
-	TLS           *tls.Config
+	Name     string
+	URL      string
+	ClientID string
+	Username string
+	// Password and TLS are used at every connection attempt, unless
+	// Credentials is set.
+	Password string
+	TLS      *tls.Config
+	// Credentials, when set, is called at every connection attempt (the
+	// first and each reconnect) for the password and the TLS
+	// configuration, in place of Password and TLS, so that files rotated
+	// meanwhile (a password, a renewed client certificate) are used from
+	// the next connect on. An error fails that attempt like a refused
+	// connect: it is logged, becomes the last error, and the attempt is
+	// retried with backoff. Its error should name what to fix.
+	Credentials   func() (password string, tc *tls.Config, err error)
 	CleanSession  bool
 	Subscriptions []UpstreamSubscription
 	// SharedGroup, when set, subscribes as $share/<group>/<filter>.
@@ -399,12 +409,19 @@ func (u *upstream) sleep(d time.Duration) bool {
 // subscription is logged and counted; the connection stays up for the
 // others.
 func (u *upstream) connect() (*conn, error) {
+	password, tc := u.cfg.Password, u.cfg.TLS
+	if u.cfg.Credentials != nil {
+		var err error
+		if password, tc, err = u.cfg.Credentials(); err != nil {
+			return nil, fmt.Errorf("reading credentials for %s: %w", u.cfg.URL, err)
+		}
+	}
 	c := &conn{u: u, lost: make(chan struct{}), notify: make(chan struct{}, 1)}
 	opts := paho.NewClientOptions().
 		AddBroker(u.cfg.URL).
 		SetClientID(u.cfg.ClientID).
 		SetUsername(u.cfg.Username).
-		SetPassword(u.cfg.Password).
+		SetPassword(password).
 		SetCleanSession(u.cfg.CleanSession).
 		SetProtocolVersion(4).
 		SetAutoReconnect(false). // run reconnects, with backoff and jitter
@@ -424,8 +441,8 @@ func (u *upstream) connect() (*conn, error) {
 		SetConnectionLostHandler(func(_ paho.Client, err error) { c.lose(err) }).
 		SetCustomOpenConnectionFn(c.dial).
 		SetStore(noStore{})
-	if u.cfg.TLS != nil {
-		opts.SetTLSConfig(u.cfg.TLS)
+	if tc != nil {
+		opts.SetTLSConfig(tc)
 	}
 	c.client = paho.NewClient(opts)
 

@@ -33,9 +33,12 @@ type UpstreamConfig struct {
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
 	// PasswordFile holds the password (a trailing newline is ignored);
-	// exclusive with Password. Default none.
+	// exclusive with Password. It is read again at every connection
+	// attempt, so a rotated password is used from the next reconnect.
+	// Default none.
 	PasswordFile string `yaml:"password_file"`
-	// TLS configures ssl:// and wss:// connections. Default: system roots.
+	// TLS configures ssl:// and wss:// connections; its files are read
+	// again at every connection attempt. Default: system roots.
 	TLS UpstreamTLS `yaml:"tls"`
 	// CleanSession discards the remote session on every connect. Default
 	// false: a persistent session, so messages published while Tributary
@@ -137,15 +140,29 @@ func (u UpstreamConfig) WithDefaults() UpstreamConfig {
 }
 
 // Secret returns the password, read from PasswordFile if that is set.
+// The file is read at every call, so that a connection attempt after the
+// file was rotated uses the new password. The error names the key and
+// the path.
 func (u UpstreamConfig) Secret() (string, error) {
 	if u.PasswordFile == "" {
 		return u.Password, nil
 	}
-	b, err := os.ReadFile(u.PasswordFile)
+	return readPasswordFile(u.PasswordFile)
+}
+
+// readPasswordFile returns the password in path, without a trailing
+// newline. An empty one is an error: MQTT would then send the username
+// alone, and the remote broker's refusal would not say why.
+func readPasswordFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return "", fmt.Errorf("reading password_file: %w", err)
+		return "", fmt.Errorf("password_file %q: %w", path, err)
 	}
-	return strings.TrimRight(string(b), "\r\n"), nil
+	pw := strings.TrimRight(string(b), "\r\n")
+	if pw == "" {
+		return "", fmt.Errorf("password_file %q: empty; it must hold the password", path)
+	}
+	return pw, nil
 }
 
 // Secure reports whether the URL asks for TLS.
@@ -162,7 +179,9 @@ func (u UpstreamConfig) Secure() bool {
 }
 
 // TLSConfig loads the TLS material. It returns nil for plain tcp:// and
-// ws:// URLs.
+// ws:// URLs. The files are read at every call, so that a connection
+// attempt after they were rotated (a renewed client certificate, a new
+// CA bundle) uses the new ones. The error names the key and the path.
 func (u UpstreamConfig) TLSConfig() (*tls.Config, error) {
 	if !u.Secure() {
 		return nil, nil
@@ -174,24 +193,43 @@ func (u UpstreamConfig) TLSConfig() (*tls.Config, error) {
 		}
 	}
 	if u.TLS.CAFile != "" {
-		b, err := os.ReadFile(u.TLS.CAFile)
+		pool, err := readCAFile(u.TLS.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("tls.ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(b) {
-			return nil, fmt.Errorf("tls.ca_file %q: no PEM certificate in it", u.TLS.CAFile)
+			return nil, err
 		}
 		tc.RootCAs = pool
 	}
 	if u.TLS.CertFile != "" || u.TLS.KeyFile != "" {
-		cert, err := tls.LoadX509KeyPair(u.TLS.CertFile, u.TLS.KeyFile)
+		cert, err := readKeyPair(u.TLS.CertFile, u.TLS.KeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("tls.cert_file/tls.key_file: %w", err)
+			return nil, err
 		}
 		tc.Certificates = []tls.Certificate{cert}
 	}
 	return tc, nil
+}
+
+// readCAFile returns the certificates of the PEM bundle in path.
+func readCAFile(path string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("tls.ca_file %q: %w", path, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("tls.ca_file %q: no PEM certificate in it", path)
+	}
+	return pool, nil
+}
+
+// readKeyPair returns the client certificate and key in certFile and
+// keyFile.
+func readKeyPair(certFile, keyFile string) (tls.Certificate, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("tls.cert_file %q / tls.key_file %q: %w", certFile, keyFile, err)
+	}
+	return cert, nil
 }
 
 var upstreamName = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
@@ -240,12 +278,8 @@ func validateUpstreams(ups []UpstreamConfig) []string {
 			add("username: required when a password is set (MQTT 3.1.1)")
 		}
 		if u.PasswordFile != "" {
-			if b, err := os.ReadFile(u.PasswordFile); err != nil {
-				add("password_file %q: %v", u.PasswordFile, err)
-			} else if strings.TrimRight(string(b), "\r\n") == "" {
-				// MQTT would then send the username alone, and the
-				// remote broker's refusal would not say why.
-				add("password_file %q: empty; it must hold the password", u.PasswordFile)
+			if _, err := readPasswordFile(u.PasswordFile); err != nil {
+				add("%v", err)
 			}
 		}
 		tlsSet := u.TLS != (UpstreamTLS{})
@@ -255,16 +289,16 @@ func validateUpstreams(ups []UpstreamConfig) []string {
 		if (u.TLS.CertFile == "") != (u.TLS.KeyFile == "") {
 			add("tls: cert_file and key_file go together")
 		} else if tlsSet {
+			// The same reads as every connection attempt's (TLSConfig),
+			// so check-config reports what a connect would fail with.
 			if u.TLS.CAFile != "" {
-				if b, err := os.ReadFile(u.TLS.CAFile); err != nil {
-					add("tls.ca_file %q: %v", u.TLS.CAFile, err)
-				} else if !x509.NewCertPool().AppendCertsFromPEM(b) {
-					add("tls.ca_file %q: no PEM certificate in it", u.TLS.CAFile)
+				if _, err := readCAFile(u.TLS.CAFile); err != nil {
+					add("%v", err)
 				}
 			}
 			if u.TLS.CertFile != "" {
-				if _, err := tls.LoadX509KeyPair(u.TLS.CertFile, u.TLS.KeyFile); err != nil {
-					add("tls.cert_file %q / tls.key_file %q: %v", u.TLS.CertFile, u.TLS.KeyFile, err)
+				if _, err := readKeyPair(u.TLS.CertFile, u.TLS.KeyFile); err != nil {
+					add("%v", err)
 				}
 			}
 		}

@@ -239,3 +239,41 @@ func TestRuleSourceNamingAnUpstreamWithKafkaTopic(t *testing.T) {
 		t.Fatalf("err = %v, want one problem naming mapping.rules[1].source", err)
 	}
 }
+
+// The password and TLS files are read at every call, which the bridge
+// makes at every connection attempt: a rotated file is used, and one
+// emptied or broken meanwhile is an error naming the key and the path.
+func TestUpstreamFilesReadAtEveryCall(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	write := func(path, s string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(pw, "one\n")
+	u := UpstreamConfig{Name: "a", URL: "tcp://h:1", Username: "u", PasswordFile: pw}
+	if s, err := u.Secret(); err != nil || s != "one" {
+		t.Fatalf("Secret() = %q, %v", s, err)
+	}
+	write(pw, "two\n")
+	if s, err := u.Secret(); err != nil || s != "two" {
+		t.Fatalf("Secret() after rotation = %q, %v; want the new password", s, err)
+	}
+	write(pw, "\n")
+	if s, err := u.Secret(); err == nil || !strings.Contains(err.Error(), `password_file "`+pw+`": empty`) {
+		t.Fatalf("Secret() of an emptied file = %q, %v; want an error naming password_file and the path", s, err)
+	}
+
+	ca := filepath.Join(dir, "ca.pem")
+	write(ca, "not PEM")
+	u = UpstreamConfig{Name: "a", URL: "ssl://h:8883", TLS: UpstreamTLS{CAFile: ca}}
+	if _, err := u.TLSConfig(); err == nil || !strings.Contains(err.Error(), `tls.ca_file "`+ca+`": no PEM certificate`) {
+		t.Fatalf("TLSConfig() = %v; want an error naming tls.ca_file and the path", err)
+	}
+	u.TLS = UpstreamTLS{CertFile: ca, KeyFile: filepath.Join(dir, "missing.key")}
+	if _, err := u.TLSConfig(); err == nil || !strings.Contains(err.Error(), `tls.cert_file "`+ca+`" / tls.key_file "`+filepath.Join(dir, "missing.key")+`"`) {
+		t.Fatalf("TLSConfig() = %v; want an error naming tls.cert_file, tls.key_file and the paths", err)
+	}
+}

@@ -145,11 +145,7 @@ func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 	}
 
 	if len(cfg.Upstreams) > 0 {
-		ucfgs, err := upstreamConfigs(cfg.Upstreams)
-		if err != nil {
-			return nil, err
-		}
-		d.upstreams = bridge.NewUpstreams(ucfgs, d.producer, mapper, d.registry, log.With("component", "upstream"))
+		d.upstreams = bridge.NewUpstreams(upstreamConfigs(cfg.Upstreams), d.producer, mapper, d.registry, log.With("component", "upstream"))
 		d.upstreams.Start()
 	}
 

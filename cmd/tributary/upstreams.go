@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"fmt"
 	"strings"
 
@@ -9,18 +10,26 @@ import (
 )
 
 // upstreamConfigs turns the upstreams section into the bridge's
-// configuration, reading passwords and TLS material.
-func upstreamConfigs(ups []config.UpstreamConfig) ([]bridge.UpstreamConfig, error) {
+// configuration. Passwords and TLS material are not read here but at
+// every connection attempt, so that rotated files take effect at the next
+// reconnect; validation has checked them once already.
+func upstreamConfigs(ups []config.UpstreamConfig) []bridge.UpstreamConfig {
 	out := make([]bridge.UpstreamConfig, 0, len(ups))
 	for i, u := range ups {
 		u = u.WithDefaults()
-		password, err := u.Secret()
-		if err != nil {
-			return nil, fmt.Errorf("upstreams[%d] (%s): %w", i, u.Name, err)
-		}
-		tc, err := u.TLSConfig()
-		if err != nil {
-			return nil, fmt.Errorf("upstreams[%d] (%s): %w", i, u.Name, err)
+		where := fmt.Sprintf("upstreams[%d] (%s)", i, u.Name)
+		credentials := func() (string, *tls.Config, error) {
+			// Errors read like check-config's: the upstream, then the
+			// key and the path.
+			password, err := u.Secret()
+			if err != nil {
+				return "", nil, fmt.Errorf("%s.%w", where, err)
+			}
+			tc, err := u.TLSConfig()
+			if err != nil {
+				return "", nil, fmt.Errorf("%s.%w", where, err)
+			}
+			return password, tc, nil
 		}
 		subs := make([]bridge.UpstreamSubscription, len(u.Subscriptions))
 		for j, s := range u.Subscriptions {
@@ -31,8 +40,7 @@ func upstreamConfigs(ups []config.UpstreamConfig) ([]bridge.UpstreamConfig, erro
 			URL:            u.URL,
 			ClientID:       u.ClientID,
 			Username:       u.Username,
-			Password:       password,
-			TLS:            tc,
+			Credentials:    credentials,
 			CleanSession:   u.CleanSession,
 			Subscriptions:  subs,
 			SharedGroup:    u.SharedGroup,
@@ -44,7 +52,7 @@ func upstreamConfigs(ups []config.UpstreamConfig) ([]bridge.UpstreamConfig, erro
 			ReconnectMax:   u.ReconnectMax,
 		})
 	}
-	return out, nil
+	return out
 }
 
 // explainFixedTopic explains where a message on mqttTopic from the
