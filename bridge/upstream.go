@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -459,7 +461,11 @@ func (u *upstream) connect() (*conn, error) {
 	if err := u.wait(tok, u.cfg.ConnectTimeout+time.Second); err != nil {
 		c.lose(err)
 		c.client.Disconnect(0)
-		return nil, fmt.Errorf("connecting to %s: %w%s", u.cfg.URL, err, u.refusalHint(err))
+		hint := u.refusalHint(err)
+		if hint == "" {
+			hint = u.schemeHint(err, c.nc.Load() != nil)
+		}
+		return nil, fmt.Errorf("connecting to %s: %w%s", u.cfg.URL, err, hint)
 	}
 	u.m.connects.Inc()
 	present := tok.(*paho.ConnectToken).SessionPresent()
@@ -532,6 +538,55 @@ func (u *upstream) refusalHint(err error) string {
 		return fmt.Sprintf(" (the remote broker refused the login; check username and password, or password_file, and that the broker allows user %q)", u.cfg.Username)
 	case errors.Is(err, packets.ErrorRefusedIDRejected):
 		return fmt.Sprintf(" (the remote broker refused client_id %q; MQTT 3.1.1 brokers need only accept 1 to 23 letters and digits: set a client_id it accepts)", u.cfg.ClientID)
+	}
+	return ""
+}
+
+// schemeHint says what to check when a connection failed the way one
+// fails whose URL scheme does not match what the port speaks. A TLS
+// server cannot read a plain CONNECT and closes the connection (OpenSSL,
+// as in mosquitto, with a reset; Go with an EOF) before any CONNACK. A
+// plain MQTT port answers a TLS ClientHello with bytes that are no TLS
+// record (tls.RecordHeaderError), or closes the connection during the
+// handshake, as mosquitto does. handshook says whether the connection,
+// with its TLS or WebSocket handshake, was made: a connection closed
+// after that is no sign of a wrong scheme.
+func (u *upstream) schemeHint(err error, handshook bool) string {
+	p, perr := url.Parse(u.cfg.URL)
+	if perr != nil {
+		return ""
+	}
+	as := func(scheme string) string {
+		q := *p
+		q.Scheme = scheme
+		return q.String()
+	}
+	var rh tls.RecordHeaderError
+	notTLS := errors.As(err, &rh)
+	closed := errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+	switch p.Scheme {
+	case "tcp", "mqtt":
+		if closed {
+			return fmt.Sprintf(" (the remote closed the connection without a CONNACK: if %s expects TLS, as port 8883 usually does, the url must be %s, or wss:// for MQTT over WebSocket with TLS)", p.Host, as("ssl"))
+		}
+	case "ws":
+		if closed && !handshook {
+			return fmt.Sprintf(" (the remote closed the connection during the WebSocket handshake: if %s expects TLS, the url must be %s)", p.Host, as("wss"))
+		}
+	case "ssl", "tls", "mqtts", "tcps":
+		switch {
+		case notTLS:
+			return fmt.Sprintf(" (the remote did not answer in TLS: %s looks like a plain MQTT port, as port 1883 usually is, and the url must then be %s)", p.Host, as("tcp"))
+		case closed && !handshook:
+			return fmt.Sprintf(" (the remote closed the connection during the TLS handshake: if %s is a plain MQTT port, as port 1883 usually is, the url must be %s)", p.Host, as("tcp"))
+		}
+	case "wss":
+		switch {
+		case notTLS:
+			return fmt.Sprintf(" (the remote did not answer in TLS: %s looks like a plain WebSocket port, and the url must then be %s)", p.Host, as("ws"))
+		case closed && !handshook:
+			return fmt.Sprintf(" (the remote closed the connection during the TLS handshake: if %s is a plain WebSocket port, the url must be %s)", p.Host, as("ws"))
+		}
 	}
 	return ""
 }

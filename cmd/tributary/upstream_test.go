@@ -636,6 +636,33 @@ func TestUpstreamTLS(t *testing.T) {
 	checkNoneLost(t, countPayloads(t, d.bootstrap, topic, want, 20*time.Second), want)
 }
 
+// A tcp:// URL at mosquitto's TLS port, or an ssl:// URL at its plain
+// port, fails with a hint at the other scheme, in the log and the last
+// error, rather than only "connection reset by peer".
+func TestUpstreamWrongSchemeHint(t *testing.T) {
+	ca := newTestCA(t)
+	tlsPort := freePort(t)
+	mq := startMosquitto(t, fmt.Sprintf("listener %d 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s\n", tlsPort, ca.caFile, ca.certFile, ca.keyFile))
+	cfg := testConfig(t)
+	plainAtTLS := testUpstream("plain-at-tls", fmt.Sprintf("tcp://127.0.0.1:%d", tlsPort), "a/#")
+	tlsAtPlain := testUpstream("tls-at-plain", fmt.Sprintf("ssl://127.0.0.1:%d", mq.port), "a/#")
+	tlsAtPlain.TLS.CAFile = ca.caFile
+	cfg.Upstreams = []config.UpstreamConfig{plainAtTLS, tlsAtPlain}
+	d, logs := startLogged(t, cfg)
+	for _, tc := range []struct{ name, want string }{
+		{"plain-at-tls", fmt.Sprintf("the url must be ssl://127.0.0.1:%d", tlsPort)},
+		{"tls-at-plain", fmt.Sprintf("the url must be tcp://127.0.0.1:%d", mq.port)},
+	} {
+		waitFor(t, 10*time.Second, tc.name+"'s error with a hint at the scheme", func() bool {
+			return strings.Contains(d.upstreams.LastError(tc.name), tc.want)
+		})
+		t.Logf("%s: %s", tc.name, d.upstreams.LastError(tc.name))
+		if !strings.Contains(strings.Join(logs.Lines("upstream="+tc.name), "\n"), tc.want) {
+			t.Errorf("no log line of %s says %q", tc.name, tc.want)
+		}
+	}
+}
+
 // A wrong password is a clear error, retried with backoff; /readyz names
 // the upstream while it has never connected.
 func TestUpstreamWrongPassword(t *testing.T) {
