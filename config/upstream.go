@@ -106,11 +106,7 @@ const (
 // WithDefaults returns u with every default filled in.
 func (u UpstreamConfig) WithDefaults() UpstreamConfig {
 	if u.ClientID == "" {
-		host, _ := os.Hostname()
-		if host == "" {
-			host = "node"
-		}
-		u.ClientID = "tributary-" + u.Name + "-" + host
+		u.ClientID = defaultClientID(u.Name)
 	}
 	if u.IngestRetained == "" {
 		u.IngestRetained = IngestRetainedFirst
@@ -137,6 +133,17 @@ func (u UpstreamConfig) WithDefaults() UpstreamConfig {
 	}
 	u.Subscriptions = subs
 	return u
+}
+
+// defaultClientID is the client id of the upstream named name when it
+// sets none: "tributary-<name>-<hostname>", stable across restarts of
+// one node and different on each node.
+func defaultClientID(name string) string {
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "node"
+	}
+	return "tributary-" + name + "-" + host
 }
 
 // Secret returns the password, read from PasswordFile if that is set.
@@ -239,7 +246,11 @@ var upstreamName = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
 func validateUpstreams(ups []UpstreamConfig) []string {
 	var problems []string
 	names := map[string]int{}
-	clientIDs := map[string]int{} // broker host:port and client id → index
+	type clientIDUse struct {
+		where    string // the upstream, as problems name it
+		explicit bool   // set as client_id, not the default
+	}
+	clientIDs := map[string]clientIDUse{} // broker host:port and client id → its first user
 	for i, u := range ups {
 		where := fmt.Sprintf("upstreams[%d]", i)
 		if u.Name != "" {
@@ -261,14 +272,29 @@ func validateUpstreams(ups []UpstreamConfig) []string {
 		}
 		if why := upstreamURLProblem(u.URL); why != "" {
 			add("url %q: %s", redactURL(u.URL), why)
-		} else if pu, err := url.Parse(u.URL); err == nil && u.ClientID != "" {
+		} else if pu, err := url.Parse(u.URL); err == nil && (u.ClientID != "" || u.Name != "") {
 			// One client id per broker: a second connection with it
 			// takes the first one's session over, and back, for ever.
-			key := strings.ToLower(pu.Host) + " " + u.ClientID
-			if j, dup := clientIDs[key]; dup {
-				add("client_id %q: also used by upstreams[%d] on the same broker; each connection would take the other's session over", u.ClientID, j)
-			} else {
-				clientIDs[key] = i
+			// The default client id counts too: a client_id set to
+			// another upstream's default takes its session.
+			id, explicit := u.ClientID, u.ClientID != ""
+			if !explicit {
+				id = defaultClientID(u.Name)
+			}
+			key := strings.ToLower(pu.Host) + " " + id
+			const loop = "each connection would take the other's session over"
+			switch first, dup := clientIDs[key]; {
+			case !dup:
+				clientIDs[key] = clientIDUse{where: where, explicit: explicit}
+			case !first.explicit && !explicit:
+				// Only upstreams of one name have one default: the
+				// name is reported already.
+			case !first.explicit:
+				add("client_id %q: the default client id of %s (tributary-<name>-<hostname>) on the same broker; %s", id, first.where, loop)
+			case !explicit:
+				add("client_id: not set, so it defaults to %q (tributary-<name>-<hostname>), which %s sets as its client_id on the same broker; %s", id, first.where, loop)
+			default:
+				add("client_id %q: also used by %s on the same broker; %s", id, first.where, loop)
 			}
 		}
 		if u.Password != "" && u.PasswordFile != "" {

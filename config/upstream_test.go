@@ -195,8 +195,58 @@ func TestUpstreamDuplicateClientIDOnOneBroker(t *testing.T) {
 	}
 	err := cfg.Validate()
 	var ce *Error
-	if !errors.As(err, &ce) || len(ce.Problems) != 1 || !strings.Contains(ce.Problems[0], `upstreams[1] (b).client_id "same": also used by upstreams[0]`) {
+	if !errors.As(err, &ce) || len(ce.Problems) != 1 || !strings.Contains(ce.Problems[0], `upstreams[1] (b).client_id "same": also used by upstreams[0] (a) on the same broker`) {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// A client_id set to the client id another upstream gets by default
+// (tributary-<name>-<hostname>) on the same broker is the same loop of
+// session takeovers, whichever of the two comes first; the problem names
+// both upstreams.
+func TestUpstreamClientIDEqualToAnotherDefault(t *testing.T) {
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "node"
+	}
+	sub := []SubscriptionConfig{{Filter: "x"}}
+	for _, tc := range []struct {
+		name string
+		ups  []UpstreamConfig
+		want string // the one problem; empty: none
+	}{
+		{"explicit after the default", []UpstreamConfig{
+			{Name: "a", URL: "tcp://broker:1883", Subscriptions: sub},
+			{Name: "b", URL: "tcp://broker:1883", ClientID: "tributary-a-" + host, Subscriptions: sub},
+		}, `upstreams[1] (b).client_id "tributary-a-` + host + `": the default client id of upstreams[0] (a) (tributary-<name>-<hostname>) on the same broker; each connection would take the other's session over`},
+		{"default after the explicit", []UpstreamConfig{
+			{Name: "a", URL: "tcp://broker:1883", ClientID: "tributary-b-" + host, Subscriptions: sub},
+			{Name: "b", URL: "tcp://broker:1883", Subscriptions: sub},
+		}, `upstreams[1] (b).client_id: not set, so it defaults to "tributary-b-` + host + `" (tributary-<name>-<hostname>), which upstreams[0] (a) sets as its client_id on the same broker; each connection would take the other's session over`},
+		{"on another broker", []UpstreamConfig{
+			{Name: "a", URL: "tcp://broker:1883", Subscriptions: sub},
+			{Name: "b", URL: "tcp://other:1883", ClientID: "tributary-a-" + host, Subscriptions: sub},
+		}, ""},
+		{"two defaults", []UpstreamConfig{
+			{Name: "a", URL: "tcp://broker:1883", Subscriptions: sub},
+			{Name: "b", URL: "tcp://broker:1883", Subscriptions: sub},
+		}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := Default()
+			cfg.Upstreams = tc.ups
+			err := cfg.Validate()
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			var ce *Error
+			if !errors.As(err, &ce) || len(ce.Problems) != 1 || ce.Problems[0] != tc.want {
+				t.Fatalf("got %v\nwant the one problem %s", err, tc.want)
+			}
+		})
 	}
 }
 

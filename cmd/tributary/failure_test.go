@@ -352,11 +352,20 @@ func TestBadConfigExitsTwo(t *testing.T) {
 	if err := os.WriteFile(twoDocs, []byte("log:\n  level: info\n---\nmqtt:\n  addr: \":1884\"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	host, _ := os.Hostname()
+	takesDefault := filepath.Join(dir, "clientid.yaml")
+	if err := os.WriteFile(takesDefault, []byte("upstreams:\n"+
+		"  - {name: plant, url: \"tcp://broker:1883\", subscriptions: [{filter: \"a/#\"}]}\n"+
+		"  - {name: backup, url: \"tcp://broker:1883\", client_id: \"tributary-plant-"+host+"\", subscriptions: [{filter: \"b/#\"}]}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name string
 		args []string
 		want []string
 	}{
+		{"client_id of another upstream's default", []string{"check-config", "--config", takesDefault},
+			[]string{`upstreams[1] (backup).client_id "tributary-plant-` + host + `"`, "upstreams[0] (plant)"}},
 		{"librdkafka properties", []string{"check-config", "--config", badProps, "--log-level", "loud"}, []string{
 			"4 problems", "log.level", "loud",
 			`kafka.properties.lingr.ms: No such configuration property: "lingr.ms"`,
