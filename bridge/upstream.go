@@ -785,11 +785,20 @@ func (c *conn) handle(_ paho.Client, msg paho.Message) {
 // subscriptions' filters.
 func (u *upstream) subscribed(topic string) bool {
 	for _, s := range u.cfg.Subscriptions {
-		if matchFilter(topicFilter(s.Filter), topic) {
+		if SubscriptionMatches(s.Filter, topic) {
 			return true
 		}
 	}
 	return false
+}
+
+// SubscriptionMatches reports whether a subscription to filter delivers
+// messages on topic, as an upstream decides which messages are its
+// feed's: the filter's wildcards match topic, and a shared subscription
+// ($share/<group>/<filter>, or EMQX's $queue/<filter>) matches by its
+// plain filter, since its messages arrive on their own topics.
+func SubscriptionMatches(filter, topic string) bool {
+	return matchFilter(topicFilter(filter), topic)
 }
 
 // topicFilter returns the filter that topics of messages a subscription

@@ -489,6 +489,75 @@ func TestCommands(t *testing.T) {
 	}
 }
 
+// mapping explain --source says when no subscription filter of the
+// upstream matches the topic, under its first line, and leaves the rest
+// of the output as it was. Shared subscriptions match by their plain
+// filter, whether written as $share/<group>/<filter>, $queue/<filter> or
+// with shared_group.
+func TestExplainTopicNoSubscriptionMatches(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "upstreams.yaml")
+	if err := os.WriteFile(file, []byte("mapping:\n  rules:\n    - {match: '^plant/.*$', kafka_topic: devices}\n"+
+		"upstreams:\n"+
+		"  - name: plant\n    url: tcp://127.0.0.1:1\n    shared_group: ingest\n    subscriptions:\n"+
+		"      - {filter: 'plant/#'}\n      - {filter: 'site/+/temp', qos: 0}\n"+
+		"  - name: edge\n    url: tcp://127.0.0.1:1\n    kafka_topic: edge-data\n    subscriptions:\n"+
+		"      - {filter: '$share/g/edge/#'}\n      - {filter: '$queue/gw/+'}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _, err := config.Load(config.Options{Args: []string{"--config", file}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := cfg.Mapper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		source, topic string
+		want          string // the added line; empty: none
+	}{
+		{"plant", "other/x", `not subscribed: no filter of upstreams[0] (plant) matches this topic ("plant/#", "site/+/temp"; each as $share/ingest/<filter>), so such a message does not arrive from it`},
+		{"plant", "site/a/b/temp", `not subscribed: no filter of upstreams[0] (plant) matches this topic`},
+		{"plant", "plant/line1/temp", ""},
+		{"plant", "plant", ""},
+		{"plant", "site/north/temp", ""},
+		{"edge", "edge/x/y", ""},
+		{"edge", "gw/1", ""},
+		{"edge", "gw/1/2", `not subscribed: no filter of upstreams[1] (edge) matches this topic ("$share/g/edge/#", "$queue/gw/+"), so`},
+		{"edge", "$share/g/edge/x", `not subscribed: no filter of upstreams[1] (edge)`},
+		{"", "other/x", ""},
+	} {
+		t.Run(tc.source+" "+tc.topic, func(t *testing.T) {
+			args := []string{"mapping", "explain", "--config", file, tc.topic}
+			if tc.source != "" {
+				args = append(args, "--source", tc.source)
+			}
+			var stdout, stderr strings.Builder
+			if code := realMain(context.Background(), args, strings.NewReader(""), &stdout, &stderr); code != 0 {
+				t.Fatalf("exit code %d; stderr: %s", code, stderr.String())
+			}
+			unchanged, fixed := explainFixedTopic(cfg.Upstreams, tc.source, tc.topic)
+			if !fixed {
+				unchanged = m.Explain(tc.source, tc.topic)
+			}
+			got := stdout.String()
+			if tc.want == "" {
+				if got != unchanged {
+					t.Fatalf("output\n%s\nwant\n%s", got, unchanged)
+				}
+				return
+			}
+			lines := strings.SplitAfter(got, "\n")
+			if len(lines) < 2 || !strings.HasPrefix(lines[1], tc.want) || !strings.Contains(lines[1], "not_subscribed") {
+				t.Fatalf("output\n%s\nwant as its second line one starting %q", got, tc.want)
+			}
+			if rest := lines[0] + strings.Join(lines[2:], ""); rest != unchanged {
+				t.Fatalf("the rest of the output changed:\n%s\nwant\n%s", rest, unchanged)
+			}
+		})
+	}
+}
+
 // Shutting down while Kafka is unreachable ends within the flush deadline
 // and acknowledges nothing that Kafka did not take; what was left is
 // counted for the exit status and logged once.

@@ -184,11 +184,17 @@ func realMain(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 			fmt.Fprintf(stderr, "tributary: %v\n", err)
 			return 2
 		}
-		if out, ok := explainFixedTopic(cfg.Upstreams, source, rest[0]); ok {
-			fmt.Fprint(stdout, out)
-			return 0
+		out, ok := explainFixedTopic(cfg.Upstreams, source, rest[0])
+		if !ok {
+			out = m.Explain(source, rest[0])
 		}
-		fmt.Fprint(stdout, m.Explain(source, rest[0]))
+		if line := explainUnsubscribed(cfg.Upstreams, source, rest[0]); line != "" {
+			// Under the first line, which names the topic and the
+			// upstream: what follows is moot for such a message.
+			first, others, _ := strings.Cut(out, "\n")
+			out = first + "\n" + line + others
+		}
+		fmt.Fprint(stdout, out)
 		return 0
 	}
 	if len(rest) > 0 {

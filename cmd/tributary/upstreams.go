@@ -72,3 +72,32 @@ func explainFixedTopic(ups []config.UpstreamConfig, source, mqttTopic string) (o
 	}
 	return "", false
 }
+
+// explainUnsubscribed returns the line mapping explain adds when no
+// subscription filter of the upstream named source matches mqttTopic:
+// such a message does not arrive from that upstream, and one that does
+// anyway (an old subscription a persistent session still holds) is
+// acknowledged without producing. It returns "" when a filter matches,
+// or source names no upstream.
+func explainUnsubscribed(ups []config.UpstreamConfig, source, mqttTopic string) string {
+	for i, u := range ups {
+		if source == "" || u.Name != source {
+			continue
+		}
+		filters := make([]string, len(u.Subscriptions))
+		for j, s := range u.Subscriptions {
+			if bridge.SubscriptionMatches(s.Filter, mqttTopic) {
+				return ""
+			}
+			filters[j] = fmt.Sprintf("%q", s.Filter)
+		}
+		shared := ""
+		if u.SharedGroup != "" {
+			shared = fmt.Sprintf("; each as $share/%s/<filter>", u.SharedGroup)
+		}
+		return fmt.Sprintf("not subscribed: no filter of upstreams[%d] (%s) matches this topic (%s%s), so such a message does not arrive from it "+
+			"(one an older subscription of a persistent session delivers is acknowledged, not produced: not_subscribed); below is where it would go if a filter matched\n",
+			i, u.Name, strings.Join(filters, ", "), shared)
+	}
+	return ""
+}
