@@ -108,10 +108,18 @@ type Consumer struct {
 	kc   *kafka.Consumer
 	recs chan *ConsumedRecord
 
-	// mu guards assigned, acks, and the assignments' next and committed;
-	// it is held while committing. The poll goroutine, which alone
-	// changes assigned, reads it without mu.
-	mu        sync.Mutex
+	// mu guards assigned, acks, and the assignments' next and committed.
+	// It is never held across a request to Kafka, so Store and Commit do
+	// not wait for a slow broker. The poll goroutine, which alone changes
+	// assigned, reads it without mu.
+	mu sync.Mutex
+	// commitMu is held for a whole commit, round trip included, and by
+	// the rebalance callback from its last commit until the revoked
+	// partitions are marked so. One commit is in flight at a time, so an
+	// older one can never land after a newer one and move the group's
+	// offset back; and none is in flight for a partition once this
+	// member has given it up. Taken before mu, never after.
+	commitMu  sync.Mutex
 	assigned  map[partitionKey]*Assignment
 	acks      []pendingAck
 	commitLog LogEvery // a failing commit is retried every interval; its warning is not
@@ -286,9 +294,7 @@ func (c *Consumer) poll() {
 	defer c.wg.Done()
 	defer func() {
 		// Commits after this point would race the group leaving; flush them now.
-		c.mu.Lock()
-		c.commitLocked(nil)
-		c.mu.Unlock()
+		c.commit(nil)
 		if err := c.kc.Close(); err != nil {
 			c.log.Warn("closing Kafka consumer", "group", c.cfg.GroupID, "error", err)
 		}
@@ -511,12 +517,16 @@ func (c *Consumer) rebalance(kc *kafka.Consumer, ev kafka.Event) error {
 				revoked[partitionKey{*tp.Topic, tp.Partition}] = true
 			}
 		}
-		c.mu.Lock()
+		// Held until the partitions are marked revoked: a commit the
+		// committer starts meanwhile would see them still assigned and
+		// could land after the next owner's.
+		c.commitMu.Lock()
 		if !kc.AssignmentLost() {
 			// What the client committed or the socket wrote is committed
 			// before the next owner starts reading.
-			c.commitLocked(revoked)
+			c.commitDue(revoked)
 		}
+		c.mu.Lock()
 		for k := range revoked {
 			if a := c.assigned[k]; a != nil {
 				a.revoked.Store(true)
@@ -533,6 +543,7 @@ func (c *Consumer) rebalance(kc *kafka.Consumer, ev kafka.Event) error {
 		}
 		c.acks = acks
 		c.mu.Unlock()
+		c.commitMu.Unlock()
 		held := c.held[:0]
 		for _, r := range c.held {
 			if r.Assignment.Current() {
@@ -571,25 +582,51 @@ func (c *Consumer) committer() {
 		case <-c.wake:
 		case <-t.C:
 		}
-		c.mu.Lock()
-		c.commitLocked(nil)
-		c.mu.Unlock()
+		c.commit(nil)
 	}
 }
 
-// commitLocked commits the offsets due of the given partitions (all when
-// only is nil) and settles their acknowledgements. c.mu is held, so a
-// rebalance cannot move a partition away between the ownership check and
-// the commit. An offset Kafka did not confirm stays due.
-func (c *Consumer) commitLocked(only map[partitionKey]bool) {
+// commit is commitDue under commitMu.
+func (c *Consumer) commit(only map[partitionKey]bool) {
+	c.commitMu.Lock()
+	defer c.commitMu.Unlock()
+	c.commitDue(only)
+}
+
+// commitDue commits the offsets due of the given partitions (all when
+// only is nil) and settles their acknowledgements. The caller holds
+// commitMu, so a rebalance cannot move a partition away between the
+// ownership check and the commit, and no other commit is in flight; mu is
+// taken only to read what is due and to record Kafka's answer. An offset
+// Kafka did not confirm stays due.
+func (c *Consumer) commitDue(only map[partitionKey]bool) {
 	var tps []kafka.TopicPartition
+	asgs := map[partitionKey]*Assignment{}
+	c.mu.Lock()
 	for k, a := range c.assigned {
 		if a.next <= a.committed || (only != nil && !only[k]) {
 			continue
 		}
 		t := k.topic
 		tps = append(tps, kafka.TopicPartition{Topic: &t, Partition: k.partition, Offset: kafka.Offset(a.next)})
+		asgs[k] = a
 	}
+	// The acknowledgements this commit settles: those asked for so far.
+	// One asked for while it is in flight may be for an offset beyond
+	// what it carries, and waits for the next.
+	var settle []pendingAck
+	acks := c.acks[:0]
+	for _, a := range c.acks {
+		if only != nil && !only[a.key] {
+			acks = append(acks, a)
+			continue
+		}
+		settle = append(settle, a)
+	}
+	clear(c.acks[len(acks):])
+	c.acks = acks
+	c.mu.Unlock()
+
 	var err error
 	failed := map[partitionKey]error{}
 	if len(tps) > 0 {
@@ -598,18 +635,21 @@ func (c *Consumer) commitLocked(only map[partitionKey]bool) {
 		if err != nil {
 			err = fmt.Errorf("committing offsets of group %q: %w", c.cfg.GroupID, err)
 		}
+		c.mu.Lock()
 		for _, tp := range res {
 			if tp.Topic == nil {
 				continue
 			}
 			k := partitionKey{*tp.Topic, tp.Partition}
-			switch a := c.assigned[k]; {
+			switch a := asgs[k]; {
 			case tp.Error != nil:
 				failed[k] = tp.Error
 			case err == nil && a != nil:
+				// Never back: committed only grows.
 				a.committed = max(a.committed, int64(tp.Offset))
 			}
 		}
+		c.mu.Unlock()
 		if (err != nil || len(failed) > 0) && c.commitLog.Allow() {
 			parts := make([]string, 0, len(failed))
 			for k, perr := range failed {
@@ -618,13 +658,11 @@ func (c *Consumer) commitLocked(only map[partitionKey]bool) {
 			c.log.Warn("Kafka commit failed; retrying on the next interval", "group", c.cfg.GroupID, "error", err, "partitions", parts)
 		}
 	}
-	acks := c.acks[:0]
-	for _, a := range c.acks {
-		if only != nil && !only[a.key] {
-			acks = append(acks, a)
-			continue
-		}
+	for _, a := range settle {
 		switch {
+		case asgs[a.key] == nil:
+			// Nothing was due: an earlier commit covered its offset.
+			a.done(nil)
 		case err != nil:
 			a.done(err)
 		case failed[a.key] != nil:
@@ -633,7 +671,6 @@ func (c *Consumer) commitLocked(only map[partitionKey]bool) {
 			a.done(nil)
 		}
 	}
-	c.acks = acks
 }
 
 func (c *Consumer) logs() {

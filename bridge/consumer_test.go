@@ -215,3 +215,104 @@ func TestConsumerReportsEachKindOnceInAWhile(t *testing.T) {
 		t.Fatalf("not reported again after %s", errorEvery)
 	}
 }
+
+// recv waits for a value from ch.
+func recv[T any](t *testing.T, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(30 * time.Second):
+		t.Fatal("nothing came")
+	}
+	panic("unreachable")
+}
+
+// slowCommits makes c hold every OffsetCommit until the test lets it
+// through, one per call of the returned function; the offset of t[0]
+// each carries arrives on started first.
+func slowCommits(t *testing.T, c *kfake.Cluster) (started <-chan int64, letOne func()) {
+	t.Helper()
+	s := make(chan int64, 10)
+	release := make(chan struct{})
+	stop := make(chan struct{})
+	c.ControlKey(int16(kmsg.OffsetCommit), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		r := req.(*kmsg.OffsetCommitRequest)
+		off := int64(-1)
+		if len(r.Topics) > 0 && len(r.Topics[0].Partitions) > 0 {
+			off = r.Topics[0].Partitions[0].Offset
+		}
+		s <- off
+		c.SleepControl(func() {
+			select {
+			case <-release:
+			case <-stop:
+			}
+		})
+		return nil, nil, false // then answered as usual
+	})
+	// Before the consumer's Close, which commits: a failing test must not
+	// leave it waiting for a commit nobody lets through.
+	t.Cleanup(func() { close(stop) })
+	return s, func() { release <- struct{}{} }
+}
+
+// A commit waiting for Kafka holds up neither Store nor Commit, so a
+// socket keeps marking what it wrote while the broker is slow. A
+// commit's acknowledgement still waits for Kafka's answer, and one asked
+// for while another commit is in flight is settled by the commit that
+// carries its offset, not by the one in flight.
+func TestConsumerStoreDuringSlowCommit(t *testing.T) {
+	c := testutil.KafkaCluster(t)
+	testutil.ProduceTo(t, c, 10)
+	cons := testConsumer(t, c, ConsumerConfig{GroupID: "g", ClientID: "m", CommitInterval: time.Hour})
+	recs := nextRecords(t, cons, 10)
+	started, letOne := slowCommits(t, c)
+
+	first := make(chan error, 1)
+	if err := cons.Commit(recs[4].Assignment, recs[4].Offset, func(err error) { first <- err }); err != nil {
+		t.Fatal(err)
+	}
+	if off := recv(t, started); off != 5 {
+		t.Fatalf("first commit carries offset %d, want 5", off)
+	}
+	second := make(chan error, 1)
+	returned := make(chan error, 1)
+	go func() {
+		cons.Store(recs[5:7])
+		returned <- cons.Commit(recs[8].Assignment, recs[8].Offset, func(err error) { second <- err })
+	}()
+	select {
+	case err := <-returned:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Store and Commit waited for the commit in flight")
+	}
+	select {
+	case err := <-first:
+		t.Fatalf("commit acknowledged (%v) before Kafka answered", err)
+	default:
+	}
+
+	letOne()
+	if err := recv(t, first); err != nil {
+		t.Fatal(err)
+	}
+	if off := recv(t, started); off != 9 {
+		t.Fatalf("second commit carries offset %d, want 9", off)
+	}
+	select {
+	case err := <-second:
+		t.Fatalf("commit of offset 8 acknowledged (%v) before the commit carrying it was answered", err)
+	default:
+	}
+	letOne()
+	if err := recv(t, second); err != nil {
+		t.Fatal(err)
+	}
+	if off := committedOffset(t, c, "g"); off != 9 {
+		t.Fatalf("group offset %d, want 9", off)
+	}
+}
