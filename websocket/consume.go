@@ -116,6 +116,7 @@ func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
 	}
 	keyType := queryFormat(q.Get("keyType"), "keyType", &problems)
 	valType := queryFormat(q.Get("valType"), "valType", &problems)
+	socketPayload(q.Get("socketPayload"), &problems)
 	reset := strings.ToLower(q.Get("offsetResetStrategy"))
 	switch reset {
 	case "":

@@ -76,11 +76,15 @@ func (a *API) serveProduce(w http.ResponseWriter, r *http.Request) {
 	}
 	keyType := queryFormat(q.Get("keyType"), "keyType", &problems)
 	valType := queryFormat(q.Get("valType"), "valType", &problems)
-	if p := q.Get("socketPayload"); p != "" && !strings.EqualFold(p, "json") {
-		problems = append(problems, "socketPayload "+strconv.Quote(p)+": only json is supported")
-	}
-	if t, _ := strconv.ParseBool(q.Get("transactional")); t {
-		problems = append(problems, "transactional=true is not supported")
+	socketPayload(q.Get("socketPayload"), &problems)
+	if v := q.Get("transactional"); v != "" {
+		// Anything but a false value asks for what Tributary does not do.
+		switch t, err := strconv.ParseBool(v); {
+		case err != nil:
+			problems = append(problems, "transactional "+strconv.Quote(v)+": must be true or false (and true is not supported)")
+		case t:
+			problems = append(problems, "transactional=true is not supported: Tributary does not produce in Kafka transactions")
+		}
 	}
 	ws, conn, err := a.upgrade(w, r)
 	if err != nil {
@@ -176,6 +180,14 @@ func topicProblem(t string, problem func(string) string) string {
 		name = strconv.Quote(t[:32]) + "..."
 	}
 	return "topic " + name + " is not a valid Kafka topic name: " + why
+}
+
+// socketPayload adds to problems a socketPayload other than json, the
+// only payload Tributary speaks.
+func socketPayload(v string, problems *[]string) {
+	if v != "" && !strings.EqualFold(v, "json") {
+		*problems = append(*problems, "socketPayload "+strconv.Quote(v)+": only json is supported")
+	}
 }
 
 func queryFormat(v, name string, problems *[]string) format {
