@@ -97,10 +97,14 @@ func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
 	clientID := q.Get("clientId")
 	if clientID == "" {
 		problems = append(problems, "clientId is required")
+	} else if why := idProblem("clientId", clientID, "client id"); why != "" {
+		problems = append(problems, why)
 	}
 	groupID := q.Get("groupId")
 	if groupID == "" {
 		groupID = clientID
+	} else if why := idProblem("groupId", groupID, "consumer group id"); why != "" {
+		problems = append(problems, why)
 	}
 	var topics []string
 	for _, t := range strings.Split(q.Get("topic"), ",") {

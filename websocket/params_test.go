@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -29,7 +30,7 @@ func refusal(t *testing.T, a *API, path string, q url.Values) string {
 		t.Fatal(err)
 	}
 	defer ws.Close()
-	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
 	_, b, err := ws.ReadMessage()
 	if err != nil {
 		t.Fatalf("no error frame: %v", err)
@@ -66,6 +67,38 @@ func TestUnsupportedParameterValuesRefused(t *testing.T) {
 		{"/socket/out", "isolationLevel", "snapshot", []string{"isolationLevel", `"snapshot"`}},
 	} {
 		t.Run(tc.path+" "+tc.name+"="+tc.value, func(t *testing.T) {
+			q := url.Values{"clientId": {"c"}, "topic": {"t"}, tc.name: {tc.value}}
+			msg := refusal(t, a, tc.path, q)
+			for _, w := range tc.want {
+				if !strings.Contains(msg, w) {
+					t.Fatalf("error %q does not name %s", msg, w)
+				}
+			}
+		})
+	}
+}
+
+// A clientId or groupId that Kafka or librdkafka would not take as it is
+// (not UTF-8, or a control character: librdkafka reads ids as C strings,
+// which end at a NUL, so "a\x00b" would join group "a") is refused,
+// naming the parameter, instead of joining a group other than the one
+// asked for.
+func TestUnusableIDsRefused(t *testing.T) {
+	a := NewAPI(APIConfig{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	for _, tc := range []struct {
+		path, name, value string
+		want              []string
+	}{
+		{"/socket/out", "groupId", "a\x00b", []string{"groupId", `"a\x00b"`, "U+0000"}},
+		{"/socket/out", "groupId", "g\xff", []string{"groupId", "UTF-8"}},
+		{"/socket/out", "groupId", "g\n", []string{"groupId", "U+000A"}},
+		{"/socket/out", "groupId", strings.Repeat("g", 40000), []string{"groupId", "40000 bytes"}},
+		{"/socket/out", "clientId", "c\xff", []string{"clientId", "UTF-8"}},
+		{"/socket/out", "clientId", "c\x01", []string{"clientId", "U+0001"}},
+		{"/socket/in", "clientId", "c\x00", []string{"clientId", "U+0000"}},
+		{"/socket/in", "clientId", "\xc0\xaf", []string{"clientId", "UTF-8"}},
+	} {
+		t.Run(tc.path+" "+tc.name+"="+strconv.Quote(truncate(tc.value, 20)), func(t *testing.T) {
 			q := url.Values{"clientId": {"c"}, "topic": {"t"}, tc.name: {tc.value}}
 			msg := refusal(t, a, tc.path, q)
 			for _, w := range tc.want {

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 
@@ -67,6 +69,8 @@ func (a *API) serveProduce(w http.ResponseWriter, r *http.Request) {
 	clientID := q.Get("clientId")
 	if clientID == "" {
 		problems = append(problems, "clientId is required")
+	} else if why := idProblem("clientId", clientID, "client id"); why != "" {
+		problems = append(problems, why)
 	}
 	topic := q.Get("topic")
 	if topic == "" {
@@ -180,6 +184,40 @@ func topicProblem(t string, problem func(string) string) string {
 		name = strconv.Quote(t[:32]) + "..."
 	}
 	return "topic " + name + " is not a valid Kafka topic name: " + why
+}
+
+// maxKafkaString is the longest string the Kafka protocol carries (an
+// int16 length), group and client ids included.
+const maxKafkaString = 32767
+
+// idProblem says what keeps v, the value of the query parameter param,
+// from being used as a Kafka id (what: "client id", "consumer group id")
+// as it is, or returns "" if nothing does. Kafka's ids are protocol
+// strings: UTF-8, at most maxKafkaString bytes. librdkafka takes them as C
+// strings, which end at the first NUL ("a\x00b" would join group "a"),
+// and a control character in an id is a client bug more likely than a
+// name anyone chose.
+func idProblem(param, v, what string) string {
+	var why string
+	switch {
+	case !utf8.ValidString(v):
+		why = fmt.Sprintf("not valid UTF-8 (at byte %d)", invalidUTF8At([]byte(v)))
+	case len(v) > maxKafkaString:
+		why = fmt.Sprintf("%d bytes long, more than the %d Kafka allows", len(v), maxKafkaString)
+	default:
+		if i := strings.IndexFunc(v, unicode.IsControl); i >= 0 {
+			r, _ := utf8.DecodeRuneInString(v[i:])
+			why = fmt.Sprintf("holds the control character %U at byte %d", r, i)
+		}
+	}
+	if why == "" {
+		return ""
+	}
+	name := strconv.Quote(v)
+	if len(v) > 40 {
+		name = strconv.Quote(v[:32]) + "..."
+	}
+	return param + " " + name + " is not usable as a Kafka " + what + ": " + why
 }
 
 // socketPayload adds to problems a socketPayload other than json, the
