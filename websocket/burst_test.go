@@ -519,12 +519,12 @@ func TestProduceWriteBurst(t *testing.T) {
 	a := NewAPI(APIConfig{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	c := &produceConn{sock: newSock(ws, conn, 1<<20, time.Minute), a: a, out: make(chan outFrame, 10)}
 	for i := 1; i < 5; i++ {
-		c.out <- outFrame{id: json.RawMessage(strconv.Itoa(i)), d: bridge.Delivery{Topic: "t", Offset: int64(i)}, ts: 7}
+		c.out <- outFrame{seq: uint64(i), id: json.RawMessage(strconv.Itoa(i)), d: bridge.Delivery{Topic: "t", Offset: int64(i)}, ts: 7}
 	}
-	c.out <- outFrame{id: json.RawMessage(`"bad"`), err: invalid("bad frame")}
-	n, err := c.writeBurst(outFrame{id: json.RawMessage(`"0"`), d: bridge.Delivery{Topic: "t"}, ts: 7})
+	c.out <- outFrame{seq: 5, id: json.RawMessage(`"bad"`), err: invalid("bad frame")}
+	n, err := c.writeReady(&outFrame{id: json.RawMessage(`"0"`), d: bridge.Delivery{Topic: "t"}, ts: 7})
 	if n != 6 || err != nil {
-		t.Fatalf("writeBurst: %d frames, %v", n, err)
+		t.Fatalf("writeReady: %d frames, %v", n, err)
 	}
 	if count.writes.Load() != 1 {
 		t.Fatalf("%d writes for 6 frames, want 1", count.writes.Load())

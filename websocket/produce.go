@@ -26,6 +26,13 @@ import (
 // owed to the client holds a slot from the moment its client frame is read
 // until it is written, so out never overflows and a socket whose slots are
 // all taken is not read: that is its backpressure.
+//
+// The answers (results and errors) go out in the order their frames were
+// read, as kafka-websocket-proxy sends them: a client can match them to
+// its frames by position, which it must for an error to a frame whose
+// messageId could not be read. Kafka acknowledges records of different
+// partitions in any order, and an error is known at once, so the writer
+// holds an answer back until the answers to every earlier frame are out.
 type produceConn struct {
 	*sock
 	a       *API
@@ -39,9 +46,15 @@ type produceConn struct {
 	limit   *bucket
 	enc     []byte       // the writer's frame being encoded
 	frame   bytes.Buffer // the reader's frame being decoded
+	nextSeq uint64       // the reader's: the seq of the next frame read
+
+	// Only the writer uses these.
+	next   uint64              // seq of the next answer to write
+	parked map[uint64]outFrame // answers that came before an earlier frame's, by seq
 }
 
 type outFrame struct {
+	seq uint64 // the frame's place among the socket's frames, from 0
 	id  json.RawMessage
 	d   bridge.Delivery
 	ts  int64
@@ -52,13 +65,14 @@ type outFrame struct {
 // the producer's event goroutine: the send never blocks, because the
 // record holds a slot of out's capacity.
 type delivery struct {
-	c  *produceConn
-	id json.RawMessage
-	ts int64
+	c   *produceConn
+	seq uint64
+	id  json.RawMessage
+	ts  int64
 }
 
 func (d *delivery) Delivered(r bridge.Delivery) {
-	d.c.out <- outFrame{id: d.id, d: r, ts: d.ts}
+	d.c.out <- outFrame{seq: d.seq, id: d.id, d: r, ts: d.ts}
 }
 
 var _ bridge.DeliveryHandler = (*delivery)(nil)
@@ -306,20 +320,22 @@ func (c *produceConn) readFrame() ([]byte, error) {
 // handle produces one frame's record; the frame's slot passes to what it
 // queues on out.
 func (c *produceConn) handle(data []byte) {
+	seq := c.nextSeq
+	c.nextSeq++
 	rec, id, ferr := decodeProduceFrame(data, c.topic, c.keyType, c.valType)
 	if ferr != nil {
-		c.out <- outFrame{id: id, err: ferr}
+		c.out <- outFrame{seq: seq, id: id, err: ferr}
 		return
 	}
 	if c.limit != nil && !c.limit.allow() {
-		c.out <- outFrame{id: id, err: &frameError{code: CodeRateLimited, msg: "rate limited: more than " +
+		c.out <- outFrame{seq: seq, id: id, err: &frameError{code: CodeRateLimited, msg: "rate limited: more than " +
 			strconv.FormatFloat(c.a.cfg.ProduceRate, 'g', -1, 64) + " records per second on this socket (websocket.produce_rate)"}}
 		return
 	}
 	now := time.Now()
 	rec.Timestamp = now
-	if err := c.a.producer.Produce(c.ctx, rec, &delivery{c: c, id: id, ts: now.UnixMilli()}); err != nil {
-		c.out <- outFrame{id: id, err: produceFailure(rec.Topic, err)}
+	if err := c.a.producer.Produce(c.ctx, rec, &delivery{c: c, seq: seq, id: id, ts: now.UnixMilli()}); err != nil {
+		c.out <- outFrame{seq: seq, id: id, err: produceFailure(rec.Topic, err)}
 	}
 }
 
@@ -356,26 +372,32 @@ func (c *produceConn) writer() {
 				<-c.slots
 				continue
 			}
-			n, err := c.writeBurst(f)
-			if err != nil {
-				// The client is gone: keep draining so slots free up,
-				// and stop the reader.
-				broken = true
-				c.cancel()
-				c.requestClose(websocket.CloseGoingAway, "")
+			for first := &f; ; first = nil {
+				n, err := c.writeReady(first)
+				c.release(n)
+				if err != nil {
+					// The client is gone: keep draining so slots free
+					// up, and stop the reader.
+					broken = true
+					c.cancel()
+					c.requestClose(websocket.CloseGoingAway, "")
+					c.release(c.dropParked())
+					break
+				}
+				if n < maxBurstFrames {
+					break
+				}
 			}
-			c.release(n)
 		case <-t.C:
 			if !broken {
 				_ = c.pingNow()
 			}
 		case <-c.finish:
 			if !broken {
-				// Results already queued go out before the close frame.
 				for len(c.out) > 0 {
-					n, _ := c.writeBurst(<-c.out)
-					c.release(n)
+					c.park(<-c.out)
 				}
+				c.writeParked()
 				c.writeClose()
 			}
 			return
@@ -383,26 +405,99 @@ func (c *produceConn) writer() {
 	}
 }
 
-// writeBurst writes f and the frames already waiting behind it, up to
-// maxBurstFrames, in one write. It returns how many frames it took from
-// out: their slots are freed once they are on the socket.
-func (c *produceConn) writeBurst(f outFrame) (int, error) {
-	c.beginBurst()
-	err := c.writeFrame(f)
-	n := 1
-	for ; n < maxBurstFrames && err == nil; n++ {
-		select {
-		case f = <-c.out:
-			err = c.writeFrame(f)
-			continue
-		default:
-		}
-		break
+// park keeps f until the answers to the frames before it are out.
+func (c *produceConn) park(f outFrame) {
+	if f.seq < c.next {
+		return // passed over by writeParked: the socket is closing
 	}
-	if ferr := c.endBurst(); err == nil {
-		err = ferr
+	if c.parked == nil {
+		c.parked = map[uint64]outFrame{}
+	}
+	c.parked[f.seq] = f
+}
+
+// take returns the next answer in order if it has come: parked, or on out
+// (where those out of turn are parked).
+func (c *produceConn) take() (outFrame, bool) {
+	for {
+		if f, ok := c.parked[c.next]; ok {
+			delete(c.parked, c.next)
+			return f, true
+		}
+		select {
+		case f := <-c.out:
+			if f.seq == c.next {
+				return f, true
+			}
+			c.park(f)
+		default:
+			return outFrame{}, false
+		}
+	}
+}
+
+// writeReady writes f (nil for none) and whatever answers have come, as
+// far as they are next in order, up to maxBurstFrames in one write. An f
+// out of turn is parked. It returns how many it wrote: their slots are
+// freed once they are on the socket.
+func (c *produceConn) writeReady(f *outFrame) (int, error) {
+	var next outFrame
+	ok := false
+	if f != nil {
+		if f.seq == c.next {
+			next, ok = *f, true
+		} else {
+			c.park(*f)
+		}
+	}
+	if !ok {
+		next, ok = c.take()
+	}
+	var err error
+	n := 0
+	for ok && err == nil {
+		if n == 0 {
+			c.beginBurst()
+		}
+		c.next++
+		n++
+		err = c.writeFrame(next)
+		if n == maxBurstFrames {
+			break
+		}
+		next, ok = c.take()
+	}
+	if n > 0 {
+		if ferr := c.endBurst(); err == nil {
+			err = ferr
+		}
 	}
 	return n, err
+}
+
+// writeParked writes, as the socket closes, the answers that have come,
+// even those behind a record whose result has not come and will not be
+// sent: the client can match them by messageId, and need not send their
+// records again.
+func (c *produceConn) writeParked() {
+	for len(c.parked) > 0 {
+		n, err := c.writeReady(nil)
+		c.release(n)
+		if err != nil {
+			return
+		}
+		if n == 0 {
+			c.next++ // an answer that has not come
+		}
+	}
+}
+
+// dropParked forgets the parked answers, which will not be written, and
+// returns how many there were.
+func (c *produceConn) dropParked() int {
+	n := len(c.parked)
+	c.parked = nil
+	return n
 }
 
 func (c *produceConn) release(n int) {

@@ -1,0 +1,187 @@
+package websocket
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/tributary-io/tributary/bridge"
+	"github.com/tributary-io/tributary/internal/testutil"
+)
+
+// produceAPI is an API whose producer writes to c, served on a test
+// server; it returns the API and the server's ws:// address.
+func produceAPI(t *testing.T, c *kfake.Cluster) (*API, string) {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	p, err := bridge.NewProducer(bridge.ProducerConfig{Bootstrap: c.ListenAddrs()[0], MaxMessageBytes: 1 << 20,
+		InflightBudgetBytes: 8 << 20, AckLinger: time.Millisecond}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := NewAPI(APIConfig{}, p, log)
+	mux := http.NewServeMux()
+	a.routes(mux, func(h http.Handler) http.Handler { return h })
+	srv := httptest.NewServer(mux)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		p.Close(ctx)
+		a.Close(ctx)
+		srv.Close()
+	})
+	return a, "ws" + strings.TrimPrefix(srv.URL, "http")
+}
+
+// frames reads c's frames into the returned channel until c fails.
+func frames(c *websocket.Conn) <-chan string {
+	ch := make(chan string, 100)
+	go func() {
+		defer close(ch)
+		for {
+			_, b, err := c.ReadMessage()
+			if err != nil {
+				return
+			}
+			ch <- string(b)
+		}
+	}()
+	return ch
+}
+
+// holdFirstProduce makes c hold the first Produce request it gets until
+// the returned function is called; held is closed once it has it.
+func holdFirstProduce(t *testing.T, c *kfake.Cluster) (held <-chan struct{}, let func()) {
+	t.Helper()
+	h, release := make(chan struct{}), make(chan struct{})
+	var first atomic.Bool
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		if first.CompareAndSwap(false, true) {
+			close(h)
+			c.SleepControl(func() { <-release })
+			c.DropControl()
+		}
+		return nil, nil, false // then answered as usual
+	})
+	var once atomic.Bool
+	let = func() {
+		if once.CompareAndSwap(false, true) {
+			close(release)
+		}
+	}
+	t.Cleanup(let)
+	return h, let
+}
+
+// The answers to a socket's frames come back in the order the frames were
+// sent, errors included: the error to a frame that could not be read
+// (messageId null) does not overtake the result of a record sent before
+// it that Kafka has not acknowledged yet, so the client can tell which
+// frame it answers.
+func TestProduceAnswersInFrameOrder(t *testing.T) {
+	c := testutil.KafkaCluster(t)
+	_, addr := produceAPI(t, c)
+	held, let := holdFirstProduce(t, c)
+	in, _, err := websocket.DefaultDialer.Dial(addr+"/socket/in?"+url.Values{"clientId": {"c"}, "topic": {"t"}}.Encode(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { in.Close() })
+	got := frames(in)
+	send := func(frame string) {
+		t.Helper()
+		if err := in.WriteMessage(websocket.TextMessage, []byte(frame)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(`{"value":{"value":"a"},"messageId":"m1"}`)
+	select {
+	case <-held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the record did not reach Kafka")
+	}
+	send(`{not json`)
+	send(`{"value":{"value":"b"},"messageId":"m3"}`)
+	send(`{"value":"bare","messageId":"m4"}`)
+	select {
+	case f := <-got:
+		t.Fatalf("answer %s came before the result of m1, which Kafka has not acknowledged", f)
+	case <-time.After(time.Second):
+	}
+	let()
+	want := []string{`"messageId":"m1"`, `{"messageId":null,"error":{"code":42205`, `"messageId":"m3"`, `{"messageId":"m4","error":{"code":42205`}
+	for i, w := range want {
+		select {
+		case f := <-got:
+			if !strings.Contains(f, w) {
+				t.Fatalf("answer %d: %s, want one with %s", i+1, f, w)
+			}
+			if i == 0 || i == 2 {
+				var r struct{ Offset *int64 }
+				if json.Unmarshal([]byte(f), &r) != nil || r.Offset == nil {
+					t.Fatalf("answer %d: %s, want a result", i+1, f)
+				}
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("answer %d did not come", i+1)
+		}
+	}
+}
+
+// The writer puts answers that Kafka's acknowledgements (of records in
+// different partitions) bring out of order back in frame order; as the
+// socket closes, it sends those that came, past the ones that did not.
+func TestProduceWriterOrder(t *testing.T) {
+	client, ws, conn, _ := burstPair(t)
+	a := NewAPI(APIConfig{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c := &produceConn{sock: newSock(ws, conn, 1<<20, time.Minute), a: a, out: make(chan outFrame, 8),
+		slots: make(chan struct{}, 8)}
+	answer := func(seq uint64) outFrame {
+		return outFrame{seq: seq, id: json.RawMessage(`"m` + string(rune('0'+seq)) + `"`), d: bridge.Delivery{Topic: "t", Offset: int64(seq)}, ts: 1}
+	}
+	for _, step := range []struct {
+		arrive []uint64
+		want   []string // messageIds written, in order
+	}{
+		{[]uint64{2}, nil},
+		{[]uint64{0}, []string{"m0"}},
+		{[]uint64{3, 1}, []string{"m1", "m2", "m3"}},
+		{[]uint64{5, 7}, nil},
+	} {
+		for _, seq := range step.arrive {
+			c.slots <- struct{}{}
+			c.out <- answer(seq)
+		}
+		n, err := c.writeReady(nil)
+		c.release(n)
+		if err != nil || n != len(step.want) {
+			t.Fatalf("after %v: wrote %d (%v), want %v", step.arrive, n, err, step.want)
+		}
+		for i, f := range readFrames(t, client, n) {
+			if !strings.Contains(f, `"messageId":"`+step.want[i]+`"`) {
+				t.Fatalf("after %v: frame %d is %s, want %s", step.arrive, i, f, step.want[i])
+			}
+		}
+	}
+	c.writeParked() // 4 and 6 will not come
+	for i, f := range readFrames(t, client, 2) {
+		if want := []string{"m5", "m7"}[i]; !strings.Contains(f, `"messageId":"`+want+`"`) {
+			t.Fatalf("closing: frame %d is %s, want %s", i, f, want)
+		}
+	}
+	if len(c.slots) != 0 || len(c.parked) != 0 {
+		t.Fatalf("%d slots still taken, %d answers parked; want each written answer's slot freed", len(c.slots), len(c.parked))
+	}
+}
