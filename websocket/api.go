@@ -306,10 +306,14 @@ func (a *API) readEnded(err error, r *http.Request) {
 
 type apiMetrics struct {
 	connections *prometheus.GaugeVec
-	frames      *prometheus.CounterVec
-	errors      *prometheus.CounterVec
-	pauses      prometheus.Counter
-	tooLarge    prometheus.Counter
+	// produced and sent are records_total{direction="in"} and {"out"}:
+	// records Kafka acknowledged for /socket/in sockets, and records
+	// written to /socket/out sockets.
+	produced prometheus.Counter
+	sent     prometheus.Counter
+	errors   *prometheus.CounterVec
+	pauses   prometheus.Counter
+	tooLarge prometheus.Counter
 }
 
 func newAPIMetrics(reg prometheus.Registerer) *apiMetrics {
@@ -318,10 +322,6 @@ func newAPIMetrics(reg prometheus.Registerer) *apiMetrics {
 			Namespace: "tributary", Subsystem: "websocket", Name: "connections",
 			Help: "Open JSON WebSocket API sockets, by path.",
 		}, []string{"path"}),
-		frames: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "tributary", Subsystem: "websocket", Name: "records_total",
-			Help: "Records produced (in) or sent to clients (out) through the JSON WebSocket API.",
-		}, []string{"direction"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "tributary", Subsystem: "websocket", Name: "error_frames_total",
 			Help: "Error frames sent, by error code.",
@@ -335,6 +335,11 @@ func newAPIMetrics(reg prometheus.Registerer) *apiMetrics {
 			Help: "Sockets closed (1009) for sending a frame larger than websocket.max_frame_bytes.",
 		}),
 	}
-	reg.MustRegister(m.connections, m.frames, m.errors, m.pauses, m.tooLarge)
+	records := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "tributary", Subsystem: "websocket", Name: "records_total",
+		Help: "Records produced (in: Kafka acknowledged them, whether or not the result reached the client) or sent to clients (out) through the JSON WebSocket API.",
+	}, []string{"direction"})
+	m.produced, m.sent = records.WithLabelValues("in"), records.WithLabelValues("out")
+	reg.MustRegister(m.connections, records, m.errors, m.pauses, m.tooLarge)
 	return m
 }

@@ -502,7 +502,7 @@ func (c *consumeConn) writeBurst(batch []*bridge.ConsumedRecord, recs <-chan *br
 	if err != nil {
 		return nil, 0, err
 	}
-	c.a.metrics.frames.WithLabelValues("out").Add(float64(len(c.sent)))
+	c.a.metrics.sent.Add(float64(len(c.sent)))
 	if c.autoCommit {
 		c.consumer.Store(c.sent)
 	}

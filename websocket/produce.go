@@ -72,6 +72,11 @@ type delivery struct {
 }
 
 func (d *delivery) Delivered(r bridge.Delivery) {
+	if r.Err == nil {
+		// Counted here, not when the result is written: the record is
+		// in Kafka even if its client has gone.
+		d.c.a.metrics.produced.Inc()
+	}
 	d.c.out <- outFrame{seq: d.seq, id: d.id, d: r, ts: d.ts}
 }
 
@@ -514,7 +519,6 @@ func (c *produceConn) writeFrame(f outFrame) error {
 		c.a.metrics.errors.WithLabelValues(strconv.Itoa(f.err.code)).Inc()
 		return c.writeJSON(produceError{MessageID: f.id, Error: errorBody{Code: f.err.code, Message: f.err.msg}})
 	}
-	c.a.metrics.frames.WithLabelValues("in").Inc()
 	c.enc = appendProduceResult(c.enc[:0], &f.d, f.ts, f.id)
 	return c.writeText(c.enc)
 }

@@ -14,7 +14,10 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/tributary-io/tributary/bridge"
@@ -31,7 +34,7 @@ func produceAPI(t *testing.T, c *kfake.Cluster) (*API, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := NewAPI(APIConfig{}, p, log)
+	a := NewAPI(APIConfig{Registerer: prometheus.NewRegistry()}, p, log)
 	mux := http.NewServeMux()
 	a.routes(mux, func(h http.Handler) http.Handler { return h })
 	srv := httptest.NewServer(mux)
@@ -184,4 +187,79 @@ func TestProduceWriterOrder(t *testing.T) {
 	if len(c.slots) != 0 || len(c.parked) != 0 {
 		t.Fatalf("%d slots still taken, %d answers parked; want each written answer's slot freed", len(c.slots), len(c.parked))
 	}
+}
+
+// records_total{direction="in"} counts the records Kafka acknowledged,
+// as its help says, whether or not their results reached the client: one
+// whose client went away while Kafka had it is still in Kafka.
+func TestProduceRecordsCountedWhenKafkaAcknowledges(t *testing.T) {
+	c := testutil.KafkaCluster(t)
+	a, addr := produceAPI(t, c)
+	held, let := holdFirstProduce(t, c)
+	in, _, err := websocket.DefaultDialer.Dial(addr+"/socket/in?"+url.Values{"clientId": {"c"}, "topic": {"t"}}.Encode(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, frame := range []string{`{"value":{"value":"a"},"messageId":"m1"}`, `{"value":"bare","messageId":"m2"}`} {
+		if err := in.WriteMessage(websocket.TextMessage, []byte(frame)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the record did not reach Kafka")
+	}
+	in.Close() // gone before Kafka answers
+	let()
+	for deadline := time.Now().Add(20 * time.Second); recordsTotal(t, a, "in") != 1; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("records_total{direction=\"in\"} %v, want 1: Kafka acknowledged the record", recordsTotal(t, a, "in"))
+		}
+	}
+	if n := recordsInKafka(t, c); n != 1 {
+		t.Fatalf("%d records in Kafka, want 1", n)
+	}
+}
+
+// recordsTotal reads tributary_websocket_records_total{direction} from
+// a's registry.
+func recordsTotal(t *testing.T, a *API, direction string) float64 {
+	t.Helper()
+	mfs, err := a.cfg.Registerer.(prometheus.Gatherer).Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "tributary_websocket_records_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "direction" && l.GetValue() == direction {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// recordsInKafka is how many records topic t of c holds.
+func recordsInKafka(t *testing.T, c *kfake.Cluster) int64 {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	ends.Each(func(o kadm.ListedOffset) { n += o.Offset })
+	return n
 }
