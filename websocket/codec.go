@@ -475,30 +475,57 @@ func truncate(s string, n int) string {
 	return s[:n] + "..."
 }
 
-// parseMessageID reads a wsProxyMessageId from the right, since topic
-// names may contain '-'.
-func parseMessageID(id string) (topic string, partition int32, offset int64, ok bool) {
-	parts := strings.Split(id, "-")
-	if len(parts) < 4 {
-		return "", 0, 0, false
+// parseMessageID reads a wsProxyMessageId,
+// <topic>-<partition>-<offset>-<timestamp>, from the right, since topic
+// names may contain '-'. Only an id written as the server writes them is
+// read: numbers in decimal without a sign or leading zeros, but for a
+// negative timestamp's '-' (<topic>-0-5--1). Another spelling of the
+// numbers ("+5", "05") names no record the server sent.
+func parseMessageID(id string) (topic string, partition int32, offset, ts int64, ok bool) {
+	rest, tsText, ok := cutLast(id)
+	if !ok {
+		return "", 0, 0, 0, false
 	}
-	n := len(parts)
-	if _, err := strconv.ParseInt(parts[n-1], 10, 64); err != nil {
-		return "", 0, 0, false
+	negative := false
+	if r, found := strings.CutSuffix(rest, "-"); found {
+		rest, negative = r, true
 	}
-	off, err := strconv.ParseInt(parts[n-2], 10, 64)
-	if err != nil || off < 0 {
-		return "", 0, 0, false
+	rest, offText, ok1 := cutLast(rest)
+	topic, pText, ok2 := cutLast(rest)
+	ts, ok3 := decimal(tsText, negative, 64)
+	off, ok4 := decimal(offText, false, 64)
+	p, ok5 := decimal(pText, false, 32)
+	if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 || topic == "" || (negative && ts == 0) {
+		return "", 0, 0, 0, false
 	}
-	p, err := strconv.ParseInt(parts[n-3], 10, 32)
-	if err != nil || p < 0 {
-		return "", 0, 0, false
+	return topic, int32(p), off, ts, true
+}
+
+// cutLast splits s around its last '-'.
+func cutLast(s string) (before, after string, ok bool) {
+	i := strings.LastIndexByte(s, '-')
+	if i < 0 {
+		return "", "", false
 	}
-	topic = strings.Join(parts[:n-3], "-")
-	if topic == "" {
-		return "", 0, 0, false
+	return s[:i], s[i+1:], true
+}
+
+// decimal reads s, the digits of a number of at most bits bits (with the
+// sign) as strconv.FormatInt writes them, negated if negative.
+func decimal(s string, negative bool, bits int) (int64, bool) {
+	if s == "" || (s[0] == '0' && len(s) > 1) {
+		return 0, false
 	}
-	return topic, int32(p), off, true
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, false
+		}
+	}
+	if negative {
+		s = "-" + s
+	}
+	n, err := strconv.ParseInt(s, 10, bits)
+	return n, err == nil
 }
 
 // Frames the server writes.

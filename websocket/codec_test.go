@@ -138,15 +138,45 @@ func TestMessageID(t *testing.T) {
 	if id != "my-topic-1-2-40-1554402266846" {
 		t.Fatalf("id %q", id)
 	}
-	topic, p, off, ok := parseMessageID(id)
-	if !ok || topic != "my-topic-1" || p != 2 || off != 40 {
-		t.Fatalf("parsed %q %d %d %v", topic, p, off, ok)
+	topic, p, off, ts, ok := parseMessageID(id)
+	if !ok || topic != "my-topic-1" || p != 2 || off != 40 || ts != 1554402266846 {
+		t.Fatalf("parsed %q %d %d %d %v", topic, p, off, ts, ok)
 	}
-	for _, bad := range []string{"", "foo", "foo-1-2", "-1-2-3", "foo-x-2-3", "foo-1--2-3", "foo-1-2-x"} {
-		if _, _, _, ok := parseMessageID(bad); ok {
+	// Ids as the server writes them, a negative timestamp and a topic
+	// ending in '-' included, read back as they were written.
+	for _, r := range []struct {
+		topic   string
+		p       int32
+		off, ts int64
+	}{
+		{"t", 0, 0, 0}, {"t", 0, 5, -1}, {"a-", 1, 2, 3}, {"a-", 1, 2, -62135596800000}, {"x-1-2-3", 2147483647, 9223372036854775807, -9223372036854775808},
+	} {
+		id := messageID(r.topic, r.p, r.off, r.ts)
+		if topic, p, off, ts, ok := parseMessageID(id); !ok || topic != r.topic || p != r.p || off != r.off || ts != r.ts {
+			t.Errorf("%q parsed as %q %d %d %d %v", id, topic, p, off, ts, ok)
+		}
+	}
+	for _, bad := range []string{"", "foo", "foo-1-2", "-1-2-3", "foo-x-2-3", "foo-1--2-3", "foo-1-2-x",
+		"foo-+1-2-3", "foo-1-+2-3", "foo-1-2-+3", "foo-01-2-3", "foo-1-02-3", "foo-1-2-03", "foo-1-2--0", "foo-1-2- 3", "foo-1-2-3 ",
+		"foo-2147483648-2-3", "foo-1-9223372036854775808-3", "foo-1-2-1e3", "foo-1-2-"} {
+		if _, _, _, _, ok := parseMessageID(bad); ok {
 			t.Errorf("%q parsed", bad)
 		}
 	}
+}
+
+// An id that parses is the one the server writes for what it parses to:
+// no other spelling names the same record.
+func FuzzParseMessageID(f *testing.F) {
+	for _, id := range []string{"foo-0-1-1554402266846", "my-topic-1-2-40-1554402266846", "t-0-5--1", "a--1-2-3", "t-0-+5-1", "t-0-05-1", "t--0-5-1", "t-0-5-", ""} {
+		f.Add(id)
+	}
+	f.Fuzz(func(t *testing.T, id string) {
+		topic, p, off, ts, ok := parseMessageID(id)
+		if ok && messageID(topic, p, off, ts) != id {
+			t.Fatalf("%q parsed as %q %d %d %d, which the server writes %q", id, topic, p, off, ts, messageID(topic, p, off, ts))
+		}
+	})
 }
 
 func TestOutRecordShape(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,8 +53,75 @@ type topicPartition struct {
 // member committed while it owned the partition.
 type sentState struct {
 	asg       *bridge.Assignment
+	first     int64 // the first offset written under asg
 	last      int64 // the last offset written under asg
 	committed int64 // the last offset Kafka confirmed committed for the client; -1 for none
+	// sent holds the timestamps of the records written that the client
+	// has not committed, so that a commit is checked against the record
+	// the socket sent, not only its offset.
+	sent sentWindow
+}
+
+// maxSentWindow is how many records of one partition a socket keeps the
+// timestamps of, the latest, until the client commits them: 64 KiB at
+// most. A commit of one older is refused (a commit of a later record
+// commits it too).
+const maxSentWindow = 4096
+
+type sentRecord struct{ offset, ts int64 }
+
+// sentWindow is a ring of the latest records written of a partition and
+// not committed, oldest first, in offset order. It grows as it fills, up
+// to maxSentWindow records, then forgets the oldest.
+type sentWindow struct {
+	ring  []sentRecord
+	start int // the oldest's index in ring
+	n     int
+}
+
+func (w *sentWindow) at(i int) *sentRecord { return &w.ring[(w.start+i)%len(w.ring)] }
+
+func (w *sentWindow) add(offset, ts int64) {
+	if w.n == len(w.ring) {
+		if w.n == maxSentWindow {
+			w.start = (w.start + 1) % len(w.ring)
+			w.n--
+		} else {
+			grown := make([]sentRecord, min(max(16, 2*len(w.ring)), maxSentWindow))
+			for i := range w.n {
+				grown[i] = *w.at(i)
+			}
+			w.ring, w.start = grown, 0
+		}
+	}
+	*w.at(w.n) = sentRecord{offset, ts}
+	w.n++
+}
+
+// search returns the index of the oldest record at or after offset.
+func (w *sentWindow) search(offset int64) int {
+	return sort.Search(w.n, func(i int) bool { return w.at(i).offset >= offset })
+}
+
+// forget drops the records at or before offset: the client committed them.
+func (w *sentWindow) forget(offset int64) {
+	if i := w.search(offset + 1); i > 0 {
+		w.start = (w.start + i) % len(w.ring)
+		w.n -= i
+	}
+}
+
+// lookup returns the timestamp of the record written at offset, whether
+// one was, and whether offset is within what the window holds (false: it
+// is before the oldest record kept).
+func (w *sentWindow) lookup(offset int64) (ts int64, found, kept bool) {
+	if w.n == 0 || offset < w.at(0).offset {
+		return 0, false, false
+	}
+	if i := w.search(offset); i < w.n && w.at(i).offset == offset {
+		return w.at(i).ts, true, true
+	}
+	return 0, false, true
 }
 
 // frameQueue holds control frames (commit acknowledgements and errors) for
@@ -327,22 +395,17 @@ func (c *consumeConn) commit(data []byte) {
 		c.fail(f.ID, CodeInvalidPayload, `invalid commit message: expected {"wsProxyMessageId": "<id of a record received on this socket>"}`)
 		return
 	}
-	topic, partition, offset, ok := parseMessageID(f.ID)
+	topic, partition, offset, ts, ok := parseMessageID(f.ID)
 	if !ok {
-		c.fail(f.ID, CodeInvalidPayload, "invalid wsProxyMessageId: expected <topic>-<partition>-<offset>-<timestamp>")
+		c.fail(f.ID, CodeInvalidPayload, "invalid wsProxyMessageId: expected <topic>-<partition>-<offset>-<timestamp> as the server sent it (numbers in decimal, without a sign or leading zeros)")
 		return
 	}
 	tp := topicPartition{topic, partition}
 	c.mu.Lock()
 	s := c.parts[tp]
-	switch {
-	case !c.topics[topic] || s == nil || offset > s.last:
+	if problem := sentProblem(c.topics[topic], s, tp, offset, ts); problem != "" {
 		c.mu.Unlock()
-		c.fail(f.ID, CodeUnknownMessage, "unknown wsProxyMessageId: no such record was sent on this socket")
-		return
-	case offset <= s.committed:
-		c.mu.Unlock()
-		c.fail(f.ID, CodeUnknownMessage, "stale wsProxyMessageId: this record is already committed")
+		c.fail(f.ID, CodeUnknownMessage, problem)
 		return
 	}
 	asg := s.asg
@@ -358,6 +421,7 @@ func (c *consumeConn) commit(data []byte) {
 		default:
 			c.mu.Lock()
 			s.committed = max(s.committed, offset)
+			s.sent.forget(offset)
 			c.mu.Unlock()
 			if c.commitAck {
 				c.ctrl.push(commitAck{Committed: committed{Topic: topic, Partition: partition, Offset: offset}})
@@ -367,6 +431,32 @@ func (c *consumeConn) commit(data []byte) {
 	if err != nil {
 		c.fail(id, CodeUnknownMessage, staleReassigned)
 	}
+}
+
+// sentProblem says why a commit of the record at offset of tp with
+// timestamp ts names no record the socket may commit, given what it wrote
+// of tp (s; nil for nothing), or returns "". read is whether the socket
+// reads tp's topic. A record from before s's assignment is left to the
+// consumer, which refuses it as reassigned. c.mu is held.
+func sentProblem(read bool, s *sentState, tp topicPartition, offset, ts int64) string {
+	const unknown = "unknown wsProxyMessageId: no such record was sent on this socket"
+	switch {
+	case !read || s == nil || offset > s.last:
+		return unknown
+	case offset <= s.committed:
+		return "stale wsProxyMessageId: this record is already committed"
+	case offset < s.first:
+		return ""
+	}
+	switch sentTS, found, kept := s.sent.lookup(offset); {
+	case !kept:
+		return fmt.Sprintf("wsProxyMessageId too old to check: more than %d records of %s[%d] were sent after it, and none of them committed; commit a later record, which commits this one too", maxSentWindow, tp.topic, tp.partition)
+	case !found:
+		return unknown
+	case sentTS != ts:
+		return fmt.Sprintf("unknown wsProxyMessageId: the record sent at offset %d of %s[%d] has timestamp %d, not %d", offset, tp.topic, tp.partition, sentTS, ts)
+	}
+	return ""
 }
 
 // staleReassigned answers a commit of a record whose partition a rebalance
@@ -529,10 +619,11 @@ func (c *consumeConn) writeBatch(batch []*bridge.ConsumedRecord) ([]*bridge.Cons
 		tp := topicPartition{r.Topic, r.Partition}
 		s := c.parts[tp]
 		if s == nil || s.asg != r.Assignment {
-			s = &sentState{asg: r.Assignment, committed: -1}
+			s = &sentState{asg: r.Assignment, first: r.Offset, committed: -1}
 			c.parts[tp] = s
 		}
 		s.last = r.Offset
+		s.sent.add(r.Offset, r.Timestamp.UnixMilli())
 		batch[n] = r
 		n++
 	}

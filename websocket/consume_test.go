@@ -257,3 +257,78 @@ func TestConsumeErrorFrames(t *testing.T) {
 		}
 	}
 }
+
+// A commit names a record the socket sent, its timestamp included, in the
+// form the server writes ids: an id with another timestamp, or with a
+// number written another way (a sign, leading zeros), is refused rather
+// than taken for the record at that offset.
+func TestConsumeCommitChecksTheRecord(t *testing.T) {
+	c := testutil.KafkaCluster(t)
+	testutil.ProduceTo(t, c, 10)
+	cons := groupMember(t, c, "m")
+	s, _ := testConsume(t, cons, false)
+	recs := nextRecords(t, cons, 10)
+	write(t, s, recs)
+	ts := recs[4].Timestamp.UnixMilli()
+	for _, tc := range []struct {
+		id   string
+		code int
+	}{
+		{fmt.Sprintf("t-0-4-%d", ts+1), CodeUnknownMessage},
+		{fmt.Sprintf("t-0-4-%d", ts-1000), CodeUnknownMessage},
+		{fmt.Sprintf("t-0-+4-%d", ts), CodeInvalidPayload},
+		{fmt.Sprintf("t-0-04-%d", ts), CodeInvalidPayload},
+		{fmt.Sprintf("t-00-4-%d", ts), CodeInvalidPayload},
+		{fmt.Sprintf("t-+0-4-%d", ts), CodeInvalidPayload},
+		{fmt.Sprintf("t-0-4-+%d", ts), CodeInvalidPayload},
+		{fmt.Sprintf("t-0-4-0%d", ts), CodeInvalidPayload},
+		{fmt.Sprintf("t-0-4- %d", ts), CodeInvalidPayload},
+		{fmt.Sprintf("u-0-4-%d", ts), CodeUnknownMessage},
+		{fmt.Sprintf("t-1-4-%d", ts), CodeUnknownMessage},
+		{fmt.Sprintf("t-0-10-%d", ts), CodeUnknownMessage},
+	} {
+		s.commit(fmt.Appendf(nil, `{"wsProxyMessageId":%q}`, tc.id))
+		f := controlFrame(t, s)
+		if !strings.Contains(f, fmt.Sprintf(`"code":%d`, tc.code)) || !strings.Contains(f, fmt.Sprintf(`"wsProxyMessageId":%q`, tc.id)) {
+			t.Fatalf("commit of %s: %s, want error %d", tc.id, f, tc.code)
+		}
+	}
+	s.commit(commitFrameFor(recs[4]))
+	if f := controlFrame(t, s); f != `{"committed":{"topic":"t","partition":0,"offset":4}}` {
+		t.Fatalf("commit of the record sent: %s", f)
+	}
+	if off := committedOffset(t, c); off != 5 {
+		t.Fatalf("group offset %d, want 5: only the commit naming the record sent counts", off)
+	}
+}
+
+// A socket keeps the timestamps of the latest maxSentWindow records of a
+// partition the client has not committed; a commit of an older one is
+// refused, saying to commit a later record, rather than taken unchecked.
+func TestConsumeCommitTooOldToCheck(t *testing.T) {
+	s, _ := testConsume(t, nil, false)
+	asg := &bridge.Assignment{}
+	var recs []*bridge.ConsumedRecord
+	for i := range maxSentWindow + 100 {
+		recs = append(recs, &bridge.ConsumedRecord{Topic: "t", Offset: int64(i), Timestamp: time.UnixMilli(int64(1000 + i)), Assignment: asg})
+	}
+	write(t, s, recs)
+	s.commit(commitFrameFor(recs[50]))
+	if f := controlFrame(t, s); !strings.Contains(f, `"code":40402`) || !strings.Contains(f, "too old") || !strings.Contains(f, "commit a later record") {
+		t.Fatalf("commit of a record %d records back: %s, want error 40402, too old", maxSentWindow+50, f)
+	}
+	kept := recs[len(recs)-maxSentWindow]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.parts[topicPartition{"t", 0}]
+	if p := sentProblem(true, st, topicPartition{"t", 0}, kept.Offset, kept.Timestamp.UnixMilli()); p != "" {
+		t.Fatalf("the oldest record kept: %s", p)
+	}
+	if p := sentProblem(true, st, topicPartition{"t", 0}, kept.Offset, kept.Timestamp.UnixMilli()+1); !strings.Contains(p, "timestamp") {
+		t.Fatalf("the oldest record kept, with another timestamp: %q", p)
+	}
+	st.sent.forget(kept.Offset + 10) // as a commit does
+	if p := sentProblem(true, st, topicPartition{"t", 0}, kept.Offset+11, kept.Timestamp.UnixMilli()+11); p != "" || st.sent.n != maxSentWindow-11 {
+		t.Fatalf("after a commit: %q, %d kept", p, st.sent.n)
+	}
+}
