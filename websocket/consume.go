@@ -60,6 +60,17 @@ type sentState struct {
 	// has not committed, so that a commit is checked against the record
 	// the socket sent, not only its offset.
 	sent sentWindow
+	// inflight are the client's commits the consumer has not settled, in
+	// the order asked, each beyond the one before.
+	inflight []inflightCommit
+}
+
+// inflightCommit is a client's commit that waits for Kafka, with the ids
+// of the commits sent meanwhile that it covers (of the same record or one
+// before it): they are answered with it, as they would be after it.
+type inflightCommit struct {
+	offset  int64
+	covered []string
 }
 
 // maxSentWindow is how many records of one partition a socket keeps the
@@ -401,37 +412,69 @@ func (c *consumeConn) commit(data []byte) {
 		return
 	}
 	tp := topicPartition{topic, partition}
+	id := f.ID
 	c.mu.Lock()
 	s := c.parts[tp]
 	if problem := sentProblem(c.topics[topic], s, tp, offset, ts); problem != "" {
 		c.mu.Unlock()
-		c.fail(f.ID, CodeUnknownMessage, problem)
+		c.fail(id, CodeUnknownMessage, problem)
 		return
 	}
+	if n := len(s.inflight); n > 0 && offset <= s.inflight[n-1].offset {
+		// A commit in flight covers it: no second one, and no second
+		// acknowledgement as if this one had committed something.
+		i := sort.Search(n, func(i int) bool { return s.inflight[i].offset >= offset })
+		s.inflight[i].covered = append(s.inflight[i].covered, id)
+		c.mu.Unlock()
+		return
+	}
+	s.inflight = append(s.inflight, inflightCommit{offset: offset})
 	asg := s.asg
 	c.mu.Unlock()
-	id := f.ID
-	err = c.consumer.Commit(asg, offset, func(err error) {
-		switch {
-		case errors.Is(err, bridge.ErrNotAssigned):
-			c.fail(id, CodeUnknownMessage, staleReassigned)
-		case err != nil:
-			// Not noted as committed: the client may send it again.
-			c.fail(id, CodeKafka, err.Error())
-		default:
-			c.mu.Lock()
-			s.committed = max(s.committed, offset)
-			s.sent.forget(offset)
-			c.mu.Unlock()
-			if c.commitAck {
-				c.ctrl.push(commitAck{Committed: committed{Topic: topic, Partition: partition, Offset: offset}})
-			}
-		}
-	})
-	if err != nil {
-		c.fail(id, CodeUnknownMessage, staleReassigned)
+	settle := func(err error) { c.settle(s, tp, offset, id, err) }
+	if err := c.consumer.Commit(asg, offset, settle); err != nil {
+		settle(err)
 	}
 }
+
+// settle answers the client's commit of offset of tp, which the consumer
+// settled with err, and the commits it covered: with the same error if it
+// failed, as already committed if it succeeded.
+func (c *consumeConn) settle(s *sentState, tp topicPartition, offset int64, id string, err error) {
+	var covered []string
+	c.mu.Lock()
+	for i, p := range s.inflight {
+		if p.offset == offset {
+			covered = p.covered
+			s.inflight = slices.Delete(s.inflight, i, i+1)
+			break
+		}
+	}
+	if err == nil {
+		s.committed = max(s.committed, offset)
+		s.sent.forget(offset)
+	}
+	c.mu.Unlock()
+	code, msg := CodeUnknownMessage, alreadyCommitted
+	switch {
+	case errors.Is(err, bridge.ErrNotAssigned):
+		msg = staleReassigned
+		c.fail(id, code, msg)
+	case err != nil:
+		// Not noted as committed: the client may send it again.
+		code, msg = CodeKafka, err.Error()
+		c.fail(id, code, msg)
+	case c.commitAck:
+		c.ctrl.push(commitAck{Committed: committed{Topic: tp.topic, Partition: tp.partition, Offset: offset}})
+	}
+	for _, cid := range covered {
+		c.fail(cid, code, msg)
+	}
+}
+
+// alreadyCommitted answers a commit of a record at or before one the
+// socket committed.
+const alreadyCommitted = "stale wsProxyMessageId: this record is already committed"
 
 // sentProblem says why a commit of the record at offset of tp with
 // timestamp ts names no record the socket may commit, given what it wrote
@@ -444,7 +487,7 @@ func sentProblem(read bool, s *sentState, tp topicPartition, offset, ts int64) s
 	case !read || s == nil || offset > s.last:
 		return unknown
 	case offset <= s.committed:
-		return "stale wsProxyMessageId: this record is already committed"
+		return alreadyCommitted
 	case offset < s.first:
 		return ""
 	}

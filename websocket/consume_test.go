@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/tributary-io/tributary/bridge"
 	"github.com/tributary-io/tributary/internal/testutil"
@@ -330,5 +332,117 @@ func TestConsumeCommitTooOldToCheck(t *testing.T) {
 	st.sent.forget(kept.Offset + 10) // as a commit does
 	if p := sentProblem(true, st, topicPartition{"t", 0}, kept.Offset+11, kept.Timestamp.UnixMilli()+11); p != "" || st.sent.n != maxSentWindow-11 {
 		t.Fatalf("after a commit: %q, %d kept", p, st.sent.n)
+	}
+}
+
+// controlFrames waits for n control frames.
+func controlFrames(t *testing.T, c *consumeConn, n int) []string {
+	t.Helper()
+	var got []string
+	for deadline := time.Now().Add(30 * time.Second); len(got) < n; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d control frames, want %d: %q", len(got), n, got)
+		}
+		for _, item := range c.ctrl.take() {
+			b, err := json.Marshal(item)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, string(b))
+		}
+	}
+	return got
+}
+
+// holdCommits makes c hold every OffsetCommit until the returned function
+// lets them all through; held is closed once c has the first.
+func holdCommits(t *testing.T, c *kfake.Cluster) (held <-chan struct{}, let func()) {
+	t.Helper()
+	h, release := make(chan struct{}), make(chan struct{})
+	var first, once atomic.Bool
+	c.ControlKey(int16(kmsg.OffsetCommit), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		if first.CompareAndSwap(false, true) {
+			close(h)
+		}
+		c.SleepControl(func() { <-release })
+		return nil, nil, false // then answered as usual
+	})
+	let = func() {
+		if once.CompareAndSwap(false, true) {
+			close(release)
+		}
+	}
+	t.Cleanup(let)
+	return h, let
+}
+
+// A commit of a record that a commit still in flight covers (the same
+// record again, or one before it) is answered as it would be once that
+// commit is done, already committed, not acknowledged a second time as if
+// it had committed something.
+func TestConsumeCommitTwiceWhileInFlight(t *testing.T) {
+	c := testutil.KafkaCluster(t)
+	testutil.ProduceTo(t, c, 10)
+	cons := groupMember(t, c, "m")
+	s, _ := testConsume(t, cons, false)
+	recs := nextRecords(t, cons, 10)
+	write(t, s, recs)
+	held, let := holdCommits(t, c)
+	s.commit(commitFrameFor(recs[4]))
+	select {
+	case <-held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the commit did not reach Kafka")
+	}
+	s.commit(commitFrameFor(recs[4]))
+	s.commit(commitFrameFor(recs[2]))
+	let()
+	got := controlFrames(t, s, 3)
+	if got[0] != `{"committed":{"topic":"t","partition":0,"offset":4}}` {
+		t.Fatalf("first answer %s, want the commit acknowledged", got[0])
+	}
+	for i, r := range []*bridge.ConsumedRecord{recs[4], recs[2]} {
+		if f := got[i+1]; !strings.Contains(f, `"code":40402`) || !strings.Contains(f, "already committed") || !strings.Contains(f, fmt.Sprintf(`"t-0-%d-`, r.Offset)) {
+			t.Fatalf("answer to the commit of offset %d, covered by the one in flight: %s, want error 40402, already committed", r.Offset, f)
+		}
+	}
+	// Sent again now, the same answer.
+	s.commit(commitFrameFor(recs[4]))
+	if f := controlFrame(t, s); !strings.Contains(f, `"code":40402`) || !strings.Contains(f, "already committed") {
+		t.Fatalf("the same commit after it was confirmed: %s", f)
+	}
+	if off := committedOffset(t, c); off != 5 {
+		t.Fatalf("group offset %d, want 5", off)
+	}
+}
+
+// When the commit in flight fails, the commits it covered get its error
+// too: none was committed, and the client may send them again.
+func TestConsumeCommitCoveredShareFailure(t *testing.T) {
+	c := testutil.KafkaCluster(t)
+	testutil.ProduceTo(t, c, 10)
+	cons := groupMember(t, c, "m")
+	s, _ := testConsume(t, cons, false)
+	recs := nextRecords(t, cons, 10)
+	write(t, s, recs)
+	held, let := holdCommits(t, c)
+	testutil.RefuseNextCommit(c) // after the hold
+	s.commit(commitFrameFor(recs[4]))
+	select {
+	case <-held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the commit did not reach Kafka")
+	}
+	s.commit(commitFrameFor(recs[4]))
+	let()
+	for i, f := range controlFrames(t, s, 2) {
+		if !strings.Contains(f, `"code":50002`) || !strings.Contains(f, `"t-0-4-`) {
+			t.Fatalf("answer %d: %s, want error 50002 for offset 4", i, f)
+		}
+	}
+	s.commit(commitFrameFor(recs[4]))
+	if f := controlFrame(t, s); f != `{"committed":{"topic":"t","partition":0,"offset":4}}` {
+		t.Fatalf("sent again: %s, want it acknowledged", f)
 	}
 }
