@@ -13,9 +13,11 @@ import (
 
 // The hot outgoing frames (consumed records, produce results) are written
 // by hand rather than with json.Marshal, which spent most of the writer's
-// time in reflection. They must come out byte for byte as encoding/json
-// wrote them, with its default HTML escaping, so that the wire format does
-// not change: encode_test.go checks every path against encoding/json.
+// time in reflection. They come out byte for byte as encoding/json writes
+// them without HTML escaping (an Encoder with SetEscapeHTML(false)): '<',
+// '>' and '&' as they are, as kafka-websocket-proxy writes them and as
+// the record holds them. encode_test.go checks every path against
+// encoding/json.
 
 // appendRecord appends r as the /socket/out record frame
 // {"wsProxyMessageId":...,"topic":...,"partition":...,"offset":...,
@@ -163,12 +165,12 @@ func appendString[T string | []byte](dst []byte, s T) []byte {
 	return append(dst, '"')
 }
 
-// jsonSafe marks the ASCII bytes encoding/json writes unescaped: not the
-// control characters, '"' and '\\', nor '<', '>' and '&', which it escapes
-// so that JSON is safe to embed in HTML.
+// jsonSafe marks the ASCII bytes a JSON string holds unescaped: not the
+// control characters, '"' and '\\'. '<', '>' and '&' are not escaped:
+// the frames are JSON, not HTML.
 var jsonSafe = func() (t [utf8.RuneSelf]bool) {
 	for b := 0x20; b < utf8.RuneSelf; b++ {
-		t[b] = b != '"' && b != '\\' && b != '<' && b != '>' && b != '&'
+		t[b] = b != '"' && b != '\\'
 	}
 	return t
 }()
@@ -228,9 +230,9 @@ func appendEscaped[T string | []byte](dst []byte, s T) []byte {
 }
 
 // appendCompact appends the valid JSON text src without its insignificant
-// white space, escaping in its strings what appendEscaped escapes (src's
-// own escapes are kept as they are, and invalid UTF-8 is copied as is),
-// as encoding/json does with a json.RawMessage.
+// white space, its strings as they are (escapes and all, invalid UTF-8
+// included), as encoding/json does with a json.RawMessage when not
+// escaping HTML: the text is the record's or the client's, only compacted.
 func appendCompact(dst, src []byte) []byte {
 	start := 0
 	inString := false
@@ -246,20 +248,11 @@ func appendCompact(dst, src []byte) []byte {
 			}
 			continue
 		}
-		switch {
-		case b == '"':
+		switch b {
+		case '"':
 			inString = false
-		case b == '\\':
-			i++ // the escaped byte is never one to rewrite
-		case b == '<' || b == '>' || b == '&':
-			dst = append(dst, src[start:i]...)
-			dst = append(dst, '\\', 'u', '0', '0', hexDigits[b>>4], hexDigits[b&0xf])
-			start = i + 1
-		case b == 0xe2 && i+2 < len(src) && src[i+1] == 0x80 && src[i+2]&^1 == 0xa8:
-			dst = append(dst, src[start:i]...)
-			dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[src[i+2]&0xf])
-			i += 2
-			start = i + 1
+		case '\\':
+			i++ // an escaped quote does not end the string
 		}
 	}
 	return append(dst, src[start:]...)

@@ -16,7 +16,8 @@ import (
 )
 
 // The reference the hand-written encoders are held to: the frames as
-// json.Marshal wrote them before encode.go, types and all.
+// encoding/json writes them without HTML escaping (marshal), types and
+// all.
 
 // outValue is a key or value in a consumed record.
 type outValue struct {
@@ -34,7 +35,7 @@ func decodeValue(b []byte, f format) outValue {
 	switch f {
 	case formatString:
 		if utf8.Valid(b) {
-			s, _ := json.Marshal(string(b))
+			s, _ := marshal(string(b))
 			return outValue{Value: s, Format: "string"}
 		}
 	case formatJSON:
@@ -62,7 +63,7 @@ func decodeValue(b []byte, f format) outValue {
 			}
 		}
 	}
-	s, _ := json.Marshal(base64.StdEncoding.EncodeToString(b))
+	s, _ := marshal(base64.StdEncoding.EncodeToString(b))
 	return outValue{Value: s, Format: "base64"}
 }
 
@@ -162,12 +163,12 @@ func trickyValues() [][]byte {
 	return vals
 }
 
-// checkRecord fails t unless appendRecord writes r as json.Marshal did.
+// checkRecord fails t unless appendRecord writes r as marshal does.
 func checkRecord(t *testing.T, r *bridge.ConsumedRecord, kt, vt format) {
 	t.Helper()
-	want, err := json.Marshal(newOutRecord(r, kt, vt))
+	want, err := marshal(newOutRecord(r, kt, vt))
 	if err != nil {
-		t.Fatalf("json.Marshal: %v", err)
+		t.Fatalf("marshal: %v", err)
 	}
 	if got := appendRecord(nil, r, kt, vt); !bytes.Equal(got, want) {
 		t.Fatalf("key %s value %s:\ngot  %q\nwant %q", kt, vt, got, want)
@@ -220,7 +221,7 @@ func TestEncodeRecordMatchesJSON(t *testing.T) {
 			batch = append(batch, &r)
 			out = append(out, newOutRecord(&r, formatJSON, formatString))
 		}
-		want, err := json.Marshal(out)
+		want, err := marshal(out)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -237,9 +238,9 @@ func TestEncodeProduceResultMatchesJSON(t *testing.T) {
 		for _, raw := range ids {
 			id := validID(json.RawMessage(raw))
 			d := bridge.Delivery{Topic: topic, Partition: 7, Offset: math.MaxInt64}
-			want, err := json.Marshal(produceResult{Topic: d.Topic, Partition: d.Partition, Offset: d.Offset, Timestamp: -5, MessageID: id})
+			want, err := marshal(produceResult{Topic: d.Topic, Partition: d.Partition, Offset: d.Offset, Timestamp: -5, MessageID: id})
 			if err != nil {
-				t.Fatalf("id %q: json.Marshal: %v", raw, err)
+				t.Fatalf("id %q: marshal: %v", raw, err)
 			}
 			if got := appendProduceResult(nil, &d, -5, id); !bytes.Equal(got, want) {
 				t.Fatalf("topic %q id %q:\ngot  %q\nwant %q", topic, raw, got, want)
@@ -288,7 +289,7 @@ func FuzzEncodeRecord(f *testing.F) {
 		if flags&16 != 0 {
 			r2 := *r
 			r2.Offset++
-			want, err := json.Marshal([]outRecord{newOutRecord(r, kf, vf), newOutRecord(&r2, kf, vf)})
+			want, err := marshal([]outRecord{newOutRecord(r, kf, vf), newOutRecord(&r2, kf, vf)})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -306,9 +307,9 @@ func FuzzEncodeProduceResult(f *testing.F) {
 	f.Add("", int32(0), int64(0), int64(0), []byte(nil))
 	f.Fuzz(func(t *testing.T, topic string, partition int32, offset, ts int64, rawID []byte) {
 		id := validID(rawID)
-		want, err := json.Marshal(produceResult{Topic: topic, Partition: partition, Offset: offset, Timestamp: ts, MessageID: id})
+		want, err := marshal(produceResult{Topic: topic, Partition: partition, Offset: offset, Timestamp: ts, MessageID: id})
 		if err != nil {
-			t.Fatalf("json.Marshal: %v", err)
+			t.Fatalf("marshal: %v", err)
 		}
 		d := bridge.Delivery{Topic: topic, Partition: partition, Offset: offset}
 		if got := appendProduceResult(nil, &d, ts, id); !bytes.Equal(got, want) {
@@ -393,5 +394,36 @@ func TestEncodeDoesNotAllocate(t *testing.T) {
 		buf = appendProduceResult(buf[:0], &bridge.Delivery{Topic: r.Topic}, 1, json.RawMessage(`"<id>"`))
 	}); n != 0 {
 		t.Fatalf("%v allocations", n)
+	}
+}
+
+// Keys, values, headers and echoed messageIds come out as the client
+// sent them or as Kafka holds them, without encoding/json's HTML escaping
+// of '<', '>' and '&' (which kafka-websocket-proxy does not do either):
+// "<a&b>", not "\u003ca\u0026b\u003e". Error frames too.
+func TestEncodeNoHTMLEscaping(t *testing.T) {
+	const v = "<a&b>"
+	r := &bridge.ConsumedRecord{Topic: "t", Key: []byte(v), Value: []byte(v), Headers: []bridge.Header{{Key: "h" + v, Value: []byte(v)}}}
+	got := string(appendRecord(nil, r, formatString, formatString))
+	for _, want := range []string{`"key":{"value":"<a&b>"`, `"value":{"value":"<a&b>"`, `{"key":"h<a&b>","value":"<a&b>"}`} {
+		if !strings.Contains(got, want) {
+			t.Fatalf("record %s, want %s in it", got, want)
+		}
+	}
+	r.Value = []byte(`{"x": "<a&b>"}`)
+	if got := string(appendRecord(nil, r, formatString, formatJSON)); !strings.Contains(got, `"value":{"value":{"x":"<a&b>"},"format":"json"}`) {
+		t.Fatalf("JSON value: %s", got)
+	}
+	id := json.RawMessage(`"<a&b>"`)
+	if got := string(appendProduceResult(nil, &bridge.Delivery{Topic: "t"}, 1, id)); !strings.HasSuffix(got, `"messageId":"<a&b>"}`) {
+		t.Fatalf("result %s", got)
+	}
+	client, ws, conn, _ := burstPair(t)
+	s := newSock(ws, conn, 1<<20, time.Minute)
+	if err := s.writeJSON(produceError{MessageID: id, Error: errorBody{Code: CodeInvalidPayload, Message: "bad " + v}}); err != nil {
+		t.Fatal(err)
+	}
+	if f := readFrames(t, client, 1)[0]; f != `{"messageId":"<a&b>","error":{"code":42205,"message":"bad <a&b>"}}` {
+		t.Fatalf("error frame %s", f)
 	}
 }

@@ -125,7 +125,9 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(v)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false) // as the WebSocket frames: see encode.go
+	_ = enc.Encode(v)
 }
 
 // Start binds the addresses and serves in the background.

@@ -1,6 +1,7 @@
 package websocket
 
 import (
+	"bytes"
 	"encoding/json"
 	"strconv"
 	"sync"
@@ -98,11 +99,24 @@ func (s *sock) pingNow() error {
 }
 
 func (s *sock) writeJSON(v any) error {
-	b, err := json.Marshal(v)
+	b, err := marshal(v)
 	if err != nil {
 		return err
 	}
 	return s.writeText(b)
+}
+
+// marshal is json.Marshal without HTML escaping, as the hand-written
+// frames are (see encode.go): an error frame echoes a messageId or
+// wsProxyMessageId as the client sent it.
+func marshal(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }
 
 // writeText sends b as one text frame. b is copied or written before
@@ -142,7 +156,7 @@ func (a *API) refuse(ws *websocket.Conn, frame errorFrame, reason string) {
 // shutting down: nothing was wrong with the request).
 func (a *API) refuseWith(ws *websocket.Conn, frame errorFrame, code int, reason string) {
 	a.metrics.errors.WithLabelValues(strconv.Itoa(frame.errorCode())).Inc()
-	if b, err := json.Marshal(frame); err == nil {
+	if b, err := marshal(frame); err == nil {
 		_ = ws.SetWriteDeadline(time.Now().Add(5 * time.Second))
 		_ = ws.WriteMessage(websocket.TextMessage, b)
 	}
