@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -33,6 +34,11 @@ type consumeConn struct {
 	batchSize  int
 	limit      *bucket
 	ctrl       frameQueue
+	// due counts the client's commits not answered yet: passed to the
+	// consumer, or covered by one that was. With the control frames
+	// waiting, it bounds what the reader takes on: the consumer's Commit
+	// returns at once, whatever Kafka's pace.
+	due atomic.Int64
 
 	// Only the writer uses these.
 	enc  []byte                   // the frame being encoded
@@ -359,7 +365,7 @@ func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
 
 func (c *consumeConn) read() error {
 	for {
-		for c.ctrl.len() > maxControlFrames && !c.closing.Load() {
+		for c.ctrl.len()+int(c.due.Load()) > maxControlFrames && !c.closing.Load() {
 			time.Sleep(5 * time.Millisecond)
 		}
 		if !c.armRead() {
@@ -420,6 +426,7 @@ func (c *consumeConn) commit(data []byte) {
 		c.fail(id, CodeUnknownMessage, problem)
 		return
 	}
+	c.due.Add(1)
 	if n := len(s.inflight); n > 0 && offset <= s.inflight[n-1].offset {
 		// A commit in flight covers it: no second one, and no second
 		// acknowledgement as if this one had committed something.
@@ -455,6 +462,7 @@ func (c *consumeConn) settle(s *sentState, tp topicPartition, offset int64, id s
 		s.sent.forget(offset)
 	}
 	c.mu.Unlock()
+	defer c.due.Add(-int64(1 + len(covered))) // once their answers are queued
 	code, msg := CodeUnknownMessage, alreadyCommitted
 	switch {
 	case errors.Is(err, bridge.ErrNotAssigned):

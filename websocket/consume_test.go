@@ -446,3 +446,64 @@ func TestConsumeCommitCoveredShareFailure(t *testing.T) {
 		t.Fatalf("sent again: %s, want it acknowledged", f)
 	}
 }
+
+// While Kafka holds a commit, the reader takes at most maxControlFrames
+// commits that wait for it (its Commit returns at once, so nothing else
+// stops a client sending the same commit without end); it reads on once
+// they are answered.
+func TestConsumeCommitsAwaitingKafkaBoundReading(t *testing.T) {
+	c := testutil.KafkaCluster(t)
+	testutil.ProduceTo(t, c, 10)
+	cons := groupMember(t, c, "m")
+	s, client := testConsume(t, cons, false)
+	recs := nextRecords(t, cons, 10)
+	write(t, s, recs)
+	readFrames(t, client, 1) // what write wrote
+	held, let := holdCommits(t, c)
+	readDone := make(chan error, 1)
+	go func() { readDone <- s.read() }()
+	t.Cleanup(func() {
+		s.requestClose(websocket.CloseNormalClosure, "")
+		<-readDone
+	})
+	n := maxControlFrames + 200
+	for range n {
+		if err := client.WriteMessage(websocket.TextMessage, commitFrameFor(recs[4])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the commit did not reach Kafka")
+	}
+	taken := func() int {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		st := s.parts[topicPartition{"t", 0}]
+		if len(st.inflight) == 0 {
+			return 0
+		}
+		return 1 + len(st.inflight[0].covered)
+	}
+	for deadline := time.Now().Add(10 * time.Second); taken() < maxControlFrames; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the reader took %d commits", taken())
+		}
+	}
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if k := taken(); k > maxControlFrames+1 {
+			t.Fatalf("the reader took %d commits while Kafka held the first, want at most %d", k, maxControlFrames+1)
+		}
+	}
+	let()
+	answers := controlFrames(t, s, n)
+	if answers[0] != `{"committed":{"topic":"t","partition":0,"offset":4}}` {
+		t.Fatalf("first answer %s", answers[0])
+	}
+	for i, f := range answers[1:] {
+		if !strings.Contains(f, "already committed") {
+			t.Fatalf("answer %d: %s, want error 40402, already committed", i+1, f)
+		}
+	}
+}
