@@ -1,7 +1,6 @@
 package bridge
 
 import (
-	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -10,10 +9,8 @@ import (
 	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
-	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/tributary-io/tributary/internal/testutil"
@@ -60,28 +57,6 @@ func commitNow(t *testing.T, cons *Consumer, r *ConsumedRecord) {
 	}
 }
 
-// committedOffset is group's committed offset of partition 0 of topic t
-// (-1 for none).
-func committedOffset(t *testing.T, c *kfake.Cluster, group string) int64 {
-	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	offs, err := kadm.NewClient(cl).FetchOffsetsForTopics(ctx, group, "t")
-	if err != nil {
-		t.Fatal(err)
-	}
-	o, ok := offs.Lookup("t", 0)
-	if !ok {
-		t.Fatalf("no offset for %s[0] in %+v", "t", offs)
-	}
-	return o.At
-}
-
 // A record from an earlier assignment of a partition cannot commit the
 // group's offset back over what another member committed while it owned
 // the partition: not by Commit, nor by Store.
@@ -113,7 +88,7 @@ func TestConsumerStaleCommitAfterRebalance(t *testing.T) {
 	}
 	a.Store(old)
 	a.Close() // commits what is due
-	if off := committedOffset(t, c, "g"); off != 20 {
+	if off := testutil.CommittedOffset(t, c, "g"); off != 20 {
 		t.Fatalf("group offset %d after the first member's stale commits, want 20", off)
 	}
 }
@@ -134,9 +109,9 @@ func TestConsumerRetriesFailedCommit(t *testing.T) {
 	if err := <-done; err == nil {
 		t.Fatal("the refused commit succeeded")
 	}
-	for deadline := time.Now().Add(10 * time.Second); committedOffset(t, c, "g") != 5; time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(10 * time.Second); testutil.CommittedOffset(t, c, "g") != 5; time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("group offset %d, want 5 once the commit was retried", committedOffset(t, c, "g"))
+			t.Fatalf("group offset %d, want 5 once the commit was retried", testutil.CommittedOffset(t, c, "g"))
 		}
 	}
 }
@@ -312,7 +287,7 @@ func TestConsumerStoreDuringSlowCommit(t *testing.T) {
 	if err := recv(t, second); err != nil {
 		t.Fatal(err)
 	}
-	if off := committedOffset(t, c, "g"); off != 9 {
+	if off := testutil.CommittedOffset(t, c, "g"); off != 9 {
 		t.Fatalf("group offset %d, want 9", off)
 	}
 }

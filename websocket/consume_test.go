@@ -1,7 +1,6 @@
 package websocket
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,9 +12,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
-	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/tributary-io/tributary/bridge"
@@ -50,27 +47,6 @@ func nextRecords(t *testing.T, cons *bridge.Consumer, n int) []*bridge.ConsumedR
 		}
 	}
 	return recs
-}
-
-// committedOffset is group g's committed offset of t[0] (-1 for none).
-func committedOffset(t *testing.T, c *kfake.Cluster) int64 {
-	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	offs, err := kadm.NewClient(cl).FetchOffsetsForTopics(ctx, "g", "t")
-	if err != nil {
-		t.Fatal(err)
-	}
-	o, ok := offs.Lookup("t", 0)
-	if !ok {
-		t.Fatalf("no offset for %s[0] in %+v", "t", offs)
-	}
-	return o.At
 }
 
 // movedAndBack plays a rebalance that takes t[0] from member a and gives
@@ -166,7 +142,7 @@ func TestConsumeStaleCommitAfterRebalance(t *testing.T) {
 	if f := controlFrame(t, s); f != `{"committed":{"topic":"t","partition":0,"offset":20}}` {
 		t.Fatalf("commit of the record since: %s", f)
 	}
-	if off := committedOffset(t, c); off != 21 {
+	if off := testutil.CommittedOffset(t, c, "g"); off != 21 {
 		t.Fatalf("group offset %d, want 21", off)
 	}
 }
@@ -187,7 +163,7 @@ func TestConsumeDropsRecordsOfAnEndedAssignment(t *testing.T) {
 		t.Fatalf("the socket sent %s, a record it had read before the partition moved away", f)
 	}
 	a.Close() // commits what was stored
-	if off := committedOffset(t, c); off != 20 {
+	if off := testutil.CommittedOffset(t, c, "g"); off != 20 {
 		t.Fatalf("group offset %d, want the other member's 20", off)
 	}
 }
@@ -299,7 +275,7 @@ func TestConsumeCommitChecksTheRecord(t *testing.T) {
 	if f := controlFrame(t, s); f != `{"committed":{"topic":"t","partition":0,"offset":4}}` {
 		t.Fatalf("commit of the record sent: %s", f)
 	}
-	if off := committedOffset(t, c); off != 5 {
+	if off := testutil.CommittedOffset(t, c, "g"); off != 5 {
 		t.Fatalf("group offset %d, want 5: only the commit naming the record sent counts", off)
 	}
 }
@@ -412,7 +388,7 @@ func TestConsumeCommitTwiceWhileInFlight(t *testing.T) {
 	if f := controlFrame(t, s); !strings.Contains(f, `"code":40402`) || !strings.Contains(f, "already committed") {
 		t.Fatalf("the same commit after it was confirmed: %s", f)
 	}
-	if off := committedOffset(t, c); off != 5 {
+	if off := testutil.CommittedOffset(t, c, "g"); off != 5 {
 		t.Fatalf("group offset %d, want 5", off)
 	}
 }

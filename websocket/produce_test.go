@@ -15,9 +15,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
-	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/tributary-io/tributary/bridge"
@@ -217,7 +215,7 @@ func TestProduceRecordsCountedWhenKafkaAcknowledges(t *testing.T) {
 			t.Fatalf("records_total{direction=\"in\"} %v, want 1: Kafka acknowledged the record", recordsTotal(t, a, "in"))
 		}
 	}
-	if n := recordsInKafka(t, c); n != 1 {
+	if n := testutil.RecordsIn(t, c); n != 1 {
 		t.Fatalf("%d records in Kafka, want 1", n)
 	}
 }
@@ -243,23 +241,4 @@ func recordsTotal(t *testing.T, a *API, direction string) float64 {
 		}
 	}
 	return 0
-}
-
-// recordsInKafka is how many records topic t of c holds.
-func recordsInKafka(t *testing.T, c *kfake.Cluster) int64 {
-	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, "t")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n int64
-	ends.Each(func(o kadm.ListedOffset) { n += o.Offset })
-	return n
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -87,6 +88,52 @@ func ProduceTo(t testing.TB, c *kfake.Cluster, n int) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// admin calls f with an admin client of c and a context of 10 s.
+func admin(t testing.TB, c *kfake.Cluster, f func(context.Context, *kadm.Client)) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	f(ctx, kadm.NewClient(cl))
+}
+
+// CommittedOffset is group's committed offset of partition 0 of topic
+// "t" in c.
+func CommittedOffset(t testing.TB, c *kfake.Cluster, group string) int64 {
+	t.Helper()
+	var at int64
+	admin(t, c, func(ctx context.Context, adm *kadm.Client) {
+		offs, err := adm.FetchOffsetsForTopics(ctx, group, "t")
+		if err != nil {
+			t.Fatal(err)
+		}
+		o, ok := offs.Lookup("t", 0)
+		if !ok {
+			t.Fatalf("no offset for t[0] in %+v", offs)
+		}
+		at = o.At
+	})
+	return at
+}
+
+// RecordsIn is how many records topic "t" of c holds.
+func RecordsIn(t testing.TB, c *kfake.Cluster) int64 {
+	t.Helper()
+	var n int64
+	admin(t, c, func(ctx context.Context, adm *kadm.Client) {
+		ends, err := adm.ListEndOffsets(ctx, "t")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ends.Each(func(o kadm.ListedOffset) { n += o.Offset })
+	})
+	return n
 }
 
 // RefuseNextCommit makes c answer the next OffsetCommit with "topic
