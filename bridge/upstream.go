@@ -107,15 +107,12 @@ type UpstreamConfig struct {
 	URL      string
 	ClientID string
 	Username string
-	// Password and TLS are used at every connection attempt, unless
-	// Credentials is set.
-	Password string
-	TLS      *tls.Config
 	// Credentials, when set, is called at every connection attempt (the
 	// first and each reconnect) for the password and the TLS
-	// configuration, in place of Password and TLS, so that files rotated
-	// meanwhile (a password, a renewed client certificate) are used from
-	// the next connect on. An error fails that attempt like a refused
+	// configuration (nil: paho's default, the system roots for ssl://), so
+	// that files rotated meanwhile (a password, a renewed client
+	// certificate) are used from the next connect on. Unset: no password,
+	// no TLS configuration. An error fails that attempt like a refused
 	// connect: it is logged, becomes the last error, and the attempt is
 	// retried with backoff. Its error should name what to fix.
 	Credentials   func() (password string, tc *tls.Config, err error)
@@ -411,7 +408,8 @@ func (u *upstream) sleep(d time.Duration) bool {
 // subscription is logged and counted; the connection stays up for the
 // others.
 func (u *upstream) connect() (*conn, error) {
-	password, tc := u.cfg.Password, u.cfg.TLS
+	var password string
+	var tc *tls.Config
 	if u.cfg.Credentials != nil {
 		var err error
 		if password, tc, err = u.cfg.Credentials(); err != nil {

@@ -3,6 +3,7 @@ package bridge
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -85,6 +86,12 @@ func upstreamForTest(t testing.TB, cfg UpstreamConfig, p UpstreamProducer, log *
 	us := NewUpstreams([]UpstreamConfig{cfg}, p, nil, prometheus.NewRegistry(), log)
 	t.Cleanup(us.Close)
 	return us, us.list[0]
+}
+
+// fixedCredentials is UpstreamConfig.Credentials for a password and TLS
+// configuration that never change.
+func fixedCredentials(password string, tc *tls.Config) func() (string, *tls.Config, error) {
+	return func() (string, *tls.Config, error) { return password, tc, nil }
 }
 
 // writePublish writes a QoS 1 PUBLISH, as a remote broker sends it.
@@ -384,22 +391,8 @@ type fakeRemote struct {
 
 func startFakeRemote(t *testing.T, sessionPresent bool, serve func(net.Conn)) *fakeRemote {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &fakeRemote{t: t, l: l, sessionPresent: sessionPresent, serve: serve}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { l.Close(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			nc, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() { r.session(nc) })
-		}
-	})
+	r := &fakeRemote{t: t, l: loopback(t), sessionPresent: sessionPresent, serve: serve}
+	serveConns(t, r.l, 0, r.session)
 	return r
 }
 
@@ -679,7 +672,7 @@ func TestUpstreamRefusedConnectSaysWhatToCheck(t *testing.T) {
 				}
 			}()
 			_, u := upstreamForTest(t, UpstreamConfig{URL: "tcp://" + l.Addr().String(), ClientID: "tributary-x-1",
-				Username: "bridge", Password: "wrong", ConnectTimeout: 5 * time.Second}, &fakeProducer{}, nil)
+				Username: "bridge", Credentials: fixedCredentials("wrong", nil), ConnectTimeout: 5 * time.Second}, &fakeProducer{}, nil)
 			_, err = u.connect()
 			if err == nil {
 				t.Fatal("connected")

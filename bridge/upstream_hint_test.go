@@ -18,9 +18,10 @@ import (
 	"github.com/tributary-io/tributary/certs"
 )
 
-// serveConns accepts connections on a loopback port and hands each to
-// serve, which closes it; it returns the port's address.
-func serveConns(t *testing.T, l net.Listener, serve func(net.Conn)) string {
+// serveConns accepts connections on l until cleanup and hands each to
+// serve, closing it after; with deadline > 0, a connection that lasts
+// longer fails its reads and writes. It returns l's address.
+func serveConns(t *testing.T, l net.Listener, deadline time.Duration, serve func(net.Conn)) string {
 	t.Helper()
 	var wg sync.WaitGroup
 	t.Cleanup(func() { l.Close(); wg.Wait() })
@@ -32,7 +33,9 @@ func serveConns(t *testing.T, l net.Listener, serve func(net.Conn)) string {
 			}
 			wg.Go(func() {
 				defer nc.Close()
-				_ = nc.SetDeadline(time.Now().Add(5 * time.Second))
+				if deadline > 0 {
+					_ = nc.SetDeadline(time.Now().Add(deadline))
+				}
 				serve(nc)
 			})
 		}
@@ -67,17 +70,17 @@ func TestUpstreamSchemeMismatchHint(t *testing.T) {
 	serverTLS := &tls.Config{Certificates: []tls.Certificate{cert}}
 	trustAll := &tls.Config{InsecureSkipVerify: true}
 
-	tlsPort := serveConns(t, tls.NewListener(loopback(t), serverTLS), func(nc net.Conn) {
+	tlsPort := serveConns(t, tls.NewListener(loopback(t), serverTLS), 5*time.Second, func(nc net.Conn) {
 		_ = nc.(*tls.Conn).Handshake() // fails on a plain CONNECT; Go closes without an alert
 	})
-	resetting := serveConns(t, loopback(t), func(nc net.Conn) {
+	resetting := serveConns(t, loopback(t), 5*time.Second, func(nc net.Conn) {
 		// What mosquitto does with a first packet it cannot read: a
 		// TLS ClientHello at its plain port, or a CONNECT at its TLS
 		// port (there OpenSSL resets the connection).
 		_, _ = nc.Read(make([]byte, 1))
 		_ = nc.(*net.TCPConn).SetLinger(0)
 	})
-	answersPlain := serveConns(t, loopback(t), func(nc net.Conn) {
+	answersPlain := serveConns(t, loopback(t), 5*time.Second, func(nc net.Conn) {
 		// An MQTT 5 CONNACK 0x81 (malformed packet), as a broker may
 		// answer a first packet it cannot read, then wait for the client
 		// to give up (closing with the ClientHello unread would reset).
@@ -85,7 +88,7 @@ func TestUpstreamSchemeMismatchHint(t *testing.T) {
 		_, _ = nc.Write([]byte{packets.Connack << 4, 3, 0, 0x81, 0})
 		_, _ = io.Copy(io.Discard, nc)
 	})
-	refusing := serveConns(t, loopback(t), func(nc net.Conn) {
+	refusing := serveConns(t, loopback(t), 5*time.Second, func(nc net.Conn) {
 		if _, err := packets.ReadPacket(nc); err == nil {
 			ca := packets.NewControlPacket(packets.Connack).(*packets.ConnackPacket)
 			ca.ReturnCode = packets.ErrRefusedNotAuthorised
@@ -120,7 +123,7 @@ func TestUpstreamSchemeMismatchHint(t *testing.T) {
 		{"ssl with an untrusted certificate", "ssl://" + tlsPort, &tls.Config{RootCAs: x509.NewCertPool(), ServerName: "localhost"}, "", "tcp://"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, u := upstreamForTest(t, UpstreamConfig{URL: tc.url, ClientID: "trib-hint", TLS: tc.tls, ConnectTimeout: 5 * time.Second}, &fakeProducer{}, nil)
+			_, u := upstreamForTest(t, UpstreamConfig{URL: tc.url, ClientID: "trib-hint", Credentials: fixedCredentials("", tc.tls), ConnectTimeout: 5 * time.Second}, &fakeProducer{}, nil)
 			_, err := u.connect()
 			if err == nil {
 				t.Fatal("connected")
