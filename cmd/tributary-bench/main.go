@@ -35,7 +35,12 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := realMain(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	var code int
+	if len(os.Args) > 1 && os.Args[1] == bareEndpointArg {
+		code = bareEndpointMain(os.Stdin, os.Stdout, os.Stderr)
+	} else {
+		code = realMain(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	}
 	stop()
 	os.Exit(code)
 }
@@ -67,6 +72,9 @@ const (
 	// mosquittoLoad is the same MQTT load against Debian's mosquitto with
 	// one subscriber draining it (mosquitto.go): no Kafka.
 	mosquittoLoad
+	// bareLoad is the same MQTT load against the bare endpoint (bare.go),
+	// which only acknowledges: the protocol's own cost.
+	bareLoad
 	// latencyLoad is paced QoS 1 publishing through Tributary (latency.go).
 	latencyLoad
 	// idleConns is many idle MQTT connections to Tributary (connections.go).
@@ -87,12 +95,12 @@ func (s scenario) consumes() bool { return s.kind == nativeConsume || s.kind == 
 
 // needsBridge reports whether the scenario runs Tributary.
 func (s scenario) needsBridge() bool {
-	return s.kind != nativeProduce && s.kind != nativeConsume && s.kind != mosquittoLoad
+	return s.kind != nativeProduce && s.kind != nativeConsume && s.kind != mosquittoLoad && s.kind != bareLoad
 }
 
 // needsTopic reports whether the scenario produces into a fresh topic.
 func (s scenario) needsTopic() bool {
-	return s.kind != mosquittoLoad && s.kind != idleConns && !s.consumes()
+	return s.kind != mosquittoLoad && s.kind != bareLoad && s.kind != idleConns && !s.consumes()
 }
 
 func (s scenario) describe() string {
@@ -110,6 +118,8 @@ func (s scenario) describe() string {
 		return load + ", MQTT over WebSocket (/mqtt), through Tributary"
 	case mosquittoLoad:
 		return load + ", into Debian's mosquitto with one subscriber draining bench/# (no Kafka)"
+	case bareLoad:
+		return load + ", into a bare endpoint that only acknowledges (no broker, no Kafka): the protocol's own cost"
 	case latencyLoad:
 		return fmt.Sprintf("%d MQTT clients, QoS 1, paced at half the mqtt-qos1 rate (or --latency-rate): PUBACK and publish → Kafka consumer latency", s.clients)
 	case idleConns:
@@ -135,6 +145,7 @@ var scenarios = []scenario{
 	{name: "mosquitto-qos0", kind: mosquittoLoad, clients: 10, qos: 0},
 	{name: "mqtt-qos1", kind: mqttLoad, clients: 100, qos: 1, window: 10},
 	{name: "mosquitto-qos1", kind: mosquittoLoad, clients: 100, qos: 1, window: 10},
+	{name: "bare-qos1", kind: bareLoad, clients: 100, qos: 1, window: 10},
 	{name: "mqtt-qos1-single", kind: mqttLoad, clients: 1, qos: 1, window: 100},
 	{name: "mqtt-ws-qos1", kind: mqttWSLoad, clients: 100, qos: 1, window: 10},
 	{name: "latency-qos1", kind: latencyLoad, clients: 100, qos: 1},
@@ -501,7 +512,7 @@ func (b *bench) runOne(ctx context.Context, s scenario, runID string, round int,
 		err = b.admin.createTopic(ctx, topic, b.opts.partitions)
 	}
 	switch s.kind {
-	case mosquittoLoad:
+	case mosquittoLoad, bareLoad:
 		fmt.Fprintf(b.progress, "== %s: %d records, %s\n", name, b.opts.records, s.describe())
 	case idleConns:
 		fmt.Fprintf(b.progress, "== %s: %d idle MQTT clients (keepalive %d s) to a fresh Tributary\n", name, b.opts.connections, idleKeepalive)
@@ -521,6 +532,8 @@ func (b *bench) runOne(ctx context.Context, s scenario, runID string, round int,
 			rs[0] = b.runMQTT(ctx, s, topic, name)
 		case mosquittoLoad:
 			rs[0] = b.runMosquitto(ctx, s, name)
+		case bareLoad:
+			rs[0] = b.runBare(ctx, s)
 		case latencyLoad:
 			rs[0] = b.runLatency(ctx, s, topic, name, earlier)
 		case idleConns:
@@ -548,8 +561,11 @@ func (b *bench) runOne(ctx context.Context, s scenario, runID string, round int,
 		if len(rs) == 1 {
 			r.HarnessCPU = ptr(harnessCPU)
 			broker := "tributary"
-			if s.kind == mosquittoLoad {
+			switch s.kind {
+			case mosquittoLoad:
 				broker = "mosquitto"
+			case bareLoad:
+				broker = "endpoint"
 			}
 			fmt.Fprintf(b.progress, "   CPU: %s %s s, harness (%s) %.2f s", broker, optf(r.CPU, 2), harness, harnessCPU)
 			if r.KafkaCPU != nil {
@@ -566,6 +582,8 @@ func (b *bench) runOne(ctx context.Context, s scenario, runID string, round int,
 			fmt.Fprintf(b.progress, "   %d records received after %.2f s (first after %.2f s): %.0f records/s\n", r.Found, r.Seconds, *r.FirstRecordSeconds, r.Rate)
 		case len(rs) == 1 && r.OK && s.kind == mosquittoLoad:
 			fmt.Fprintf(b.progress, "   %d records received by the subscriber after %.2f s: %.0f records/s\n", r.Found, r.Seconds, r.Rate)
+		case len(rs) == 1 && r.OK && s.kind == bareLoad:
+			fmt.Fprintf(b.progress, "   %d publishes acknowledged after %.2f s: %.0f records/s\n", r.Found, r.Seconds, r.Rate)
 		case len(rs) == 1 && r.OK && s.kind == idleConns:
 			fmt.Fprintf(b.progress, "   %d connections open after %.2f s: %.0f connections/s; Tributary's RSS grew %s KiB per connection\n",
 				r.Records, r.Seconds, r.Rate, optf(kib(r.RSSPerConn), 1))

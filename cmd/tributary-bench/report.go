@@ -285,7 +285,7 @@ func printTable(w io.Writer, rs []result) {
 // received rather than what Kafka holds.
 func countedByClient(scenario string) bool {
 	return scenario == "mosquitto-sub" || scenario == "native-consume" ||
-		strings.HasPrefix(scenario, "mosquitto-qos") || strings.HasPrefix(scenario, "ws-out")
+		strings.HasPrefix(scenario, "mosquitto-qos") || strings.HasPrefix(scenario, "bare-") || strings.HasPrefix(scenario, "ws-out")
 }
 
 // notes lists a result's figures that have no column of their own.
@@ -454,7 +454,7 @@ func printCPU(w io.Writer, rs []result, cpus int) {
 			if kafka {
 				who = "the harness with its clients, the local Kafka broker"
 			}
-			fmt.Fprintf(w, "CPU per record (all processes of the scenario: Tributary or mosquitto, %s; %d CPUs):\n", who, cpus)
+			fmt.Fprintf(w, "CPU per record (all processes of the scenario: Tributary, mosquitto or the bare endpoint, %s; %d CPUs):\n", who, cpus)
 			header = true
 		}
 		us := 1e6 * perRecord[r.Scenario]
@@ -482,6 +482,27 @@ func printCPU(w io.Writer, rs []result, cpus int) {
 		}
 		fmt.Fprintln(w)
 	}
+	printProtocolCeiling(w, rs, perRecord, busy, cpus)
+}
+
+// printProtocolCeiling prints what mqtt-qos1 × mqtt-qos0 could reach if a
+// QoS 1 record cost Tributary no more than a QoS 0 one plus what the
+// protocol costs the bare endpoint and the load generator (bare-qos1),
+// when mqtt-qos0 kept the machine busy, so that CPU bounds its rate.
+func printProtocolCeiling(w io.Writer, rs []result, perRecord, busy map[string]float64, cpus int) {
+	q0, ok0 := perRecord["mqtt-qos0"]
+	bare, ok1 := perRecord["bare-qos1"]
+	if !ok0 || !ok1 || busy["mqtt-qos0"] < cpuBoundShare*float64(cpus) {
+		return
+	}
+	fmt.Fprintf(w, "  QoS 1 ceiling from the protocol alone: %.2f× mqtt-qos0 (mqtt-qos0's %.1f µs per record plus bare-qos1's %.1f µs)",
+		q0/(q0+bare), 1e6*q0, 1e6*bare)
+	for _, r := range rs {
+		if r.Scenario == "mqtt-qos1" && r.RatioQoS0 != nil {
+			fmt.Fprintf(w, "; mqtt-qos1 measured %.3f×", *r.RatioQoS0)
+		}
+	}
+	fmt.Fprintln(w)
 }
 
 // cpuBoundShare is the share of the machine's cores a baseline must keep
@@ -494,6 +515,8 @@ func cpuOwner(scenario string) string {
 		return "mosquitto_sub"
 	case strings.HasPrefix(scenario, "mosquitto-"):
 		return "mosquitto"
+	case strings.HasPrefix(scenario, "bare-"):
+		return "endpoint"
 	}
 	return "Tributary"
 }

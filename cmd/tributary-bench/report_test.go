@@ -458,3 +458,33 @@ func TestPrintCPUWithKafka(t *testing.T) {
 		}
 	}
 }
+
+// TestPrintProtocolCeiling: with mqtt-qos0 keeping the machine busy, the
+// bare endpoint's QoS 1 cost added to mqtt-qos0's bounds mqtt-qos1 ×
+// mqtt-qos0; without a CPU-bound mqtt-qos0 no bound is printed.
+func TestPrintProtocolCeiling(t *testing.T) {
+	rs := []result{
+		// 1.8 s Tributary + 0.2 s harness for 200 000 records in 1 s: 10 µs.
+		{Scenario: "mqtt-qos0", Records: 200000, Found: 200000, Seconds: 1, Rate: 200000, CPU: ptr(1.8), HarnessCPU: ptr(0.2), OK: true},
+		{Scenario: "mqtt-qos1", Records: 200000, Found: 200000, Seconds: 4, Rate: 50000, CPU: ptr(6.0), HarnessCPU: ptr(2.0), OK: true},
+		// 0.4 s endpoint + 0.6 s harness for 200 000 records: 5 µs.
+		{Scenario: "bare-qos1", Records: 200000, Found: 200000, Seconds: 0.5, Rate: 400000, CPU: ptr(0.4), HarnessCPU: ptr(0.6), OK: true},
+	}
+	fillRatios(rs)
+	var out bytes.Buffer
+	printCPU(&out, rs, 2)
+	for _, want := range []string{
+		"bare-qos1                 5.0 µs (endpoint 2.0, harness 3.0), 2.00 cores busy\n",
+		"QoS 1 ceiling from the protocol alone: 0.67× mqtt-qos0 (mqtt-qos0's 10.0 µs per record plus bare-qos1's 5.0 µs); mqtt-qos1 measured 0.250×\n",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+	rs[0].CPU, rs[0].HarnessCPU = ptr(0.8), ptr(0.2) // 1 of 2 cores busy: not bound by CPU
+	out.Reset()
+	printCPU(&out, rs, 2)
+	if strings.Contains(out.String(), "ceiling from the protocol") {
+		t.Errorf("a ceiling printed though mqtt-qos0 kept only 1 of 2 cores busy:\n%s", out.String())
+	}
+}
