@@ -232,15 +232,12 @@ func (b *bench) runBare(ctx context.Context, s scenario) result {
 		return r
 	}
 	defer e.stop()
-	pubs, err := dialPublishers(ctx, mqttDial{}, e.addr, s.name, s.clients, b.payload, s.qos, "")
+	l, done, err := b.dialLoad(ctx, mqttDial{}, e.addr, s, "")
 	if err != nil {
 		r.Error = err.Error()
 		return r
 	}
-	defer closePublishers(pubs)
-	sendCtx, cancel := context.WithTimeout(ctx, b.opts.timeout)
-	defer cancel()
-	l := startLoad(pubs, sendMQTT(sendCtx, s, split(b.opts.records, s.clients)))
+	defer done()
 	cpu0, cpuErr := processCPU(e.cmd.Process.Pid)
 	start, sendErr := l.fire(&r)
 	end := time.Now()

@@ -70,6 +70,20 @@ func sendMQTT(ctx context.Context, s scenario, counts []int) func(int, *publishe
 	}
 }
 
+// dialLoad connects s's publishers to addr the way how says and starts
+// their load of the run's records, each send limited by --timeout; done
+// ends the sends and closes the connections. logPath, if set, names the
+// broker's log in an error.
+func (b *bench) dialLoad(ctx context.Context, how mqttDial, addr string, s scenario, logPath string) (l *load, done func(), err error) {
+	pubs, err := dialPublishers(ctx, how, addr, s.name, s.clients, b.payload, s.qos, logPath)
+	if err != nil {
+		return nil, nil, err
+	}
+	sendCtx, cancel := context.WithTimeout(ctx, b.opts.timeout)
+	l = startLoad(pubs, sendMQTT(sendCtx, s, split(b.opts.records, s.clients)))
+	return l, func() { cancel(); closePublishers(pubs) }, nil
+}
+
 // fire releases the goroutines and waits for them; it records the sending
 // time in r (if not nil) when every one succeeded, and returns when the
 // sending started and the first error.

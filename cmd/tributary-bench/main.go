@@ -797,16 +797,13 @@ func (b *bench) runMQTT(ctx context.Context, s scenario, topic, name string) res
 	if s.kind == mqttWSLoad {
 		how.ws, addr = true, d.mqttWSAddr
 	}
-	pubs, err := dialPublishers(ctx, how, addr, s.name, s.clients, b.payload, s.qos, d.logPath)
+	l, done, err := b.dialLoad(ctx, how, addr, s, d.logPath)
 	if err != nil {
 		r.Error = err.Error()
 		return r
 	}
-	defer closePublishers(pubs)
+	defer done()
 
-	sendCtx, cancel := context.WithTimeout(ctx, b.opts.timeout)
-	defer cancel()
-	l := startLoad(pubs, sendMQTT(sendCtx, s, split(b.opts.records, s.clients)))
 	profiled := b.profile(ctx, d, name)
 	cpu0, cpuErr := d.cpuSeconds()
 	start, sendErr := l.fire(&r)

@@ -53,20 +53,17 @@ func (b *bench) runMosquitto(ctx context.Context, s scenario, name string) resul
 		return r
 	}
 	defer sub.Close()
-	pubs, err := dialPublishers(ctx, mqttDial{}, rb.addr(), s.name, s.clients, b.payload, s.qos, rb.logPath)
+	l, done, err := b.dialLoad(ctx, mqttDial{}, rb.addr(), s, rb.logPath)
 	if err != nil {
 		r.Error = err.Error()
 		return r
 	}
-	defer closePublishers(pubs)
+	defer done()
 
 	want := int64(b.opts.records)
 	recvDone := make(chan error, 1)
 	go func() { recvDone <- sub.receive(want) }()
 
-	sendCtx, cancel := context.WithTimeout(ctx, b.opts.timeout)
-	defer cancel()
-	l := startLoad(pubs, sendMQTT(sendCtx, s, split(b.opts.records, s.clients)))
 	cpu0, cpuErr := rb.cpuSeconds()
 	start, sendErr := l.fire(&r)
 	recvErr := b.awaitSubscriber(ctx, sub, recvDone, want, sendErr != nil)
