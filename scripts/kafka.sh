@@ -247,6 +247,12 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 
+# Tests freeze the broker (pause) for longer than the default 9 s broker
+# lease. On resume the controller would fence its own broker, and every
+# partition would lose its leader for a moment: requests of the next test
+# would fail for reasons of their own.
+broker.session.timeout.ms=60000
+
 # Small machine: keep thread pools modest.
 num.network.threads=2
 num.io.threads=2
