@@ -33,7 +33,10 @@ test: deps vet ## unit and integration tests (race detector) against the embedde
 test-kafka: deps ## the integration suite against a real Apache Kafka 4.x (KRaft) started from Maven Central jars
 	$(KAFKA) start
 	TRIBUTARY_TEST_KAFKA_BOOTSTRAP=$$($(KAFKA) bootstrap) $(GO) test -race -count=1 -timeout 25m ./cmd/tributary/; \
-		status=$$?; $(KAFKA) stop; exit $$status
+		status=$$?; \
+		if [ $$status -ne 0 ]; then echo "== the broker's warnings, errors and fencing, last 60 lines"; \
+			$(KAFKA) logs-problems || true; fi; \
+		$(KAFKA) stop; exit $$status
 
 test-allocs: ## allocation guards that the race detector makes skip (sync.Pool drops items under it)
 	$(GO) test -count=1 -run 'TestBuildRecordReusesRecords' ./broker/

@@ -50,6 +50,8 @@ Commands:
   bootstrap  print the bootstrap address ($HOST:$PORT)
   fetch      only download the broker jars into the cache
   logs       print the tail of the broker log
+  logs-problems  print the broker log's last 60 WARN and ERROR lines and
+             broker fencings (make test-kafka shows them when it fails)
   pause      freeze the broker (SIGSTOP): Kafka unresponsive, data kept
   resume     unfreeze it (SIGCONT)
 
@@ -433,6 +435,9 @@ main() {
     bootstrap) printf '%s:%s\n' "$HOST" "$PORT" ;;
     fetch) fetch; log "Kafka $KAFKA_VERSION jars are in $LIBS" ;;
     logs) if [[ -f "$LOG_FILE" ]]; then tail -n 100 "$LOG_FILE"; else die "no log at $LOG_FILE"; fi ;;
+    logs-problems)
+      [[ -f "$LOG_FILE" ]] || die "no log at $LOG_FILE"
+      grep -E '\] (WARN|ERROR) |Fencing broker' "$LOG_FILE" | tail -n 60 || true ;;
     -h | --help | help) usage ;;
     *) usage >&2; exit 2 ;;
   esac
