@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,9 +17,6 @@ import (
 	"github.com/tributary-io/tributary/bridge"
 	"github.com/tributary-io/tributary/internal/testutil"
 )
-
-// kafkaCluster is an in-process Kafka with one topic, "t", of one
-// partition.
 
 // groupMember joins group g as client, reading topic t.
 func groupMember(t *testing.T, c *kfake.Cluster, client string) *bridge.Consumer {
@@ -100,6 +96,20 @@ func write(t *testing.T, c *consumeConn, recs []*bridge.ConsumedRecord) {
 	}
 }
 
+// sentTen is the start of the commit tests: a Kafka cluster with ten
+// records in t, a socket without autoCommit whose consumer read them, and
+// the records, which the socket has written.
+func sentTen(t *testing.T) (*kfake.Cluster, *consumeConn, *websocket.Conn, []*bridge.ConsumedRecord) {
+	t.Helper()
+	c := testutil.KafkaCluster(t)
+	testutil.ProduceTo(t, c, 10)
+	cons := groupMember(t, c, "m")
+	s, client := testConsume(t, cons, false)
+	recs := nextRecords(t, cons, 10)
+	write(t, s, recs)
+	return c, s, client, recs
+}
+
 func commitFrameFor(r *bridge.ConsumedRecord) []byte {
 	return fmt.Appendf(nil, `{"wsProxyMessageId":"%s-%d-%d-%d"}`, r.Topic, r.Partition, r.Offset, r.Timestamp.UnixMilli())
 }
@@ -170,12 +180,7 @@ func TestConsumeDropsRecordsOfAnEndedAssignment(t *testing.T) {
 
 // A commit Kafka failed may be sent again: it is not taken for committed.
 func TestConsumeCommitAgainAfterFailure(t *testing.T) {
-	c := testutil.KafkaCluster(t)
-	testutil.ProduceTo(t, c, 10)
-	cons := groupMember(t, c, "m")
-	s, _ := testConsume(t, cons, false)
-	recs := nextRecords(t, cons, 10)
-	write(t, s, recs)
+	c, s, _, recs := sentTen(t)
 	// Kafka refuses the next commit.
 	testutil.RefuseNextCommit(c)
 	s.commit(commitFrameFor(recs[4]))
@@ -241,12 +246,7 @@ func TestConsumeErrorFrames(t *testing.T) {
 // number written another way (a sign, leading zeros), is refused rather
 // than taken for the record at that offset.
 func TestConsumeCommitChecksTheRecord(t *testing.T) {
-	c := testutil.KafkaCluster(t)
-	testutil.ProduceTo(t, c, 10)
-	cons := groupMember(t, c, "m")
-	s, _ := testConsume(t, cons, false)
-	recs := nextRecords(t, cons, 10)
-	write(t, s, recs)
+	c, s, _, recs := sentTen(t)
 	ts := recs[4].Timestamp.UnixMilli()
 	for _, tc := range []struct {
 		id   string
@@ -330,47 +330,15 @@ func controlFrames(t *testing.T, c *consumeConn, n int) []string {
 	return got
 }
 
-// holdCommits makes c hold every OffsetCommit until the returned function
-// lets them all through; held is closed once c has the first.
-func holdCommits(t *testing.T, c *kfake.Cluster) (held <-chan struct{}, let func()) {
-	t.Helper()
-	h, release := make(chan struct{}), make(chan struct{})
-	var first, once atomic.Bool
-	c.ControlKey(int16(kmsg.OffsetCommit), func(kmsg.Request) (kmsg.Response, error, bool) {
-		c.KeepControl()
-		if first.CompareAndSwap(false, true) {
-			close(h)
-		}
-		c.SleepControl(func() { <-release })
-		return nil, nil, false // then answered as usual
-	})
-	let = func() {
-		if once.CompareAndSwap(false, true) {
-			close(release)
-		}
-	}
-	t.Cleanup(let)
-	return h, let
-}
-
 // A commit of a record that a commit still in flight covers (the same
 // record again, or one before it) is answered as it would be once that
 // commit is done, already committed, not acknowledged a second time as if
 // it had committed something.
 func TestConsumeCommitTwiceWhileInFlight(t *testing.T) {
-	c := testutil.KafkaCluster(t)
-	testutil.ProduceTo(t, c, 10)
-	cons := groupMember(t, c, "m")
-	s, _ := testConsume(t, cons, false)
-	recs := nextRecords(t, cons, 10)
-	write(t, s, recs)
-	held, let := holdCommits(t, c)
+	c, s, _, recs := sentTen(t)
+	awaitHeld, let := holdRequests(t, c, kmsg.OffsetCommit, true)
 	s.commit(commitFrameFor(recs[4]))
-	select {
-	case <-held:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the commit did not reach Kafka")
-	}
+	awaitHeld("the commit")
 	s.commit(commitFrameFor(recs[4]))
 	s.commit(commitFrameFor(recs[2]))
 	let()
@@ -396,20 +364,11 @@ func TestConsumeCommitTwiceWhileInFlight(t *testing.T) {
 // When the commit in flight fails, the commits it covered get its error
 // too: none was committed, and the client may send them again.
 func TestConsumeCommitCoveredShareFailure(t *testing.T) {
-	c := testutil.KafkaCluster(t)
-	testutil.ProduceTo(t, c, 10)
-	cons := groupMember(t, c, "m")
-	s, _ := testConsume(t, cons, false)
-	recs := nextRecords(t, cons, 10)
-	write(t, s, recs)
-	held, let := holdCommits(t, c)
+	c, s, _, recs := sentTen(t)
+	awaitHeld, let := holdRequests(t, c, kmsg.OffsetCommit, true)
 	testutil.RefuseNextCommit(c) // after the hold
 	s.commit(commitFrameFor(recs[4]))
-	select {
-	case <-held:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the commit did not reach Kafka")
-	}
+	awaitHeld("the commit")
 	s.commit(commitFrameFor(recs[4]))
 	let()
 	for i, f := range controlFrames(t, s, 2) {
@@ -428,14 +387,9 @@ func TestConsumeCommitCoveredShareFailure(t *testing.T) {
 // stops a client sending the same commit without end); it reads on once
 // they are answered.
 func TestConsumeCommitsAwaitingKafkaBoundReading(t *testing.T) {
-	c := testutil.KafkaCluster(t)
-	testutil.ProduceTo(t, c, 10)
-	cons := groupMember(t, c, "m")
-	s, client := testConsume(t, cons, false)
-	recs := nextRecords(t, cons, 10)
-	write(t, s, recs)
+	c, s, client, recs := sentTen(t)
 	readFrames(t, client, 1) // what write wrote
-	held, let := holdCommits(t, c)
+	awaitHeld, let := holdRequests(t, c, kmsg.OffsetCommit, true)
 	readDone := make(chan error, 1)
 	go func() { readDone <- s.read() }()
 	t.Cleanup(func() {
@@ -448,11 +402,7 @@ func TestConsumeCommitsAwaitingKafkaBoundReading(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	select {
-	case <-held:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the commit did not reach Kafka")
-	}
+	awaitHeld("the commit")
 	taken := func() int {
 		s.mu.Lock()
 		defer s.mu.Unlock()

@@ -62,28 +62,46 @@ func frames(c *websocket.Conn) <-chan string {
 	return ch
 }
 
-// holdFirstProduce makes c hold the first Produce request it gets until
-// the returned function is called; held is closed once it has it.
-func holdFirstProduce(t *testing.T, c *kfake.Cluster) (held <-chan struct{}, let func()) {
+// holdRequests makes c hold its requests of key until let lets them
+// through: every one when all is set, else only the first. awaitHeld
+// waits until c has the first, failing the test after 30 s with what
+// ("the commit") did not reach Kafka. let may be called more than once; it
+// is called at cleanup.
+func holdRequests(t *testing.T, c *kfake.Cluster, key kmsg.Key, all bool) (awaitHeld func(what string), let func()) {
 	t.Helper()
-	h, release := make(chan struct{}), make(chan struct{})
-	var first atomic.Bool
-	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
-		if first.CompareAndSwap(false, true) {
-			close(h)
+	held, release := make(chan struct{}), make(chan struct{})
+	var first, once atomic.Bool
+	c.ControlKey(int16(key), func(kmsg.Request) (kmsg.Response, error, bool) {
+		if all {
+			c.KeepControl()
+		}
+		isFirst := first.CompareAndSwap(false, true)
+		if isFirst {
+			close(held)
+		}
+		if all || isFirst {
 			c.SleepControl(func() { <-release })
+		}
+		if isFirst && !all {
 			c.DropControl()
 		}
 		return nil, nil, false // then answered as usual
 	})
-	var once atomic.Bool
+	awaitHeld = func(what string) {
+		t.Helper()
+		select {
+		case <-held:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s did not reach Kafka", what)
+		}
+	}
 	let = func() {
 		if once.CompareAndSwap(false, true) {
 			close(release)
 		}
 	}
 	t.Cleanup(let)
-	return h, let
+	return awaitHeld, let
 }
 
 // The answers to a socket's frames come back in the order the frames were
@@ -94,7 +112,7 @@ func holdFirstProduce(t *testing.T, c *kfake.Cluster) (held <-chan struct{}, let
 func TestProduceAnswersInFrameOrder(t *testing.T) {
 	c := testutil.KafkaCluster(t)
 	_, addr := produceAPI(t, c)
-	held, let := holdFirstProduce(t, c)
+	awaitHeld, let := holdRequests(t, c, kmsg.Produce, false)
 	in, _, err := websocket.DefaultDialer.Dial(addr+"/socket/in?"+url.Values{"clientId": {"c"}, "topic": {"t"}}.Encode(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -108,11 +126,7 @@ func TestProduceAnswersInFrameOrder(t *testing.T) {
 		}
 	}
 	send(`{"value":{"value":"a"},"messageId":"m1"}`)
-	select {
-	case <-held:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the record did not reach Kafka")
-	}
+	awaitHeld("the record")
 	send(`{not json`)
 	send(`{"value":{"value":"b"},"messageId":"m3"}`)
 	send(`{"value":"bare","messageId":"m4"}`)
@@ -193,7 +207,7 @@ func TestProduceWriterOrder(t *testing.T) {
 func TestProduceRecordsCountedWhenKafkaAcknowledges(t *testing.T) {
 	c := testutil.KafkaCluster(t)
 	a, addr := produceAPI(t, c)
-	held, let := holdFirstProduce(t, c)
+	awaitHeld, let := holdRequests(t, c, kmsg.Produce, false)
 	in, _, err := websocket.DefaultDialer.Dial(addr+"/socket/in?"+url.Values{"clientId": {"c"}, "topic": {"t"}}.Encode(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -203,11 +217,7 @@ func TestProduceRecordsCountedWhenKafkaAcknowledges(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	select {
-	case <-held:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the record did not reach Kafka")
-	}
+	awaitHeld("the record")
 	in.Close() // gone before Kafka answers
 	let()
 	for deadline := time.Now().Add(20 * time.Second); recordsTotal(t, a, "in") != 1; time.Sleep(20 * time.Millisecond) {

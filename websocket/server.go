@@ -6,7 +6,6 @@ package websocket
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -125,9 +124,9 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false) // as the WebSocket frames: see encode.go
-	_ = enc.Encode(v)
+	if b, err := marshal(v); err == nil {
+		_, _ = w.Write(append(b, '\n'))
+	}
 }
 
 // Start binds the addresses and serves in the background.
