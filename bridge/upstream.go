@@ -9,6 +9,7 @@ import (
 	"hash/maphash"
 	"io"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/url"
@@ -57,7 +58,7 @@ import (
 // message, queues it for acknowledgement and hands it to Producer.Produce,
 // which blocks only while the shared in-flight budget is used up or a new
 // topic's metadata is awaited (and paho reads nothing meanwhile, SUBACKs
-// included: see waitReply). Records
+// and PINGRESPs included: see waitReply and keepalive). Records
 // from one remote topic therefore reach the producer in arrival order, with
 // the same key (the MQTT topic, unless a rule says otherwise), so they keep
 // their order in Kafka. The remote broker's own in-flight window bounds how
@@ -430,7 +431,10 @@ func (u *upstream) connect() (*conn, error) {
 		SetAutoAckDisabled(true).
 		SetOrderMatters(true).
 		SetKeepAlive(u.cfg.KeepAlive).
-		SetPingTimeout(max(u.cfg.KeepAlive/2, time.Second)).
+		// paho's keepalive would end a connection whose PINGRESP its
+		// reader has not taken while the handler waits for Kafka; c's
+		// keepalive decides instead.
+		SetPingTimeout(time.Duration(math.MaxInt64)).
 		SetConnectTimeout(u.cfg.ConnectTimeout).
 		SetWriteTimeout(u.cfg.ConnectTimeout).
 		// Messages of a resumed session can arrive before the
@@ -466,6 +470,9 @@ func (u *upstream) connect() (*conn, error) {
 		return nil, fmt.Errorf("connecting to %s: %w%s", u.cfg.URL, err, hint)
 	}
 	u.m.connects.Inc()
+	if nc := c.nc.Load(); nc != nil && u.cfg.KeepAlive > 0 {
+		go c.keepalive(nc)
+	}
 	present := tok.(*paho.ConnectToken).SessionPresent()
 	switch {
 	case present || u.cfg.CleanSession:
@@ -600,6 +607,75 @@ func (u *upstream) wait(tok paho.Token, d time.Duration) error {
 		return fmt.Errorf("no answer within %s", d)
 	case <-u.ctx.Done():
 		return u.ctx.Err()
+	}
+}
+
+// pingreq is an MQTT PINGREQ packet.
+var pingreq = []byte{packets.Pingreq << 4, 0}
+
+// keepalive keeps the connection alive and ends it when the remote
+// broker stops answering, as paho's keepalive would, with one
+// difference: time the message handler spends waiting for Kafka does not
+// count against the remote broker. paho reads nothing meanwhile (see
+// waitReply), so the PINGRESP waits in the socket behind the remote's
+// publishes; paho's own ping timeout would end the connection, and the
+// remote broker would then resend its whole window on the next one.
+//
+// Every keepalive/4 (5s at most) it looks at what nc read and wrote. It
+// sends a PINGREQ when nothing was written for keepalive, so that the
+// remote broker's keepalive does not end the connection while Tributary
+// has no PUBACKs to send (it sees a write up to one interval late and
+// its ticks come a little early or late, so it pings once the write it
+// saw is keepalive less one and a half intervals old), or when nothing
+// was read for keepalive. A PINGREQ unanswered by anything read for max(keepalive/2,
+// 1s), while the handler is not waiting, ends the connection. It stops
+// when the connection ends.
+func (c *conn) keepalive(nc *ackConn) {
+	ka := c.u.cfg.KeepAlive
+	timeout := max(ka/2, time.Second)
+	interval := min(ka/4, 5*time.Second)
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	readAt, wroteAt := time.Now(), time.Now()
+	reads, writes := nc.reads.Load(), nc.writes.Load()
+	var pingAt time.Time // the first PINGREQ not answered yet; zero: none
+	for {
+		var now time.Time
+		select {
+		case now = <-tick.C:
+		case <-c.lost:
+			return
+		case <-c.u.ctx.Done():
+			return
+		}
+		if r := nc.reads.Load(); r != reads {
+			reads, readAt, pingAt = r, now, time.Time{}
+		}
+		if w := nc.writes.Load(); w != writes {
+			writes, wroteAt = w, now
+		}
+		if c.producing.Load() {
+			// The answer may be in the socket; paho reads it once the
+			// handler returns.
+			readAt = now
+			if !pingAt.IsZero() {
+				pingAt = now
+			}
+		}
+		if !pingAt.IsZero() && now.Sub(pingAt) >= timeout {
+			c.lose(fmt.Errorf("the remote broker answered no PINGREQ within %s (keepalive %s): it or the network is gone", timeout, ka))
+			return
+		}
+		if now.Sub(wroteAt) >= ka-interval*3/2 || (pingAt.IsZero() && now.Sub(readAt) >= ka) {
+			if err := nc.writeAcks(pingreq, c.u.cfg.ConnectTimeout); err != nil {
+				c.lose(fmt.Errorf("writing PINGREQ: %w", err))
+				return
+			}
+			writes, wroteAt = nc.writes.Load(), now
+			if pingAt.IsZero() {
+				pingAt = now
+			}
+		}
 	}
 }
 
@@ -1219,7 +1295,7 @@ func (u *upstream) dial(uri *url.URL, opts paho.ClientOptions) (*ackConn, error)
 	if err != nil {
 		return nil, err
 	}
-	return &ackConn{Conn: c, r: bufio.NewReaderSize(c, 32<<10)}, nil
+	return newAckConn(c, 32<<10), nil
 }
 
 // dial is upstream.dial, keeping the connection for the ack writer.
@@ -1235,18 +1311,40 @@ func (c *conn) dial(uri *url.URL, opts paho.ClientOptions) (net.Conn, error) {
 // ackConn is a net.Conn whose reads go through a bufio.Reader and whose
 // writes are whole: paho writes every packet with one Write, and the ack
 // writer its PUBACKs with one writeAcks, so holding a lock per Write keeps
-// the two from interleaving within a packet.
+// the two from interleaving within a packet. It counts the reads from
+// and writes to the network for the keepalive.
 type ackConn struct {
 	net.Conn
 	r  *bufio.Reader
 	mu sync.Mutex
+
+	reads, writes atomic.Uint64
+}
+
+func newAckConn(c net.Conn, size int) *ackConn {
+	a := &ackConn{Conn: c}
+	a.r = bufio.NewReaderSize(countedReads{a}, size)
+	return a
 }
 
 func (a *ackConn) Read(p []byte) (int, error) { return a.r.Read(p) }
 
+// countedReads reads from the network for the buffer, counting reads that
+// brought something.
+type countedReads struct{ a *ackConn }
+
+func (c countedReads) Read(p []byte) (int, error) {
+	n, err := c.a.Conn.Read(p)
+	if n > 0 {
+		c.a.reads.Add(1)
+	}
+	return n, err
+}
+
 func (a *ackConn) Write(p []byte) (int, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.writes.Add(1)
 	return a.Conn.Write(p)
 }
 
@@ -1261,6 +1359,7 @@ func (a *ackConn) writeAcks(b []byte, timeout time.Duration) error {
 		_ = a.Conn.SetWriteDeadline(time.Now().Add(timeout))
 		defer a.Conn.SetWriteDeadline(time.Time{})
 	}
+	a.writes.Add(1)
 	_, err := a.Conn.Write(b)
 	return err
 }

@@ -1,7 +1,6 @@
 package bridge
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -109,7 +108,7 @@ func connForTest(t *testing.T, u *upstream) (*conn, net.Conn, <-chan uint16) {
 	t.Helper()
 	client, remote := net.Pipe()
 	c := &conn{u: u, lost: make(chan struct{}), notify: make(chan struct{}, 1)}
-	c.nc.Store(&ackConn{Conn: client, r: bufio.NewReader(client)})
+	c.nc.Store(newAckConn(client, 4096))
 	acks := make(chan uint16, 100)
 	go func() {
 		defer close(acks)

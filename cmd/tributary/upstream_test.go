@@ -981,3 +981,52 @@ func TestUpstreamKafkaOutageLosesNothing(t *testing.T) {
 	dups := checkNoneLost(t, counts, all)
 	t.Logf("all %d messages in Kafka after the outage, %d duplicates", len(all), dups)
 }
+
+// A Kafka outage longer than the upstream's keepalive, with the in-flight
+// budget used up: Tributary stops reading the connection, but keeps it,
+// and the remote broker (mosquitto ends a client silent for 1.5 times its
+// keepalive) keeps it too. Nothing is redelivered for a reconnect, and
+// every message is in Kafka once it is back.
+func TestUpstreamLongKafkaOutageKeepsConnection(t *testing.T) {
+	o := newOutage(t)
+	mq := startMosquitto(t, "")
+	cfg := testConfig(t)
+	cfg.Kafka.Bootstrap = o.bootstrap
+	cfg.Kafka.MaxMessageBytes = 1 << 10
+	cfg.Kafka.InflightBudgetBytes = 4 << 10 // a few dozen records
+	topic := uniq("up-long-outage")
+	up := testUpstream("feed", mq.url(), "feed/#")
+	up.KafkaTopic = topic
+	up.KeepAlive = time.Second
+	cfg.Upstreams = []config.UpstreamConfig{up}
+	d := startDaemon(t, cfg)
+	waitConnected(t, d, "feed")
+
+	first, second := payloads("l", 0, 200), payloads("l", 200, 500)
+	mosquittoPub(t, mq.port, "feed/a", first)
+	waitFor(t, 30*time.Second, "the first 200 to be in Kafka", func() bool {
+		return strings.Contains(metricsText(t, d.httpAddr()), `tributary_upstream_records_produced_total{upstream="feed"} 200`+"\n")
+	})
+	o.down(t)
+	mosquittoPub(t, mq.port, "feed/a", second)
+	waitFor(t, 10*time.Second, "the in-flight budget to be used up", func() bool {
+		return d.producer.InflightBytes() > 3<<10
+	})
+	time.Sleep(5 * up.KeepAlive) // paho alone would drop the connection after about 2.25s
+	o.up(t)
+	all := append(first, second...)
+	counts := countPayloads(t, d.bootstrap, topic, all, 60*time.Second)
+	dups := checkNoneLost(t, counts, all)
+	body := metricsText(t, d.httpAddr())
+	for _, m := range []string{
+		`tributary_upstream_disconnects_total{upstream="feed"} 0`,
+		`tributary_upstream_connects_total{upstream="feed"} 1`,
+	} {
+		if !strings.Contains(body, m+"\n") {
+			t.Errorf("metrics lack %s:\n%s", m, grepLines(body, "tributary_upstream_"))
+		}
+	}
+	if dups > 0 {
+		t.Errorf("%d duplicates: the connection was not kept", dups)
+	}
+}
