@@ -580,8 +580,24 @@ func (h *ingest) refuse(cl *mqtt.Client, pk packets.Packet, code packets.Code) (
 		_ = cl.WritePacket(ack(pk.PacketID, pk.FixedHeader.Qos, code))
 		return pk, packets.ErrRejectPacket
 	}
-	h.disconnect(cl, code)
+	h.closeInTurn(cl, code)
 	return pk, packets.ErrRejectPacket
+}
+
+// closeInTurn disconnects cl for code once the acknowledgements of its
+// publishes still awaiting Kafka are written, in their turn (MQTT 3 has
+// no negative acknowledgement, so a refused QoS 1 or 2 publish closes the
+// connection). Closed at once, the connection would lose those
+// acknowledgements, and the client would send their publishes again,
+// into Kafka twice. What the client publishes meanwhile at QoS 1 or 2 is
+// left unacknowledged and not produced: it sends it again after it
+// reconnects.
+func (h *ingest) closeInTurn(cl *mqtt.Client, code packets.Code) {
+	if v, ok := h.sessions.Load(cl); ok && v.(*session).closeAfterQueued(code) {
+		v.(*session).wake()
+		return
+	}
+	h.disconnect(cl, code)
 }
 
 // disconnect closes a client's connection for code: MQTT 5 clients get a
@@ -599,7 +615,7 @@ func (h *ingest) tooLarge(cl *mqtt.Client, pk packets.Packet, err error) (packet
 	h.m.rejected.WithLabelValues("too_large").Inc()
 	h.log.Warn("publish refused: record larger than kafka.max_message_bytes", "client", cl.ID, "topic", pk.TopicName, "bytes", len(pk.Payload), "error", err)
 	if pk.FixedHeader.Qos == 0 {
-		h.disconnect(cl, packets.ErrPacketTooLarge)
+		h.closeInTurn(cl, packets.ErrPacketTooLarge)
 		return pk, packets.ErrRejectPacket
 	}
 	return h.refuse(cl, pk, packets.ErrPacketTooLarge)
@@ -690,14 +706,17 @@ func (h *ingest) session(cl *mqtt.Client) *session {
 // session is one connection's queue of QoS 1 and 2 publishes awaiting
 // Kafka, in arrival order, and the goroutine that acknowledges them.
 type session struct {
-	h      *ingest
-	cl     *mqtt.Client
-	mu     sync.Mutex
-	queue  []*pending
-	ids    map[uint16]*pending
-	gone   bool // the connection ended
-	notify chan struct{}
-	room   chan struct{} // signalled when the writer takes entries off a full queue
+	h     *ingest
+	cl    *mqtt.Client
+	mu    sync.Mutex
+	queue []*pending
+	ids   map[uint16]*pending
+	gone  bool // the connection ended
+	// closing is set once the queue ends with an entry that closes the
+	// connection (closeAfterQueued): nothing more joins it.
+	closing bool
+	notify  chan struct{}
+	room    chan struct{} // signalled when the writer takes entries off a full queue
 }
 
 // pending keeps what acknowledging and forwarding need, not the whole
@@ -716,6 +735,7 @@ type pending struct {
 	viaKafka   bool // produced: its acknowledgement waits for Kafka's
 	refused    bool // answered with refusal, a negative acknowledgement (MQTT 5)
 	refusal    packets.Code
+	closes     bool // no publish: the connection is closed for refusal in this entry's turn
 	done       bool
 	err        error
 }
@@ -734,7 +754,7 @@ const (
 func (s *session) add(pk *packets.Packet, e *pending, forward bool, limit int) addResult {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cl.Closed() {
+	if s.cl.Closed() || s.closing {
 		// Its acknowledgement could not be written: the client sends it
 		// again, on a new connection. Checked under s.mu, so that once a
 		// takeover has closed the connection and looked at the queue
@@ -758,6 +778,22 @@ func (s *session) add(pk *packets.Packet, e *pending, forward bool, limit int) a
 	s.queue = append(s.queue, e)
 	s.ids[pk.PacketID] = e
 	return added
+}
+
+// closeAfterQueued queues the closing of the connection for code behind
+// the entries queued so far, and has add refuse every later one. It
+// returns false when the connection is closed already.
+func (s *session) closeAfterQueued(code packets.Code) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cl.Closed() {
+		return false
+	}
+	if !s.closing {
+		s.closing = true
+		s.queue = append(s.queue, &pending{s: s, done: true, closes: true, refusal: code})
+	}
+	return true
 }
 
 // waitRoom waits until the writer has taken entries off the queue. It
@@ -915,6 +951,11 @@ func (h *ingest) completeAll(cl *mqtt.Client, ready []*pending, buf *[]byte) {
 	}
 	for _, e := range ready {
 		switch {
+		case e.closes:
+			flush()
+			if !cl.Closed() {
+				h.disconnect(cl, e.refusal)
+			}
 		case e.refused:
 			b = appendAck(b, cl, e.id, e.qos, e.refusal)
 		case e.err != nil:
