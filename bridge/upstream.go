@@ -175,6 +175,9 @@ func NewUpstreams(cfgs []UpstreamConfig, p UpstreamProducer, mapper *mapping.Map
 	return us
 }
 
+// topicCheckWait bounds Start's check of an upstream's kafka_topic.
+const topicCheckWait = 15 * time.Second
+
 // Start connects every upstream in the background; connection failures
 // are retried with backoff, not returned.
 func (us *Upstreams) Start() {
@@ -186,11 +189,13 @@ func (us *Upstreams) Start() {
 			if u.cfg.KafkaTopic != "" {
 				// Before subscribing, so a missing permission shows early;
 				// a failure is retried on the first message.
-				ctx, cancel := context.WithTimeout(u.ctx, 15*time.Second)
+				u.checkingTopic.Store(true)
+				ctx, cancel := context.WithTimeout(u.ctx, topicCheckWait)
 				if err := u.p.EnsureTopic(ctx, u.cfg.KafkaTopic); err != nil {
 					u.log.Warn("Kafka topic not ready at start-up; will retry on first message", "topic", u.cfg.KafkaTopic, "error", err)
 				}
 				cancel()
+				u.checkingTopic.Store(false)
 			}
 			u.run()
 		}()
@@ -233,6 +238,8 @@ func (us *Upstreams) Check() error {
 			msg := u.cfg.Name
 			if e := u.lastError(); e != "" {
 				msg += " (" + e + ")"
+			} else if u.checkingTopic.Load() {
+				msg += fmt.Sprintf(" (not connecting yet: first checking its Kafka topic %q, for up to %s)", u.cfg.KafkaTopic, topicCheckWait)
 			}
 			bad = append(bad, msg)
 		}
@@ -279,6 +286,7 @@ type upstream struct {
 	draining      atomic.Bool
 	connected     atomic.Bool
 	everConnected atomic.Bool
+	checkingTopic atomic.Bool // Start checks kafka_topic before the first connect
 	// refusedLog limits the log line of records Kafka refuses for good: a
 	// misconfiguration (a missing topic, an ACL) refuses every message of
 	// a feed, which the metric counts.

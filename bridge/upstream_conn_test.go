@@ -795,3 +795,30 @@ func TestUpstreamSkippedHelpNamesEveryReason(t *testing.T) {
 	}
 	t.Fatal("no tributary_upstream_messages_skipped_total")
 }
+
+// topicWaiter is a producer whose EnsureTopic waits, as it does for a
+// Kafka that cannot be reached, until the test ends.
+type topicWaiter struct {
+	fakeProducer
+	asked chan struct{}
+}
+
+func (p *topicWaiter) EnsureTopic(ctx context.Context, _ string) error {
+	close(p.asked)
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// While an upstream checks its kafka_topic before its first connect (up
+// to 15s with Kafka unreachable), the readiness check says so, rather than
+// naming the upstream with no reason.
+func TestUpstreamCheckSaysItWaitsForItsTopic(t *testing.T) {
+	p := &topicWaiter{asked: make(chan struct{})}
+	us, _ := upstreamForTest(t, UpstreamConfig{URL: "tcp://" + testutil.FreeAddr(t), KafkaTopic: "plant-data"}, p, nil)
+	us.Start()
+	<-p.asked
+	err := us.Check()
+	if err == nil || !strings.Contains(err.Error(), `remote (not connecting yet: first checking its Kafka topic "plant-data"`) {
+		t.Fatalf("Check: %v, want it to say the upstream checks its Kafka topic", err)
+	}
+}
