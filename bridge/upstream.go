@@ -630,14 +630,14 @@ var pingreq = []byte{packets.Pingreq << 4, 0}
 // remote broker would then resend its whole window on the next one.
 //
 // Every keepalive/4 (5s at most) it looks at what nc read and wrote. It
-// sends a PINGREQ when nothing was written for keepalive, so that the
-// remote broker's keepalive does not end the connection while Tributary
-// has no PUBACKs to send (it sees a write up to one interval late and
-// its ticks come a little early or late, so it pings once the write it
-// saw is keepalive less one and a half intervals old), or when nothing
-// was read for keepalive. A PINGREQ unanswered by anything read for max(keepalive/2,
-// 1s), while the handler is not waiting, ends the connection. It stops
-// when the connection ends.
+// sends a PINGREQ when nothing was read for keepalive, or nothing was
+// written for keepalive, so that the remote broker's keepalive does not
+// end the connection while Tributary has no PUBACKs to send. (It sees a
+// write up to one interval late, and its ticks come a little early or
+// late, so it pings once the write it saw is keepalive less one and a
+// half intervals old.) A PINGREQ answered by nothing read for
+// max(keepalive/2, 1s), while the handler is not waiting, ends the
+// connection. It stops when the connection ends.
 func (c *conn) keepalive(nc *ackConn) {
 	ka := c.u.cfg.KeepAlive
 	timeout := max(ka/2, time.Second)
