@@ -560,3 +560,24 @@ func TestKafkaPropertiesCheckedByTheClient(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A value that parses but does not validate is named by where it came
+// from: the environment variable that set it, or the flag, which beats
+// the environment.
+func TestValidationProblemNamesTheEnvironmentVariable(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"from the environment", nil, `mqtt.addr (env TRIBUTARY_MQTT_ADDR) ":99999": port "99999"`},
+		{"the flag beats it", []string{"--mqtt-addr", ":88888"}, `mqtt.addr (--mqtt-addr) ":88888": port "88888"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := Load(Options{Args: tc.args, LookupEnv: env(map[string]string{"TRIBUTARY_MQTT_ADDR": ":99999"})})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want a problem starting %s", err, tc.want)
+			}
+		})
+	}
+}

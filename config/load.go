@@ -282,6 +282,7 @@ func Load(opts Options) (Config, []string, error) {
 		}
 		return err
 	}
+	fromEnv := map[string]string{} // setting key → the environment variable its value came from
 	for _, s := range settings {
 		env, v, ok := lookupSetting(s, opts.LookupEnv)
 		if !ok {
@@ -289,6 +290,8 @@ func Load(opts Options) (Config, []string, error) {
 		}
 		if err := apply(s, v); err != nil {
 			problems = append(problems, fmt.Sprintf("%s (env %s) %q: %v", s.Key, env, v, cleanParseErr(err)))
+		} else if !setFlags[s.Flag] {
+			fromEnv[s.Key] = env
 		}
 	}
 	for i, s := range settings {
@@ -315,7 +318,7 @@ func Load(opts Options) (Config, []string, error) {
 		for _, p := range ce.Problems {
 			if !slices.ContainsFunc(before, func(r string) bool { return problemKey(r) == problemKey(p) }) &&
 				!slices.ContainsFunc(fileKeys, func(k string) bool { return aboutKey(p, k) }) {
-				problems = append(problems, p)
+				problems = append(problems, namingEnv(p, fromEnv))
 			}
 		}
 	}
@@ -341,6 +344,22 @@ func aboutKey(problem, key string) bool {
 func problemKey(problem string) string {
 	if i := strings.IndexAny(problem, " :"); i >= 0 {
 		return problem[:i]
+	}
+	return problem
+}
+
+// namingEnv names, in a validation problem about a setting whose value
+// came from the environment, the variable instead of the flag
+// ("mqtt.addr (env TRIBUTARY_MQTT_ADDR)" for "mqtt.addr (--mqtt-addr)"):
+// that is where the value to fix is.
+func namingEnv(problem string, fromEnv map[string]string) string {
+	key := problemKey(problem)
+	env, ok := fromEnv[key]
+	if !ok {
+		return problem
+	}
+	if rest, ok := strings.CutPrefix(problem, settingName(key)); ok {
+		return key + " (env " + env + ")" + rest
 	}
 	return problem
 }
