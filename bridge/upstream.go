@@ -644,7 +644,8 @@ func (c *conn) keepalive(nc *ackConn) {
 	interval := min(ka/4, 5*time.Second)
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
-	readAt, wroteAt := time.Now(), time.Now()
+	start := time.Now()
+	readAt, wroteAt := start, start
 	reads, writes := nc.reads.Load(), nc.writes.Load()
 	var pingAt time.Time // the first PINGREQ not answered yet; zero: none
 	for {

@@ -585,17 +585,19 @@ func (h *ingest) refuse(cl *mqtt.Client, pk packets.Packet, code packets.Code) (
 }
 
 // closeInTurn disconnects cl for code once the acknowledgements of its
-// publishes still awaiting Kafka are written, in their turn (MQTT 3 has
-// no negative acknowledgement, so a refused QoS 1 or 2 publish closes the
-// connection). Closed at once, the connection would lose those
-// acknowledgements, and the client would send their publishes again,
-// into Kafka twice. What the client publishes meanwhile at QoS 1 or 2 is
-// left unacknowledged and not produced: it sends it again after it
-// reconnects.
+// publishes still awaiting Kafka are written, in their turn: for a refused
+// QoS 1 or 2 publish of an MQTT 3 client, which has no negative
+// acknowledgement, and for an oversized QoS 0 publish of any client.
+// Closed at once, the connection would lose those acknowledgements, and
+// the client would send their publishes again, into Kafka twice. What the
+// client publishes meanwhile at QoS 1 or 2 is left unacknowledged and not
+// produced: it sends it again after it reconnects.
 func (h *ingest) closeInTurn(cl *mqtt.Client, code packets.Code) {
-	if v, ok := h.sessions.Load(cl); ok && v.(*session).closeAfterQueued(code) {
-		v.(*session).wake()
-		return
+	if v, ok := h.sessions.Load(cl); ok {
+		if s := v.(*session); s.closeAfterQueued(code) {
+			s.wake()
+			return
+		}
 	}
 	h.disconnect(cl, code)
 }
