@@ -647,6 +647,7 @@ func (c *conn) keepalive(nc *ackConn) {
 	start := time.Now()
 	readAt, wroteAt := start, start
 	reads, writes := nc.reads.Load(), nc.writes.Load()
+	mark := c.producerCalls.Load()
 	var pingAt time.Time // the first PINGREQ not answered yet; zero: none
 	for {
 		var now time.Time
@@ -663,7 +664,7 @@ func (c *conn) keepalive(nc *ackConn) {
 		if w := nc.writes.Load(); w != writes {
 			writes, wroteAt = w, now
 		}
-		if c.producing.Load() {
+		if c.inProducerSince(&mark) {
 			// The answer may be in the socket; paho reads it once the
 			// handler returns.
 			readAt = now
@@ -688,6 +689,15 @@ func (c *conn) keepalive(nc *ackConn) {
 	}
 }
 
+// inProducerSince reports whether handle is in the producer, or has been
+// since *mark was taken, and takes a new mark.
+func (c *conn) inProducerSince(mark *uint64) bool {
+	n := c.producerCalls.Load()
+	was := n != *mark || n%2 == 1
+	*mark = n
+	return was
+}
+
 // waitReply waits for the remote broker's answer to a SUBSCRIBE or
 // UNSUBSCRIBE, for d, or for as long as the message handler is waiting
 // in the producer: paho reads nothing while it does, once the few
@@ -695,17 +705,20 @@ func (c *conn) keepalive(nc *ackConn) {
 // messages of a resumed session is not read until Kafka takes them
 // (Kafka unreachable, the in-flight budget used up). That is no fault
 // of the remote broker or the connection, and giving up on the
-// connection would only make the remote broker send it all again. The
-// wait ends with the connection.
+// connection would only make the remote broker send it all again. So
+// each d the handler spent in the producer, even in part, starts the wait
+// over: a handler that has just returned from a long wait is still taking
+// the messages in front of the answer. The wait ends with the connection.
 func (c *conn) waitReply(tok paho.Token, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
+	mark := c.producerCalls.Load()
 	for {
 		select {
 		case <-tok.Done():
 			return tok.Error()
 		case <-t.C:
-			if !c.producing.Load() {
+			if !c.inProducerSince(&mark) {
 				return fmt.Errorf("no answer within %s", d)
 			}
 			t.Reset(d)
@@ -738,9 +751,9 @@ type conn struct {
 	// delivered is set once Kafka acknowledged a record of this
 	// connection; run then starts the backoff over.
 	delivered atomic.Bool
-	// producing is set while handle is in the producer, which can wait
-	// (see waitReply).
-	producing atomic.Bool
+	// producerCalls counts handle's calls into the producer (which can
+	// wait, see waitReply) and its returns: odd while it is in one.
+	producerCalls atomic.Uint64
 
 	// nc is the network connection paho opened through dial; the ack
 	// writer writes PUBACKs to it directly.
@@ -842,9 +855,9 @@ func (c *conn) handle(_ paho.Client, msg paho.Message) {
 		// Best effort, as MQTT QoS 0 is: never waits, drops are counted.
 		// With no acknowledgement to wait for, ingest_retained: first
 		// takes a record handed to the producer as Kafka's.
-		c.producing.Store(true)
+		c.producerCalls.Add(1)
 		err := u.p.TryProduce(u.produceCtx, rec, bestEffort{u})
-		c.producing.Store(false)
+		c.producerCalls.Add(1)
 		if err != nil {
 			u.m.failed.WithLabelValues(u.cfg.Name, failReason(err)).Inc()
 		} else if e.topic != nil {
@@ -856,9 +869,9 @@ func (c *conn) handle(_ paho.Client, msg paho.Message) {
 	if !c.enqueue(e) {
 		return
 	}
-	c.producing.Store(true)
+	c.producerCalls.Add(1)
 	err := u.p.Produce(u.produceCtx, rec, e)
-	c.producing.Store(false)
+	c.producerCalls.Add(1)
 	if err != nil {
 		e.Delivered(Delivery{Topic: rec.Topic, Err: err})
 	}

@@ -154,3 +154,35 @@ func TestUpstreamSilentRemoteIsReconnected(t *testing.T) {
 		t.Errorf("the log does not say the remote broker did not answer PINGREQ: %q", lost)
 	}
 }
+
+// pendingToken is a paho.Token whose flow never completes.
+type pendingToken struct{ done chan struct{} }
+
+func (t pendingToken) Wait() bool                     { <-t.done; return true }
+func (t pendingToken) WaitTimeout(time.Duration) bool { return false }
+func (t pendingToken) Done() <-chan struct{}          { return t.done }
+func (t pendingToken) Error() error                   { return nil }
+
+// A handler that is taking messages, one short producer call after
+// another (as after a long wait for Kafka, with the remote's backlog in
+// front of the SUBACK), keeps waitReply waiting, however the calls fall
+// against its timer; once the handler is idle for the whole timeout, the
+// answer is given up on.
+func TestUpstreamWaitReplyWaitsForABusyHandler(t *testing.T) {
+	_, u := upstreamForTest(t, UpstreamConfig{}, &fakeProducer{}, nil)
+	c := &conn{u: u, lost: make(chan struct{}), notify: make(chan struct{}, 1)}
+	const d, busy = 50 * time.Millisecond, 400 * time.Millisecond
+	start := time.Now()
+	go func() {
+		for time.Since(start) < busy {
+			c.producerCalls.Add(1)
+			time.Sleep(time.Millisecond)
+			c.producerCalls.Add(1)
+			time.Sleep(4 * time.Millisecond)
+		}
+	}()
+	err := c.waitReply(pendingToken{done: make(chan struct{})}, d)
+	if took := time.Since(start); took < busy || err == nil || !strings.Contains(err.Error(), "no answer within 50ms") {
+		t.Fatalf("waitReply returned %v after %s, want \"no answer within 50ms\" after the handler's %s of calls", err, took, busy)
+	}
+}
