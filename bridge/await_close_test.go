@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -68,5 +69,48 @@ func TestCloseWhileAwaitingLeaders(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("creating the topic did not end after Close")
 		}
+	}
+}
+
+// ListOffsets on partitions whose leaders librdkafka has not cached looks
+// them up asynchronously, and a metadata answer arriving on another thread
+// meanwhile can finish and free that lookup while the calling thread still
+// uses it: such calls, made concurrently, killed a test process within
+// seconds ("double free or corruption", or SIGSEGV at address 0x10 inside
+// rd_kafka_ListOffsets). awaitLeaders asks ListOffsets only after a
+// metadata answer has named every partition's leader, and still returns
+// when its context ends.
+func TestAwaitLeadersListsOffsetsOnlyOnceLeadersAreNamed(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p := testProducer(t, c, true)
+	var listed atomic.Int32
+	list := p.topics.listOffsets
+	p.topics.listOffsets = func(ctx context.Context, req map[kafka.TopicPartition]kafka.OffsetSpec, opts ...kafka.ListOffsetsAdminOption) (kafka.ListOffsetsResult, error) {
+		listed.Add(1)
+		return list(ctx, req, opts...)
+	}
+
+	// No such topic: no partition has a leader.
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	start := time.Now()
+	p.topics.awaitLeaders(ctx, "absent", 2)
+	cancel()
+	if d := time.Since(start); d > 1500*time.Millisecond {
+		t.Errorf("awaitLeaders with a 300ms context took %v", d)
+	}
+	if n := listed.Load(); n != 0 {
+		t.Errorf("%d ListOffsets calls for a topic whose partitions have no leader", n)
+	}
+
+	// A topic created: its leaders are named, and ListOffsets confirms them.
+	if err := p.EnsureTopic(context.Background(), "present"); err != nil {
+		t.Fatal(err)
+	}
+	if n := listed.Load(); n == 0 {
+		t.Error("no ListOffsets call after creating a topic")
 	}
 }

@@ -32,6 +32,8 @@ type topics struct {
 	exempt    map[string]bool
 	lastSweep time.Time
 	limitLog  LogEvery
+	// listOffsets is the admin client's ListOffsets; tests watch its calls.
+	listOffsets func(context.Context, map[kafka.TopicPartition]kafka.OffsetSpec, ...kafka.ListOffsetsAdminOption) (kafka.ListOffsetsResult, error)
 }
 
 type topicState struct {
@@ -44,7 +46,7 @@ const topicFailureTTL = 5 * time.Second
 
 func newTopics(p *Producer) *topics {
 	t := &topics{p: p, known: map[string]*topicState{}, max: p.cfg.MaxTopics, exempt: map[string]bool{},
-		limitLog: LogEvery{Interval: 10 * time.Second}}
+		limitLog: LogEvery{Interval: 10 * time.Second}, listOffsets: p.admin.ListOffsets}
 	for _, name := range p.cfg.ConfiguredTopics {
 		t.exempt[name] = true
 	}
@@ -260,15 +262,36 @@ func (t *topics) create(ctx context.Context, topic string) error {
 // idempotent producer then has to untangle); waiting here avoids that. It
 // is best effort: producing retries anyway. It is called with the
 // handles in use (see Producer.useHandles), ctx ending when Close begins.
+//
+// It asks for ListOffsets only once a metadata request has named a leader
+// for every partition, which puts them in librdkafka's metadata cache.
+// ListOffsets looks the leaders up in that cache on the calling thread;
+// when one is missing it waits for the cache asynchronously, and a cache
+// update from another thread can then finish that lookup while the calling
+// thread still uses it. A full test run died once with SIGSEGV at address
+// 0x10 inside rd_kafka_ListOffsets, with the handles held, while topics
+// were being created; with the leaders cached first that path is not taken.
 func (t *topics) awaitLeaders(ctx context.Context, topic string, partitions int) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	for {
+		err := t.leadersNamed(ctx, topic, partitions)
+		if err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.p.log.Debug("partitions of a new topic have no leader yet; producing anyway", "topic", topic, "error", err)
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 	req := make(map[kafka.TopicPartition]kafka.OffsetSpec, partitions)
 	for i := range partitions {
 		req[kafka.TopicPartition{Topic: &topic, Partition: int32(i)}] = kafka.LatestOffsetSpec
 	}
 	for {
-		res, err := t.p.admin.ListOffsets(ctx, req)
+		res, err := t.listOffsets(ctx, req)
 		ready := err == nil && len(res.ResultInfos) == partitions
 		for _, info := range res.ResultInfos {
 			if info.Error.Code() != kafka.ErrNoError {
@@ -285,6 +308,44 @@ func (t *topics) awaitLeaders(ctx context.Context, topic string, partitions int)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// leadersNamed asks Kafka for topic's metadata and returns nil when it
+// names all of the topic's partitions (at least partitions of them) and a
+// leader for each. Like
+// awaitLeaders it is called with the handles in use; GetMetadata cannot be
+// cancelled, so each call waits half a second at most, and that is as
+// long as it can hold up Close.
+func (t *topics) leadersNamed(ctx context.Context, topic string, partitions int) error {
+	wait := 500 * time.Millisecond
+	if dl, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(dl))
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if wait < time.Millisecond {
+		return context.DeadlineExceeded
+	}
+	md, err := t.p.admin.GetMetadata(&topic, false, int(wait/time.Millisecond))
+	if err != nil {
+		return err
+	}
+	tm, ok := md.Topics[topic]
+	switch {
+	case !ok:
+		return fmt.Errorf("no metadata for %q", topic)
+	case tm.Error.Code() != kafka.ErrNoError:
+		return tm.Error
+	case len(tm.Partitions) < partitions:
+		return fmt.Errorf("metadata names %d of %d partitions", len(tm.Partitions), partitions)
+	}
+	for _, pm := range tm.Partitions {
+		if pm.Leader < 0 {
+			return fmt.Errorf("partition %d has no leader", pm.ID)
+		}
+	}
+	return nil
 }
 
 // lookup checks that topic exists.
