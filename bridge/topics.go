@@ -312,17 +312,16 @@ func (t *topics) awaitLeaders(ctx context.Context, topic string, partitions int)
 
 // leadersNamed asks Kafka for topic's metadata and returns nil when it
 // names all of the topic's partitions (at least partitions of them) and a
-// leader for each. Like
-// awaitLeaders it is called with the handles in use; GetMetadata cannot be
-// cancelled, so each call waits half a second at most, and that is as
-// long as it can hold up Close.
+// leader for each. Like awaitLeaders it is called with the handles in
+// use; GetMetadata cannot be cancelled, so each call waits half a second
+// at most, and that is as long as it can hold up Close.
 func (t *topics) leadersNamed(ctx context.Context, topic string, partitions int) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	wait := 500 * time.Millisecond
 	if dl, ok := ctx.Deadline(); ok {
 		wait = min(wait, time.Until(dl))
-	}
-	if err := ctx.Err(); err != nil {
-		return err
 	}
 	if wait < time.Millisecond {
 		return context.DeadlineExceeded
