@@ -310,33 +310,16 @@ func (t *topics) awaitLeaders(ctx context.Context, topic string, partitions int)
 	}
 }
 
-// leadersNamed asks Kafka for topic's metadata and returns nil when it
-// names all of the topic's partitions (at least partitions of them) and a
-// leader for each. Like awaitLeaders it is called with the handles in
-// use; GetMetadata cannot be cancelled, so each call waits half a second
-// at most, and that is as long as it can hold up Close.
+// leadersNamed returns nil when topic's metadata names all of its
+// partitions (at least partitions of them) and a leader for each. It asks
+// for half a second at most, as long as it can hold up Close: like
+// awaitLeaders it runs with the handles in use.
 func (t *topics) leadersNamed(ctx context.Context, topic string, partitions int) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	wait := 500 * time.Millisecond
-	if dl, ok := ctx.Deadline(); ok {
-		wait = min(wait, time.Until(dl))
-	}
-	if wait < time.Millisecond {
-		return context.DeadlineExceeded
-	}
-	md, err := t.p.admin.GetMetadata(&topic, false, int(wait/time.Millisecond))
+	tm, err := t.metadata(ctx, topic, 500*time.Millisecond)
 	if err != nil {
 		return err
 	}
-	tm, ok := md.Topics[topic]
-	switch {
-	case !ok:
-		return fmt.Errorf("no metadata for %q", topic)
-	case tm.Error.Code() != kafka.ErrNoError:
-		return tm.Error
-	case len(tm.Partitions) < partitions:
+	if len(tm.Partitions) < partitions {
 		return fmt.Errorf("metadata names %d of %d partitions", len(tm.Partitions), partitions)
 	}
 	for _, pm := range tm.Partitions {
@@ -349,19 +332,26 @@ func (t *topics) leadersNamed(ctx context.Context, topic string, partitions int)
 
 // lookup checks that topic exists.
 func (t *topics) lookup(ctx context.Context, topic string) error {
+	_, err := t.metadata(ctx, topic, 10*time.Second)
+	return err
+}
+
+// metadata asks Kafka for topic's metadata, waiting maxWait at most, and
+// returns an error wrapping ErrUnknownTopic when the topic does not exist.
+func (t *topics) metadata(ctx context.Context, topic string, maxWait time.Duration) (kafka.TopicMetadata, error) {
 	if err := ctx.Err(); err != nil {
 		// Ended already (shutdown): a lookup nobody waits for would
 		// still hold the handles, and Close with them, for its timeout.
-		return fmt.Errorf("looking up Kafka topic %q: %w", topic, err)
+		return kafka.TopicMetadata{}, fmt.Errorf("looking up Kafka topic %q: %w", topic, err)
 	}
 	// GetMetadata takes a timeout, not a context, and a negative one
 	// means no timeout at all: never pass one.
-	wait := 10 * time.Second
+	wait := maxWait
 	if dl, ok := ctx.Deadline(); ok {
 		wait = min(wait, time.Until(dl))
 	}
 	if wait < time.Millisecond {
-		return fmt.Errorf("looking up Kafka topic %q: %w", topic, context.DeadlineExceeded)
+		return kafka.TopicMetadata{}, fmt.Errorf("looking up Kafka topic %q: %w", topic, context.DeadlineExceeded)
 	}
 	// The call cannot be cancelled, so it runs on its own: a caller whose
 	// context ends (a publish at shutdown, while Kafka does not answer)
@@ -374,7 +364,7 @@ func (t *topics) lookup(ctx context.Context, topic string) error {
 	}
 	ch := make(chan answer, 1)
 	if !t.p.handles.TryRLock() {
-		return fmt.Errorf("looking up Kafka topic %q: %w", topic, ErrClosed)
+		return kafka.TopicMetadata{}, fmt.Errorf("looking up Kafka topic %q: %w", topic, ErrClosed)
 	}
 	go func() {
 		defer t.p.handles.RUnlock()
@@ -385,18 +375,18 @@ func (t *topics) lookup(ctx context.Context, topic string) error {
 	select {
 	case a := <-ch:
 		if a.err != nil {
-			return fmt.Errorf("looking up Kafka topic %q: %w", topic, a.err)
+			return kafka.TopicMetadata{}, fmt.Errorf("looking up Kafka topic %q: %w", topic, a.err)
 		}
 		md = a.md
 	case <-ctx.Done():
-		return fmt.Errorf("looking up Kafka topic %q: %w", topic, ctx.Err())
+		return kafka.TopicMetadata{}, fmt.Errorf("looking up Kafka topic %q: %w", topic, ctx.Err())
 	}
 	tm, ok := md.Topics[topic]
 	if !ok || tm.Error.Code() == kafka.ErrUnknownTopicOrPart || tm.Error.Code() == kafka.ErrUnknownTopic {
-		return fmt.Errorf("Kafka topic %q: %w", topic, ErrUnknownTopic)
+		return kafka.TopicMetadata{}, fmt.Errorf("Kafka topic %q: %w", topic, ErrUnknownTopic)
 	}
 	if tm.Error.Code() != kafka.ErrNoError {
-		return fmt.Errorf("looking up Kafka topic %q: %w", topic, tm.Error)
+		return kafka.TopicMetadata{}, fmt.Errorf("looking up Kafka topic %q: %w", topic, tm.Error)
 	}
-	return nil
+	return tm, nil
 }
