@@ -16,8 +16,8 @@ import (
 )
 
 // wsListener serves MQTT over WebSocket on /mqtt and / with the "mqtt"
-// subprotocol, on a listener the broker bound itself (so port 0 works and
-// bind errors surface at start-up).
+// (or MQTT 3.1's "mqttv3.1") subprotocol, on a listener the broker bound
+// itself (so port 0 works and bind errors surface at start-up).
 type wsListener struct {
 	id        string
 	ln        net.Listener
@@ -41,7 +41,11 @@ func newWSListener(id string, ln net.Listener, maxMessageBytes int64, connectTim
 		readLimit:      maxMessageBytes,
 		connectTimeout: connectTimeout,
 		upgrader: websocket.Upgrader{
-			Subprotocols: []string{"mqtt"},
+			// "mqtt" for MQTT 3.1.1 and 5; "mqttv3.1" is what MQTT 3.1
+			// clients offer (mqtt.js with protocolVersion 3, for one). A
+			// browser fails the handshake when the server selects none of
+			// the subprotocols it offered.
+			Subprotocols: []string{"mqtt", "mqttv3.1"},
 			// MQTT authenticates at the MQTT level; browsers on any page
 			// may connect, as with any MQTT-over-WebSocket broker. The
 			// one credential a browser sends by itself, its client
