@@ -20,7 +20,7 @@ build: ## build bin/tributary
 run: ## run the bridge with the embedded Kafka (MQTT :1883, MQTT-over-WebSocket :8083, HTTP :8080, Kafka 127.0.0.1:9092)
 	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/tributary $(ARGS)
 
-deps: ## install the test peers (mosquitto, mosquitto-clients, kcat; wscat from e2e/package-lock.json) if missing
+deps: ## install the test peers (mosquitto, mosquitto-clients, kcat, chromium; wscat and mqtt.js from e2e/package-lock.json) if missing
 	scripts/install-deps.sh
 
 vet: ## gofmt and go vet

@@ -3,8 +3,10 @@
 #   mosquitto          MQTT broker started by integration tests (on its own port)
 #   mosquitto-clients  mosquitto_pub / mosquitto_sub for manual and scripted checks
 #   kcat               Kafka command-line client (readiness probe, smoke tests)
-# and, with npm ci, the npm tools pinned in e2e/package-lock.json:
+#   chromium           headless browser for the browser tests (chrome_test.go)
+# and, with npm ci, the npm packages pinned in e2e/package-lock.json:
 #   wscat              WebSocket client for the JSON WebSocket API smoke tests
+#   mqtt               mqtt.js, whose browser bundle the browser tests load
 # and, when java or mvn is missing, default-jre-headless and maven, which
 # scripts/kafka.sh needs for make test-kafka.
 #
@@ -15,8 +17,8 @@
 # start their own broker, and a system one would only get in the way.
 set -euo pipefail
 
-readonly PACKAGES=(mosquitto mosquitto-clients kcat)
-readonly COMMANDS=(mosquitto mosquitto_pub mosquitto_sub kcat)
+readonly PACKAGES=(mosquitto mosquitto-clients kcat chromium)
+readonly COMMANDS=(mosquitto mosquitto_pub mosquitto_sub kcat chromium)
 
 log() { printf 'install-deps: %s\n' "$*"; }
 warn() { printf 'install-deps: WARNING: %s\n' "$*" >&2; }
@@ -26,11 +28,12 @@ usage() {
   cat <<'EOF'
 Usage: scripts/install-deps.sh [-h|--help]
 
-Installs mosquitto, mosquitto-clients and kcat with apt-get (Debian/Ubuntu)
-when any of the commands mosquitto, mosquitto_pub, mosquitto_sub or kcat is
-missing, and makes sure the system mosquitto service is not running.
-Then installs the npm tools pinned in e2e/package-lock.json (wscat) with
-npm ci, unless e2e/node_modules already matches the lock file; Node.js and
+Installs mosquitto, mosquitto-clients, kcat and chromium with apt-get
+(Debian/Ubuntu) when any of the commands mosquitto, mosquitto_pub,
+mosquitto_sub, kcat or chromium is missing, and makes sure the system
+mosquitto service is not running.
+Then installs the npm packages pinned in e2e/package-lock.json (wscat and
+mqtt.js) with npm ci, unless e2e/node_modules already matches the lock file; Node.js and
 npm come from apt-get when npm is missing. Java and Maven (for
 scripts/kafka.sh) come from apt-get when java or mvn is missing.
 EOF
@@ -76,6 +79,8 @@ as_root() {
 NPM_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/e2e"
 readonly NPM_DIR
 readonly NPM_BINS=(wscat)
+# Files the tests load rather than run: mqtt.js's browser bundle.
+readonly NPM_FILES=(mqtt/dist/mqtt.min.js)
 
 install_npm_tools() {
   local lock="$NPM_DIR/package-lock.json"
@@ -93,6 +98,9 @@ install_npm_tools() {
   for b in "${NPM_BINS[@]}"; do
     [[ -x "$NPM_DIR/node_modules/.bin/$b" ]] || ok=0
   done
+  for f in "${NPM_FILES[@]}"; do
+    [[ -f "$NPM_DIR/node_modules/$f" ]] || ok=0
+  done
   if [[ $ok -eq 1 && -f "$stamp" && "$(cat "$stamp")" == "$sum" ]]; then
     log "npm tools in e2e/ match package-lock.json; skipping npm ci"
     return 0
@@ -103,8 +111,12 @@ install_npm_tools() {
   for b in "${NPM_BINS[@]}"; do
     [[ -x "$NPM_DIR/node_modules/.bin/$b" ]] || die "npm ci did not install $b"
   done
+  for f in "${NPM_FILES[@]}"; do
+    [[ -f "$NPM_DIR/node_modules/$f" ]] || die "npm ci did not install $f"
+  done
   printf '%s\n' "$sum" >"$stamp"
   log "ok: wscat $("$NPM_DIR/node_modules/.bin/wscat" --version) -> $NPM_DIR/node_modules/.bin/wscat"
+  log "ok: mqtt.js $(node -p 'require(process.argv[1]).version' "$NPM_DIR/node_modules/mqtt/package.json") -> $NPM_DIR/node_modules/mqtt/dist/mqtt.min.js"
 }
 
 # Java and Maven, which scripts/kafka.sh needs to fetch Apache Kafka from

@@ -368,20 +368,28 @@ func subackCode(t *testing.T, addr, user, pass, filter string) byte {
 	return tok.(*paho.SubscribeToken).Result()[filter]
 }
 
+// tokensFile makes a token for user with "tributary token" and writes a
+// tokens file holding its entry.
+func tokensFile(t *testing.T, user string) (token, file string) {
+	t.Helper()
+	file = filepath.Join(t.TempDir(), "tokens.yaml")
+	var stdout, stderr bytes.Buffer
+	if code := realMain(t.Context(), []string{"token", "--user", user}, strings.NewReader(""), &stdout, &stderr); code != 0 {
+		t.Fatalf("token: %s", stderr.String())
+	}
+	token = strings.TrimSpace(stdout.String())
+	entry := stderr.String()[strings.Index(stderr.String(), "- {"):]
+	if err := os.WriteFile(file, []byte("tokens:\n  "+strings.TrimSpace(entry)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return token, file
+}
+
 // The WebSocket API with and without credentials, by header, query
 // parameter and subprotocol, and its Kafka topic ACLs.
 func TestWebSocketAuthentication(t *testing.T) {
 	users := usersFile(t, devUsers, map[string]string{"dev": "secret"})
-	tokFile := filepath.Join(t.TempDir(), "tokens.yaml")
-	var stdout, stderr bytes.Buffer
-	if code := realMain(t.Context(), []string{"token", "--user", "dev"}, strings.NewReader(""), &stdout, &stderr); code != 0 {
-		t.Fatalf("token: %s", stderr.String())
-	}
-	token := strings.TrimSpace(stdout.String())
-	entry := stderr.String()[strings.Index(stderr.String(), "- {"):]
-	if err := os.WriteFile(tokFile, []byte("tokens:\n  "+strings.TrimSpace(entry)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	token, tokFile := tokensFile(t, "dev")
 	s := startSecured(t, users, func(c *config.Config) {
 		c.Auth.TokensFile = tokFile
 		c.Auth.MetricsAuth = true
