@@ -237,7 +237,7 @@ func (b *Broker) Start() (err error) {
 		if s.ws {
 			l = newWSListener(s.id, served, int64(b.cfg.MaxMessageBytes+packetHeadroom), b.cfg.Conns.ConnectTimeout)
 		} else {
-			l = listeners.NewNet(s.id, served)
+			l = listeners.NewNet(s.id, bridgeListener{served})
 		}
 		l = recordingListener{Listener: l, reasons: b.closes}
 		if err := b.server.AddListener(l); err != nil {

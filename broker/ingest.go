@@ -109,7 +109,21 @@ func newIngest(ctx context.Context, server *mqtt.Server, producer Producer, mapp
 func (h *ingest) ID() string { return "tributary-ingest" }
 
 func (h *ingest) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPacketEncode}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPacketEncode, mqtt.OnSubscribe}, []byte{b})
+}
+
+// OnSubscribe gives an MQTT bridge's subscriptions No Local (see
+// mqttbridge.go): what it publishes is not sent back to it.
+func (h *ingest) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if !isMQTTBridge(cl.Net.Conn) {
+		return pk
+	}
+	for i := range pk.Filters {
+		if !mqtt.IsSharedFilter(pk.Filters[i].Filter) { // No Local on a shared subscription is a protocol error
+			pk.Filters[i].NoLocal = true
+		}
+	}
+	return pk
 }
 
 // OnPacketRead refuses a publish to a reserved topic ($SYS/..., or $share
@@ -124,6 +138,10 @@ func (h *ingest) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 		pk.PublishValidate(h.server.Options.Capabilities.TopicAliasMaximum) != packets.CodeSuccess {
 		return pk, nil
 	}
+	if bridgeStateTopic(cl.ID, pk.TopicName) {
+		h.bridgeState(cl, pk)
+		return pk, nil // mochi then drops it, as any $SYS publish
+	}
 	h.m.rejected.WithLabelValues("reserved_topic").Inc()
 	if h.refuseLog.Allow() {
 		h.log.Warn("publish refused: reserved topic (logged at most every 10s)", "client", cl.ID, "topic", pk.TopicName, "qos", pk.FixedHeader.Qos, "remote", cl.Net.Remote)
@@ -132,6 +150,29 @@ func (h *ingest) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 	_, _ = h.refuse(cl, pk, packets.Code{Code: packets.ErrTopicNameInvalid.Code,
 		Reason: "topic " + pk.TopicName + " is reserved: $SYS topics, and $share without a topic after its group, are not for publishing"})
 	return pk, nil
+}
+
+// bridgeState takes an MQTT bridge's connection-state publish (see
+// mqttbridge.go): acknowledged in its turn and passed to local subscribers
+// (and retained) through the forwarding client, which mochi lets publish
+// to $SYS; never produced to Kafka.
+func (h *ingest) bridgeState(cl *mqtt.Client, pk packets.Packet) {
+	h.log.Debug("MQTT bridge connection state: kept for local subscribers, not produced to Kafka", "client", cl.ID, "topic", pk.TopicName, "payload", string(pk.Payload))
+	if pk.FixedHeader.Qos == 0 {
+		fwd := h.forwarders.Get().(*mqtt.Client)
+		fwd.ID = cl.ID
+		if err := h.server.InjectPacket(fwd, pk); err != nil {
+			h.log.Warn("forwarding to local subscribers", "topic", pk.TopicName, "error", err)
+		}
+		h.forwarders.Put(fwd)
+		return
+	}
+	if h.draining.Load() {
+		return // unanswered: the client resends it to whoever serves it next
+	}
+	if s, ok := h.enqueue(cl, &pk, &pending{received: time.Now(), done: true}, true); ok {
+		s.wake()
+	}
 }
 
 // OnPacketEncode answers a resent QoS 2 PUBLISH as the first one was
@@ -168,6 +209,9 @@ func (h *ingest) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if err := h.checkWill(cl, pk); err != nil {
 		return err
 	}
+	if isMQTTBridge(cl.Net.Conn) {
+		h.log.Info("MQTT bridge connecting (its CONNECT has the bridge bit): what it publishes will not be sent back to it", "client", cl.ID, "remote", cl.Net.Remote)
+	}
 	return h.settlePrevious(cl, pk)
 }
 
@@ -182,7 +226,7 @@ func (h *ingest) checkWill(cl *mqtt.Client, pk packets.Packet) error {
 		return nil
 	}
 	topic := pk.Connect.WillTopic
-	if topic != "" && mqtt.IsValidFilter(topic, true) {
+	if topic != "" && mqtt.IsValidFilter(topic, true) || bridgeStateTopic(cl.ID, topic) {
 		return nil
 	}
 	reason := fmt.Sprintf("will topic %q is not a topic name a client may publish to", topic)

@@ -388,20 +388,28 @@ func unwrapConn(c net.Conn) net.Conn {
 	}
 }
 
-// tlsConn finds the *tls.Conn in c's chain of wrappers (anything with a
-// NetConn method), whether TLS wraps the gate or the gate wraps TLS.
+// tlsConn finds the *tls.Conn in c's chain of wrappers, whether TLS wraps
+// the gate or the gate wraps TLS.
 func tlsConn(c net.Conn) *tls.Conn {
+	t, _ := connIn[*tls.Conn](c)
+	return t
+}
+
+// connIn finds the connection of type T in c's chain of wrappers
+// (anything with a NetConn method).
+func connIn[T net.Conn](c net.Conn) (T, bool) {
 	for c != nil {
-		if t, ok := c.(*tls.Conn); ok {
-			return t
+		if t, ok := c.(T); ok {
+			return t, true
 		}
 		u, ok := c.(interface{ NetConn() net.Conn })
 		if !ok {
-			return nil
+			break
 		}
 		c = u.NetConn()
 	}
-	return nil
+	var none T
+	return none, false
 }
 
 // PublishLimits bounds how fast one client connection may publish.
