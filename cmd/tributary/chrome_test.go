@@ -33,8 +33,7 @@ type chrome struct {
 	mu      sync.Mutex
 	nextID  int64
 	replies map[int64]chan cdpMessage
-	loaded  map[string]chan struct{} // by session: closed at the page's load event
-	console []string                 // console output and uncaught exceptions, for failures
+	console []string // console output, the browser's own messages and uncaught exceptions, for failures
 	readErr error
 	done    chan struct{} // closed when the read loop ends
 }
@@ -92,6 +91,7 @@ func startChrome(t *testing.T) *chrome {
 		}
 		select {
 		case <-exited:
+			stop() // its helper processes too
 			t.Fatalf("chromium exited before its DevTools endpoint was up; its output:\n%s", stderr)
 		case <-time.After(50 * time.Millisecond):
 		}
@@ -107,7 +107,7 @@ func startChrome(t *testing.T) *chrome {
 	}
 	// DevTools messages carry whole pages' results; the default read limit
 	// (none) is kept.
-	c := &chrome{conn: conn, replies: map[int64]chan cdpMessage{}, loaded: map[string]chan struct{}{}, done: make(chan struct{})}
+	c := &chrome{conn: conn, replies: map[int64]chan cdpMessage{}, done: make(chan struct{})}
 	go c.readLoop()
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -143,11 +143,6 @@ func (c *chrome) readLoop() {
 			if ch, ok := c.replies[m.ID]; ok {
 				ch <- m
 				delete(c.replies, m.ID)
-			}
-		case m.Method == "Page.loadEventFired":
-			if ch, ok := c.loaded[m.SessionID]; ok {
-				close(ch)
-				delete(c.loaded, m.SessionID)
 			}
 		case m.Method == "Runtime.consoleAPICalled":
 			var p struct {
@@ -225,7 +220,7 @@ type tab struct {
 	session string
 }
 
-// open loads url in a new tab and returns once its load event fired.
+// open loads url in a new tab and returns once it has loaded.
 func (c *chrome) open(t *testing.T, url string) *tab {
 	t.Helper()
 	res, err := c.call("", "Target.createTarget", map[string]any{"url": "about:blank"})
@@ -245,11 +240,7 @@ func (c *chrome) open(t *testing.T, url string) *tab {
 	}
 	_ = json.Unmarshal(res, &att)
 	p := &tab{c: c, session: att.SessionID}
-	loaded := make(chan struct{})
-	c.mu.Lock()
-	c.loaded[p.session] = loaded
-	c.mu.Unlock()
-	for _, m := range []string{"Page.enable", "Runtime.enable", "Log.enable"} {
+	for _, m := range []string{"Runtime.enable", "Log.enable"} {
 		if _, err := c.call(p.session, m, struct{}{}); err != nil {
 			t.Fatal(err)
 		}
@@ -265,12 +256,22 @@ func (c *chrome) open(t *testing.T, url string) *tab {
 	if nav.ErrorText != "" {
 		t.Fatalf("loading %s in chromium: %s", url, nav.ErrorText)
 	}
-	select {
-	case <-loaded:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("loading %s in chromium: no load event in 30s", url)
+	// Loaded once the document at url is complete (until the navigation
+	// commits, the document is still about:blank).
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var state string
+		if err := p.eval(`location.href + " " + document.readyState`, &state); err != nil {
+			t.Fatalf("loading %s in chromium: %v", url, err)
+		}
+		if state == url+" complete" {
+			return p
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("loading %s in chromium: after 30s the tab is at %q", url, state)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	return p
 }
 
 // eval runs expr in the page, waits for the promise it returns (if any),
