@@ -58,8 +58,9 @@ func startChrome(t *testing.T) *chrome {
 	profile := t.TempDir()
 	// As root Chromium needs --no-sandbox; the background-networking flags
 	// keep it from calling out to Google's services, which this machine's
-	// network refuses.
-	cmd := exec.Command(bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+	// network refuses; --disable-dev-shm-usage keeps a container's small
+	// /dev/shm from crashing its renderers.
+	cmd := exec.Command(bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-dev-shm-usage",
 		"--no-first-run", "--no-default-browser-check", "--disable-background-networking",
 		"--disable-component-update", "--disable-sync", "--disable-extensions",
 		"--user-data-dir="+profile, "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
