@@ -346,10 +346,20 @@ func dialWS(t *testing.T, addr, id string) *websocket.Conn {
 
 func connectPacket(t *testing.T, id string) []byte {
 	t.Helper()
+	return encodeConnect(t, "MQTT", 4, id, nil)
+}
+
+// encodeConnect encodes a clean-session CONNECT with protocol name and
+// version for client id; edit, if not nil, changes its parameters first.
+func encodeConnect(t *testing.T, name string, version byte, id string, edit func(*packets.ConnectParams)) []byte {
+	t.Helper()
 	pk := packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
-		ProtocolVersion: 4,
-		Connect:         packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: id},
+		ProtocolVersion: version,
+		Connect:         packets.ConnectParams{ProtocolName: []byte(name), Clean: true, Keepalive: 30, ClientIdentifier: id},
+	}
+	if edit != nil {
+		edit(&pk.Connect)
 	}
 	var buf bytes.Buffer
 	if err := pk.ConnectEncode(&buf); err != nil {

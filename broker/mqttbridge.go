@@ -125,8 +125,5 @@ func (s *connectScan) feed(b []byte) bool {
 // bridgeStateTopic reports whether topic is the connection-state topic a
 // bridge with this client id publishes to.
 func bridgeStateTopic(clientID, topic string) bool {
-	const prefix, suffix = "$SYS/broker/connection/", "/state"
-	return clientID != "" && !strings.ContainsAny(clientID, "+#") && len(topic) == len(prefix)+len(clientID)+len(suffix) &&
-		strings.HasPrefix(topic, prefix) && strings.HasSuffix(topic, suffix) &&
-		topic[len(prefix):len(topic)-len(suffix)] == clientID
+	return clientID != "" && !strings.ContainsAny(clientID, "+#") && topic == "$SYS/broker/connection/"+clientID+"/state"
 }

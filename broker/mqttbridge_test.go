@@ -12,32 +12,15 @@ import (
 // nothing else is touched.
 func TestConnectScanClearsTheBridgeBit(t *testing.T) {
 	connect := func(name string, version byte) []byte {
-		pk := packets.Packet{
-			FixedHeader:     packets.FixedHeader{Type: packets.Connect},
-			ProtocolVersion: version & 0x7f,
-			Connect:         packets.ConnectParams{ProtocolName: []byte(name), Clean: true, Keepalive: 30, ClientIdentifier: "edge.central"},
-		}
-		var buf bytes.Buffer
-		if err := pk.ConnectEncode(&buf); err != nil {
-			t.Fatal(err)
-		}
-		b := buf.Bytes()
+		b := encodeConnect(t, name, version&0x7f, "edge.central", nil)
 		b[2+2+len(name)] = version // after the type, the 1-byte length and the name
 		return b
 	}
 	// A long CONNECT, so that its remaining length takes two bytes.
 	long := func(version byte) []byte {
-		pk := packets.Packet{
-			FixedHeader:     packets.FixedHeader{Type: packets.Connect},
-			ProtocolVersion: version & 0x7f,
-			Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: "edge",
-				WillFlag: true, WillTopic: "$SYS/broker/connection/edge/state", WillPayload: bytes.Repeat([]byte("0"), 300)},
-		}
-		var buf bytes.Buffer
-		if err := pk.ConnectEncode(&buf); err != nil {
-			t.Fatal(err)
-		}
-		b := buf.Bytes()
+		b := encodeConnect(t, "MQTT", version&0x7f, "edge", func(c *packets.ConnectParams) {
+			c.WillFlag, c.WillTopic, c.WillPayload = true, "$SYS/broker/connection/edge/state", bytes.Repeat([]byte("0"), 300)
+		})
 		if b[1]&0x80 == 0 {
 			t.Fatal("the long CONNECT's remaining length is one byte")
 		}
@@ -98,16 +81,8 @@ func TestBridgeBitConnRead(t *testing.T) {
 	if isMQTTBridge(wrapped) {
 		t.Fatal("a bridge before anything was read")
 	}
-	pk := packets.Packet{
-		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
-		ProtocolVersion: 4,
-		Connect:         packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: "edge"},
-	}
-	var buf bytes.Buffer
-	if err := pk.ConnectEncode(&buf); err != nil {
-		t.Fatal(err)
-	}
-	sent := bytes.Clone(buf.Bytes())
+	want := encodeConnect(t, "MQTT", 4, "edge", nil)
+	sent := bytes.Clone(want)
 	sent[8] = 0x84
 	go func() { _, _ = b.Write(sent) }()
 	got := make([]byte, len(sent))
@@ -118,8 +93,8 @@ func TestBridgeBitConnRead(t *testing.T) {
 		}
 		n += m
 	}
-	if !bytes.Equal(got, buf.Bytes()) {
-		t.Fatalf("read % x, want % x", got, buf.Bytes())
+	if !bytes.Equal(got, want) {
+		t.Fatalf("read % x, want % x", got, want)
 	}
 	if !isMQTTBridge(wrapped) {
 		t.Fatal("not a bridge after its CONNECT was read")

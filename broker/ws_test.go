@@ -1,14 +1,10 @@
 package broker
 
 import (
-	"bytes"
-	"io"
-	"log/slog"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/tributary-io/tributary/mapping"
 )
@@ -18,19 +14,7 @@ import (
 // handshake that selects none of theirs, so MQTT 3.1 from a browser needs
 // the second. An MQTT 3.1 CONNECT on such a socket gets its CONNACK.
 func TestWSSelectsTheClientsSubprotocol(t *testing.T) {
-	m, err := mapping.New(mapping.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := New(Config{WSAddr: "127.0.0.1:0", MaxMessageBytes: 1 << 20}, newFakeProducer(), m,
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b := startConfigured(t, newFakeProducer(), mapping.Config{}, Config{WSAddr: "127.0.0.1:0"})
 
 	for _, tc := range []struct {
 		offered []string
@@ -58,16 +42,7 @@ func TestWSSelectsTheClientsSubprotocol(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	pk := packets.Packet{
-		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
-		ProtocolVersion: 3,
-		Connect:         packets.ConnectParams{ProtocolName: []byte("MQIsdp"), Clean: true, Keepalive: 30, ClientIdentifier: "mqtt31-ws"},
-	}
-	var buf bytes.Buffer
-	if err := pk.ConnectEncode(&buf); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.WriteMessage(websocket.BinaryMessage, buf.Bytes()); err != nil {
+	if err := c.WriteMessage(websocket.BinaryMessage, encodeConnect(t, "MQIsdp", 3, "mqtt31-ws", nil)); err != nil {
 		t.Fatal(err)
 	}
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))

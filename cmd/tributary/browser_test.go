@@ -20,27 +20,34 @@ import (
 // MQTT-over-WebSocket. Pages come from an origin other than the daemon's,
 // as they would in use.
 
-// logLines polls the text of the page's <pre id="log"> until done holds
-// for its lines or timeout passes, and returns the lines.
+// pageLog returns the non-empty lines of the page's <pre id="log">.
+func pageLog(t *testing.T, p *tab) []string {
+	t.Helper()
+	var text string
+	if err := p.eval(`document.getElementById("log").textContent`, &text); err != nil {
+		t.Fatalf("reading the page's log: %v", err)
+	}
+	var lines []string
+	for _, l := range strings.Split(text, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	return lines
+}
+
+// logLines polls the page's log until done holds for its lines or timeout
+// passes, and returns the lines.
 func logLines(t *testing.T, p *tab, timeout time.Duration, done func([]string) bool) []string {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		var text string
-		if err := p.eval(`document.getElementById("log").textContent`, &text); err != nil {
-			t.Fatalf("reading the page's log: %v", err)
-		}
-		var lines []string
-		for _, l := range strings.Split(text, "\n") {
-			if l = strings.TrimSpace(l); l != "" {
-				lines = append(lines, l)
-			}
-		}
+		lines := pageLog(t, p)
 		if done(lines) {
 			return lines
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the page's log after %s:\n%s", timeout, text)
+			t.Fatalf("the page's log after %s:\n%s", timeout, strings.Join(lines, "\n"))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -133,7 +140,7 @@ func TestBrowserDocsExample(t *testing.T) {
 	tab = browser.open(t, other.URL+"/example.html")
 	lines = logLines(t, tab, 30*time.Second, func(l []string) bool { return len(l) > 0 })
 	time.Sleep(500 * time.Millisecond) // for anything that would follow
-	if lines = logLines(t, tab, 0, func([]string) bool { return true }); !slices.Equal(lines, []string{"producer closed: 1006"}) {
+	if lines = pageLog(t, tab); !slices.Equal(lines, []string{"producer closed: 1006"}) {
 		t.Errorf("the page's log from %s: %q, want only the producer closed with 1006", other.URL, lines)
 	}
 	waitFor(t, 5*time.Second, "the log line refusing the origin", func() bool {
