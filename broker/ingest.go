@@ -112,16 +112,23 @@ func (h *ingest) Provides(b byte) bool {
 	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPacketEncode, mqtt.OnSubscribe}, []byte{b})
 }
 
-// OnSubscribe gives an MQTT bridge's subscriptions No Local (see
-// mqttbridge.go): what it publishes is not sent back to it.
+// OnSubscribe gives an MQTT bridge's subscriptions No Local and Retain As
+// Published (see mqttbridge.go): what it publishes is not sent back to it,
+// and what it is sent keeps the retain flag it was published with.
 func (h *ingest) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	if !isMQTTBridge(cl.Net.Conn) {
 		return pk
 	}
 	for i := range pk.Filters {
-		if !mqtt.IsSharedFilter(pk.Filters[i].Filter) { // No Local on a shared subscription is a protocol error
-			pk.Filters[i].NoLocal = true
+		f := &pk.Filters[i]
+		if !mqtt.IsSharedFilter(f.Filter) { // No Local on a shared subscription is a protocol error
+			f.NoLocal = true
 		}
+		// mochi honours Retain As Published for MQTT 5 clients only, and
+		// keeps the flag for any client on a subscription marked as
+		// forwarding retained messages.
+		f.RetainAsPublished = true
+		f.FwdRetainedFlag = true
 	}
 	return pk
 }

@@ -14,8 +14,9 @@ import (
 // that a bridge in both directions does not loop. mochi refuses such a
 // version as a protocol violation. The listener clears the bit before
 // mochi reads it (bridgeBitConn), and the ingest hook gives the bridge's
-// subscriptions No Local. A 3.1.1 bridge's retained flag is still cleared
-// on what it receives, as for any MQTT 3 subscriber.
+// subscriptions No Local and Retain As Published, so that a retained
+// message reaches the other broker retained, as it would from mosquitto.
+// An MQTT 5 bridge sets no bridge bit: it asks for both itself.
 //
 // A bridge also publishes its connection state, retained, to
 // $SYS/broker/connection/<client id>/state ("1", and "0" as its will).

@@ -2,8 +2,10 @@ package broker
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -118,5 +120,103 @@ func TestBridgeStateTopic(t *testing.T) {
 		if got := bridgeStateTopic(tc.id, tc.topic); got != tc.want {
 			t.Errorf("bridgeStateTopic(%q, %q) = %v, want %v", tc.id, tc.topic, got, tc.want)
 		}
+	}
+}
+
+// A bridge's subscriptions get No Local and Retain As Published: what it
+// publishes is not sent back to it, and a retained publish reaches it
+// retained. A plain MQTT 3.1.1 subscriber of the same filter gets the
+// bridge's publish, and the retained one with the flag cleared.
+func TestBridgeSubscriptionsSkipOwnAndKeepRetain(t *testing.T) {
+	p := newFakeProducer()
+	p.confirm = true
+	b := startBroker(t, p)
+	addr := b.Addr("mqtt-tcp")
+
+	edge, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { edge.Close() })
+	hello := encodeConnect(t, "MQTT", 4, "edge", nil)
+	hello[8] |= 0x80 // the bridge bit
+	if _, err := edge.Write(hello); err != nil {
+		t.Fatal(err)
+	}
+	if pk := readPacket(t, edge, 5*time.Second); pk[0] != 0x20 || pk[3] != 0 {
+		t.Fatalf("want a CONNACK accepting the bridge, got % x", pk)
+	}
+	plain := dialNamed(t, addr, "plain")
+	device := dialNamed(t, addr, "device")
+	for _, c := range []net.Conn{edge, plain} {
+		writeEncoded(t, c, packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1},
+			PacketID:    1,
+			Filters:     packets.Subscriptions{{Filter: "x/#"}},
+		})
+		if pk := readPacket(t, c, 5*time.Second); pk[0] != 0x90 || pk[len(pk)-1] != 0 {
+			t.Fatalf("want a SUBACK granting QoS 0, got % x", pk)
+		}
+	}
+	pub := func(c net.Conn, id uint16, topic string, retain bool) {
+		t.Helper()
+		writeEncoded(t, c, packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1, Retain: retain},
+			PacketID:    id,
+			TopicName:   topic,
+			Payload:     []byte(topic),
+		})
+		if pk := readPacket(t, c, 5*time.Second); pk[0] != 0x40 {
+			t.Fatalf("want a PUBACK, got % x", pk)
+		}
+	}
+	// Each PUBLISH as the subscriber reads it: its first byte (QoS 0, so
+	// 0x31 when retained) and its topic.
+	next := func(c net.Conn) string {
+		t.Helper()
+		pk := readPacket(t, c, 5*time.Second)
+		if len(pk) < 4 || pk[0]&0xf0 != 0x30 {
+			t.Fatalf("want a PUBLISH, got % x", pk)
+		}
+		n := int(pk[2])<<8 | int(pk[3])
+		return fmt.Sprintf("%#x %s", pk[0], pk[4:4+n])
+	}
+
+	pub(edge, 1, "x/own", false)
+	if got := next(plain); got != "0x30 x/own" {
+		t.Fatalf("the plain subscriber got %q, want the bridge's publish", got)
+	}
+	pub(device, 1, "x/kept", true)
+	pub(device, 2, "x/live", false)
+	// Had the bridge's own publish come back, it would come first.
+	for _, want := range []string{"0x31 x/kept", "0x30 x/live"} {
+		if got := next(edge); got != want {
+			t.Fatalf("the bridge got %q, want %q", got, want)
+		}
+	}
+	for _, want := range []string{"0x30 x/kept", "0x30 x/live"} {
+		if got := next(plain); got != want {
+			t.Fatalf("the plain subscriber got %q, want %q", got, want)
+		}
+	}
+}
+
+func writeEncoded(t *testing.T, c net.Conn, pk packets.Packet) {
+	t.Helper()
+	var buf bytes.Buffer
+	var err error
+	switch pk.FixedHeader.Type {
+	case packets.Subscribe:
+		err = pk.SubscribeEncode(&buf)
+	case packets.Publish:
+		err = pk.PublishEncode(&buf)
+	default:
+		t.Fatalf("cannot encode packet type %d", pk.FixedHeader.Type)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -14,13 +14,24 @@ import (
 )
 
 // An edge mosquitto bridged to Tributary with mosquitto's defaults: the
-// bridge bit in its CONNECT (try_private), its connection-state
-// notifications and will on $SYS/broker/connection/<id>/state, a topic
-// bridged in both directions. What devices publish at the edge is in
-// Kafka once each, not looped back; what is published at Tributary reaches
-// the edge; the state is retained at Tributary, "1" while connected and
-// "0" once the edge is gone.
+// bridge bit in its CONNECT (try_private; MQTT 3.1.1 only), its
+// connection-state notifications and will on
+// $SYS/broker/connection/<id>/state, a topic bridged in both directions.
+// What devices publish at the edge is in Kafka once each, not looped back;
+// what is published at Tributary reaches the edge, a retained message as
+// retained; the state is retained at Tributary, "1" while connected and
+// "0" once the edge is gone. Once with each protocol version a mosquitto
+// bridge speaks.
 func TestMosquittoBridgeWithDefaults(t *testing.T) {
+	for _, tc := range []struct{ name, conf string }{
+		{"mqttv311", ""},
+		{"mqttv50", "bridge_protocol_version mqttv50\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testMosquittoBridge(t, tc.conf) })
+	}
+}
+
+func testMosquittoBridge(t *testing.T, extraConf string) {
 	cfg := testConfig(t)
 	topic := uniq("edge")
 	// A catch-all rule after the commands' own: the bridge's state
@@ -29,7 +40,7 @@ func TestMosquittoBridgeWithDefaults(t *testing.T) {
 	d, logs := startLogged(t, cfg)
 	host, port := hostPort(d.mqttAddr())
 	bridgeID := uniq("edge.central")
-	edge := startMosquitto(t, fmt.Sprintf("connection central\naddress %s:%s\nremote_clientid %s\ntopic sensors/# both 1\ntopic cmd/# in 1\n", host, port, bridgeID))
+	edge := startMosquitto(t, fmt.Sprintf("connection central\naddress %s:%s\nremote_clientid %s\ntopic sensors/# both 1\ntopic cmd/# in 1\n%s", host, port, bridgeID, extraConf))
 
 	stateTopic := "$SYS/broker/connection/" + bridgeID + "/state"
 	var mu sync.Mutex
@@ -51,8 +62,10 @@ func TestMosquittoBridgeWithDefaults(t *testing.T) {
 		return states[len(states)-1]
 	}
 	waitFor(t, 30*time.Second, "the bridge's state 1 at Tributary", func() bool { return strings.HasPrefix(lastState(), "1 ") })
-	if !strings.Contains(logs.String(), "MQTT bridge connecting") {
-		t.Errorf("the log does not say an MQTT bridge connected:\n%s", logs.String())
+	// Only the bridge bit tells a bridge from a client, and an MQTT 5
+	// bridge sends none.
+	if said := strings.Contains(logs.String(), "MQTT bridge connecting"); said != (extraConf == "") {
+		t.Errorf("the log says an MQTT bridge connected: %v, want %v:\n%s", said, extraConf == "", logs.String())
 	}
 
 	// Edge → Tributary → Kafka, once each; a subscriber at the edge gets
@@ -102,6 +115,19 @@ func TestMosquittoBridgeWithDefaults(t *testing.T) {
 	}
 	if line != "cmd/lamp on" {
 		t.Fatalf("mosquitto_sub at the edge printed %q, want %q", line, "cmd/lamp on")
+	}
+
+	// A retained message published at Tributary, forwarded while the
+	// bridge is subscribed, is retained at the edge too: a device that
+	// connects to the edge later gets it.
+	publish(t, device, "cmd/mode", 1, true, "eco")
+	var retainedAtEdge string
+	for deadline := time.Now().Add(20 * time.Second); retainedAtEdge != "cmd/mode eco"; {
+		if time.Now().After(deadline) {
+			t.Fatalf("a subscriber at the edge asking for retained messages only printed %q, want %q", retainedAtEdge, "cmd/mode eco")
+		}
+		out, _ := exec.Command(sub, "-h", "127.0.0.1", "-p", strconv.Itoa(edge.port), "-t", "cmd/mode", "--retained-only", "-C", "1", "-W", "2", "-v").CombinedOutput()
+		retainedAtEdge = strings.TrimSpace(string(out))
 	}
 
 	// The edge goes away without a word: its will says so.
