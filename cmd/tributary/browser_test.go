@@ -1,7 +1,11 @@
 package main
 
 import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"net/url"
 	"os"
@@ -17,7 +21,7 @@ import (
 
 // Tests in headless Chromium (chrome_test.go): the docs' browser example,
 // browser authentication on the WebSocket API, and mqtt.js over
-// MQTT-over-WebSocket. Pages come from an origin other than the daemon's,
+// MQTT-over-WebSocket, plain and secure. Pages come from an origin other than the daemon's,
 // as they would in use.
 
 // pageLog returns the non-empty lines of the page's <pre id="log">.
@@ -393,5 +397,111 @@ func TestBrowserBearerToken(t *testing.T) {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %q", want)
 		}
+	}
+}
+
+// spkiHash returns the switch value with which Chromium trusts the
+// certificate in file: the base64 of the SHA-256 of its public key.
+func spkiHash(t *testing.T, file string) string {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		t.Fatalf("%s: no PEM block", file)
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+	return base64.StdEncoding.EncodeToString(sum[:])
+}
+
+// The secure listeners from a browser: mqtt.js over wss:// (MQTT 3.1.1
+// and 5) with a user's password, and /socket/in over wss:// with a token,
+// the server presenting the certificate of `tributary certs dev`. Every
+// acknowledged publish is in Kafka; a wrong password is refused with the
+// reason and produces nothing.
+func TestBrowserSecureWebSocket(t *testing.T) {
+	pg := newPages(t)
+	pg.put("/mqtt.min.js", mqttJS(t))
+	pg.put("/mqtt.html", mqttPage)
+	pg.put("/socket.html", socketPage)
+	users := usersFile(t, devUsers, map[string]string{"dev": "secret"})
+	token, tokFile := tokensFile(t, "dev")
+	topic := uniq("browser-tls")
+	s := startSecured(t, users, func(c *config.Config) {
+		c.Auth.TokensFile = tokFile
+		c.WebSocket.AllowedOrigins = []string{pg.URL}
+		c.Mapping.TopicRegexList = topic + ":sensors/.*"
+	})
+	// Chromium does not trust the development CA; it is told to accept
+	// the server certificate's key instead of having the CA installed.
+	browser := startChrome(t, "--ignore-certificate-errors-spki-list="+spkiHash(t, filepath.Join(s.dir, "server.crt")))
+	tab := browser.open(t, pg.URL+"/mqtt.html")
+	wssURL := "wss://" + s.broker.Addr("mqtt-wss") + "/mqtt"
+
+	const n = 200
+	for _, v := range []struct{ name, version string }{{"3.1.1", "4"}, {"5", "5"}} {
+		opts := fmt.Sprintf(`{clientId: %q, protocolVersion: %s, username: "dev", password: "secret"}`, uniq("chromium-tls"), v.version)
+		var acked int
+		if err := tab.eval(fmt.Sprintf("publishAll(%q, %s, %q, %d, undefined)", wssURL, opts, "sensors/tls/"+v.name, n), &acked); err != nil {
+			t.Fatalf("MQTT %s over wss: %v", v.name, err)
+		}
+		if acked != n {
+			t.Fatalf("MQTT %s over wss: %d publishes acknowledged, want %d", v.name, acked, n)
+		}
+	}
+	var refused string
+	err := tab.eval(fmt.Sprintf(`publishAll(%q, {clientId: %q, protocolVersion: 4, username: "dev", password: "wrong"}, "sensors/tls/wrong", 1, undefined)`, wssURL, uniq("chromium-tls")), &refused)
+	if err == nil || !strings.Contains(strings.ToLower(err.Error()), "bad username or password") {
+		t.Errorf("a wrong password over wss: %v (result %q), want the connection refused for a bad username or password", err, refused)
+	}
+
+	recs := kafkaRecords(t, s.bootstrap, topic, 2*n, 20*time.Second)
+	byKey := map[string][]string{}
+	for _, r := range recs {
+		byKey[string(r.Key)] = append(byKey[string(r.Key)], string(r.Value))
+	}
+	for _, v := range []string{"3.1.1", "5"} {
+		vals := byKey["sensors/tls/"+v]
+		if len(vals) != n {
+			t.Errorf("MQTT %s over wss: %d records in Kafka, want %d", v, len(vals), n)
+			continue
+		}
+		for i, val := range vals {
+			if val != fmt.Sprintf("m%d", i) {
+				t.Errorf("MQTT %s over wss: record %d is %q, want m%d", v, i, val, i)
+				break
+			}
+		}
+	}
+	if len(recs) != 2*n {
+		t.Errorf("%d records in %s, want %d: the refused client's publish must produce nothing", len(recs), topic, 2*n)
+	}
+
+	// The WebSocket API over the HTTPS listener.
+	sock := browser.open(t, pg.URL+"/socket.html")
+	wsTopic := uniq("allowed-browser-tls")
+	q := url.Values{"clientId": {uniq("chromium")}, "topic": {wsTopic}, "access_token": {token}}
+	var got struct {
+		Frame struct {
+			MessageID string `json:"messageId"`
+			Offset    *int64 `json:"offset"`
+			Error     any    `json:"error"`
+		}
+		Closed int
+	}
+	if err := sock.eval(fmt.Sprintf("produceOne(%q, [])", "wss://"+s.http.TLSAddr()+"/socket/in?"+q.Encode()), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Closed != 0 || got.Frame.Error != nil || got.Frame.Offset == nil || got.Frame.MessageID != "b1" {
+		t.Fatalf("/socket/in over wss: %+v, want the record's result", got)
+	}
+	if recs := settledRecords(t, s.bootstrap, wsTopic); len(recs) != 1 || string(recs[0].Value) != "from chromium" {
+		t.Errorf("%d records in %s, want one with value %q", len(recs), wsTopic, "from chromium")
 	}
 }

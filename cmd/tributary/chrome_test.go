@@ -50,9 +50,10 @@ type cdpMessage struct {
 	} `json:"error,omitempty"`
 }
 
-// startChrome starts a headless Chromium with an empty profile and
-// connects to its DevTools endpoint. It is stopped when the test ends.
-func startChrome(t *testing.T) *chrome {
+// startChrome starts a headless Chromium with an empty profile and the
+// extra command-line switches, and connects to its DevTools endpoint. It
+// is stopped when the test ends.
+func startChrome(t *testing.T, extra ...string) *chrome {
 	t.Helper()
 	bin := needTool(t, "chromium")
 	profile := t.TempDir()
@@ -63,8 +64,8 @@ func startChrome(t *testing.T) *chrome {
 	cmd := exec.Command(bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-dev-shm-usage",
 		"--no-first-run", "--no-default-browser-check", "--disable-background-networking",
 		"--disable-component-update", "--disable-sync", "--disable-extensions",
-		"--user-data-dir="+profile, "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
-		"about:blank")
+		"--user-data-dir="+profile, "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0")
+	cmd.Args = append(append(cmd.Args, extra...), "about:blank")
 	stderr := &logTail{max: 40}
 	cmd.Stdout, cmd.Stderr = stderr, stderr
 	// Its own process group, so that the renderer and helper processes
