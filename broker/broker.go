@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -49,6 +50,14 @@ type Config struct {
 	// required when TLSAddr or WSSAddr is set. It is called once per
 	// listener; certificate reloads happen behind it.
 	TLSConfig func() *tls.Config
+	// MessageExpiryMax bounds how long a retained message, or a message
+	// queued for a subscriber, is kept (whole seconds); 0: no bound beyond
+	// an MQTT 5 publisher's own message expiry.
+	MessageExpiryMax time.Duration
+	// SessionExpiryMax bounds how long a disconnected client's session is
+	// kept (whole seconds); 0: as long as an MQTT 5 client asks, and for an
+	// MQTT 3 persistent session, forever.
+	SessionExpiryMax time.Duration
 	// MaxMessageBytes is the Kafka record limit; MQTT packets are allowed a
 	// little more so that an oversized payload gets a reason code rather
 	// than a dropped connection where the protocol allows it.
@@ -92,6 +101,14 @@ func New(cfg Config, producer Producer, mapper *mapping.Mapper, log *slog.Logger
 	// Each inbound alias keeps a topic string per connection; a few are
 	// what devices use, 65535 would be memory a client could pin.
 	caps.TopicAliasMaximum = 16
+	// mochi's own default drops every retained message a day after it was
+	// published, whatever the publisher asked, and keeps sessions forever.
+	// A retained message is kept until replaced unless configured.
+	caps.MaximumMessageExpiryInterval = int64(cfg.MessageExpiryMax / time.Second)
+	caps.MaximumSessionExpiryInterval = math.MaxUint32
+	if cfg.SessionExpiryMax > 0 {
+		caps.MaximumSessionExpiryInterval = uint32(cfg.SessionExpiryMax / time.Second)
+	}
 	server := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		Logger:       slog.New(newMochiLogHandler(log.With("component", "mqtt").Handler())),
@@ -103,6 +120,7 @@ func New(cfg Config, producer Producer, mapper *mapping.Mapper, log *slog.Logger
 	}
 	b := &Broker{cfg: cfg, log: log, server: server, addrs: map[string]string{}, ctx: ctx, cancel: cancel}
 	b.ingest = newIngest(ctx, server, producer, mapper, log, newMetrics(reg))
+	registerStateMetrics(reg, server)
 	b.ingest.publishLimits = cfg.Publish
 	b.ingest.limited = newPublishLimitMetrics(reg)
 	b.gate = newConnGate(cfg.Conns, reg, log.With("component", "mqtt-limits"))

@@ -2,7 +2,9 @@ package broker
 
 import (
 	"sync"
+	"sync/atomic"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -90,4 +92,25 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	reg.MustRegister(m.connections, m.received, m.receivedBytes, m.unmatched, m.dropped, m.rejected, m.forgedHeaders, m.failed, m.duplicates, m.resumesRefused, m.ackLatency)
 	return m
+}
+
+// registerStateMetrics exports what the broker holds in memory for
+// clients: retained messages, and the sessions of disconnected clients
+// kept for their return (see mqtt.message_expiry_max and
+// mqtt.session_expiry_max).
+func registerStateMetrics(reg prometheus.Registerer, server *mqtt.Server) {
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "tributary", Subsystem: "mqtt", Name: "retained_messages",
+			Help: "Retained messages the broker holds, including the about 20 it publishes itself under $SYS/broker/.",
+		}, func() float64 { return float64(server.Topics.Retained.Len()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "tributary", Subsystem: "mqtt", Name: "disconnected_sessions",
+			Help: "Sessions of disconnected MQTT clients the broker keeps for their return.",
+		}, func() float64 {
+			// Clients holds every session, connected or not; a client
+			// counts as connected from its first byte, before it has one.
+			return float64(max(0, int64(server.Clients.Len())-atomic.LoadInt64(&server.Info.ClientsConnected)))
+		}),
+	)
 }

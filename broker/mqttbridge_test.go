@@ -149,7 +149,7 @@ func TestBridgeSubscriptionsSkipOwnAndKeepRetain(t *testing.T) {
 	plain := dialNamed(t, addr, "plain")
 	device := dialNamed(t, addr, "device")
 	for _, c := range []net.Conn{edge, plain} {
-		writeEncoded(t, c, packets.Packet{
+		writePackets(t, c, packets.Packet{
 			FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1},
 			PacketID:    1,
 			Filters:     packets.Subscriptions{{Filter: "x/#"}},
@@ -160,7 +160,7 @@ func TestBridgeSubscriptionsSkipOwnAndKeepRetain(t *testing.T) {
 	}
 	pub := func(c net.Conn, id uint16, topic string, retain bool) {
 		t.Helper()
-		writeEncoded(t, c, packets.Packet{
+		writePackets(t, c, packets.Packet{
 			FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1, Retain: retain},
 			PacketID:    id,
 			TopicName:   topic,
@@ -198,25 +198,5 @@ func TestBridgeSubscriptionsSkipOwnAndKeepRetain(t *testing.T) {
 		if got := next(plain); got != want {
 			t.Fatalf("the plain subscriber got %q, want %q", got, want)
 		}
-	}
-}
-
-func writeEncoded(t *testing.T, c net.Conn, pk packets.Packet) {
-	t.Helper()
-	var buf bytes.Buffer
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Subscribe:
-		err = pk.SubscribeEncode(&buf)
-	case packets.Publish:
-		err = pk.PublishEncode(&buf)
-	default:
-		t.Fatalf("cannot encode packet type %d", pk.FixedHeader.Type)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Write(buf.Bytes()); err != nil {
-		t.Fatal(err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"slices"
@@ -106,6 +107,17 @@ type MQTTConfig struct {
 	// WSSAddr is the MQTT over secure WebSocket listener. Default empty
 	// (disabled).
 	WSSAddr string `yaml:"wss_addr"`
+	// MessageExpiryMax is the longest the broker keeps a retained message
+	// or a message queued for a subscriber; an MQTT 5 publisher's longer
+	// message expiry interval is cut to it. Whole seconds. Default 0: kept
+	// until replaced, delivered, or the publisher's own expiry.
+	MessageExpiryMax time.Duration `yaml:"message_expiry_max"`
+	// SessionExpiryMax is the longest the broker keeps the session of a
+	// disconnected client (its subscriptions and queued messages); MQTT 5
+	// clients asking for longer are granted this. Whole seconds. Default
+	// 0: as long as an MQTT 5 client asks, and forever for an MQTT 3
+	// persistent session.
+	SessionExpiryMax time.Duration `yaml:"session_expiry_max"`
 }
 
 // HTTPConfig configures the HTTP server.
@@ -413,6 +425,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Kafka.InflightBudgetBytes < int64(c.Kafka.MaxMessageBytes) {
 		add("kafka.inflight_budget_bytes %d: must be at least kafka.max_message_bytes (%d)", c.Kafka.InflightBudgetBytes, c.Kafka.MaxMessageBytes)
+	}
+	if d := c.MQTT.MessageExpiryMax; d < 0 || d%time.Second != 0 {
+		add("mqtt.message_expiry_max (--mqtt-message-expiry-max) %s: must be 0 (no limit) or a whole number of seconds", d)
+	}
+	if d := c.MQTT.SessionExpiryMax; d < 0 || d%time.Second != 0 || d > math.MaxUint32*time.Second {
+		add("mqtt.session_expiry_max (--mqtt-session-expiry-max) %s: must be 0 (no limit) or a whole number of seconds up to %s (MQTT's limit)", d, time.Duration(math.MaxUint32)*time.Second)
 	}
 	if c.Kafka.AckLinger > 15*time.Minute {
 		add("kafka.ack_linger %s: must be at most 15m (librdkafka's limit)", c.Kafka.AckLinger)

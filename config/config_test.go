@@ -229,6 +229,10 @@ func TestBadValues(t *testing.T) {
 		{[]string{"--flush-timeout", "soon"}, "kafka.flush_timeout"},
 		{[]string{"--inflight-budget-bytes", "100"}, "inflight_budget_bytes 100"},
 		{[]string{"--log-format", "xml"}, "log.format"},
+		{[]string{"--mqtt-message-expiry-max", "1.5s"}, "mqtt.message_expiry_max (--mqtt-message-expiry-max) 1.5s: must be 0 (no limit) or a whole number of seconds"},
+		{[]string{"--mqtt-message-expiry-max", "-1h"}, "mqtt.message_expiry_max (--mqtt-message-expiry-max) -1h0m0s: must be"},
+		{[]string{"--mqtt-session-expiry-max", "500ms"}, "mqtt.session_expiry_max (--mqtt-session-expiry-max) 500ms: must be 0 (no limit) or a whole number of seconds up to 1193046h28m15s (MQTT's limit)"},
+		{[]string{"--mqtt-session-expiry-max", "1193046h28m16s"}, "mqtt.session_expiry_max (--mqtt-session-expiry-max) 1193046h28m16s: must be"},
 		{[]string{"--kafka-bootstrap", "", "--embedded-kafka-addr", ""}, "embedded_addr"},
 		// The unmatched policy and default topic are named with their
 		// flag, as every other setting is.

@@ -133,8 +133,10 @@ func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 				MessagesPerSecond: cfg.Limits.PublishRate,
 				BytesPerSecond:    cfg.Limits.PublishBytesRate,
 			},
-			MaxMessageBytes: cfg.Kafka.MaxMessageBytes,
-			Registerer:      d.registry,
+			MessageExpiryMax: cfg.MQTT.MessageExpiryMax,
+			SessionExpiryMax: cfg.MQTT.SessionExpiryMax,
+			MaxMessageBytes:  cfg.Kafka.MaxMessageBytes,
+			Registerer:       d.registry,
 		}, d.producer, mapper, log)
 		if err != nil {
 			return nil, err

@@ -556,3 +556,39 @@ func TestMaxTopicsRefusesOneMore(t *testing.T) {
 		t.Error("the log does not say that Tributary's kafka.max_topics refused the record")
 	}
 }
+
+// mqtt.session_expiry_max reaches the broker, and /metrics shows what the
+// broker holds: a persistent session left behind is counted until it
+// expires; a retained message is counted.
+func TestBrokerStateMetricsAndSessionBound(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MQTT.SessionExpiryMax = 2 * time.Second
+	d := startDaemon(t, cfg)
+	gauge := func(name string) string {
+		for _, line := range strings.Split(metricsText(t, d.httpAddr()), "\n") {
+			if v, ok := strings.CutPrefix(line, name+" "); ok {
+				return v
+			}
+		}
+		return "absent"
+	}
+	// The broker's own $SYS messages, retained, come with its first
+	// second: the count of ours is taken after them.
+	var retained string
+	waitFor(t, 10*time.Second, "the broker's $SYS messages retained", func() bool {
+		retained = gauge("tributary_mqtt_retained_messages")
+		return retained != "0" && retained != "absent"
+	})
+	c := mqttClient(t, "tcp://"+d.mqttAddr(), uniq("device"), func(o *paho.ClientOptions) { o.SetCleanSession(false) })
+	publish(t, c, uniq("state")+"/lamp", 1, true, "on")
+	c.Disconnect(100)
+	waitFor(t, 10*time.Second, "one disconnected session", func() bool { return gauge("tributary_mqtt_disconnected_sessions") == "1" })
+	waitFor(t, 10*time.Second, "the session expired", func() bool { return gauge("tributary_mqtt_disconnected_sessions") == "0" })
+	before, err := strconv.Atoi(retained)
+	if err != nil {
+		t.Fatalf("tributary_mqtt_retained_messages %q: %v", retained, err)
+	}
+	if got := gauge("tributary_mqtt_retained_messages"); got != strconv.Itoa(before+1) {
+		t.Errorf("tributary_mqtt_retained_messages %s, want %d", got, before+1)
+	}
+}
