@@ -87,6 +87,7 @@ type Broker struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 	serving  atomic.Bool
+	admit    admission
 	closeOne sync.Once
 }
 
@@ -119,6 +120,7 @@ func New(cfg Config, producer Producer, mapper *mapping.Mapper, log *slog.Logger
 		reg = prometheus.NewRegistry()
 	}
 	b := &Broker{cfg: cfg, log: log, server: server, addrs: map[string]string{}, ctx: ctx, cancel: cancel}
+	b.admit.wg = &server.Listeners.ClientsWg
 	b.ingest = newIngest(ctx, server, producer, mapper, log, newMetrics(reg))
 	registerStateMetrics(reg, server)
 	b.ingest.publishLimits = cfg.Publish
@@ -258,6 +260,7 @@ func (b *Broker) Start() (err error) {
 			l = listeners.NewNet(s.id, bridgeListener{served})
 		}
 		l = recordingListener{Listener: l, reasons: b.closes}
+		l = admittingListener{Listener: l, admit: &b.admit}
 		if err := b.server.AddListener(l); err != nil {
 			return fmt.Errorf("adding MQTT listener %s: %w", s.id, err)
 		}
@@ -339,6 +342,7 @@ func (b *Broker) Close() error {
 // shutdown the first listener's clients remove themselves while the next
 // listener's are listed. With every client gone first, Close is safe.
 func (b *Broker) disconnectAll(timeout time.Duration) {
+	b.admit.close()
 	for _, ln := range b.lns {
 		_ = ln.Close()
 	}
@@ -383,4 +387,57 @@ func (b *Broker) disconnectAll(timeout time.Duration) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// admission counts each connection into mochi's ClientsWg before mochi
+// does, and turns connections away once disconnectAll has begun. mochi
+// adds a connection to ClientsWg inside the connection's goroutine, which
+// a connection accepted just before the listeners closed (a WebSocket
+// upgrade under way, say) can reach after disconnectAll has started
+// waiting on it: an Add racing the Wait, which the race detector reports
+// and which could let the Wait return with a client about to start.
+// Adding here, under the lock that close takes, puts every Add before the
+// Wait; mochi's own Add then finds the count above zero.
+type admission struct {
+	mu     sync.Mutex
+	closed bool
+	wg     *sync.WaitGroup
+}
+
+// enter admits one connection, which must leave when it ends, or reports
+// that admission is closed.
+func (a *admission) enter() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return false
+	}
+	a.wg.Add(1)
+	return true
+}
+
+func (a *admission) leave() { a.wg.Done() }
+
+func (a *admission) close() {
+	a.mu.Lock()
+	a.closed = true
+	a.mu.Unlock()
+}
+
+// admittingListener serves each connection only if admit lets it in, and
+// closes it unserved otherwise.
+type admittingListener struct {
+	listeners.Listener
+	admit *admission
+}
+
+func (l admittingListener) Serve(establish listeners.EstablishFn) {
+	l.Listener.Serve(func(id string, c net.Conn) error {
+		if !l.admit.enter() {
+			_ = c.Close()
+			return nil
+		}
+		defer l.admit.leave()
+		return establish(id, c)
+	})
 }
