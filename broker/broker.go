@@ -50,9 +50,10 @@ type Config struct {
 	// required when TLSAddr or WSSAddr is set. It is called once per
 	// listener; certificate reloads happen behind it.
 	TLSConfig func() *tls.Config
-	// MessageExpiryMax bounds how long a retained message, or a message
-	// queued for a subscriber, is kept (whole seconds); 0: no bound beyond
-	// an MQTT 5 publisher's own message expiry.
+	// MessageExpiryMax bounds how long a retained message, a message
+	// queued for a subscriber, or an unfinished QoS 1/2 exchange of a
+	// session is kept (whole seconds); 0: no bound beyond an MQTT 5
+	// publisher's own message expiry.
 	MessageExpiryMax time.Duration
 	// SessionExpiryMax bounds how long a disconnected client's session is
 	// kept (whole seconds); 0: as long as an MQTT 5 client asks, and for an

@@ -109,7 +109,17 @@ func newIngest(ctx context.Context, server *mqtt.Server, producer Producer, mapp
 func (h *ingest) ID() string { return "tributary-ingest" }
 
 func (h *ingest) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPacketEncode, mqtt.OnSubscribe}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPacketEncode, mqtt.OnSubscribe, mqtt.OnClientExpired}, []byte{b})
+}
+
+// OnClientExpired drops an expired session's subscriptions and what it
+// had in flight. mochi deletes the client but leaves its subscriptions in
+// the topic index, where they would hold memory for good, and a client
+// later connecting with the same id, told it has no session, would get
+// messages for filters it never subscribed to.
+func (h *ingest) OnClientExpired(cl *mqtt.Client) {
+	h.server.UnsubscribeClient(cl)
+	cl.ClearInflights()
 }
 
 // OnSubscribe gives an MQTT bridge's subscriptions No Local and Retain As
@@ -139,8 +149,17 @@ func (h *ingest) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet 
 // it and acknowledges nothing, so a QoS 1 or 2 client would keep it in
 // flight, and send it again on every reconnect, without learning why. A
 // publish mochi itself refuses as malformed (wildcards, no packet id) is
-// left to it.
+// left to it. It also holds a DISCONNECT's session expiry to the bound.
 func (h *ingest) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type == packets.Disconnect {
+		// An MQTT 5 client may set its session's expiry again as it
+		// leaves; mochi takes that value as it comes, past the bound its
+		// CONNACK gave (mqtt.session_expiry_max).
+		if bound := h.server.Options.Capabilities.MaximumSessionExpiryInterval; pk.Properties.SessionExpiryIntervalFlag && pk.Properties.SessionExpiryInterval > bound {
+			pk.Properties.SessionExpiryInterval = bound
+		}
+		return pk, nil
+	}
 	if pk.FixedHeader.Type != packets.Publish || cl.Net.Inline || mqtt.IsValidFilter(pk.TopicName, true) ||
 		pk.PublishValidate(h.server.Options.Capabilities.TopicAliasMaximum) != packets.CodeSuccess {
 		return pk, nil

@@ -155,7 +155,11 @@ func gathered(t *testing.T, reg prometheus.Gatherer, name string) map[string]flo
 			for _, l := range m.GetLabel() {
 				ls = append(ls, l.GetName()+"="+l.GetValue())
 			}
-			out[strings.Join(ls, ",")] = m.GetCounter().GetValue()
+			v := m.GetCounter().GetValue()
+			if m.GetGauge() != nil {
+				v = m.GetGauge().GetValue()
+			}
+			out[strings.Join(ls, ",")] = v
 		}
 	}
 	return out

@@ -102,14 +102,15 @@ func registerStateMetrics(reg prometheus.Registerer, server *mqtt.Server) {
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: "tributary", Subsystem: "mqtt", Name: "retained_messages",
-			Help: "Retained messages the broker holds, including the about 20 it publishes itself under $SYS/broker/.",
+			Help: "Retained messages the broker holds, including the 20 it publishes itself under $SYS/broker/.",
 		}, func() float64 { return float64(server.Topics.Retained.Len()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: "tributary", Subsystem: "mqtt", Name: "disconnected_sessions",
 			Help: "Sessions of disconnected MQTT clients the broker keeps for their return.",
 		}, func() float64 {
-			// Clients holds every session, connected or not; a client
-			// counts as connected from its first byte, before it has one.
+			// Clients holds every session, connected or not. For a
+			// moment as a client connects or leaves the two counts
+			// disagree by one, hence the floor.
 			return float64(max(0, int64(server.Clients.Len())-atomic.LoadInt64(&server.Info.ClientsConnected)))
 		}),
 	)

@@ -107,10 +107,11 @@ type MQTTConfig struct {
 	// WSSAddr is the MQTT over secure WebSocket listener. Default empty
 	// (disabled).
 	WSSAddr string `yaml:"wss_addr"`
-	// MessageExpiryMax is the longest the broker keeps a retained message
-	// or a message queued for a subscriber; an MQTT 5 publisher's longer
-	// message expiry interval is cut to it. Whole seconds. Default 0: kept
-	// until replaced, delivered, or the publisher's own expiry.
+	// MessageExpiryMax is the longest the broker keeps a retained message,
+	// a message queued for a subscriber, or an unfinished QoS 1/2 exchange
+	// of a session; an MQTT 5 publisher's longer message expiry interval
+	// is cut to it. Whole seconds. Default 0: kept until replaced,
+	// completed, or the publisher's own expiry.
 	MessageExpiryMax time.Duration `yaml:"message_expiry_max"`
 	// SessionExpiryMax is the longest the broker keeps the session of a
 	// disconnected client (its subscriptions and queued messages); MQTT 5

@@ -43,9 +43,15 @@ func writeFile(t *testing.T, path, body string) {
 // authReloads returns tributary_auth_reloads_total for file and result.
 func authReloads(t *testing.T, d *testDaemon, file, result string) string {
 	t.Helper()
-	prefix := `tributary_auth_reloads_total{file="` + file + `",result="` + result + `"} `
+	return metricValue(t, d, `tributary_auth_reloads_total{file="`+file+`",result="`+result+`"}`)
+}
+
+// metricValue returns the value of one series in /metrics as printed, or
+// "absent".
+func metricValue(t *testing.T, d *testDaemon, series string) string {
+	t.Helper()
 	for _, line := range strings.Split(metricsText(t, d.httpAddr()), "\n") {
-		if v, ok := strings.CutPrefix(line, prefix); ok {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
 			return v
 		}
 	}

@@ -564,20 +564,16 @@ func TestBrokerStateMetricsAndSessionBound(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.MQTT.SessionExpiryMax = 2 * time.Second
 	d := startDaemon(t, cfg)
-	gauge := func(name string) string {
-		for _, line := range strings.Split(metricsText(t, d.httpAddr()), "\n") {
-			if v, ok := strings.CutPrefix(line, name+" "); ok {
-				return v
-			}
-		}
-		return "absent"
-	}
-	// The broker's own $SYS messages, retained, come with its first
-	// second: the count of ours is taken after them.
+	gauge := func(name string) string { return metricValue(t, d, name) }
+	// The broker's own $SYS messages are retained too, stored one after the
+	// other each second: the count of ours is taken once they are all
+	// there (the count stays the same across a second).
 	var retained string
 	waitFor(t, 10*time.Second, "the broker's $SYS messages retained", func() bool {
+		before := gauge("tributary_mqtt_retained_messages")
+		time.Sleep(1100 * time.Millisecond)
 		retained = gauge("tributary_mqtt_retained_messages")
-		return retained != "0" && retained != "absent"
+		return retained == before && retained != "0" && retained != "absent"
 	})
 	c := mqttClient(t, "tcp://"+d.mqttAddr(), uniq("device"), func(o *paho.ClientOptions) { o.SetCleanSession(false) })
 	publish(t, c, uniq("state")+"/lamp", 1, true, "on")
