@@ -274,40 +274,51 @@ func (t *topics) create(ctx context.Context, topic string) error {
 func (t *topics) awaitLeaders(ctx context.Context, topic string, partitions int) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	for {
-		err := t.leadersNamed(ctx, topic, partitions)
-		if err == nil {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			t.p.log.Debug("partitions of a new topic have no leader yet; producing anyway", "topic", topic, "error", err)
-			return
-		case <-time.After(50 * time.Millisecond):
-		}
+	if err := retry(ctx, func() error { return t.leadersNamed(ctx, topic, partitions) }); err != nil {
+		t.p.log.Debug("partitions of a new topic have no leader yet; producing anyway", "topic", topic, "error", err)
+		return
 	}
 	req := make(map[kafka.TopicPartition]kafka.OffsetSpec, partitions)
 	for i := range partitions {
 		req[kafka.TopicPartition{Topic: &topic, Partition: int32(i)}] = kafka.LatestOffsetSpec
 	}
+	if err := retry(ctx, func() error { return t.offsetsListed(ctx, req) }); err != nil {
+		t.p.log.Debug("partitions of a new topic not all writable yet; producing anyway", "topic", topic, "error", err)
+	}
+}
+
+// retry calls try every 50 ms until it returns nil, or until ctx ends,
+// when it returns try's last error.
+func retry(ctx context.Context, try func() error) error {
 	for {
-		res, err := t.listOffsets(ctx, req)
-		ready := err == nil && len(res.ResultInfos) == partitions
-		for _, info := range res.ResultInfos {
-			if info.Error.Code() != kafka.ErrNoError {
-				ready = false
-			}
-		}
-		if ready {
-			return
+		err := try()
+		if err == nil {
+			return nil
 		}
 		select {
 		case <-ctx.Done():
-			t.p.log.Debug("partitions of a new topic not all writable yet; producing anyway", "topic", topic, "error", err)
-			return
+			return err
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// offsetsListed returns nil when every partition in req answers
+// ListOffsets from its leader.
+func (t *topics) offsetsListed(ctx context.Context, req map[kafka.TopicPartition]kafka.OffsetSpec) error {
+	res, err := t.listOffsets(ctx, req)
+	if err != nil {
+		return err
+	}
+	if len(res.ResultInfos) != len(req) {
+		return fmt.Errorf("ListOffsets answered for %d of %d partitions", len(res.ResultInfos), len(req))
+	}
+	for tp, info := range res.ResultInfos {
+		if info.Error.Code() != kafka.ErrNoError {
+			return fmt.Errorf("partition %d: %w", tp.Partition, info.Error)
+		}
+	}
+	return nil
 }
 
 // leadersNamed returns nil when topic's metadata names all of its

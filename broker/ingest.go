@@ -185,11 +185,8 @@ func (h *ingest) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 func (h *ingest) bridgeState(cl *mqtt.Client, pk packets.Packet) {
 	h.log.Debug("MQTT bridge connection state: kept for local subscribers, not produced to Kafka", "client", cl.ID, "topic", pk.TopicName, "payload", string(pk.Payload))
 	if pk.FixedHeader.Qos == 0 {
-		fwd := h.forwarders.Get().(*mqtt.Client)
-		fwd.ID = cl.ID
-		if err := h.server.InjectPacket(fwd, pk); err != nil {
-			h.log.Warn("forwarding to local subscribers", "topic", pk.TopicName, "error", err)
-		}
+		fwd := h.forwarder(cl)
+		h.forward(fwd, pk)
 		h.forwarders.Put(fwd)
 		return
 	}
@@ -1059,15 +1056,28 @@ func (h *ingest) completeAll(cl *mqtt.Client, ready []*pending, buf *[]byte) {
 			continue
 		}
 		if fwd == nil {
-			fwd = h.forwarders.Get().(*mqtt.Client)
-			fwd.ID = cl.ID
+			fwd = h.forwarder(cl)
 		}
-		if err := h.server.InjectPacket(fwd, *e.fwd); err != nil {
-			h.log.Warn("forwarding to local subscribers", "topic", e.fwd.TopicName, "error", err)
-		}
+		h.forward(fwd, *e.fwd)
 	}
 	if fwd != nil {
 		h.forwarders.Put(fwd)
+	}
+}
+
+// forwarder returns a forwarding client publishing as cl; it goes back to
+// h.forwarders after use.
+func (h *ingest) forwarder(cl *mqtt.Client) *mqtt.Client {
+	fwd := h.forwarders.Get().(*mqtt.Client)
+	fwd.ID = cl.ID
+	return fwd
+}
+
+// forward passes pk to local subscribers, and retains it if it says so,
+// through fwd.
+func (h *ingest) forward(fwd *mqtt.Client, pk packets.Packet) {
+	if err := h.server.InjectPacket(fwd, pk); err != nil {
+		h.log.Warn("forwarding to local subscribers", "topic", pk.TopicName, "error", err)
 	}
 }
 

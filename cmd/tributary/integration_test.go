@@ -564,27 +564,26 @@ func TestBrokerStateMetricsAndSessionBound(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.MQTT.SessionExpiryMax = 2 * time.Second
 	d := startDaemon(t, cfg)
-	gauge := func(name string) string { return metricValue(t, d, name) }
 	// The broker's own $SYS messages are retained too, stored one after the
 	// other each second: the count of ours is taken once they are all
 	// there (the count stays the same across a second).
 	var retained string
 	waitFor(t, 10*time.Second, "the broker's $SYS messages retained", func() bool {
-		before := gauge("tributary_mqtt_retained_messages")
+		before := metricValue(t, d, "tributary_mqtt_retained_messages")
 		time.Sleep(1100 * time.Millisecond)
-		retained = gauge("tributary_mqtt_retained_messages")
+		retained = metricValue(t, d, "tributary_mqtt_retained_messages")
 		return retained == before && retained != "0" && retained != "absent"
 	})
 	c := mqttClient(t, "tcp://"+d.mqttAddr(), uniq("device"), func(o *paho.ClientOptions) { o.SetCleanSession(false) })
 	publish(t, c, uniq("state")+"/lamp", 1, true, "on")
 	c.Disconnect(100)
-	waitFor(t, 10*time.Second, "one disconnected session", func() bool { return gauge("tributary_mqtt_disconnected_sessions") == "1" })
-	waitFor(t, 10*time.Second, "the session expired", func() bool { return gauge("tributary_mqtt_disconnected_sessions") == "0" })
+	waitFor(t, 10*time.Second, "one disconnected session", func() bool { return metricValue(t, d, "tributary_mqtt_disconnected_sessions") == "1" })
+	waitFor(t, 10*time.Second, "the session expired", func() bool { return metricValue(t, d, "tributary_mqtt_disconnected_sessions") == "0" })
 	before, err := strconv.Atoi(retained)
 	if err != nil {
 		t.Fatalf("tributary_mqtt_retained_messages %q: %v", retained, err)
 	}
-	if got := gauge("tributary_mqtt_retained_messages"); got != strconv.Itoa(before+1) {
+	if got := metricValue(t, d, "tributary_mqtt_retained_messages"); got != strconv.Itoa(before+1) {
 		t.Errorf("tributary_mqtt_retained_messages %s, want %d", got, before+1)
 	}
 }
