@@ -506,8 +506,17 @@ func (c *Consumer) rebalance(kc *kafka.Consumer, ev kafka.Event) error {
 			}
 			c.reportNow(code, fmt.Errorf("taking partitions %v assigned by the group: %w", describe(e.Partitions), err))
 		}
-		if c.paused && len(e.Partitions) > 0 {
-			_ = kc.Pause(e.Partitions)
+		// librdkafka keeps a partition's pause through its revocation, so
+		// one taken away while the reader was slow comes back paused
+		// however the reader is doing now: set it either way.
+		if len(e.Partitions) > 0 {
+			set, what := kc.Resume, "resuming"
+			if c.paused {
+				set, what = kc.Pause, "pausing"
+			}
+			if err := set(e.Partitions); err != nil {
+				c.log.Warn(what+" assigned Kafka partitions", "group", c.cfg.GroupID, "error", err)
+			}
 		}
 		c.log.Debug("partitions assigned", "group", c.cfg.GroupID, "client", c.cfg.ClientID, "partitions", describe(e.Partitions))
 	case kafka.RevokedPartitions:

@@ -1,10 +1,12 @@
 package bridge
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -289,5 +291,79 @@ func TestConsumerStoreDuringSlowCommit(t *testing.T) {
 	}
 	if off := testutil.CommittedOffset(t, c, "g"); off != 9 {
 		t.Fatalf("group offset %d, want 9", off)
+	}
+}
+
+// onMessage is a slog handler that calls f, on the logging goroutine, for
+// each record whose message is msg, at any level.
+type onMessage struct {
+	msg string
+	f   func()
+}
+
+func (h onMessage) Enabled(context.Context, slog.Level) bool { return true }
+func (h onMessage) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		h.f()
+	}
+	return nil
+}
+func (h onMessage) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h onMessage) WithGroup(string) slog.Handler      { return h }
+
+// librdkafka keeps a partition's pause across its revocation and a later
+// assignment. A consumer paused for a slow reader that catches up while
+// the group rebalances, with nothing assigned, must still read the
+// partitions it is given back.
+func TestConsumerReadsPartitionPausedAcrossRebalance(t *testing.T) {
+	c := testutil.KafkaCluster(t)
+	testutil.ProduceTo(t, c, 200)
+	paused := make(chan bool, 16)
+	var a atomic.Pointer[Consumer] // set once NewConsumer returns, read by the handler
+	drained := make(chan int, 1)
+	// The reader catches up inside the revocation, on the poll goroutine:
+	// the consumer resumes before the group can assign anything again.
+	log := slog.New(onMessage{msg: "partitions revoked", f: func() {
+		n := 0
+		for len(a.Load().Records()) > 0 {
+			<-a.Load().Records()
+			n++
+		}
+		select {
+		case drained <- n:
+		default:
+		}
+	}})
+	cons, err := NewConsumer(ConsumerConfig{
+		Bootstrap:      c.ListenAddrs()[0],
+		GroupID:        "g",
+		ClientID:       "a-member", // sorts first: the range assignor gives it the partition back
+		Topics:         []string{"t"},
+		SessionTimeout: 6 * time.Second,
+		QueueSize:      2,
+		OnPause:        func(p bool) { paused <- p },
+	}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Store(cons)
+	t.Cleanup(cons.Close)
+	if !recv(t, paused) {
+		t.Fatal("resumed before it paused")
+	}
+	testConsumer(t, c, ConsumerConfig{GroupID: "g", ClientID: "b-member"})
+	if n := recv(t, drained); n == 0 {
+		t.Fatal("nothing was queued for the reader at the revocation")
+	}
+	if recv(t, paused) {
+		t.Fatal("paused again instead of resuming")
+	}
+	select {
+	case r := <-cons.Records():
+		if !r.Assignment.Current() {
+			t.Fatalf("record %d is from the revoked assignment", r.Offset)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no record in 30s: the partition given back stayed paused")
 	}
 }
