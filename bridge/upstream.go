@@ -425,7 +425,7 @@ func (u *upstream) connect() (*conn, error) {
 			return nil, fmt.Errorf("reading credentials for %s: %w", u.cfg.URL, err)
 		}
 	}
-	c := &conn{u: u, lost: make(chan struct{}), notify: make(chan struct{}, 1)}
+	c := newConn(u)
 	opts := paho.NewClientOptions().
 		AddBroker(u.cfg.URL).
 		SetClientID(u.cfg.ClientID).
@@ -461,6 +461,7 @@ func (u *upstream) connect() (*conn, error) {
 	u.mu.Lock()
 	if u.closed {
 		u.mu.Unlock()
+		c.lose(nil)
 		return nil, errors.New("upstream closing")
 	}
 	u.ackers.Add(1)
@@ -761,6 +762,30 @@ type conn struct {
 	acks  []byte // PUBACKs of the current burst; ack writer only
 	rec   Record // reused by handle
 	order Order  // this connection's records in order across the lanes; used by handle
+
+	// produceCtx ends handle's waits in the producer for a QoS 1 or 2
+	// message (for budget, queue space or a topic's metadata): at Drain,
+	// and, under a persistent session, when the connection ends (lose).
+	produceCtx context.Context
+	endWaits   context.CancelFunc
+}
+
+// errConnectionEnded is the error of a message whose wait in the producer
+// ended with its connection: not produced, it stays with the remote
+// broker, which resends it on the next connection.
+var errConnectionEnded = errors.New("the upstream connection ended before the record was produced")
+
+func newConn(u *upstream) *conn {
+	c := &conn{u: u, lost: make(chan struct{}), notify: make(chan struct{}, 1)}
+	c.produceCtx, c.endWaits = u.produceCtx, func() {}
+	if !u.cfg.CleanSession {
+		// The remote broker resends what this connection leaves
+		// unacknowledged: a message still waiting for the producer when
+		// it ends must not reach Kafka after, and among, the resent ones.
+		// Under a clean session nothing is resent, so it is produced.
+		c.produceCtx, c.endWaits = context.WithCancel(u.produceCtx)
+	}
+	return c
 }
 
 // inflight is one QoS 1 or 2 message awaiting its acknowledgement.
@@ -781,6 +806,7 @@ func (c *conn) lose(err error) {
 		c.mu.Lock()
 		c.gone, c.err = true, err
 		c.mu.Unlock()
+		c.endWaits()
 		close(c.lost)
 		c.wake()
 	})
@@ -856,6 +882,7 @@ func (c *conn) handle(_ paho.Client, msg paho.Message) {
 		// With no acknowledgement to wait for, ingest_retained: first
 		// takes a record handed to the producer as Kafka's.
 		c.producerCalls.Add(1)
+		// Not resent either, so not cut short by the connection's end.
 		err := u.p.TryProduce(u.produceCtx, rec, bestEffort{u})
 		c.producerCalls.Add(1)
 		if err != nil {
@@ -870,8 +897,11 @@ func (c *conn) handle(_ paho.Client, msg paho.Message) {
 		return
 	}
 	c.producerCalls.Add(1)
-	err := u.p.Produce(u.produceCtx, rec, e)
+	err := u.p.Produce(c.produceCtx, rec, e)
 	c.producerCalls.Add(1)
+	if err != nil && c.produceCtx.Err() != nil && u.produceCtx.Err() == nil {
+		err = errConnectionEnded
+	}
 	if err != nil {
 		e.Delivered(Delivery{Topic: rec.Topic, Err: err})
 	}
@@ -952,6 +982,16 @@ func matchFilter(filter, topic string) bool {
 // lookup, and nothing while no topic of the upstream is.
 func (u *upstream) retainedSeen(e *inflight) bool {
 	msg := e.msg
+	if len(msg.Payload()) == 0 {
+		// An empty payload is how a retained value is cleared: the topic
+		// is forgotten, so that topics that come and go (a vehicle's
+		// trip, a device's session) do not pile up here. A value retained
+		// on it again is new.
+		if u.anyRetained.Load() {
+			u.retained.Delete(msg.Topic())
+		}
+		return false
+	}
 	if !msg.Retained() {
 		if !u.anyRetained.Load() {
 			return false
@@ -1114,6 +1154,12 @@ func (c *conn) complete(e *inflight) {
 	}
 	if e.err == nil {
 		c.ack(e.msg)
+		return
+	}
+	if errors.Is(e.err, errConnectionEnded) {
+		// Nothing after it can be acknowledged in order, and the
+		// connection that would carry the acknowledgements is gone.
+		c.broken = true
 		return
 	}
 	u.m.failed.WithLabelValues(u.cfg.Name, failReason(e.err)).Inc()

@@ -107,7 +107,7 @@ func writePublish(w io.Writer, id uint16, topic, payload string) error {
 func connForTest(t *testing.T, u *upstream) (*conn, net.Conn, <-chan uint16) {
 	t.Helper()
 	client, remote := net.Pipe()
-	c := &conn{u: u, lost: make(chan struct{}), notify: make(chan struct{}, 1)}
+	c := newConn(u)
 	c.nc.Store(newAckConn(client, 4096))
 	acks := make(chan uint16, 100)
 	go func() {
@@ -165,6 +165,7 @@ func TestUpstreamRetainedFirstFollowsLiveMessages(t *testing.T) {
 		{"a live change, then the retained value again", []testMessage{retainedA, live("state/1", "B"), retainedA}, []string{"A", "B", "A"}},
 		{"a live message of the retained value", []testMessage{retainedA, live("state/1", "A"), retainedA}, []string{"A", "A"}},
 		{"a live message on another topic", []testMessage{retainedA, live("state/2", "B"), retainedA}, []string{"A", "B"}},
+		{"a cleared value, then the value retained again", []testMessage{retainedA, live("state/1", ""), retainedA}, []string{"A", "", "A"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := &fakeProducer{}
@@ -820,5 +821,105 @@ func TestUpstreamCheckSaysItWaitsForItsTopic(t *testing.T) {
 	err := us.Check()
 	if err == nil || !strings.Contains(err.Error(), `remote (not connecting yet: first checking its Kafka topic "plant-data"`) {
 		t.Fatalf("Check: %v, want it to say the upstream checks its Kafka topic", err)
+	}
+}
+
+// waitingProducer's Produce waits, as for a full in-flight budget, until
+// release is closed or its context ends; then it produces as fakeProducer.
+type waitingProducer struct {
+	fakeProducer
+	release chan struct{}
+	waiting chan string // each record's value as its wait starts
+}
+
+func (p *waitingProducer) Produce(ctx context.Context, rec *Record, h DeliveryHandler) error {
+	p.waiting <- string(rec.Value)
+	select {
+	case <-p.release:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return p.fakeProducer.Produce(ctx, rec, h)
+}
+
+// Under a persistent session, a message still waiting for the producer
+// when its connection ends is left to the remote broker, which resends
+// it on the next connection: it is produced once, and not after the
+// messages resent before it. It is not a failure either.
+func TestUpstreamWaitForProducerEndsWithConnection(t *testing.T) {
+	p := &waitingProducer{release: make(chan struct{}), waiting: make(chan string, 10)}
+	us, u := upstreamForTest(t, UpstreamConfig{}, p, nil)
+	c1, _, acks1 := connForTest(t, u)
+	handled := make(chan struct{})
+	go func() {
+		defer close(handled)
+		c1.handle(nil, &testMessage{topic: "plant/1", payload: []byte("M5"), qos: 1, id: 5})
+	}()
+	if v := recv(t, p.waiting); v != "M5" {
+		t.Fatalf("waiting to produce %q, want M5", v)
+	}
+	c1.lose(errors.New("network gone"))
+	select {
+	case <-handled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the message still waits for the producer 5s after its connection ended")
+	}
+	close(p.release)
+	c2, _, acks2 := connForTest(t, u)
+	for i, v := range []string{"M4", "M5"} { // resent by the remote broker
+		c2.handle(nil, &testMessage{topic: "plant/1", payload: []byte(v), qos: 1, id: uint16(i + 1)})
+		<-p.waiting
+		if id := nextAck(t, acks2); id != uint16(i+1) {
+			t.Fatalf("PUBACK %d, want %d", id, i+1)
+		}
+	}
+	if got, want := p.values(), []string{"M4", "M5"}; !slices.Equal(got, want) {
+		t.Fatalf("produced %q, want %q", got, want)
+	}
+	select {
+	case id, ok := <-acks1:
+		if ok {
+			t.Fatalf("PUBACK %d on the connection that ended", id)
+		}
+	default:
+	}
+	series := make(chan prometheus.Metric, 16)
+	u.m.failed.Collect(series)
+	if n := len(series); n != 0 {
+		t.Errorf("%d failure series counted for a message the remote broker resends", n)
+	}
+	if e := us.LastError(u.cfg.Name); e != "" {
+		t.Errorf("last error %q for a message the remote broker resends", e)
+	}
+}
+
+// Clearing a retained value (an empty payload) forgets its topic, so that
+// topics that come and go do not pile up for the life of the process.
+func TestUpstreamRetainedFirstForgetsClearedTopics(t *testing.T) {
+	p := &fakeProducer{}
+	_, u := upstreamForTest(t, UpstreamConfig{IngestRetained: RetainedFirst}, p, nil)
+	c, _, acks := connForTest(t, u)
+	id := uint16(0)
+	send := func(m testMessage) {
+		id++
+		m.qos, m.id = 1, id
+		c.handle(nil, &m)
+		if got := nextAck(t, acks); got != id {
+			t.Fatalf("PUBACK %d, want %d", got, id)
+		}
+	}
+	for i := range 100 {
+		topic := fmt.Sprintf("trip/%d/state", i)
+		send(testMessage{topic: topic, payload: []byte("started"), retained: true})
+		send(testMessage{topic: topic, retained: i%2 == 0}) // cleared, as MQTT 5 or MQTT 3.1.1 deliver it live
+	}
+	send(testMessage{topic: "trip/kept/state", payload: []byte("started"), retained: true})
+	var left []string
+	u.retained.Range(func(k, _ any) bool {
+		left = append(left, k.(string))
+		return true
+	})
+	if !slices.Equal(left, []string{"trip/kept/state"}) {
+		t.Fatalf("topics remembered: %d (first %q), want only trip/kept/state", len(left), left[:min(len(left), 3)])
 	}
 }

@@ -170,7 +170,7 @@ func (t pendingToken) Error() error                   { return nil }
 // answer is given up on.
 func TestUpstreamWaitReplyWaitsForABusyHandler(t *testing.T) {
 	_, u := upstreamForTest(t, UpstreamConfig{}, &fakeProducer{}, nil)
-	c := &conn{u: u, lost: make(chan struct{}), notify: make(chan struct{}, 1)}
+	c := newConn(u)
 	const d, busy = 50 * time.Millisecond, 400 * time.Millisecond
 	start := time.Now()
 	go func() {
