@@ -37,9 +37,10 @@ type topics struct {
 }
 
 type topicState struct {
-	done  chan struct{}
-	err   error
-	until time.Time // failures are retried after this
+	done   chan struct{}
+	err    error
+	until  time.Time // failures are retried after this
+	gaveUp bool      // the caller that checked went away first: err is its context's
 }
 
 const topicFailureTTL = 5 * time.Second
@@ -117,6 +118,20 @@ func (t *topics) ensure(ctx context.Context, topic string) error {
 	if _, ok := t.ok.Load(topic); ok {
 		return nil
 	}
+	for {
+		st, err := t.ensureOnce(ctx, topic)
+		if st == nil || !st.gaveUp || ctx.Err() != nil {
+			return err
+		}
+		// The check this call waited for ended with its caller (a
+		// connection that closed), which says nothing about the topic:
+		// check again for this one.
+	}
+}
+
+// ensureOnce checks topic, or waits for the check under way. It returns
+// the state waited for, or nil when it checked itself or needed no check.
+func (t *topics) ensureOnce(ctx context.Context, topic string) (*topicState, error) {
 	t.mu.Lock()
 	st, ok := t.known[topic]
 	if ok {
@@ -124,7 +139,7 @@ func (t *topics) ensure(ctx context.Context, topic string) error {
 		case <-st.done:
 			if st.err == nil || time.Now().Before(st.until) {
 				t.mu.Unlock()
-				return st.err
+				return nil, st.err
 			}
 			ok = false
 		default:
@@ -133,7 +148,7 @@ func (t *topics) ensure(ctx context.Context, topic string) error {
 	if !ok {
 		if err := t.take(topic); err != nil {
 			t.mu.Unlock()
-			return err
+			return nil, err
 		}
 		t.sweep(time.Now())
 		st = &topicState{done: make(chan struct{})}
@@ -148,18 +163,19 @@ func (t *topics) ensure(ctx context.Context, topic string) error {
 			t.mu.Unlock()
 		}
 		st.until = time.Now().Add(topicFailureTTL)
-		if ctx.Err() != nil {
-			st.until = time.Now() // the caller gave up; that says nothing about the topic
+		if st.err != nil && ctx.Err() != nil {
+			// The caller gave up; that says nothing about the topic.
+			st.until, st.gaveUp = time.Now(), true
 		}
 		close(st.done)
-		return st.err
+		return nil, st.err
 	}
 	t.mu.Unlock()
 	select {
 	case <-st.done:
-		return st.err
+		return st, st.err
 	case <-ctx.Done():
-		return ctx.Err()
+		return nil, ctx.Err()
 	}
 }
 

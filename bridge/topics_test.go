@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -276,5 +277,50 @@ func TestTopicCheckRetriesRetiredBroker(t *testing.T) {
 				t.Errorf("%d calls returning %v; want %d returning %v", calls, err, tc.calls, tc.want)
 			}
 		})
+	}
+}
+
+// A topic check cut short by the context of the caller that started it
+// (a connection that ended) is no answer for the callers waiting on it:
+// they check again, and the topic is there.
+func TestTopicCheckOutlivesTheCallerThatStartedIt(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "there"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p := testProducer(t, c, false)
+	held, release := make(chan struct{}, 1), make(chan struct{}) // Close wakes a held control
+	var once atomic.Bool
+	c.ControlKey(int16(kmsg.Metadata), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		asks := false
+		for _, rt := range req.(*kmsg.MetadataRequest).Topics {
+			asks = asks || (rt.Topic != nil && *rt.Topic == "there")
+		}
+		if asks && once.CompareAndSwap(false, true) {
+			held <- struct{}{}
+			c.SleepControl(func() { <-release })
+		}
+		return nil, nil, false
+	})
+	first, leave := context.WithCancel(context.Background())
+	firstErr := make(chan error, 1)
+	go func() { firstErr <- p.topics.ensure(first, "there") }()
+	<-held
+	waiterErr := make(chan error, 1)
+	go func() { waiterErr <- p.topics.ensure(context.Background(), "there") }()
+	time.Sleep(100 * time.Millisecond) // the second caller waits for the first one's check
+	leave()
+	if err := <-firstErr; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the caller that left: %v, want context.Canceled", err)
+	}
+	close(release) // Kafka answers the check nobody waits for any more
+	select {
+	case err := <-waiterErr:
+		if err != nil {
+			t.Fatalf("the caller that waited: %v, want the topic found", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the caller that waited got no answer in 20s")
 	}
 }

@@ -300,7 +300,8 @@ type upstream struct {
 	ackers  sync.WaitGroup
 
 	// retained maps each topic the remote broker sent a retained message
-	// on (ingest_retained: first) to its *retainedTopic. A sync.Map, not
+	// on (ingest_retained: first) to its *retainedTopic, until a message
+	// with an empty payload clears it. A sync.Map, not
 	// the mutex: live messages look their topic up, and the handlers of an
 	// old and a new connection, and their ack writers, can overlap.
 	retained    sync.Map
@@ -899,7 +900,7 @@ func (c *conn) handle(_ paho.Client, msg paho.Message) {
 	c.producerCalls.Add(1)
 	err := u.p.Produce(c.produceCtx, rec, e)
 	c.producerCalls.Add(1)
-	if err != nil && c.produceCtx.Err() != nil && u.produceCtx.Err() == nil {
+	if errors.Is(err, context.Canceled) && c.produceCtx.Err() != nil && u.produceCtx.Err() == nil {
 		err = errConnectionEnded
 	}
 	if err != nil {
@@ -978,7 +979,8 @@ func matchFilter(filter, topic string) bool {
 // message produced on a topic that has a retained value, whatever its
 // retain flag, carries the topic's state and hash in e, to become the
 // topic's last once Kafka has it: a live message changes the state the
-// retained value is compared with. A topic never retained costs a map
+// retained value is compared with. An empty payload, which clears a
+// retained value, forgets the topic. A topic never retained costs a map
 // lookup, and nothing while no topic of the upstream is.
 func (u *upstream) retainedSeen(e *inflight) bool {
 	msg := e.msg
