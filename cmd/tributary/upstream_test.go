@@ -657,9 +657,10 @@ func TestUpstreamWrongSchemeHint(t *testing.T) {
 			return strings.Contains(d.upstreams.LastError(tc.name), tc.want)
 		})
 		t.Logf("%s: %s", tc.name, d.upstreams.LastError(tc.name))
-		if !strings.Contains(strings.Join(logs.Lines("upstream="+tc.name), "\n"), tc.want) {
-			t.Errorf("no log line of %s says %q", tc.name, tc.want)
-		}
+		// The error is recorded just before its log line is written.
+		waitFor(t, 10*time.Second, fmt.Sprintf("a log line of %s saying %q", tc.name, tc.want), func() bool {
+			return strings.Contains(strings.Join(logs.Lines("upstream="+tc.name), "\n"), tc.want)
+		})
 	}
 }
 
