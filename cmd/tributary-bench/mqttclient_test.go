@@ -15,6 +15,8 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/tributary-io/tributary/internal/testutil"
 )
 
 func TestEncodePublishRoundTrips(t *testing.T) {
@@ -128,17 +130,6 @@ func startMochi(t *testing.T, payload []byte) (string, *countingHook) {
 	return addr, hook
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func TestPublisherAgainstMochi(t *testing.T) {
 	payload := makePayload(100)
 	addr, hook := startMochi(t, payload)
@@ -185,7 +176,7 @@ func TestPublisherAgainstMochi(t *testing.T) {
 						t.Fatalf("implausible PUBACK latency %s", l)
 					}
 				}
-				waitFor(t, 5*time.Second, "the broker to count every publish", func() bool { return hook.count(topic) == tc.n })
+				testutil.WaitFor(t, 5*time.Second, "the broker to count every publish", func() bool { return hook.count(topic) == tc.n })
 			}
 			hook.mu.Lock()
 			bad := hook.badBytes

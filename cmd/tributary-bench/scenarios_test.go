@@ -18,6 +18,8 @@ import (
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/tributary-io/tributary/internal/testutil"
 )
 
 // stampHook records, per publish, the send time stamped in its payload
@@ -101,7 +103,7 @@ func TestPublisherOverWebSocket(t *testing.T) {
 			// Wait until the listener serves.
 			var p *publisher
 			var err error
-			waitFor(t, 5*time.Second, "the WebSocket listener", func() bool {
+			testutil.WaitFor(t, 5*time.Second, "the WebSocket listener", func() bool {
 				p, err = mqttDial{ws: true}.publisher(ctx, wsAddr, "ws-"+tc.name, topic, payload, tc.qos)
 				return err == nil
 			})
@@ -118,7 +120,7 @@ func TestPublisherOverWebSocket(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, 5*time.Second, "the broker to count every publish", func() bool { return hook.count(topic) == tc.n })
+			testutil.WaitFor(t, 5*time.Second, "the broker to count every publish", func() bool { return hook.count(topic) == tc.n })
 			hook.mu.Lock()
 			bad := hook.badBytes
 			hook.mu.Unlock()
@@ -153,7 +155,7 @@ func TestPublishPacedKeepsTheScheduleAndStamps(t *testing.T) {
 	if min := time.Duration(float64(n-1) / rate * float64(time.Second)); took < min {
 		t.Fatalf("%d publishes at %v/s took %s, less than the schedule's %s", n, rate, took, min)
 	}
-	waitFor(t, 5*time.Second, "every publish", func() bool {
+	testutil.WaitFor(t, 5*time.Second, "every publish", func() bool {
 		hook.mu.Lock()
 		defer hook.mu.Unlock()
 		return len(hook.stamps) == n
