@@ -84,10 +84,17 @@ type authHook struct {
 	// client looks up a connected client or a kept session by client id
 	// (the server's client list); nil skips the session owner check.
 	client func(id string) (*mqtt.Client, bool)
+	// ended is called before a client's login is ended (ingest.ended).
+	ended func(*mqtt.Client)
 	// publishesChecked is set when the ingest checks every client publish
 	// with canPublish (takePublishChecks); mochi's own check of a publish
 	// then lets it through. Set before the server serves.
 	publishesChecked bool
+	// wills holds the will topic of each logged-in connection that has a
+	// will (*mqtt.Client to string), for checking it again after a reload.
+	// mochi overwrites the client's own copy when the connection ends, so
+	// reading that from another goroutine would race.
+	wills sync.Map
 }
 
 var _ mqtt.Hook = (*authHook)(nil)
@@ -135,7 +142,7 @@ func (h *authHook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnectAuthenticate, mqtt.OnACLCheck:
 		return true
-	case mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnSessionEstablished:
+	case mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnSessionEstablished, mqtt.OnDisconnect:
 		return h.users != nil
 	}
 	return false
@@ -375,20 +382,33 @@ var revokedCode = packets.Code{Code: packets.ErrNotAuthorized.Code, Reason: "not
 // reload, of a client that mochi listed only after revoke had looked at
 // the list, would otherwise stay; the two are moments apart, and only
 // whether the name is still admitted is checked here (not whether its
-// password changed).
-func (h *authHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+// password changed), and whether the will is still allowed.
+func (h *authHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	users := h.users.Load()
-	if users == nil || cl.Net.Inline || users.Admits(string(cl.Properties.Username)) {
+	if users == nil || cl.Net.Inline {
+		return
+	}
+	if pk.Connect.WillFlag {
+		h.wills.Store(cl, pk.Connect.WillTopic)
+	}
+	if users.Admits(string(cl.Properties.Username)) {
+		h.recheckWill(users, cl)
 		return
 	}
 	h.log.Info("disconnecting MQTT client: the users file was reloaded while it logged in and no longer allows its login",
 		"client", cl.ID, "username", string(cl.Properties.Username), "remote", cl.Net.Remote)
-	endLogin(cl)
+	h.endLogin(cl)
+}
+
+// OnDisconnect forgets the connection's will topic.
+func (h *authHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	h.wills.Delete(cl)
 }
 
 // revoke disconnects the clients (the server's client list) whose login
 // the users file in force no longer allows, now that it replaced old (see
-// auth.Users.Revokes), and returns how many it disconnected. Kept
+// auth.Users.Revokes), and returns how many it disconnected. Of the
+// others, a will the file no longer allows is forgotten. Kept
 // sessions of clients not connected stay until they expire: nobody can
 // log in to them as a user the file no longer has.
 func (h *authHook) revoke(old *auth.Users, clients map[string]*mqtt.Client) int {
@@ -399,7 +419,11 @@ func (h *authHook) revoke(old *auth.Users, clients map[string]*mqtt.Client) int 
 	var wg sync.WaitGroup
 	n := 0
 	for _, cl := range clients {
-		if cl.Net.Inline || cl.Closed() || !users.Revokes(old, string(cl.Properties.Username)) {
+		if cl.Net.Inline || cl.Closed() {
+			continue
+		}
+		if !users.Revokes(old, string(cl.Properties.Username)) {
+			h.recheckWill(users, cl)
 			continue
 		}
 		n++
@@ -413,17 +437,38 @@ func (h *authHook) revoke(old *auth.Users, clients map[string]*mqtt.Client) int 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			endLogin(cl)
+			h.endLogin(cl)
 		}()
 	}
 	wg.Wait()
 	return n
 }
 
+// recheckWill forgets the will of a connection that stays logged in when
+// the reloaded users file no longer lets its user publish to the will's
+// topic: mochi sends a will with no ACL check when the connection drops,
+// and the file in force decides every publish. The connection goes on.
+func (h *authHook) recheckWill(users *auth.Users, cl *mqtt.Client) {
+	v, ok := h.wills.Load(cl)
+	if !ok || atomic.LoadUint32(&cl.Properties.Will.Flag) == 0 {
+		return
+	}
+	username, topic := string(cl.Properties.Username), v.(string)
+	if users.CanPublish(username, cl.ID, topic) {
+		return
+	}
+	atomic.StoreUint32(&cl.Properties.Will.Flag, 0)
+	h.log.Info("forgetting an MQTT client's will: the reloaded users file does not let its user publish to the will's topic; the connection stays open",
+		"client", cl.ID, "username", username, "will_topic", topic)
+}
+
 // endLogin disconnects a client whose login is no longer allowed: MQTT 5
 // clients are told why first, as mochi's DisconnectClient would. Its will
 // is not published: it was accepted for a login that is no longer allowed.
-func endLogin(cl *mqtt.Client) {
+func (h *authHook) endLogin(cl *mqtt.Client) {
+	if h.ended != nil {
+		h.ended(cl)
+	}
 	atomic.StoreUint32(&cl.Properties.Will.Flag, 0) // mochi reads it atomically before sending a will
 	if cl.Properties.ProtocolVersion == 5 {
 		_ = cl.WritePacket(packets.Packet{

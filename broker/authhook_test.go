@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -174,6 +175,7 @@ type rawConnect struct {
 	from       string // source IP; "" for the default
 	keep       bool   // Clean Start 0: a persistent session (MQTT 5: expiry 60 s unless noExpiry)
 	noExpiry   bool   // MQTT 5 with keep: no session expiry, the session ends with the connection
+	keepalive  uint16 // seconds; 0 for 30
 }
 
 // connectRaw sends a CONNECT and returns the connection and the CONNACK.
@@ -192,7 +194,7 @@ func connectRaw(t *testing.T, addr string, c rawConnect) (net.Conn, packets.Pack
 		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
 		ProtocolVersion: c.version,
 		Connect: packets.ConnectParams{
-			ProtocolName: []byte("MQTT"), Clean: !c.keep, Keepalive: 30, ClientIdentifier: c.id,
+			ProtocolName: []byte("MQTT"), Clean: !c.keep, Keepalive: cmp.Or(c.keepalive, 30), ClientIdentifier: c.id,
 			UsernameFlag: c.user != "", Username: []byte(c.user),
 			PasswordFlag: c.pass != "", Password: []byte(c.pass),
 		},

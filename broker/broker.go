@@ -136,6 +136,7 @@ func New(cfg Config, producer Producer, mapper *mapping.Mapper, log *slog.Logger
 		return nil, err
 	}
 	ah.client = server.Clients.Get
+	ah.ended = b.ingest.ended
 	// Publishes are checked by the ingest, which refuses them in their
 	// turn among the connection's acknowledgements.
 	b.ingest.canPublish = ah.takePublishChecks()

@@ -453,7 +453,12 @@ func (h *ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 	// The producer copies the record during the call, so it is reused.
 	defer releaseRecord(rec)
 	if qos == 0 {
-		if err := h.producer.TryProduce(h.produceCtx, rec, nil); err != nil {
+		if h.draining.Load() {
+			// Shutting down: the flush waits until the producer is empty,
+			// which a steady stream of QoS 0 records would put off to
+			// the flush timeout.
+			h.m.dropped.WithLabelValues("shutting_down").Inc()
+		} else if err := h.producer.TryProduce(h.produceCtx, rec, nil); err != nil {
 			if errors.Is(err, bridge.ErrRecordTooLarge) {
 				return h.tooLarge(cl, pk, err)
 			}
@@ -476,7 +481,10 @@ func (h *ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 	if _, ok := h.enqueue(cl, &pk, e, true); !ok {
 		return pk, packets.ErrRejectPacket
 	}
-	if err := h.producer.Produce(h.produceCtx, rec, e); err != nil {
+	if err := h.producer.Produce(e.s.ctx, rec, e); err != nil {
+		if errors.Is(err, context.Canceled) && h.produceCtx.Err() == nil {
+			err = errConnectionEnded
+		}
 		if errors.Is(err, bridge.ErrRecordTooLarge) {
 			// Logged here, where the MQTT topic is known; the ack
 			// writer answers it in its turn.
@@ -673,6 +681,7 @@ func (h *ingest) closeInTurn(cl *mqtt.Client, code packets.Code) {
 // DISCONNECT with the reason; MQTT 3 has no server DISCONNECT, so the
 // connection is just closed.
 func (h *ingest) disconnect(cl *mqtt.Client, code packets.Code) {
+	h.ended(cl)
 	if cl.Properties.ProtocolVersion == 5 {
 		_ = h.server.DisconnectClient(cl, code)
 		return
@@ -764,7 +773,9 @@ func (h *ingest) session(cl *mqtt.Client) *session {
 		return v.(*session)
 	}
 	s := &session{h: h, cl: cl, ids: map[uint16]*pending{}, notify: make(chan struct{}, 1), room: make(chan struct{}, 1)}
+	s.ctx, s.cancel = context.WithCancel(h.produceCtx)
 	if v, loaded := h.sessions.LoadOrStore(cl, s); loaded {
+		s.cancel()
 		return v.(*session)
 	}
 	h.writers.Add(1)
@@ -786,6 +797,22 @@ type session struct {
 	closing bool
 	notify  chan struct{}
 	room    chan struct{} // signalled when the writer takes entries off a full queue
+	// ctx is the connection's publishes' wait in the producer (for budget,
+	// queue space or a topic check): it ends when Tributary closes the
+	// connection (ended), with the ack writer, and at Drain. The read loop
+	// waits there, so mochi's own end of the connection comes too late.
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// ended ends the producer waits of cl's publishes, now that Tributary
+// closes its connection: the client sends them again on its next one, so
+// producing them later would only add duplicates, and a waiting read loop
+// would keep the client and its packet, and hold up a resuming session.
+func (h *ingest) ended(cl *mqtt.Client) {
+	if v, ok := h.sessions.Load(cl); ok {
+		v.(*session).cancel()
+	}
 }
 
 // pending keeps what acknowledging and forwarding need, not the whole
@@ -947,6 +974,7 @@ func (s *session) disconnect() {
 // whatever Kafka confirmed is still acknowledged).
 func (s *session) run() {
 	defer s.h.writers.Done()
+	defer s.cancel()
 	var ready []*pending
 	var acks []byte
 	for {
@@ -993,6 +1021,16 @@ func (s *session) run() {
 	}
 }
 
+// ackWriteTimeout is how long a write of acknowledgements may take: the
+// one and a half keepalive intervals mochi gives a connection's reads and
+// writes, or a minute for a client with keepalive off.
+func ackWriteTimeout(cl *mqtt.Client) time.Duration {
+	if k := time.Duration(cl.State.Keepalive) * time.Second; k > 0 {
+		return k + k/2
+	}
+	return time.Minute
+}
+
 // completeAll acknowledges publishes that Kafka has answered, in order.
 // Acknowledgements are encoded into one buffer and written at once, which
 // matters because a write per acknowledgement was the largest cost of the
@@ -1007,12 +1045,19 @@ func (h *ingest) completeAll(cl *mqtt.Client, ready []*pending, buf *[]byte) {
 		}
 		if !cl.Closed() {
 			cl.Lock()
+			// mochi sets the write deadline with the read deadline,
+			// before each read; while the read loop waits in OnPublish
+			// (Kafka slow, the budget used up) nothing moves it, and the
+			// acknowledgements Kafka's recovery brings would fail on a
+			// deadline long past. Each write gets mochi's time from now.
+			_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(ackWriteTimeout(cl)))
 			_, err := cl.Net.Conn.Write(b)
 			cl.Unlock()
 			if err != nil {
 				// Part of a packet may have been written: nothing
 				// more can follow it on this connection.
 				h.log.Debug("writing acknowledgements; closing the connection", "client", cl.ID, "error", err)
+				h.ended(cl)
 				cl.Stop(err)
 			}
 		}
@@ -1110,9 +1155,12 @@ func appendAck(b []byte, cl *mqtt.Client, id uint16, qos byte, code packets.Code
 // instead be disconnected: MQTT 3 has no negative acknowledgement, and a
 // transient failure must not be reported as final.
 func (h *ingest) failure(cl *mqtt.Client, e *pending) (code packets.Code, ok bool) {
-	if errors.Is(e.err, bridge.ErrRecordTooLarge) {
+	switch {
+	case errors.Is(e.err, errConnectionEnded):
+		// Not a failure: the client sends it again.
+	case errors.Is(e.err, bridge.ErrRecordTooLarge):
 		h.m.rejected.WithLabelValues("too_large").Inc()
-	} else {
+	default:
 		h.m.failed.WithLabelValues(failReason(e.err)).Inc()
 	}
 	if !bridge.Permanent(e.err) || cl.Properties.ProtocolVersion != 5 {
@@ -1131,6 +1179,11 @@ func (h *ingest) failure(cl *mqtt.Client, e *pending) (code packets.Code, ok boo
 	}
 	return code, true
 }
+
+// errConnectionEnded is the error of a publish whose wait in the producer
+// ended with its connection (see ingest.ended): not produced, not
+// acknowledged, not counted as a failure.
+var errConnectionEnded = errors.New("the connection ended while the record waited for the producer")
 
 // closeFor closes the connection of a client whose publish Kafka did not
 // take and that cannot be told so: it resends the publish.

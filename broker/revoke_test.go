@@ -218,3 +218,72 @@ acls:
 		t.Fatalf("the subscriber got %q on %q first, want only the marker: the revoked login's will was sent", pk.Payload, pk.TopicName)
 	}
 }
+
+// A reload that takes away a user's right to publish to its will's topic,
+// and leaves the user in the file, keeps the connection but forgets the
+// will: mochi would send it, unchecked, when the connection drops. A will
+// the new file still allows is sent as before.
+func TestReloadForgetsWillTheACLsNoLongerAllow(t *testing.T) {
+	hashes := testHashes(t)
+	users := auth.NewLive(usersWithHashes(t, `users:
+  - {username: dev, password_hash: "{{dev}}"}
+  - {username: ops, password_hash: "{{ops}}"}
+acls:
+  - {user: dev, topic: "devices/%u/#", access: publish}
+  - {user: ops, topic: "#", access: all}
+`, hashes))
+	s := startAuthServer(t, AuthConfig{Users: users})
+	sub, _ := connectRaw(t, s.addr, rawConnect{version: 4, id: "sub", user: "ops", pass: "ops-pw"})
+	subscribe(t, sub, 4, "devices/#", false)
+	dev, ack := connectRaw(t, s.addr, rawConnect{version: 4, id: "dev", user: "dev", pass: "dev-pw", will: "devices/dev/status"})
+	if ack.ReasonCode != 0 {
+		t.Fatalf("dev's CONNACK %#x", ack.ReasonCode)
+	}
+	ops, ack := connectRaw(t, s.addr, rawConnect{version: 4, id: "ops-w", user: "ops", pass: "ops-pw", will: "devices/ops/status"})
+	if ack.ReasonCode != 0 {
+		t.Fatalf("ops's CONNACK %#x", ack.ReasonCode)
+	}
+
+	// dev keeps its password and may still publish its readings, not its
+	// status.
+	old := users.Swap(usersWithHashes(t, `users:
+  - {username: dev, password_hash: "{{dev}}"}
+  - {username: ops, password_hash: "{{ops}}"}
+acls:
+  - {user: dev, topic: "devices/%u/readings", access: publish}
+  - {user: ops, topic: "#", access: all}
+`, hashes))
+	if n := s.hook.revoke(old, s.srv.Clients.GetAll()); n != 0 {
+		t.Fatalf("revoke disconnected %d clients, want 0: both users are still in the file", n)
+	}
+	gone := func(id string, conn net.Conn) {
+		t.Helper()
+		conn.Close() // no DISCONNECT: the will is due
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if cl, ok := s.srv.Clients.Get(id); !ok || cl.Closed() {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s is still connected 10 s after its socket closed", id)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	gone("dev", dev)
+	gone("ops-w", ops)
+	writePackets(t, sub, packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish}, ProtocolVersion: 4,
+		TopicName: "devices/marker", Payload: []byte("marker"),
+	})
+	var got []string
+	for len(got) == 0 || got[len(got)-1] != "devices/marker" {
+		pk := readMQTT(t, sub, 4)
+		if pk.FixedHeader.Type == packets.Publish {
+			got = append(got, pk.TopicName)
+		}
+	}
+	if want := []string{"devices/ops/status", "devices/marker"}; !slices.Equal(got, want) {
+		t.Fatalf("the subscriber got publishes on %q, want %q: a will the reloaded ACLs refuse was sent, or an allowed one was not", got, want)
+	}
+}

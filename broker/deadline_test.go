@@ -1,0 +1,152 @@
+package broker
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tributary-io/tributary/bridge"
+	"github.com/tributary-io/tributary/mapping"
+)
+
+// heldProducer is a fakeProducer whose Produce of the value "hold" waits
+// until release is closed or its context ends, as Produce waits while
+// the in-flight budget is used up.
+type heldProducer struct {
+	*fakeProducer
+	release chan struct{}
+	held    chan context.Context // the context of each held Produce
+}
+
+func (p *heldProducer) Produce(ctx context.Context, rec *bridge.Record, h bridge.DeliveryHandler) error {
+	if string(rec.Value) == "hold" {
+		p.held <- ctx
+		select {
+		case <-p.release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return p.fakeProducer.Produce(ctx, rec, h)
+}
+
+func newHeldProducer() *heldProducer {
+	return &heldProducer{fakeProducer: newFakeProducer(), release: make(chan struct{}), held: make(chan context.Context, 4)}
+}
+
+func publish1(id uint16, value string) packets.Packet {
+	return packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: 4,
+		TopicName: "t", PacketID: id, Payload: []byte(value),
+	}
+}
+
+// A connection whose read loop waited in the producer for longer than its
+// keepalive allows (Kafka slow, the budget used up) still gets the
+// acknowledgements Kafka's recovery brings: mochi set the write deadline
+// at its last read, and a write on it failed and closed the connection,
+// so every publish in flight was sent again.
+func TestAcksAfterALongWaitInTheProducer(t *testing.T) {
+	p := newHeldProducer()
+	b := startBroker(t, p)
+	conn, ack := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 4, id: "slow", keepalive: 2})
+	if ack.ReasonCode != 0 {
+		t.Fatalf("CONNACK %#x", ack.ReasonCode)
+	}
+	writePackets(t, conn, publish1(1, "first"), publish1(2, "hold"))
+	p.waitFor(t, 1)
+	<-p.held
+	// mochi's deadline: keepalive 2 s + 1 s.
+	time.Sleep(3500 * time.Millisecond)
+	p.deliver(0, nil)
+	if pk := readMQTT(t, conn, 4); pk.FixedHeader.Type != packets.Puback || pk.PacketID != 1 {
+		t.Fatalf("got packet type %d id %d, want PUBACK 1", pk.FixedHeader.Type, pk.PacketID)
+	}
+	close(p.release)
+	p.waitFor(t, 2)
+	p.deliver(1, nil)
+	if pk := readMQTT(t, conn, 4); pk.FixedHeader.Type != packets.Puback || pk.PacketID != 2 {
+		t.Fatalf("got packet type %d id %d, want PUBACK 2", pk.FixedHeader.Type, pk.PacketID)
+	}
+}
+
+// A publish whose read loop waits in the producer (the budget used up)
+// stops waiting when Tributary closes its connection, here for a session
+// takeover: produced later, it would be a duplicate of the resend, and
+// until then the QoS 2 publish held up the resuming CONNECT for
+// takeoverWait and had it refused.
+func TestProducerWaitEndsWithTheConnection(t *testing.T) {
+	p := newHeldProducer()
+	b := startBroker(t, p)
+	conn, ack := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 4, id: "dev", keep: true})
+	if ack.ReasonCode != 0 {
+		t.Fatalf("CONNACK %#x", ack.ReasonCode)
+	}
+	pk := publish1(1, "hold")
+	pk.FixedHeader.Qos = 2
+	writePackets(t, conn, pk)
+	ctx := <-p.held
+
+	start := time.Now()
+	_, ack = connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 4, id: "dev", keep: true})
+	if ack.ReasonCode != 0 {
+		t.Fatalf("the resuming CONNACK %#x after %v, want 0: the held QoS 2 publish was still waited for", ack.ReasonCode, time.Since(start).Round(time.Millisecond))
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the publish still waits in the producer 5s after its connection was closed")
+	}
+	if got := p.produced(); len(got) != 0 {
+		t.Fatalf("produced %q, want nothing: the client resends the publish", got)
+	}
+}
+
+// qos0Counter is a fakeProducer that takes QoS 0 records and counts them.
+type qos0Counter struct {
+	*fakeProducer
+	n atomic.Int64
+}
+
+func (p *qos0Counter) TryProduce(context.Context, *bridge.Record, bridge.DeliveryHandler) error {
+	p.n.Add(1)
+	return nil
+}
+
+// Once the broker drains for shutdown, QoS 0 publishes no longer go to
+// the producer (they still reach local subscribers): a steady stream of
+// them kept the producer from ever being empty, so the shutdown flush
+// ran until its timeout. They are counted as dropped.
+func TestDrainStopsProducingQoS0(t *testing.T) {
+	p := &qos0Counter{fakeProducer: newFakeProducer()}
+	reg := prometheus.NewRegistry()
+	b := startConfigured(t, p, mapping.Config{}, Config{Registerer: reg})
+	conn, _ := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 4, id: "q0"})
+	subscribe(t, conn, 4, "t", false)
+	publish0 := func(value string) {
+		t.Helper()
+		writePackets(t, conn, packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Publish}, ProtocolVersion: 4,
+			TopicName: "t", Payload: []byte(value),
+		})
+		if pk := readMQTT(t, conn, 4); pk.FixedHeader.Type != packets.Publish || string(pk.Payload) != value {
+			t.Fatalf("the local subscriber got packet type %d %q, want the publish %q", pk.FixedHeader.Type, pk.Payload, value)
+		}
+	}
+	publish0("before")
+	if n := p.n.Load(); n != 1 {
+		t.Fatalf("%d QoS 0 records produced, want 1", n)
+	}
+	b.Drain()
+	publish0("during")
+	if n := p.n.Load(); n != 1 {
+		t.Fatalf("%d QoS 0 records produced, want 1: a publish after Drain was produced", n)
+	}
+	if got := gathered(t, reg, "tributary_mqtt_dropped_total")["reason=shutting_down"]; got != 1 {
+		t.Fatalf(`tributary_mqtt_dropped_total{reason="shutting_down"} = %v, want 1`, got)
+	}
+}
