@@ -2,6 +2,8 @@ package auth
 
 import (
 	"fmt"
+	"slices"
+	"sort"
 	"strings"
 )
 
@@ -101,9 +103,22 @@ func (r *mqttRule) compile(topic string) string {
 				s = s[i+1:]
 			}
 		}
+		if lv.has('u') && lv.has('c') {
+			return fmt.Sprintf("%q: a level holds %%u and %%c together, so where one ends is not known (user \"a\" with client id \"b-c\" and user \"a-b\" with client id \"c\" would both get \"a-b-c\"); put them in levels of their own", topic)
+		}
 		r.levels = append(r.levels, lv)
 	}
 	return ""
+}
+
+// has reports whether the level holds the placeholder kind ('u' or 'c').
+func (lv *level) has(kind byte) bool {
+	for _, p := range lv.parts {
+		if p.kind == kind {
+			return true
+		}
+	}
+	return false
 }
 
 // substitutable reports whether a username or client id may stand for %u
@@ -210,6 +225,9 @@ func compileKafkaRule(topic, access string) (*kafkaRule, []problem) {
 		probs = append(probs, problem{"topic", "longer than Kafka's 249-character topic name limit"})
 	case strings.ContainsFunc(plain, notKafkaPattern):
 		probs = append(probs, problem{"topic", fmt.Sprintf("%q: a Kafka topic has only letters, digits, '.', '_' and '-'; '*' matches any run of them and %%u is the username", topic)})
+	case r.usesUser && strings.Contains(topic, "*") &&
+		!strings.Contains(topic[:strings.IndexByte(topic, '*')], "%u") && !strings.Contains(topic[strings.LastIndexByte(topic, '*')+1:], "%u"):
+		probs = append(probs, problem{"topic", fmt.Sprintf("%q: with %%u only between two '*', every user's topics are every other user's too (a topic can hold both names); put %%u before the first '*' or after the last", topic)})
 	}
 	return r, probs
 }
@@ -252,4 +270,76 @@ func glob(pattern, s string) bool {
 		px++
 	}
 	return px == len(pattern)
+}
+
+// kafkaOverlap looks for two of names whose renderings of a Kafka ACL
+// pattern holding %u match a common topic: with "tenant-%u-*", users
+// "acme" and "acme-labs" both match "tenant-acme-labs-x", so acme would
+// reach acme-labs' topics. It returns the first such pair, or ok false.
+// Pairs are only compared when the literal text before the pattern's
+// first '*' (or after its last) can overlap, which for the usual
+// patterns leaves few. A pattern with %u only between two '*' overlaps
+// for any two users, and is reported as such by the caller.
+func kafkaOverlap(pattern string, names []string) (a, b string, ok bool) {
+	first := strings.IndexByte(pattern, '*')
+	if first < 0 {
+		return "", "", false // a plain name: one topic per user, a different one for each
+	}
+	type rendered struct{ name, pattern, key string }
+	rs := make([]rendered, len(names))
+	byPrefix := strings.Contains(pattern[:first], "%u")
+	for i, n := range names {
+		p := strings.ReplaceAll(pattern, "%u", n)
+		key := p[:strings.IndexByte(p, '*')]
+		if !byPrefix {
+			key = reverse(p[strings.LastIndexByte(p, '*')+1:])
+		}
+		rs[i] = rendered{n, p, key}
+	}
+	sort.Slice(rs, func(i, j int) bool { return rs[i].key < rs[j].key })
+	for i, r := range rs {
+		// Later keys that start with r's key are contiguous in order;
+		// an earlier key that r's starts with is found from its side.
+		for _, o := range rs[i+1:] {
+			if !strings.HasPrefix(o.key, r.key) {
+				break
+			}
+			if globsMeet(r.pattern, o.pattern) {
+				return r.name, o.name, true
+			}
+		}
+	}
+	return "", "", false
+}
+
+func reverse(s string) string {
+	b := []byte(s)
+	slices.Reverse(b)
+	return string(b)
+}
+
+// globsMeet reports whether some string matches both patterns, where '*'
+// matches any run of bytes.
+func globsMeet(p, q string) bool {
+	seen := make([]bool, (len(p)+1)*(len(q)+1))
+	var meet func(i, j int) bool
+	meet = func(i, j int) bool {
+		k := i*(len(q)+1) + j
+		if seen[k] {
+			return false // already explored from here without success
+		}
+		seen[k] = true
+		switch {
+		case i == len(p) && j == len(q):
+			return true
+		case i < len(p) && p[i] == '*':
+			return meet(i+1, j) || j < len(q) && meet(i, j+1)
+		case j < len(q) && q[j] == '*':
+			return meet(i, j+1) || i < len(p) && meet(i+1, j)
+		case i < len(p) && j < len(q) && p[i] == q[j]:
+			return meet(i+1, j+1)
+		}
+		return false
+	}
+	return meet(0, 0)
 }

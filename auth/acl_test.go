@@ -83,7 +83,8 @@ func TestMQTTRuleSubstitution(t *testing.T) {
 		{"username", "devices/%u/#", "devices/dev/temp", "dev", "c1", true},
 		{"other username", "devices/%u/#", "devices/eve/temp", "dev", "c1", false},
 		{"client id", "clients/%c", "clients/c1", "dev", "c1", true},
-		{"both in one level", "x/%u-%c", "x/dev-c1", "dev", "c1", true},
+		{"both, each in a level", "x/%u/%c", "x/dev/c1", "dev", "c1", true},
+		{"both, another user's levels", "x/%u/%c", "x/dev/c1", "de", "v/c1", false},
 		{"prefix and suffix", "x/pre%usuf", "x/predevsuf", "dev", "c1", true},
 		{"prefix and suffix, wrong", "x/pre%usuf", "x/predevsu", "dev", "c1", false},
 		{"literal percent", "x/100%", "x/100%", "dev", "c1", true},
@@ -121,6 +122,8 @@ func TestMQTTRuleProblems(t *testing.T) {
 		{"a/b#", "all", "topic", "'#' must be a whole level"},
 		{"a/b+", "all", "topic", "'+' must be a whole level"},
 		{"a/%u+", "all", "topic", "'+' must be a whole level"},
+		{"x/%u-%c", "all", "topic", "a level holds %u and %c together"},
+		{"x/%c%u/#", "all", "topic", "a level holds %u and %c together"},
 		{"$share/g/a", "all", "topic", "share group"},
 		{"a\x00b", "all", "topic", "NUL"},
 		{"a", "", "access", "required"},
@@ -260,4 +263,44 @@ func FuzzMQTTRule(f *testing.F) {
 			t.Fatalf("rule %q covers subscription %q, which matches %q, which the rule does not", rule, sub, topic)
 		}
 	})
+}
+
+func TestGlobsMeet(t *testing.T) {
+	tests := []struct {
+		p, q string
+		want bool
+	}{
+		{"tenant-acme-*", "tenant-acme-labs-*", true},
+		{"tenant-al-*", "tenant-alice-*", false},
+		{"*-b", "*-a-b", true},
+		{"*-b", "*-a-c", false},
+		{"a*", "*b", true},
+		{"a*c", "b*", false},
+		{"x", "x", true},
+		{"x", "y", false},
+		{"a*b*c", "*bb*", true},
+		{"ab*", "a*c*d", true},
+		{"abc", "a*d", false},
+	}
+	for _, tt := range tests {
+		if got := globsMeet(tt.p, tt.q); got != tt.want {
+			t.Errorf("globsMeet(%q, %q) = %v, want %v", tt.p, tt.q, got, tt.want)
+		}
+		if got := globsMeet(tt.q, tt.p); got != tt.want {
+			t.Errorf("globsMeet(%q, %q) = %v, want %v", tt.q, tt.p, got, tt.want)
+		}
+	}
+}
+
+// Names that do not overlap under a rule load: "al" is not a prefix of
+// "alice-", so tenant-al-* and tenant-alice-* share no topic.
+func TestKafkaOverlapKeepsDistinctTenants(t *testing.T) {
+	for _, pattern := range []string{"tenant-%u-*", "tenant-%u", "*.%u", "%u.*"} {
+		if a, b, ok := kafkaOverlap(pattern, []string{"al", "alice", "bob", "carol"}); ok {
+			t.Errorf("%q: %q and %q reported as overlapping", pattern, a, b)
+		}
+	}
+	if a, b, ok := kafkaOverlap("%u*", []string{"bob", "al", "alice"}); !ok || a != "al" || b != "alice" {
+		t.Errorf(`"%%u*": got %q, %q, %v, want "al", "alice", true`, a, b, ok)
+	}
 }

@@ -123,10 +123,6 @@ func parseUsers(path string, data []byte) (*Users, error) {
 		switch {
 		case e.Username == "":
 			p.addf(append(at, "username"), "a username is required")
-		case strings.ContainsAny(e.Username, "+#/*"):
-			p.addf(append(at, "username"), "%q contains '+', '#', '/' or '*', which %%u in ACLs refuses to substitute", e.Username)
-		case strings.HasPrefix(e.Username, "$"):
-			p.addf(append(at, "username"), "%q starts with '$', which %%u in ACLs refuses to substitute", e.Username)
 		case u.users[e.Username] != nil:
 			p.addf(append(at, "username"), "%q is listed twice", e.Username)
 		}
@@ -159,6 +155,7 @@ func parseUsers(path string, data []byte) (*Users, error) {
 	}
 	if p.present("kafka_acls") {
 		u.kafka = buildRules(p, "kafka_acls", f.KafkaACLs, u.users, groups, compileKafkaRule)
+		checkKafkaOverlaps(p, f.KafkaACLs, u.users, groups)
 		// A user's consumer groups are <user> and <user>.<anything>: with
 		// users a and a.b, a could take and commit for a.b's groups.
 		for i, e := range f.Users {
@@ -407,6 +404,55 @@ func buildRules[R any](p *fileProblems, key string, entries []aclEntry, users ma
 		}
 	}
 	return s
+}
+
+// checkKafkaOverlaps refuses a Kafka ACL pattern with %u that gives one
+// of the users it is written for topics that are another's under the
+// same pattern (see kafkaOverlap), whether one rule or several grant it.
+func checkKafkaOverlaps(p *fileProblems, entries []aclEntry, users map[string]*user, groups map[string][]string) {
+	type grant struct {
+		first int // the entry reported
+		names map[string]bool
+	}
+	byPattern := map[string]*grant{}
+	var order []string
+	for i, e := range entries {
+		if !strings.Contains(e.Topic, "%u") {
+			continue
+		}
+		g := byPattern[e.Topic]
+		if g == nil {
+			g = &grant{first: i, names: map[string]bool{}}
+			byPattern[e.Topic] = g
+			order = append(order, e.Topic)
+		}
+		switch {
+		case e.User != "":
+			g.names[e.User] = true
+		case e.Group != "":
+			for _, n := range groups[e.Group] {
+				g.names[n] = true
+			}
+		case e.All:
+			for n := range users {
+				g.names[n] = true
+			}
+		}
+	}
+	for _, pattern := range order {
+		g := byPattern[pattern]
+		if len(g.names) < 2 {
+			continue
+		}
+		names := make([]string, 0, len(g.names))
+		for n := range g.names {
+			names = append(names, n)
+		}
+		if a, b, ok := kafkaOverlap(pattern, names); ok {
+			p.addf([]any{"kafka_acls", g.first, "topic"}, "%q gives user %q topics of user %q: some topic matches it for both; rename one of them, or write their rules without %%u",
+				pattern, a, b)
+		}
+	}
 }
 
 // sameRule stops a user listed twice in one group from getting its rule twice.
