@@ -577,3 +577,20 @@ func TestLiteralShortcut(t *testing.T) {
 		})
 	}
 }
+
+// A name given to several groups (in alternatives) renders the text of
+// the one that took part in the match, in the topic, key and headers.
+func TestDuplicateGroupNameRendersTheGroupThatMatched(t *testing.T) {
+	m := newMapper(t, mapping.Config{Rules: []mapping.Rule{{
+		Match: `^(?:a/(?P<k>[^/]+)|b/(?P<k>[^/]+)/x)$`, KafkaTopic: "t.${k}", Key: "${k}", Headers: map[string]string{"k": "${k}"},
+	}}})
+	for topic, want := range map[string]string{"a/one": "one", "b/two/x": "two"} {
+		res, err := m.Map("", topic)
+		if err != nil {
+			t.Fatalf("%s: %v", topic, err)
+		}
+		if res.Topic != "t."+want || string(res.Key) != want || len(res.Headers) != 1 || string(res.Headers[0].Value) != want {
+			t.Errorf("%s: topic %q key %q headers %v, want t.%s, %s and k=%s", topic, res.Topic, res.Key, res.Headers, want, want, want)
+		}
+	}
+}

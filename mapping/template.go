@@ -22,6 +22,10 @@ type part struct {
 	kind  partKind
 	lit   string // partLiteral
 	group int    // partGroup: submatch index
+	// more are the submatch indexes of later groups of the same name
+	// ((?P<k>a)|(?P<k>b)): the first of them that took part in the
+	// match gives the text.
+	more []int
 }
 
 // template is a kafka_topic, key or header value template compiled into parts
@@ -129,7 +133,13 @@ func resolveVar(name string, re *regexp.Regexp) (part, error) {
 		return part{}, fmt.Errorf("unknown variable ${%s}: the regex has %s (built in: topic, source, 0..%d)",
 			name, groupNames(re), re.NumSubexp())
 	}
-	return part{kind: partGroup, group: idx}, nil
+	p := part{kind: partGroup, group: idx}
+	for i, n := range re.SubexpNames() {
+		if i > idx && n == name {
+			p.more = append(p.more, i)
+		}
+	}
+	return p, nil
 }
 
 func isDigits(s string) bool {
@@ -157,6 +167,13 @@ func (p *part) text(source, topic string, loc []int) string {
 	case partSource:
 		return source
 	case partGroup:
+		if 2*p.group < len(loc) && loc[2*p.group] < 0 {
+			for _, g := range p.more {
+				if 2*g < len(loc) && loc[2*g] >= 0 {
+					return groupText(topic, loc, g)
+				}
+			}
+		}
 		return groupText(topic, loc, p.group)
 	}
 	return p.lit
