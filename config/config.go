@@ -136,7 +136,7 @@ type HTTPConfig struct {
 	// ReadTimeout is how long a client may take to send a whole request.
 	// Upgraded WebSocket connections are exempt. Default 30s.
 	ReadTimeout time.Duration `yaml:"read_timeout"`
-	// WriteTimeout bounds writing a response; 0 is none. Upgraded
+	// WriteTimeout bounds writing a response (it must be positive). Upgraded
 	// WebSocket connections are exempt. Default 60s.
 	WriteTimeout time.Duration `yaml:"write_timeout"`
 	// IdleTimeout closes keep-alive connections idle this long. Default 120s.
@@ -413,19 +413,19 @@ func (c *Config) Validate() error {
 	}
 
 	if c.Kafka.TopicPartitions < 1 {
-		add("kafka.topic_partitions %d: must be at least 1", c.Kafka.TopicPartitions)
+		add("%s %d: must be at least 1", settingName("kafka.topic_partitions"), c.Kafka.TopicPartitions)
 	}
 	if c.Kafka.MaxTopics < 0 {
-		add("kafka.max_topics %d: must be 0 (no limit) or more", c.Kafka.MaxTopics)
+		add("%s %d: must be 0 (no limit) or more", settingName("kafka.max_topics"), c.Kafka.MaxTopics)
 	}
 	if c.Kafka.TopicReplicationFactor == 0 || c.Kafka.TopicReplicationFactor < -1 {
-		add("kafka.topic_replication_factor %d: must be -1 (broker default) or at least 1", c.Kafka.TopicReplicationFactor)
+		add("%s %d: must be -1 (broker default) or at least 1", settingName("kafka.topic_replication_factor"), c.Kafka.TopicReplicationFactor)
 	}
 	if c.Kafka.MaxMessageBytes < 1024 {
-		add("kafka.max_message_bytes %d: must be at least 1024", c.Kafka.MaxMessageBytes)
+		add("%s %d: must be at least 1024", settingName("kafka.max_message_bytes"), c.Kafka.MaxMessageBytes)
 	}
 	if c.Kafka.InflightBudgetBytes < int64(c.Kafka.MaxMessageBytes) {
-		add("kafka.inflight_budget_bytes %d: must be at least kafka.max_message_bytes (%d)", c.Kafka.InflightBudgetBytes, c.Kafka.MaxMessageBytes)
+		add("%s %d: must be at least kafka.max_message_bytes (%d)", settingName("kafka.inflight_budget_bytes"), c.Kafka.InflightBudgetBytes, c.Kafka.MaxMessageBytes)
 	}
 	if d := c.MQTT.MessageExpiryMax; d < 0 || d%time.Second != 0 {
 		add("mqtt.message_expiry_max (--mqtt-message-expiry-max) %s: must be 0 (no limit) or a whole number of seconds", d)
@@ -434,10 +434,10 @@ func (c *Config) Validate() error {
 		add("mqtt.session_expiry_max (--mqtt-session-expiry-max) %s: must be 0 (no limit) or a whole number of seconds up to %s (MQTT's limit)", d, time.Duration(math.MaxUint32)*time.Second)
 	}
 	if c.Kafka.AckLinger > 15*time.Minute {
-		add("kafka.ack_linger %s: must be at most 15m (librdkafka's limit)", c.Kafka.AckLinger)
+		add("%s %s: must be at most 15m (librdkafka's limit)", settingName("kafka.ack_linger"), c.Kafka.AckLinger)
 	}
 	if c.Kafka.FlushTimeout <= 0 {
-		add("kafka.flush_timeout %s: must be positive", c.Kafka.FlushTimeout)
+		add("%s %s: must be positive", settingName("kafka.flush_timeout"), c.Kafka.FlushTimeout)
 	}
 	for k, v := range c.Kafka.Properties {
 		switch {

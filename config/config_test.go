@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tributary-io/tributary/certs"
 )
 
 func env(m map[string]string) func(string) (string, bool) {
@@ -155,7 +157,7 @@ func TestProblemsReportedTogether(t *testing.T) {
 		t.Fatalf("err = %v, want *Error", err)
 	}
 	text := err.Error()
-	for _, want := range []string{"bad:([", "sometimes", "port 1883 is already used by mqtt.addr", "kafka.topic_partitions 0", "kafka.max_topics -1"} {
+	for _, want := range []string{"bad:([", "sometimes", "port 1883 is already used by mqtt.addr", "kafka.topic_partitions (--kafka-topic-partitions) 0", "kafka.max_topics (--kafka-max-topics) -1"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("error does not name %q:\n%s", want, text)
 		}
@@ -227,7 +229,7 @@ func TestBadValues(t *testing.T) {
 	}{
 		{[]string{"--kafka-create-topics=maybe"}, "not a valid boolean"},
 		{[]string{"--flush-timeout", "soon"}, "kafka.flush_timeout"},
-		{[]string{"--inflight-budget-bytes", "100"}, "inflight_budget_bytes 100"},
+		{[]string{"--inflight-budget-bytes", "100"}, "inflight_budget_bytes (--inflight-budget-bytes) 100"},
 		{[]string{"--log-format", "xml"}, "log.format"},
 		{[]string{"--mqtt-message-expiry-max", "1.5s"}, "mqtt.message_expiry_max (--mqtt-message-expiry-max) 1.5s: must be 0 (no limit) or a whole number of seconds"},
 		{[]string{"--mqtt-message-expiry-max", "-1h"}, "mqtt.message_expiry_max (--mqtt-message-expiry-max) -1h0m0s: must be"},
@@ -389,6 +391,24 @@ func TestKafkaPropertySecretsFromFileAndEnv(t *testing.T) {
 		if !strings.Contains(err.Error(), "kafka.properties."+want) {
 			t.Errorf("no problem names %s: %v", want, err)
 		}
+	}
+}
+
+// An empty secret file (or one holding only a newline) is a problem: the
+// login it was meant for would fail later without saying why.
+func TestKafkaPropertySecretFileEmpty(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	if err := os.WriteFile(pw, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	yml := filepath.Join(dir, "c.yaml")
+	if err := os.WriteFile(yml, []byte("kafka:\n  bootstrap: k:9092\n  properties:\n    sasl.password: ${file:"+pw+"}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := Load(Options{Args: []string{"--config", yml}, LookupEnv: env(nil)})
+	if want := "kafka.properties.sasl.password: ${file:" + pw + "} is empty"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("got %v, want a problem containing %q", err, want)
 	}
 }
 
@@ -583,5 +603,55 @@ func TestValidationProblemNamesTheEnvironmentVariable(t *testing.T) {
 				t.Fatalf("got %v, want a problem starting %s", err, tc.want)
 			}
 		})
+	}
+}
+
+// A flag beats the environment also when the environment's value does not
+// parse; and each Kafka setting's problem names where its value came from.
+func TestFlagBeatsAnUnparsableEnvironmentValue(t *testing.T) {
+	cfg, _, err := Load(Options{Args: []string{"--flush-timeout", "30s"}, LookupEnv: env(map[string]string{"TRIBUTARY_FLUSH_TIMEOUT": "30"})})
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if cfg.Kafka.FlushTimeout != 30*time.Second {
+		t.Fatalf("flush timeout %v, want the flag's 30s", cfg.Kafka.FlushTimeout)
+	}
+}
+
+func TestKafkaProblemsNameTheirSource(t *testing.T) {
+	for _, tc := range []struct{ env, value, key string }{
+		{"TRIBUTARY_KAFKA_TOPIC_PARTITIONS", "0", "kafka.topic_partitions"},
+		{"TRIBUTARY_KAFKA_MAX_TOPICS", "-1", "kafka.max_topics"},
+		{"TRIBUTARY_KAFKA_TOPIC_REPLICATION_FACTOR", "0", "kafka.topic_replication_factor"},
+		{"TRIBUTARY_KAFKA_MAX_MESSAGE_BYTES", "10", "kafka.max_message_bytes"},
+		{"TRIBUTARY_INFLIGHT_BUDGET_BYTES", "100", "kafka.inflight_budget_bytes"},
+		{"TRIBUTARY_KAFKA_ACK_LINGER", "1h", "kafka.ack_linger"},
+		{"TRIBUTARY_FLUSH_TIMEOUT", "0s", "kafka.flush_timeout"},
+	} {
+		_, _, err := Load(Options{LookupEnv: env(map[string]string{tc.env: tc.value})})
+		if want := tc.key + " (env " + tc.env + ") "; err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s=%s: got %v, want a problem starting %q", tc.env, tc.value, err, want)
+		}
+	}
+}
+
+// A bad tls.client_auth is one problem, named by its key, whichever layer
+// finds it.
+func TestClientAuthProblemReportedOnce(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := certs.WriteDev(dir, certs.DevOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, value := range []string{"request", "bogus", "none"} {
+		_, _, err := Load(Options{Args: []string{
+			"--mqtt-tls-addr", ":8883", "--tls-cert-file", filepath.Join(dir, certs.ServerCertFile), "--tls-key-file", filepath.Join(dir, certs.ServerKeyFile),
+			"--tls-client-auth", value,
+		}, LookupEnv: env(nil)})
+		if err == nil {
+			t.Fatalf("client_auth %q without a client CA: loaded", value)
+		}
+		if n := strings.Count(err.Error(), "client_auth"); n != 1 {
+			t.Errorf("client_auth %q: %d mentions of client_auth, want 1:\n%v", value, n, err)
+		}
 	}
 }

@@ -289,12 +289,12 @@ func Load(opts Options) (Config, []string, error) {
 	fromEnv := map[string]string{} // setting key → the environment variable its value came from
 	for _, s := range settings {
 		env, v, ok := lookupSetting(s, opts.LookupEnv)
-		if !ok {
-			continue
+		if !ok || setFlags[s.Flag] {
+			continue // a flag beats the environment, whatever its value
 		}
 		if err := apply(s, v); err != nil {
 			problems = append(problems, fmt.Sprintf("%s (env %s) %q: %v", s.Key, env, v, cleanParseErr(err)))
-		} else if !setFlags[s.Flag] {
+		} else {
 			fromEnv[s.Key] = env
 		}
 	}

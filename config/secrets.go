@@ -37,7 +37,13 @@ func expandSecrets(c *Config, lookupEnv func(string) (string, bool)) []string {
 				problems = append(problems, fmt.Sprintf("kafka.properties.%s: reading %s: %v", k, v, unwrapPath(err)))
 				continue
 			}
-			c.Kafka.Properties[k] = strings.TrimRight(string(b), "\r\n")
+			secret := strings.TrimRight(string(b), "\r\n")
+			if secret == "" {
+				// Kafka would refuse the login later, without saying why.
+				problems = append(problems, fmt.Sprintf("kafka.properties.%s: %s is empty; it must hold the value", k, v))
+				continue
+			}
+			c.Kafka.Properties[k] = secret
 		case ok && kind == "env" && arg != "":
 			s, found := lookupEnv(arg)
 			if !found {

@@ -117,7 +117,12 @@ func (c *Config) validateSecurity(add func(string, ...any)) {
 		fh.Close()
 	}
 	if readable && t.CertFile != "" && t.KeyFile != "" {
-		_, err := certs.New(certs.Config{CertFile: t.CertFile, KeyFile: t.KeyFile, ClientCAFile: t.ClientCAFile, ClientAuth: t.ClientAuth}, nil)
+		// A client_auth problem is reported below, once.
+		clientAuth := t.ClientAuth
+		if clientAuth != "request" && clientAuth != "require" || t.ClientCAFile == "" {
+			clientAuth = ""
+		}
+		_, err := certs.New(certs.Config{CertFile: t.CertFile, KeyFile: t.KeyFile, ClientCAFile: t.ClientCAFile, ClientAuth: clientAuth}, nil)
 		var fe *certs.FileError
 		switch {
 		case errors.As(err, &fe):

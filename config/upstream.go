@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -409,6 +410,11 @@ func upstreamURLProblem(raw string) string {
 		}
 	default:
 		return "scheme must be tcp://, ssl://, ws:// or wss://"
+	}
+	if port := p.Port(); port != "" {
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return fmt.Sprintf("port %q is not a port number (1-65535)", port)
+		}
 	}
 	if p.User != nil {
 		return "put credentials in username and password, not the URL"

@@ -122,6 +122,8 @@ func TestUpstreamValidation(t *testing.T) {
 		{"bad name", UpstreamConfig{Name: "a b", URL: "tcp://h:1", Subscriptions: one("x")}, []string{`upstreams[0] (a b).name "a b": use only`}},
 		{"bad scheme", UpstreamConfig{Name: "a", URL: "http://h:1", Subscriptions: one("x")}, []string{`upstreams[0] (a).url "http://h:1": scheme must be`}},
 		{"no port", UpstreamConfig{Name: "a", URL: "tcp://h", Subscriptions: one("x")}, []string{`upstreams[0] (a).url "tcp://h": needs host:port`}},
+		{"port out of range", UpstreamConfig{Name: "a", URL: "tcp://h:99999", Subscriptions: one("x")}, []string{`upstreams[0] (a).url "tcp://h:99999": port "99999" is not a port number`}},
+		{"wss port out of range", UpstreamConfig{Name: "a", URL: "wss://h:0/mqtt", Subscriptions: one("x")}, []string{`upstreams[0] (a).url "wss://h:0/mqtt": port "0" is not a port number`}},
 		{"credentials in url", UpstreamConfig{Name: "a", URL: "tcp://u:p@h:1", Subscriptions: one("x")}, []string{"put credentials in username"}},
 		{"missing filter", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("")}, []string{`upstreams[0] (a).subscriptions[0].filter "": required`}},
 		{"bad wildcard", UpstreamConfig{Name: "a", URL: "tcp://h:1", Subscriptions: one("a/#/b")}, []string{`subscriptions[0].filter "a/#/b": '#' must be`}},
