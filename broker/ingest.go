@@ -109,7 +109,49 @@ func newIngest(ctx context.Context, server *mqtt.Server, producer Producer, mapp
 func (h *ingest) ID() string { return "tributary-ingest" }
 
 func (h *ingest) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPacketEncode, mqtt.OnSubscribe, mqtt.OnClientExpired}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPacketEncode, mqtt.OnSubscribe, mqtt.OnClientExpired, mqtt.OnWillSent}, []byte{b})
+}
+
+// OnWillSent produces the will mochi has just sent to local subscribers
+// (the connection ended without DISCONNECT), mapped as a publish to its
+// topic would be, so that Kafka's consumers learn that a device went away
+// as its subscribers do. Nobody waits for its acknowledgement, so it is
+// best effort, as a QoS 0 publish: a will the producer cannot take is
+// counted as dropped and logged. mochi calls this only for a client it
+// still lists, so a delayed will (MQTT 5) whose session has ended by the
+// time it is due reaches local subscribers alone.
+func (h *ingest) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
+	if cl.Net.Inline {
+		return
+	}
+	received := time.Now()
+	res, err := h.mapper.Map("", pk.TopicName)
+	switch {
+	case err != nil:
+		h.m.dropped.WithLabelValues("mapping_error").Inc()
+		h.log.Warn("will not produced: mapping failed", "client", cl.ID, "topic", pk.TopicName, "error", err)
+		return
+	case res.Action == mapping.ActionNone:
+		h.m.unmatched.Inc()
+		return
+	case res.Action == mapping.ActionDrop:
+		h.m.dropped.WithLabelValues("mapping_drop").Inc()
+		return
+	case res.Action == mapping.ActionReject:
+		h.m.dropped.WithLabelValues("unmatched").Inc() // a will cannot be refused
+		return
+	case h.draining.Load():
+		h.m.dropped.WithLabelValues("shutting_down").Inc()
+		return
+	}
+	rec, _ := buildRecord(cl, &pk, &res, received)
+	defer releaseRecord(rec)
+	if err := h.producer.TryProduce(h.produceCtx, rec, nil); err != nil {
+		h.m.dropped.WithLabelValues(dropReason(err)).Inc()
+		if h.dropLog.Allow() {
+			h.log.Warn("will not produced (logged at most every 10s)", "client", cl.ID, "topic", pk.TopicName, "error", err)
+		}
+	}
 }
 
 // OnClientExpired drops an expired session's subscriptions and what it

@@ -227,7 +227,7 @@ func metricsText(t *testing.T, addr string) string {
 }
 
 // A QoS 2 publish lands once, and local subscribers still get publishes,
-// retained messages and wills.
+// retained messages and wills; a will is produced too.
 func TestQoS2OnceAndLocalBroker(t *testing.T) {
 	cfg := testConfig(t)
 	topic := uniq("q2")
@@ -276,6 +276,15 @@ func TestQoS2OnceAndLocalBroker(t *testing.T) {
 	conn := rawConnect(t, d.mqttAddr(), uniq("dying"), "wills/dying", "gone")
 	conn.Close()
 	waitFor(t, 10*time.Second, "the will to reach its subscriber", func() bool { return wills.len() == 1 })
+	// and Kafka, mapped as a publish to its topic.
+	waitFor(t, 15*time.Second, "the will in Kafka", func() bool {
+		for _, r := range kafkaRecords(t, d.bootstrap, topic, 1<<30, time.Second) {
+			if string(r.Key) == "wills/dying" && string(r.Value) == "gone" {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 // 10,000 QoS 1 messages from one client, all in flight at once, land in
