@@ -121,8 +121,8 @@ func (h *ingest) Provides(b byte) bool {
 // still lists, so a delayed will (MQTT 5) whose session has ended by the
 // time it is due reaches local subscribers alone.
 func (h *ingest) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
-	if cl.Net.Inline {
-		return
+	if cl.Net.Inline || bridgeStateTopic(cl.ID, pk.TopicName) {
+		return // an MQTT bridge's state is never produced (see bridgeState)
 	}
 	received := time.Now()
 	res, err := h.mapper.Map("", pk.TopicName)

@@ -40,16 +40,22 @@ func (p *bestEffortRecorder) records() []bridge.Record {
 // a will no rule maps produces nothing.
 func TestWillIsProduced(t *testing.T) {
 	p := &bestEffortRecorder{fakeProducer: newFakeProducer()}
-	b := startWithMapping(t, p, mapping.Config{Rules: []mapping.Rule{{Match: `^devices/.*$`, KafkaTopic: "device-state"}}})
+	b := startWithMapping(t, p, mapping.Config{Rules: []mapping.Rule{
+		{Match: `^devices/.*$`, KafkaTopic: "device-state"},
+		{Match: `^\$SYS/.*$`, KafkaTopic: "sys"},
+	}})
 	dev, _ := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 4, id: "d1", will: "devices/d1/status"})
 	other, _ := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 4, id: "d2", will: "elsewhere/d2"})
+	// An MQTT bridge's connection state stays local, as its publishes do.
+	edge, _ := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 4, id: "edge", will: "$SYS/broker/connection/edge/state"})
 	other.Close()
+	edge.Close()
 	dev.Close()
 	testutil.WaitFor(t, 10*time.Second, "the will of d1 produced", func() bool { return len(p.records()) > 0 })
 	time.Sleep(100 * time.Millisecond) // room for a wrongly produced second will
 	recs := p.records()
 	if len(recs) != 1 {
-		t.Fatalf("%d records, want 1 (d2's will matches no rule): %+v", len(recs), recs)
+		t.Fatalf("%d records, want 1 (d2's will matches no rule, edge's is a bridge's state): %+v", len(recs), recs)
 	}
 	r := recs[0]
 	headers := map[string]string{}
