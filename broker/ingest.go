@@ -845,6 +845,9 @@ type session struct {
 	// waits there, so mochi's own end of the connection comes too late.
 	ctx    context.Context
 	cancel context.CancelFunc
+	// writeDeadline is the write deadline the ack writer last set (see
+	// completeAll); only the ack writer uses it.
+	writeDeadline time.Time
 }
 
 // ended ends the producer waits of cl's publishes, now that Tributary
@@ -1056,7 +1059,7 @@ func (s *session) run() {
 			default:
 			}
 		}
-		s.h.completeAll(s.cl, ready, &acks)
+		s.h.completeAll(s.cl, ready, &acks, &s.writeDeadline)
 		if finished {
 			return
 		}
@@ -1079,7 +1082,7 @@ func ackWriteTimeout(cl *mqtt.Client) time.Duration {
 // QoS 1 path; negative ones (MQTT 5) go into the same buffer, so that
 // nothing overtakes them. A failure an MQTT 3 client cannot be told about
 // closes the connection after the acknowledgements before it are written.
-func (h *ingest) completeAll(cl *mqtt.Client, ready []*pending, buf *[]byte) {
+func (h *ingest) completeAll(cl *mqtt.Client, ready []*pending, buf *[]byte, deadline *time.Time) {
 	b := (*buf)[:0]
 	flush := func() {
 		if len(b) == 0 {
@@ -1091,8 +1094,13 @@ func (h *ingest) completeAll(cl *mqtt.Client, ready []*pending, buf *[]byte) {
 			// before each read; while the read loop waits in OnPublish
 			// (Kafka slow, the budget used up) nothing moves it, and the
 			// acknowledgements Kafka's recovery brings would fail on a
-			// deadline long past. Each write gets mochi's time from now.
-			_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(ackWriteTimeout(cl)))
+			// deadline long past. So writes get mochi's time from now,
+			// the deadline moved only once half of it has passed: moving
+			// it costs more than a write of a few acknowledgements.
+			if now, d := time.Now(), ackWriteTimeout(cl); now.Add(d / 2).After(*deadline) {
+				_ = cl.Net.Conn.SetWriteDeadline(now.Add(d))
+				*deadline = now.Add(d)
+			}
 			_, err := cl.Net.Conn.Write(b)
 			cl.Unlock()
 			if err != nil {
