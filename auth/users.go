@@ -441,12 +441,14 @@ func checkKafkaOverlaps(p *fileProblems, entries []aclEntry, users map[string]*u
 	}
 	for _, pattern := range order {
 		g := byPattern[pattern]
-		if len(g.names) < 2 {
-			continue
-		}
 		names := make([]string, 0, len(g.names))
 		for n := range g.names {
-			names = append(names, n)
+			if substitutable(n) { // %u grants the others nothing
+				names = append(names, n)
+			}
+		}
+		if len(names) < 2 {
+			continue
 		}
 		if a, b, ok := kafkaOverlap(pattern, names); ok {
 			p.addf([]any{"kafka_acls", g.first, "topic"}, "%q gives user %q topics of user %q: some topic matches it for both; rename one of them, or write their rules without %%u",

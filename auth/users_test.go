@@ -400,11 +400,14 @@ func TestUsernameThatPercentUCannotSubstitute(t *testing.T) {
 	u, err := parseUsers("users.yaml", []byte(`users:
   - {username: "`+spiffe+`", groups: [devices]}
   - {username: "$dev", groups: [devices]}
+  - {username: "*", groups: [devices]}
+  - {username: "dev", groups: [devices]}
 acls:
   - {user: "`+spiffe+`", topic: "plant/alice/#", access: publish}
   - {group: devices, topic: "devices/%u/#", access: all}
 kafka_acls:
   - {group: devices, topic: "dev-%u", access: produce}
+  - {group: devices, topic: "dev-%u-*", access: consume}
 `))
 	if err != nil {
 		t.Fatalf("the users file did not load: %v", err)
@@ -419,8 +422,8 @@ kafka_acls:
 		if u.CanPublish(name, "c", "devices/"+name+"/x") || u.CanSubscribe(name, "c", "devices/#") {
 			t.Errorf("%q: devices/%%u/# granted something", name)
 		}
-		if u.CanProduce(name, "dev-"+name) {
-			t.Errorf("%q: dev-%%u granted something", name)
+		if u.CanProduce(name, "dev-"+name) || u.CanConsume(name, "dev-"+name+"-x") {
+			t.Errorf("%q: dev-%%u or dev-%%u-* granted something", name)
 		}
 	}
 }

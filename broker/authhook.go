@@ -433,7 +433,10 @@ func (h *authHook) revoke(old *auth.Users, clients map[string]*mqtt.Client) int 
 		// DISCONNECT's write, and the client's lock, indefinitely: the
 		// deadline ends it, and each client gets its own goroutine so
 		// that one cannot hold up the rest.
-		_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+		if h.ended != nil {
+			h.ended(cl) // first: see ingest.completeAll
+		}
+		_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(endingWriteTimeout))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -478,4 +481,7 @@ func (h *authHook) endLogin(cl *mqtt.Client) {
 		})
 	}
 	cl.Stop(revokedCode)
+	if h.ended != nil {
+		h.ended(cl) // a session the read loop started meanwhile
+	}
 }

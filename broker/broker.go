@@ -366,7 +366,8 @@ func (b *Broker) disconnectAll(timeout time.Duration) {
 			// needs: the deadline ends such a write. Each client is
 			// disconnected on its own goroutine so that one slow client
 			// cannot hold up the others or this deadline.
-			_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+			b.ingest.ended(cl) // first: see completeAll
+			_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(endingWriteTimeout))
 			go b.ingest.disconnect(cl, packets.ErrServerShuttingDown)
 		}
 		select {

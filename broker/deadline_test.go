@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -148,5 +149,19 @@ func TestDrainStopsProducingQoS0(t *testing.T) {
 	}
 	if got := gathered(t, reg, "tributary_mqtt_dropped_total")["reason=shutting_down"]; got != 1 {
 		t.Fatalf(`tributary_mqtt_dropped_total{reason="shutting_down"} = %v, want 1`, got)
+	}
+}
+
+// The ack writer's write deadline is mochi's: one and a half keepalive
+// intervals, and none for a client with keepalive off, to which mochi
+// writes with no deadline (one set here would stay, past, until the
+// client's next packet, which it need never send).
+func TestAckWriteTimeout(t *testing.T) {
+	for keepalive, want := range map[uint16]time.Duration{0: 0, 1: 1500 * time.Millisecond, 30: 45 * time.Second} {
+		cl := &mqtt.Client{}
+		cl.State.Keepalive = keepalive
+		if got := ackWriteTimeout(cl); got != want {
+			t.Errorf("keepalive %d: %v, want %v", keepalive, got, want)
+		}
 	}
 }

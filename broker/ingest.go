@@ -138,16 +138,21 @@ func (h *ingest) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 		h.m.dropped.WithLabelValues("mapping_drop").Inc()
 		return
 	case res.Action == mapping.ActionReject:
-		h.m.dropped.WithLabelValues("unmatched").Inc() // a will cannot be refused
+		h.m.dropped.WithLabelValues("unmatched_will").Inc() // a will cannot be refused
 		return
 	case h.draining.Load():
 		h.m.dropped.WithLabelValues("shutting_down").Inc()
 		return
 	}
-	rec, _ := buildRecord(cl, &pk, &res, received)
+	rec, forged := buildRecord(cl, &pk, &res, received)
 	defer releaseRecord(rec)
+	h.m.forgedHeaders.Add(float64(forged))
 	if err := h.producer.TryProduce(h.produceCtx, rec, nil); err != nil {
-		h.m.dropped.WithLabelValues(dropReason(err)).Inc()
+		reason := dropReason(err)
+		if errors.Is(err, bridge.ErrRecordTooLarge) {
+			reason = "too_large"
+		}
+		h.m.dropped.WithLabelValues(reason).Inc()
 		if h.dropLog.Allow() {
 			h.log.Warn("will not produced (logged at most every 10s)", "client", cl.ID, "topic", pk.TopicName, "error", err)
 		}
@@ -724,6 +729,9 @@ func (h *ingest) closeInTurn(cl *mqtt.Client, code packets.Code) {
 // connection is just closed.
 func (h *ingest) disconnect(cl *mqtt.Client, code packets.Code) {
 	h.ended(cl)
+	// Again once closed: a session the read loop started meanwhile takes
+	// nothing more after that.
+	defer h.ended(cl)
 	if cl.Properties.ProtocolVersion == 5 {
 		_ = h.server.DisconnectClient(cl, code)
 		return
@@ -1059,7 +1067,7 @@ func (s *session) run() {
 			default:
 			}
 		}
-		s.h.completeAll(s.cl, ready, &acks, &s.writeDeadline)
+		s.h.completeAll(s, ready, &acks)
 		if finished {
 			return
 		}
@@ -1068,13 +1076,18 @@ func (s *session) run() {
 
 // ackWriteTimeout is how long a write of acknowledgements may take: the
 // one and a half keepalive intervals mochi gives a connection's reads and
-// writes, or a minute for a client with keepalive off.
+// writes; 0 (no deadline, as mochi sets none) for a client with keepalive
+// off.
 func ackWriteTimeout(cl *mqtt.Client) time.Duration {
-	if k := time.Duration(cl.State.Keepalive) * time.Second; k > 0 {
-		return k + k/2
-	}
-	return time.Minute
+	k := time.Duration(cl.State.Keepalive) * time.Second
+	return k + k/2
 }
+
+// endingWriteTimeout is the deadline Tributary gives a write to a
+// connection it is closing (a takeover, a revoked login, shutdown): a
+// client that does not read its socket would hold the write, and the
+// client's lock, indefinitely.
+const endingWriteTimeout = time.Second
 
 // completeAll acknowledges publishes that Kafka has answered, in order.
 // Acknowledgements are encoded into one buffer and written at once, which
@@ -1082,7 +1095,8 @@ func ackWriteTimeout(cl *mqtt.Client) time.Duration {
 // QoS 1 path; negative ones (MQTT 5) go into the same buffer, so that
 // nothing overtakes them. A failure an MQTT 3 client cannot be told about
 // closes the connection after the acknowledgements before it are written.
-func (h *ingest) completeAll(cl *mqtt.Client, ready []*pending, buf *[]byte, deadline *time.Time) {
+func (h *ingest) completeAll(s *session, ready []*pending, buf *[]byte) {
+	cl := s.cl
 	b := (*buf)[:0]
 	flush := func() {
 		if len(b) == 0 {
@@ -1097,9 +1111,14 @@ func (h *ingest) completeAll(cl *mqtt.Client, ready []*pending, buf *[]byte, dea
 			// deadline long past. So writes get mochi's time from now,
 			// the deadline moved only once half of it has passed: moving
 			// it costs more than a write of a few acknowledgements.
-			if now, d := time.Now(), ackWriteTimeout(cl); now.Add(d / 2).After(*deadline) {
+			if now, d := time.Now(), ackWriteTimeout(cl); d > 0 && now.Add(d/2).After(s.writeDeadline) {
 				_ = cl.Net.Conn.SetWriteDeadline(now.Add(d))
-				*deadline = now.Add(d)
+				s.writeDeadline = now.Add(d)
+				if s.ctx.Err() != nil {
+					// Being closed (ended, then a short deadline to end
+					// a blocked write): keep the short one.
+					_ = cl.Net.Conn.SetWriteDeadline(now.Add(endingWriteTimeout))
+				}
 			}
 			_, err := cl.Net.Conn.Write(b)
 			cl.Unlock()
@@ -1122,6 +1141,9 @@ func (h *ingest) completeAll(cl *mqtt.Client, ready []*pending, buf *[]byte, dea
 			}
 		case e.refused:
 			b = appendAck(b, cl, e.id, e.qos, e.refusal)
+		case errors.Is(e.err, errConnectionEnded):
+			// Neither acknowledged nor refused: the connection is being
+			// closed by whoever ended it, and the client resends.
 		case e.err != nil:
 			if code, ok := h.failure(cl, e); ok {
 				b = appendAck(b, cl, e.id, e.qos, code)
@@ -1206,8 +1228,6 @@ func appendAck(b []byte, cl *mqtt.Client, id uint16, qos byte, code packets.Code
 // transient failure must not be reported as final.
 func (h *ingest) failure(cl *mqtt.Client, e *pending) (code packets.Code, ok bool) {
 	switch {
-	case errors.Is(e.err, errConnectionEnded):
-		// Not a failure: the client sends it again.
 	case errors.Is(e.err, bridge.ErrRecordTooLarge):
 		h.m.rejected.WithLabelValues("too_large").Inc()
 	default:
