@@ -173,23 +173,42 @@ func TestAuthSessionEstablishedAfterReload(t *testing.T) {
 	}
 }
 
-// A login the reloaded users file ends does not get its will published:
-// the will was accepted for a login that is no longer allowed.
-func TestRevokedLoginSendsNoWill(t *testing.T) {
-	hashes := testHashes(t)
-	users := auth.NewLive(usersWithHashes(t, `users:
+// willSetup is a server whose users file lets dev publish to
+// devices/dev/..., and ops to everything; sub (ops) subscribes to
+// devices/#, and dev is connected with a will on devices/dev/status.
+type willSetup struct {
+	s        *authServer
+	users    *auth.Live[auth.Users]
+	hashes   map[string]string
+	sub, dev net.Conn
+}
+
+func startWillSetup(t *testing.T) willSetup {
+	t.Helper()
+	w := willSetup{hashes: testHashes(t)}
+	w.users = auth.NewLive(usersWithHashes(t, `users:
   - {username: dev, password_hash: "{{dev}}"}
   - {username: ops, password_hash: "{{ops}}"}
 acls:
   - {user: dev, topic: "devices/%u/#", access: publish}
   - {user: ops, topic: "#", access: all}
-`, hashes))
-	s := startAuthServer(t, AuthConfig{Users: users})
-	ops, _ := connectRaw(t, s.addr, rawConnect{version: 4, id: "ops", user: "ops", pass: "ops-pw"})
-	subscribe(t, ops, 4, "devices/#", false)
-	if _, ack := connectRaw(t, s.addr, rawConnect{version: 4, id: "dev", user: "dev", pass: "dev-pw", will: "devices/dev/status"}); ack.ReasonCode != 0 {
+`, w.hashes))
+	w.s = startAuthServer(t, AuthConfig{Users: w.users})
+	w.sub, _ = connectRaw(t, w.s.addr, rawConnect{version: 4, id: "sub", user: "ops", pass: "ops-pw"})
+	subscribe(t, w.sub, 4, "devices/#", false)
+	var ack packets.Packet
+	w.dev, ack = connectRaw(t, w.s.addr, rawConnect{version: 4, id: "dev", user: "dev", pass: "dev-pw", will: "devices/dev/status"})
+	if ack.ReasonCode != 0 {
 		t.Fatalf("dev's CONNACK %#x", ack.ReasonCode)
 	}
+	return w
+}
+
+// A login the reloaded users file ends does not get its will published:
+// the will was accepted for a login that is no longer allowed.
+func TestRevokedLoginSendsNoWill(t *testing.T) {
+	w := startWillSetup(t)
+	s, users, hashes, ops := w.s, w.users, w.hashes, w.sub
 
 	old := users.Swap(usersWithHashes(t, `users:
   - {username: ops, password_hash: "{{ops}}"}
@@ -224,21 +243,8 @@ acls:
 // will: mochi would send it, unchecked, when the connection drops. A will
 // the new file still allows is sent as before.
 func TestReloadForgetsWillTheACLsNoLongerAllow(t *testing.T) {
-	hashes := testHashes(t)
-	users := auth.NewLive(usersWithHashes(t, `users:
-  - {username: dev, password_hash: "{{dev}}"}
-  - {username: ops, password_hash: "{{ops}}"}
-acls:
-  - {user: dev, topic: "devices/%u/#", access: publish}
-  - {user: ops, topic: "#", access: all}
-`, hashes))
-	s := startAuthServer(t, AuthConfig{Users: users})
-	sub, _ := connectRaw(t, s.addr, rawConnect{version: 4, id: "sub", user: "ops", pass: "ops-pw"})
-	subscribe(t, sub, 4, "devices/#", false)
-	dev, ack := connectRaw(t, s.addr, rawConnect{version: 4, id: "dev", user: "dev", pass: "dev-pw", will: "devices/dev/status"})
-	if ack.ReasonCode != 0 {
-		t.Fatalf("dev's CONNACK %#x", ack.ReasonCode)
-	}
+	w := startWillSetup(t)
+	s, users, hashes, sub, dev := w.s, w.users, w.hashes, w.sub, w.dev
 	ops, ack := connectRaw(t, s.addr, rawConnect{version: 4, id: "ops-w", user: "ops", pass: "ops-pw", will: "devices/ops/status"})
 	if ack.ReasonCode != 0 {
 		t.Fatalf("ops's CONNACK %#x", ack.ReasonCode)
