@@ -34,6 +34,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -155,7 +156,7 @@ func parseUsers(path string, data []byte) (*Users, error) {
 	}
 	if p.present("kafka_acls") {
 		u.kafka = buildRules(p, "kafka_acls", f.KafkaACLs, u.users, groups, compileKafkaRule)
-		checkKafkaOverlaps(p, f.KafkaACLs, u.users, groups)
+		checkKafkaOverlaps(p, f.KafkaACLs, u.kafka)
 		// A user's consumer groups are <user> and <user>.<anything>: with
 		// users a and a.b, a could take and commit for a.b's groups.
 		for i, e := range f.Users {
@@ -409,50 +410,27 @@ func buildRules[R any](p *fileProblems, key string, entries []aclEntry, users ma
 // checkKafkaOverlaps refuses a Kafka ACL pattern with %u that gives one
 // of the users it is written for topics that are another's under the
 // same pattern (see kafkaOverlap), whether one rule or several grant it.
-func checkKafkaOverlaps(p *fileProblems, entries []aclEntry, users map[string]*user, groups map[string][]string) {
-	type grant struct {
-		first int // the entry reported
-		names map[string]bool
+func checkKafkaOverlaps(p *fileProblems, entries []aclEntry, rules *ruleSet[*kafkaRule]) {
+	names := map[string][]string{} // pattern → the users a rule with it is for
+	for name, rs := range rules.byUser {
+		if !substitutable(name) {
+			continue // %u grants it nothing
+		}
+		for _, r := range rs {
+			if r.usesUser && !slices.Contains(names[r.pattern], name) {
+				names[r.pattern] = append(names[r.pattern], name)
+			}
+		}
 	}
-	byPattern := map[string]*grant{}
-	var order []string
 	for i, e := range entries {
-		if !strings.Contains(e.Topic, "%u") {
+		ns := names[e.Topic]
+		if len(ns) < 2 {
 			continue
 		}
-		g := byPattern[e.Topic]
-		if g == nil {
-			g = &grant{first: i, names: map[string]bool{}}
-			byPattern[e.Topic] = g
-			order = append(order, e.Topic)
-		}
-		switch {
-		case e.User != "":
-			g.names[e.User] = true
-		case e.Group != "":
-			for _, n := range groups[e.Group] {
-				g.names[n] = true
-			}
-		case e.All:
-			for n := range users {
-				g.names[n] = true
-			}
-		}
-	}
-	for _, pattern := range order {
-		g := byPattern[pattern]
-		names := make([]string, 0, len(g.names))
-		for n := range g.names {
-			if substitutable(n) { // %u grants the others nothing
-				names = append(names, n)
-			}
-		}
-		if len(names) < 2 {
-			continue
-		}
-		if a, b, ok := kafkaOverlap(pattern, names); ok {
-			p.addf([]any{"kafka_acls", g.first, "topic"}, "%q gives user %q topics of user %q: some topic matches it for both; rename one of them, or write their rules without %%u",
-				pattern, a, b)
+		delete(names, e.Topic) // reported once, at its first rule
+		if a, b, ok := kafkaOverlap(e.Topic, ns); ok {
+			p.addf([]any{"kafka_acls", i, "topic"}, "%q gives user %q topics of user %q: some topic matches it for both; rename one of them, or write their rules without %%u",
+				e.Topic, a, b)
 		}
 	}
 }

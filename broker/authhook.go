@@ -84,7 +84,8 @@ type authHook struct {
 	// client looks up a connected client or a kept session by client id
 	// (the server's client list); nil skips the session owner check.
 	client func(id string) (*mqtt.Client, bool)
-	// ended is called before a client's login is ended (ingest.ended).
+	// ended is called before a client's login is ended (ingest.ended;
+	// nothing without an ingest).
 	ended func(*mqtt.Client)
 	// publishesChecked is set when the ingest checks every client publish
 	// with canPublish (takePublishChecks); mochi's own check of a publish
@@ -129,6 +130,7 @@ func newAuthHook(cfg AuthConfig, log *slog.Logger) (*authHook, error) {
 		denied:      [2]prometheus.Counter{denied.WithLabelValues("subscribe"), denied.WithLabelValues("publish")},
 		denyLog:     bridge.LogEvery{Interval: 10 * time.Second},
 		done:        make(chan struct{}),
+		ended:       func(*mqtt.Client) {},
 	}
 	for _, r := range []string{reasonBadCredentials, reasonNotAuthorized, reasonAnonymousRefused} {
 		h.failures[r] = failures.WithLabelValues(r)
@@ -433,9 +435,7 @@ func (h *authHook) revoke(old *auth.Users, clients map[string]*mqtt.Client) int 
 		// DISCONNECT's write, and the client's lock, indefinitely: the
 		// deadline ends it, and each client gets its own goroutine so
 		// that one cannot hold up the rest.
-		if h.ended != nil {
-			h.ended(cl) // first: see ingest.completeAll
-		}
+		h.ended(cl) // first: see ingest.completeAll
 		_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(endingWriteTimeout))
 		wg.Add(1)
 		go func() {
@@ -469,9 +469,7 @@ func (h *authHook) recheckWill(users *auth.Users, cl *mqtt.Client) {
 // clients are told why first, as mochi's DisconnectClient would. Its will
 // is not published: it was accepted for a login that is no longer allowed.
 func (h *authHook) endLogin(cl *mqtt.Client) {
-	if h.ended != nil {
-		h.ended(cl)
-	}
+	h.ended(cl)
 	atomic.StoreUint32(&cl.Properties.Will.Flag, 0) // mochi reads it atomically before sending a will
 	if cl.Properties.ProtocolVersion == 5 {
 		_ = cl.WritePacket(packets.Packet{
@@ -481,7 +479,5 @@ func (h *authHook) endLogin(cl *mqtt.Client) {
 		})
 	}
 	cl.Stop(revokedCode)
-	if h.ended != nil {
-		h.ended(cl) // a session the read loop started meanwhile
-	}
+	h.ended(cl) // a session the read loop started meanwhile
 }

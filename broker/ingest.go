@@ -140,22 +140,40 @@ func (h *ingest) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 	case res.Action == mapping.ActionReject:
 		h.m.dropped.WithLabelValues("unmatched_will").Inc() // a will cannot be refused
 		return
-	case h.draining.Load():
-		h.m.dropped.WithLabelValues("shutting_down").Inc()
-		return
 	}
 	rec, forged := buildRecord(cl, &pk, &res, received)
 	defer releaseRecord(rec)
 	h.m.forgedHeaders.Add(float64(forged))
-	if err := h.producer.TryProduce(h.produceCtx, rec, nil); err != nil {
-		reason := dropReason(err)
-		if errors.Is(err, bridge.ErrRecordTooLarge) {
-			reason = "too_large"
-		}
-		h.m.dropped.WithLabelValues(reason).Inc()
-		if h.dropLog.Allow() {
-			h.log.Warn("will not produced (logged at most every 10s)", "client", cl.ID, "topic", pk.TopicName, "error", err)
-		}
+	if err := h.produceBestEffort(cl, pk.TopicName, "will not produced", rec); err != nil {
+		h.drop(cl, pk.TopicName, "will not produced", err)
+	}
+}
+
+// produceBestEffort hands rec (a QoS 0 publish, a will) to the producer
+// without waiting for room, unless the broker is draining for shutdown:
+// the flush waits until the producer is empty, which a steady stream of
+// such records would put off to the flush timeout. A record the producer
+// does not take is dropped (see drop), except one too large, which is
+// returned for the caller to answer.
+func (h *ingest) produceBestEffort(cl *mqtt.Client, topic, what string, rec *bridge.Record) error {
+	if h.draining.Load() {
+		h.m.dropped.WithLabelValues("shutting_down").Inc()
+		return nil
+	}
+	err := h.producer.TryProduce(h.produceCtx, rec, nil)
+	if err == nil || errors.Is(err, bridge.ErrRecordTooLarge) {
+		return err
+	}
+	h.drop(cl, topic, what, err)
+	return nil
+}
+
+// drop counts a record the producer did not take, and logs it as what,
+// at most every 10s.
+func (h *ingest) drop(cl *mqtt.Client, topic, what string, err error) {
+	h.m.dropped.WithLabelValues(dropReason(err)).Inc()
+	if h.dropLog.Allow() {
+		h.log.Warn(what+" (logged at most every 10s)", "client", cl.ID, "topic", topic, "error", err)
 	}
 }
 
@@ -500,19 +518,8 @@ func (h *ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 	// The producer copies the record during the call, so it is reused.
 	defer releaseRecord(rec)
 	if qos == 0 {
-		if h.draining.Load() {
-			// Shutting down: the flush waits until the producer is empty,
-			// which a steady stream of QoS 0 records would put off to
-			// the flush timeout.
-			h.m.dropped.WithLabelValues("shutting_down").Inc()
-		} else if err := h.producer.TryProduce(h.produceCtx, rec, nil); err != nil {
-			if errors.Is(err, bridge.ErrRecordTooLarge) {
-				return h.tooLarge(cl, pk, err)
-			}
-			h.m.dropped.WithLabelValues(dropReason(err)).Inc()
-			if h.dropLog.Allow() {
-				h.log.Warn("QoS 0 publishes dropped (logged at most every 10s)", "client", cl.ID, "topic", pk.TopicName, "error", err)
-			}
+		if err := h.produceBestEffort(cl, pk.TopicName, "QoS 0 publishes dropped", rec); err != nil {
+			return h.tooLarge(cl, pk, err)
 		}
 		if !pk.FixedHeader.Retain && atomic.LoadInt64(&h.server.Info.Subscriptions) == 0 {
 			pk.Ignore = true // nobody to forward it to: skip mochi's subscriber lookup
@@ -751,6 +758,8 @@ func (h *ingest) tooLarge(cl *mqtt.Client, pk packets.Packet, err error) (packet
 
 func dropReason(err error) string {
 	switch {
+	case errors.Is(err, bridge.ErrRecordTooLarge):
+		return "too_large"
 	case errors.Is(err, bridge.ErrBudgetExhausted):
 		return "budget_exhausted"
 	case errors.Is(err, bridge.ErrUnknownTopic):

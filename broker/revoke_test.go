@@ -16,6 +16,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/tributary-io/tributary/auth"
+	"github.com/tributary-io/tributary/internal/testutil"
 )
 
 // testHashes returns bcrypt hashes of "dev-pw" and "ops-pw" for the users
@@ -219,16 +220,10 @@ acls:
 		t.Fatalf("revoke disconnected %d clients, want 1", n)
 	}
 	// mochi sends a will before it forgets the client.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, ok := s.srv.Clients.Get("dev"); !ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("dev is still listed 10 s after it was revoked")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.WaitFor(t, 10*time.Second, "dev no longer listed after it was revoked", func() bool {
+		_, ok := s.srv.Clients.Get("dev")
+		return !ok
+	})
 	writePackets(t, ops, packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish}, ProtocolVersion: 4,
 		TopicName: "devices/dev/status", Payload: []byte("marker"),
@@ -265,16 +260,10 @@ acls:
 	gone := func(id string, conn net.Conn) {
 		t.Helper()
 		conn.Close() // no DISCONNECT: the will is due
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			if cl, ok := s.srv.Clients.Get(id); !ok || cl.Closed() {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s is still connected 10 s after its socket closed", id)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		testutil.WaitFor(t, 10*time.Second, id+" disconnected after its socket closed", func() bool {
+			cl, ok := s.srv.Clients.Get(id)
+			return !ok || cl.Closed()
+		})
 	}
 	gone("dev", dev)
 	gone("ops-w", ops)
