@@ -20,8 +20,22 @@ readonly KAFKA_HOME="$CACHE_ROOT/kafka-$KAFKA_VERSION"
 readonly LIBS="$KAFKA_HOME/libs"
 readonly STAMP="$KAFKA_HOME/complete.txt"
 readonly RUN_DIR="${TRIBUTARY_KAFKA_DIR:-/tmp/tributary-kafka}"
-readonly PORT="${KAFKA_PORT:-39092}"
-readonly CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-39093}"
+# The default ports lie below Linux's ephemeral range (32768-60999): a port
+# inside it can be held at any moment by some outgoing connection's local
+# end, which no "is it listening" check sees, and the broker's bind then
+# fails. When the ports are not given, start also moves on to the next pair
+# (+100) if the broker still fails to bind; the pair in use is kept in the
+# run directory, and "bootstrap" prints it.
+readonly DEFAULT_PORT=19092
+readonly DEFAULT_CONTROLLER_PORT=19093
+PORT="${KAFKA_PORT:-$DEFAULT_PORT}"
+CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-$DEFAULT_CONTROLLER_PORT}"
+if [[ -n "${KAFKA_PORT:-}" || -n "${KAFKA_CONTROLLER_PORT:-}" ]]; then
+  readonly PORTS_GIVEN=1
+else
+  readonly PORTS_GIVEN=0
+fi
+readonly START_ATTEMPTS=5
 readonly HOST=127.0.0.1
 readonly START_TIMEOUT="${KAFKA_START_TIMEOUT:-120}"
 readonly STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-30}"
@@ -32,6 +46,7 @@ readonly LOG_FILE="$RUN_DIR/kafka.log"
 readonly CONFIG_FILE="$RUN_DIR/server.properties"
 readonly LOG4J_FILE="$RUN_DIR/log4j2.properties"
 readonly MARKER="$RUN_DIR/.tributary-kafka"
+readonly PORTS_FILE="$RUN_DIR/ports"
 readonly LOCK_FILE="${RUN_DIR%/}.lock"
 
 log() { printf 'kafka.sh: %s\n' "$*"; }
@@ -47,7 +62,8 @@ Commands:
   stop       stop the broker and delete its run directory
   status     exit 0 if the broker is running (prints pid and address)
   pid        print only the running broker's pid (for tributary-bench --kafka-pid)
-  bootstrap  print the bootstrap address ($HOST:$PORT)
+  bootstrap  print the bootstrap address (the running broker's, else
+             $HOST:$PORT)
   fetch      only download the broker jars into the cache
   logs       print the tail of the broker log
   logs-problems  print the broker log's last 60 WARN and ERROR lines and
@@ -57,8 +73,10 @@ Commands:
 
 Environment (defaults in brackets):
   KAFKA_VERSION          Kafka release from Maven Central [4.3.1]
-  KAFKA_PORT             PLAINTEXT listener port on $HOST [39092]
-  KAFKA_CONTROLLER_PORT  KRaft controller listener port [39093]
+  KAFKA_PORT             PLAINTEXT listener port on $HOST [$DEFAULT_PORT; if
+                         neither port is given and that pair is taken, the
+                         next free pair +100, +200, ...]
+  KAFKA_CONTROLLER_PORT  KRaft controller listener port [$DEFAULT_CONTROLLER_PORT]
   TRIBUTARY_CACHE        jar cache root [\$HOME/.cache/tributary]
   TRIBUTARY_KAFKA_DIR    run directory [/tmp/tributary-kafka]
   KAFKA_START_TIMEOUT    seconds to wait for readiness [120]
@@ -113,6 +131,18 @@ running_pid() {
   cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
   [[ "$cmdline" == *kafka.Kafka*"$CONFIG_FILE"* ]] || return 1
   printf '%s\n' "$pid"
+}
+
+# use_running_ports makes PORT and CONTROLLER_PORT those of the broker this
+# run directory holds, when the caller gave none.
+use_running_ports() {
+  [[ "$PORTS_GIVEN" == 0 && -f "$PORTS_FILE" ]] || return 0
+  local p c
+  read -r p c <"$PORTS_FILE" || return 0
+  if [[ "$p" =~ ^[0-9]+$ && "$c" =~ ^[0-9]+$ ]]; then
+    PORT="$p"
+    CONTROLLER_PORT="$c"
+  fi
 }
 
 # A real metadata round trip against the PLAINTEXT listener: the broker must
@@ -294,10 +324,18 @@ tail_log() {
   fi
 }
 
+# wait_ready returns once the broker answers, or once it exited because a
+# port was taken after all, with BIND_FAILED=1 (start then tries the next
+# pair); it dies on any other failure.
+BIND_FAILED=0
 wait_ready() {
   local pid="$1" deadline=$((SECONDS + START_TIMEOUT))
   while ((SECONDS < deadline)); do
     if ! kill -0 "$pid" 2>/dev/null; then
+      if grep -q 'Address already in use' "$LOG_FILE" 2>/dev/null; then
+        BIND_FAILED=1
+        return 0
+      fi
       tail_log
       die "Kafka exited during startup"
     fi
@@ -319,23 +357,53 @@ do_start() {
     fi
     log "Kafka process $pid exists but is not ready yet; waiting"
     wait_ready "$pid"
+    ((BIND_FAILED == 0)) || die "Kafka exited during startup: a port was already in use"
     log "Kafka ready (pid $pid) at $HOST:$PORT"
     return 0
   fi
 
   require_java
-  for p in "$PORT" "$CONTROLLER_PORT"; do
-    if port_open "$p"; then
-      die "port $HOST:$p is already in use by another process"
-    fi
-  done
-
   fetch
 
+  local attempt
+  for ((attempt = 1; ; attempt++)); do
+    if [[ "$PORTS_GIVEN" == 0 ]]; then
+      while port_open "$PORT" || port_open "$CONTROLLER_PORT"; do
+        log "port $HOST:$PORT or $HOST:$CONTROLLER_PORT is taken; trying $((PORT + 100))/$((CONTROLLER_PORT + 100))"
+        PORT=$((PORT + 100))
+        CONTROLLER_PORT=$((CONTROLLER_PORT + 100))
+      done
+    else
+      for p in "$PORT" "$CONTROLLER_PORT"; do
+        if port_open "$p"; then
+          die "port $HOST:$p is already in use by another process"
+        fi
+      done
+    fi
+    start_once
+    ((BIND_FAILED == 0)) && break
+    if [[ "$PORTS_GIVEN" == 1 || attempt -ge START_ATTEMPTS ]]; then
+      tail_log
+      die "Kafka exited during startup: $HOST:$PORT or $HOST:$CONTROLLER_PORT was already in use"
+    fi
+    log "Kafka could not bind $HOST:$PORT or $HOST:$CONTROLLER_PORT (taken after all); trying $((PORT + 100))/$((CONTROLLER_PORT + 100))"
+    PORT=$((PORT + 100))
+    CONTROLLER_PORT=$((CONTROLLER_PORT + 100))
+  done
+  local version
+  version="$(grep -m1 -o 'Kafka version: [^ ]*' "$LOG_FILE" | awk '{print $3}' || true)"
+  log "Kafka ${version:-$KAFKA_VERSION} ready at $HOST:$PORT (pid $(<"$PID_FILE")) after $((SECONDS - started))s"
+}
+
+# start_once formats fresh storage and starts the broker on PORT and
+# CONTROLLER_PORT; BIND_FAILED=1 says the broker found a port taken.
+start_once() {
+  local pid
   # Fresh state on every start.
   remove_run_dir
   mkdir -p "$RUN_DIR/data"
   : >"$MARKER"
+  printf '%s %s\n' "$PORT" "$CONTROLLER_PORT" >"$PORTS_FILE"
   write_config
 
   local cluster_id
@@ -374,10 +442,8 @@ do_start() {
   [[ -s "$PID_FILE" ]] || die "Kafka did not record its pid in $PID_FILE"
   pid="$(<"$PID_FILE")"
 
+  BIND_FAILED=0
   wait_ready "$pid"
-  local version
-  version="$(grep -m1 -o 'Kafka version: [^ ]*' "$LOG_FILE" | awk '{print $3}' || true)"
-  log "Kafka ${version:-$KAFKA_VERSION} ready at $HOST:$PORT (pid $pid) after $((SECONDS - started))s"
 }
 
 do_stop() {
@@ -425,6 +491,7 @@ signal_broker() {
 }
 
 main() {
+  use_running_ports
   case "${1:-}" in
     pause) signal_broker STOP ;;
     resume) signal_broker CONT ;;
