@@ -253,9 +253,11 @@ func (a *Authenticator) canConsume(ctx context.Context, topic string) bool {
 
 // sessionKey names a socket for the clientId replacement rule: per
 // authenticated user, so that one user cannot close another's socket by
-// reusing its clientId.
+// reusing its clientId. The user and clientId are quoted: joined with a
+// separator they may hold themselves, user "a" with clientId "b/x" and
+// user "a/b" with clientId "x" would share a key.
 func sessionKey(path string, r *http.Request, clientID string) string {
-	return path + "/" + userOf(r.Context()).user + "/" + clientID
+	return path + " " + strconv.Quote(userOf(r.Context()).user) + " " + strconv.Quote(clientID)
 }
 
 // consumerGroup applies the per-user naming of consumer groups that comes

@@ -138,3 +138,27 @@ func TestRevokedAfterReload(t *testing.T) {
 		t.Fatalf("a removed token: %q, want it revoked", why)
 	}
 }
+
+// Sockets of two users are never one session, whatever their names and
+// clientIds hold: user "a" with clientId "b/x" does not replace user
+// "a/b"'s socket with clientId "x".
+func TestSessionKeySeparatesUsers(t *testing.T) {
+	key := func(user, clientID string) string {
+		r := httptest.NewRequest(http.MethodGet, "/socket/in", nil)
+		r = r.WithContext(context.WithValue(r.Context(), userKey{}, principal{user: user, method: "basic"}))
+		return sessionKey("in", r, clientID)
+	}
+	for _, pair := range [][2][2]string{
+		{{"a", "b/x"}, {"a/b", "x"}},
+		{{"a", `b" "x`}, {`a" "b`, "x"}},
+		{{"a", "b x"}, {"a b", "x"}},
+	} {
+		k1, k2 := key(pair[0][0], pair[0][1]), key(pair[1][0], pair[1][1])
+		if k1 == k2 {
+			t.Fatalf("user %q clientId %q and user %q clientId %q share the session key %q", pair[0][0], pair[0][1], pair[1][0], pair[1][1], k1)
+		}
+	}
+	if key("a", "c") != key("a", "c") {
+		t.Fatal("one user's one clientId gives two keys")
+	}
+}

@@ -97,7 +97,10 @@ func appendValue(dst, b []byte, f format) []byte {
 			return appendFormat(appendString(dst, b), f)
 		}
 	case formatJSON:
-		if json.Valid(b) {
+		// json.Valid lets invalid UTF-8 inside strings through, and a text
+		// frame that is not UTF-8 makes the client fail the connection
+		// (RFC 6455 §8.1).
+		if json.Valid(b) && utf8.Valid(b) {
 			return appendFormat(appendCompact(dst, b), f)
 		}
 	case formatInt:

@@ -39,7 +39,7 @@ func decodeValue(b []byte, f format) outValue {
 			return outValue{Value: s, Format: "string"}
 		}
 	case formatJSON:
-		if json.Valid(b) {
+		if json.Valid(b) && utf8.Valid(b) {
 			return outValue{Value: json.RawMessage(b), Format: "json"}
 		}
 	case formatInt:
@@ -170,8 +170,13 @@ func checkRecord(t *testing.T, r *bridge.ConsumedRecord, kt, vt format) {
 	if err != nil {
 		t.Fatalf("marshal: %v", err)
 	}
-	if got := appendRecord(nil, r, kt, vt); !bytes.Equal(got, want) {
+	got := appendRecord(nil, r, kt, vt)
+	if !bytes.Equal(got, want) {
 		t.Fatalf("key %s value %s:\ngot  %q\nwant %q", kt, vt, got, want)
+	}
+	// A text frame must be UTF-8: a client fails the connection otherwise.
+	if !utf8.Valid(got) {
+		t.Fatalf("key %s value %s: the frame is not UTF-8: %q", kt, vt, got)
 	}
 }
 

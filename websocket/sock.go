@@ -152,6 +152,10 @@ func (a *API) refuse(ws *websocket.Conn, frame errorFrame, reason string) {
 	a.refuseWith(ws, frame, websocket.ClosePolicyViolation, reason)
 }
 
+// refusedReadLimit bounds what a refused socket's client can make the
+// server read while it waits for the close handshake.
+const refusedReadLimit = 4096
+
 // refuseWith is refuse with another close code (1001 when the server is
 // shutting down: nothing was wrong with the request).
 func (a *API) refuseWith(ws *websocket.Conn, frame errorFrame, code int, reason string) {
@@ -162,6 +166,10 @@ func (a *API) refuseWith(ws *websocket.Conn, frame errorFrame, code int, reason 
 	}
 	_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, closeReason(reason)), time.Now().Add(time.Second))
 	// Give the client a moment to answer the close frame, then drop it.
+	// The socket has no read limit yet (newSock sets it), and ReadMessage
+	// would hold a whole frame in memory: a refused client gets a small
+	// one, past which gorilla ends the read.
+	ws.SetReadLimit(refusedReadLimit)
 	_ = ws.SetReadDeadline(time.Now().Add(2 * time.Second))
 	for {
 		if _, _, err := ws.ReadMessage(); err != nil {
