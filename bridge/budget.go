@@ -9,16 +9,27 @@ import (
 // Acquire blocks (the caller is a publishing socket's read loop, so blocking
 // there is what stops the bridge reading from that socket); TryAcquire never
 // blocks and is for best-effort traffic.
+//
+// Waiters are served in the order they came, and nobody takes bytes past
+// one that waits: freed bytes go to the first waiter until it fits. A
+// large record waiting for the budget to empty would otherwise wait for
+// as long as smaller records (best-effort ones among them) kept taking
+// each byte freed.
 type budget struct {
 	mu      sync.Mutex
 	limit   int64
 	used    int64
-	waiters int
-	freed   chan struct{} // closed and replaced whenever bytes are released while someone waits
+	waiting []*budgetWaiter // in arrival order
+}
+
+type budgetWaiter struct {
+	n     int64
+	ready chan struct{} // closed once the bytes are taken for this waiter
+	taken bool
 }
 
 func newBudget(limit int64) *budget {
-	return &budget{limit: limit, freed: make(chan struct{})}
+	return &budget{limit: limit}
 }
 
 // clamp keeps a single record that is larger than the whole budget from
@@ -30,11 +41,12 @@ func (b *budget) clamp(n int64) int64 {
 	return n
 }
 
-// TryAcquire takes n bytes (at most the limit: see clamp) if they are free now.
+// TryAcquire takes n bytes (at most the limit: see clamp) if they are free
+// now and nobody waits for bytes.
 func (b *budget) TryAcquire(n int64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.used+n > b.limit {
+	if len(b.waiting) > 0 || b.used+n > b.limit {
 		return false
 	}
 	b.used += n
@@ -42,30 +54,54 @@ func (b *budget) TryAcquire(n int64) bool {
 }
 
 // Acquire takes n bytes (at most the limit: see clamp), waiting until they
-// are free or ctx ends.
+// are free, after those who waited first, or until ctx ends.
 func (b *budget) Acquire(ctx context.Context, n int64) error {
-	for {
-		b.mu.Lock()
-		if b.used+n <= b.limit {
-			b.used += n
-			b.mu.Unlock()
-			return nil
-		}
-		b.waiters++
-		ch := b.freed
+	b.mu.Lock()
+	if len(b.waiting) == 0 && b.used+n <= b.limit {
+		b.used += n
 		b.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			b.mu.Lock()
-			b.waiters--
-			b.mu.Unlock()
-			return ctx.Err()
-		}
-		b.mu.Lock()
-		b.waiters--
-		b.mu.Unlock()
+		return nil
 	}
+	w := &budgetWaiter{n: n, ready: make(chan struct{})}
+	b.waiting = append(b.waiting, w)
+	b.mu.Unlock()
+	select {
+	case <-w.ready:
+		return nil
+	case <-ctx.Done():
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if w.taken {
+		// Granted as ctx ended: give the bytes back.
+		b.used -= n
+	} else {
+		for i, o := range b.waiting {
+			if o == w {
+				b.waiting = append(b.waiting[:i], b.waiting[i+1:]...)
+				break
+			}
+		}
+	}
+	b.grant()
+	return ctx.Err()
+}
+
+// grant takes bytes for the waiters at the head of the queue while they
+// fit. It is called with b.mu held.
+func (b *budget) grant() {
+	for len(b.waiting) > 0 {
+		w := b.waiting[0]
+		if b.used+w.n > b.limit {
+			return
+		}
+		b.used += w.n
+		w.taken = true
+		close(w.ready)
+		b.waiting[0] = nil
+		b.waiting = b.waiting[1:]
+	}
+	b.waiting = nil
 }
 
 // Release returns n bytes, which may be the sum of several acquisitions
@@ -73,9 +109,8 @@ func (b *budget) Acquire(ctx context.Context, n int64) error {
 func (b *budget) Release(n int64) {
 	b.mu.Lock()
 	b.used -= n
-	if b.waiters > 0 {
-		close(b.freed)
-		b.freed = make(chan struct{})
+	if len(b.waiting) > 0 {
+		b.grant()
 	}
 	b.mu.Unlock()
 }

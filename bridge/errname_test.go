@@ -1,9 +1,13 @@
 package bridge
 
 import (
+	"errors"
 	"testing"
+	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // records_failed_total's error label names the error, not its number.
@@ -22,5 +26,25 @@ func TestErrorName(t *testing.T) {
 	}
 	if got := errorName(kafka.ErrorCode(31999)); got != "code_31999" {
 		t.Errorf("a code librdkafka does not know: %q, want code_31999", got)
+	}
+}
+
+// A record whose topic was deleted is counted under the Kafka error's
+// name, not "unknown": ErrTopicGone keeps the error it wraps.
+func TestTopicGoneKeepsTheKafkaError(t *testing.T) {
+	p := &Producer{cfg: ProducerConfig{CreateTopics: true}}
+	p.topics = &topics{p: p, known: map[string]*topicState{}}
+	err := p.topicGone("t", kafka.NewError(kafka.ErrUnknownTopicOrPart, "Broker: Unknown topic or partition", false))
+	if !errors.Is(err, ErrTopicGone) {
+		t.Fatalf("%v is not ErrTopicGone", err)
+	}
+	m := newProducerMetrics(prometheus.NewRegistry(), newBudget(1))
+	m.observe(Delivery{Topic: "t", Err: err}, time.Time{}, nil)
+	var got dto.Metric
+	if err := m.failed.WithLabelValues("t", "unknown_topic_or_part").Write(&got); err != nil {
+		t.Fatal(err)
+	}
+	if got.GetCounter().GetValue() != 1 {
+		t.Fatalf("records_failed_total{error=\"unknown_topic_or_part\"} = %v, want 1", got.GetCounter().GetValue())
 	}
 }

@@ -143,7 +143,7 @@ func (p *Producer) topicGone(topic string, err error) error {
 		return err
 	}
 	p.topics.forget(topic)
-	return fmt.Errorf("%w: %v", ErrTopicGone, err)
+	return fmt.Errorf("%w: %w", ErrTopicGone, err) // both: records_failed_total names the Kafka error
 }
 
 // topicRefused reports whether err refuses the record's topic, whatever
@@ -441,6 +441,7 @@ func (p *Producer) produce(ctx context.Context, lane int, rec *Record, h Deliver
 		Opaque:         env,
 	}
 	p.outstanding.Add(1)
+	waited := false
 	for {
 		// Counted before this check: Close sets closing, then waits for
 		// outstanding records, so either it waits for this call or the
@@ -454,7 +455,10 @@ func (p *Producer) produce(ctx context.Context, lane int, rec *Record, h Deliver
 		}
 		var ke kafka.Error
 		if errors.As(err, &ke) && ke.Code() == kafka.ErrQueueFull && wait {
-			p.metrics.queueFull.Inc()
+			if !waited { // once per record, not per poll
+				waited = true
+				p.metrics.queueFull.Inc()
+			}
 			select {
 			case <-p.delivered:
 			case <-time.After(10 * time.Millisecond):
@@ -714,7 +718,7 @@ func newProducerMetrics(reg prometheus.Registerer, b *budget) *producerMetrics {
 		}),
 		queueFull: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "tributary", Subsystem: "kafka", Name: "queue_full_waits_total",
-			Help: "Times a produce waited because librdkafka's local queue was full.",
+			Help: "Records that waited because librdkafka's local queue was full.",
 		}),
 	}
 	inflight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
