@@ -195,8 +195,11 @@ func NewConsumer(cfg ConsumerConfig, log *slog.Logger) (*Consumer, error) {
 		"queued.max.messages.kbytes": 8192,
 		// A resumed partition waits for the fetch in flight; keep it short.
 		"fetch.wait.max.ms": 100,
+		// librdkafka refuses a consumer whose max.poll.interval.ms (default
+		// 5 minutes) is below its session timeout.
+		"max.poll.interval.ms": int(max(cfg.SessionTimeout, 5*time.Minute) / time.Millisecond),
 	} {
-		if _, userSet := cfg.Properties[k]; userSet && (k == "queued.max.messages.kbytes" || k == "heartbeat.interval.ms" || k == "fetch.wait.max.ms") {
+		if _, userSet := cfg.Properties[k]; userSet && (k == "queued.max.messages.kbytes" || k == "heartbeat.interval.ms" || k == "fetch.wait.max.ms" || k == "max.poll.interval.ms") {
 			continue
 		}
 		cm[k] = v

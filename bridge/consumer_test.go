@@ -367,3 +367,20 @@ func TestConsumerReadsPartitionPausedAcrossRebalance(t *testing.T) {
 		t.Fatal("no record in 30s: the partition given back stayed paused")
 	}
 }
+
+// A session timeout past librdkafka's default max.poll.interval.ms (5
+// minutes), which websocket.session_timeout allows up to 30m, still makes
+// a consumer: librdkafka refuses one whose poll interval is the shorter.
+func TestConsumerWithALongSessionTimeout(t *testing.T) {
+	cons, err := NewConsumer(ConsumerConfig{
+		Bootstrap:      "127.0.0.1:1",
+		GroupID:        "g",
+		ClientID:       "c",
+		Topics:         []string{"t"},
+		SessionTimeout: 10 * time.Minute,
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatalf("a consumer with a 10m session timeout: %v", err)
+	}
+	cons.Close()
+}

@@ -440,9 +440,28 @@ func (c *Config) Validate() error {
 		add("%s %s: must be positive", settingName("kafka.flush_timeout"), c.Kafka.FlushTimeout)
 	}
 	for k, v := range c.Kafka.Properties {
+		if name, ok := propertyAliases[k]; ok {
+			if _, both := c.Kafka.Properties[name]; both {
+				add("kafka.properties.%s and kafka.properties.%s: the two are one librdkafka property under two names; set one", k, name)
+			}
+		}
 		switch {
-		case k == "bootstrap.servers":
-			add("kafka.properties.bootstrap.servers: set kafka.bootstrap (--kafka-bootstrap) instead")
+		case k == "bootstrap.servers" || k == "metadata.broker.list":
+			add("kafka.properties.%s: set kafka.bootstrap (--kafka-bootstrap) instead", k)
+		case strings.HasPrefix(k, "{topic}."):
+			// confluent-kafka-go sets these as a default topic
+			// configuration that replaces, in an order that changes from
+			// run to run, the topic-level settings Tributary makes
+			// (partitioner, auto.offset.reset).
+			add("kafka.properties.%s: write %s without the {topic}. prefix; topic-level properties apply to every topic", k, strings.TrimPrefix(k, "{topic}."))
+		case k == "transactional.id":
+			add("kafka.properties.transactional.id: Tributary's producers are not transactional; every record would be refused")
+		case k == "group.instance.id":
+			add("kafka.properties.group.instance.id: each WebSocket consumer is a member of its own; one static id shared by all of them would have each fence the one before")
+		case k == "max.poll.interval.ms":
+			if ms, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && time.Duration(ms)*time.Millisecond < c.WebSocket.SessionTimeout {
+				add("kafka.properties.max.poll.interval.ms %q: must be at least websocket.session_timeout (%s), which is the consumers' session.timeout.ms", v, c.WebSocket.SessionTimeout)
+			}
 		case k == "partition.assignment.strategy" && strings.Contains(v, "cooperative"):
 			// The WebSocket consumers take and give back whole
 			// assignments at each rebalance (eager); incremental
@@ -528,6 +547,30 @@ func parseAddr(addr string) (host string, port int, err error) {
 // anyHost reports whether a listen host binds every address.
 func anyHost(host string) bool {
 	return host == "" || host == "0.0.0.0" || host == "::"
+}
+
+// propertyAliases maps other names librdkafka takes for properties that
+// Tributary sets itself to the names Tributary sets them by. Given both
+// names, the client would apply them in an order that changes from run to
+// run.
+var propertyAliases = map[string]string{
+	"request.required.acks":  "acks",
+	"queue.buffering.max.ms": "linger.ms",
+	"metadata.broker.list":   "bootstrap.servers",
+}
+
+// ClientProperties returns Properties for the Kafka clients, a property
+// given by another name (request.required.acks) under the name Tributary
+// sets it by (acks), so that the user's value is the one applied.
+func (k KafkaConfig) ClientProperties() map[string]string {
+	props := make(map[string]string, len(k.Properties))
+	for name, v := range k.Properties {
+		if to, ok := propertyAliases[name]; ok {
+			name = to
+		}
+		props[name] = v
+	}
+	return props
 }
 
 // Redacted returns a copy safe to print: values of librdkafka properties

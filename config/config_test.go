@@ -3,6 +3,7 @@ package config
 import (
 	"bytes"
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -653,5 +654,51 @@ func TestClientAuthProblemReportedOnce(t *testing.T) {
 		if n := strings.Count(err.Error(), "client_auth"); n != 1 {
 			t.Errorf("client_auth %q: %d mentions of client_auth, want 1:\n%v", value, n, err)
 		}
+	}
+}
+
+// kafka.properties that would make the clients behave differently from
+// one run to the next, or fail every record or socket once running, are
+// refused at load, each named.
+func TestKafkaPropertiesThatBreakTheClients(t *testing.T) {
+	file := writeFile(t, "kafka:\n  properties:\n"+
+		"    '{topic}.partitioner': random\n"+
+		"    transactional.id: tx\n"+
+		"    group.instance.id: member-1\n"+
+		"    max.poll.interval.ms: 5000\n"+
+		"    acks: all\n    request.required.acks: 1\n"+
+		"    metadata.broker.list: k:9092\n")
+	_, _, err := Load(Options{Args: []string{"--config", file}, CheckKafkaProperties: func(map[string]string) []PropertyProblem { return nil }})
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("err = %v, want *Error", err)
+	}
+	for _, want := range []string{
+		"kafka.properties.{topic}.partitioner: write partitioner without the {topic}. prefix",
+		"kafka.properties.transactional.id: Tributary's producers are not transactional",
+		"kafka.properties.group.instance.id: each WebSocket consumer",
+		`kafka.properties.max.poll.interval.ms "5000": must be at least websocket.session_timeout (10s)`,
+		"kafka.properties.request.required.acks and kafka.properties.acks: the two are one librdkafka property under two names",
+		"kafka.properties.metadata.broker.list: set kafka.bootstrap (--kafka-bootstrap) instead",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("no problem says %q in:\n%s", want, err)
+		}
+	}
+	if len(ce.Problems) != 6 {
+		t.Errorf("%d problems, want 6:\n%s", len(ce.Problems), err)
+	}
+
+	// Given by its other name alone, a property reaches the clients under
+	// the name Tributary sets it by, so the user's value is the one used.
+	file = writeFile(t, "kafka:\n  properties:\n    request.required.acks: 1\n    enable.idempotence: 'false'\n    queue.buffering.max.ms: 20\n    max.poll.interval.ms: 600000\n")
+	cfg, _, err := Load(Options{Args: []string{"--config", file}, CheckKafkaProperties: func(map[string]string) []PropertyProblem { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := cfg.Kafka.ClientProperties()
+	want := map[string]string{"acks": "1", "enable.idempotence": "false", "linger.ms": "20", "max.poll.interval.ms": "600000"}
+	if !maps.Equal(got, want) {
+		t.Fatalf("ClientProperties = %v, want %v", got, want)
 	}
 }

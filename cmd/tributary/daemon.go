@@ -94,7 +94,7 @@ func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 	}
 	d.producer, err = bridge.NewProducer(bridge.ProducerConfig{
 		Bootstrap:              bootstrap,
-		Properties:             cfg.Kafka.Properties,
+		Properties:             cfg.Kafka.ClientProperties(),
 		MaxMessageBytes:        cfg.Kafka.MaxMessageBytes,
 		InflightBudgetBytes:    cfg.Kafka.InflightBudgetBytes,
 		CreateTopics:           cfg.Kafka.CreateTopics,
@@ -168,7 +168,7 @@ func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 				SendQueue:      cfg.WebSocket.SendQueue,
 				Consumer: bridge.ConsumerConfig{
 					Bootstrap:      bootstrap,
-					Properties:     cfg.Kafka.Properties,
+					Properties:     cfg.Kafka.ClientProperties(),
 					SessionTimeout: cfg.WebSocket.SessionTimeout,
 				},
 				Registerer: d.registry,
