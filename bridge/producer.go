@@ -232,6 +232,7 @@ type Producer struct {
 
 	delivered   chan struct{} // signalled after each delivery report, for queue-full waits
 	outstanding atomic.Int64  // records produced whose handler has not run yet
+	inProduce   atomic.Int64  // callers inside librdkafka's produce call; Close waits for them
 	ready       atomic.Bool
 	closing     atomic.Bool
 	closeOnce   sync.Once
@@ -456,10 +457,13 @@ func (p *Producer) produce(ctx context.Context, lane int, rec *Record, h Deliver
 		// call sees closing. A call between admit and here (waiting for
 		// budget, say) must not reach a handle Close destroys.
 		err := ErrClosed
+		p.inProduce.Add(1) // Close waits for calls counted here, whatever its context
 		if !p.closing.Load() {
-			if err = p.lanes[lane].Produce(msg, nil); err == nil {
-				return nil
-			}
+			err = p.lanes[lane].Produce(msg, nil)
+		}
+		p.inProduce.Add(-1)
+		if err == nil {
+			return nil
 		}
 		var ke kafka.Error
 		if errors.As(err, &ke) && ke.Code() == kafka.ErrQueueFull && wait {
@@ -690,6 +694,12 @@ func (p *Producer) Close(ctx context.Context) (unacknowledged int) {
 	p.closeOnce.Do(func() {
 		p.closing.Store(true)
 		unacknowledged = p.Flush(ctx)
+		// Flush gives up when ctx ends, and a caller that saw closing
+		// unset may still be in librdkafka's produce call: the handles
+		// must outlive it.
+		for p.inProduce.Load() > 0 {
+			time.Sleep(100 * time.Microsecond)
+		}
 		close(p.stop)
 		p.closeCancel()  // admin requests under way return
 		p.handles.Lock() // no lookup, admin request or readiness poll is left running; none can start

@@ -104,3 +104,42 @@ func unreachableProducer(t *testing.T) *Producer {
 	})
 	return p
 }
+
+// Close with a context already over (the daemon's, after a slow flush)
+// does not destroy the client under a caller still in its produce call:
+// every caller gets its answer, ErrClosed at the latest, and nothing
+// crashes. Callers race Close here; a caller that read "not closing" just
+// before Close began is the case the wait is for.
+func TestCloseWithAnEndedContextWaitsForProduceCalls(t *testing.T) {
+	p := kfakeProducer(t, ProducerConfig{MaxMessageBytes: 1 << 10, InflightBudgetBytes: 1 << 30, AckLinger: time.Millisecond}, "t")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	done := make(chan error, 4)
+	for range 4 {
+		go func() {
+			for {
+				err := p.TryProduce(context.Background(), &Record{Topic: "t", Value: []byte("v")}, DeliveryFunc(func(Delivery) {}))
+				if errors.Is(err, ErrClosed) {
+					done <- nil
+					return
+				}
+				if err != nil && !errors.Is(err, ErrBudgetExhausted) {
+					done <- err
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(50 * time.Millisecond)
+	p.Close(ctx)
+	for range 4 {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("a caller racing Close: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a caller did not get ErrClosed after Close")
+		}
+	}
+}
