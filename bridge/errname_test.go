@@ -38,6 +38,14 @@ func TestTopicGoneKeepsTheKafkaError(t *testing.T) {
 	if !errors.Is(err, ErrTopicGone) {
 		t.Fatalf("%v is not ErrTopicGone", err)
 	}
+	// Whatever Kafka's code, the record is sent again: the topic is
+	// created again for it.
+	for _, code := range []kafka.ErrorCode{kafka.ErrUnknownTopicOrPart, kafka.ErrUnknownTopic} {
+		gone := p.topicGone("t", kafka.NewError(code, "gone", false))
+		if Permanent(gone) || topicRefused(gone) {
+			t.Errorf("a deleted topic's %v: Permanent %v, topicRefused %v; want neither", code, Permanent(gone), topicRefused(gone))
+		}
+	}
 	m := newProducerMetrics(prometheus.NewRegistry(), newBudget(1))
 	m.observe(Delivery{Topic: "t", Err: err}, time.Time{}, nil)
 	var got dto.Metric

@@ -150,6 +150,9 @@ func (p *Producer) topicGone(topic string, err error) error {
 // the record: the topic does not exist (and kafka.create_topics is
 // false), or writing to it is not authorized.
 func topicRefused(err error) bool {
+	if errors.Is(err, ErrTopicGone) {
+		return false // created again for the next record
+	}
 	if errors.Is(err, ErrUnknownTopic) {
 		return true
 	}
@@ -160,6 +163,9 @@ func topicRefused(err error) bool {
 // Permanent reports whether a produce or delivery error will not go away by
 // retrying the same record.
 func Permanent(err error) bool {
+	if errors.Is(err, ErrTopicGone) {
+		return false // the topic is created again for the resend
+	}
 	if errors.Is(err, ErrRecordTooLarge) || errors.Is(err, ErrUnknownTopic) || errors.Is(err, ErrTooManyTopics) {
 		return true
 	}

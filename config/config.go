@@ -456,9 +456,9 @@ func (c *Config) Validate() error {
 			add("kafka.properties.%s: write %s without the {topic}. prefix; topic-level properties apply to every topic", k, strings.TrimPrefix(k, "{topic}."))
 		case k == "transactional.id":
 			add("kafka.properties.transactional.id: Tributary's producers are not transactional; every record would be refused")
-		case k == "group.instance.id":
+		case k == "group.instance.id" && c.WebSocket.Enabled:
 			add("kafka.properties.group.instance.id: each WebSocket consumer is a member of its own; one static id shared by all of them would have each fence the one before")
-		case k == "max.poll.interval.ms":
+		case k == "max.poll.interval.ms" && c.WebSocket.Enabled:
 			if ms, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && time.Duration(ms)*time.Millisecond < c.WebSocket.SessionTimeout {
 				add("kafka.properties.max.poll.interval.ms %q: must be at least websocket.session_timeout (%s), which is the consumers' session.timeout.ms", v, c.WebSocket.SessionTimeout)
 			}

@@ -697,6 +697,13 @@ func TestKafkaPropertiesThatBreakTheClients(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := cfg.Kafka.ClientProperties()
+
+	// Consumer settings matter only with the WebSocket API, which makes
+	// the consumers.
+	file2 := writeFile(t, "websocket:\n  enabled: false\nkafka:\n  properties:\n    group.instance.id: m\n    max.poll.interval.ms: 5000\n")
+	if _, _, err := Load(Options{Args: []string{"--config", file2}, CheckKafkaProperties: func(map[string]string) []PropertyProblem { return nil }}); err != nil {
+		t.Fatalf("consumer settings refused with the WebSocket API off: %v", err)
+	}
 	want := map[string]string{"acks": "1", "enable.idempotence": "false", "linger.ms": "20", "max.poll.interval.ms": "600000"}
 	if !maps.Equal(got, want) {
 		t.Fatalf("ClientProperties = %v, want %v", got, want)

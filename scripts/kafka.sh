@@ -133,10 +133,12 @@ running_pid() {
   printf '%s\n' "$pid"
 }
 
-# use_running_ports makes PORT and CONTROLLER_PORT those of the broker this
-# run directory holds, when the caller gave none.
+# use_running_ports makes PORT and CONTROLLER_PORT those of the broker
+# running from this run directory, when the caller gave none. (A start
+# that failed leaves its ports file behind; with no broker it is ignored.)
 use_running_ports() {
   [[ "$PORTS_GIVEN" == 0 && -f "$PORTS_FILE" ]] || return 0
+  running_pid >/dev/null || return 0
   local p c
   read -r p c <"$PORTS_FILE" || return 0
   if [[ "$p" =~ ^[0-9]+$ && "$c" =~ ^[0-9]+$ ]]; then
@@ -350,6 +352,8 @@ wait_ready() {
 
 do_start() {
   local started=$SECONDS pid
+  # Again under the lock: a start that held it may have moved ports.
+  use_running_ports
   if pid="$(running_pid)"; then
     if probe; then
       log "Kafka already running (pid $pid) at $HOST:$PORT"
