@@ -81,24 +81,3 @@ func TestRecordAtMaxMessageBytes(t *testing.T) {
 		t.Errorf("a record whose headers' framing does not fit: %v", err)
 	}
 }
-
-// A record with nothing in it still counts against the in-flight budget:
-// librdkafka and Tributary keep bookkeeping for each record in flight, so
-// a flood of empty records is bounded by the budget too.
-func TestEmptyRecordCountsAgainstTheBudget(t *testing.T) {
-	p := kfakeProducer(t, ProducerConfig{MaxMessageBytes: 4096, InflightBudgetBytes: 1 << 20, AckLinger: time.Millisecond}, "empty")
-	size, err := p.admit(context.Background(), &Record{Topic: "empty"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if size < recordOverhead {
-		t.Fatalf("an empty record takes %d bytes of the budget, want at least %d", size, recordOverhead)
-	}
-	full, err := p.admit(context.Background(), &Record{Topic: "empty", Value: make([]byte, 1000)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if full != 1000+size {
-		t.Fatalf("a record of 1000 bytes takes %d, want %d", full, 1000+size)
-	}
-}

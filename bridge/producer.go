@@ -422,16 +422,8 @@ func (p *Producer) admit(ctx context.Context, rec *Record) (int64, error) {
 	if err := p.topics.ensure(ctx, rec.Topic); err != nil {
 		return 0, err
 	}
-	return p.budget.clamp(int64(size) + recordOverhead), nil
+	return p.budget.clamp(int64(size)), nil
 }
-
-// recordOverhead is what each record in flight counts against the budget
-// besides its key, value and headers: an estimate of the clients' own
-// bookkeeping for it (librdkafka's message, Tributary's envelope, the
-// delivery report). Without it, records with nothing in them would cost
-// nothing, and memory would be bounded only by librdkafka's queue of a
-// million messages per lane.
-const recordOverhead = 256
 
 func (p *Producer) produce(ctx context.Context, lane int, rec *Record, h DeliveryHandler, size int64, wait bool) error {
 	env := envelopes.Get().(*envelope)
