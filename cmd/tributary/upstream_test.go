@@ -994,7 +994,7 @@ func TestUpstreamLongKafkaOutageKeepsConnection(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Kafka.Bootstrap = o.bootstrap
 	cfg.Kafka.MaxMessageBytes = 1 << 10
-	cfg.Kafka.InflightBudgetBytes = 4 << 10 // about a dozen records
+	cfg.Kafka.InflightBudgetBytes = 4 << 10 // a few dozen records
 	topic := uniq("up-long-outage")
 	up := testUpstream("feed", mq.url(), "feed/#")
 	up.KafkaTopic = topic
