@@ -552,11 +552,10 @@ func anyHost(host string) bool {
 // propertyAliases maps other names librdkafka takes for properties that
 // Tributary sets itself to the names Tributary sets them by. Given both
 // names, the client would apply them in an order that changes from run to
-// run.
+// run. (bootstrap.servers and its other name are refused outright.)
 var propertyAliases = map[string]string{
 	"request.required.acks":  "acks",
 	"queue.buffering.max.ms": "linger.ms",
-	"metadata.broker.list":   "bootstrap.servers",
 }
 
 // ClientProperties returns Properties for the Kafka clients, a property

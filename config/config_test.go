@@ -398,15 +398,8 @@ func TestKafkaPropertySecretsFromFileAndEnv(t *testing.T) {
 // An empty secret file (or one holding only a newline) is a problem: the
 // login it was meant for would fail later without saying why.
 func TestKafkaPropertySecretFileEmpty(t *testing.T) {
-	dir := t.TempDir()
-	pw := filepath.Join(dir, "pw")
-	if err := os.WriteFile(pw, []byte("\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	yml := filepath.Join(dir, "c.yaml")
-	if err := os.WriteFile(yml, []byte("kafka:\n  bootstrap: k:9092\n  properties:\n    sasl.password: ${file:"+pw+"}\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	pw := writeFile(t, "\n")
+	yml := writeFile(t, "kafka:\n  bootstrap: k:9092\n  properties:\n    sasl.password: ${file:"+pw+"}\n")
 	_, _, err := Load(Options{Args: []string{"--config", yml}, LookupEnv: env(nil)})
 	if want := "kafka.properties.sasl.password: ${file:" + pw + "} is empty"; err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("got %v, want a problem containing %q", err, want)
@@ -668,7 +661,7 @@ func TestKafkaPropertiesThatBreakTheClients(t *testing.T) {
 		"    max.poll.interval.ms: 5000\n"+
 		"    acks: all\n    request.required.acks: 1\n"+
 		"    metadata.broker.list: k:9092\n")
-	_, _, err := Load(Options{Args: []string{"--config", file}, CheckKafkaProperties: func(map[string]string) []PropertyProblem { return nil }})
+	_, _, err := Load(Options{Args: []string{"--config", file}})
 	var ce *Error
 	if !errors.As(err, &ce) {
 		t.Fatalf("err = %v, want *Error", err)
@@ -692,7 +685,7 @@ func TestKafkaPropertiesThatBreakTheClients(t *testing.T) {
 	// Given by its other name alone, a property reaches the clients under
 	// the name Tributary sets it by, so the user's value is the one used.
 	file = writeFile(t, "kafka:\n  properties:\n    request.required.acks: 1\n    enable.idempotence: 'false'\n    queue.buffering.max.ms: 20\n    max.poll.interval.ms: 600000\n")
-	cfg, _, err := Load(Options{Args: []string{"--config", file}, CheckKafkaProperties: func(map[string]string) []PropertyProblem { return nil }})
+	cfg, _, err := Load(Options{Args: []string{"--config", file}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -701,7 +694,7 @@ func TestKafkaPropertiesThatBreakTheClients(t *testing.T) {
 	// Consumer settings matter only with the WebSocket API, which makes
 	// the consumers.
 	file2 := writeFile(t, "websocket:\n  enabled: false\nkafka:\n  properties:\n    group.instance.id: m\n    max.poll.interval.ms: 5000\n")
-	if _, _, err := Load(Options{Args: []string{"--config", file2}, CheckKafkaProperties: func(map[string]string) []PropertyProblem { return nil }}); err != nil {
+	if _, _, err := Load(Options{Args: []string{"--config", file2}}); err != nil {
 		t.Fatalf("consumer settings refused with the WebSocket API off: %v", err)
 	}
 	want := map[string]string{"acks": "1", "enable.idempotence": "false", "linger.ms": "20", "max.poll.interval.ms": "600000"}

@@ -350,6 +350,13 @@ wait_ready() {
   die "Kafka did not become ready within ${START_TIMEOUT}s (pid $pid still running; run '$0 stop' to clean up)"
 }
 
+# next_ports moves PORT and CONTROLLER_PORT to the next pair, saying why.
+next_ports() {
+  log "port $HOST:$PORT or $HOST:$CONTROLLER_PORT $1; trying $((PORT + 100))/$((CONTROLLER_PORT + 100))"
+  PORT=$((PORT + 100))
+  CONTROLLER_PORT=$((CONTROLLER_PORT + 100))
+}
+
 do_start() {
   local started=$SECONDS pid
   # Again under the lock: a start that held it may have moved ports.
@@ -373,9 +380,7 @@ do_start() {
   for ((attempt = 1; ; attempt++)); do
     if [[ "$PORTS_GIVEN" == 0 ]]; then
       while port_open "$PORT" || port_open "$CONTROLLER_PORT"; do
-        log "port $HOST:$PORT or $HOST:$CONTROLLER_PORT is taken; trying $((PORT + 100))/$((CONTROLLER_PORT + 100))"
-        PORT=$((PORT + 100))
-        CONTROLLER_PORT=$((CONTROLLER_PORT + 100))
+        next_ports "is taken"
       done
     else
       for p in "$PORT" "$CONTROLLER_PORT"; do
@@ -390,9 +395,7 @@ do_start() {
       tail_log
       die "Kafka exited during startup: $HOST:$PORT or $HOST:$CONTROLLER_PORT was already in use"
     fi
-    log "Kafka could not bind $HOST:$PORT or $HOST:$CONTROLLER_PORT (taken after all); trying $((PORT + 100))/$((CONTROLLER_PORT + 100))"
-    PORT=$((PORT + 100))
-    CONTROLLER_PORT=$((CONTROLLER_PORT + 100))
+    next_ports "could not be bound (taken after all)"
   done
   local version
   version="$(grep -m1 -o 'Kafka version: [^ ]*' "$LOG_FILE" | awk '{print $3}' || true)"

@@ -92,9 +92,10 @@ func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 			configured = append(configured, u.KafkaTopic)
 		}
 	}
+	props := cfg.Kafka.ClientProperties()
 	d.producer, err = bridge.NewProducer(bridge.ProducerConfig{
 		Bootstrap:              bootstrap,
-		Properties:             cfg.Kafka.ClientProperties(),
+		Properties:             props,
 		MaxMessageBytes:        cfg.Kafka.MaxMessageBytes,
 		InflightBudgetBytes:    cfg.Kafka.InflightBudgetBytes,
 		CreateTopics:           cfg.Kafka.CreateTopics,
@@ -168,7 +169,7 @@ func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 				SendQueue:      cfg.WebSocket.SendQueue,
 				Consumer: bridge.ConsumerConfig{
 					Bootstrap:      bootstrap,
-					Properties:     cfg.Kafka.ClientProperties(),
+					Properties:     props,
 					SessionTimeout: cfg.WebSocket.SessionTimeout,
 				},
 				Registerer: d.registry,
