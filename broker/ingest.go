@@ -120,6 +120,15 @@ func (h *ingest) Provides(b byte) bool {
 // counted as dropped and logged. mochi calls this only for a client it
 // still lists, so a delayed will (MQTT 5) whose session has ended by the
 // time it is due reaches local subscribers alone.
+//
+// A will sent as the connection ends keeps the connection's order: it
+// reaches Kafka after the records of the connection's last publishes,
+// even those still awaiting Kafka in the acknowledged lane. A device that
+// publishes "online" at QoS 1 to the topic its will says "offline" on
+// therefore never leaves "online" as the last word in Kafka. mochi sends
+// such a will on the connection's own goroutine, the one that produced
+// with the order, before OnDisconnect forgets it. A delayed will is sent
+// later, from mochi's loop, and keeps no order.
 func (h *ingest) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 	if cl.Net.Inline || bridgeStateTopic(cl.ID, pk.TopicName) {
 		return // an MQTT bridge's state is never produced (see bridgeState)
@@ -143,6 +152,11 @@ func (h *ingest) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 	}
 	rec, forged := buildRecord(cl, &pk, &res, received)
 	defer releaseRecord(rec)
+	if pk.Connect.WillProperties.WillDelayInterval == 0 {
+		if v, ok := h.orders.Load(cl); ok {
+			rec.Order = v.(*bridge.Order)
+		}
+	}
 	h.m.forgedHeaders.Add(float64(forged))
 	if err := h.produceBestEffort(cl, pk.TopicName, "will not produced", rec); err != nil {
 		h.drop(cl, pk.TopicName, "will not produced", err)

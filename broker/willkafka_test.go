@@ -72,3 +72,57 @@ func TestWillIsProduced(t *testing.T) {
 		t.Fatalf("record topic %q key %q value %q headers %v, want device-state, the will's topic as key, \"gone\", mqtt.topic and mqtt.client_id d1", r.Topic, r.Key, r.Value, headers)
 	}
 }
+
+// orderRecorder is a fakeProducer that keeps each record's value and
+// Order, acknowledged or best effort.
+type orderRecorder struct {
+	*fakeProducer
+	mu     sync.Mutex
+	values []string
+	orders []*bridge.Order
+}
+
+func (p *orderRecorder) keep(rec *bridge.Record) {
+	p.mu.Lock()
+	p.values = append(p.values, string(rec.Value))
+	p.orders = append(p.orders, rec.Order)
+	p.mu.Unlock()
+}
+
+func (p *orderRecorder) Produce(ctx context.Context, rec *bridge.Record, h bridge.DeliveryHandler) error {
+	p.keep(rec)
+	return p.fakeProducer.Produce(ctx, rec, h)
+}
+
+func (p *orderRecorder) TryProduce(_ context.Context, rec *bridge.Record, _ bridge.DeliveryHandler) error {
+	p.keep(rec)
+	return nil
+}
+
+// A will sent as its connection drops is produced with the connection's
+// Order, so it reaches Kafka after the connection's QoS 1 records still
+// awaiting Kafka, although it takes the best-effort path: "offline" can
+// never land before the "online" published just before it.
+func TestWillKeepsTheConnectionsOrder(t *testing.T) {
+	p := &orderRecorder{fakeProducer: newFakeProducer()}
+	b := startWithMapping(t, p, mapping.Config{Rules: []mapping.Rule{{Match: `^devices/.*$`, KafkaTopic: "device-state"}}})
+	dev, _ := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 4, id: "d1", will: "devices/d1/status"})
+	if _, err := dev.Write(publish(t, 4, 1, "devices/d1/status", 1, []byte("online"))); err != nil {
+		t.Fatal(err)
+	}
+	p.waitFor(t, 1) // produced, and never acknowledged by the fake
+	dev.Close()
+	testutil.WaitFor(t, 10*time.Second, "the will produced", func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return len(p.values) == 2
+	})
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.values[0] != "online" || p.values[1] != "gone" {
+		t.Fatalf("records %q, want the publish, then the will", p.values)
+	}
+	if p.orders[0] == nil || p.orders[1] != p.orders[0] {
+		t.Fatalf("the will's Order is %p, the publish's %p: want the same one", p.orders[1], p.orders[0])
+	}
+}
