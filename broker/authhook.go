@@ -189,7 +189,13 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		}
 	}
 	name, _, ref := h.authenticate(cl, pk, h.users.Load())
-	if ref == nil {
+	if ref != nil {
+		h.throttle.Failed(addr)
+	} else {
+		// Not a failure the throttle counts: the credentials were good,
+		// and counting it would slow the logins of the client id's owner,
+		// and of everyone behind its address, for as long as another
+		// user's session holds the id.
 		ref = h.checkSessionOwner(cl.ID, name)
 	}
 	if ref == nil {
@@ -199,7 +205,6 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		cl.Properties.Username = []byte(name)
 		return nil
 	}
-	h.throttle.Failed(addr)
 	h.failures[ref.reason].Inc()
 	h.log.Warn("MQTT login refused", "reason", ref.reason, "detail", ref.detail,
 		"remote", addr, "listener", cl.Net.Listener, "client", cl.ID, "username", string(pk.Connect.Username))
@@ -243,8 +248,10 @@ func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet, users *auth.
 	case !users.AllowAnonymous():
 		return "", false, notAuthorized(reasonAnonymousRefused, "anonymous connections are not allowed: log in with a user name and password")
 	}
-	// mochi publishes the will without an ACL check, so it is checked here.
-	if pk.Connect.WillFlag && !users.CanPublish(name, cl.ID, pk.Connect.WillTopic) {
+	// mochi publishes the will without an ACL check, so it is checked here;
+	// an MQTT bridge's connection state is taken whatever the ACLs (see
+	// mqttbridge.go).
+	if pk.Connect.WillFlag && !isBridgeState(cl.ID, pk.Connect.WillTopic, pk.Connect.WillPayload) && !users.CanPublish(name, cl.ID, pk.Connect.WillTopic) {
 		return "", false, notAuthorized(reasonNotAuthorized, fmt.Sprintf("not authorized to publish the will message to %q", pk.Connect.WillTopic))
 	}
 	return name, credentialed, nil
@@ -457,7 +464,7 @@ func (h *authHook) recheckWill(users *auth.Users, cl *mqtt.Client) {
 		return
 	}
 	username, topic := string(cl.Properties.Username), v.(string)
-	if users.CanPublish(username, cl.ID, topic) {
+	if bridgeStateTopic(cl.ID, topic) || users.CanPublish(username, cl.ID, topic) {
 		return
 	}
 	atomic.StoreUint32(&cl.Properties.Will.Flag, 0)

@@ -172,6 +172,7 @@ type rawConnect struct {
 	id         string
 	user, pass string
 	will       string
+	willBody   string // the will's payload; "" for "gone"
 	from       string // source IP; "" for the default
 	keep       bool   // Clean Start 0: a persistent session (MQTT 5: expiry 60 s unless noExpiry)
 	noExpiry   bool   // MQTT 5 with keep: no session expiry, the session ends with the connection
@@ -203,7 +204,7 @@ func connectRaw(t *testing.T, addr string, c rawConnect) (net.Conn, packets.Pack
 		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 60, true
 	}
 	if c.will != "" {
-		pk.Connect.WillFlag, pk.Connect.WillTopic, pk.Connect.WillPayload = true, c.will, []byte("gone")
+		pk.Connect.WillFlag, pk.Connect.WillTopic, pk.Connect.WillPayload = true, c.will, []byte(cmp.Or(c.willBody, "gone"))
 	}
 	writePackets(t, conn, pk)
 	ack := readMQTT(t, conn, c.version)
@@ -737,5 +738,38 @@ func TestMochiRefusalCodes(t *testing.T) {
 				t.Fatalf("got %v, type %d, code %#x; want CONNACK %#x", err, pk.FixedHeader.Type, pk.ReasonCode, tt.want)
 			}
 		})
+	}
+}
+
+// A login refused because its client id belongs to another user's session
+// does not count against the address's throttle: its credentials were
+// good, and counting it would slow every login from that address for as
+// long as the other user's session holds the id.
+func TestSessionOwnerRefusalIsNoCredentialFailure(t *testing.T) {
+	const delay = 600 * time.Millisecond
+	s := startAuthServer(t, AuthConfig{
+		Users:    loadTestUsers(t, ""),
+		Throttle: auth.NewThrottle(auth.ThrottleConfig{Failures: 1, Delay: delay, MaxDelay: delay}),
+	})
+	s.hook.client = s.srv.Clients.Get
+	if _, ack := connectRaw(t, s.addr, rawConnect{version: 5, id: "sensor-42", user: "ops", pass: "ops-pw", keep: true}); ack.ReasonCode != 0 {
+		t.Fatalf("ops's CONNACK %#x", ack.ReasonCode)
+	}
+	for range 2 {
+		_, ack := connectRaw(t, s.addr, rawConnect{version: 5, id: "sensor-42", user: "dev", pass: "dev-pw"})
+		if ack.ReasonCode != packets.ErrNotAuthorized.Code {
+			t.Fatalf("dev taking ops's client id: CONNACK %#x, want 0x87", ack.ReasonCode)
+		}
+	}
+	start := time.Now()
+	if _, ack := connectRaw(t, s.addr, rawConnect{version: 5, id: "dev-1", user: "dev", pass: "dev-pw"}); ack.ReasonCode != 0 {
+		t.Fatalf("dev's own CONNACK %#x", ack.ReasonCode)
+	}
+	if took := time.Since(start); took >= delay {
+		t.Fatalf("a good login waited %v after two refusals for another user's client id", took)
+	}
+	got := authMetric(t, s.reg, "tributary_mqtt_auth_failures_total")
+	if want := map[string]float64{"anonymous_refused": 0, "bad_credentials": 0, "not_authorized": 2}; !maps.Equal(got, want) {
+		t.Fatalf("tributary_mqtt_auth_failures_total by reason: %v, want %v", got, want)
 	}
 }

@@ -243,7 +243,7 @@ func (h *ingest) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 		pk.PublishValidate(h.server.Options.Capabilities.TopicAliasMaximum) != packets.CodeSuccess {
 		return pk, nil
 	}
-	if bridgeStateTopic(cl.ID, pk.TopicName) {
+	if isBridgeState(cl.ID, pk.TopicName, pk.Payload) {
 		h.bridgeState(cl, pk)
 		return pk, nil // mochi then drops it, as any $SYS publish
 	}
@@ -328,7 +328,7 @@ func (h *ingest) checkWill(cl *mqtt.Client, pk packets.Packet) error {
 		return nil
 	}
 	topic := pk.Connect.WillTopic
-	if topic != "" && mqtt.IsValidFilter(topic, true) || bridgeStateTopic(cl.ID, topic) {
+	if topic != "" && mqtt.IsValidFilter(topic, true) || isBridgeState(cl.ID, topic, pk.Connect.WillPayload) {
 		return nil
 	}
 	reason := fmt.Sprintf("will topic %q is not a topic name a client may publish to", topic)

@@ -20,8 +20,11 @@ import (
 //
 // A bridge also publishes its connection state, retained, to
 // $SYS/broker/connection/<client id>/state ("1", and "0" as its will).
-// That one $SYS topic, under the client's own id, is taken from any
-// client: kept for local subscribers and never produced to Kafka.
+// That one $SYS topic, under the client's own id and with one of those
+// two payloads, is taken from any client whatever the ACLs: kept for
+// local subscribers and never produced to Kafka. Anything else there is
+// refused as any $SYS publish is, so that a client with no right to
+// publish cannot retain more than a byte under it.
 
 // bridgeListener hands out bridgeBitConns.
 type bridgeListener struct{ net.Listener }
@@ -127,4 +130,11 @@ func (s *connectScan) feed(b []byte) bool {
 // bridge with this client id publishes to.
 func bridgeStateTopic(clientID, topic string) bool {
 	return clientID != "" && !strings.ContainsAny(clientID, "+#") && topic == "$SYS/broker/connection/"+clientID+"/state"
+}
+
+// isBridgeState reports whether a publish (or will) of payload to topic is
+// the connection state a bridge with this client id sends: "1" or "0" on
+// its connection-state topic.
+func isBridgeState(clientID, topic string, payload []byte) bool {
+	return len(payload) == 1 && (payload[0] == '0' || payload[0] == '1') && bridgeStateTopic(clientID, topic)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -197,6 +198,58 @@ func TestBridgeSubscriptionsSkipOwnAndKeepRetain(t *testing.T) {
 	for _, want := range []string{"0x30 x/kept", "0x30 x/live"} {
 		if got := next(plain); got != want {
 			t.Fatalf("the plain subscriber got %q, want %q", got, want)
+		}
+	}
+}
+
+func TestIsBridgeState(t *testing.T) {
+	const topic = "$SYS/broker/connection/edge/state"
+	for _, tc := range []struct {
+		topic, payload string
+		want           bool
+	}{
+		{topic, "1", true},
+		{topic, "0", true},
+		{topic, "", false},
+		{topic, "2", false},
+		{topic, "10", false},
+		{topic, "online", false},
+		{"$SYS/broker/connection/other/state", "1", false},
+	} {
+		if got := isBridgeState("edge", tc.topic, []byte(tc.payload)); got != tc.want {
+			t.Errorf("isBridgeState(edge, %q, %q) = %v, want %v", tc.topic, tc.payload, got, tc.want)
+		}
+	}
+}
+
+// A client's own connection-state topic takes "1" and "0" and nothing
+// else: any other payload there is refused as any $SYS publish is, so a
+// client cannot retain more than a byte under it.
+func TestBridgeStateTakesOnlyAState(t *testing.T) {
+	b := startBroker(t, newFakeProducer())
+	conn, ack := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 5, id: "edge"})
+	if ack.ReasonCode != 0 {
+		t.Fatalf("CONNACK %#x", ack.ReasonCode)
+	}
+	state := func(id uint16, payload string) packets.Packet {
+		pk := publish5("$SYS/broker/connection/edge/state", 1, id, 0)
+		pk.Payload = []byte(payload)
+		return pk
+	}
+	for _, st := range []struct {
+		pk   packets.Packet
+		want byte
+	}{
+		{state(1, "1"), 0},
+		{state(2, strings.Repeat("x", 1000)), packets.ErrTopicNameInvalid.Code},
+		{state(3, "0"), 0},
+		{state(4, "online"), packets.ErrTopicNameInvalid.Code},
+	} {
+		writePackets(t, conn, st.pk)
+		got := readMQTT(t, conn, 5)
+		if got.FixedHeader.Type != packets.Puback || got.PacketID != st.pk.PacketID || got.ReasonCode != st.want {
+			t.Fatalf("state %q: got type %d id %d reason %#x, want PUBACK reason %#x",
+				st.pk.Payload, got.FixedHeader.Type, got.PacketID, got.ReasonCode, st.want)
 		}
 	}
 }

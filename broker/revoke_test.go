@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -280,5 +281,30 @@ acls:
 	}
 	if want := []string{"devices/ops/status", "devices/marker"}; !slices.Equal(got, want) {
 		t.Fatalf("the subscriber got publishes on %q, want %q: a will the reloaded ACLs refuse was sent, or an allowed one was not", got, want)
+	}
+}
+
+// An MQTT bridge's connection state is taken as its will whatever the
+// ACLs, as its publishes there are: at login, and when a reload checks
+// the wills again. Another payload there is the $SYS topic the ACLs
+// refuse.
+func TestAuthTakesABridgeStateWill(t *testing.T) {
+	users := loadTestUsers(t, "")
+	s := startAuthServer(t, AuthConfig{Users: users})
+	_, ack := connectRaw(t, s.addr, rawConnect{version: 5, id: "edge", user: "dev", pass: "dev-pw", will: "$SYS/broker/connection/edge/state", willBody: "0"})
+	if ack.ReasonCode != 0 {
+		t.Fatalf("a bridge's state as its will: CONNACK %#x (%q), want 0", ack.ReasonCode, ack.Properties.ReasonString)
+	}
+	_, ack = connectRaw(t, s.addr, rawConnect{version: 5, id: "edge2", user: "dev", pass: "dev-pw", will: "$SYS/broker/connection/edge2/state", willBody: "gone"})
+	if ack.ReasonCode != packets.ErrNotAuthorized.Code {
+		t.Fatalf("another payload on a bridge's state topic: CONNACK %#x, want 0x87", ack.ReasonCode)
+	}
+	old := users.Swap(users.Load())
+	if n := s.hook.revoke(old, s.srv.Clients.GetAll()); n != 0 {
+		t.Fatalf("revoke disconnected %d clients, want 0", n)
+	}
+	cl, ok := s.srv.Clients.Get("edge")
+	if !ok || atomic.LoadUint32(&cl.Properties.Will.Flag) == 0 {
+		t.Fatal("the reload forgot the bridge's state will")
 	}
 }

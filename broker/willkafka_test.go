@@ -47,7 +47,7 @@ func TestWillIsProduced(t *testing.T) {
 	dev, _ := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 4, id: "d1", will: "devices/d1/status"})
 	other, _ := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 4, id: "d2", will: "elsewhere/d2"})
 	// An MQTT bridge's connection state stays local, as its publishes do.
-	edge, _ := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 4, id: "edge", will: "$SYS/broker/connection/edge/state"})
+	edge, _ := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 4, id: "edge", will: "$SYS/broker/connection/edge/state", willBody: "0"})
 	other.Close()
 	edge.Close()
 	// mochi lets a clean session's client go after it sent the will.
