@@ -87,6 +87,9 @@ type authHook struct {
 	// ended is called before a client's login is ended (ingest.ended;
 	// nothing without an ingest).
 	ended func(*mqtt.Client)
+	// unsubscribe removes one subscription of a listed client (see
+	// unsubscriber); nil keeps every subscription at a reload.
+	unsubscribe func(cl *mqtt.Client, filter string)
 	// publishesChecked is set when the ingest checks every client publish
 	// with canPublish (takePublishChecks); mochi's own check of a publish
 	// then lets it through. Set before the server serves.
@@ -419,7 +422,9 @@ func (h *authHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 // auth.Users.Revokes), and returns how many it disconnected. Of the
 // others, a will the file no longer allows is forgotten. Kept
 // sessions of clients not connected stay until they expire: nobody can
-// log in to them as a user the file no longer has.
+// log in to them as a user the file no longer has. Every listed client,
+// connected or not, loses the subscriptions the file no longer allows
+// (dropSubscriptions).
 func (h *authHook) revoke(old *auth.Users, clients map[string]*mqtt.Client) int {
 	users := h.users.Load()
 	if users == nil {
@@ -428,7 +433,11 @@ func (h *authHook) revoke(old *auth.Users, clients map[string]*mqtt.Client) int 
 	var wg sync.WaitGroup
 	n := 0
 	for _, cl := range clients {
-		if cl.Net.Inline || cl.Closed() {
+		if cl.Net.Inline {
+			continue
+		}
+		h.dropSubscriptions(users, cl)
+		if cl.Closed() {
 			continue
 		}
 		if !users.Revokes(old, string(cl.Properties.Username)) {
@@ -452,6 +461,45 @@ func (h *authHook) revoke(old *auth.Users, clients map[string]*mqtt.Client) int 
 	}
 	wg.Wait()
 	return n
+}
+
+// dropSubscriptions removes the subscriptions of cl that users does not
+// allow: all of them when it no longer admits cl's user, else those whose
+// filter the user may no longer subscribe to. Each delivery is checked
+// against the file in force anyway, but a subscription left in place
+// still counts as a member of its shared subscription group: mochi would
+// pick it for a share of the group's messages, which the delivery check
+// then refuses, and the message would reach no member at all. A user who
+// may subscribe again later subscribes again.
+func (h *authHook) dropSubscriptions(users *auth.Users, cl *mqtt.Client) {
+	if h.unsubscribe == nil {
+		return
+	}
+	user := string(cl.Properties.Username)
+	admitted := users.Admits(user)
+	var dropped []string
+	for filter := range cl.State.Subscriptions.GetAll() {
+		if admitted && users.CanSubscribe(user, cl.ID, filter) {
+			continue
+		}
+		h.unsubscribe(cl, filter)
+		dropped = append(dropped, filter)
+	}
+	if len(dropped) > 0 {
+		h.log.Info("dropping MQTT subscriptions the reloaded users file no longer allows",
+			"client", cl.ID, "username", user, "connected", !cl.Closed(), "filters", dropped)
+	}
+}
+
+// unsubscriber returns a function that removes one subscription of a
+// client the server lists, as an UNSUBSCRIBE of that filter would.
+func unsubscriber(server *mqtt.Server) func(cl *mqtt.Client, filter string) {
+	return func(cl *mqtt.Client, filter string) {
+		if server.Topics.Unsubscribe(filter, cl.ID) {
+			atomic.AddInt64(&server.Info.Subscriptions, -1)
+		}
+		cl.State.Subscriptions.Delete(filter)
+	}
 }
 
 // recheckWill forgets the will of a connection that stays logged in when

@@ -137,6 +137,7 @@ func New(cfg Config, producer Producer, mapper *mapping.Mapper, log *slog.Logger
 	}
 	ah.client = server.Clients.Get
 	ah.ended = b.ingest.ended
+	ah.unsubscribe = unsubscriber(server)
 	// Publishes are checked by the ingest, which refuses them in their
 	// turn among the connection's acknowledgements.
 	b.ingest.canPublish = ah.takePublishChecks()
@@ -289,7 +290,9 @@ func (b *Broker) Serving() bool { return b.serving.Load() }
 // clients when the file no longer allows them. MQTT 5 clients get
 // DISCONNECT 0x87 (not authorized) with a reason string first. It returns
 // how many clients it disconnected. ACL changes need no disconnect: every
-// publish, subscription and delivery is checked against the file in force.
+// publish, subscription and delivery is checked against the file in force,
+// and the subscriptions of connected clients and kept sessions that the
+// file no longer allows are removed.
 func (b *Broker) Revoke(old *auth.Users) int {
 	return b.auth.revoke(old, b.server.Clients.GetAll())
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -306,5 +307,81 @@ func TestAuthTakesABridgeStateWill(t *testing.T) {
 	cl, ok := s.srv.Clients.Get("edge")
 	if !ok || atomic.LoadUint32(&cl.Properties.Will.Flag) == 0 {
 		t.Fatal("the reload forgot the bridge's state will")
+	}
+}
+
+// A reload removes the subscriptions the new users file no longer allows,
+// of connected clients and of kept sessions alike, so that a shared
+// subscription group's messages go to the members still allowed: a
+// member left in place would be picked for a share that its delivery
+// check then refuses, and that message would reach nobody.
+func TestReloadDropsSubscriptionsNoLongerAllowed(t *testing.T) {
+	hashes := testHashes(t)
+	users := auth.NewLive(usersWithHashes(t, `allow_anonymous: true
+users:
+  - {username: dev, password_hash: "{{dev}}"}
+  - {username: ops, password_hash: "{{ops}}"}
+acls:
+  - {all: true, topic: "sensors/#", access: subscribe}
+  - {user: ops, topic: "sensors/#", access: all}
+`, hashes))
+	s := startAuthServer(t, AuthConfig{Users: users})
+	s.hook.unsubscribe = unsubscriber(s.srv)
+	const group = "$share/g/sensors/#"
+	dev, _ := connectRaw(t, s.addr, rawConnect{version: 4, id: "dev-sub", user: "dev", pass: "dev-pw"})
+	subscribe(t, dev, 4, group, false)
+	ops, _ := connectRaw(t, s.addr, rawConnect{version: 4, id: "ops-sub", user: "ops", pass: "ops-pw"})
+	subscribe(t, ops, 4, group, false)
+	subscribe(t, ops, 4, "sensors/ops", false)
+	anon, _ := connectRaw(t, s.addr, rawConnect{version: 5, id: "anon-kept", keep: true})
+	subscribe(t, anon, 5, group, false)
+	anon.Close()
+	testutil.WaitFor(t, 10*time.Second, "anon-kept's connection gone, its session kept", func() bool {
+		cl, ok := s.srv.Clients.Get("anon-kept")
+		return ok && cl.Closed()
+	})
+	before := atomic.LoadInt64(&s.srv.Info.Subscriptions)
+
+	// Anonymous clients go; ops may still publish to sensors/..., no
+	// longer subscribe to it.
+	old := users.Swap(usersWithHashes(t, `users:
+  - {username: dev, password_hash: "{{dev}}"}
+  - {username: ops, password_hash: "{{ops}}"}
+acls:
+  - {user: dev, topic: "sensors/#", access: subscribe}
+  - {user: ops, topic: "sensors/#", access: publish}
+`, hashes))
+	if n := s.hook.revoke(old, s.srv.Clients.GetAll()); n != 0 {
+		t.Fatalf("revoke disconnected %d clients, want 0", n)
+	}
+	for id, want := range map[string]int{"dev-sub": 1, "ops-sub": 0, "anon-kept": 0} {
+		cl, ok := s.srv.Clients.Get(id)
+		if !ok {
+			t.Fatalf("%s no longer listed", id)
+		}
+		if got := len(cl.State.Subscriptions.GetAll()); got != want {
+			t.Errorf("%s has %d subscriptions after the reload, want %d", id, got, want)
+		}
+	}
+	if after := atomic.LoadInt64(&s.srv.Info.Subscriptions); after != before-3 {
+		t.Errorf("the server counts %d subscriptions after the reload, want %d", after, before-3)
+	}
+
+	pub, _ := connectRaw(t, s.addr, rawConnect{version: 4, id: "ops-pub", user: "ops", pass: "ops-pw"})
+	const n = 20
+	for i := range n {
+		writePackets(t, pub, packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Publish}, ProtocolVersion: 4,
+			TopicName: "sensors/x", Payload: []byte(strconv.Itoa(i)),
+		})
+	}
+	for i := range n {
+		pk, err := tryReadMQTT(dev, 4, 5*time.Second)
+		if err != nil {
+			t.Fatalf("dev got %d of the group's %d messages: %v", i, n, err)
+		}
+		if pk.FixedHeader.Type != packets.Publish || string(pk.Payload) != strconv.Itoa(i) {
+			t.Fatalf("message %d: got type %d payload %q", i, pk.FixedHeader.Type, pk.Payload)
+		}
 	}
 }
