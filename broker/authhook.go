@@ -502,6 +502,18 @@ func unsubscriber(server *mqtt.Server) func(cl *mqtt.Client, filter string) {
 	}
 }
 
+// willAllowed reports whether the users file in force lets cl's login
+// publish a will to topic: the login still admitted, and the topic
+// allowed to its user (an MQTT bridge's connection state always is).
+func (h *authHook) willAllowed(cl *mqtt.Client, topic string) bool {
+	users := h.users.Load()
+	if users == nil || bridgeStateTopic(cl.ID, topic) {
+		return true
+	}
+	user := string(cl.Properties.Username)
+	return users.Admits(user) && users.CanPublish(user, cl.ID, topic)
+}
+
 // recheckWill forgets the will of a connection that stays logged in when
 // the reloaded users file no longer lets its user publish to the will's
 // topic: mochi sends a will with no ACL check when the connection drops,

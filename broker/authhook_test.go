@@ -173,6 +173,7 @@ type rawConnect struct {
 	user, pass string
 	will       string
 	willBody   string // the will's payload; "" for "gone"
+	willDelay  uint32 // MQTT 5 will delay, seconds
 	from       string // source IP; "" for the default
 	keep       bool   // Clean Start 0: a persistent session (MQTT 5: expiry 60 s unless noExpiry)
 	noExpiry   bool   // MQTT 5 with keep: no session expiry, the session ends with the connection
@@ -205,6 +206,7 @@ func connectRaw(t *testing.T, addr string, c rawConnect) (net.Conn, packets.Pack
 	}
 	if c.will != "" {
 		pk.Connect.WillFlag, pk.Connect.WillTopic, pk.Connect.WillPayload = true, c.will, []byte(cmp.Or(c.willBody, "gone"))
+		pk.Connect.WillProperties.WillDelayInterval = c.willDelay
 	}
 	writePackets(t, conn, pk)
 	ack := readMQTT(t, conn, c.version)

@@ -141,6 +141,7 @@ func New(cfg Config, producer Producer, mapper *mapping.Mapper, log *slog.Logger
 	// Publishes are checked by the ingest, which refuses them in their
 	// turn among the connection's acknowledgements.
 	b.ingest.canPublish = ah.takePublishChecks()
+	b.ingest.willAllowed = ah.willAllowed
 	b.auth = ah
 	// The auth hook replaces mochi's allow-all one: mochi lets a client or
 	// topic through when any hook allows it.

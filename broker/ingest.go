@@ -80,6 +80,10 @@ type ingest struct {
 	// logging a refusal (authHook.takePublishChecks); nil allows every
 	// publish.
 	canPublish func(cl *mqtt.Client, topic string) bool
+	// willAllowed reports whether the users file in force still lets a
+	// client's login publish its delayed will (authHook.willAllowed); nil
+	// without a users file.
+	willAllowed func(cl *mqtt.Client, topic string) bool
 }
 
 func newIngest(ctx context.Context, server *mqtt.Server, producer Producer, mapper *mapping.Mapper, log *slog.Logger, m *metrics) *ingest {
@@ -129,9 +133,23 @@ func (h *ingest) Provides(b byte) bool {
 // such a will on the connection's own goroutine, the one that produced
 // with the order, before OnDisconnect forgets it. A delayed will is sent
 // later, from mochi's loop, and keeps no order.
+//
+// A delayed will is checked again against the users file in force: a
+// reload may have ended its login or taken away its right to the topic
+// while it waited, after the checks at login and at the reload, which
+// only see wills still held by connections. mochi has by then sent it
+// to local subscribers (each delivery checked against the subscriber's
+// ACLs), but it is not produced.
 func (h *ingest) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 	if cl.Net.Inline || bridgeStateTopic(cl.ID, pk.TopicName) {
 		return // an MQTT bridge's state is never produced (see bridgeState)
+	}
+	delayed := pk.Connect.WillProperties.WillDelayInterval > 0
+	if delayed && h.willAllowed != nil && !h.willAllowed(cl, pk.TopicName) {
+		h.m.dropped.WithLabelValues("will_not_authorized").Inc()
+		h.log.Info("delayed will not produced: the users file in force no longer allows its login to publish it",
+			"client", cl.ID, "username", string(cl.Properties.Username), "topic", pk.TopicName)
+		return
 	}
 	received := time.Now()
 	res, err := h.mapper.Map("", pk.TopicName)
@@ -152,7 +170,7 @@ func (h *ingest) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 	}
 	rec, forged := buildRecord(cl, &pk, &res, received)
 	defer releaseRecord(rec)
-	if pk.Connect.WillProperties.WillDelayInterval == 0 {
+	if !delayed {
 		if v, ok := h.orders.Load(cl); ok {
 			rec.Order = v.(*bridge.Order)
 		}

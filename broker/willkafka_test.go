@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tributary-io/tributary/auth"
 	"github.com/tributary-io/tributary/bridge"
 	"github.com/tributary-io/tributary/internal/testutil"
 	"github.com/tributary-io/tributary/mapping"
@@ -124,5 +127,60 @@ func TestWillKeepsTheConnectionsOrder(t *testing.T) {
 	}
 	if p.orders[0] == nil || p.orders[1] != p.orders[0] {
 		t.Fatalf("the will's Order is %p, the publish's %p: want the same one", p.orders[1], p.orders[0])
+	}
+}
+
+// A delayed will is produced only if the users file in force when it is
+// due still lets its login publish it: a reload that removed the user
+// while the will waited out its delay keeps it out of Kafka, counted and
+// logged. A delayed will still allowed is produced.
+func TestDelayedWillOfARevokedLoginIsNotProduced(t *testing.T) {
+	hashes := testHashes(t)
+	users := auth.NewLive(usersWithHashes(t, `users:
+  - {username: dev, password_hash: "{{dev}}"}
+  - {username: ops, password_hash: "{{ops}}"}
+acls:
+  - {user: dev, topic: "devices/%u/#", access: publish}
+  - {user: ops, topic: "#", access: all}
+`, hashes))
+	p := &bestEffortRecorder{fakeProducer: newFakeProducer()}
+	reg := prometheus.NewRegistry()
+	b := startConfigured(t, p, mapping.Config{Rules: []mapping.Rule{{Match: `^devices/.*$`, KafkaTopic: "device-state"}}},
+		Config{Auth: AuthConfig{Users: users}, Registerer: reg})
+	for _, c := range []rawConnect{
+		{version: 5, id: "dev-1", user: "dev", pass: "dev-pw", keep: true, will: "devices/dev/status", willBody: "dev gone", willDelay: 1},
+		{version: 5, id: "ops-1", user: "ops", pass: "ops-pw", keep: true, will: "devices/ops/status", willBody: "ops gone", willDelay: 1},
+	} {
+		conn, ack := connectRaw(t, b.Addr("mqtt-tcp"), c)
+		if ack.ReasonCode != 0 {
+			t.Fatalf("%s: CONNACK %#x", c.id, ack.ReasonCode)
+		}
+		conn.Close() // no DISCONNECT: the will is due after its delay
+	}
+	testutil.WaitFor(t, 10*time.Second, "both connections gone", func() bool {
+		for _, id := range []string{"dev-1", "ops-1"} {
+			if cl, ok := b.server.Clients.Get(id); !ok || !cl.Closed() {
+				return false
+			}
+		}
+		return true
+	})
+	old := users.Swap(usersWithHashes(t, `users:
+  - {username: ops, password_hash: "{{ops}}"}
+acls:
+  - {user: ops, topic: "#", access: all}
+`, hashes))
+	b.Revoke(old)
+	testutil.WaitFor(t, 10*time.Second, "ops's delayed will produced", func() bool { return len(p.records()) > 0 })
+	testutil.WaitFor(t, 10*time.Second, "dev's delayed will counted as dropped", func() bool {
+		return gathered(t, reg, "tributary_mqtt_dropped_total")["reason=will_not_authorized"] == 1
+	})
+	recs := p.records()
+	if len(recs) != 1 || string(recs[0].Value) != "ops gone" {
+		var values []string
+		for _, r := range recs {
+			values = append(values, string(r.Value))
+		}
+		t.Fatalf("records %q, want only ops's will", values)
 	}
 }
