@@ -9,26 +9,34 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// The bare-qos1 scenario sends mqtt-qos1's load (same clients, window,
-// payload and topics) to the cheapest endpoint that still speaks the
-// protocol: it reads, finds each PUBLISH, and answers all the QoS 1
-// publishes of one read with one write of their PUBACKs. No broker, no
-// Kafka. Its CPU per record, the endpoint's and the load generator's, is
-// what the QoS 1 protocol itself costs on this machine: a floor under any
-// broker's QoS 1 cost, which tells how much of Tributary's is the
-// protocol's and how much its own. The endpoint runs in a child process
-// (this binary, started with the argument bareEndpointArg), so that its
-// CPU is counted apart from the harness's.
+// The bare-qos1 scenario sends mqtt-qos1's load (same clients, client
+// ids, window, payload and topics) to the cheapest endpoint that still
+// speaks the protocol: it reads, finds each PUBLISH, counts it, and
+// answers all the QoS 1 publishes of one read with one write of their
+// PUBACKs. No broker, no Kafka. Its CPU per record, the endpoint's and
+// the load generator's, is what the QoS 1 protocol itself costs on this
+// machine: a floor under any broker's QoS 1 cost, which tells how much of
+// Tributary's is the protocol's and how much its own. bare-qos0 does the
+// same with mqtt-qos0's load: the cost of writing and reading the
+// publishes alone, which mqtt-qos0's CPU per record already includes, so
+// that bare-qos1's less bare-qos0's is what QoS 1 adds. The endpoint runs
+// in a child process (this binary, started with the argument
+// bareEndpointArg), so that its CPU is counted apart from the harness's.
 
 // bareEndpointArg, as the first argument, makes the binary the endpoint:
 // it listens on a loopback port, prints the address on a line of its own,
-// and serves until its standard input closes.
+// and serves until its standard input closes. Each line it reads from its
+// standard input asks how many publishes it has read so far, which it
+// answers with the number on a line of its own: a QoS 0 publisher gets
+// no answer to count.
 const bareEndpointArg = "bare-endpoint"
 
 // maxBarePacket is the largest packet the endpoint takes; the bench's
@@ -43,15 +51,21 @@ func bareEndpointMain(stdin io.Reader, stdout, stderr io.Writer) int {
 		return 1
 	}
 	fmt.Fprintln(stdout, l.Addr().String())
-	go serveBare(l, func(err error) { fmt.Fprintf(stderr, "bare endpoint: %v\n", err) })
-	_, _ = io.Copy(io.Discard, stdin) // the harness is done, or gone
+	var received atomic.Int64
+	go serveBare(l, &received, func(err error) { fmt.Fprintf(stderr, "bare endpoint: %v\n", err) })
+	in := bufio.NewScanner(stdin)
+	for in.Scan() {
+		fmt.Fprintln(stdout, received.Load())
+	}
+	// The harness is done, or gone.
 	l.Close()
 	return 0
 }
 
-// serveBare serves l until it is closed, telling fail about every
-// connection that ended with a protocol error.
-func serveBare(l net.Listener, fail func(error)) {
+// serveBare serves l until it is closed, adding every publish it reads to
+// received and telling fail about every connection that ended with a
+// protocol error.
+func serveBare(l net.Listener, received *atomic.Int64, fail func(error)) {
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -59,7 +73,7 @@ func serveBare(l net.Listener, fail func(error)) {
 		}
 		go func() {
 			defer c.Close()
-			if err := serveBareConn(c); err != nil {
+			if err := serveBareConn(c, received); err != nil {
 				fail(fmt.Errorf("%s: %w", c.RemoteAddr(), err))
 			}
 		}()
@@ -67,8 +81,12 @@ func serveBare(l net.Listener, fail func(error)) {
 }
 
 // serveBareConn answers one client until it sends DISCONNECT (nil) or
-// the connection fails or breaks the protocol (an error).
-func serveBareConn(c net.Conn) error {
+// the connection fails or breaks the protocol (an error), adding the
+// publishes it reads to received, once per read, and always before it
+// answers them or closes the connection: a publisher that has its
+// PUBACKs, or has seen the connection closed after its DISCONNECT, finds
+// all its publishes counted.
+func serveBareConn(c net.Conn, received *atomic.Int64) error {
 	buf := make([]byte, ioBufferBytes)
 	var out []byte
 	have := 0
@@ -82,6 +100,7 @@ func serveBareConn(c net.Conn) error {
 		}
 		have += n
 		used, done, perr := 0, false, error(nil)
+		publishes := int64(0)
 		out = out[:0]
 		for !done && perr == nil {
 			var typ byte
@@ -93,6 +112,12 @@ func serveBareConn(c net.Conn) error {
 			}
 			used += size
 			out, done, perr = answerBare(out, typ, body)
+			if perr == nil && typ>>4 == packets.Publish {
+				publishes++
+			}
+		}
+		if publishes > 0 {
+			received.Add(publishes)
 		}
 		if len(out) > 0 {
 			if _, err := c.Write(out); err != nil {
@@ -168,6 +193,7 @@ func answerBare(out []byte, typ byte, body []byte) ([]byte, bool, error) {
 type bareEndpoint struct {
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
+	out   *bufio.Reader // its standard output
 	addr  string
 }
 
@@ -191,21 +217,50 @@ func startBareEndpoint(ctx context.Context) (*bareEndpoint, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting the bare endpoint: %w", err)
 	}
-	e := &bareEndpoint{cmd: cmd, stdin: stdin}
-	lines := make(chan string, 1)
-	go func() {
-		line, _ := bufio.NewReader(stdout).ReadString('\n')
-		lines <- strings.TrimSpace(line)
-	}()
-	select {
-	case e.addr = <-lines:
-	case <-time.After(10 * time.Second):
-	}
+	e := &bareEndpoint{cmd: cmd, stdin: stdin, out: bufio.NewReader(stdout)}
+	e.addr, _ = e.line()
 	if _, _, err := net.SplitHostPort(e.addr); err != nil {
 		e.stop()
 		return nil, fmt.Errorf("the bare endpoint gave no address (%q)", e.addr)
 	}
 	return e, nil
+}
+
+// line reads the endpoint's next line of output, giving up after 10 s.
+// After an error the endpoint is to be stopped, not read again: the read
+// that timed out may still be waiting.
+func (e *bareEndpoint) line() (string, error) {
+	type read struct {
+		line string
+		err  error
+	}
+	lines := make(chan read, 1)
+	go func() {
+		line, err := e.out.ReadString('\n')
+		lines <- read{strings.TrimSpace(line), err}
+	}()
+	select {
+	case l := <-lines:
+		return l.line, l.err
+	case <-time.After(10 * time.Second):
+		return "", errors.New("no answer within 10 s")
+	}
+}
+
+// received asks the endpoint how many publishes it has read.
+func (e *bareEndpoint) received() (int64, error) {
+	if _, err := io.WriteString(e.stdin, "count\n"); err != nil {
+		return 0, fmt.Errorf("asking the bare endpoint for its count: %w", err)
+	}
+	line, err := e.line()
+	if err != nil {
+		return 0, fmt.Errorf("reading the bare endpoint's count: %w", err)
+	}
+	n, err := strconv.ParseInt(line, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("the bare endpoint's count: %w", err)
+	}
+	return n, nil
 }
 
 // stop closes the endpoint's standard input, which ends it, and waits.
@@ -221,9 +276,11 @@ func (e *bareEndpoint) stop() {
 	}
 }
 
-// runBare sends s's load to a fresh bare endpoint. Every PUBACK the
-// publishers received answers one publish the endpoint read, so they are
-// the count.
+// runBare sends s's load to a fresh bare endpoint. At QoS 1 every PUBACK
+// the publishers received answers one publish the endpoint read, so they
+// are the count. At QoS 0 the count is the endpoint's own: each publisher
+// is done once the endpoint closed its connection after its DISCONNECT,
+// by when every publish before it was read and counted.
 func (b *bench) runBare(ctx context.Context, s scenario) result {
 	r := result{Scenario: s.name, Records: b.opts.records}
 	e, err := startBareEndpoint(ctx)
@@ -238,14 +295,23 @@ func (b *bench) runBare(ctx context.Context, s scenario) result {
 		return r
 	}
 	defer done()
+	span := b.startCPU()
 	cpu0, cpuErr := processCPU(e.cmd.Process.Pid)
 	start, sendErr := l.fire(&r)
 	end := time.Now()
 	if cpu1, err := processCPU(e.cmd.Process.Pid); err == nil && cpuErr == nil {
 		r.CPU = ptr(centi(cpu1 - cpu0))
 	}
+	span.end(&r)
 	lat := l.latencies()
-	r.settle(start, end, int64(len(lat)), sendErr, "the publishers received PUBACKs for")
+	found, where := int64(len(lat)), "the publishers received PUBACKs for"
+	if s.qos == 0 {
+		var err error
+		found, err = e.received()
+		where = "the endpoint read"
+		sendErr = errors.Join(sendErr, err)
+	}
+	r.settle(start, end, found, sendErr, where)
 	r.setLatencies(lat)
 	return r
 }

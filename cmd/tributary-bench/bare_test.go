@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -92,8 +93,10 @@ func TestAnswerBare(t *testing.T) {
 }
 
 // TestBareEndpointServesThePublishers runs the bench's own publishers
-// against the endpoint: every QoS 1 publish gets its PUBACK, and a QoS 0
-// publisher's DISCONNECT ends its connection without a protocol error.
+// against the endpoint: every QoS 1 publish gets its PUBACK, a QoS 0
+// publisher's DISCONNECT ends its connection without a protocol error,
+// and every publish of either is counted by the time its publisher is
+// done.
 func TestBareEndpointServesThePublishers(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -102,7 +105,8 @@ func TestBareEndpointServesThePublishers(t *testing.T) {
 	defer l.Close()
 	var mu sync.Mutex
 	var fails []error
-	go serveBare(l, func(err error) { mu.Lock(); fails = append(fails, err); mu.Unlock() })
+	var received atomic.Int64
+	go serveBare(l, &received, func(err error) { mu.Lock(); fails = append(fails, err); mu.Unlock() })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -115,6 +119,9 @@ func TestBareEndpointServesThePublishers(t *testing.T) {
 	if err != nil || len(lat) != 5000 {
 		t.Fatalf("QoS 1: %d PUBACKs, error %v; want 5000", len(lat), err)
 	}
+	if n := received.Load(); n != 5000 {
+		t.Fatalf("after the QoS 1 publisher, the endpoint counted %d publishes, want 5000", n)
+	}
 	p0, err := dialPublisher(ctx, l.Addr().String(), "q0", "bench/q0", make([]byte, 100), 0)
 	if err != nil {
 		t.Fatal(err)
@@ -122,6 +129,9 @@ func TestBareEndpointServesThePublishers(t *testing.T) {
 	defer p0.Close()
 	if err := p0.publishUnacked(ctx, 5000); err != nil {
 		t.Fatalf("QoS 0: %v", err)
+	}
+	if n := received.Load(); n != 10000 {
+		t.Fatalf("after the QoS 0 publisher, the endpoint counted %d publishes, want 10000", n)
 	}
 	p1.Close()
 	time.Sleep(100 * time.Millisecond) // the endpoint's side of p1 ends
@@ -132,13 +142,22 @@ func TestBareEndpointServesThePublishers(t *testing.T) {
 	}
 }
 
-// TestRunBare runs the scenario as the bench does, the endpoint in a child
-// process: every record is acknowledged and the child's CPU is measured.
+// TestRunBare runs the scenarios as the bench does, the endpoint in a
+// child process: every record is acknowledged (QoS 1) or counted by the
+// endpoint (QoS 0), and the child's CPU and the harness's are measured.
 func TestRunBare(t *testing.T) {
-	b := &bench{opts: options{records: 2000, timeout: 30 * time.Second}, payload: make([]byte, 100)}
-	s := scenario{name: "bare-qos1", kind: bareLoad, clients: 10, qos: 1, window: 10}
-	r := b.runBare(context.Background(), s)
-	if !r.OK || r.Found != 2000 || r.CPU == nil || r.SendSeconds == nil {
-		t.Fatalf("got OK %v, found %d, CPU %v, send seconds %v, error %q; want all 2000 acknowledged and CPU measured", r.OK, r.Found, r.CPU, r.SendSeconds, r.Error)
+	for _, name := range []string{"bare-qos1", "bare-qos0"} {
+		t.Run(name, func(t *testing.T) {
+			b := &bench{opts: options{records: 2000, timeout: 30 * time.Second}, payload: make([]byte, 100)}
+			s, ok := scenarioNamed(name)
+			if !ok {
+				t.Fatalf("no scenario %s", name)
+			}
+			r := b.runBare(context.Background(), s)
+			if !r.OK || r.Found != 2000 || r.CPU == nil || r.HarnessCPU == nil || r.SendSeconds == nil {
+				t.Fatalf("got OK %v, found %d, CPU %v, harness CPU %v, send seconds %v, error %q; want all 2000 counted and CPU measured",
+					r.OK, r.Found, r.CPU, r.HarnessCPU, r.SendSeconds, r.Error)
+			}
+		})
 	}
 }

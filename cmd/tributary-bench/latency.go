@@ -16,7 +16,8 @@ import (
 // and measures two latencies: PUBLISH written → PUBACK read (the device's
 // wait, which includes Kafka's acknowledgement) and PUBLISH written → a
 // Kafka consumer receiving the record (the first 8 payload bytes carry
-// the send time). Tributary runs with its default linger settings.
+// the send time). Tributary runs with its default linger settings unless
+// --tributary-arg or --tributary-env change them, as for every scenario.
 
 const (
 	// latencyTick is how often each paced client sends what has come due.
@@ -102,12 +103,14 @@ func (b *bench) runLatency(ctx context.Context, s scenario, topic, name string, 
 		return p.publishPaced(sendCtx, counts[i], latencyWindow, pc)
 	})
 	profiled := b.profile(ctx, d, name)
+	span := b.startCPU()
 	cpu0, cpuErr := d.cpuSeconds()
 	start, sendErr := l.fire(&r)
 	found, end, err := b.admin.waitForCount(ctx, topic, b.opts.partitions, int64(b.opts.records), b.pollTimeout(sendErr))
 	if cpu1, err := d.cpuSeconds(); err == nil && cpuErr == nil {
 		r.CPU = ptr(centi(cpu1 - cpu0))
 	}
+	span.end(&r)
 	profiled()
 	if kc != nil && err == nil && sendErr == nil {
 		e2e, kerr := kc.wait(b.opts.timeout)

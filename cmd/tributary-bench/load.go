@@ -9,15 +9,15 @@ import (
 	"time"
 )
 
-// dialPublishers connects n publishers named <scenario>-NNN, each to its
-// own topic bench/<client id>, the way how says. On error the ones already
-// connected are closed; logPath, if set, names the broker's log in the
-// error.
-func dialPublishers(ctx context.Context, how mqttDial, addr, scenario string, n int, payload []byte, qos byte, logPath string) ([]*publisher, error) {
+// dialPublishers connects n publishers named <prefix>-NNN, each to its
+// own topic bench/<client id> (benchClient), the way how says. On error
+// the ones already connected are closed; logPath, if set, names the
+// broker's log in the error.
+func dialPublishers(ctx context.Context, how mqttDial, addr, prefix string, n int, payload []byte, qos byte, logPath string) ([]*publisher, error) {
 	pubs := make([]*publisher, n)
 	for i := range pubs {
-		id := fmt.Sprintf("%s-%03d", scenario, i)
-		p, err := how.publisher(ctx, addr, id, "bench/"+id, payload, qos)
+		id, topic := benchClient(prefix, i)
+		p, err := how.publisher(ctx, addr, id, topic, payload, qos)
 		if err != nil {
 			closePublishers(pubs)
 			if logPath != "" {
@@ -72,10 +72,12 @@ func sendMQTT(ctx context.Context, s scenario, counts []int) func(int, *publishe
 
 // dialLoad connects s's publishers to addr the way how says and starts
 // their load of the run's records, each send limited by --timeout; done
-// ends the sends and closes the connections. logPath, if set, names the
-// broker's log in an error.
+// ends the sends and closes the connections. The publishers are named as
+// those of s.loadOf when s sends another scenario's load, so the bytes on
+// the wire are the same. logPath, if set, names the broker's log in an
+// error.
 func (b *bench) dialLoad(ctx context.Context, how mqttDial, addr string, s scenario, logPath string) (l *load, done func(), err error) {
-	pubs, err := dialPublishers(ctx, how, addr, s.name, s.clients, b.payload, s.qos, logPath)
+	pubs, err := dialPublishers(ctx, how, addr, s.clientPrefix(), s.clients, b.payload, s.qos, logPath)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -54,9 +54,28 @@ type scenario struct {
 	window  int  // QoS 1 publishes in flight per connection
 	batch   int  // ws-out: records per frame (batchSize)
 	// headers (native-produce): each record carries the four mqtt.*
-	// headers Tributary adds to a QoS 0 publish, so the native producer
-	// writes the same records the bridge does.
+	// headers Tributary adds to the publishes of loadOf's clients, so the
+	// native producer writes the same records the bridge does.
 	headers bool
+	// loadOf names the Tributary MQTT scenario whose load this one sends
+	// elsewhere (mosquitto, the bare endpoint) or whose records it writes
+	// itself (native-produce): its client ids and topics, and so the
+	// records' keys and headers, are that scenario's, byte for byte, so
+	// that the comparison is of the same bytes. Empty for the MQTT
+	// scenarios themselves, whose clients are named after them.
+	loadOf string
+}
+
+// clientPrefix is what the ids of s's clients start with: <prefix>-NNN.
+func (s scenario) clientPrefix() string { return cmp.Or(s.loadOf, s.name) }
+
+// benchClient returns the client id and topic of client i of a load whose
+// ids start with prefix: <prefix>-NNN, publishing to bench/<client id>
+// (which Tributary maps to the scenario's Kafka topic, with the MQTT topic
+// as the record's key).
+func benchClient(prefix string, i int) (id, topic string) {
+	id = fmt.Sprintf("%s-%03d", prefix, i)
+	return id, "bench/" + id
 }
 
 // kind says how a scenario loads which system.
@@ -111,15 +130,18 @@ func (s scenario) describe() string {
 	switch s.kind {
 	case nativeProduce:
 		if s.headers {
-			return "confluent-kafka-go producer straight to Kafka (acks=all, idempotent), each record with the four mqtt.* headers Tributary adds"
+			return "confluent-kafka-go producer straight to Kafka (acks=all, idempotent), each record with the key and the four mqtt.* headers Tributary gives " + s.loadOf + "'s records"
 		}
-		return "confluent-kafka-go producer straight to Kafka (acks=all, idempotent)"
+		return "confluent-kafka-go producer straight to Kafka (acks=all, idempotent), with the keys of " + s.loadOf + "'s records"
 	case mqttWSLoad:
 		return load + ", MQTT over WebSocket (/mqtt), through Tributary"
 	case mosquittoLoad:
 		return load + ", into Debian's mosquitto with one subscriber draining bench/# (no Kafka)"
 	case bareLoad:
-		return load + ", into a bare endpoint that only acknowledges (no broker, no Kafka): the protocol's own cost"
+		if s.qos == 0 {
+			return load + ", into a bare endpoint that only reads and counts them (no broker, no Kafka): the publishes' own cost"
+		}
+		return load + ", into a bare endpoint that only reads and acknowledges (no broker, no Kafka): the protocol's own cost"
 	case latencyLoad:
 		return fmt.Sprintf("%d MQTT clients, QoS 1, paced at half the mqtt-qos1 rate (or --latency-rate): PUBACK and publish → Kafka consumer latency", s.clients)
 	case idleConns:
@@ -139,13 +161,14 @@ func (s scenario) describe() string {
 // scenarios lists every scenario in the order they run. latency-qos1
 // comes after mqtt-qos1, whose rate it takes.
 var scenarios = []scenario{
-	{name: "native-produce", kind: nativeProduce},
-	{name: "native-produce-headers", kind: nativeProduce, headers: true},
+	{name: "native-produce", kind: nativeProduce, loadOf: "mqtt-qos0"},
+	{name: "native-produce-headers", kind: nativeProduce, headers: true, loadOf: "mqtt-qos0"},
 	{name: "mqtt-qos0", kind: mqttLoad, clients: 10, qos: 0},
-	{name: "mosquitto-qos0", kind: mosquittoLoad, clients: 10, qos: 0},
+	{name: "mosquitto-qos0", kind: mosquittoLoad, clients: 10, qos: 0, loadOf: "mqtt-qos0"},
+	{name: "bare-qos0", kind: bareLoad, clients: 10, qos: 0, loadOf: "mqtt-qos0"},
 	{name: "mqtt-qos1", kind: mqttLoad, clients: 100, qos: 1, window: 10},
-	{name: "mosquitto-qos1", kind: mosquittoLoad, clients: 100, qos: 1, window: 10},
-	{name: "bare-qos1", kind: bareLoad, clients: 100, qos: 1, window: 10},
+	{name: "mosquitto-qos1", kind: mosquittoLoad, clients: 100, qos: 1, window: 10, loadOf: "mqtt-qos1"},
+	{name: "bare-qos1", kind: bareLoad, clients: 100, qos: 1, window: 10, loadOf: "mqtt-qos1"},
 	{name: "mqtt-qos1-single", kind: mqttLoad, clients: 1, qos: 1, window: 100},
 	{name: "mqtt-ws-qos1", kind: mqttWSLoad, clients: 100, qos: 1, window: 10},
 	{name: "latency-qos1", kind: latencyLoad, clients: 100, qos: 1},
@@ -243,7 +266,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: tributary-bench [flags]\n\nScenarios:\n")
 		for _, s := range scenarios {
-			fmt.Fprintf(stderr, "  %-18s %s\n", s.name, s.describe())
+			fmt.Fprintf(stderr, "  %-22s %s\n", s.name, s.describe())
 		}
 		fmt.Fprintf(stderr, "\nFlags:\n")
 		fs.PrintDefaults()
@@ -520,8 +543,6 @@ func (b *bench) runOne(ctx context.Context, s scenario, runID string, round int,
 		fmt.Fprintf(b.progress, "== %s: %d records, %s → Kafka topic %s\n", name, b.opts.records, s.describe(), topic)
 	}
 	group := fmt.Sprintf("bench-%s-%s", runID, name)
-	cpu0 := selfCPU()
-	kafka0, kafkaErr := b.kafkaCPU()
 	if err != nil {
 		rs[0].Error = err.Error()
 	} else {
@@ -548,10 +569,9 @@ func (b *bench) runOne(ctx context.Context, s scenario, runID string, round int,
 			rs[0] = b.runWSOut(ctx, s, topic, group, name)
 		}
 	}
-	harnessCPU := centi(selfCPU() - cpu0)
-	if len(rs) == 1 {
-		rs[0].KafkaCPU = b.kafkaSince(kafka0, kafkaErr)
-	}
+	// Each row holds the harness's and Kafka's CPU over its own timed
+	// part (cpuSpan): that is what the report divides, so it is what is
+	// shown here.
 	harness := "load generator"
 	if b.opts.bootstrap == "" {
 		harness += " and kfake"
@@ -559,22 +579,26 @@ func (b *bench) runOne(ctx context.Context, s scenario, runID string, round int,
 	for i := range rs {
 		r := &rs[i]
 		if len(rs) == 1 {
-			r.HarnessCPU = ptr(harnessCPU)
-			broker := "tributary"
+			broker := "tributary "
 			switch s.kind {
 			case mosquittoLoad:
-				broker = "mosquitto"
+				broker = "mosquitto "
 			case bareLoad:
-				broker = "endpoint"
+				broker = "endpoint "
+			case nativeProduce, nativeConsume:
+				broker = "" // the native client is the harness's
 			}
-			fmt.Fprintf(b.progress, "   CPU: %s %s s, harness (%s) %.2f s", broker, optf(r.CPU, 2), harness, harnessCPU)
-			if r.KafkaCPU != nil {
-				fmt.Fprintf(b.progress, ", Kafka %.2f s", *r.KafkaCPU)
+			if broker != "" {
+				broker += optf(r.CPU, 2) + " s, "
 			}
-			fmt.Fprintln(b.progress)
+			fmt.Fprintf(b.progress, "   CPU over the timed part: %sharness (%s) %s s", broker, harness, optf(r.HarnessCPU, 2))
 		} else {
-			fmt.Fprintf(b.progress, "   %s: CPU %s s, remote mosquitto CPU %s s while draining\n", r.Scenario, optf(r.CPU, 2), optf(r.RemoteCPU, 2))
+			fmt.Fprintf(b.progress, "   %s: CPU %s s, remote mosquitto CPU %s s, harness (%s) %s s while draining", r.Scenario, optf(r.CPU, 2), optf(r.RemoteCPU, 2), harness, optf(r.HarnessCPU, 2))
 		}
+		if r.KafkaCPU != nil {
+			fmt.Fprintf(b.progress, ", Kafka %.2f s", *r.KafkaCPU)
+		}
+		fmt.Fprintln(b.progress)
 		switch {
 		case r.Skipped != "":
 			fmt.Fprintf(b.progress, "   %s\n", r.Skipped)
@@ -582,6 +606,8 @@ func (b *bench) runOne(ctx context.Context, s scenario, runID string, round int,
 			fmt.Fprintf(b.progress, "   %d records received after %.2f s (first after %.2f s): %.0f records/s\n", r.Found, r.Seconds, *r.FirstRecordSeconds, r.Rate)
 		case len(rs) == 1 && r.OK && s.kind == mosquittoLoad:
 			fmt.Fprintf(b.progress, "   %d records received by the subscriber after %.2f s: %.0f records/s\n", r.Found, r.Seconds, r.Rate)
+		case len(rs) == 1 && r.OK && s.kind == bareLoad && s.qos == 0:
+			fmt.Fprintf(b.progress, "   %d publishes read by the endpoint after %.2f s: %.0f records/s\n", r.Found, r.Seconds, r.Rate)
 		case len(rs) == 1 && r.OK && s.kind == bareLoad:
 			fmt.Fprintf(b.progress, "   %d publishes acknowledged after %.2f s: %.0f records/s\n", r.Found, r.Seconds, r.Rate)
 		case len(rs) == 1 && r.OK && s.kind == idleConns:
@@ -596,9 +622,6 @@ func (b *bench) runOne(ctx context.Context, s scenario, runID string, round int,
 		default:
 			fmt.Fprintf(b.progress, "   %s FAILED: %s\n", r.Scenario, r.Error)
 		}
-	}
-	if len(rs) > 1 {
-		fmt.Fprintf(b.progress, "   harness (%s) CPU %.2f s for both\n", harness, harnessCPU)
 	}
 	return rs
 }
@@ -685,29 +708,37 @@ func (b *bench) runNative(ctx context.Context, s scenario, topic string) result 
 		r.Error = err.Error()
 		return r
 	}
-	// As many keys as the QoS 0 scenario has clients (each client's key
-	// is its MQTT topic), so records spread over partitions alike.
-	keys := make([][]byte, 10)
+	// The keys (and headers) Tributary gives the records of loadOf's
+	// clients: each client's key is its MQTT topic, so the records are as
+	// large and spread over the partitions alike.
+	load, ok := scenarioNamed(s.loadOf)
+	if !ok {
+		r.Error = fmt.Sprintf("no scenario %q to take the keys of", s.loadOf)
+		return r
+	}
+	keys := make([][]byte, load.clients)
 	var headers [][]kafka.Header
 	if s.headers {
 		headers = make([][]kafka.Header, len(keys))
 	}
 	for i := range keys {
-		id := fmt.Sprintf("%s-%03d", s.name, i)
-		keys[i] = []byte("bench/" + id)
+		id, topic := benchClient(load.clientPrefix(), i)
+		keys[i] = []byte(topic)
 		if s.headers {
-			// What Tributary adds to a QoS 0 publish of client id on topic
-			// bench/id, built by the same function.
-			for _, h := range bridge.AppendMQTTHeaders(nil, string(keys[i]), 0, false, id) {
+			// What Tributary adds to a publish of client id on topic at
+			// load's QoS, built by the same function.
+			for _, h := range bridge.AppendMQTTHeaders(nil, topic, load.qos, false, id) {
 				headers[i] = append(headers[i], kafka.Header{Key: h.Key, Value: h.Value})
 			}
 		}
 	}
 	sendCtx, cancel := context.WithTimeout(ctx, b.opts.timeout)
 	defer cancel()
+	span := b.startCPU()
 	start := time.Now()
 	sendErr := np.produce(sendCtx, topic, keys, headers, b.payload, b.opts.records)
 	found, end, err := b.admin.waitForCount(ctx, topic, b.opts.partitions, int64(b.opts.records), b.pollTimeout(sendErr))
+	span.end(&r)
 	b.finish(&r, start, end, found, errors.Join(sendErr, np.err(), err))
 	return r
 }
@@ -805,27 +836,77 @@ func (b *bench) runMQTT(ctx context.Context, s scenario, topic, name string) res
 	defer done()
 
 	profiled := b.profile(ctx, d, name)
+	span := b.startCPU()
 	cpu0, cpuErr := d.cpuSeconds()
 	start, sendErr := l.fire(&r)
-	wait := b.pollTimeout(sendErr)
-	// A QoS 0 publish Tributary dropped (its in-flight budget was full)
-	// never reaches Kafka: count what did, without waiting the timeout.
-	var dropErr error
-	if dropped, err := d.metric("tributary_mqtt_dropped_total"); err == nil && dropped > 0 {
-		dropErr = fmt.Errorf("Tributary dropped %.0f QoS 0 publishes (tributary_mqtt_dropped_total; see kafka.inflight_budget_bytes)", dropped)
-		wait = min(wait, 5*time.Second)
-	}
-	found, end, err := b.admin.waitForCount(ctx, topic, b.opts.partitions, int64(b.opts.records), wait)
+	found, end, err := b.awaitMQTTRecords(ctx, d, topic, b.pollTimeout(sendErr))
 	if cpu1, err := d.cpuSeconds(); err == nil && cpuErr == nil {
 		r.CPU = ptr(centi(cpu1 - cpu0))
 	}
+	span.end(&r)
 	profiled()
-	b.endDaemonRun(&r, d, name, start, end, found, errors.Join(dropErr, err), sendErr)
+	b.endDaemonRun(&r, d, name, start, end, found, err, sendErr)
 	r.setLatencies(l.latencies())
 	return r
 }
 
-// selfCPU returns the user plus system CPU seconds this process used.
+// dropCheckAfter is how long awaitMQTTRecords waits for the records in
+// Kafka before it asks Tributary whether it dropped any.
+const dropCheckAfter = time.Second
+
+// awaitMQTTRecords waits up to wait for the run's records to show up in
+// topic. A QoS 0 publish Tributary dropped (its in-flight budget was full)
+// never reaches Kafka: when the records are still short after
+// dropCheckAfter, it reads tributary_mqtt_dropped_total once and, if any
+// were dropped, waits at most 5 s more to count what did arrive, rather
+// than the whole timeout. Asking only then keeps the HTTP round trip to
+// /metrics out of a run whose records all arrive in time, whose clock
+// would otherwise stop that much later: native-produce pays no such cost.
+func (b *bench) awaitMQTTRecords(ctx context.Context, d *daemon, topic string, wait time.Duration) (int64, time.Time, error) {
+	want := int64(b.opts.records)
+	first := min(wait, dropCheckAfter)
+	found, end, err := b.admin.waitForCount(ctx, topic, b.opts.partitions, want, first)
+	if found >= want || first == wait || ctx.Err() != nil {
+		return found, end, err
+	}
+	rest := wait - first
+	var dropErr error
+	if dropped, err := d.metric("tributary_mqtt_dropped_total"); err == nil && dropped > 0 {
+		dropErr = fmt.Errorf("Tributary dropped %.0f QoS 0 publishes (tributary_mqtt_dropped_total; see kafka.inflight_budget_bytes)", dropped)
+		rest = min(rest, 5*time.Second)
+	}
+	found, end, err = b.admin.waitForCount(ctx, topic, b.opts.partitions, want, rest)
+	return found, end, errors.Join(dropErr, err)
+}
+
+// cpuSpan measures the CPU time the harness's process (load generator,
+// native client, kfake when it runs in-process) and the local Kafka broker
+// of --kafka-pid use over a scenario's timed part: the same span as the
+// scenario's reading of Tributary's (or mosquitto's, or the endpoint's)
+// CPU, so that every figure the report divides by the records and the
+// seconds covers those seconds alone, not starting and stopping brokers
+// or dialing clients.
+type cpuSpan struct {
+	b        *bench
+	harness0 float64
+	kafka0   float64
+	kafkaErr error
+}
+
+// startCPU begins a span; call it right before the timed part starts.
+func (b *bench) startCPU() cpuSpan {
+	s := cpuSpan{b: b, harness0: selfCPU()}
+	s.kafka0, s.kafkaErr = b.kafkaCPU()
+	return s
+}
+
+// end sets r's HarnessCPU and KafkaCPU to the CPU used since the span
+// began; call it right when the timed part ends.
+func (s cpuSpan) end(r *result) {
+	r.HarnessCPU = ptr(centi(selfCPU() - s.harness0))
+	r.KafkaCPU = s.b.kafkaSince(s.kafka0, s.kafkaErr)
+}
+
 // kafkaCPU returns the CPU time the local Kafka broker of --kafka-pid has
 // used so far; 0 and no error when it is not measured.
 func (b *bench) kafkaCPU() (float64, error) {
@@ -858,6 +939,7 @@ func processCPU(pid int) (float64, error) {
 	return parseStatCPU(string(st))
 }
 
+// selfCPU returns the user plus system CPU seconds this process used.
 func selfCPU() float64 {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {

@@ -376,3 +376,110 @@ func TestPublisherKeepsItsWindow(t *testing.T) {
 		t.Fatalf("%d publishes unacknowledged at once, window %d", res.maxOut, window)
 	}
 }
+
+// A broker that withholds PUBACKs until it holds window unacknowledged
+// publishes, then answers only the oldest: a publisher that keeps its
+// window full sends the next publish at once, so the broker sees exactly
+// window unacknowledged publishes before every answer. A publisher that
+// sent one publish at a time, or waited for all its PUBACKs before
+// sending more, would stop short of window and the broker, getting no
+// publish for a while, fails the test.
+func TestPublisherFillsItsWindow(t *testing.T) {
+	const n, window = 1000, 10
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type result struct {
+		publishes, full int // full: answers given with window unacknowledged
+		err             error
+	}
+	done := make(chan result, 1)
+	go func() {
+		var res result
+		defer func() { done <- res }()
+		c, err := ln.Accept()
+		if err != nil {
+			res.err = err
+			return
+		}
+		defer c.Close()
+		r := bufio.NewReader(c)
+		if _, _, err := readPacket(r, nil); err != nil { // CONNECT
+			res.err = err
+			return
+		}
+		_, _ = c.Write([]byte{packets.Connack << 4, 2, 0, 0})
+		var ids []uint16 // unacknowledged, oldest first
+		for res.publishes < n {
+			// A publisher that keeps its window full answers a PUBACK
+			// within a round trip; 2 s without a publish means it stopped.
+			_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			hdr, body, err := readPacket(r, nil)
+			if err != nil {
+				res.err = fmt.Errorf("after %d publishes, with %d unacknowledged of a window of %d: %w", res.publishes, len(ids), window, err)
+				return
+			}
+			if hdr>>4 != packets.Publish {
+				continue
+			}
+			tlen := int(binary.BigEndian.Uint16(body))
+			ids = append(ids, binary.BigEndian.Uint16(body[2+tlen:]))
+			res.publishes++
+			if len(ids) > window {
+				res.err = fmt.Errorf("%d publishes unacknowledged, window %d", len(ids), window)
+				return
+			}
+			if len(ids) < window && res.publishes < n {
+				continue
+			}
+			// Window full (or the last publish in): answer the oldest
+			// only, and at the end all of them.
+			answer := ids[:1]
+			if res.publishes == n {
+				answer = ids
+			}
+			var acks []byte
+			for _, id := range answer {
+				acks = append(acks, packets.Puback<<4, 2, byte(id>>8), byte(id))
+			}
+			if len(ids) == window {
+				res.full++
+			}
+			ids = ids[len(answer):]
+			if _, err := c.Write(acks); err != nil {
+				res.err = err
+				return
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p, err := dialPublisher(ctx, ln.Addr().String(), "window", "bench/window", makePayload(50), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	pubErr := make(chan error, 1)
+	go func() {
+		lat, err := p.publishAcked(ctx, n, window)
+		if err == nil && len(lat) != n {
+			err = fmt.Errorf("%d acknowledged, want %d", len(lat), n)
+		}
+		pubErr <- err
+	}()
+	res := <-done
+	if res.err != nil {
+		p.Close() // release the publisher waiting for PUBACKs
+		<-pubErr
+		t.Fatalf("broker: %v", res.err)
+	}
+	if err := <-pubErr; err != nil {
+		t.Fatal(err)
+	}
+	// From the window-th publish on, every one found the window full.
+	if want := n - window + 1; res.full != want {
+		t.Fatalf("%d answers with the window full, want %d", res.full, want)
+	}
+}

@@ -365,6 +365,7 @@ func TestScenarioKinds(t *testing.T) {
 		{"native-produce", false, true},
 		{"mqtt-qos0", true, true},
 		{"mosquitto-qos0", false, false},
+		{"bare-qos0", false, false},
 		{"mqtt-ws-qos1", true, true},
 		{"latency-qos1", true, true},
 		{"connections", true, false},
@@ -386,5 +387,42 @@ func TestScenarioKinds(t *testing.T) {
 			t.Error("latency-qos1 runs before mqtt-qos1, whose rate it takes")
 		}
 		seen[s.name] = true
+	}
+}
+
+// TestScenariosSendTheirPeersLoad: a scenario that stands for another's
+// load (mosquitto, the bare endpoint, the native producer's keys) names
+// an MQTT scenario of Tributary's, sends it with the same clients, QoS
+// and window, and names its clients, and so its topics and Kafka keys,
+// exactly as that scenario does.
+func TestScenariosSendTheirPeersLoad(t *testing.T) {
+	for _, s := range scenarios {
+		switch s.kind {
+		case nativeProduce, mosquittoLoad, bareLoad:
+		default:
+			if s.loadOf != "" {
+				t.Errorf("%s: loadOf %q on a scenario that sends its own load", s.name, s.loadOf)
+			}
+			continue
+		}
+		peer, ok := scenarioNamed(s.loadOf)
+		if !ok || peer.kind != mqttLoad {
+			t.Errorf("%s: loadOf %q is not a Tributary MQTT scenario", s.name, s.loadOf)
+			continue
+		}
+		if s.kind != nativeProduce && (s.clients != peer.clients || s.qos != peer.qos || s.window != peer.window) {
+			t.Errorf("%s: %d clients, QoS %d, window %d; %s has %d, %d, %d", s.name, s.clients, s.qos, s.window, peer.name, peer.clients, peer.qos, peer.window)
+		}
+		if s.clientPrefix() != peer.clientPrefix() {
+			t.Errorf("%s: clients named %s-NNN, %s's %s-NNN", s.name, s.clientPrefix(), peer.name, peer.clientPrefix())
+		}
+	}
+	for _, name := range []string{"native-produce", "native-produce-headers"} {
+		if s, _ := scenarioNamed(name); s.loadOf != "mqtt-qos0" {
+			t.Errorf("%s writes the records of %q, not mqtt-qos0's", name, s.loadOf)
+		}
+	}
+	if id, topic := benchClient("mqtt-qos0", 7); id != "mqtt-qos0-007" || topic != "bench/mqtt-qos0-007" {
+		t.Errorf("client 7 of mqtt-qos0: id %q, topic %q", id, topic)
 	}
 }

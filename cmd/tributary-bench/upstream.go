@@ -261,8 +261,7 @@ func (b *bench) runSubBaseline(ctx context.Context, r result, brokerBin, subBin,
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	cpu0, cpuErr := rb.cpuSeconds()
-	harness0 := selfCPU()
-	kafka0, kafkaErr := b.kafkaCPU()
+	span := b.startCPU()
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		r.Error = fmt.Sprintf("starting %s: %v", subBin, err)
@@ -271,8 +270,7 @@ func (b *bench) runSubBaseline(ctx context.Context, r result, brokerBin, subBin,
 	lines, first, readErr := countLines(stdout)
 	waitErr := cmd.Wait()
 	end := time.Now()
-	r.HarnessCPU = ptr(centi(selfCPU() - harness0))
-	r.KafkaCPU = b.kafkaSince(kafka0, kafkaErr)
+	span.end(&r)
 	if cpu1, err := rb.cpuSeconds(); err == nil && cpuErr == nil {
 		r.RemoteCPU = ptr(centi(cpu1 - cpu0))
 	}
@@ -356,8 +354,7 @@ func (b *bench) runUpstreamTributary(ctx context.Context, r result, brokerBin, t
 
 	dc.name = name
 	cpu0, cpuErr := rb.cpuSeconds()
-	harness0 := selfCPU()
-	kafka0, kafkaErr := b.kafkaCPU()
+	span := b.startCPU()
 	start := time.Now()
 	d, err = startDaemon(ctx, dc)
 	if err != nil {
@@ -368,8 +365,7 @@ func (b *bench) runUpstreamTributary(ctx context.Context, r result, brokerBin, t
 	r.ReadySeconds = ptr(time.Since(start).Seconds())
 	profiled := b.profile(ctx, d, name)
 	found, end, err := b.admin.waitForCount(ctx, topic, b.opts.partitions, int64(b.opts.records), b.opts.timeout)
-	r.HarnessCPU = ptr(centi(selfCPU() - harness0))
-	r.KafkaCPU = b.kafkaSince(kafka0, kafkaErr)
+	span.end(&r)
 	profiled()
 	if cpu1, err := rb.cpuSeconds(); err == nil && cpuErr == nil {
 		r.RemoteCPU = ptr(centi(cpu1 - cpu0))

@@ -208,12 +208,19 @@ func (b *bench) runWSIn(ctx context.Context, s scenario, topic, name string) res
 		reads.Go(func() { readErrs[i] = p.results(counts[i]) })
 	}
 	profiled := b.profile(ctx, d, name)
+	span := b.startCPU()
 	cpu0, cpuErr := d.cpuSeconds()
 	start := time.Now()
 	close(begin)
 	sends.Wait()
 	sendErr := firstError(sendErrs)
 	found, end, err := b.admin.waitForCount(ctx, topic, b.opts.partitions, int64(b.opts.records), b.pollTimeout(sendErr))
+	// The clock stopped: so do the CPU readings, before the wait for the
+	// last result frames, which Tributary writes after that.
+	if cpu1, err := d.cpuSeconds(); err == nil && cpuErr == nil {
+		r.CPU = ptr(centi(cpu1 - cpu0))
+	}
+	span.end(&r)
 	if sendErr != nil {
 		// Results still due will not all come: release the readers.
 		for _, p := range socks {
@@ -223,9 +230,6 @@ func (b *bench) runWSIn(ctx context.Context, s scenario, topic, name string) res
 	reads.Wait()
 	if sendErr == nil {
 		err = errors.Join(err, firstError(readErrs))
-	}
-	if cpu1, err := d.cpuSeconds(); err == nil && cpuErr == nil {
-		r.CPU = ptr(centi(cpu1 - cpu0))
 	}
 	profiled()
 	if rss, err := d.peakRSS(); err == nil {
@@ -332,6 +336,7 @@ func (b *bench) runNativeConsume(ctx context.Context, s scenario, topic, group s
 	ctx, cancel := context.WithTimeout(ctx, b.opts.timeout)
 	defer cancel()
 	var t consumeTiming
+	span := b.startCPU()
 	t.start = time.Now()
 	c, err := kafka.NewConsumer(&kafka.ConfigMap{
 		"bootstrap.servers":   b.bootstrap,
@@ -374,6 +379,7 @@ func (b *bench) runNativeConsume(ctx context.Context, s scenario, topic, group s
 		}
 	}
 	t.end = time.Now()
+	span.end(&r)
 	t.fill(&r, err)
 	return r
 }
@@ -403,6 +409,7 @@ func (b *bench) runWSOut(ctx context.Context, s scenario, topic, group, name str
 	ctx, cancel := context.WithTimeout(ctx, b.opts.timeout)
 	defer cancel()
 	profiled := b.profile(ctx, d, name)
+	span := b.startCPU()
 	cpu0, cpuErr := d.cpuSeconds()
 	var t consumeTiming
 	t.start = time.Now()
@@ -435,6 +442,7 @@ func (b *bench) runWSOut(ctx context.Context, s scenario, topic, group, name str
 	if cpu1, err := d.cpuSeconds(); err == nil && cpuErr == nil {
 		r.CPU = ptr(centi(cpu1 - cpu0))
 	}
+	span.end(&r)
 	profiled()
 	if rss, err := d.peakRSS(); err == nil {
 		r.RSS = &rss
