@@ -394,7 +394,9 @@ var revokedCode = packets.Code{Code: packets.ErrNotAuthorized.Code, Reason: "not
 // reload, of a client that mochi listed only after revoke had looked at
 // the list, would otherwise stay; the two are moments apart, and only
 // whether the name is still admitted is checked here (not whether its
-// password changed), and whether the will is still allowed.
+// password changed), and whether the will is still allowed. So are the
+// subscriptions of a session it resumed: mochi may have copied them from
+// the kept session before a reload's revoke dropped them there.
 func (h *authHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	users := h.users.Load()
 	if users == nil || cl.Net.Inline {
@@ -405,6 +407,7 @@ func (h *authHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	}
 	if users.Admits(string(cl.Properties.Username)) {
 		h.recheckWill(users, cl)
+		h.dropSubscriptions(users, cl)
 		return
 	}
 	h.log.Info("disconnecting MQTT client: the users file was reloaded while it logged in and no longer allows its login",
@@ -492,9 +495,16 @@ func (h *authHook) dropSubscriptions(users *auth.Users, cl *mqtt.Client) {
 }
 
 // unsubscriber returns a function that removes one subscription of a
-// client the server lists, as an UNSUBSCRIBE of that filter would.
+// client the server lists, as an UNSUBSCRIBE of that filter would. Only a
+// subscription the client still holds is removed: mochi's index reports a
+// filter removed whenever another client holds it too, and the server's
+// count of subscriptions (which the ingest reads, see OnUnsubscribe) must
+// not go down for one that was already gone.
 func unsubscriber(server *mqtt.Server) func(cl *mqtt.Client, filter string) {
 	return func(cl *mqtt.Client, filter string) {
+		if _, ok := cl.State.Subscriptions.Get(filter); !ok {
+			return
+		}
 		if server.Topics.Unsubscribe(filter, cl.ID) {
 			atomic.AddInt64(&server.Info.Subscriptions, -1)
 		}

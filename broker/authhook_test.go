@@ -230,6 +230,8 @@ func writePackets(t *testing.T, conn net.Conn, pks ...packets.Packet) {
 			err = pk.SubscribeEncode(&buf)
 		case packets.Pubrel:
 			err = pk.PubrelEncode(&buf)
+		case packets.Unsubscribe:
+			err = pk.UnsubscribeEncode(&buf)
 		default:
 			t.Fatalf("no encoder for packet type %d", pk.FixedHeader.Type)
 		}
@@ -296,6 +298,8 @@ func tryReadMQTT(conn net.Conn, version byte, timeout time.Duration) (packets.Pa
 		err = pk.PubcompDecode(body)
 	case packets.Suback:
 		err = pk.SubackDecode(body)
+	case packets.Unsuback:
+		err = pk.UnsubackDecode(body)
 	case packets.Publish:
 		err = pk.PublishDecode(body)
 	case packets.Disconnect:

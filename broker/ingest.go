@@ -113,7 +113,7 @@ func newIngest(ctx context.Context, server *mqtt.Server, producer Producer, mapp
 func (h *ingest) ID() string { return "tributary-ingest" }
 
 func (h *ingest) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPacketEncode, mqtt.OnSubscribe, mqtt.OnClientExpired, mqtt.OnWillSent}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPacketEncode, mqtt.OnSubscribe, mqtt.OnUnsubscribe, mqtt.OnClientExpired, mqtt.OnWillSent}, []byte{b})
 }
 
 // OnWillSent produces the will mochi has just sent to local subscribers
@@ -217,6 +217,29 @@ func (h *ingest) drop(cl *mqtt.Client, topic, what string, err error) {
 func (h *ingest) OnClientExpired(cl *mqtt.Client) {
 	h.server.UnsubscribeClient(cl)
 	cl.ClearInflights()
+}
+
+// noSubscription is a topic filter no subscription can have: MQTT strings
+// may not hold U+0000, and mochi refuses one that does.
+const noSubscription = "\x00"
+
+// OnUnsubscribe keeps the server's count of subscriptions
+// (Info.Subscriptions) true. mochi lowers it for every filter of an
+// UNSUBSCRIBE that its index holds, whether or not for this client: a
+// client unsubscribing from a filter it never subscribed to, which
+// another client holds, lowered it, and could bring it to zero while
+// subscriptions remained. The ingest then skipped forwarding QoS 0
+// publishes and acknowledged QoS 1 publishes, and local subscribers lost
+// them. A filter the client does not hold is replaced by noSubscription,
+// which the index never holds: mochi answers it as it should, "no
+// subscription existed" (0x11) for MQTT 5, and counts nothing.
+func (h *ingest) OnUnsubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	for i := range pk.Filters {
+		if _, ok := cl.State.Subscriptions.Get(pk.Filters[i].Filter); !ok {
+			pk.Filters[i].Filter = noSubscription
+		}
+	}
+	return pk
 }
 
 // OnSubscribe gives an MQTT bridge's subscriptions No Local and Retain As

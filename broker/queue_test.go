@@ -6,6 +6,7 @@ import (
 	"io"
 	"maps"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -340,4 +341,48 @@ func TestACLRefusalWaitsItsTurn(t *testing.T) {
 		}
 		denied(t, reg, map[string]float64{"publish": 1, "subscribe": 0})
 	})
+}
+
+// An UNSUBSCRIBE of a filter the client never subscribed to, which
+// another client holds, changes nothing: the MQTT 5 client is told no
+// subscription existed (0x11), the server's count of subscriptions stays,
+// and the other client still gets the QoS 0 and QoS 1 publishes to it,
+// which the ingest stops forwarding once that count is zero.
+func TestUnsubscribeOfAnotherClientsFilterChangesNothing(t *testing.T) {
+	p := &bestEffortRecorder{fakeProducer: newFakeProducer()}
+	p.confirm = true
+	b := startBroker(t, p)
+	sub, _ := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 4, id: "sub"})
+	subscribe(t, sub, 4, "sensors/#", false)
+	before := atomic.LoadInt64(&b.server.Info.Subscriptions)
+	other, _ := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 5, id: "other"})
+	writePackets(t, other, packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Unsubscribe, Qos: 1}, ProtocolVersion: 5, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "sensors/#"}},
+	})
+	ack := readMQTT(t, other, 5)
+	if ack.FixedHeader.Type != packets.Unsuback || len(ack.ReasonCodes) != 1 || ack.ReasonCodes[0] != packets.CodeNoSubscriptionExisted.Code {
+		t.Fatalf("UNSUBACK type %d reason codes % x, want 0x11", ack.FixedHeader.Type, ack.ReasonCodes)
+	}
+	if after := atomic.LoadInt64(&b.server.Info.Subscriptions); after != before {
+		t.Fatalf("the server counts %d subscriptions, want %d", after, before)
+	}
+	writePackets(t, other, publish5("sensors/a", 0, 0, 0), publish5("sensors/b", 1, 3, 0))
+	for _, want := range []string{"sensors/a", "sensors/b"} {
+		pk := readMQTT(t, sub, 4)
+		if pk.FixedHeader.Type != packets.Publish || pk.TopicName != want {
+			t.Fatalf("the subscriber got type %d topic %q, want the publish to %s", pk.FixedHeader.Type, pk.TopicName, want)
+		}
+	}
+	// The subscriber's own UNSUBSCRIBE still ends its subscription.
+	writePackets(t, sub, packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Unsubscribe, Qos: 1}, ProtocolVersion: 4, PacketID: 4,
+		Filters: packets.Subscriptions{{Filter: "sensors/#"}},
+	})
+	if ack = readMQTT(t, sub, 4); ack.FixedHeader.Type != packets.Unsuback {
+		t.Fatalf("got packet type %d, want UNSUBACK", ack.FixedHeader.Type)
+	}
+	if after := atomic.LoadInt64(&b.server.Info.Subscriptions); after != before-1 {
+		t.Fatalf("after the subscriber's own UNSUBSCRIBE the server counts %d subscriptions, want %d", after, before-1)
+	}
 }

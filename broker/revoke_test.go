@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
@@ -383,5 +384,50 @@ acls:
 		if pk.FixedHeader.Type != packets.Publish || string(pk.Payload) != strconv.Itoa(i) {
 			t.Fatalf("message %d: got type %d payload %q", i, pk.FixedHeader.Type, pk.Payload)
 		}
+	}
+}
+
+// A session resumed while a reload's revoke was looking at the client
+// list loses the subscriptions the new file refuses when its login is
+// established: mochi may have copied them from the kept session before
+// revoke dropped them there. (Here revoke does not run at all.)
+func TestResumedSessionLosesSubscriptionsTheFileRefuses(t *testing.T) {
+	hashes := testHashes(t)
+	users := auth.NewLive(usersWithHashes(t, `users:
+  - {username: ops, password_hash: "{{ops}}"}
+acls:
+  - {user: ops, topic: "#", access: all}
+`, hashes))
+	s := startAuthServer(t, AuthConfig{Users: users})
+	s.hook.unsubscribe = unsubscriber(s.srv)
+	kept := rawConnect{version: 5, id: "ops-kept", user: "ops", pass: "ops-pw", keep: true}
+	conn, _ := connectRaw(t, s.addr, kept)
+	subscribe(t, conn, 5, "sensors/#", false)
+	subscribe(t, conn, 5, "cmd/ops", false)
+	conn.Close()
+	testutil.WaitFor(t, 10*time.Second, "ops-kept's connection gone, its session kept", func() bool {
+		cl, ok := s.srv.Clients.Get("ops-kept")
+		return ok && cl.Closed()
+	})
+	before := atomic.LoadInt64(&s.srv.Info.Subscriptions)
+	users.Swap(usersWithHashes(t, `users:
+  - {username: ops, password_hash: "{{ops}}"}
+acls:
+  - {user: ops, topic: "cmd/#", access: all}
+  - {user: ops, topic: "sensors/#", access: publish}
+`, hashes))
+	if _, ack := connectRaw(t, s.addr, kept); ack.ReasonCode != 0 || !ack.SessionPresent {
+		t.Fatalf("resuming: CONNACK %#x, session present %v", ack.ReasonCode, ack.SessionPresent)
+	}
+	cl, ok := s.srv.Clients.Get("ops-kept")
+	if !ok {
+		t.Fatal("ops-kept not listed")
+	}
+	// mochi sends the CONNACK just before it calls OnSessionEstablished.
+	testutil.WaitFor(t, 10*time.Second, "the resumed session left with only cmd/ops", func() bool {
+		return slices.Equal(slices.Sorted(maps.Keys(cl.State.Subscriptions.GetAll())), []string{"cmd/ops"})
+	})
+	if after := atomic.LoadInt64(&s.srv.Info.Subscriptions); after != before-1 {
+		t.Fatalf("the server counts %d subscriptions, want %d", after, before-1)
 	}
 }
