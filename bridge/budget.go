@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"context"
+	"slices"
 	"sync"
 )
 
@@ -75,13 +76,8 @@ func (b *budget) Acquire(ctx context.Context, n int64) error {
 	if w.taken {
 		// Granted as ctx ended: give the bytes back.
 		b.used -= n
-	} else {
-		for i, o := range b.waiting {
-			if o == w {
-				b.waiting = append(b.waiting[:i], b.waiting[i+1:]...)
-				break
-			}
-		}
+	} else if i := slices.Index(b.waiting, w); i >= 0 {
+		b.waiting = slices.Delete(b.waiting, i, i+1)
 	}
 	b.grant()
 	return ctx.Err()

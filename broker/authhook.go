@@ -513,10 +513,15 @@ func unsubscriber(server *mqtt.Server) func(cl *mqtt.Client, filter string) {
 }
 
 // willAllowed reports whether the users file in force lets cl's login
-// publish a will to topic: the login still admitted, and the topic
-// allowed to its user (an MQTT bridge's connection state always is).
+// publish a will to topic (see willPermitted).
 func (h *authHook) willAllowed(cl *mqtt.Client, topic string) bool {
-	users := h.users.Load()
+	return willPermitted(h.users.Load(), cl, topic)
+}
+
+// willPermitted reports whether users lets cl's login publish a will to
+// topic: the login still admitted, and the topic allowed to its user (an
+// MQTT bridge's connection state always is).
+func willPermitted(users *auth.Users, cl *mqtt.Client, topic string) bool {
 	if users == nil || bridgeStateTopic(cl.ID, topic) {
 		return true
 	}
@@ -533,13 +538,13 @@ func (h *authHook) recheckWill(users *auth.Users, cl *mqtt.Client) {
 	if !ok || atomic.LoadUint32(&cl.Properties.Will.Flag) == 0 {
 		return
 	}
-	username, topic := string(cl.Properties.Username), v.(string)
-	if bridgeStateTopic(cl.ID, topic) || users.CanPublish(username, cl.ID, topic) {
+	topic := v.(string)
+	if willPermitted(users, cl, topic) {
 		return
 	}
 	atomic.StoreUint32(&cl.Properties.Will.Flag, 0)
 	h.log.Info("forgetting an MQTT client's will: the reloaded users file does not let its user publish to the will's topic; the connection stays open",
-		"client", cl.ID, "username", username, "will_topic", topic)
+		"client", cl.ID, "username", string(cl.Properties.Username), "will_topic", topic)
 }
 
 // endLogin disconnects a client whose login is no longer allowed: MQTT 5

@@ -135,7 +135,7 @@ func (h *ingest) Provides(b byte) bool {
 // later, from mochi's loop, and keeps no order.
 //
 // A delayed will is checked again against the users file in force: a
-// reload may have ended its login or taken away its right to the topic
+// reload may have removed its user or taken away its right to the topic
 // while it waited, after the checks at login and at the reload, which
 // only see wills still held by connections. mochi has by then sent it
 // to local subscribers (each delivery checked against the subscriber's

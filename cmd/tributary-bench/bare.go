@@ -295,13 +295,9 @@ func (b *bench) runBare(ctx context.Context, s scenario) result {
 		return r
 	}
 	defer done()
-	span := b.startCPU()
-	cpu0, cpuErr := processCPU(e.cmd.Process.Pid)
+	span := b.startCPU(func() (float64, error) { return processCPU(e.cmd.Process.Pid) })
 	start, sendErr := l.fire(&r)
 	end := time.Now()
-	if cpu1, err := processCPU(e.cmd.Process.Pid); err == nil && cpuErr == nil {
-		r.CPU = ptr(centi(cpu1 - cpu0))
-	}
 	span.end(&r)
 	lat := l.latencies()
 	found, where := int64(len(lat)), "the publishers received PUBACKs for"

@@ -80,8 +80,7 @@ func (b *bench) runConnections(ctx context.Context, s scenario, topic, name stri
 		})
 	}
 	profiled := b.profile(ctx, d, name)
-	span := b.startCPU()
-	cpu0, cpuErr := d.cpuSeconds()
+	span := b.startCPU(d.cpuSeconds)
 	start := time.Now()
 feed:
 	for i := range n {
@@ -94,9 +93,6 @@ feed:
 	close(next)
 	wg.Wait()
 	took := time.Since(start)
-	if cpu1, err := d.cpuSeconds(); err == nil && cpuErr == nil {
-		r.CPU = ptr(centi(cpu1 - cpu0))
-	}
 	span.end(&r)
 	open := 0
 	for _, c := range conns {

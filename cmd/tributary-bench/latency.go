@@ -103,13 +103,9 @@ func (b *bench) runLatency(ctx context.Context, s scenario, topic, name string, 
 		return p.publishPaced(sendCtx, counts[i], latencyWindow, pc)
 	})
 	profiled := b.profile(ctx, d, name)
-	span := b.startCPU()
-	cpu0, cpuErr := d.cpuSeconds()
+	span := b.startCPU(d.cpuSeconds)
 	start, sendErr := l.fire(&r)
 	found, end, err := b.admin.waitForCount(ctx, topic, b.opts.partitions, int64(b.opts.records), b.pollTimeout(sendErr))
-	if cpu1, err := d.cpuSeconds(); err == nil && cpuErr == nil {
-		r.CPU = ptr(centi(cpu1 - cpu0))
-	}
 	span.end(&r)
 	profiled()
 	if kc != nil && err == nil && sendErr == nil {

@@ -734,7 +734,7 @@ func (b *bench) runNative(ctx context.Context, s scenario, topic string) result 
 	}
 	sendCtx, cancel := context.WithTimeout(ctx, b.opts.timeout)
 	defer cancel()
-	span := b.startCPU()
+	span := b.startCPU(nil)
 	start := time.Now()
 	sendErr := np.produce(sendCtx, topic, keys, headers, b.payload, b.opts.records)
 	found, end, err := b.admin.waitForCount(ctx, topic, b.opts.partitions, int64(b.opts.records), b.pollTimeout(sendErr))
@@ -836,13 +836,9 @@ func (b *bench) runMQTT(ctx context.Context, s scenario, topic, name string) res
 	defer done()
 
 	profiled := b.profile(ctx, d, name)
-	span := b.startCPU()
-	cpu0, cpuErr := d.cpuSeconds()
+	span := b.startCPU(d.cpuSeconds)
 	start, sendErr := l.fire(&r)
 	found, end, err := b.awaitMQTTRecords(ctx, d, topic, b.pollTimeout(sendErr))
-	if cpu1, err := d.cpuSeconds(); err == nil && cpuErr == nil {
-		r.CPU = ptr(centi(cpu1 - cpu0))
-	}
 	span.end(&r)
 	profiled()
 	b.endDaemonRun(&r, d, name, start, end, found, err, sendErr)
@@ -879,30 +875,42 @@ func (b *bench) awaitMQTTRecords(ctx context.Context, d *daemon, topic string, w
 	return found, end, errors.Join(dropErr, err)
 }
 
-// cpuSpan measures the CPU time the harness's process (load generator,
-// native client, kfake when it runs in-process) and the local Kafka broker
-// of --kafka-pid use over a scenario's timed part: the same span as the
-// scenario's reading of Tributary's (or mosquitto's, or the endpoint's)
-// CPU, so that every figure the report divides by the records and the
-// seconds covers those seconds alone, not starting and stopping brokers
-// or dialing clients.
+// cpuSpan measures, over a scenario's timed part, the CPU time of the
+// process the scenario loads (Tributary, mosquitto or the bare endpoint),
+// of the harness's own process (load generator, native client, kfake when
+// it runs in-process) and of the local Kafka broker of --kafka-pid: one
+// span for all of them, so that every figure the report divides by the
+// records and the seconds covers those seconds alone, not starting and
+// stopping brokers or dialing clients.
 type cpuSpan struct {
 	b        *bench
+	proc     func() (float64, error) // the loaded process's CPU so far; nil for none
+	proc0    float64
+	procErr  error
 	harness0 float64
 	kafka0   float64
 	kafkaErr error
 }
 
 // startCPU begins a span; call it right before the timed part starts.
-func (b *bench) startCPU() cpuSpan {
-	s := cpuSpan{b: b, harness0: selfCPU()}
+// proc, if not nil, reads the CPU time of the process the scenario loads.
+func (b *bench) startCPU(proc func() (float64, error)) cpuSpan {
+	s := cpuSpan{b: b, proc: proc, harness0: selfCPU()}
 	s.kafka0, s.kafkaErr = b.kafkaCPU()
+	if proc != nil {
+		s.proc0, s.procErr = proc()
+	}
 	return s
 }
 
-// end sets r's HarnessCPU and KafkaCPU to the CPU used since the span
-// began; call it right when the timed part ends.
+// end sets r's CPU (with a proc), HarnessCPU and KafkaCPU to the CPU used
+// since the span began; call it right when the timed part ends.
 func (s cpuSpan) end(r *result) {
+	if s.proc != nil && s.procErr == nil {
+		if cpu1, err := s.proc(); err == nil {
+			r.CPU = ptr(centi(cpu1 - s.proc0))
+		}
+	}
 	r.HarnessCPU = ptr(centi(selfCPU() - s.harness0))
 	r.KafkaCPU = s.b.kafkaSince(s.kafka0, s.kafkaErr)
 }

@@ -64,13 +64,9 @@ func (b *bench) runMosquitto(ctx context.Context, s scenario, name string) resul
 	recvDone := make(chan error, 1)
 	go func() { recvDone <- sub.receive(want) }()
 
-	span := b.startCPU()
-	cpu0, cpuErr := rb.cpuSeconds()
+	span := b.startCPU(rb.cpuSeconds)
 	start, sendErr := l.fire(&r)
 	recvErr := b.awaitSubscriber(ctx, sub, recvDone, want, sendErr != nil)
-	if cpu1, err := rb.cpuSeconds(); err == nil && cpuErr == nil {
-		r.CPU = ptr(centi(cpu1 - cpu0))
-	}
 	span.end(&r)
 	if kb, err := procStatusKB(rb.cmd.Process.Pid, "VmHWM"); err == nil {
 		r.RSS = ptr(kb << 10)

@@ -298,6 +298,33 @@ func BenchmarkPublisherMochi(b *testing.B) {
 	}
 }
 
+// acceptPublisher accepts one bench client on ln as a fake broker: it
+// reads the CONNECT and answers with a successful CONNACK.
+func acceptPublisher(ln net.Listener) (net.Conn, *bufio.Reader, error) {
+	c, err := ln.Accept()
+	if err != nil {
+		return nil, nil, err
+	}
+	r := bufio.NewReader(c)
+	if _, _, err := readPacket(r, nil); err != nil { // CONNECT
+		c.Close()
+		return nil, nil, err
+	}
+	_, _ = c.Write([]byte{packets.Connack << 4, 2, 0, 0})
+	return c, r, nil
+}
+
+// publishID returns the packet id of a QoS 1 PUBLISH's body.
+func publishID(body []byte) uint16 {
+	tlen := int(binary.BigEndian.Uint16(body))
+	return binary.BigEndian.Uint16(body[2+tlen:])
+}
+
+// appendPuback appends a PUBACK for packet id.
+func appendPuback(b []byte, id uint16) []byte {
+	return append(b, packets.Puback<<4, 2, byte(id>>8), byte(id))
+}
+
 // A broker that acknowledges whatever has arrived whenever it has read all
 // it was sent: the publisher never has more than its window unacknowledged.
 func TestPublisherKeepsItsWindow(t *testing.T) {
@@ -315,18 +342,12 @@ func TestPublisherKeepsItsWindow(t *testing.T) {
 	go func() {
 		var res result
 		defer func() { done <- res }()
-		c, err := ln.Accept()
+		c, r, err := acceptPublisher(ln)
 		if err != nil {
 			res.err = err
 			return
 		}
 		defer c.Close()
-		r := bufio.NewReader(c)
-		if _, _, err := readPacket(r, nil); err != nil { // CONNECT
-			res.err = err
-			return
-		}
-		_, _ = c.Write([]byte{packets.Connack << 4, 2, 0, 0})
 		var ids []uint16
 		for res.publishes < n {
 			hdr, body, err := readPacket(r, nil)
@@ -337,14 +358,13 @@ func TestPublisherKeepsItsWindow(t *testing.T) {
 			if hdr>>4 != packets.Publish {
 				continue
 			}
-			tlen := int(binary.BigEndian.Uint16(body))
-			ids = append(ids, binary.BigEndian.Uint16(body[2+tlen:]))
+			ids = append(ids, publishID(body))
 			res.publishes++
 			res.maxOut = max(res.maxOut, len(ids))
 			if r.Buffered() == 0 {
 				var acks []byte
 				for _, id := range ids {
-					acks = append(acks, packets.Puback<<4, 2, byte(id>>8), byte(id))
+					acks = appendPuback(acks, id)
 				}
 				ids = ids[:0]
 				if _, err := c.Write(acks); err != nil {
@@ -399,18 +419,12 @@ func TestPublisherFillsItsWindow(t *testing.T) {
 	go func() {
 		var res result
 		defer func() { done <- res }()
-		c, err := ln.Accept()
+		c, r, err := acceptPublisher(ln)
 		if err != nil {
 			res.err = err
 			return
 		}
 		defer c.Close()
-		r := bufio.NewReader(c)
-		if _, _, err := readPacket(r, nil); err != nil { // CONNECT
-			res.err = err
-			return
-		}
-		_, _ = c.Write([]byte{packets.Connack << 4, 2, 0, 0})
 		var ids []uint16 // unacknowledged, oldest first
 		for res.publishes < n {
 			// A publisher that keeps its window full answers a PUBACK
@@ -424,8 +438,7 @@ func TestPublisherFillsItsWindow(t *testing.T) {
 			if hdr>>4 != packets.Publish {
 				continue
 			}
-			tlen := int(binary.BigEndian.Uint16(body))
-			ids = append(ids, binary.BigEndian.Uint16(body[2+tlen:]))
+			ids = append(ids, publishID(body))
 			res.publishes++
 			if len(ids) > window {
 				res.err = fmt.Errorf("%d publishes unacknowledged, window %d", len(ids), window)
@@ -442,7 +455,7 @@ func TestPublisherFillsItsWindow(t *testing.T) {
 			}
 			var acks []byte
 			for _, id := range answer {
-				acks = append(acks, packets.Puback<<4, 2, byte(id>>8), byte(id))
+				acks = appendPuback(acks, id)
 			}
 			if len(ids) == window {
 				res.full++

@@ -261,7 +261,7 @@ func (b *bench) runSubBaseline(ctx context.Context, r result, brokerBin, subBin,
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	cpu0, cpuErr := rb.cpuSeconds()
-	span := b.startCPU()
+	span := b.startCPU(nil)
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		r.Error = fmt.Sprintf("starting %s: %v", subBin, err)
@@ -354,7 +354,7 @@ func (b *bench) runUpstreamTributary(ctx context.Context, r result, brokerBin, t
 
 	dc.name = name
 	cpu0, cpuErr := rb.cpuSeconds()
-	span := b.startCPU()
+	span := b.startCPU(nil)
 	start := time.Now()
 	d, err = startDaemon(ctx, dc)
 	if err != nil {

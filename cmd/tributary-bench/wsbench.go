@@ -208,8 +208,7 @@ func (b *bench) runWSIn(ctx context.Context, s scenario, topic, name string) res
 		reads.Go(func() { readErrs[i] = p.results(counts[i]) })
 	}
 	profiled := b.profile(ctx, d, name)
-	span := b.startCPU()
-	cpu0, cpuErr := d.cpuSeconds()
+	span := b.startCPU(d.cpuSeconds)
 	start := time.Now()
 	close(begin)
 	sends.Wait()
@@ -217,9 +216,6 @@ func (b *bench) runWSIn(ctx context.Context, s scenario, topic, name string) res
 	found, end, err := b.admin.waitForCount(ctx, topic, b.opts.partitions, int64(b.opts.records), b.pollTimeout(sendErr))
 	// The clock stopped: so do the CPU readings, before the wait for the
 	// last result frames, which Tributary writes after that.
-	if cpu1, err := d.cpuSeconds(); err == nil && cpuErr == nil {
-		r.CPU = ptr(centi(cpu1 - cpu0))
-	}
 	span.end(&r)
 	if sendErr != nil {
 		// Results still due will not all come: release the readers.
@@ -336,7 +332,7 @@ func (b *bench) runNativeConsume(ctx context.Context, s scenario, topic, group s
 	ctx, cancel := context.WithTimeout(ctx, b.opts.timeout)
 	defer cancel()
 	var t consumeTiming
-	span := b.startCPU()
+	span := b.startCPU(nil)
 	t.start = time.Now()
 	c, err := kafka.NewConsumer(&kafka.ConfigMap{
 		"bootstrap.servers":   b.bootstrap,
@@ -409,8 +405,7 @@ func (b *bench) runWSOut(ctx context.Context, s scenario, topic, group, name str
 	ctx, cancel := context.WithTimeout(ctx, b.opts.timeout)
 	defer cancel()
 	profiled := b.profile(ctx, d, name)
-	span := b.startCPU()
-	cpu0, cpuErr := d.cpuSeconds()
+	span := b.startCPU(d.cpuSeconds)
 	var t consumeTiming
 	t.start = time.Now()
 	ws, _, err := wsDialer.DialContext(ctx, u, nil)
@@ -439,9 +434,6 @@ func (b *bench) runWSOut(ctx context.Context, s scenario, topic, group, name str
 	}
 	t.end = time.Now()
 	stopAfter()
-	if cpu1, err := d.cpuSeconds(); err == nil && cpuErr == nil {
-		r.CPU = ptr(centi(cpu1 - cpu0))
-	}
 	span.end(&r)
 	profiled()
 	if rss, err := d.peakRSS(); err == nil {
