@@ -42,23 +42,31 @@ import (
 // reconnect) then see exactly the prefix Kafka has. The cost is that a
 // slow partition holds back acks of faster ones, which only delays them.
 //
-// QoS 1 acknowledgements do not go through paho: the ack writer writes
-// them itself, a burst of them in one write to the connection, where paho
-// would write each PUBACK with a system call of its own (15 % of the CPU
-// of draining a feed, measured). paho's own writes and these never
-// interleave (ackConn), and MQTT only asks for PUBACKs in the order of
-// their PUBLISHes, which the writer keeps. QoS 2 goes through msg.Ack(),
-// since paho completes that flow. paho's store is a no-op (noStore):
-// every connection is a new paho client, so a MemoryStore would never
-// outlive the connection it was kept for, and keeping each received
-// message in it cost a map insert and delete per message.
+// paho connects, subscribes, keeps the connection alive and answers
+// PUBRELs; the messages themselves do not go through it. ackConn, the
+// connection paho reads, takes each PUBLISH out of the stream as it is read
+// and calls the handler (conn.handle) with it on paho's reading goroutine,
+// in arrival order; paho is handed the other packets only. paho would pass
+// each message through four goroutines and unbuffered channels, and
+// allocate a packet, a message and an acknowledgement closure for it,
+// before its handler saw it: about a fifth of the CPU of draining a feed
+// (measured, docs/performance.md).
 //
-// paho's message handler is called in order on paho's router goroutine
-// (OrderMatters, the default). It does no waiting of its own: it maps the
-// message, queues it for acknowledgement and hands it to Producer.Produce,
-// which blocks only while the shared in-flight budget is used up or a new
-// topic's metadata is awaited (and paho reads nothing meanwhile, SUBACKs
-// and PINGRESPs included: see waitReply and keepalive). Records
+// Acknowledgements do not go through paho either: the ack writer writes
+// PUBACKs (QoS 1) and PUBRECs (QoS 2) itself, a burst of them in one write
+// to the connection, where paho would write each with a system call of its
+// own (15 % of the CPU of draining a feed, measured). paho's own writes and
+// these never interleave (ackConn), and MQTT only asks for acknowledgements
+// in the order of their PUBLISHes, which the writer keeps. paho answers the
+// remote's PUBREL with PUBCOMP. paho's store is a no-op (noStore): every
+// connection is a new paho client, so a MemoryStore would never outlive
+// the connection it was kept for.
+//
+// The handler does no waiting of its own: it maps the message, queues it
+// for acknowledgement and hands it to Producer.Produce, which blocks only
+// while the shared in-flight budget is used up or a new topic's metadata
+// is awaited (and paho reads nothing meanwhile, SUBACKs and PINGRESPs
+// included: see waitReply and keepalive). Records
 // from one remote topic therefore reach the producer in arrival order, with
 // the same key (the MQTT topic, unless a rule says otherwise), so they keep
 // their order in Kafka. The remote broker's own in-flight window bounds how
@@ -446,11 +454,9 @@ func (u *upstream) connect() (*conn, error) {
 		SetPingTimeout(time.Duration(math.MaxInt64)).
 		SetConnectTimeout(u.cfg.ConnectTimeout).
 		SetWriteTimeout(u.cfg.ConnectTimeout).
-		// Messages of a resumed session can arrive before the
-		// subscriptions are renewed; with no route for them paho would
-		// neither deliver nor acknowledge them, so every message goes
-		// through the default handler.
-		SetDefaultPublishHandler(c.handle).
+		// No message handler: c.dial's connection hands every PUBLISH
+		// to c.handle before paho reads it, those of a resumed session
+		// that arrive before the subscriptions are renewed included.
 		SetConnectionLostHandler(func(_ paho.Client, err error) { c.lose(err) }).
 		SetCustomOpenConnectionFn(c.dial).
 		SetStore(noStore{})
@@ -826,8 +832,9 @@ func (c *conn) wake() {
 	}
 }
 
-// handle runs on paho's router goroutine for every message, in arrival
-// order. See the package notes above on why it may block in Produce.
+// handle runs on paho's reading goroutine for every message, in arrival
+// order (ackConn.Read). See the package notes above on why it may block in
+// Produce.
 func (c *conn) handle(_ paho.Client, msg paho.Message) {
 	u := c.u
 	received := time.Now()
@@ -1194,12 +1201,17 @@ func (c *conn) complete(e *inflight) {
 	c.lose(fmt.Errorf("producing: %w", e.err))
 }
 
-// ack acknowledges msg: a QoS 1 PUBACK joins the burst that flushAcks
-// writes; anything else goes through paho, after the PUBACKs before it.
+// ack acknowledges msg: its PUBACK (QoS 1) or PUBREC (QoS 2) joins the
+// burst that flushAcks writes. paho answers the PUBREL that follows a
+// PUBREC with PUBCOMP. Without a connection of ours, it goes through paho.
 func (c *conn) ack(msg paho.Message) {
-	if msg.Qos() == 1 && c.nc.Load() != nil {
+	if q := msg.Qos(); q > 0 && c.nc.Load() != nil {
+		typ := byte(packets.Puback << 4)
+		if q == 2 {
+			typ = packets.Pubrec << 4
+		}
 		id := msg.MessageID()
-		c.acks = append(c.acks, packets.Puback<<4, 2, byte(id>>8), byte(id))
+		c.acks = append(c.acks, typ, 2, byte(id>>8), byte(id))
 		return
 	}
 	c.flushAcks()
@@ -1374,6 +1386,7 @@ func (c *conn) dial(uri *url.URL, opts paho.ClientOptions) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	nc.publish = func(m *wireMessage) { c.handle(nil, m) }
 	c.nc.Store(nc)
 	return nc, nil
 }
@@ -1389,6 +1402,13 @@ type ackConn struct {
 	mu sync.Mutex
 
 	reads, writes atomic.Uint64
+
+	// publish, once set, takes every PUBLISH read from the connection, on
+	// paho's reading goroutine; paho gets the other packets only. It is
+	// set before paho's first read.
+	publish func(*wireMessage)
+	// pass is how much of the packet being read is still paho's to read.
+	pass int
 }
 
 func newAckConn(c net.Conn, size int) *ackConn {
@@ -1397,7 +1417,138 @@ func newAckConn(c net.Conn, size int) *ackConn {
 	return a
 }
 
-func (a *ackConn) Read(p []byte) (int, error) { return a.r.Read(p) }
+// Read hands paho the connection's packets other than PUBLISH: each
+// PUBLISH is read here, whole, and given to a.publish, once one is set (see
+// the package notes).
+func (a *ackConn) Read(p []byte) (int, error) {
+	if a.publish == nil {
+		return a.r.Read(p)
+	}
+	for a.pass == 0 {
+		n, err := a.next()
+		if err != nil {
+			return 0, err
+		}
+		a.pass = n
+	}
+	n, err := a.r.Read(p[:min(len(p), a.pass)])
+	a.pass -= n
+	return n, err
+}
+
+// next reads packets up to the next one that is not a PUBLISH, handing each
+// PUBLISH to a.publish, and returns that packet's length, header included,
+// for paho to read.
+func (a *ackConn) next() (int, error) {
+	for {
+		// The fixed header: the type and flags, then the remaining length
+		// in one to four bytes (MQTT 3.1.1 section 2.2.3). Peeked a byte at
+		// a time: a packet of two bytes may be all the remote has sent.
+		b, err := a.r.Peek(2)
+		if err != nil {
+			return 0, err
+		}
+		first := b[0]
+		size, hlen := 0, 1
+		for shift := 0; ; shift += 7 {
+			if hlen == 5 {
+				return 0, fmt.Errorf("malformed packet from the remote broker: its remaining length runs past 4 bytes")
+			}
+			b, err := a.r.Peek(hlen + 1)
+			if err != nil {
+				return 0, err
+			}
+			c := b[hlen]
+			size |= int(c&0x7f) << shift
+			hlen++
+			if c&0x80 == 0 {
+				break
+			}
+		}
+		if first>>4 != packets.Publish {
+			return hlen + size, nil
+		}
+		if err := a.readPublish(first, hlen, size); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// readPublish reads a PUBLISH of size bytes after its fixed header of hlen
+// bytes and hands it to a.publish. The payload handed over is a view of
+// the read buffer, good until a.publish returns.
+func (a *ackConn) readPublish(first byte, hlen, size int) error {
+	total := hlen + size
+	var pk []byte
+	buffered := total <= a.r.Size()
+	if buffered {
+		b, err := a.r.Peek(total)
+		if err != nil {
+			return err
+		}
+		pk = b
+	} else {
+		pk = make([]byte, total)
+		if _, err := io.ReadFull(a.r, pk); err != nil {
+			return err
+		}
+	}
+	m, err := parsePublish(first, pk[hlen:])
+	if err != nil {
+		return err
+	}
+	a.publish(m)
+	m.payload = nil // handle copied what it keeps; the buffer is read on
+	if buffered {
+		_, _ = a.r.Discard(total)
+	}
+	return nil
+}
+
+// parsePublish reads a PUBLISH's variable header and payload (MQTT 3.1.1
+// section 3.3). The payload is a view of body.
+func parsePublish(first byte, body []byte) (*wireMessage, error) {
+	m := &wireMessage{qos: first >> 1 & 3, dup: first&8 != 0, retained: first&1 != 0}
+	if m.qos == 3 {
+		return nil, errors.New("malformed PUBLISH from the remote broker: QoS 3")
+	}
+	if len(body) < 2 {
+		return nil, fmt.Errorf("malformed PUBLISH from the remote broker: %d bytes, no room for a topic", len(body))
+	}
+	n := int(body[0])<<8 | int(body[1])
+	if 2+n > len(body) {
+		return nil, fmt.Errorf("malformed PUBLISH from the remote broker: a topic of %d bytes in a packet of %d", n, len(body))
+	}
+	m.topic, body = string(body[2:2+n]), body[2+n:]
+	if m.qos > 0 {
+		if len(body) < 2 {
+			return nil, fmt.Errorf("malformed PUBLISH from the remote broker: QoS %d with no packet id", m.qos)
+		}
+		m.id, body = uint16(body[0])<<8|uint16(body[1]), body[2:]
+	}
+	m.payload = body
+	return m, nil
+}
+
+// wireMessage is a PUBLISH as ackConn reads it, handed to conn.handle in
+// place of paho's message. It is acknowledged by the ack writer (conn.ack),
+// never through Ack.
+type wireMessage struct {
+	topic    string
+	payload  []byte
+	id       uint16
+	qos      byte
+	retained bool
+	dup      bool
+}
+
+func (m *wireMessage) Duplicate() bool   { return m.dup }
+func (m *wireMessage) Qos() byte         { return m.qos }
+func (m *wireMessage) Retained() bool    { return m.retained }
+func (m *wireMessage) Topic() string     { return m.topic }
+func (m *wireMessage) MessageID() uint16 { return m.id }
+func (m *wireMessage) Payload() []byte   { return m.payload }
+func (m *wireMessage) Ack()              {}
 
 // countedReads reads from the network for the buffer, counting reads that
 // brought something.

@@ -334,7 +334,8 @@ func TestUpstreamAcceptance(t *testing.T) {
 }
 
 // QoS 1 and QoS 2 subscriptions on one connection: the ack writer writes
-// the PUBACKs itself and leaves PUBREC to paho. mosquitto -p lets 20
+// the PUBACKs and PUBRECs itself, and paho answers the PUBRELs with
+// PUBCOMP. mosquitto -p lets 20
 // messages be in flight, so 600 only get through if every one of both
 // kinds is acknowledged; none may come twice.
 func TestUpstreamQoS1AndQoS2Acknowledged(t *testing.T) {

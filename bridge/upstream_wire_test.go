@@ -1,0 +1,148 @@
+package bridge
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/eclipse/paho.mqtt.golang/packets"
+)
+
+// wirePublish encodes a PUBLISH as a remote broker sends it.
+func wirePublish(t *testing.T, qos byte, id uint16, dup, retain bool, topic string, payload []byte) []byte {
+	t.Helper()
+	pk := packets.NewControlPacket(packets.Publish).(*packets.PublishPacket)
+	pk.Qos, pk.MessageID, pk.Dup, pk.Retain, pk.TopicName, pk.Payload = qos, id, dup, retain, topic, payload
+	var b bytes.Buffer
+	if err := pk.Write(&b); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// feed writes stream to a pipe a few bytes at a time, so that packets and
+// their fixed headers arrive split across reads, and returns the reading
+// end read through an ackConn with a read buffer of size bytes.
+func feed(t *testing.T, stream []byte, size int) *ackConn {
+	t.Helper()
+	local, remote := net.Pipe()
+	t.Cleanup(func() { local.Close() })
+	go func() {
+		defer remote.Close()
+		for len(stream) > 0 {
+			n := min(3, len(stream))
+			if _, err := remote.Write(stream[:n]); err != nil {
+				return
+			}
+			stream = stream[n:]
+		}
+	}()
+	return newAckConn(local, size)
+}
+
+// The upstream connection takes each PUBLISH out of the stream, whole and
+// in order, and paho reads every other packet exactly as sent: the
+// packets around the publishes, split across reads, and a publish larger
+// than the read buffer.
+func TestAckConnTakesPublishes(t *testing.T) {
+	big := bytes.Repeat([]byte("0123456789"), 30) // larger than the 64-byte buffer
+	connack := []byte{packets.Connack << 4, 2, 0, 0}
+	suback := []byte{packets.Suback << 4, 3, 0, 1, 1}
+	pubrel := []byte{packets.Pubrel<<4 | 2, 2, 0, 9}
+	pingresp := []byte{packets.Pingresp << 4, 0}
+	var stream []byte
+	for _, b := range [][]byte{
+		connack,
+		wirePublish(t, 0, 0, false, false, "a/b", []byte("x")),
+		wirePublish(t, 1, 7, true, true, "plant/line1/temp", []byte("21.5")),
+		suback,
+		wirePublish(t, 2, 9, false, false, "big", big),
+		pubrel,
+		wirePublish(t, 1, 8, false, false, "empty", nil),
+		pingresp,
+	} {
+		stream = append(stream, b...)
+	}
+	a := feed(t, stream, 64)
+	type got struct {
+		topic, payload string
+		id             uint16
+		qos            byte
+		dup, retained  bool
+	}
+	var pubs []got
+	a.publish = func(m *wireMessage) {
+		pubs = append(pubs, got{m.Topic(), string(m.Payload()), m.MessageID(), m.Qos(), m.Duplicate(), m.Retained()})
+	}
+	var other [][]byte
+	for {
+		cp, err := packets.ReadPacket(a)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("paho's read: %v", err)
+		}
+		var b bytes.Buffer
+		if err := cp.Write(&b); err != nil {
+			t.Fatal(err)
+		}
+		other = append(other, b.Bytes())
+	}
+	want := []got{
+		{"a/b", "x", 0, 0, false, false},
+		{"plant/line1/temp", "21.5", 7, 1, true, true},
+		{"big", string(big), 9, 2, false, false},
+		{"empty", "", 8, 1, false, false},
+	}
+	if len(pubs) != len(want) {
+		t.Fatalf("%d publishes taken, want %d: %+v", len(pubs), len(want), pubs)
+	}
+	for i := range want {
+		if pubs[i] != want[i] {
+			t.Errorf("publish %d: %+v, want %+v", i, pubs[i], want[i])
+		}
+	}
+	wantOther := [][]byte{connack, suback, pubrel, pingresp}
+	if len(other) != len(wantOther) {
+		t.Fatalf("paho read %d packets, want %d: % x", len(other), len(wantOther), other)
+	}
+	for i := range wantOther {
+		if !bytes.Equal(other[i], wantOther[i]) {
+			t.Errorf("paho's packet %d: % x, want % x", i, other[i], wantOther[i])
+		}
+	}
+}
+
+// A malformed PUBLISH, or a remaining length longer than MQTT allows, ends
+// paho's read with an error that says what is wrong, and nothing is handed
+// over.
+func TestAckConnMalformedPublish(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		stream []byte
+		want   string
+	}{
+		{"remaining length of five bytes", []byte{packets.Publish << 4, 0xff, 0xff, 0xff, 0xff, 0x01}, "remaining length runs past 4 bytes"},
+		{"QoS 3", []byte{packets.Publish<<4 | 6, 5, 0, 1, 'a', 0, 1}, "QoS 3"},
+		{"no topic length", []byte{packets.Publish << 4, 1, 0}, "no room for a topic"},
+		{"topic past the packet", []byte{packets.Publish << 4, 4, 0, 9, 'a', 'b'}, "a topic of 9 bytes in a packet of 4"},
+		{"QoS 1 without a packet id", []byte{packets.Publish<<4 | 2, 4, 0, 1, 'a', 0}, "QoS 1 with no packet id"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := feed(t, tc.stream, 64)
+			taken := 0
+			a.publish = func(*wireMessage) { taken++ }
+			_, err := packets.ReadPacket(a)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one saying %q", err, tc.want)
+			}
+			if taken != 0 {
+				t.Errorf("%d malformed publishes handed over", taken)
+			}
+		})
+	}
+}
