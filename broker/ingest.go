@@ -84,6 +84,17 @@ type ingest struct {
 	// client's login publish its delayed will (authHook.willAllowed); nil
 	// without a users file.
 	willAllowed func(cl *mqtt.Client, topic string) bool
+
+	// subscribed is set at the first SUBSCRIBE of any client, and stays
+	// set. Until then no publish can have a local subscriber, so the
+	// ingest skips mochi's lookup of subscribers (QoS 0) and keeping
+	// a copy of each publish to forward (QoS 1 and 2). mochi's own count
+	// of subscriptions (Info.Subscriptions) cannot be trusted for this:
+	// one subscription can lower it more than once (its index folds the
+	// case of "$share" where a client's session does not, and removals
+	// racing each other each count), so it can reach zero while
+	// subscriptions remain.
+	subscribed atomic.Bool
 }
 
 func newIngest(ctx context.Context, server *mqtt.Server, producer Producer, mapper *mapping.Mapper, log *slog.Logger, m *metrics) *ingest {
@@ -223,16 +234,15 @@ func (h *ingest) OnClientExpired(cl *mqtt.Client) {
 // may not hold U+0000, and mochi refuses one that does.
 const noSubscription = "\x00"
 
-// OnUnsubscribe keeps the server's count of subscriptions
-// (Info.Subscriptions) true. mochi lowers it for every filter of an
-// UNSUBSCRIBE that its index holds, whether or not for this client: a
-// client unsubscribing from a filter it never subscribed to, which
-// another client holds, lowered it, and could bring it to zero while
-// subscriptions remained. The ingest then skipped forwarding QoS 0
-// publishes and acknowledged QoS 1 publishes, and local subscribers lost
-// them. A filter the client does not hold is replaced by noSubscription,
-// which the index never holds: mochi answers it as it should, "no
-// subscription existed" (0x11) for MQTT 5, and counts nothing.
+// OnUnsubscribe answers an UNSUBSCRIBE of a filter the client does not
+// hold as MQTT asks. mochi removes any filter its index holds, whether or
+// not for this client, and lowers its count of subscriptions
+// (Info.Subscriptions, reported in $SYS): a client unsubscribing from a
+// filter another client holds lowered it, and told an MQTT 5 client it
+// had unsubscribed. A filter the client does not hold is replaced by
+// noSubscription, which the index never holds: mochi answers it with "no
+// subscription existed" (0x11) for MQTT 5, and counts nothing. (The
+// ingest does not rely on that count: see subscribed.)
 func (h *ingest) OnUnsubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	for i := range pk.Filters {
 		if _, ok := cl.State.Subscriptions.Get(pk.Filters[i].Filter); !ok {
@@ -245,7 +255,12 @@ func (h *ingest) OnUnsubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packe
 // OnSubscribe gives an MQTT bridge's subscriptions No Local and Retain As
 // Published (see mqttbridge.go): what it publishes is not sent back to it,
 // and what it is sent keeps the retain flag it was published with.
+//
+// It also marks that local subscribers may now exist (subscribed).
 func (h *ingest) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if !h.subscribed.Load() {
+		h.subscribed.Store(true)
+	}
 	if !isMQTTBridge(cl.Net.Conn) {
 		return pk
 	}
@@ -576,7 +591,7 @@ func (h *ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 		if err := h.produceBestEffort(cl, pk.TopicName, "QoS 0 publishes dropped", rec); err != nil {
 			return h.tooLarge(cl, pk, err)
 		}
-		if !pk.FixedHeader.Retain && atomic.LoadInt64(&h.server.Info.Subscriptions) == 0 {
+		if !pk.FixedHeader.Retain && !h.subscribed.Load() {
 			pk.Ignore = true // nobody to forward it to: skip mochi's subscriber lookup
 		}
 		return pk, nil
@@ -984,7 +999,7 @@ func (s *session) add(pk *packets.Packet, e *pending, forward bool, limit int) a
 	// Subscribers are looked at now: one that subscribes while this
 	// publish awaits Kafka may not get it, as with any publish racing a
 	// SUBSCRIBE.
-	if forward && (pk.FixedHeader.Retain || atomic.LoadInt64(&s.h.server.Info.Subscriptions) != 0) {
+	if forward && (pk.FixedHeader.Retain || s.h.subscribed.Load()) {
 		fwd := *pk
 		e.fwd = &fwd
 	}

@@ -386,3 +386,41 @@ func TestUnsubscribeOfAnotherClientsFilterChangesNothing(t *testing.T) {
 		t.Fatalf("after the subscriber's own UNSUBSCRIBE the server counts %d subscriptions, want %d", after, before-1)
 	}
 }
+
+// A subscription's count in mochi can be lowered more than once: its index
+// folds the case of "$share", a client's session does not, so a client
+// holding $share/g/t and $SHARE/g/t has one entry counted and two
+// removed. A client cycling through such spellings brought the count to
+// zero while others' subscriptions remained, and the ingest then stopped
+// forwarding QoS 0 and acknowledged QoS 1 publishes to local subscribers.
+// Whether there may be subscribers no longer depends on that count.
+func TestSubscriptionCountDriftDoesNotStopForwarding(t *testing.T) {
+	p := &bestEffortRecorder{fakeProducer: newFakeProducer()}
+	p.confirm = true
+	b := startBroker(t, p)
+	sub, _ := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 4, id: "sub"})
+	subscribe(t, sub, 4, "sensors/#", false)
+	other, _ := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 5, id: "other"})
+	subscribe(t, other, 5, "sensors/x", false)
+	for i := 0; atomic.LoadInt64(&b.server.Info.Subscriptions) > 0; i++ {
+		if i == 10 {
+			t.Fatalf("mochi still counts %d subscriptions: the drift this test is about no longer happens", atomic.LoadInt64(&b.server.Info.Subscriptions))
+		}
+		subscribe(t, other, 5, "$share/g/sensors", false)
+		subscribe(t, other, 5, "$SHARE/g/sensors", false)
+		writePackets(t, other, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Unsubscribe, Qos: 1}, ProtocolVersion: 5, PacketID: 7,
+			Filters: packets.Subscriptions{{Filter: "$share/g/sensors"}, {Filter: "$SHARE/g/sensors"}}})
+		if ack := readMQTT(t, other, 5); ack.FixedHeader.Type != packets.Unsuback {
+			t.Fatalf("got packet type %d, want UNSUBACK", ack.FixedHeader.Type)
+		}
+	}
+	t.Logf("mochi counts %d subscriptions; two remain", atomic.LoadInt64(&b.server.Info.Subscriptions))
+	pub, _ := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 5, id: "pub"})
+	writePackets(t, pub, publish5("sensors/a", 0, 0, 0), publish5("sensors/b", 1, 3, 0))
+	for _, want := range []string{"sensors/a", "sensors/b"} {
+		pk, err := tryReadMQTT(sub, 4, 5*time.Second)
+		if err != nil || pk.FixedHeader.Type != packets.Publish || pk.TopicName != want {
+			t.Fatalf("the subscriber to sensors/# got %+v (%v), want the publish to %s", pk.FixedHeader, err, want)
+		}
+	}
+}
