@@ -10,6 +10,7 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/mochi-mqtt/server/v2/system"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tributary-io/tributary/auth"
@@ -90,6 +91,9 @@ type authHook struct {
 	// unsubscribe removes one subscription of a listed client (see
 	// unsubscriber); nil keeps every subscription at a reload.
 	unsubscribe func(cl *mqtt.Client, filter string)
+	// info is the server's counters (server.Info), for the queued
+	// messages dropQueued removes; nil leaves kept sessions' queues alone.
+	info *system.Info
 	// publishesChecked is set when the ingest checks every client publish
 	// with canPublish (takePublishChecks); mochi's own check of a publish
 	// then lets it through. Set before the server serves.
@@ -441,6 +445,7 @@ func (h *authHook) revoke(old *auth.Users, clients map[string]*mqtt.Client) int 
 		}
 		h.dropSubscriptions(users, cl)
 		if cl.Closed() {
+			h.dropQueued(users, cl)
 			continue
 		}
 		if !users.Revokes(old, string(cl.Properties.Username)) {
@@ -494,11 +499,39 @@ func (h *authHook) dropSubscriptions(users *auth.Users, cl *mqtt.Client) {
 	}
 }
 
+// dropQueued removes, from the kept session of a client not connected,
+// the QoS 1 and 2 messages queued for it that users no longer lets it
+// read. mochi sends a resumed session its queue with no ACL check, so
+// these would otherwise reach a login whose right to read them the reload
+// took away. A session resuming during the reload may have copied its
+// queue before this runs.
+func (h *authHook) dropQueued(users *auth.Users, cl *mqtt.Client) {
+	if h.info == nil {
+		return
+	}
+	user := string(cl.Properties.Username)
+	admitted := users.Admits(user)
+	dropped := 0
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		if pk.FixedHeader.Type != packets.Publish || (admitted && users.CanSubscribe(user, cl.ID, pk.TopicName)) {
+			continue
+		}
+		if cl.State.Inflight.Delete(pk.PacketID) {
+			atomic.AddInt64(&h.info.Inflight, -1)
+			dropped++
+		}
+	}
+	if dropped > 0 {
+		h.log.Info("dropping messages queued for a kept MQTT session that the reloaded users file no longer lets it read",
+			"client", cl.ID, "username", user, "messages", dropped)
+	}
+}
+
 // unsubscriber returns a function that removes one subscription of a
 // client the server lists, as an UNSUBSCRIBE of that filter would. Only a
 // subscription the client still holds is removed: mochi's index reports a
 // filter removed whenever another client holds it too, and the server's
-// count of subscriptions (which the ingest reads, see OnUnsubscribe) must
+// count of subscriptions (Info.Subscriptions, see OnUnsubscribe) must
 // not go down for one that was already gone.
 func unsubscriber(server *mqtt.Server) func(cl *mqtt.Client, filter string) {
 	return func(cl *mqtt.Client, filter string) {

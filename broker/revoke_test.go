@@ -431,3 +431,61 @@ acls:
 		t.Fatalf("the server counts %d subscriptions, want %d", after, before-1)
 	}
 }
+
+// Messages queued for a kept session before a reload took away its user's
+// right to read them are dropped at the reload: mochi sends a resumed
+// session its queue with no ACL check. What the user may still read stays
+// queued and is delivered.
+func TestReloadDropsQueuedMessagesNoLongerReadable(t *testing.T) {
+	hashes := testHashes(t)
+	file := func(opsTopic string) *auth.Users {
+		return usersWithHashes(t, `users:
+  - {username: dev, password_hash: "{{dev}}"}
+  - {username: ops, password_hash: "{{ops}}"}
+acls:
+  - {user: ops, topic: "`+opsTopic+`", access: all}
+  - {user: ops, topic: "public/#", access: all}
+  - {user: dev, topic: "#", access: all}
+`, hashes)
+	}
+	users := auth.NewLive(file("secret/#"))
+	s := startAuthServer(t, AuthConfig{Users: users})
+	s.hook.unsubscribe = unsubscriber(s.srv)
+	s.hook.info = s.srv.Info
+	kept := rawConnect{version: 5, id: "ops-kept", user: "ops", pass: "ops-pw", keep: true}
+	conn, _ := connectRaw(t, s.addr, kept)
+	writePackets(t, conn, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 5, PacketID: 9,
+		Filters: packets.Subscriptions{{Filter: "secret/#", Qos: 1}, {Filter: "public/#", Qos: 1}}})
+	if ack := readMQTT(t, conn, 5); ack.FixedHeader.Type != packets.Suback {
+		t.Fatalf("got packet type %d, want SUBACK", ack.FixedHeader.Type)
+	}
+	conn.Close()
+	testutil.WaitFor(t, 10*time.Second, "the session kept", func() bool {
+		cl, ok := s.srv.Clients.Get("ops-kept")
+		return ok && cl.Closed()
+	})
+	pub, _ := connectRaw(t, s.addr, rawConnect{version: 5, id: "dev-pub", user: "dev", pass: "dev-pw"})
+	for i, topic := range []string{"secret/plan", "public/news"} {
+		writePackets(t, pub, publish5(topic, 1, uint16(i+1), 0))
+		readMQTT(t, pub, 5) // PUBACK: by then queued for ops-kept
+	}
+	if n := atomic.LoadInt64(&s.srv.Info.Inflight); n != 2 {
+		t.Fatalf("%d messages in flight, want the 2 queued for the kept session", n)
+	}
+	old := users.Swap(file("other/#"))
+	s.hook.revoke(old, s.srv.Clients.GetAll())
+	if n := atomic.LoadInt64(&s.srv.Info.Inflight); n != 1 {
+		t.Errorf("%d messages in flight after the reload, want 1", n)
+	}
+	if !strings.Contains(s.logs.String(), "no longer lets it read") {
+		t.Errorf("the drop is not logged:\n%s", s.logs.String())
+	}
+	conn, _ = connectRaw(t, s.addr, kept)
+	pk := readMQTT(t, conn, 5)
+	if pk.FixedHeader.Type != packets.Publish || pk.TopicName != "public/news" {
+		t.Fatalf("the resumed session got type %d topic %q first, want public/news", pk.FixedHeader.Type, pk.TopicName)
+	}
+	if pk, err := tryReadMQTT(conn, 5, time.Second); err == nil {
+		t.Errorf("the resumed session also got type %d topic %q", pk.FixedHeader.Type, pk.TopicName)
+	}
+}
