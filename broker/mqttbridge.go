@@ -24,7 +24,10 @@ import (
 // two payloads, is taken from any client whatever the ACLs: kept for
 // local subscribers and never produced to Kafka. Anything else there is
 // refused as any $SYS publish is, so that a client with no right to
-// publish cannot retain more than a byte under it.
+// publish cannot retain more than a byte under it; and a client id
+// longer than maxBridgeStateID bytes has no such topic, so that the
+// retained topic's name stays small too (MQTT lets a client id run to
+// 65535 bytes; a bridge's, mosquitto's "<host>.<bridge name>", is short).
 
 // bridgeListener hands out bridgeBitConns.
 type bridgeListener struct{ net.Listener }
@@ -126,10 +129,17 @@ func (s *connectScan) feed(b []byte) bool {
 	return false
 }
 
+// maxBridgeStateID is the longest client id with a connection-state
+// topic exempt from the ACLs.
+const maxBridgeStateID = 256
+
 // bridgeStateTopic reports whether topic is the connection-state topic a
 // bridge with this client id publishes to.
 func bridgeStateTopic(clientID, topic string) bool {
-	return clientID != "" && !strings.ContainsAny(clientID, "+#") && topic == "$SYS/broker/connection/"+clientID+"/state"
+	const prefix, suffix = "$SYS/broker/connection/", "/state"
+	return clientID != "" && len(clientID) <= maxBridgeStateID && !strings.ContainsAny(clientID, "+#") &&
+		len(topic) == len(prefix)+len(clientID)+len(suffix) &&
+		strings.HasPrefix(topic, prefix) && strings.HasSuffix(topic, suffix) && topic[len(prefix):len(topic)-len(suffix)] == clientID
 }
 
 // isBridgeState reports whether a publish (or will) of payload to topic is

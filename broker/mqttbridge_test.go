@@ -117,9 +117,12 @@ func TestBridgeStateTopic(t *testing.T) {
 		{"", "$SYS/broker/connection//state", false},
 		{"e#", "$SYS/broker/connection/e#/state", false},
 		{"edge", "sensors/edge/state", false},
+		{"edge", "$SYS/broker/connection/edgeX/state", false},
+		{strings.Repeat("b", maxBridgeStateID), "$SYS/broker/connection/" + strings.Repeat("b", maxBridgeStateID) + "/state", true},
+		{strings.Repeat("b", maxBridgeStateID+1), "$SYS/broker/connection/" + strings.Repeat("b", maxBridgeStateID+1) + "/state", false},
 	} {
 		if got := bridgeStateTopic(tc.id, tc.topic); got != tc.want {
-			t.Errorf("bridgeStateTopic(%q, %q) = %v, want %v", tc.id, tc.topic, got, tc.want)
+			t.Errorf("bridgeStateTopic(%.40q, %.80q) = %v, want %v", tc.id, tc.topic, got, tc.want)
 		}
 	}
 }
@@ -251,5 +254,24 @@ func TestBridgeStateTakesOnlyAState(t *testing.T) {
 			t.Fatalf("state %q: got type %d id %d reason %#x, want PUBACK reason %#x",
 				st.pk.Payload, got.FixedHeader.Type, got.PacketID, got.ReasonCode, st.want)
 		}
+	}
+}
+
+// A client id longer than maxBridgeStateID bytes has no connection-state
+// topic exempt from the ACLs: a retained topic named by a client id of
+// tens of kilobytes is not taken from a client without the right to
+// publish it.
+func TestLongClientIDHasNoBridgeState(t *testing.T) {
+	b := startBroker(t, newFakeProducer())
+	id := strings.Repeat("b", maxBridgeStateID+1)
+	conn, ack := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 5, id: id})
+	if ack.ReasonCode != 0 {
+		t.Fatalf("CONNACK %#x", ack.ReasonCode)
+	}
+	pk := publish5("$SYS/broker/connection/"+id+"/state", 1, 1, 0)
+	pk.Payload = []byte("1")
+	writePackets(t, conn, pk)
+	if got := readMQTT(t, conn, 5); got.FixedHeader.Type != packets.Puback || got.ReasonCode != packets.ErrTopicNameInvalid.Code {
+		t.Fatalf("the state of a %d-byte client id: got type %d reason %#x, want PUBACK %#x", len(id), got.FixedHeader.Type, got.ReasonCode, packets.ErrTopicNameInvalid.Code)
 	}
 }
