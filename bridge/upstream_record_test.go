@@ -9,23 +9,9 @@ import (
 	"github.com/tributary-io/tributary/mapping"
 )
 
-// testMessage is an upstream MQTT message as paho hands it over, with its
-// packet id (QoS 1 and 2).
-type testMessage struct {
-	topic    string
-	payload  []byte
-	qos      byte
-	retained bool
-	id       uint16
-}
-
-func (m *testMessage) Duplicate() bool   { return false }
-func (m *testMessage) Qos() byte         { return m.qos }
-func (m *testMessage) Retained() bool    { return m.retained }
-func (m *testMessage) Topic() string     { return m.topic }
-func (m *testMessage) MessageID() uint16 { return m.id }
-func (m *testMessage) Payload() []byte   { return m.payload }
-func (m *testMessage) Ack()              {}
+// testMessage is an upstream MQTT message as the connection hands it
+// over, with its packet id (QoS 1 and 2).
+type testMessage = wireMessage
 
 func testUpstream(t testing.TB, kafkaTopic string, rules []mapping.Rule) *upstream {
 	m, err := mapping.New(mapping.Config{Rules: rules})
