@@ -2,16 +2,25 @@
 # Install the Debian packages Tributary's tests rely on:
 #   mosquitto          MQTT broker started by integration tests (on its own port)
 #   mosquitto-clients  mosquitto_pub / mosquitto_sub for manual and scripted checks
-#   kcat               Kafka command-line client (readiness probe, smoke tests)
+#   kcat               Kafka command-line client (optional: scripts/kafka.sh's
+#                      readiness probe uses it when present, else Kafka's own
+#                      Java tools; the docs' manual checks use it)
 #   chromium           headless browser for the browser tests (chrome_test.go)
 # and, with npm ci, the npm packages pinned in e2e/package-lock.json:
 #   wscat              WebSocket client for the JSON WebSocket API smoke tests
 #   mqtt               mqtt.js, whose browser bundle the browser tests load
-# and, when java or mvn is missing, default-jre-headless and maven, which
-# scripts/kafka.sh needs for make test-kafka.
+# and, when missing:
+#   gcc, libc6-dev     a C compiler and the C library headers: cgo, which
+#                      go test -race and confluent-kafka-go (librdkafka) need
+#   make               for the Makefile
+#   default-jre-headless (or an openjdk-NN-jre-headless), maven
+#                      Java 17+ and Maven, which scripts/kafka.sh needs for
+#                      make test-kafka (an older java is replaced)
 #
 # Idempotent: when every needed command is already on PATH nothing is done,
 # and npm ci is skipped while e2e/node_modules matches the lock file.
+# apt-get waits up to APT_LOCK_TIMEOUT seconds (300) for the package lock
+# that apt-daily or unattended-upgrades may hold on a fresh machine.
 # Works non-interactively as root; otherwise goes through sudo when present.
 # The distribution's mosquitto service is never left listening on 1883: tests
 # start their own broker, and a system one would only get in the way.
@@ -19,6 +28,9 @@ set -euo pipefail
 
 readonly PACKAGES=(mosquitto mosquitto-clients kcat chromium)
 readonly COMMANDS=(mosquitto mosquitto_pub mosquitto_sub kcat chromium)
+# Commands that may stay missing (with a warning) when no package has them.
+readonly OPTIONAL_COMMANDS=(kcat)
+readonly APT_LOCK_TIMEOUT="${APT_LOCK_TIMEOUT:-300}"
 
 log() { printf 'install-deps: %s\n' "$*"; }
 warn() { printf 'install-deps: WARNING: %s\n' "$*" >&2; }
@@ -31,11 +43,19 @@ Usage: scripts/install-deps.sh [-h|--help]
 Installs mosquitto, mosquitto-clients, kcat and chromium with apt-get
 (Debian/Ubuntu) when any of the commands mosquitto, mosquitto_pub,
 mosquitto_sub, kcat or chromium is missing, and makes sure the system
-mosquitto service is not running.
+mosquitto service is not running. kcat is optional: where no kcat or
+kafkacat package exists, a warning says so (scripts/kafka.sh then probes
+Kafka with its Java tools).
+A C compiler (gcc, libc6-dev; cgo) and make come from apt-get when gcc
+cannot build a C program or make is missing.
 Then installs the npm packages pinned in e2e/package-lock.json (wscat and
 mqtt.js) with npm ci, unless e2e/node_modules already matches the lock file; Node.js and
-npm come from apt-get when npm is missing. Java and Maven (for
-scripts/kafka.sh) come from apt-get when java or mvn is missing.
+npm come from apt-get when npm is missing. Java 17+ and Maven (for
+scripts/kafka.sh) come from apt-get when java is missing or older than 17,
+or mvn is missing.
+
+Environment:
+  APT_LOCK_TIMEOUT  seconds apt-get waits for another apt/dpkg to finish [300]
 EOF
 }
 
@@ -72,6 +92,59 @@ as_root() {
   "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive "$@"
 }
 
+# apt_get runs apt-get as root. On a fresh machine apt-daily or
+# unattended-upgrades may hold dpkg's lock for minutes; without
+# DPkg::Lock::Timeout apt-get fails at once instead of waiting.
+apt_get() {
+  as_root apt-get -o DPkg::Lock::Timeout="$APT_LOCK_TIMEOUT" "$@"
+}
+
+# apt_update runs apt-get update, once per run. The timeout above is for
+# dpkg's lock; apt-get update takes the package lists' lock, for which not
+# every apt release waits, so a failure to get a lock is retried until
+# APT_LOCK_TIMEOUT has passed.
+APT_UPDATED=0
+apt_update() {
+  if [[ $APT_UPDATED -eq 1 ]]; then
+    return 0
+  fi
+  local deadline=$((SECONDS + APT_LOCK_TIMEOUT)) err
+  err="$(mktemp)"
+  log "running apt-get update"
+  until apt_get update -qq 2>"$err"; do
+    if grep -qiE 'could not get lock|unable to lock|unable to acquire' "$err" &&
+      ((SECONDS < deadline)); then
+      log "another apt-get or dpkg holds apt's lock; retrying in 5s"
+      sleep 5
+      continue
+    fi
+    cat "$err" >&2
+    rm -f "$err"
+    die "apt-get update failed"
+  done
+  cat "$err" >&2
+  rm -f "$err"
+  APT_UPDATED=1
+}
+
+# apt_candidate prints the version apt would install for package $1, or
+# nothing when the configured sources have none.
+apt_candidate() {
+  local v
+  v="$(apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}')"
+  if [[ -n "$v" && "$v" != "(none)" ]]; then
+    printf '%s\n' "$v"
+  fi
+}
+
+is_optional() {
+  local c
+  for c in "${OPTIONAL_COMMANDS[@]}"; do
+    [[ "$c" == "$1" ]] && return 0
+  done
+  return 1
+}
+
 # The npm tools the tests drive, pinned in e2e/package-lock.json. npm ci
 # replaces node_modules wholesale, so it runs only when the lock file (or
 # package.json) changed since the last install, recorded in a stamp file
@@ -90,8 +163,8 @@ install_npm_tools() {
     command -v apt-get >/dev/null 2>&1 ||
       die "npm not found and no apt-get; install Node.js (18 or later) and npm"
     log "npm not found: installing nodejs and npm with apt-get"
-    as_root apt-get update -qq
-    as_root apt-get install -y -qq --no-install-recommends nodejs npm
+    apt_update
+    apt_get install -y -qq --no-install-recommends nodejs npm
   fi
   local sum ok=1 b
   sum="$(cat "$NPM_DIR/package.json" "$lock" | sha256sum | cut -d' ' -f1)"
@@ -119,21 +192,110 @@ install_npm_tools() {
   log "ok: mqtt.js $(node -p 'require(process.argv[1]).version' "$NPM_DIR/node_modules/mqtt/package.json") -> $NPM_DIR/node_modules/mqtt/dist/mqtt.min.js"
 }
 
-# Java and Maven, which scripts/kafka.sh needs to fetch Apache Kafka from
-# Maven Central and run it (make test-kafka). It checks for Java 17+ itself.
-install_kafka_tools() {
+# c_toolchain_works says whether gcc compiles and links a C program: cgo
+# needs the compiler and the C library's headers and start files.
+c_toolchain_works() {
+  command -v gcc >/dev/null 2>&1 || return 1
+  local dir rc=0
+  dir="$(mktemp -d)"
+  printf '#include <stdio.h>\nint main(void) { return puts("ok") < 0; }\n' >"$dir/t.c"
+  gcc "$dir/t.c" -o "$dir/t" >/dev/null 2>&1 || rc=1
+  rm -rf "$dir"
+  return $rc
+}
+
+# A C compiler, for cgo (go test -race, and confluent-kafka-go, which links
+# librdkafka), and make, for the Makefile.
+install_build_tools() {
   local need=()
-  command -v java >/dev/null 2>&1 || need+=(default-jre-headless)
+  c_toolchain_works || need+=(gcc libc6-dev)
+  command -v make >/dev/null 2>&1 || need+=(make)
+  if [[ ${#need[@]} -gt 0 ]]; then
+    command -v apt-get >/dev/null 2>&1 ||
+      die "no working gcc or no make, and no apt-get; install a C compiler with the C library headers (cgo) and make"
+    log "installing ${need[*]} with apt-get (cgo needs a C compiler; the Makefile needs make)"
+    apt_update
+    apt_get install -y -qq --no-install-recommends "${need[@]}"
+    hash -r
+    c_toolchain_works || die "gcc still cannot compile and link a C program after installing ${need[*]}"
+    command -v make >/dev/null 2>&1 || die "make is still missing after installing it"
+  fi
+  log "ok: gcc -> $(command -v gcc), make -> $(command -v make)"
+}
+
+# java_major prints the major version of the java on PATH (8 for 1.8), or
+# nothing when there is none or it does not say.
+java_major() {
+  command -v java >/dev/null 2>&1 || return 0
+  local v
+  v="$(java -XshowSettings:properties -version 2>&1 |
+    awk -F'= ' '/java.specification.version/ {print $2; exit}')"
+  v="${v#1.}"
+  v="${v%%.*}"
+  if [[ "$v" =~ ^[0-9]+$ ]]; then
+    printf '%s\n' "$v"
+  fi
+}
+
+# java_package prints the Debian package that brings Java 17 or later:
+# default-jre-headless where the release's default is 17+ (its version is
+# like 2:1.17-75), else the newest openjdk-NN-jre-headless apt has.
+java_package() {
+  local v n
+  v="$(apt_candidate default-jre-headless)"
+  n="${v#*:}"
+  n="${n#1.}"
+  n="${n%%[!0-9]*}"
+  if [[ -n "$n" && "$n" -ge 17 ]]; then
+    printf '%s\n' default-jre-headless
+    return 0
+  fi
+  for n in 25 21 17; do
+    if [[ -n "$(apt_candidate "openjdk-$n-jre-headless")" ]]; then
+      printf '%s\n' "openjdk-$n-jre-headless"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# Java 17+ and Maven, which scripts/kafka.sh needs to fetch Apache Kafka
+# from Maven Central and run it (make test-kafka): Kafka 4.x does not run
+# on older Java, so an older java counts as missing.
+install_kafka_tools() {
+  local need=() jv need_java=0
+  jv="$(java_major)"
+  if ! command -v java >/dev/null 2>&1; then
+    need_java=1
+  elif [[ -z "$jv" ]]; then
+    warn "could not tell the version of $(command -v java); scripts/kafka.sh needs Java 17+"
+  elif ((jv < 17)); then
+    log "java $jv found ($(command -v java)); Kafka 4.x needs Java 17+"
+    need_java=1
+  fi
   command -v mvn >/dev/null 2>&1 || need+=(maven)
-  if [[ ${#need[@]} -eq 0 ]]; then
-    log "ok: java -> $(command -v java), mvn -> $(command -v mvn)"
+  if [[ $need_java -eq 0 && ${#need[@]} -eq 0 ]]; then
+    log "ok: java ${jv:-?} -> $(command -v java), mvn -> $(command -v mvn)"
     return 0
   fi
   command -v apt-get >/dev/null 2>&1 ||
-    die "java or mvn not found and no apt-get; install Java 17+ and Maven for scripts/kafka.sh"
-  log "installing ${need[*]} with apt-get (scripts/kafka.sh needs java and mvn)"
-  as_root apt-get update -qq
-  as_root apt-get install -y -qq --no-install-recommends "${need[@]}"
+    die "no Java 17+ or no mvn, and no apt-get; install Java 17+ and Maven for scripts/kafka.sh"
+  apt_update
+  if [[ $need_java -eq 1 ]]; then
+    local pkg
+    pkg="$(java_package)" ||
+      die "apt has no Java 17+ package (default-jre-headless is $(apt_candidate default-jre-headless || true)); install Java 17+ for scripts/kafka.sh"
+    need=("$pkg" "${need[@]}")
+  fi
+  log "installing ${need[*]} with apt-get (scripts/kafka.sh needs Java 17+ and mvn)"
+  apt_get install -y -qq --no-install-recommends "${need[@]}"
+  hash -r
+  jv="$(java_major)"
+  if [[ -z "$jv" ]] || ((jv < 17)); then
+    die "java on PATH ($(command -v java || echo none)) is still ${jv:-of unknown version} after installing ${need[*]}: select Java 17+ (update-alternatives --config java) or put it first on PATH"
+  fi
+  command -v mvn >/dev/null 2>&1 || die "mvn is still missing after installing ${need[*]}"
+  log "ok: java $jv -> $(command -v java), mvn -> $(command -v mvn)"
 }
 
 # Stop and disable a system mosquitto service if one is running, so that
@@ -176,14 +338,33 @@ stop_system_mosquitto() {
   fi
 }
 
+# Commands to look for; kcat only when some package could bring it.
 missing=()
 for c in "${COMMANDS[@]}"; do
   have_cmd "$c" || missing+=("$c")
 done
+missing_required=()
+for c in "${missing[@]}"; do
+  is_optional "$c" || missing_required+=("$c")
+done
+
+# Only an optional command missing, and apt knows no package for it: no
+# apt-get run (it would change nothing, on every run).
+if [[ ${#missing[@]} -gt 0 && ${#missing_required[@]} -eq 0 ]] &&
+  command -v apt-cache >/dev/null 2>&1 &&
+  [[ -z "$(apt_candidate kcat)" && -z "$(apt_candidate kafkacat)" ]]; then
+  warn "kcat not installed, and no kcat/kafkacat package in the configured apt sources: optional (scripts/kafka.sh probes Kafka with its Java tools instead)"
+  missing=()
+fi
 
 if [[ ${#missing[@]} -eq 0 ]]; then
-  log "all of ${COMMANDS[*]} already present; skipping apt-get"
+  if have_cmd kcat; then
+    log "all of ${COMMANDS[*]} already present; skipping apt-get for them"
+  else
+    log "all of ${COMMANDS[*]} but the optional kcat already present; skipping apt-get for them"
+  fi
   stop_system_mosquitto
+  install_build_tools
   install_npm_tools
   install_kafka_tools
   exit 0
@@ -193,23 +374,22 @@ log "missing commands: ${missing[*]}"
 command -v apt-get >/dev/null 2>&1 ||
   die "apt-get not found; install ${PACKAGES[*]} with your package manager"
 
-log "running apt-get update"
-as_root apt-get update -qq
+apt_update
 
 # Keep only the packages this apt knows about; report the others.
 to_install=()
 for p in "${PACKAGES[@]}"; do
-  candidate="$(apt-cache policy "$p" 2>/dev/null | awk '/Candidate:/ {print $2}')"
-  if [[ -z "$candidate" || "$candidate" == "(none)" ]]; then
+  candidate="$(apt_candidate "$p")"
+  if [[ -z "$candidate" ]]; then
     warn "package '$p' is not available from the configured apt sources"
     if [[ "$p" == kcat ]]; then
       # Older releases ship the same tool under its former name.
-      alt="$(apt-cache policy kafkacat 2>/dev/null | awk '/Candidate:/ {print $2}')"
-      if [[ -n "$alt" && "$alt" != "(none)" ]]; then
+      alt="$(apt_candidate kafkacat)"
+      if [[ -n "$alt" ]]; then
         log "using package 'kafkacat' $alt instead of kcat"
         to_install+=(kafkacat)
       else
-        warn "no kcat/kafkacat package: kafka.sh will fall back to the Kafka CLI classes"
+        warn "no kcat/kafkacat package: kcat is optional, scripts/kafka.sh will probe Kafka with its Java tools (the Kafka CLI classes)"
       fi
     fi
   else
@@ -241,7 +421,7 @@ if [[ ! -e "$policy" ]]; then
 fi
 
 log "installing: ${to_install[*]}"
-as_root apt-get install -y -qq --no-install-recommends \
+apt_get install -y -qq --no-install-recommends \
   -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
   "${to_install[@]}"
 
@@ -259,7 +439,13 @@ stop_system_mosquitto
 
 still_missing=()
 for c in "${COMMANDS[@]}"; do
-  have_cmd "$c" || still_missing+=("$c")
+  if ! have_cmd "$c"; then
+    if is_optional "$c"; then
+      warn "$c is still missing: optional (scripts/kafka.sh probes Kafka with its Java tools instead)"
+    else
+      still_missing+=("$c")
+    fi
+  fi
 done
 if [[ ${#still_missing[@]} -gt 0 ]]; then
   warn "still missing after install: ${still_missing[*]}"
@@ -268,9 +454,10 @@ fi
 for c in "${COMMANDS[@]}"; do
   if command -v "$c" >/dev/null 2>&1; then
     log "ok: $c -> $(command -v "$c")"
-  else
+  elif [[ -x "/usr/sbin/$c" ]]; then
     log "ok: $c -> /usr/sbin/$c"
   fi
 done
+install_build_tools
 install_npm_tools
 install_kafka_tools

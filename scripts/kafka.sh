@@ -328,10 +328,13 @@ tail_log() {
 
 # wait_ready returns once the broker answers, or once it exited because a
 # port was taken after all, with BIND_FAILED=1 (start then tries the next
-# pair); it dies on any other failure.
+# pair); it dies on any other failure. With ours=1 (the caller started pid
+# itself), a broker that is still not ready at the timeout is stopped before
+# dying, so that no JVM is left behind holding the ports; a broker some
+# earlier start left running is not this call's to kill.
 BIND_FAILED=0
 wait_ready() {
-  local pid="$1" deadline=$((SECONDS + START_TIMEOUT))
+  local pid="$1" ours="${2:-0}" deadline=$((SECONDS + START_TIMEOUT))
   while ((SECONDS < deadline)); do
     if ! kill -0 "$pid" 2>/dev/null; then
       if grep -q 'Address already in use' "$LOG_FILE" 2>/dev/null; then
@@ -347,6 +350,11 @@ wait_ready() {
     sleep 1
   done
   tail_log
+  if [[ "$ours" == 1 ]]; then
+    log "Kafka (pid $pid) not ready within ${START_TIMEOUT}s; stopping it"
+    kill_broker "$pid"
+    die "Kafka did not become ready within ${START_TIMEOUT}s (stopped it; log: $LOG_FILE)"
+  fi
   die "Kafka did not become ready within ${START_TIMEOUT}s (pid $pid still running; run '$0 stop' to clean up)"
 }
 
@@ -450,23 +458,33 @@ start_once() {
   pid="$(<"$PID_FILE")"
 
   BIND_FAILED=0
-  wait_ready "$pid"
+  wait_ready "$pid" 1
+}
+
+# kill_broker stops the broker process pid: SIGTERM, then SIGKILL if it is
+# still there after STOP_TIMEOUT. SIGCONT comes first: a broker frozen with
+# pause (SIGSTOP) would not act on SIGTERM until resumed, and would only
+# go at the SIGKILL, without its clean shutdown.
+kill_broker() {
+  local pid="$1"
+  kill -CONT "$pid" 2>/dev/null || true
+  kill -TERM "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + STOP_TIMEOUT))
+  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
+    sleep 0.5
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    warn "Kafka did not exit within ${STOP_TIMEOUT}s; sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+  fi
 }
 
 do_stop() {
   local pid
   if pid="$(running_pid)"; then
     log "stopping Kafka (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + STOP_TIMEOUT))
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
-      sleep 0.5
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      warn "Kafka did not exit within ${STOP_TIMEOUT}s; sending SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-      while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
-    fi
+    kill_broker "$pid"
     log "Kafka stopped"
   else
     log "Kafka is not running"

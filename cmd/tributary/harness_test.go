@@ -234,13 +234,20 @@ func header(r *kgo.Record, key string) (string, bool) {
 	return "", false
 }
 
-// needTool fails the test when an external peer is missing: the project's
-// scripts/install-deps.sh installs them, and make test runs it.
+// needTool returns the path of an external peer, and fails the test when
+// it is missing: the project's scripts/install-deps.sh installs them, and
+// make test runs it. Like install-deps.sh, it looks in /usr/sbin too when
+// the tool is not on PATH: Debian puts the mosquitto broker there, which
+// is not on every user's PATH (cmd/tributary-bench's findMosquitto does
+// the same).
 func needTool(t *testing.T, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		t.Fatalf("%s not found: run scripts/install-deps.sh (make deps)", name)
+		p, err = exec.LookPath("/usr/sbin/" + name)
+	}
+	if err != nil {
+		t.Fatalf("%s not found on PATH or in /usr/sbin: run scripts/install-deps.sh (make deps)", name)
 	}
 	return p
 }
