@@ -863,9 +863,14 @@ func TestTopicAliasPublishes(t *testing.T) {
 	if len(recs) != 2 {
 		t.Fatalf("%d records in Kafka, want 2", len(recs))
 	}
-	for _, r := range recs {
-		if v, _ := header(r, "mqtt.topic"); v != "dev/aliased" {
-			t.Fatalf("record %q has mqtt.topic %q, want dev/aliased", r.Value, v)
+	// Both records, the second published by alias only, carry the
+	// aliased topic as header and as key, in order.
+	for i, r := range recs {
+		if v, _ := header(r, "mqtt.topic"); v != "dev/aliased" || string(r.Key) != "dev/aliased" {
+			t.Fatalf("record %q has mqtt.topic %q and key %q, want dev/aliased for both", r.Value, v, r.Key)
+		}
+		if want := []string{"first", "second"}[i]; string(r.Value) != want {
+			t.Fatalf("record %d is %q, want %q", i, r.Value, want)
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/tributary-io/tributary/mapping"
 )
@@ -246,15 +247,26 @@ func TestQoS2OnceAndLocalBroker(t *testing.T) {
 	waitFor(t, 5*time.Second, "subscriber to get both publishes", func() bool { return sub.len() == 2 })
 
 	recs := settledRecords(t, d.bootstrap, topic)
-	count := map[string]int{}
+	byValue := map[string][]*kgo.Record{}
 	for _, r := range recs {
-		count[string(r.Value)]++
+		byValue[string(r.Value)] = append(byValue[string(r.Value)], r)
 	}
-	if count["exactly-once"] != 1 || count["kept"] != 1 {
-		t.Fatalf("records by value %v, want one of each", count)
+	if len(recs) != 2 || len(byValue["exactly-once"]) != 1 || len(byValue["kept"]) != 1 {
+		t.Fatalf("%d records, %d of exactly-once and %d of kept; want one of each", len(recs), len(byValue["exactly-once"]), len(byValue["kept"]))
 	}
-	if v, _ := header(recs[0], "mqtt.qos"); v != "2" && v != "1" {
-		t.Errorf("mqtt.qos header %q", v)
+	// Each record carries the QoS and retain flag of its own publish.
+	for _, w := range []struct{ value, topic, qos, retain string }{
+		{"exactly-once", "room/q2", "2", "false"},
+		{"kept", "room/retained", "1", "true"},
+	} {
+		r := byValue[w.value][0]
+		q, _ := header(r, "mqtt.qos")
+		ret, _ := header(r, "mqtt.retain")
+		tp, _ := header(r, "mqtt.topic")
+		if q != w.qos || ret != w.retain || tp != w.topic || string(r.Key) != w.topic {
+			t.Errorf("record %q: mqtt.qos %q, mqtt.retain %q, mqtt.topic %q, key %q; want %s, %s, %s, %s",
+				w.value, q, ret, tp, r.Key, w.qos, w.retain, w.topic, w.topic)
+		}
 	}
 
 	late := &collector{}
@@ -381,10 +393,21 @@ func TestMissingTopicWithCreationDisabled(t *testing.T) {
 	cfg.Mapping.TopicRegexList = missing + ":.*"
 	d := startDaemon(t, cfg)
 	host, port := hostPort(d.mqttAddr())
-	out, err := exec.Command(pub, "-V", "mqttv5", "-h", host, "-p", port, "-q", "1", "-t", "a/b", "-m", "x").CombinedOutput()
-	if err == nil && !strings.Contains(string(out), missing) {
-		t.Errorf("publish to a missing topic did not fail naming it: %s", out)
+	// mosquitto_pub -d prints the PUBACK's reason code, and mosquitto_pub
+	// prints the reason string that came with it.
+	out, err := exec.Command(pub, "-V", "mqttv5", "-d", "-h", host, "-p", port, "-q", "1", "-t", "a/b", "-m", "x").CombinedOutput()
+	rc := -1
+	if _, after, ok := strings.Cut(string(out), "received PUBACK (Mid: 1, RC:"); ok {
+		_, _ = fmt.Sscanf(after, "%d", &rc)
 	}
+	if rc < 0x80 {
+		t.Fatalf("publish to a missing topic: PUBACK reason code %d, want a failure (0x80 or more); err %v, output:\n%s", rc, err, out)
+	}
+	if want := fmt.Sprintf("Kafka topic %q: Kafka topic does not exist", missing); !strings.Contains(string(out), want) {
+		t.Errorf("the refusal does not name the missing topic (want %q):\n%s", want, out)
+	}
+	series := `tributary_mqtt_kafka_failures_total{reason="unknown_topic"}`
+	waitFor(t, 5*time.Second, "the refusal counted: "+series+" 1", func() bool { return metricValue(t, d, series) == "1" })
 }
 
 // Readiness and health; once shutdown begins, /readyz sends traffic

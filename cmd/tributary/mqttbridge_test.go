@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/tributary-io/tributary/internal/testutil"
 )
 
 // An edge mosquitto bridged to Tributary with mosquitto's defaults: the
@@ -71,13 +74,24 @@ func testMosquittoBridge(t *testing.T, extraConf string) {
 	// Edge → Tributary → Kafka, once each; a subscriber at the edge gets
 	// each once too (sent back, each would come to it twice).
 	sub := needTool(t, "mosquitto_sub")
-	edgeSub := exec.Command(sub, "-h", "127.0.0.1", "-p", strconv.Itoa(edge.port), "-t", "sensors/#", "-q", "1", "-W", "8")
-	var edgeOut strings.Builder
+	edgeSub := exec.Command(sub, "-h", "127.0.0.1", "-p", strconv.Itoa(edge.port), "-t", "sensors/#", "-t", "probe/#", "-q", "1", "-W", "8", "-v")
+	var edgeOut testutil.SyncBuffer
 	edgeSub.Stdout = &edgeOut
 	if err := edgeSub.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(time.Second) // for it to subscribe
+	t.Cleanup(func() { // on an early failure; a no-op once it exited
+		_ = edgeSub.Process.Kill()
+		_ = edgeSub.Wait()
+	})
+	// mosquitto_sub asks for both filters in one SUBSCRIBE, so once a
+	// probe (a topic the bridge does not carry) reaches it, it has
+	// sensors/# too.
+	prober := mqttClient(t, edge.url(), uniq("probe"))
+	waitFor(t, 5*time.Second, "mosquitto_sub at the edge to subscribe", func() bool {
+		publish(t, prober, "probe/edge", 1, false, "probe")
+		return strings.Contains(edgeOut.String(), "probe/edge probe")
+	})
 	want := payloads("edge", 0, 300)
 	mosquittoPub(t, edge.port, "sensors/line1/temp", want)
 	counts := countPayloads(t, d.bootstrap, topic, want, 30*time.Second)
@@ -88,8 +102,14 @@ func testMosquittoBridge(t *testing.T, extraConf string) {
 	}
 
 	_ = edgeSub.Wait() // -W: it exits on its own
-	if got := strings.Fields(edgeOut.String()); len(got) != len(want) {
-		t.Fatalf("a subscriber at the edge got %d messages for %d publishes", len(got), len(want))
+	var atEdge []string
+	for _, l := range strings.Split(edgeOut.String(), "\n") {
+		if v, ok := strings.CutPrefix(l, "sensors/line1/temp "); ok {
+			atEdge = append(atEdge, v)
+		}
+	}
+	if !slices.Equal(atEdge, want) {
+		t.Fatalf("a subscriber at the edge got %d messages for %d publishes (want each once, in order)", len(atEdge), len(want))
 	}
 
 	// Tributary → edge: a device at Tributary commands one at the edge.

@@ -139,17 +139,33 @@ func TestTLSAndPasswordAcceptance(t *testing.T) {
 		t.Fatalf("records in %s: %v, want one with 21.5", topic, recs)
 	}
 
+	// Each refusal is counted under its reason; the good login above was
+	// not.
+	failures := func(reason string) string {
+		return metricValue(t, s.testDaemon, `tributary_mqtt_auth_failures_total{reason="`+reason+`"}`)
+	}
+	waitCounted := func(reason, want string) {
+		t.Helper()
+		waitFor(t, 5*time.Second, fmt.Sprintf("auth failures of reason %s to be %s (now %s)", reason, want, failures(reason)),
+			func() bool { return failures(reason) == want })
+	}
+	waitCounted("bad_credentials", "0")
+	waitCounted("anonymous_refused", "0")
+
 	out, err = exec.Command(pub, "--cafile", ca, "-h", "localhost", "-p", port, "-u", "dev", "-P", "wrong", "-q", "1", "-t", "sensors/t1", "-m", "no").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "bad user name or password") {
 		t.Fatalf("mosquitto_pub with a wrong password: err %v, output %q; want a refused connection (CONNACK code 5/4)", err, out)
 	}
+	waitCounted("bad_credentials", "1")
 	// MQTT 3.1.1 return code 4 (bad user name or password) with a raw CONNECT.
 	if code := connackCode(t, s.broker.Addr("mqtt-tls"), s.caPool(t), "dev", "wrong"); code != 4 {
 		t.Fatalf("CONNACK return code for a wrong password = %d, want 4", code)
 	}
+	waitCounted("bad_credentials", "2")
 	if code := connackCode(t, s.broker.Addr("mqtt-tls"), s.caPool(t), "", ""); code != 5 {
 		t.Fatalf("CONNACK return code for an anonymous client = %d, want 5 (not authorized)", code)
 	}
+	waitCounted("anonymous_refused", "1")
 
 	// Plain TCP to the TLS port: the CONNECT is not a TLS ClientHello.
 	c, err := net.DialTimeout("tcp", net.JoinHostPort(host, port), 5*time.Second)
@@ -165,9 +181,9 @@ func TestTLSAndPasswordAcceptance(t *testing.T) {
 		t.Fatalf("a plain-TCP client got a CONNACK from the TLS port: % x", b[:n])
 	}
 
-	metrics := metricsText(t, s.httpAddr())
-	if !strings.Contains(metrics, `tributary_mqtt_auth_failures_total{reason="bad_credentials"}`) {
-		t.Errorf("no auth failure metric after a wrong password")
+	// A failed TLS handshake is no login attempt.
+	if got := failures("bad_credentials") + "/" + failures("anonymous_refused") + "/" + failures("not_authorized"); got != "2/1/0" {
+		t.Errorf("auth failures bad_credentials/anonymous_refused/not_authorized = %s, want 2/1/0", got)
 	}
 	waitFor(t, 5*time.Second, "the refusal to be logged", func() bool { return strings.Contains(s.log.String(), "dev") })
 	if strings.Contains(s.log.String(), "secret") {
@@ -322,10 +338,19 @@ func TestACLDenyPublishAndSubscribe(t *testing.T) {
 	host, port := hostPort(s.mqttAddr())
 	base := []string{"-h", host, "-p", port, "-u", "dev", "-P", "secret", "-V", "mqttv5"}
 
-	out, err := exec.Command(pub, append(base, "-q", "1", "-t", "forbidden/x", "-m", "denied")...).CombinedOutput()
-	if err == nil && !strings.Contains(strings.ToLower(string(out)), "not authori") {
-		t.Fatalf("a publish outside the ACL succeeded: %s", out)
+	denied := func(action string) string {
+		return metricValue(t, s.testDaemon, `tributary_mqtt_acl_denied_total{action="`+action+`"}`)
 	}
+	if p, sb := denied("publish"), denied("subscribe"); p != "0" || sb != "0" {
+		t.Fatalf("ACL denials before any: publish %s, subscribe %s; want 0 and 0", p, sb)
+	}
+	// -d prints the PUBACK's reason code: 135 (0x87, not authorized), and
+	// mosquitto_pub prints the reason string the broker sent with it.
+	out, err := exec.Command(pub, append(base, "-d", "-q", "1", "-t", "forbidden/x", "-m", "denied")...).CombinedOutput()
+	if !strings.Contains(string(out), "received PUBACK (Mid: 1, RC:135)") || !strings.Contains(string(out), "not authorized to publish to forbidden/x") {
+		t.Fatalf("a publish outside the ACL: err %v, output:\n%s\nwant PUBACK 0x87 (RC:135) with the reason string naming the topic", err, out)
+	}
+	waitFor(t, 5*time.Second, "the denied publish to be counted", func() bool { return denied("publish") == "1" })
 	if out, err := exec.Command(pub, append(base, "-q", "1", "-t", "sensors/ok", "-m", "allowed")...).CombinedOutput(); err != nil {
 		t.Fatalf("a publish inside the ACL failed: %v: %s", err, out)
 	}
@@ -351,8 +376,10 @@ func TestACLDenyPublishAndSubscribe(t *testing.T) {
 	if code := subackCode(t, s.mqttAddr(), "dev", "secret", "cmd/other/#"); code != 0x80 {
 		t.Errorf("SUBACK for cmd/other/# = %#x, want 0x80 (MQTT 3.1.1 failure)", code)
 	}
-	if m := metricsText(t, s.httpAddr()); !strings.Contains(m, `tributary_mqtt_acl_denied_total{action="publish"}`) || !strings.Contains(m, `tributary_mqtt_acl_denied_total{action="subscribe"}`) {
-		t.Errorf("ACL denial metrics missing")
+	// One denied publish; two denied subscriptions (forbidden/# and
+	// cmd/other/#).
+	if p, sb := denied("publish"), denied("subscribe"); p != "1" || sb != "2" {
+		t.Errorf("ACL denials: publish %s, subscribe %s; want 1 and 2", p, sb)
 	}
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -24,7 +25,11 @@ func TestShutdownWithAPublishWaitingForATopicLookup(t *testing.T) {
 	d := startDaemon(t, cfg)
 	c := mqttClient(t, "tcp://"+d.mqttAddr(), uniq("lk"), func(o *paho.ClientOptions) { o.SetAutoReconnect(false) })
 	tok := c.Publish("dev/temp", 1, false, "x")
-	time.Sleep(time.Second) // the publish is in the topic lookup
+	// Neither a metric nor a log line says a topic check is under way;
+	// the goroutine making it does: the publish's, the only one here.
+	waitFor(t, 10*time.Second, "the publish to be in the topic check", func() bool {
+		return strings.Contains(daemonGoroutines(), "bridge.(*topics).check")
+	})
 	start := time.Now()
 	d.stop()
 	took := time.Since(start)
