@@ -1201,23 +1201,17 @@ func (c *conn) complete(e *inflight) {
 	c.lose(fmt.Errorf("producing: %w", e.err))
 }
 
-// ack acknowledges msg: its PUBACK (QoS 1) or PUBREC (QoS 2) joins the
-// burst that flushAcks writes. paho answers the PUBREL that follows a
-// PUBREC with PUBCOMP. Without a connection of ours, it goes through paho.
+// ack acknowledges msg, a QoS 1 or 2 message: its PUBACK (QoS 1) or
+// PUBREC (QoS 2) joins the burst that flushAcks writes to the connection
+// it came on (every message comes through c.dial's connection). paho
+// answers the PUBREL that follows a PUBREC with PUBCOMP.
 func (c *conn) ack(msg paho.Message) {
-	if q := msg.Qos(); q > 0 && c.nc.Load() != nil {
-		typ := byte(packets.Puback << 4)
-		if q == 2 {
-			typ = packets.Pubrec << 4
-		}
-		id := msg.MessageID()
-		c.acks = append(c.acks, typ, 2, byte(id>>8), byte(id))
-		return
+	typ := byte(packets.Puback << 4)
+	if msg.Qos() == 2 {
+		typ = packets.Pubrec << 4
 	}
-	c.flushAcks()
-	if !c.broken {
-		msg.Ack()
-	}
+	id := msg.MessageID()
+	c.acks = append(c.acks, typ, 2, byte(id>>8), byte(id))
 }
 
 // flushAcks writes the PUBACKs gathered so far in one write. When that

@@ -511,9 +511,28 @@ func (h *authHook) dropQueued(users *auth.Users, cl *mqtt.Client) {
 	}
 	user := string(cl.Properties.Username)
 	admitted := users.Admits(user)
+	queued := cl.State.Inflight.GetAll(false)
+	// A message sent with a topic alias the client already knows is kept
+	// with no topic name: its topic is that of a message queued with the
+	// name and the same alias (mochi never reassigns one of a connection's
+	// aliases). One whose topic cannot be told is kept unless the user is
+	// gone.
+	aliased := map[uint16]string{}
+	for _, pk := range queued {
+		if pk.FixedHeader.Type == packets.Publish && pk.TopicName != "" && pk.Properties.TopicAlias > 0 {
+			aliased[pk.Properties.TopicAlias] = pk.TopicName
+		}
+	}
 	dropped := 0
-	for _, pk := range cl.State.Inflight.GetAll(false) {
-		if pk.FixedHeader.Type != packets.Publish || (admitted && users.CanSubscribe(user, cl.ID, pk.TopicName)) {
+	for _, pk := range queued {
+		if pk.FixedHeader.Type != packets.Publish {
+			continue
+		}
+		topic := pk.TopicName
+		if topic == "" {
+			topic = aliased[pk.Properties.TopicAlias]
+		}
+		if admitted && (topic == "" || users.CanSubscribe(user, cl.ID, topic)) {
 			continue
 		}
 		if cl.State.Inflight.Delete(pk.PacketID) {

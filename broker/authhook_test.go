@@ -178,6 +178,7 @@ type rawConnect struct {
 	keep       bool   // Clean Start 0: a persistent session (MQTT 5: expiry 60 s unless noExpiry)
 	noExpiry   bool   // MQTT 5 with keep: no session expiry, the session ends with the connection
 	keepalive  uint16 // seconds; 0 for 30
+	aliasMax   uint16 // MQTT 5 Topic Alias Maximum: the broker may send topic aliases
 }
 
 // connectRaw sends a CONNECT and returns the connection and the CONNACK.
@@ -204,6 +205,7 @@ func connectRaw(t *testing.T, addr string, c rawConnect) (net.Conn, packets.Pack
 	if c.keep && c.version == 5 && !c.noExpiry {
 		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 60, true
 	}
+	pk.Properties.TopicAliasMaximum = c.aliasMax
 	if c.will != "" {
 		pk.Connect.WillFlag, pk.Connect.WillTopic, pk.Connect.WillPayload = true, c.will, []byte(cmp.Or(c.willBody, "gone"))
 		pk.Connect.WillProperties.WillDelayInterval = c.willDelay

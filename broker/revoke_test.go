@@ -489,3 +489,69 @@ acls:
 		t.Errorf("the resumed session also got type %d topic %q", pk.FixedHeader.Type, pk.TopicName)
 	}
 }
+
+// A queued message the broker sent with a topic alias the client already
+// knew is kept without its topic name: the reload's check reads the topic
+// from the message queued with the name and the same alias, so such
+// messages are dropped or kept like those with their names.
+func TestReloadJudgesAliasedQueuedMessagesByTheirTopic(t *testing.T) {
+	hashes := testHashes(t)
+	file := func(opsTopic string) *auth.Users {
+		return usersWithHashes(t, `users:
+  - {username: dev, password_hash: "{{dev}}"}
+  - {username: ops, password_hash: "{{ops}}"}
+acls:
+  - {user: ops, topic: "`+opsTopic+`", access: all}
+  - {user: ops, topic: "public/#", access: all}
+  - {user: dev, topic: "#", access: all}
+`, hashes)
+	}
+	users := auth.NewLive(file("secret/#"))
+	s := startAuthServer(t, AuthConfig{Users: users})
+	s.hook.unsubscribe = unsubscriber(s.srv)
+	s.hook.info = s.srv.Info
+	conn, _ := connectRaw(t, s.addr, rawConnect{version: 5, id: "ops-kept", user: "ops", pass: "ops-pw", keep: true, aliasMax: 10})
+	writePackets(t, conn, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 5, PacketID: 9,
+		Filters: packets.Subscriptions{{Filter: "secret/#", Qos: 1}, {Filter: "public/#", Qos: 1}}})
+	if ack := readMQTT(t, conn, 5); ack.FixedHeader.Type != packets.Suback {
+		t.Fatalf("got packet type %d, want SUBACK", ack.FixedHeader.Type)
+	}
+	conn.Close()
+	testutil.WaitFor(t, 10*time.Second, "the session kept", func() bool {
+		cl, ok := s.srv.Clients.Get("ops-kept")
+		return ok && cl.Closed()
+	})
+	pub, _ := connectRaw(t, s.addr, rawConnect{version: 5, id: "dev-pub", user: "dev", pass: "dev-pw"})
+	for i, topic := range []string{"public/news", "secret/plan", "public/news", "secret/plan"} {
+		writePackets(t, pub, publish5(topic, 1, uint16(i+1), 0))
+		readMQTT(t, pub, 5)
+	}
+	cl, _ := s.srv.Clients.Get("ops-kept")
+	testutil.WaitFor(t, 5*time.Second, "the 4 messages queued for the kept session", func() bool {
+		return atomic.LoadInt64(&s.srv.Info.Inflight) == 4 && len(cl.State.Inflight.GetAll(false)) == 4
+	})
+	unnamed := 0
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		if pk.TopicName == "" {
+			unnamed++
+		}
+	}
+	if unnamed != 2 {
+		t.Fatalf("%d queued messages without a topic name, want 2 (sent with an alias): this test no longer covers aliases", unnamed)
+	}
+	old := users.Swap(file("secret/#")) // the same rules
+	s.hook.revoke(old, s.srv.Clients.GetAll())
+	if n := atomic.LoadInt64(&s.srv.Info.Inflight); n != 4 {
+		t.Fatalf("%d messages in flight after a reload that changed no rule, want 4", n)
+	}
+	old = users.Swap(file("other/#"))
+	s.hook.revoke(old, s.srv.Clients.GetAll())
+	if n := atomic.LoadInt64(&s.srv.Info.Inflight); n != 2 {
+		t.Fatalf("%d messages in flight after the reload took away secret/#, want the 2 to public/news", n)
+	}
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		if pk.TopicName == "secret/plan" {
+			t.Errorf("message %d to secret/plan still queued", pk.PacketID)
+		}
+	}
+}
