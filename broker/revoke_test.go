@@ -436,9 +436,22 @@ acls:
 // right to read them are dropped at the reload: mochi sends a resumed
 // session its queue with no ACL check. What the user may still read stays
 // queued and is delivered.
-func TestReloadDropsQueuedMessagesNoLongerReadable(t *testing.T) {
+// keptQueueFixture is a server with a users file whose user ops may use
+// public/# and the topics of one more rule (file makes the file with that
+// rule), a kept MQTT 5 session of ops ("ops-kept", connected as kept
+// says, then gone) subscribed to secret/# and public/#, and a connection
+// of user dev, who may publish anywhere.
+type keptQueueFixture struct {
+	s     *authServer
+	users *auth.Live[auth.Users]
+	file  func(opsTopic string) *auth.Users
+	pub   net.Conn
+}
+
+func newKeptQueueFixture(t *testing.T, kept rawConnect) *keptQueueFixture {
+	t.Helper()
 	hashes := testHashes(t)
-	file := func(opsTopic string) *auth.Users {
+	f := &keptQueueFixture{file: func(opsTopic string) *auth.Users {
 		return usersWithHashes(t, `users:
   - {username: dev, password_hash: "{{dev}}"}
   - {username: ops, password_hash: "{{ops}}"}
@@ -447,13 +460,12 @@ acls:
   - {user: ops, topic: "public/#", access: all}
   - {user: dev, topic: "#", access: all}
 `, hashes)
-	}
-	users := auth.NewLive(file("secret/#"))
-	s := startAuthServer(t, AuthConfig{Users: users})
-	s.hook.unsubscribe = unsubscriber(s.srv)
-	s.hook.info = s.srv.Info
-	kept := rawConnect{version: 5, id: "ops-kept", user: "ops", pass: "ops-pw", keep: true}
-	conn, _ := connectRaw(t, s.addr, kept)
+	}}
+	f.users = auth.NewLive(f.file("secret/#"))
+	f.s = startAuthServer(t, AuthConfig{Users: f.users})
+	f.s.hook.unsubscribe = unsubscriber(f.s.srv)
+	f.s.hook.info = f.s.srv.Info
+	conn, _ := connectRaw(t, f.s.addr, kept)
 	writePackets(t, conn, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 5, PacketID: 9,
 		Filters: packets.Subscriptions{{Filter: "secret/#", Qos: 1}, {Filter: "public/#", Qos: 1}}})
 	if ack := readMQTT(t, conn, 5); ack.FixedHeader.Type != packets.Suback {
@@ -461,10 +473,24 @@ acls:
 	}
 	conn.Close()
 	testutil.WaitFor(t, 10*time.Second, "the session kept", func() bool {
-		cl, ok := s.srv.Clients.Get("ops-kept")
+		cl, ok := f.s.srv.Clients.Get("ops-kept")
 		return ok && cl.Closed()
 	})
-	pub, _ := connectRaw(t, s.addr, rawConnect{version: 5, id: "dev-pub", user: "dev", pass: "dev-pw"})
+	f.pub, _ = connectRaw(t, f.s.addr, rawConnect{version: 5, id: "dev-pub", user: "dev", pass: "dev-pw"})
+	return f
+}
+
+// reload puts the file with opsTopic in force and runs the reload's
+// revoke over the server's clients.
+func (f *keptQueueFixture) reload(opsTopic string) {
+	old := f.users.Swap(f.file(opsTopic))
+	f.s.hook.revoke(old, f.s.srv.Clients.GetAll())
+}
+
+func TestReloadDropsQueuedMessagesNoLongerReadable(t *testing.T) {
+	kept := rawConnect{version: 5, id: "ops-kept", user: "ops", pass: "ops-pw", keep: true}
+	f := newKeptQueueFixture(t, kept)
+	s, pub := f.s, f.pub
 	for i, topic := range []string{"secret/plan", "public/news"} {
 		writePackets(t, pub, publish5(topic, 1, uint16(i+1), 0))
 		readMQTT(t, pub, 5) // PUBACK: mochi queues it for ops-kept after sending it
@@ -472,15 +498,14 @@ acls:
 	testutil.WaitFor(t, 5*time.Second, "the 2 messages queued for the kept session", func() bool {
 		return atomic.LoadInt64(&s.srv.Info.Inflight) == 2
 	})
-	old := users.Swap(file("other/#"))
-	s.hook.revoke(old, s.srv.Clients.GetAll())
+	f.reload("other/#")
 	if n := atomic.LoadInt64(&s.srv.Info.Inflight); n != 1 {
 		t.Errorf("%d messages in flight after the reload, want 1", n)
 	}
 	if !strings.Contains(s.logs.String(), "no longer lets it read") {
 		t.Errorf("the drop is not logged:\n%s", s.logs.String())
 	}
-	conn, _ = connectRaw(t, s.addr, kept)
+	conn, _ := connectRaw(t, s.addr, kept)
 	pk := readMQTT(t, conn, 5)
 	if pk.FixedHeader.Type != packets.Publish || pk.TopicName != "public/news" {
 		t.Fatalf("the resumed session got type %d topic %q first, want public/news", pk.FixedHeader.Type, pk.TopicName)
@@ -495,33 +520,8 @@ acls:
 // from the message queued with the name and the same alias, so such
 // messages are dropped or kept like those with their names.
 func TestReloadJudgesAliasedQueuedMessagesByTheirTopic(t *testing.T) {
-	hashes := testHashes(t)
-	file := func(opsTopic string) *auth.Users {
-		return usersWithHashes(t, `users:
-  - {username: dev, password_hash: "{{dev}}"}
-  - {username: ops, password_hash: "{{ops}}"}
-acls:
-  - {user: ops, topic: "`+opsTopic+`", access: all}
-  - {user: ops, topic: "public/#", access: all}
-  - {user: dev, topic: "#", access: all}
-`, hashes)
-	}
-	users := auth.NewLive(file("secret/#"))
-	s := startAuthServer(t, AuthConfig{Users: users})
-	s.hook.unsubscribe = unsubscriber(s.srv)
-	s.hook.info = s.srv.Info
-	conn, _ := connectRaw(t, s.addr, rawConnect{version: 5, id: "ops-kept", user: "ops", pass: "ops-pw", keep: true, aliasMax: 10})
-	writePackets(t, conn, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 5, PacketID: 9,
-		Filters: packets.Subscriptions{{Filter: "secret/#", Qos: 1}, {Filter: "public/#", Qos: 1}}})
-	if ack := readMQTT(t, conn, 5); ack.FixedHeader.Type != packets.Suback {
-		t.Fatalf("got packet type %d, want SUBACK", ack.FixedHeader.Type)
-	}
-	conn.Close()
-	testutil.WaitFor(t, 10*time.Second, "the session kept", func() bool {
-		cl, ok := s.srv.Clients.Get("ops-kept")
-		return ok && cl.Closed()
-	})
-	pub, _ := connectRaw(t, s.addr, rawConnect{version: 5, id: "dev-pub", user: "dev", pass: "dev-pw"})
+	f := newKeptQueueFixture(t, rawConnect{version: 5, id: "ops-kept", user: "ops", pass: "ops-pw", keep: true, aliasMax: 10})
+	s, pub := f.s, f.pub
 	for i, topic := range []string{"public/news", "secret/plan", "public/news", "secret/plan"} {
 		writePackets(t, pub, publish5(topic, 1, uint16(i+1), 0))
 		readMQTT(t, pub, 5)
@@ -539,13 +539,11 @@ acls:
 	if unnamed != 2 {
 		t.Fatalf("%d queued messages without a topic name, want 2 (sent with an alias): this test no longer covers aliases", unnamed)
 	}
-	old := users.Swap(file("secret/#")) // the same rules
-	s.hook.revoke(old, s.srv.Clients.GetAll())
+	f.reload("secret/#") // the same rules
 	if n := atomic.LoadInt64(&s.srv.Info.Inflight); n != 4 {
 		t.Fatalf("%d messages in flight after a reload that changed no rule, want 4", n)
 	}
-	old = users.Swap(file("other/#"))
-	s.hook.revoke(old, s.srv.Clients.GetAll())
+	f.reload("other/#")
 	if n := atomic.LoadInt64(&s.srv.Info.Inflight); n != 2 {
 		t.Fatalf("%d messages in flight after the reload took away secret/#, want the 2 to public/news", n)
 	}
