@@ -798,7 +798,7 @@ func newConn(u *upstream) *conn {
 // inflight is one QoS 1 or 2 message awaiting its acknowledgement.
 type inflight struct {
 	c        *conn
-	msg      paho.Message
+	msg      *wireMessage
 	received time.Time
 	err      error
 	topic    *retainedTopic // the topic's retained state to update once produced; nil if it has none
@@ -835,7 +835,7 @@ func (c *conn) wake() {
 // handle runs on paho's reading goroutine for every message, in arrival
 // order (ackConn.Read). See the package notes above on why it may block in
 // Produce.
-func (c *conn) handle(_ paho.Client, msg paho.Message) {
+func (c *conn) handle(msg *wireMessage) {
 	u := c.u
 	received := time.Now()
 	u.m.received.Inc()
@@ -1061,7 +1061,7 @@ func (c *conn) clearRecord() {
 // that cannot be mapped, are acknowledged without a record and counted:
 // MQTT 3.1.1 has no negative acknowledgement, and holding them back would
 // stall the remote broker's window for good.
-func (u *upstream) record(msg paho.Message, at time.Time, rec *Record) string {
+func (u *upstream) record(msg *wireMessage, at time.Time, rec *Record) string {
 	topic := msg.Topic()
 	var key []byte
 	kafkaTopic := u.cfg.KafkaTopic
@@ -1205,7 +1205,7 @@ func (c *conn) complete(e *inflight) {
 // PUBREC (QoS 2) joins the burst that flushAcks writes to the connection
 // it came on (every message comes through c.dial's connection). paho
 // answers the PUBREL that follows a PUBREC with PUBCOMP.
-func (c *conn) ack(msg paho.Message) {
+func (c *conn) ack(msg *wireMessage) {
 	typ := byte(packets.Puback << 4)
 	if msg.Qos() == 2 {
 		typ = packets.Pubrec << 4
@@ -1380,7 +1380,7 @@ func (c *conn) dial(uri *url.URL, opts paho.ClientOptions) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	nc.publish = func(m *wireMessage) { c.handle(nil, m) }
+	nc.publish = c.handle
 	c.nc.Store(nc)
 	return nc, nil
 }
@@ -1442,22 +1442,18 @@ func (a *ackConn) next() (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		first := b[0]
-		size, hlen := 0, 1
-		for shift := 0; ; shift += 7 {
+		first, c := b[0], b[1]
+		size, hlen := int(c&0x7f), 2
+		for shift := 7; c&0x80 != 0; shift += 7 {
 			if hlen == 5 {
 				return 0, fmt.Errorf("malformed packet from the remote broker: its remaining length runs past 4 bytes")
 			}
-			b, err := a.r.Peek(hlen + 1)
-			if err != nil {
+			if b, err = a.r.Peek(hlen + 1); err != nil {
 				return 0, err
 			}
-			c := b[hlen]
+			c = b[hlen]
 			size |= int(c&0x7f) << shift
 			hlen++
-			if c&0x80 == 0 {
-				break
-			}
 		}
 		if first>>4 != packets.Publish {
 			return hlen + size, nil
@@ -1524,9 +1520,8 @@ func parsePublish(first byte, body []byte) (*wireMessage, error) {
 	return m, nil
 }
 
-// wireMessage is a PUBLISH as ackConn reads it, handed to conn.handle in
-// place of paho's message. It is acknowledged by the ack writer (conn.ack),
-// never through Ack.
+// wireMessage is a PUBLISH as ackConn reads it, handed to conn.handle.
+// It is acknowledged by the ack writer (conn.ack).
 type wireMessage struct {
 	topic    string
 	payload  []byte
@@ -1542,7 +1537,6 @@ func (m *wireMessage) Retained() bool    { return m.retained }
 func (m *wireMessage) Topic() string     { return m.topic }
 func (m *wireMessage) MessageID() uint16 { return m.id }
 func (m *wireMessage) Payload() []byte   { return m.payload }
-func (m *wireMessage) Ack()              {}
 
 // countedReads reads from the network for the buffer, counting reads that
 // brought something.

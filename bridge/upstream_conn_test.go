@@ -173,7 +173,7 @@ func TestUpstreamRetainedFirstFollowsLiveMessages(t *testing.T) {
 			c, _, acks := connForTest(t, u)
 			for i, m := range tc.msgs {
 				m.qos, m.id = 1, uint16(i+1)
-				c.handle(nil, &m)
+				c.handle(&m)
 				// Acknowledged only once Kafka has it: the next message
 				// then sees what it left.
 				if id := nextAck(t, acks); id != m.id {
@@ -199,7 +199,7 @@ func TestUpstreamRetainedFirstAtQoS0(t *testing.T) {
 		{topic: "state/1", payload: []byte("B")},
 		{topic: "state/1", payload: []byte("A"), retained: true},
 	} {
-		c.handle(nil, &m)
+		c.handle(&m)
 	}
 	if got, want := p.values(), []string{"A", "B", "A"}; !slices.Equal(got, want) {
 		t.Fatalf("produced %q, want %q", got, want)
@@ -213,7 +213,7 @@ func TestUpstreamMessageOfNoConfiguredSubscription(t *testing.T) {
 	_, u := upstreamForTest(t, UpstreamConfig{Subscriptions: []UpstreamSubscription{{Filter: "plant/line1/#", QoS: 1}}}, p, nil)
 	c, _, acks := connForTest(t, u)
 	for i, topic := range []string{"plant/line2/x", "plant/line1/y"} {
-		c.handle(nil, &testMessage{topic: topic, payload: []byte(topic), qos: 1, id: uint16(i + 1)})
+		c.handle(&testMessage{topic: topic, payload: []byte(topic), qos: 1, id: uint16(i + 1)})
 		if id := nextAck(t, acks); id != uint16(i+1) {
 			t.Fatalf("PUBACK %d, want %d", id, i+1)
 		}
@@ -232,8 +232,8 @@ func TestUpstreamSharedSubscriptionFilterIsSubscribed(t *testing.T) {
 			p := &fakeProducer{}
 			_, u := upstreamForTest(t, UpstreamConfig{Subscriptions: []UpstreamSubscription{{Filter: filter, QoS: 1}}}, p, nil)
 			c, _, acks := connForTest(t, u)
-			c.handle(nil, &testMessage{topic: "plant/line1/temp", payload: []byte("21.5"), qos: 1, id: 1})
-			c.handle(nil, &testMessage{topic: "office/temp", payload: []byte("19"), qos: 1, id: 2})
+			c.handle(&testMessage{topic: "plant/line1/temp", payload: []byte("21.5"), qos: 1, id: 1})
+			c.handle(&testMessage{topic: "office/temp", payload: []byte("19"), qos: 1, id: 2})
 			for want := uint16(1); want <= 2; want++ {
 				if id := nextAck(t, acks); id != want {
 					t.Fatalf("PUBACK %d, want %d", id, want)
@@ -308,8 +308,8 @@ func TestUpstreamFailureKeepsEarlierAcks(t *testing.T) {
 			p := &fakeProducer{hold: true}
 			_, u := upstreamForTest(t, UpstreamConfig{}, p, nil)
 			c, client, acks := connForTest(t, u)
-			c.handle(nil, &testMessage{topic: "d/1", payload: []byte("m1"), qos: 1, id: 1})
-			c.handle(nil, &testMessage{topic: "d/1", payload: []byte("m2"), qos: 1, id: 2})
+			c.handle(&testMessage{topic: "d/1", payload: []byte("m1"), qos: 1, id: 1})
+			c.handle(&testMessage{topic: "d/1", payload: []byte("m2"), qos: 1, id: 2})
 			if tc.draining {
 				u.draining.Store(true)
 			}
@@ -356,7 +356,7 @@ func TestUpstreamLostConnectionProducesNoMore(t *testing.T) {
 			}
 			_, u := upstreamForTest(t, UpstreamConfig{CleanSession: tc.clean}, p, nil)
 			c, _, acks := connForTest(t, u)
-			c.handle(nil, &testMessage{topic: "d/1", payload: []byte("m1"), qos: 1, id: 1})
+			c.handle(&testMessage{topic: "d/1", payload: []byte("m1"), qos: 1, id: 1})
 			if tc.kafka {
 				select {
 				case <-c.lost:
@@ -369,7 +369,7 @@ func TestUpstreamLostConnectionProducesNoMore(t *testing.T) {
 				}
 				c.lose(errors.New("connection reset by peer"))
 			}
-			c.handle(nil, &testMessage{topic: "d/1", payload: []byte("m2"), qos: 1, id: 2})
+			c.handle(&testMessage{topic: "d/1", payload: []byte("m2"), qos: 1, id: 2})
 			if got := p.values(); !slices.Equal(got, tc.want) {
 				t.Fatalf("produced %q, want %q", got, tc.want)
 			}
@@ -584,7 +584,7 @@ func TestUpstreamRefusedRecordsLoggedOnceInAWhile(t *testing.T) {
 	_, u := upstreamForTest(t, UpstreamConfig{}, p, slog.New(slog.NewTextHandler(&logs, nil)))
 	c, _, acks := connForTest(t, u)
 	for id := uint16(1); id <= 5; id++ {
-		c.handle(nil, &testMessage{topic: "d/1", payload: []byte("m"), qos: 1, id: id})
+		c.handle(&testMessage{topic: "d/1", payload: []byte("m"), qos: 1, id: id})
 		if got := nextAck(t, acks); got != id {
 			t.Fatalf("PUBACK %d, want %d", got, id)
 		}
@@ -617,7 +617,7 @@ func TestUpstreamRefusedFixedTopicIsNotAcknowledged(t *testing.T) {
 				u.cfg.KafkaTopic, u.mapper = "", m
 			}
 			c, _, acks := connForTest(t, u)
-			c.handle(nil, &testMessage{topic: "d/1", payload: []byte("m"), qos: 1, id: 1})
+			c.handle(&testMessage{topic: "d/1", payload: []byte("m"), qos: 1, id: 1})
 			if tc.acked {
 				if got := nextAck(t, acks); got != 1 {
 					t.Fatalf("PUBACK %d, want 1", got)
@@ -853,7 +853,7 @@ func TestUpstreamWaitForProducerEndsWithConnection(t *testing.T) {
 	handled := make(chan struct{})
 	go func() {
 		defer close(handled)
-		c1.handle(nil, &testMessage{topic: "plant/1", payload: []byte("M5"), qos: 1, id: 5})
+		c1.handle(&testMessage{topic: "plant/1", payload: []byte("M5"), qos: 1, id: 5})
 	}()
 	if v := recv(t, p.waiting); v != "M5" {
 		t.Fatalf("waiting to produce %q, want M5", v)
@@ -867,7 +867,7 @@ func TestUpstreamWaitForProducerEndsWithConnection(t *testing.T) {
 	close(p.release)
 	c2, _, acks2 := connForTest(t, u)
 	for i, v := range []string{"M4", "M5"} { // resent by the remote broker
-		c2.handle(nil, &testMessage{topic: "plant/1", payload: []byte(v), qos: 1, id: uint16(i + 1)})
+		c2.handle(&testMessage{topic: "plant/1", payload: []byte(v), qos: 1, id: uint16(i + 1)})
 		<-p.waiting
 		if id := nextAck(t, acks2); id != uint16(i+1) {
 			t.Fatalf("PUBACK %d, want %d", id, i+1)
@@ -904,7 +904,7 @@ func TestUpstreamRetainedFirstForgetsClearedTopics(t *testing.T) {
 	send := func(m testMessage) {
 		id++
 		m.qos, m.id = 1, id
-		c.handle(nil, &m)
+		c.handle(&m)
 		if got := nextAck(t, acks); got != id {
 			t.Fatalf("PUBACK %d, want %d", got, id)
 		}

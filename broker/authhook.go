@@ -10,7 +10,6 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
-	"github.com/mochi-mqtt/server/v2/system"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tributary-io/tributary/auth"
@@ -88,12 +87,10 @@ type authHook struct {
 	// ended is called before a client's login is ended (ingest.ended;
 	// nothing without an ingest).
 	ended func(*mqtt.Client)
-	// unsubscribe removes one subscription of a listed client (see
-	// unsubscriber); nil keeps every subscription at a reload.
-	unsubscribe func(cl *mqtt.Client, filter string)
-	// info is the server's counters (server.Info), for the queued
-	// messages dropQueued removes; nil leaves kept sessions' queues alone.
-	info *system.Info
+	// server is the broker whose clients' subscriptions and queued
+	// messages a reload prunes (dropSubscriptions, dropQueued); nil
+	// leaves them alone.
+	server *mqtt.Server
 	// publishesChecked is set when the ingest checks every client publish
 	// with canPublish (takePublishChecks); mochi's own check of a publish
 	// then lets it through. Set before the server serves.
@@ -480,7 +477,7 @@ func (h *authHook) revoke(old *auth.Users, clients map[string]*mqtt.Client) int 
 // then refuses, and the message would reach no member at all. A user who
 // may subscribe again later subscribes again.
 func (h *authHook) dropSubscriptions(users *auth.Users, cl *mqtt.Client) {
-	if h.unsubscribe == nil {
+	if h.server == nil {
 		return
 	}
 	user := string(cl.Properties.Username)
@@ -490,7 +487,7 @@ func (h *authHook) dropSubscriptions(users *auth.Users, cl *mqtt.Client) {
 		if admitted && users.CanSubscribe(user, cl.ID, filter) {
 			continue
 		}
-		h.unsubscribe(cl, filter)
+		unsubscribe(h.server, cl, filter)
 		dropped = append(dropped, filter)
 	}
 	if len(dropped) > 0 {
@@ -506,7 +503,7 @@ func (h *authHook) dropSubscriptions(users *auth.Users, cl *mqtt.Client) {
 // took away. A session resuming during the reload may have copied its
 // queue before this runs.
 func (h *authHook) dropQueued(users *auth.Users, cl *mqtt.Client) {
-	if h.info == nil {
+	if h.server == nil {
 		return
 	}
 	user := string(cl.Properties.Username)
@@ -536,7 +533,7 @@ func (h *authHook) dropQueued(users *auth.Users, cl *mqtt.Client) {
 			continue
 		}
 		if cl.State.Inflight.Delete(pk.PacketID) {
-			atomic.AddInt64(&h.info.Inflight, -1)
+			atomic.AddInt64(&h.server.Info.Inflight, -1)
 			dropped++
 		}
 	}
@@ -546,22 +543,20 @@ func (h *authHook) dropQueued(users *auth.Users, cl *mqtt.Client) {
 	}
 }
 
-// unsubscriber returns a function that removes one subscription of a
-// client the server lists, as an UNSUBSCRIBE of that filter would. Only a
-// subscription the client still holds is removed: mochi's index reports a
-// filter removed whenever another client holds it too, and the server's
-// count of subscriptions (Info.Subscriptions, see OnUnsubscribe) must
-// not go down for one that was already gone.
-func unsubscriber(server *mqtt.Server) func(cl *mqtt.Client, filter string) {
-	return func(cl *mqtt.Client, filter string) {
-		if _, ok := cl.State.Subscriptions.Get(filter); !ok {
-			return
-		}
-		if server.Topics.Unsubscribe(filter, cl.ID) {
-			atomic.AddInt64(&server.Info.Subscriptions, -1)
-		}
-		cl.State.Subscriptions.Delete(filter)
+// unsubscribe removes one subscription of a client the server lists, as
+// an UNSUBSCRIBE of that filter would. Only a subscription the client
+// still holds is removed: mochi's index reports a filter removed whenever
+// another client holds it too, and the server's count of subscriptions
+// (Info.Subscriptions, see OnUnsubscribe) must not go down for one that
+// was already gone.
+func unsubscribe(server *mqtt.Server, cl *mqtt.Client, filter string) {
+	if _, ok := cl.State.Subscriptions.Get(filter); !ok {
+		return
 	}
+	if server.Topics.Unsubscribe(filter, cl.ID) {
+		atomic.AddInt64(&server.Info.Subscriptions, -1)
+	}
+	cl.State.Subscriptions.Delete(filter)
 }
 
 // willAllowed reports whether the users file in force lets cl's login

@@ -137,8 +137,7 @@ func New(cfg Config, producer Producer, mapper *mapping.Mapper, log *slog.Logger
 	}
 	ah.client = server.Clients.Get
 	ah.ended = b.ingest.ended
-	ah.unsubscribe = unsubscriber(server)
-	ah.info = server.Info
+	ah.server = server
 	// Publishes are checked by the ingest, which refuses them in their
 	// turn among the connection's acknowledgements.
 	b.ingest.canPublish = ah.takePublishChecks()

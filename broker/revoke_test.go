@@ -327,7 +327,7 @@ acls:
   - {user: ops, topic: "sensors/#", access: all}
 `, hashes))
 	s := startAuthServer(t, AuthConfig{Users: users})
-	s.hook.unsubscribe = unsubscriber(s.srv)
+	s.hook.server = s.srv
 	const group = "$share/g/sensors/#"
 	dev, _ := connectRaw(t, s.addr, rawConnect{version: 4, id: "dev-sub", user: "dev", pass: "dev-pw"})
 	subscribe(t, dev, 4, group, false)
@@ -337,10 +337,7 @@ acls:
 	anon, _ := connectRaw(t, s.addr, rawConnect{version: 5, id: "anon-kept", keep: true})
 	subscribe(t, anon, 5, group, false)
 	anon.Close()
-	testutil.WaitFor(t, 10*time.Second, "anon-kept's connection gone, its session kept", func() bool {
-		cl, ok := s.srv.Clients.Get("anon-kept")
-		return ok && cl.Closed()
-	})
+	waitSessionKept(t, s.srv, "anon-kept")
 	before := atomic.LoadInt64(&s.srv.Info.Subscriptions)
 
 	// Anonymous clients go; ops may still publish to sensors/..., no
@@ -399,16 +396,13 @@ acls:
   - {user: ops, topic: "#", access: all}
 `, hashes))
 	s := startAuthServer(t, AuthConfig{Users: users})
-	s.hook.unsubscribe = unsubscriber(s.srv)
+	s.hook.server = s.srv
 	kept := rawConnect{version: 5, id: "ops-kept", user: "ops", pass: "ops-pw", keep: true}
 	conn, _ := connectRaw(t, s.addr, kept)
 	subscribe(t, conn, 5, "sensors/#", false)
 	subscribe(t, conn, 5, "cmd/ops", false)
 	conn.Close()
-	testutil.WaitFor(t, 10*time.Second, "ops-kept's connection gone, its session kept", func() bool {
-		cl, ok := s.srv.Clients.Get("ops-kept")
-		return ok && cl.Closed()
-	})
+	waitSessionKept(t, s.srv, "ops-kept")
 	before := atomic.LoadInt64(&s.srv.Info.Subscriptions)
 	users.Swap(usersWithHashes(t, `users:
   - {username: ops, password_hash: "{{ops}}"}
@@ -436,6 +430,16 @@ acls:
 // right to read them are dropped at the reload: mochi sends a resumed
 // session its queue with no ACL check. What the user may still read stays
 // queued and is delivered.
+// waitSessionKept waits until the connection of client id has ended and
+// the server keeps its session.
+func waitSessionKept(t *testing.T, srv *mqtt.Server, id string) {
+	t.Helper()
+	testutil.WaitFor(t, 10*time.Second, id+"'s connection gone, its session kept", func() bool {
+		cl, ok := srv.Clients.Get(id)
+		return ok && cl.Closed()
+	})
+}
+
 // keptQueueFixture is a server with a users file whose user ops may use
 // public/# and the topics of one more rule (file makes the file with that
 // rule), a kept MQTT 5 session of ops ("ops-kept", connected as kept
@@ -463,8 +467,7 @@ acls:
 	}}
 	f.users = auth.NewLive(f.file("secret/#"))
 	f.s = startAuthServer(t, AuthConfig{Users: f.users})
-	f.s.hook.unsubscribe = unsubscriber(f.s.srv)
-	f.s.hook.info = f.s.srv.Info
+	f.s.hook.server = f.s.srv
 	conn, _ := connectRaw(t, f.s.addr, kept)
 	writePackets(t, conn, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 5, PacketID: 9,
 		Filters: packets.Subscriptions{{Filter: "secret/#", Qos: 1}, {Filter: "public/#", Qos: 1}}})
@@ -472,10 +475,7 @@ acls:
 		t.Fatalf("got packet type %d, want SUBACK", ack.FixedHeader.Type)
 	}
 	conn.Close()
-	testutil.WaitFor(t, 10*time.Second, "the session kept", func() bool {
-		cl, ok := f.s.srv.Clients.Get("ops-kept")
-		return ok && cl.Closed()
-	})
+	waitSessionKept(t, f.s.srv, "ops-kept")
 	f.pub, _ = connectRaw(t, f.s.addr, rawConnect{version: 5, id: "dev-pub", user: "dev", pass: "dev-pw"})
 	return f
 }

@@ -374,13 +374,7 @@ func TestPublisherKeepsItsWindow(t *testing.T) {
 			}
 		}
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	p, err := dialPublisher(ctx, ln.Addr().String(), "window", "bench/window", makePayload(50), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	ctx, p := windowPublisher(t, ln.Addr().String())
 	lat, err := p.publishAcked(ctx, n, window)
 	if err != nil {
 		t.Fatal(err)
@@ -467,13 +461,7 @@ func TestPublisherFillsItsWindow(t *testing.T) {
 			}
 		}
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	p, err := dialPublisher(ctx, ln.Addr().String(), "window", "bench/window", makePayload(50), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	ctx, p := windowPublisher(t, ln.Addr().String())
 	pubErr := make(chan error, 1)
 	go func() {
 		lat, err := p.publishAcked(ctx, n, window)
@@ -495,4 +483,19 @@ func TestPublisherFillsItsWindow(t *testing.T) {
 	if want := n - window + 1; res.full != want {
 		t.Fatalf("%d answers with the window full, want %d", res.full, want)
 	}
+}
+
+// windowPublisher dials a QoS 1 publisher to the fake broker at addr for
+// the window tests, with a context that ends after 30 s; both end with
+// the test.
+func windowPublisher(t *testing.T, addr string) (context.Context, *publisher) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	p, err := dialPublisher(ctx, addr, "window", "bench/window", makePayload(50), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return ctx, p
 }
