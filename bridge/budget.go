@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 )
 
 // budget bounds the bytes of records waiting for Kafka's acknowledgement.
@@ -21,6 +22,9 @@ type budget struct {
 	limit   int64
 	used    int64
 	waiting []*budgetWaiter // in arrival order
+	// overHalf is whether more than half the limit is in use, readable
+	// without the lock; set with used.
+	overHalf atomic.Bool
 }
 
 type budgetWaiter struct {
@@ -50,7 +54,7 @@ func (b *budget) TryAcquire(n int64) bool {
 	if len(b.waiting) > 0 || b.used+n > b.limit {
 		return false
 	}
-	b.used += n
+	b.add(n)
 	return true
 }
 
@@ -59,7 +63,7 @@ func (b *budget) TryAcquire(n int64) bool {
 func (b *budget) Acquire(ctx context.Context, n int64) error {
 	b.mu.Lock()
 	if len(b.waiting) == 0 && b.used+n <= b.limit {
-		b.used += n
+		b.add(n)
 		b.mu.Unlock()
 		return nil
 	}
@@ -75,7 +79,7 @@ func (b *budget) Acquire(ctx context.Context, n int64) error {
 	defer b.mu.Unlock()
 	if w.taken {
 		// Granted as ctx ended: give the bytes back.
-		b.used -= n
+		b.add(-n)
 	} else if i := slices.Index(b.waiting, w); i >= 0 {
 		b.waiting = slices.Delete(b.waiting, i, i+1)
 	}
@@ -91,7 +95,7 @@ func (b *budget) grant() {
 		if b.used+w.n > b.limit {
 			return
 		}
-		b.used += w.n
+		b.add(w.n)
 		w.taken = true
 		close(w.ready)
 		b.waiting[0] = nil
@@ -104,11 +108,17 @@ func (b *budget) grant() {
 // (each was clamped when taken, so the sum is never clamped here).
 func (b *budget) Release(n int64) {
 	b.mu.Lock()
-	b.used -= n
+	b.add(-n)
 	if len(b.waiting) > 0 {
 		b.grant()
 	}
 	b.mu.Unlock()
+}
+
+// add changes the bytes in use by n; called with b.mu held.
+func (b *budget) add(n int64) {
+	b.used += n
+	b.overHalf.Store(b.used > b.limit/2)
 }
 
 // Used returns the bytes in use.

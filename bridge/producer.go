@@ -240,8 +240,9 @@ type Producer struct {
 	delivered   chan struct{} // signalled after each delivery report, for queue-full waits
 	outstanding atomic.Int64  // records produced whose handler has not run yet
 	// yieldAbove is the number of outstanding records above which a
-	// producing goroutine yields after each record (see produce);
-	// deliveryBacklogYield unless a test sets it.
+	// producing goroutine yields after each record, as it does while
+	// more than half the in-flight budget is in use (see
+	// deliveryBacklogYield); deliveryBacklogYield unless a test sets it.
 	yieldAbove int64
 	inProduce  atomic.Int64 // callers inside librdkafka's produce call; Close waits for them
 	ready      atomic.Bool
@@ -433,7 +434,8 @@ func (p *Producer) admit(ctx context.Context, rec *Record) (int64, error) {
 
 // deliveryBacklogYield is the number of records awaiting their delivery
 // reports above which each producing goroutine yields its processor
-// after handing a record to librdkafka.
+// after handing a record to librdkafka. It yields too while more than
+// half the in-flight budget is in use, which larger records reach first.
 //
 // Delivery reports reach Go through one goroutine per librdkafka client
 // (confluent-kafka-go's poller) and then the producer's events goroutine;
@@ -447,9 +449,15 @@ func (p *Producer) admit(ctx context.Context, rec *Record) (int64, error) {
 // records, and 43–47 % of the flood was dropped as over budget while
 // Kafka kept up (docs/performance.md, session 23). Yielding past this
 // backlog lets the reports keep pace: producers are then read at the
-// rate the whole path sustains. Below it, as in normal pipelining
-// (records in librdkafka's linger and in the produce requests Kafka has
-// not answered yet), nothing changes.
+// rate the whole path sustains.
+//
+// A backlog this large also builds up when Kafka is slow or down; the
+// yield then costs a scheduler pass per record and changes nothing else.
+// Pipelining alone (records in librdkafka's linger and in produce
+// requests Kafka has not answered yet) stays under it in the benchmarks
+// on kfake, which keep at most 1 000 QoS 1 records in flight; a client
+// population that keeps more in flight against a distant cluster yields
+// on every record.
 const deliveryBacklogYield = 16384
 
 func (p *Producer) produce(ctx context.Context, lane int, rec *Record, h DeliveryHandler, size int64, wait bool) error {
@@ -488,7 +496,7 @@ func (p *Producer) produce(ctx context.Context, lane int, rec *Record, h Deliver
 		}
 		p.inProduce.Add(-1)
 		if err == nil {
-			if p.outstanding.Load() > p.yieldAbove {
+			if p.outstanding.Load() > p.yieldAbove || p.budget.overHalf.Load() {
 				p.metrics.yields.Inc()
 				runtime.Gosched()
 			}
@@ -771,7 +779,7 @@ func newProducerMetrics(reg prometheus.Registerer, b *budget, outstanding *atomi
 		}),
 		yields: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "tributary", Subsystem: "kafka", Name: "produce_yields_total",
-			Help: "Records after which the producing goroutine yielded to delivery-report handling, more than 16384 records awaiting their reports.",
+			Help: "Records after which the producing goroutine yielded its processor, while more than " + strconv.Itoa(deliveryBacklogYield) + " records awaited their delivery reports or more than half the in-flight budget was in use (delivery-report handling or Kafka behind).",
 		}),
 	}
 	m.awaiting = prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -2,6 +2,9 @@ package bridge
 
 import (
 	"context"
+	"io"
+	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -11,100 +14,140 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
-// While more records await their delivery reports than the backlog
-// bound, each record produced has its goroutine yield to the goroutines
-// that handle the reports, and is counted; at or under the bound nothing
-// yields. Kafka holds the produce requests, so the backlog is known
-// exactly: each record produced adds one.
-func TestProducerYieldsPastDeliveryBacklog(t *testing.T) {
+// heldProducer returns a Producer on a one-broker kfake cluster holding
+// topic "t", whose produce requests Kafka holds until release is called:
+// no delivery report comes before it, so what awaits its report is
+// exactly what was produced. Both are closed at cleanup, the producer
+// first.
+func heldProducer(t *testing.T, cfg ProducerConfig) (p *Producer, release func()) {
+	t.Helper()
 	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "t"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(c.Close) // after the producer's Close (cleanups run last first); wakes held requests
-	release := make(chan struct{})
+	t.Cleanup(c.Close) // cleanups run last first: after the producer's Close
+	held := make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(held) }) }
 	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
 		c.KeepControl()
-		c.SleepControl(func() { <-release })
+		c.SleepControl(func() { <-held })
 		return nil, nil, false
 	})
-	p := testProducer(t, c, false)
-	p.yieldAbove = 5
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-
-	const n = 12
-	delivered := make(chan Delivery, n+1)
-	handler := DeliveryFunc(func(d Delivery) { delivered <- d })
-	for i := range n {
-		rec := &Record{Topic: "t", Value: []byte{byte(i)}}
-		produce := p.TryProduce // a QoS 0 record's way in
-		if i%2 == 1 {
-			produce = p.Produce // a QoS 1 record's
-		}
-		if err := produce(ctx, rec, handler); err != nil {
-			t.Fatalf("record %d: %v", i, err)
-		}
-	}
-	// Records 6 to 12 found more than 5 awaiting their reports, themselves
-	// included.
-	if got := metricValue(t, p, "tributary_kafka_produce_yields_total"); got != n-5 {
-		t.Fatalf("produce_yields_total = %v, want %d", got, n-5)
-	}
-	if got := metricValue(t, p, "tributary_kafka_records_awaiting_delivery"); got != n {
-		t.Fatalf("records_awaiting_delivery = %v with Kafka holding every record, want %d", got, n)
-	}
-
-	close(release)
-	for i := range n {
-		select {
-		case d := <-delivered:
-			if d.Err != nil {
-				t.Fatalf("delivery %d: %v", i, d.Err)
-			}
-		case <-ctx.Done():
-			t.Fatalf("%d of %d delivery reports", i, n)
-		}
-	}
-	for p.outstanding.Load() != 0 { // counted down right after each handler
-		if ctx.Err() != nil {
-			t.Fatalf("%d records still awaiting delivery after all were reported", p.outstanding.Load())
-		}
-		time.Sleep(time.Millisecond)
-	}
-	if got := metricValue(t, p, "tributary_kafka_records_awaiting_delivery"); got != 0 {
-		t.Fatalf("records_awaiting_delivery = %v after every report, want 0", got)
-	}
-	if err := p.TryProduce(ctx, &Record{Topic: "t", Value: []byte("after")}, handler); err != nil {
+	cfg.Bootstrap = c.ListenAddrs()[0]
+	p, err = NewProducer(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if got := metricValue(t, p, "tributary_kafka_produce_yields_total"); got != n-5 {
-		t.Fatalf("produce_yields_total = %v after a record under the bound, want still %d", got, n-5)
+	t.Cleanup(func() {
+		release() // a test that failed early leaves nothing held
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		p.Close(ctx)
+	})
+	return p, release
+}
+
+// While more records await their delivery reports than the backlog
+// bound, or more than half the in-flight budget is in use, each record
+// produced has its goroutine yield to the goroutines that handle the
+// reports, and is counted; otherwise nothing yields. (The test sees the
+// count, not the scheduler's pass: that the reports then keep up with a
+// flood is measured by tributary-bench, docs/performance.md session 23.)
+func TestProducerYieldsPastDeliveryBacklog(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		records   int
+		value     int
+		bound     int64 // yieldAbove
+		budget    int64
+		wantYield int
+	}{
+		// Records 6 to 12 find more than 5 awaiting their reports,
+		// themselves included.
+		{name: "records", records: 12, value: 1, bound: 5, budget: 8 << 20, wantYield: 7},
+		// 1000 bytes each against 4000: the third and fourth take more
+		// than half.
+		{name: "bytes", records: 4, value: 1000, bound: deliveryBacklogYield, budget: 4000, wantYield: 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, release := heldProducer(t, ProducerConfig{
+				MaxMessageBytes:     1 << 20,
+				InflightBudgetBytes: tc.budget,
+				AckLinger:           time.Millisecond,
+			})
+			p.yieldAbove = tc.bound
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			delivered := make(chan Delivery, tc.records+1)
+			handler := DeliveryFunc(func(d Delivery) { delivered <- d })
+			for i := range tc.records {
+				rec := &Record{Topic: "t", Value: make([]byte, tc.value)}
+				produce := p.TryProduce // a QoS 0 record's way in
+				if i%2 == 1 {
+					produce = p.Produce // a QoS 1 record's
+				}
+				if err := produce(ctx, rec, handler); err != nil {
+					t.Fatalf("record %d: %v", i, err)
+				}
+			}
+			if got := metricValue(t, p, "tributary_kafka_produce_yields_total"); got != float64(tc.wantYield) {
+				t.Fatalf("produce_yields_total = %v, want %d", got, tc.wantYield)
+			}
+			if got := metricValue(t, p, "tributary_kafka_records_awaiting_delivery"); got != float64(tc.records) {
+				t.Fatalf("records_awaiting_delivery = %v with Kafka holding every record, want %d", got, tc.records)
+			}
+
+			release()
+			for i := range tc.records {
+				select {
+				case d := <-delivered:
+					if d.Err != nil {
+						t.Fatalf("delivery %d: %v", i, d.Err)
+					}
+				case <-ctx.Done():
+					t.Fatalf("%d of %d delivery reports", i, tc.records)
+				}
+			}
+			for p.outstanding.Load() != 0 || p.budget.Used() != 0 { // counted down right after each handler, budget in batches
+				if ctx.Err() != nil {
+					t.Fatalf("%d records, %d bytes still awaiting delivery after all were reported", p.outstanding.Load(), p.budget.Used())
+				}
+				time.Sleep(time.Millisecond)
+			}
+			if got := metricValue(t, p, "tributary_kafka_records_awaiting_delivery"); got != 0 {
+				t.Fatalf("records_awaiting_delivery = %v after every report, want 0", got)
+			}
+			if err := p.TryProduce(ctx, &Record{Topic: "t", Value: make([]byte, tc.value)}, handler); err != nil {
+				t.Fatal(err)
+			}
+			if got := metricValue(t, p, "tributary_kafka_produce_yields_total"); got != float64(tc.wantYield) {
+				t.Fatalf("produce_yields_total = %v after a record under both bounds, want still %d", got, tc.wantYield)
+			}
+		})
 	}
 }
 
 // metricValue reads one unlabelled counter or gauge of the producer's.
 func metricValue(t *testing.T, p *Producer, name string) float64 {
 	t.Helper()
-	var cs []prometheus.Collector
+	var c prometheus.Collector
 	switch name {
 	case "tributary_kafka_produce_yields_total":
-		cs = append(cs, p.metrics.yields)
+		c = p.metrics.yields
 	case "tributary_kafka_records_awaiting_delivery":
-		cs = append(cs, p.metrics.awaiting)
+		c = p.metrics.awaiting
+	default:
+		t.Fatalf("no metric %s", name)
 	}
-	for _, c := range cs {
-		ch := make(chan prometheus.Metric, 1)
-		c.Collect(ch)
-		var m dto.Metric
-		if err := (<-ch).Write(&m); err != nil {
-			t.Fatal(err)
-		}
-		if m.Counter != nil {
-			return m.Counter.GetValue()
-		}
-		return m.Gauge.GetValue()
+	ch := make(chan prometheus.Metric, 1)
+	c.Collect(ch)
+	var m dto.Metric
+	if err := (<-ch).Write(&m); err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("no metric %s", name)
-	return 0
+	if m.Counter != nil {
+		return m.Counter.GetValue()
+	}
+	return m.Gauge.GetValue()
 }
