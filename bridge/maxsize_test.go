@@ -17,17 +17,35 @@ import (
 // one partition, and a Producer on it; both are closed at cleanup.
 func kfakeProducer(t *testing.T, cfg ProducerConfig, topics ...string) *Producer {
 	t.Helper()
+	return producerOn(t, kfakeCluster(t, topics...), cfg)
+}
+
+// kfakeCluster starts a one-broker kfake cluster holding topics, each of
+// one partition, closed at cleanup.
+func kfakeCluster(t *testing.T, topics ...string) *kfake.Cluster {
+	t.Helper()
 	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topics...))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
+	return c
+}
+
+// producerOn starts a Producer with cfg on c, closed at cleanup (before
+// c, when c was started first: cleanups run last first).
+func producerOn(t *testing.T, c *kfake.Cluster, cfg ProducerConfig) *Producer {
+	t.Helper()
 	cfg.Bootstrap = c.ListenAddrs()[0]
 	p, err := NewProducer(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { p.Close(context.Background()) })
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		p.Close(ctx)
+	})
 	return p
 }
 

@@ -19,24 +19,14 @@ import (
 
 func testProducer(t *testing.T, c *kfake.Cluster, create bool) *Producer {
 	t.Helper()
-	p, err := NewProducer(ProducerConfig{
-		Bootstrap:              c.ListenAddrs()[0],
+	return producerOn(t, c, ProducerConfig{
 		MaxMessageBytes:        1 << 20,
 		InflightBudgetBytes:    8 << 20,
 		CreateTopics:           create,
 		TopicPartitions:        1,
 		TopicReplicationFactor: 1,
 		AckLinger:              time.Millisecond,
-	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		p.Close(ctx)
 	})
-	return p
 }
 
 // A cluster that refuses CreateTopics but has the topic: producing works.

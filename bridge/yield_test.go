@@ -2,15 +2,12 @@ package bridge
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
@@ -21,11 +18,7 @@ import (
 // first.
 func heldProducer(t *testing.T, cfg ProducerConfig) (p *Producer, release func()) {
 	t.Helper()
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "t"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close) // cleanups run last first: after the producer's Close
+	c := kfakeCluster(t, "t")
 	held := make(chan struct{})
 	var once sync.Once
 	release = func() { once.Do(func() { close(held) }) }
@@ -34,17 +27,8 @@ func heldProducer(t *testing.T, cfg ProducerConfig) (p *Producer, release func()
 		c.SleepControl(func() { <-held })
 		return nil, nil, false
 	})
-	cfg.Bootstrap = c.ListenAddrs()[0]
-	p, err = NewProducer(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		release() // a test that failed early leaves nothing held
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		p.Close(ctx)
-	})
+	p = producerOn(t, c, cfg)
+	t.Cleanup(release) // before the producer's Close: a test that failed early leaves nothing held
 	return p, release
 }
 
