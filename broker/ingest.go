@@ -123,8 +123,15 @@ func newIngest(ctx context.Context, server *mqtt.Server, producer Producer, mapp
 
 func (h *ingest) ID() string { return "tributary-ingest" }
 
+// Provides is asked for every hook call of every packet, so it is a
+// switch rather than a search of a list.
 func (h *ingest) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPacketEncode, mqtt.OnSubscribe, mqtt.OnUnsubscribe, mqtt.OnClientExpired, mqtt.OnWillSent}, []byte{b})
+	switch b {
+	case mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnSessionEstablished, mqtt.OnDisconnect,
+		mqtt.OnPacketEncode, mqtt.OnSubscribe, mqtt.OnUnsubscribe, mqtt.OnClientExpired, mqtt.OnWillSent:
+		return true
+	}
+	return false
 }
 
 // OnWillSent produces the will mochi has just sent to local subscribers
