@@ -96,6 +96,27 @@ type DeliveryHandler interface {
 	Delivered(Delivery)
 }
 
+// AfterDeliveries has f called on the event goroutine of each lane after
+// each burst of delivery reports it has handed to their handlers: when no
+// more reports are waiting, or after 512 of them. A handler can so gather
+// work across the reports of a burst (the acknowledgements of one client,
+// say) and do it once. f must not block, and may be called from both
+// lanes at once.
+func (p *Producer) AfterDeliveries(f func()) {
+	p.afterMu.Lock()
+	defer p.afterMu.Unlock()
+	fs := append([]func(){}, p.afterFuncs()...)
+	fs = append(fs, f)
+	p.after.Store(&fs)
+}
+
+func (p *Producer) afterFuncs() []func() {
+	if fs := p.after.Load(); fs != nil {
+		return *fs
+	}
+	return nil
+}
+
 // DeliveryFunc adapts a function to DeliveryHandler.
 type DeliveryFunc func(Delivery)
 
@@ -237,8 +258,10 @@ type Producer struct {
 	closed      context.Context
 	closeCancel context.CancelFunc
 
-	delivered   chan struct{} // signalled after each delivery report, for queue-full waits
-	outstanding atomic.Int64  // records produced whose handler has not run yet
+	delivered   chan struct{}            // signalled after each delivery report, for queue-full waits
+	after       atomic.Pointer[[]func()] // see AfterDeliveries
+	afterMu     sync.Mutex               // serializes AfterDeliveries
+	outstanding atomic.Int64             // records produced whose handler has not run yet
 	// yieldAbove is the number of outstanding records above which a
 	// producing goroutine yields after each record, as it does while
 	// more than half the in-flight budget is in use (see
@@ -577,6 +600,9 @@ func (p *Producer) events(kp *kafka.Producer) {
 			p.producerError(e)
 		}
 		if batched > 0 && (batched >= 512 || len(ch) == 0) {
+			for _, f := range p.afterFuncs() {
+				f()
+			}
 			p.budget.Release(release)
 			release, batched = 0, 0
 			select {

@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -134,4 +135,66 @@ func metricValue(t *testing.T, p *Producer, name string) float64 {
 		return m.Counter.GetValue()
 	}
 	return m.Gauge.GetValue()
+}
+
+// Every func given to AfterDeliveries is called on a lane's event
+// goroutine after the delivery reports of each of its bursts: once the
+// last report of the lane has been handled, a call follows that sees it.
+// Each case uses one lane only, so that the other's calls cannot stand in.
+func TestAfterDeliveriesFollowsTheReports(t *testing.T) {
+	for _, lane := range []string{"acknowledged", "best effort"} {
+		t.Run(lane, func(t *testing.T) {
+			p, release := heldProducer(t, ProducerConfig{MaxMessageBytes: 1 << 20, InflightBudgetBytes: 8 << 20, AckLinger: time.Millisecond})
+			produce := p.Produce
+			if lane == "best effort" {
+				produce = p.TryProduce
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			var delivered, failed atomic.Int64
+			handler := DeliveryFunc(func(d Delivery) {
+				if d.Err != nil {
+					failed.Add(1)
+				}
+				delivered.Add(1)
+			})
+			var seen [2]chan int64 // what each func saw handled, call by call
+			for i := range seen {
+				ch := make(chan int64, 1024)
+				seen[i] = ch
+				p.AfterDeliveries(func() {
+					select {
+					case ch <- delivered.Load():
+					default:
+					}
+				})
+			}
+			const n = 20
+			for i := range n {
+				if err := produce(ctx, &Record{Topic: "t", Value: []byte("v")}, handler); err != nil {
+					t.Fatalf("record %d: %v", i, err)
+				}
+			}
+			for i, ch := range seen {
+				select {
+				case got := <-ch:
+					t.Fatalf("func %d called with %d reports handled before Kafka answered any", i, got)
+				case <-time.After(200 * time.Millisecond):
+				}
+			}
+			release()
+			for i, ch := range seen {
+				for got := int64(0); got < n; {
+					select {
+					case got = <-ch:
+					case <-ctx.Done():
+						t.Fatalf("func %d: no call after the last of %d reports (%d handled)", i, n, delivered.Load())
+					}
+				}
+			}
+			if f := failed.Load(); f > 0 {
+				t.Fatalf("%d of %d records failed", f, n)
+			}
+		})
+	}
 }

@@ -31,6 +31,9 @@ import (
 type Producer interface {
 	Produce(ctx context.Context, rec *bridge.Record, h bridge.DeliveryHandler) error
 	TryProduce(ctx context.Context, rec *bridge.Record, h bridge.DeliveryHandler) error
+	// AfterDeliveries has f called after each burst of delivery reports,
+	// on the goroutine that handed them to their handlers.
+	AfterDeliveries(f func())
 }
 
 var _ Producer = (*bridge.Producer)(nil)

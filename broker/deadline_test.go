@@ -67,6 +67,11 @@ func TestAcksAfterALongWaitInTheProducer(t *testing.T) {
 	if pk := readMQTT(t, conn, 4); pk.FixedHeader.Type != packets.Puback || pk.PacketID != 1 {
 		t.Fatalf("got packet type %d id %d, want PUBACK 1", pk.FixedHeader.Type, pk.PacketID)
 	}
+	if b.ingest.carried.Load() == 0 {
+		// The write from the delivery reports' goroutine met the
+		// deadline and left the PUBACK to the ack writer, which moved it.
+		t.Fatal("the PUBACK was not left to the ack writer: the test no longer meets mochi's deadline")
+	}
 	close(p.release)
 	p.waitFor(t, 2)
 	p.deliver(1, nil)

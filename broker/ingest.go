@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -29,7 +31,11 @@ import (
 // the finished head of the queue, in order, then forwards each message to
 // local subscribers (and retains it) through an inline client. A whole
 // in-flight window is therefore in the producer at once, while every
-// acknowledgement still means "Kafka has it".
+// acknowledgement still means "Kafka has it". The plain case, PUBACKs of
+// QoS 1 publishes Kafka took that go to no local subscriber, over TCP,
+// is written by the producer's delivery-report goroutine itself at the end
+// of each burst of reports, when the socket takes them without waiting
+// (see session.ackInline).
 type ingest struct {
 	mqtt.HookBase
 	ctx      context.Context
@@ -85,6 +91,21 @@ type ingest struct {
 	// without a users file.
 	willAllowed func(cl *mqtt.Client, topic string) bool
 
+	// ready gathers the sessions whose queue heads finished in the
+	// current burst of delivery reports, acknowledged at its end
+	// (ackReady) rather than each waking its ack writer.
+	readyMu    sync.Mutex
+	ready      []*session
+	readySpare []*session
+	listed     atomic.Int64 // len(ready), read without readyMu
+	// carried counts the times ackInline left acknowledgements to a
+	// writer, and split those when part of a packet had been written
+	// (for tests).
+	carried, split atomic.Int64
+	// cutInlineWrites, when positive, is the most ackInline writes at
+	// once, so that tests can cut a write inside a packet.
+	cutInlineWrites int
+
 	// subscribed is set at the first SUBSCRIBE of any client, and stays
 	// set. Until then no publish can have a local subscriber, so the
 	// ingest skips mochi's lookup of subscribers (QoS 0) and keeping
@@ -118,6 +139,7 @@ func newIngest(ctx context.Context, server *mqtt.Server, producer Producer, mapp
 		h.maxPending = 65535
 	}
 	h.forwarders.New = func() any { return server.NewClient(nil, "local", "", true) }
+	producer.AfterDeliveries(h.ackReady)
 	return h
 }
 
@@ -621,7 +643,10 @@ func (h *ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 			// writer answers it in its turn.
 			h.log.Warn("publish refused: record larger than kafka.max_message_bytes", "client", cl.ID, "topic", pk.TopicName, "bytes", len(pk.Payload), "error", err)
 		}
-		e.Delivered(bridge.Delivery{Topic: rec.Topic, Err: err})
+		// Not a delivery report: no burst end follows to acknowledge it.
+		if e.finish(err) {
+			e.s.wake()
+		}
 	}
 	return taken(pk), nil
 }
@@ -909,6 +934,7 @@ func (h *ingest) session(cl *mqtt.Client) *session {
 		return v.(*session)
 	}
 	s := &session{h: h, cl: cl, ids: map[uint16]*pending{}, notify: make(chan struct{}, 1), room: make(chan struct{}, 1)}
+	s.raw = rawTCP(cl.Net.Conn)
 	s.ctx, s.cancel = context.WithCancel(h.produceCtx)
 	if v, loaded := h.sessions.LoadOrStore(cl, s); loaded {
 		s.cancel()
@@ -942,6 +968,31 @@ type session struct {
 	// writeDeadline is the write deadline the ack writer last set (see
 	// completeAll); only the ack writer uses it.
 	writeDeadline time.Time
+
+	// wmu is held by whoever takes finished entries off the queue and
+	// writes their acknowledgements, the ack writer or ackInline, from
+	// the taking to the end of the writing, so that acknowledgements
+	// leave in the order their entries were queued.
+	wmu sync.Mutex
+	// carry is what ackInline took and could not write without waiting;
+	// the ack writer writes it before anything else. Under wmu.
+	carry []byte
+	// carryLocked is set with carry when ackInline wrote part of a
+	// packet: it then keeps the client's lock, which the ack writer
+	// releases once it has written carry, so that nothing mochi writes
+	// (a PINGRESP, a PUBLISH to a subscriber) lands inside the packet.
+	// Under wmu.
+	carryLocked bool
+	// stopped is set under mu by the ack writer's last pass: from then
+	// on nobody would write a carry, so ackInline takes nothing.
+	stopped bool
+	// inlineBuf is ackInline's encoding buffer. Under wmu.
+	inlineBuf []byte
+	// raw is the connection's socket when it is plain TCP, which
+	// ackInline can write to without blocking; nil otherwise.
+	raw syscall.RawConn
+	// listed is set while the session waits in ingest.ready.
+	listed atomic.Bool
 }
 
 // ended ends the producer waits of cl's publishes, now that Tributary
@@ -1087,16 +1138,192 @@ func (s *session) wake() {
 	}
 }
 
-// Delivered records Kafka's answer and wakes the writer when the head of
-// the queue is ready. It runs on the producer's event goroutine.
+// Delivered records Kafka's answer. When the head of the queue is ready,
+// the session is acknowledged at the end of the burst of reports (see
+// ackReady). It runs on the producer's event goroutine.
 func (e *pending) Delivered(d bridge.Delivery) {
+	if e.finish(d.Err) {
+		e.s.h.list(e.s)
+	}
+}
+
+// finish records the outcome of e and reports whether the head of the
+// queue is ready.
+func (e *pending) finish(err error) bool {
 	s := e.s
 	s.mu.Lock()
-	e.done, e.err = true, d.Err
-	wake := s.queue[0].done
+	defer s.mu.Unlock()
+	e.done, e.err = true, err
+	return s.queue[0].done
+}
+
+// list adds s to the sessions acknowledged at the end of the current
+// burst of delivery reports, once.
+func (h *ingest) list(s *session) {
+	if !s.listed.CompareAndSwap(false, true) {
+		return
+	}
+	h.readyMu.Lock()
+	h.ready = append(h.ready, s)
+	h.listed.Store(int64(len(h.ready)))
+	h.readyMu.Unlock()
+}
+
+// ackReady runs on a producer lane's event goroutine at the end of each
+// burst of delivery reports: each session listed during the burst is
+// acknowledged there and then (ackInline), or its ack writer is woken to
+// do it. Writing a burst's PUBACKs from the goroutine that handled its
+// reports saves a wake-up of a writer goroutine per connection and burst,
+// which, with many connections each keeping a few publishes in flight,
+// was a large part of what a QoS 1 publish costs over a QoS 0 one
+// (docs/performance.md, session 24).
+func (h *ingest) ackReady() {
+	if h.listed.Load() == 0 {
+		// Nothing listed, as after a burst of QoS 0 reports. A session
+		// listed by this goroutine was counted before this load; one
+		// listed by the other lane's goroutine is acknowledged at the end
+		// of that goroutine's burst.
+		return
+	}
+	h.readyMu.Lock()
+	list := h.ready
+	h.ready, h.readySpare = h.readySpare, nil
+	h.listed.Store(0)
+	h.readyMu.Unlock()
+	for _, s := range list {
+		// Cleared first: a report arriving from here on lists the
+		// session again, and what ackInline takes includes it or it is
+		// left for the next burst.
+		s.listed.Store(false)
+		if !s.ackInline() {
+			s.wake()
+		}
+	}
+	clear(list)
+	h.readyMu.Lock()
+	if h.readySpare == nil {
+		h.readySpare = list[:0]
+	}
+	h.readyMu.Unlock()
+}
+
+// ackInline acknowledges the finished head of s's queue on the calling
+// goroutine, when every entry in it is a plain success (see plainAck) and
+// nothing else is writing to the connection. The acknowledgements are
+// written without waiting: what the socket does not take at once (its
+// send buffer full, the client not reading) is left to the ack writer, to
+// be written first. It returns false, having taken nothing, when the ack
+// writer must do it all.
+//
+// That the write cannot wait rests on every other write to the
+// connection holding the client's lock, as mochi's (Client.WritePacket)
+// and the ack writer's do: with the lock taken here, nobody holds the
+// socket's own write lock, which the raw write would otherwise wait for.
+func (s *session) ackInline() bool {
+	if s.raw == nil || !s.wmu.TryLock() {
+		return false
+	}
+	defer s.wmu.Unlock()
+	cl := s.cl
+	if s.carry != nil || !cl.TryLock() {
+		return false // the writer is writing, or mochi is
+	}
+	unlock := true
+	defer func() {
+		if unlock {
+			cl.Unlock()
+		}
+	}()
+	s.mu.Lock()
+	if s.stopped || s.gone || s.closing || cl.Closed() || s.ctx.Err() != nil {
+		s.mu.Unlock()
+		return false
+	}
+	i := 0
+	for i < len(s.queue) && s.queue[i].done {
+		if !s.queue[i].plainAck() {
+			s.mu.Unlock()
+			return false
+		}
+		i++
+	}
+	if i == 0 {
+		s.mu.Unlock()
+		return true // taken by the writer meanwhile
+	}
+	now := time.Now()
+	b := s.inlineBuf[:0]
+	for _, e := range s.queue[:i] {
+		delete(s.ids, e.id)
+		if e.viaKafka {
+			s.h.m.ackLatency.Observe(now.Sub(e.received).Seconds())
+		}
+		b = append(b, packets.Puback<<4, 2, byte(e.id>>8), byte(e.id))
+	}
+	clear(s.queue[:i])
+	s.queue = s.queue[i:]
 	s.mu.Unlock()
-	if wake {
+	select {
+	case s.room <- struct{}{}:
+	default:
+	}
+	w := b
+	if c := s.h.cutInlineWrites; c > 0 && len(w) > c {
+		w = w[:c]
+	}
+	n := 0
+	err := s.raw.Write(func(fd uintptr) bool {
+		n, _ = syscall.Write(int(fd), w)
+		return true // one attempt: never wait for the socket here
+	})
+	if err != nil || n < 0 {
+		n = 0
+	}
+	s.inlineBuf = b
+	if n < len(b) {
+		// Whatever went wrong (a full send buffer, a deadline, an error
+		// the writer's own write will meet and close the connection
+		// for), the writer writes the rest, in order, before anything
+		// it takes itself. If part of a packet went out, the client's
+		// lock goes to the writer with it.
+		s.carry = append([]byte(nil), b[n:]...)
+		s.carryLocked = n > 0
+		unlock = !s.carryLocked
+		s.h.carried.Add(1)
+		if s.carryLocked {
+			s.h.split.Add(1)
+		}
 		s.wake()
+	}
+	return true
+}
+
+// plainAck reports whether e is acknowledged with a bare PUBACK and
+// nothing else: a QoS 1 publish Kafka took (or one that produced no
+// record), forwarded to no local subscriber.
+func (e *pending) plainAck() bool {
+	return e.qos == 1 && e.err == nil && !e.refused && !e.closes && e.fwd == nil
+}
+
+// rawTCP returns c's socket when c is a TCP connection under nothing but
+// Tributary's own pass-through wrappers, whose writes go straight to it;
+// nil for TLS, WebSocket and anything else.
+func rawTCP(c net.Conn) syscall.RawConn {
+	for {
+		switch w := c.(type) {
+		case *gatedConn:
+			c = w.Conn
+		case *bridgeBitConn:
+			c = w.Conn
+		case *net.TCPConn:
+			rc, err := w.SyscallConn()
+			if err != nil {
+				return nil
+			}
+			return rc
+		default:
+			return nil
+		}
 	}
 }
 
@@ -1123,6 +1350,20 @@ func (s *session) run() {
 		case <-s.h.ctx.Done():
 			closing = true
 		}
+		s.wmu.Lock()
+		carry, carryLocked := s.carry, s.carryLocked
+		s.carry, s.carryLocked = nil, false
+		if carryLocked {
+			// ackInline wrote part of a packet and left the client's
+			// lock held for the rest.
+			var err error
+			if !s.cl.Closed() {
+				err = s.write(carry)
+			}
+			s.cl.Unlock()
+			s.h.writeFailed(s, err)
+			carry = nil
+		}
 		s.mu.Lock()
 		i := 0
 		for i < len(s.queue) && s.queue[i].done {
@@ -1145,6 +1386,7 @@ func (s *session) run() {
 		finished := closing || (s.gone && len(s.queue) == 0)
 		if finished {
 			s.h.sessions.Delete(s.cl)
+			s.stopped = true
 		}
 		s.mu.Unlock()
 		if i > 0 {
@@ -1153,7 +1395,9 @@ func (s *session) run() {
 			default:
 			}
 		}
+		acks = append(acks[:0], carry...)
 		s.h.completeAll(s, ready, &acks)
+		s.wmu.Unlock()
 		if finished {
 			return
 		}
@@ -1181,40 +1425,21 @@ const endingWriteTimeout = time.Second
 // QoS 1 path; negative ones (MQTT 5) go into the same buffer, so that
 // nothing overtakes them. A failure an MQTT 3 client cannot be told about
 // closes the connection after the acknowledgements before it are written.
+//
+// buf holds, on entry, bytes to be written before the acknowledgements of
+// ready (see session.carry).
 func (h *ingest) completeAll(s *session, ready []*pending, buf *[]byte) {
 	cl := s.cl
-	b := (*buf)[:0]
+	b := *buf
 	flush := func() {
 		if len(b) == 0 {
 			return
 		}
 		if !cl.Closed() {
 			cl.Lock()
-			// mochi sets the write deadline with the read deadline,
-			// before each read; while the read loop waits in OnPublish
-			// (Kafka slow, the budget used up) nothing moves it, and the
-			// acknowledgements Kafka's recovery brings would fail on a
-			// deadline long past. So writes get mochi's time from now,
-			// the deadline moved only once half of it has passed: moving
-			// it costs more than a write of a few acknowledgements.
-			if now, d := time.Now(), ackWriteTimeout(cl); d > 0 && now.Add(d/2).After(s.writeDeadline) {
-				_ = cl.Net.Conn.SetWriteDeadline(now.Add(d))
-				s.writeDeadline = now.Add(d)
-				if s.ctx.Err() != nil {
-					// Being closed (ended, then a short deadline to end
-					// a blocked write): keep the short one.
-					_ = cl.Net.Conn.SetWriteDeadline(now.Add(endingWriteTimeout))
-				}
-			}
-			_, err := cl.Net.Conn.Write(b)
+			err := s.write(b)
 			cl.Unlock()
-			if err != nil {
-				// Part of a packet may have been written: nothing
-				// more can follow it on this connection.
-				h.log.Debug("writing acknowledgements; closing the connection", "client", cl.ID, "error", err)
-				h.ended(cl)
-				cl.Stop(err)
-			}
+			h.writeFailed(s, err)
 		}
 		b = b[:0]
 	}
@@ -1266,6 +1491,41 @@ func (h *ingest) completeAll(s *session, ready []*pending, buf *[]byte) {
 	if fwd != nil {
 		h.forwarders.Put(fwd)
 	}
+}
+
+// write writes b to the connection, whose client lock the caller holds;
+// only the ack writer calls it.
+func (s *session) write(b []byte) error {
+	cl := s.cl
+	// mochi sets the write deadline with the read deadline, before each
+	// read; while the read loop waits in OnPublish (Kafka slow, the budget
+	// used up) nothing moves it, and the acknowledgements Kafka's recovery
+	// brings would fail on a deadline long past. So writes get mochi's
+	// time from now, the deadline moved only once half of it has passed:
+	// moving it costs more than a write of a few acknowledgements.
+	if now, d := time.Now(), ackWriteTimeout(cl); d > 0 && now.Add(d/2).After(s.writeDeadline) {
+		_ = cl.Net.Conn.SetWriteDeadline(now.Add(d))
+		s.writeDeadline = now.Add(d)
+		if s.ctx.Err() != nil {
+			// Being closed (ended, then a short deadline to end a
+			// blocked write): keep the short one.
+			_ = cl.Net.Conn.SetWriteDeadline(now.Add(endingWriteTimeout))
+		}
+	}
+	_, err := cl.Net.Conn.Write(b)
+	return err
+}
+
+// writeFailed closes s's connection after a failed write of
+// acknowledgements: part of a packet may have been written, so nothing
+// more can follow it.
+func (h *ingest) writeFailed(s *session, err error) {
+	if err == nil {
+		return
+	}
+	h.log.Debug("writing acknowledgements; closing the connection", "client", s.cl.ID, "error", err)
+	h.ended(s.cl)
+	s.cl.Stop(err)
 }
 
 // forwarder returns a forwarding client publishing as cl; it goes back to

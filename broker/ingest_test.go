@@ -27,6 +27,44 @@ type fakeProducer struct {
 	values  []string
 	changed chan struct{}
 	confirm bool // confirm each record as it is produced
+	after   []func()
+	// burstFrom is the first record deliverBurst has not confirmed.
+	burstFrom int
+}
+
+// AfterDeliveries keeps f, called after each report, a burst of one, as
+// the producer's event goroutine calls it after each burst.
+func (f *fakeProducer) AfterDeliveries(fn func()) {
+	f.mu.Lock()
+	f.after = append(f.after, fn)
+	f.mu.Unlock()
+}
+
+// deliverBurst confirms every record not confirmed yet, then ends the
+// burst once.
+func (f *fakeProducer) deliverBurst() {
+	f.mu.Lock()
+	hs := f.pending[f.burstFrom:]
+	f.burstFrom = len(f.pending)
+	after := f.after
+	f.mu.Unlock()
+	for _, h := range hs {
+		h.Delivered(bridge.Delivery{Topic: "mqtt"})
+	}
+	for _, fn := range after {
+		fn()
+	}
+}
+
+// report hands h its report and ends the burst.
+func (f *fakeProducer) report(h bridge.DeliveryHandler, d bridge.Delivery) {
+	h.Delivered(d)
+	f.mu.Lock()
+	after := f.after
+	f.mu.Unlock()
+	for _, fn := range after {
+		fn()
+	}
 }
 
 func newFakeProducer() *fakeProducer { return &fakeProducer{changed: make(chan struct{}, 1)} }
@@ -38,7 +76,7 @@ func (f *fakeProducer) Produce(_ context.Context, rec *bridge.Record, h bridge.D
 	confirm := f.confirm
 	f.mu.Unlock()
 	if confirm {
-		h.Delivered(bridge.Delivery{Topic: "mqtt"})
+		f.report(h, bridge.Delivery{Topic: "mqtt"})
 	}
 	select {
 	case f.changed <- struct{}{}:
@@ -73,7 +111,7 @@ func (f *fakeProducer) deliver(i int, err error) {
 	f.mu.Lock()
 	h := f.pending[i]
 	f.mu.Unlock()
-	h.Delivered(bridge.Delivery{Topic: "mqtt", Err: err})
+	f.report(h, bridge.Delivery{Topic: "mqtt", Err: err})
 }
 
 func startBroker(t *testing.T, p Producer) *Broker {

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"io"
@@ -422,5 +423,117 @@ func TestSubscriptionCountDriftDoesNotStopForwarding(t *testing.T) {
 		if err != nil || pk.FixedHeader.Type != packets.Publish || pk.TopicName != want {
 			t.Fatalf("the subscriber to sensors/# got %+v (%v), want the publish to %s", pk.FixedHeader, err, want)
 		}
+	}
+}
+
+// PUBACKs that the socket does not take at once, because the client does
+// not read, are left to the connection's ack writer, which writes them
+// before any later ones once the client reads again: none is lost, none
+// overtaken, and where only part of a PUBACK went out, nothing mochi
+// writes (PINGRESPs here) lands inside it.
+func TestAcksTheSocketCannotTakeKeepTheirOrder(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		sndbuf  int // the server's send buffer; 0 leaves it
+		cut     int // ingest.cutInlineWrites
+		counter func(*ingest) *atomic.Int64
+	}{
+		// A small send buffer the client does not empty: writes find it
+		// full.
+		{name: "socket full", sndbuf: 4096, counter: func(h *ingest) *atomic.Int64 { return &h.carried }},
+		// Each write of more than one PUBACK stops in the middle of the
+		// second, as a nearly full socket can make it.
+		{name: "write cut inside a packet", cut: 6, counter: func(h *ingest) *atomic.Int64 { return &h.split }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newFakeProducer()
+			b := startBroker(t, p)
+			b.ingest.cutInlineWrites = tc.cut
+			conn, _ := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 4, id: "slow-reader", keepalive: 600})
+			const n, pingEvery = 100000, 97
+			id := func(i int) uint16 { return uint16(i%65535 + 1) }
+			// Reports come in bursts, so that each write holds many
+			// PUBACKs.
+			stop := make(chan struct{})
+			delivering := make(chan struct{})
+			go func() {
+				defer close(delivering)
+				for {
+					select {
+					case <-p.changed:
+					case <-time.After(time.Millisecond):
+					case <-stop:
+						return
+					}
+					p.deliverBurst()
+				}
+			}()
+			defer func() { close(stop); <-delivering }()
+			if tc.sndbuf > 0 {
+				// A first publish makes the connection's session, through
+				// which the server's end of the socket is found.
+				if _, err := conn.Write(publish(t, 4, 1, "t", id(0), []byte("x"))); err != nil {
+					t.Fatal(err)
+				}
+				var server *net.TCPConn
+				for deadline := time.Now().Add(5 * time.Second); server == nil; time.Sleep(time.Millisecond) {
+					if time.Now().After(deadline) {
+						t.Fatal("no session for the connection")
+					}
+					b.ingest.sessions.Range(func(_, v any) bool {
+						server, _ = connIn[*net.TCPConn](v.(*session).cl.Net.Conn)
+						return false
+					})
+				}
+				if err := server.SetWriteBuffer(tc.sndbuf); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var all []byte
+			pings := 0
+			for i := range n {
+				if i == 0 && tc.sndbuf > 0 {
+					continue // sent above
+				}
+				all = append(all, publish(t, 4, 1, "t", id(i), []byte("x"))...)
+				if i%pingEvery == 0 {
+					all = append(all, packets.Pingreq<<4, 0)
+					pings++
+				}
+			}
+			wrote := make(chan error, 1)
+			go func() {
+				_, err := conn.Write(all)
+				wrote <- err
+			}()
+			for deadline := time.Now().Add(30 * time.Second); tc.counter(b.ingest).Load() == 0; time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("no acknowledgements were left to the ack writer: the test did not do what it is for")
+				}
+			}
+			_ = conn.SetReadDeadline(time.Now().Add(60 * time.Second))
+			r := bufio.NewReaderSize(conn, 64<<10)
+			var pk [4]byte
+			pongs := 0
+			for i := 0; i < n || pongs < pings; {
+				if _, err := io.ReadFull(r, pk[:2]); err != nil {
+					t.Fatalf("after %d of %d acknowledgements and %d of %d PINGRESPs: %v", i, n, pongs, pings, err)
+				}
+				if pk[0] == packets.Pingresp<<4 && pk[1] == 0 {
+					pongs++
+					continue
+				}
+				if _, err := io.ReadFull(r, pk[2:]); err != nil {
+					t.Fatalf("after %d of %d acknowledgements: %v", i, n, err)
+				}
+				if want := [4]byte{packets.Puback << 4, 2, byte(id(i) >> 8), byte(id(i))}; i >= n || pk != want {
+					t.Fatalf("acknowledgement %d: % x, want PUBACK %d", i+1, pk, id(i))
+				}
+				i++
+			}
+			if err := <-wrote; err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
