@@ -574,7 +574,7 @@ func (p *Producer) events(kp *kafka.Producer) {
 		case *kafka.Message:
 			env, ok := e.Opaque.(*envelope)
 			if !ok {
-				continue
+				break // not one of ours; the end of the burst is still checked below
 			}
 			d := deliveryOf(e)
 			d.Err = p.topicGone(d.Topic, d.Err)
