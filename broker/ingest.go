@@ -1255,18 +1255,12 @@ func (s *session) ackInline() bool {
 	b := s.inlineBuf[:0]
 	for _, e := range s.queue[:i] {
 		delete(s.ids, e.id)
-		if e.viaKafka {
-			s.h.m.ackLatency.Observe(now.Sub(e.received).Seconds())
-		}
-		b = append(b, packets.Puback<<4, 2, byte(e.id>>8), byte(e.id))
+		b = s.h.appendSuccess(b, e, now)
 	}
 	clear(s.queue[:i])
 	s.queue = s.queue[i:]
 	s.mu.Unlock()
-	select {
-	case s.room <- struct{}{}:
-	default:
-	}
+	s.signalRoom()
 	w := b
 	if c := s.h.cutInlineWrites; c > 0 && len(w) > c {
 		w = w[:c]
@@ -1296,6 +1290,29 @@ func (s *session) ackInline() bool {
 		s.wake()
 	}
 	return true
+}
+
+// signalRoom tells a read loop waiting for room in the queue (waitRoom)
+// that entries were taken off it.
+func (s *session) signalRoom() {
+	select {
+	case s.room <- struct{}{}:
+	default:
+	}
+}
+
+// appendSuccess appends the acknowledgement of e, a publish that
+// succeeded, to b (PUBACK, or PUBREC for QoS 2; no reason code, for MQTT 5
+// either: 4 bytes) and observes its latency if it went through Kafka.
+func (h *ingest) appendSuccess(b []byte, e *pending, now time.Time) []byte {
+	if e.viaKafka {
+		h.m.ackLatency.Observe(now.Sub(e.received).Seconds())
+	}
+	typ := byte(packets.Puback << 4)
+	if e.qos == 2 {
+		typ = packets.Pubrec << 4
+	}
+	return append(b, typ, 2, byte(e.id>>8), byte(e.id))
 }
 
 // plainAck reports whether e is acknowledged with a bare PUBACK and
@@ -1390,10 +1407,7 @@ func (s *session) run() {
 		}
 		s.mu.Unlock()
 		if i > 0 {
-			select {
-			case s.room <- struct{}{}:
-			default:
-			}
+			s.signalRoom()
 		}
 		acks = append(acks[:0], carry...)
 		s.h.completeAll(s, ready, &acks)
@@ -1463,15 +1477,7 @@ func (h *ingest) completeAll(s *session, ready []*pending, buf *[]byte) {
 			flush()
 			h.closeFor(cl, e)
 		default:
-			if e.viaKafka {
-				h.m.ackLatency.Observe(time.Since(e.received).Seconds())
-			}
-			// Success needs no reason code, for MQTT 5 either: 4 bytes.
-			typ := byte(packets.Puback << 4)
-			if e.qos == 2 {
-				typ = packets.Pubrec << 4
-			}
-			b = append(b, typ, 2, byte(e.id>>8), byte(e.id))
+			b = h.appendSuccess(b, e, time.Now())
 		}
 	}
 	flush()

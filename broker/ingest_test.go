@@ -46,19 +46,21 @@ func (f *fakeProducer) deliverBurst() {
 	f.mu.Lock()
 	hs := f.pending[f.burstFrom:]
 	f.burstFrom = len(f.pending)
-	after := f.after
 	f.mu.Unlock()
 	for _, h := range hs {
 		h.Delivered(bridge.Delivery{Topic: "mqtt"})
 	}
-	for _, fn := range after {
-		fn()
-	}
+	f.endBurst()
 }
 
 // report hands h its report and ends the burst.
 func (f *fakeProducer) report(h bridge.DeliveryHandler, d bridge.Delivery) {
 	h.Delivered(d)
+	f.endBurst()
+}
+
+// endBurst calls the AfterDeliveries funcs.
+func (f *fakeProducer) endBurst() {
 	f.mu.Lock()
 	after := f.after
 	f.mu.Unlock()
