@@ -47,7 +47,7 @@ func TestTopicGoneKeepsTheKafkaError(t *testing.T) {
 			t.Errorf("a deleted topic's %v: Permanent %v, topicRefused %v; want neither", code, Permanent(gone), topicRefused(gone))
 		}
 	}
-	m := newProducerMetrics(prometheus.NewRegistry(), newBudget(1), new(atomic.Int64))
+	m := newProducerMetrics(prometheus.NewRegistry(), newBudget(1), new(atomic.Int64), new(atomic.Int64))
 	m.observe(Delivery{Topic: "t", Err: err}, time.Time{}, nil)
 	var got dto.Metric
 	if err := m.failed.WithLabelValues("t", "unknown_topic_or_part").Write(&got); err != nil {

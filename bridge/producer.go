@@ -41,19 +41,53 @@ type Record struct {
 // Kafka are in, whatever its kind, and the source moves to another lane
 // only once none are. The zero value is ready; one goroutine at a time
 // produces with an Order.
+//
+// The Producer counts the sources with records awaiting Kafka, and while
+// they are few it gives an acknowledged record of a source with none
+// awaiting the prompt lane (see ProducerConfig.PromptClients).
 type Order struct {
+	// Aggregate marks a source that carries the records of many
+	// publishers, an upstream connection: its acknowledged records always
+	// take the lane with AckLinger, which batches a busy feed into fewer
+	// produce requests.
+	Aggregate bool
+
 	lane    int          // the lane of the records awaiting Kafka; only the producing goroutine uses it
 	pending atomic.Int64 // records produced with it whose delivery report is not handled yet
 }
 
 // take picks the lane for a record that would take want and counts the
-// record as pending.
-func (o *Order) take(want int) int {
+// record as pending. sources counts the Orders with records pending; while
+// fewer than prompt others have, an acknowledged record of a plain source
+// takes the prompt lane.
+func (o *Order) take(want int, sources *atomic.Int64, prompt int64) int {
 	if o.pending.Load() == 0 {
+		if want == laneAcked && !o.Aggregate && sources.Load() < prompt {
+			want = lanePrompt
+		}
 		o.lane = want
 	}
-	o.pending.Add(1)
+	if o.pending.Add(1) == 1 {
+		sources.Add(1)
+	}
 	return o.lane
+}
+
+// leaving reports whether the source, in the prompt lane with records
+// awaiting Kafka, is to leave it: now that as many as twice prompt
+// sources have records awaiting. A source publishing without pause may
+// never be without records awaiting Kafka, and would otherwise keep the
+// prompt lane's short linger among many others. The margin keeps a
+// source near the bound from moving back and forth.
+func (o *Order) leaving(sources *atomic.Int64, prompt int64) bool {
+	return o.lane == lanePrompt && o.pending.Load() > 0 && sources.Load() >= 2*prompt
+}
+
+// settle counts one of the source's records as no longer pending.
+func (o *Order) settle(sources *atomic.Int64) {
+	if o.pending.Add(-1) == 0 {
+		sources.Add(-1)
+	}
 }
 
 // Header is one Kafka record header ({Key string; Value []byte}). It is
@@ -223,26 +257,53 @@ type ProducerConfig struct {
 	// AckLinger is the linger for records whose producer-side client waits
 	// for the acknowledgement (MQTT QoS 1 and 2); negative keeps
 	// Properties' linger.ms.
-	AckLinger  time.Duration
-	Registerer prometheus.Registerer
+	AckLinger time.Duration
+	// PromptClients and PromptLinger make the prompt lane: while fewer
+	// than PromptClients sources (Orders) have records awaiting Kafka, an
+	// acknowledged record of a source with none awaiting is produced with
+	// PromptLinger instead of AckLinger, and the source's records stay in
+	// that lane until none await Kafka again. There is no prompt lane when
+	// PromptClients is 0, AckLinger is negative or PromptLinger is not
+	// shorter than AckLinger.
+	//
+	// A linger batches the records of many clients into one produce
+	// request; a few clients each waiting for their window's
+	// acknowledgements cannot fill a batch, and for them the linger is
+	// most of each round trip. librdkafka's producer thread sleeps in
+	// whole milliseconds, so a linger under one millisecond ends early
+	// only when another record arrives after it: a short one sends a
+	// client's window while its tail still arrives, where 1 ms holds the
+	// whole window for the full millisecond (docs/performance.md,
+	// session 25).
+	PromptClients int
+	PromptLinger  time.Duration
+	Registerer    prometheus.Registerer
 }
 
-// The producer pool has two lanes, each a librdkafka producer sharing the
-// budget and topic cache: records whose MQTT acknowledgement waits on Kafka
-// go through a short linger, because a client with a window of N in flight
-// can go no faster than N per round trip, and linger is most of that round
-// trip; best-effort records keep librdkafka's batching for throughput.
+// The producer pool has up to three lanes, each a librdkafka producer
+// sharing the budget and topic cache: records whose MQTT acknowledgement
+// waits on Kafka go through a short linger, because a client with a window
+// of N in flight can go no faster than N per round trip, and linger is most
+// of that round trip; while few clients publish, a shorter one still (the
+// prompt lane, see ProducerConfig.PromptClients); best-effort records keep
+// librdkafka's batching for throughput.
 const (
 	laneAcked = iota
 	laneBestEffort
+	lanePrompt
 	lanes
 )
+
+// promptEvents is the prompt lane's delivery-report channel size: the
+// lane carries the records of a few clients, each bounded by its window.
+// When it is full, confluent-kafka-go's poller waits; nothing is lost.
+const promptEvents = 65536
 
 // Producer is the bridge's shared Kafka producer.
 type Producer struct {
 	cfg     ProducerConfig
 	log     *slog.Logger
-	lanes   [lanes]*kafka.Producer
+	lanes   [lanes]*kafka.Producer // lanes[lanePrompt] is nil without a prompt lane
 	admin   *kafka.AdminClient
 	budget  *budget
 	topics  *topics
@@ -262,6 +323,8 @@ type Producer struct {
 	after       atomic.Pointer[[]func()] // see AfterDeliveries
 	afterMu     sync.Mutex               // serializes AfterDeliveries
 	outstanding atomic.Int64             // records produced whose handler has not run yet
+	sources     atomic.Int64             // Orders with records whose handler has not run yet
+	prompt      int64                    // take's prompt argument: PromptClients, or 0 without a prompt lane
 	// yieldAbove is the number of outstanding records above which a
 	// producing goroutine yields after each record, as it does while
 	// more than half the in-flight budget is in use (see
@@ -349,22 +412,32 @@ func NewProducer(cfg ProducerConfig, log *slog.Logger) (*Producer, error) {
 	}
 	var ps [lanes]*kafka.Producer
 	closeAll := func() {
-		for _, p := range ps {
+		for _, p := range ps { // nil for lanes not made
 			if p != nil {
 				p.Close()
 			}
 		}
 	}
+	prompt := cfg.PromptClients > 0 && cfg.AckLinger >= 0 && cfg.PromptLinger >= 0 && cfg.PromptLinger < cfg.AckLinger
 	for lane := range lanes {
+		if lane == lanePrompt && !prompt {
+			continue
+		}
 		lcm := kafka.ConfigMap{}
 		for k, v := range cm {
 			lcm[k] = v
 		}
 		if _, set := cfg.Properties["client.id"]; !set {
-			lcm["client.id"] = [lanes]string{"tributary-acked", "tributary-best-effort"}[lane]
+			lcm["client.id"] = [lanes]string{"tributary-acked", "tributary-best-effort", "tributary-prompt"}[lane]
 		}
-		if lane == laneAcked && cfg.AckLinger >= 0 {
-			lcm["linger.ms"] = strconv.FormatFloat(float64(cfg.AckLinger)/float64(time.Millisecond), 'f', -1, 64)
+		switch lane {
+		case laneAcked:
+			if cfg.AckLinger >= 0 {
+				lcm["linger.ms"] = lingerMs(cfg.AckLinger)
+			}
+		case lanePrompt:
+			lcm["linger.ms"] = lingerMs(cfg.PromptLinger)
+			lcm["go.events.channel.size"] = promptEvents
 		}
 		p, err := kafka.NewProducer(&lcm)
 		if err != nil {
@@ -396,11 +469,18 @@ func NewProducer(cfg ProducerConfig, log *slog.Logger) (*Producer, error) {
 		errorLog:       errorLog{interval: errorEvery},
 		yieldAbove:     deliveryBacklogYield,
 	}
+	if prompt {
+		pr.prompt = int64(cfg.PromptClients)
+	}
 	pr.closed, pr.closeCancel = context.WithCancel(context.Background())
-	pr.metrics = newProducerMetrics(reg, pr.budget, &pr.outstanding)
+	pr.metrics = newProducerMetrics(reg, pr.budget, &pr.outstanding, &pr.sources)
 	pr.topics = newTopics(pr)
-	pr.wg.Add(2*lanes + 1)
+	pr.wg.Add(1)
 	for _, p := range ps {
+		if p == nil {
+			continue
+		}
+		pr.wg.Add(2)
 		go pr.events(p)
 		go pr.logs(p)
 	}
@@ -487,8 +567,14 @@ func (p *Producer) produce(ctx context.Context, lane int, rec *Record, h Deliver
 	env := envelopes.Get().(*envelope)
 	env.h, env.size, env.at = h, size, rec.Timestamp
 	if rec.Order != nil {
-		lane = rec.Order.take(lane)
+		if wait && rec.Order.leaving(&p.sources, p.prompt) {
+			p.drain(ctx, rec.Order)
+		}
+		lane = rec.Order.take(lane, &p.sources, p.prompt)
 		env.order = rec.Order
+		if lane == lanePrompt {
+			p.metrics.prompt.Inc()
+		}
 	}
 	// librdkafka copies key, value and headers during Produce and the Go
 	// client keeps only Opaque, so the message is reused.
@@ -553,11 +639,30 @@ func (p *Producer) produce(ctx context.Context, lane int, rec *Record, h Deliver
 		p.outstanding.Add(-1)
 		p.budget.Release(size)
 		if env.order != nil {
-			env.order.pending.Add(-1)
+			env.order.settle(&p.sources)
 		}
 		*env = envelope{}
 		envelopes.Put(env)
 		return err
+	}
+}
+
+// drain waits until none of o's records await Kafka, so that its next
+// record may take another lane and still land after them; or until ctx
+// ends, and then the record stays in o's lane. It holds up the producing
+// goroutine (an MQTT connection's read loop) for at most one round trip,
+// once per move.
+func (p *Producer) drain(ctx context.Context, o *Order) {
+	p.metrics.promptLeaves.Inc()
+	t := time.NewTimer(time.Millisecond)
+	defer t.Stop()
+	for o.pending.Load() > 0 && ctx.Err() == nil && !p.closing.Load() {
+		select {
+		case <-p.delivered: // taken from a waiter for queue space, which polls anyway
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Reset(time.Millisecond)
 	}
 }
 
@@ -588,7 +693,7 @@ func (p *Producer) events(kp *kafka.Producer) {
 			p.metrics.observe(d, env.at, produced)
 			h := env.h
 			if env.order != nil {
-				env.order.pending.Add(-1)
+				env.order.settle(&p.sources)
 			}
 			*env = envelope{}
 			envelopes.Put(env)
@@ -720,7 +825,9 @@ func (p *Producer) Flush(ctx context.Context) int {
 	for {
 		n := 0
 		for _, kp := range p.lanes {
-			n += kp.Len()
+			if kp != nil {
+				n += kp.Len()
+			}
 		}
 		if n == 0 && p.outstanding.Load() == 0 {
 			return 0
@@ -734,7 +841,7 @@ func (p *Producer) Flush(ctx context.Context) int {
 				ms = max(1, min(ms, int(time.Until(dl)/time.Millisecond)))
 			}
 			for _, kp := range p.lanes {
-				if kp.Len() > 0 {
+				if kp != nil && kp.Len() > 0 {
 					kp.Flush(ms)
 				}
 			}
@@ -768,7 +875,9 @@ func (p *Producer) Close(ctx context.Context) (unacknowledged int) {
 		p.handles.Lock() // no lookup, admin request or readiness poll is left running; none can start
 		p.admin.Close()
 		for _, kp := range p.lanes {
-			kp.Close()
+			if kp != nil {
+				kp.Close()
+			}
 		}
 		p.wg.Wait()
 	})
@@ -781,10 +890,14 @@ type producerMetrics struct {
 	latency   prometheus.Histogram
 	queueFull prometheus.Counter
 	yields    prometheus.Counter
-	awaiting  prometheus.GaugeFunc
+	prompt    prometheus.Counter
+	// promptLeaves counts the times a source in the prompt lane waited
+	// for its records so as to leave it.
+	promptLeaves prometheus.Counter
+	awaiting     prometheus.GaugeFunc
 }
 
-func newProducerMetrics(reg prometheus.Registerer, b *budget, outstanding *atomic.Int64) *producerMetrics {
+func newProducerMetrics(reg prometheus.Registerer, b *budget, outstanding, sources *atomic.Int64) *producerMetrics {
 	m := &producerMetrics{
 		produced: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "tributary", Subsystem: "kafka", Name: "records_produced_total",
@@ -807,6 +920,14 @@ func newProducerMetrics(reg prometheus.Registerer, b *budget, outstanding *atomi
 			Namespace: "tributary", Subsystem: "kafka", Name: "produce_yields_total",
 			Help: "Records after which the producing goroutine yielded its processor, while more than " + strconv.Itoa(deliveryBacklogYield) + " records awaited their delivery reports or more than half the in-flight budget was in use (delivery-report handling or Kafka behind).",
 		}),
+		prompt: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "tributary", Subsystem: "kafka", Name: "records_prompt_total",
+			Help: "Acknowledged records produced with kafka.prompt_linger, while few clients had records awaiting Kafka.",
+		}),
+		promptLeaves: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "tributary", Subsystem: "kafka", Name: "prompt_leaves_total",
+			Help: "Times a client producing with kafka.prompt_linger, once twice kafka.prompt_clients clients had records awaiting Kafka, waited for its records so as to produce the next ones with kafka.ack_linger.",
+		}),
 	}
 	m.awaiting = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "tributary", Subsystem: "kafka", Name: "records_awaiting_delivery",
@@ -820,7 +941,11 @@ func newProducerMetrics(reg prometheus.Registerer, b *budget, outstanding *atomi
 		Namespace: "tributary", Subsystem: "kafka", Name: "inflight_budget_bytes",
 		Help: "The configured in-flight byte budget.",
 	}, func() float64 { return float64(b.limit) })
-	reg.MustRegister(m.produced, m.failed, m.latency, m.queueFull, m.yields, inflight, budgetGauge, m.awaiting)
+	publishing := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "tributary", Subsystem: "kafka", Name: "clients_awaiting_delivery",
+		Help: "MQTT connections and upstream connections with records awaiting their delivery reports.",
+	}, func() float64 { return float64(sources.Load()) })
+	reg.MustRegister(m.produced, m.failed, m.latency, m.queueFull, m.yields, m.prompt, m.promptLeaves, inflight, budgetGauge, m.awaiting, publishing)
 	return m
 }
 
@@ -848,6 +973,11 @@ func (m *producerMetrics) observe(d Delivery, at time.Time, cache map[string]pro
 	if !at.IsZero() {
 		m.latency.Observe(time.Since(at).Seconds())
 	}
+}
+
+// lingerMs renders d as librdkafka's linger.ms, which takes fractions.
+func lingerMs(d time.Duration) string {
+	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', -1, 64)
 }
 
 // LibrdkafkaVersion is the version of the librdkafka linked in.

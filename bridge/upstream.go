@@ -784,6 +784,7 @@ var errConnectionEnded = errors.New("the upstream connection ended before the re
 
 func newConn(u *upstream) *conn {
 	c := &conn{u: u, lost: make(chan struct{}), notify: make(chan struct{}, 1)}
+	c.order.Aggregate = true // a remote broker's feed, not one publisher's
 	c.produceCtx, c.endWaits = u.produceCtx, func() {}
 	if !u.cfg.CleanSession {
 		// The remote broker resends what this connection leaves

@@ -86,6 +86,19 @@ type KafkaConfig struct {
 	// (QoS 0) records use linger.ms from Properties (librdkafka's default
 	// 5 ms). Negative uses Properties' value for both. Default 1ms.
 	AckLinger time.Duration `yaml:"ack_linger"`
+	// PromptClients: while fewer than this many clients (MQTT connections
+	// and upstream connections) have records awaiting Kafka, a client's
+	// QoS 1/2 records are produced with PromptLinger instead of AckLinger,
+	// from when none of its records await Kafka until none do again. A
+	// client with a window of N in flight, publishing alone, is bound by
+	// the round trip, which the linger would lengthen for no batching;
+	// under many clients the longer linger saves CPU. Upstream
+	// connections, each a remote broker's whole feed, always use
+	// AckLinger. 0 turns this off. Default 4.
+	PromptClients int `yaml:"prompt_clients"`
+	// PromptLinger is the linger for those records; it applies only when
+	// shorter than AckLinger. Default 100µs.
+	PromptLinger time.Duration `yaml:"prompt_linger"`
 	// FlushTimeout bounds how long shutdown waits for Kafka to acknowledge
 	// records still in flight. Default 30s.
 	FlushTimeout time.Duration `yaml:"flush_timeout"`
@@ -205,6 +218,8 @@ func Default() Config {
 			InflightBudgetBytes:    64 << 20,
 			FlushTimeout:           30 * time.Second,
 			AckLinger:              time.Millisecond,
+			PromptClients:          4,
+			PromptLinger:           100 * time.Microsecond,
 		},
 		MQTT: MQTTConfig{Addr: ":1883", WSAddr: ":8083"},
 		HTTP: HTTPConfig{
@@ -435,6 +450,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Kafka.AckLinger > 15*time.Minute {
 		add("%s %s: must be at most 15m (librdkafka's limit)", settingName("kafka.ack_linger"), c.Kafka.AckLinger)
+	}
+	if c.Kafka.PromptClients < 0 {
+		add("%s %d: must be 0 (off) or more", settingName("kafka.prompt_clients"), c.Kafka.PromptClients)
+	}
+	if c.Kafka.PromptLinger < 0 || c.Kafka.PromptLinger > 15*time.Minute {
+		add("%s %s: must be from 0 to 15m (librdkafka's limit)", settingName("kafka.prompt_linger"), c.Kafka.PromptLinger)
 	}
 	if c.Kafka.FlushTimeout <= 0 {
 		add("%s %s: must be positive", settingName("kafka.flush_timeout"), c.Kafka.FlushTimeout)

@@ -91,6 +91,10 @@ func Settings() []Setting {
 			},
 			get: func(c *Config) string { return c.Kafka.AckLinger.String() },
 		},
+		integer("kafka-prompt-clients", "kafka.prompt_clients", "while fewer clients than this have records awaiting Kafka, QoS 1/2 records use kafka.prompt_linger (0: off)",
+			func(c *Config) *int { return &c.Kafka.PromptClients }),
+		duration("kafka-prompt-linger", "kafka.prompt_linger", "librdkafka linger for QoS 1/2 records while few clients publish (see kafka.prompt_clients)",
+			func(c *Config) *time.Duration { return &c.Kafka.PromptLinger }),
 		{
 			Flag: "flush-timeout", Key: "kafka.flush_timeout",
 			Usage: "how long shutdown waits for Kafka to acknowledge records in flight",

@@ -104,6 +104,8 @@ func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 		ConfiguredTopics:       configured,
 		TopicReplicationFactor: cfg.Kafka.TopicReplicationFactor,
 		AckLinger:              cfg.Kafka.AckLinger,
+		PromptClients:          cfg.Kafka.PromptClients,
+		PromptLinger:           cfg.Kafka.PromptLinger,
 		Registerer:             d.registry,
 	}, log.With("component", "kafka"))
 	if err != nil {
