@@ -212,22 +212,41 @@ func produceMixed(t *testing.T, p *Producer) {
 // A source in the prompt lane that keeps records awaiting Kafka, once
 // twice PromptClients sources have records awaiting, waits for its
 // records before it produces the next, which then takes the ack lane and
-// lands after them. Kafka holds every produce request here until
-// released, so the source's first record is still awaiting when its next
-// is produced; the other source's record lingers for a minute in the
-// best-effort lane, so it still awaits Kafka after the release.
+// lands after them. If they take longer than the drain's bound, it stays
+// in the prompt lane, in order, and does not wait again while they
+// await. Kafka holds every produce request here until released, so the
+// source's first record is still awaiting when its next is produced; the
+// other source's record lingers for a minute in the best-effort lane, so
+// it still awaits Kafka after the release.
 func TestOrderLeavesThePromptLaneAmongManySources(t *testing.T) {
-	p, release := heldProducer(t, ProducerConfig{
-		MaxMessageBytes: 1 << 20, InflightBudgetBytes: 1 << 24,
-		AckLinger: time.Millisecond, PromptClients: 1,
-		Properties: map[string]string{"linger.ms": "60000"},
-	})
+	for _, tc := range []struct {
+		name      string
+		drainWait time.Duration
+		leaves    bool
+	}{
+		{"Kafka answers within the bound", time.Minute, true},
+		{"Kafka slower than the bound", time.Second, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, release := heldProducer(t, ProducerConfig{
+				MaxMessageBytes: 1 << 20, InflightBudgetBytes: 1 << 24,
+				AckLinger: time.Millisecond, PromptClients: 1,
+				Properties: map[string]string{"linger.ms": "60000"},
+			})
+			p.drainWait = tc.drainWait
+			leaveAmongMany(t, p, release, tc.leaves)
+		})
+	}
+}
+
+func leaveAmongMany(t *testing.T, p *Producer, release func(), leaves bool) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
 	var a, b Order
 	var firstDone atomic.Bool
-	offsets := make(chan [2]int64, 2)
+	offsets := make(chan [2]int64, 3)
 	record := func(o *Order, v string) *Record {
 		return &Record{Topic: "t", Key: []byte("k"), Value: []byte(v), Timestamp: time.Now(), Order: o}
 	}
@@ -254,23 +273,49 @@ func TestOrderLeavesThePromptLaneAmongManySources(t *testing.T) {
 	}
 	returned := make(chan error, 1)
 	go func() { returned <- p.Produce(ctx, record(&a, "a2"), deliver(1, nil)) }()
-	select {
-	case err := <-returned:
-		t.Fatalf("a's second record was produced (%v) while its first awaited Kafka among two sources", err)
-	case <-time.After(100 * time.Millisecond):
+	if leaves {
+		select {
+		case err := <-returned:
+			t.Fatalf("a's second record was produced (%v) while its first awaited Kafka among two sources", err)
+		case <-time.After(100 * time.Millisecond):
+		}
+		release()
+		if err := <-returned; err != nil {
+			t.Fatal(err)
+		}
+		if !firstDone.Load() {
+			t.Fatal("a's second record was produced before its first was delivered")
+		}
+		if a.lane != laneAcked {
+			t.Fatalf("a's second record took lane %d, want the ack lane %d", a.lane, laneAcked)
+		}
+	} else {
+		if err := <-returned; err != nil {
+			t.Fatal(err)
+		}
+		if firstDone.Load() {
+			t.Fatal("a's first record was delivered while Kafka held it")
+		}
+		if a.lane != lanePrompt {
+			t.Fatalf("a's second record, after the drain gave up, took lane %d, want the prompt lane %d", a.lane, lanePrompt)
+		}
+		// No second wait: the third record is produced at once,
+		// though both before it still await Kafka.
+		start := time.Now()
+		if err := p.Produce(ctx, record(&a, "a3"), deliver(2, nil)); err != nil {
+			t.Fatal(err)
+		}
+		if waited := time.Since(start); waited >= p.drainWait || a.lane != lanePrompt {
+			t.Fatalf("a's third record waited %v and took lane %d; want no wait and the prompt lane %d", waited, a.lane, lanePrompt)
+		}
+		release()
 	}
-	release()
-	if err := <-returned; err != nil {
-		t.Fatal(err)
-	}
-	if !firstDone.Load() {
-		t.Fatal("a's second record was produced before its first was delivered")
-	}
-	if a.lane != laneAcked {
-		t.Fatalf("a's second record took lane %d, want the ack lane %d", a.lane, laneAcked)
+	n := 2
+	if !leaves {
+		n = 3
 	}
 	at := map[int64]int64{}
-	for range 2 {
+	for range n {
 		select {
 		case r := <-offsets:
 			at[r[0]] = r[1]
@@ -278,14 +323,20 @@ func TestOrderLeavesThePromptLaneAmongManySources(t *testing.T) {
 			t.Fatal("not every record was delivered")
 		}
 	}
-	if at[1] <= at[0] {
-		t.Fatalf("a's records at offsets %d and %d: order broken", at[0], at[1])
+	for i := int64(1); i < int64(n); i++ {
+		if at[i] <= at[i-1] {
+			t.Fatalf("a's records %d and %d at offsets %d and %d: order broken", i-1, i, at[i-1], at[i])
+		}
 	}
 	var m dto.Metric
 	if err := p.metrics.promptLeaves.Write(&m); err != nil {
 		t.Fatal(err)
 	}
-	if got := m.GetCounter().GetValue(); got != 1 {
-		t.Fatalf("prompt_leaves_total = %v, want 1", got)
+	want := 0.0
+	if leaves {
+		want = 1
+	}
+	if got := m.GetCounter().GetValue(); got != want {
+		t.Fatalf("prompt_leaves_total = %v, want %v", got, want)
 	}
 }

@@ -53,6 +53,7 @@ type Order struct {
 	Aggregate bool
 
 	lane    int          // the lane of the records awaiting Kafka; only the producing goroutine uses it
+	stay    bool         // a drain to leave the prompt lane timed out: stay until none await; producing goroutine only
 	pending atomic.Int64 // records produced with it whose delivery report is not handled yet
 }
 
@@ -65,7 +66,7 @@ func (o *Order) take(want int, sources *atomic.Int64, prompt int64) int {
 		if want == laneAcked && !o.Aggregate && sources.Load() < prompt {
 			want = lanePrompt
 		}
-		o.lane = want
+		o.lane, o.stay = want, false
 	}
 	if o.pending.Add(1) == 1 {
 		sources.Add(1)
@@ -78,9 +79,10 @@ func (o *Order) take(want int, sources *atomic.Int64, prompt int64) int {
 // sources have records awaiting. A source publishing without pause may
 // never be without records awaiting Kafka, and would otherwise keep the
 // prompt lane's short linger among many others. The margin keeps a
-// source near the bound from moving back and forth.
+// source near the bound from moving back and forth. A source whose drain
+// timed out (Kafka slow or down) stays until none of its records await.
 func (o *Order) leaving(sources *atomic.Int64, prompt int64) bool {
-	return o.lane == lanePrompt && o.pending.Load() > 0 && sources.Load() >= 2*prompt
+	return o.lane == lanePrompt && !o.stay && o.pending.Load() > 0 && sources.Load() >= 2*prompt
 }
 
 // settle counts one of the source's records as no longer pending.
@@ -134,7 +136,7 @@ type DeliveryHandler interface {
 // each burst of delivery reports it has handed to their handlers: when no
 // more reports are waiting, or after 512 of them. A handler can so gather
 // work across the reports of a burst (the acknowledgements of one client,
-// say) and do it once. f must not block, and may be called from both
+// say) and do it once. f must not block, and may be called from several
 // lanes at once.
 func (p *Producer) AfterDeliveries(f func()) {
 	p.afterMu.Lock()
@@ -295,8 +297,9 @@ const (
 )
 
 // promptEvents is the prompt lane's delivery-report channel size: the
-// lane carries the records of a few clients, each bounded by its window.
-// When it is full, confluent-kafka-go's poller waits; nothing is lost.
+// lane carries the records of a few clients (and the QoS 0 records they
+// send between). When it is full, confluent-kafka-go's poller waits;
+// nothing is lost.
 const promptEvents = 65536
 
 // Producer is the bridge's shared Kafka producer.
@@ -330,7 +333,8 @@ type Producer struct {
 	// more than half the in-flight budget is in use (see
 	// deliveryBacklogYield); deliveryBacklogYield unless a test sets it.
 	yieldAbove int64
-	inProduce  atomic.Int64 // callers inside librdkafka's produce call; Close waits for them
+	drainWait  time.Duration // drainWait unless a test sets it
+	inProduce  atomic.Int64  // callers inside librdkafka's produce call; Close waits for them
 	ready      atomic.Bool
 	closing    atomic.Bool
 	closeOnce  sync.Once
@@ -338,7 +342,7 @@ type Producer struct {
 	stop       chan struct{}
 
 	unconfirmedLog LogEvery
-	errorLog       errorLog // non-fatal error events of both lanes
+	errorLog       errorLog // non-fatal error events of every lane
 
 	fatal     chan struct{} // closed at the first fatal error
 	fatalOnce sync.Once
@@ -468,9 +472,12 @@ func NewProducer(cfg ProducerConfig, log *slog.Logger) (*Producer, error) {
 		unconfirmedLog: LogEvery{Interval: 10 * time.Second},
 		errorLog:       errorLog{interval: errorEvery},
 		yieldAbove:     deliveryBacklogYield,
+		drainWait:      drainWait,
 	}
 	if prompt {
 		pr.prompt = int64(cfg.PromptClients)
+	} else if cfg.PromptClients > 0 {
+		log.Info("no prompt lane: it needs a kafka.prompt_linger shorter than a non-negative kafka.ack_linger", "prompt_linger", cfg.PromptLinger, "ack_linger", cfg.AckLinger)
 	}
 	pr.closed, pr.closeCancel = context.WithCancel(context.Background())
 	pr.metrics = newProducerMetrics(reg, pr.budget, &pr.outstanding, &pr.sources)
@@ -572,9 +579,6 @@ func (p *Producer) produce(ctx context.Context, lane int, rec *Record, h Deliver
 		}
 		lane = rec.Order.take(lane, &p.sources, p.prompt)
 		env.order = rec.Order
-		if lane == lanePrompt {
-			p.metrics.prompt.Inc()
-		}
 	}
 	// librdkafka copies key, value and headers during Produce and the Go
 	// client keeps only Opaque, so the message is reused.
@@ -605,6 +609,9 @@ func (p *Producer) produce(ctx context.Context, lane int, rec *Record, h Deliver
 		}
 		p.inProduce.Add(-1)
 		if err == nil {
+			if lane == lanePrompt && wait {
+				p.metrics.prompt.Inc()
+			}
 			if p.outstanding.Load() > p.yieldAbove || p.budget.overHalf.Load() {
 				p.metrics.yields.Inc()
 				runtime.Gosched()
@@ -647,23 +654,26 @@ func (p *Producer) produce(ctx context.Context, lane int, rec *Record, h Deliver
 	}
 }
 
+// drainWait bounds how long drain holds up a producing goroutine (an MQTT
+// connection's read loop): a few round trips of a healthy cluster.
+const drainWait = 25 * time.Millisecond
+
 // drain waits until none of o's records await Kafka, so that its next
-// record may take another lane and still land after them; or until ctx
-// ends, and then the record stays in o's lane. It holds up the producing
-// goroutine (an MQTT connection's read loop) for at most one round trip,
-// once per move.
+// record may take another lane and still land after them. After
+// drainWait, or when ctx ends or the producer closes, it gives up: o
+// stays in its lane, which keeps the order, until none of its records
+// await, so that a slow or unreachable Kafka holds the connection up
+// once, not once per record.
 func (p *Producer) drain(ctx context.Context, o *Order) {
-	p.metrics.promptLeaves.Inc()
-	t := time.NewTimer(time.Millisecond)
-	defer t.Stop()
-	for o.pending.Load() > 0 && ctx.Err() == nil && !p.closing.Load() {
-		select {
-		case <-p.delivered: // taken from a waiter for queue space, which polls anyway
-		case <-t.C:
-		case <-ctx.Done():
+	deadline := time.Now().Add(p.drainWait)
+	for o.pending.Load() > 0 {
+		if ctx.Err() != nil || p.closing.Load() || time.Now().After(deadline) {
+			o.stay = true
+			return
 		}
-		t.Reset(time.Millisecond)
+		time.Sleep(100 * time.Microsecond) // a millisecond on an idle machine
 	}
+	p.metrics.promptLeaves.Inc()
 }
 
 func (p *Producer) events(kp *kafka.Producer) {
@@ -926,7 +936,7 @@ func newProducerMetrics(reg prometheus.Registerer, b *budget, outstanding, sourc
 		}),
 		promptLeaves: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "tributary", Subsystem: "kafka", Name: "prompt_leaves_total",
-			Help: "Times a client producing with kafka.prompt_linger, once twice kafka.prompt_clients clients had records awaiting Kafka, waited for its records so as to produce the next ones with kafka.ack_linger.",
+			Help: "Times a client producing with kafka.prompt_linger, once twice kafka.prompt_clients clients had records awaiting Kafka, waited for its records and moved to kafka.ack_linger.",
 		}),
 	}
 	m.awaiting = prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -167,7 +167,7 @@ func (h *ingest) Provides(b byte) bool {
 //
 // A will sent as the connection ends keeps the connection's order: it
 // reaches Kafka after the records of the connection's last publishes,
-// even those still awaiting Kafka in the acknowledged lane. A device that
+// even those still awaiting Kafka in another lane. A device that
 // publishes "online" at QoS 1 to the topic its will says "offline" on
 // therefore never leaves "online" as the last word in Kafka. mochi sends
 // such a will on the connection's own goroutine, the one that produced
@@ -1181,7 +1181,7 @@ func (h *ingest) ackReady() {
 	if h.listed.Load() == 0 {
 		// Nothing listed, as after a burst of QoS 0 reports. A session
 		// listed by this goroutine was counted before this load; one
-		// listed by the other lane's goroutine is acknowledged at the end
+		// listed by another lane's goroutine is acknowledged at the end
 		// of that goroutine's burst.
 		return
 	}

@@ -451,8 +451,8 @@ func (c *Config) Validate() error {
 	if c.Kafka.AckLinger > 15*time.Minute {
 		add("%s %s: must be at most 15m (librdkafka's limit)", settingName("kafka.ack_linger"), c.Kafka.AckLinger)
 	}
-	if c.Kafka.PromptClients < 0 {
-		add("%s %d: must be 0 (off) or more", settingName("kafka.prompt_clients"), c.Kafka.PromptClients)
+	if c.Kafka.PromptClients < 0 || c.Kafka.PromptClients > 1000000 {
+		add("%s %d: must be from 0 (off) to 1000000", settingName("kafka.prompt_clients"), c.Kafka.PromptClients)
 	}
 	if c.Kafka.PromptLinger < 0 || c.Kafka.PromptLinger > 15*time.Minute {
 		add("%s %s: must be from 0 to 15m (librdkafka's limit)", settingName("kafka.prompt_linger"), c.Kafka.PromptLinger)

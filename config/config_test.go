@@ -621,6 +621,7 @@ func TestKafkaProblemsNameTheirSource(t *testing.T) {
 		{"TRIBUTARY_INFLIGHT_BUDGET_BYTES", "100", "kafka.inflight_budget_bytes"},
 		{"TRIBUTARY_KAFKA_ACK_LINGER", "1h", "kafka.ack_linger"},
 		{"TRIBUTARY_KAFKA_PROMPT_CLIENTS", "-1", "kafka.prompt_clients"},
+		{"TRIBUTARY_KAFKA_PROMPT_CLIENTS", "1000001", "kafka.prompt_clients"},
 		{"TRIBUTARY_KAFKA_PROMPT_LINGER", "-1ms", "kafka.prompt_linger"},
 		{"TRIBUTARY_FLUSH_TIMEOUT", "0s", "kafka.flush_timeout"},
 	} {
