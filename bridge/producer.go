@@ -901,8 +901,8 @@ type producerMetrics struct {
 	queueFull prometheus.Counter
 	yields    prometheus.Counter
 	prompt    prometheus.Counter
-	// promptLeaves counts the times a source in the prompt lane waited
-	// for its records so as to leave it.
+	// promptLeaves counts the times a source left the prompt lane after
+	// waiting for its records (see Producer.drain).
 	promptLeaves prometheus.Counter
 	awaiting     prometheus.GaugeFunc
 }
