@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/tributary-io/tributary/internal/testutil"
 )
@@ -138,11 +137,7 @@ func TestOrderKeepsMixedRecordsInOrder(t *testing.T) {
 				t.Fatalf("prompt lane made: %v, want %v", made, tc.prompt)
 			}
 			produceMixed(t, p)
-			var m dto.Metric
-			if err := p.metrics.prompt.Write(&m); err != nil {
-				t.Fatal(err)
-			}
-			prompted := m.GetCounter().GetValue()
+			prompted := metricValue(t, p, "tributary_kafka_records_prompt_total")
 			if !tc.prompt && prompted != 0 {
 				t.Fatalf("%v records took a prompt lane that was not made", prompted)
 			}
@@ -328,15 +323,11 @@ func leaveAmongMany(t *testing.T, p *Producer, release func(), leaves bool) {
 			t.Fatalf("a's records %d and %d at offsets %d and %d: order broken", i-1, i, at[i-1], at[i])
 		}
 	}
-	var m dto.Metric
-	if err := p.metrics.promptLeaves.Write(&m); err != nil {
-		t.Fatal(err)
-	}
 	want := 0.0
 	if leaves {
 		want = 1
 	}
-	if got := m.GetCounter().GetValue(); got != want {
+	if got := metricValue(t, p, "tributary_kafka_prompt_leaves_total"); got != want {
 		t.Fatalf("prompt_leaves_total = %v, want %v", got, want)
 	}
 }

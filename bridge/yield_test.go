@@ -122,6 +122,10 @@ func metricValue(t *testing.T, p *Producer, name string) float64 {
 		c = p.metrics.yields
 	case "tributary_kafka_records_awaiting_delivery":
 		c = p.metrics.awaiting
+	case "tributary_kafka_records_prompt_total":
+		c = p.metrics.prompt
+	case "tributary_kafka_prompt_leaves_total":
+		c = p.metrics.promptLeaves
 	default:
 		t.Fatalf("no metric %s", name)
 	}
