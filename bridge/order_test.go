@@ -259,8 +259,8 @@ func leaveAmongMany(t *testing.T, p *Producer, release func(), leaves bool) {
 	if err := p.Produce(ctx, record(&a, "a1"), deliver(0, func() { firstDone.Store(true) })); err != nil {
 		t.Fatal(err)
 	}
-	if a.lane != lanePrompt {
-		t.Fatalf("the only source's record took lane %d, want the prompt lane %d", a.lane, lanePrompt)
+	if a.lane.Load() != lanePrompt {
+		t.Fatalf("the only source's record took lane %d, want the prompt lane %d", a.lane.Load(), lanePrompt)
 	}
 	// Delivered when the producer is closed, which flushes the linger.
 	if err := p.TryProduce(ctx, record(&b, "b1"), DeliveryFunc(func(Delivery) {})); err != nil {
@@ -281,8 +281,8 @@ func leaveAmongMany(t *testing.T, p *Producer, release func(), leaves bool) {
 		if !firstDone.Load() {
 			t.Fatal("a's second record was produced before its first was delivered")
 		}
-		if a.lane != laneAcked {
-			t.Fatalf("a's second record took lane %d, want the ack lane %d", a.lane, laneAcked)
+		if a.lane.Load() != laneAcked {
+			t.Fatalf("a's second record took lane %d, want the ack lane %d", a.lane.Load(), laneAcked)
 		}
 	} else {
 		if err := <-returned; err != nil {
@@ -291,8 +291,8 @@ func leaveAmongMany(t *testing.T, p *Producer, release func(), leaves bool) {
 		if firstDone.Load() {
 			t.Fatal("a's first record was delivered while Kafka held it")
 		}
-		if a.lane != lanePrompt {
-			t.Fatalf("a's second record, after the drain gave up, took lane %d, want the prompt lane %d", a.lane, lanePrompt)
+		if a.lane.Load() != lanePrompt {
+			t.Fatalf("a's second record, after the drain gave up, took lane %d, want the prompt lane %d", a.lane.Load(), lanePrompt)
 		}
 		// No second wait: the third record is produced at once,
 		// though both before it still await Kafka.
@@ -300,8 +300,8 @@ func leaveAmongMany(t *testing.T, p *Producer, release func(), leaves bool) {
 		if err := p.Produce(ctx, record(&a, "a3"), deliver(2, nil)); err != nil {
 			t.Fatal(err)
 		}
-		if waited := time.Since(start); waited >= p.drainWait || a.lane != lanePrompt {
-			t.Fatalf("a's third record waited %v and took lane %d; want no wait and the prompt lane %d", waited, a.lane, lanePrompt)
+		if waited := time.Since(start); waited >= p.drainWait || a.lane.Load() != lanePrompt {
+			t.Fatalf("a's third record waited %v and took lane %d; want no wait and the prompt lane %d", waited, a.lane.Load(), lanePrompt)
 		}
 		release()
 	}
@@ -329,5 +329,155 @@ func leaveAmongMany(t *testing.T, p *Producer, release func(), leaves bool) {
 	}
 	if got := metricValue(t, p, "tributary_kafka_prompt_leaves_total"); got != want {
 		t.Fatalf("prompt_leaves_total = %v, want %v", got, want)
+	}
+}
+
+// A source that continues another (a client's new connection after its
+// old one) takes the lane of the other's records while any await Kafka,
+// whatever lane its own record wants, and chooses freely once none do;
+// the link is then dropped. A chain of continuations follows the first
+// one with records awaiting.
+func TestOrderFollowsItsPredecessorsLane(t *testing.T) {
+	const prompt = 4
+	var sources atomic.Int64
+	var old, mid, cur Order
+	if got := old.take(laneBestEffort, &sources, prompt); got != laneBestEffort {
+		t.Fatalf("the old source's record: lane %d, want %d", got, laneBestEffort)
+	}
+	mid.Follow(&old)
+	cur.Follow(&mid)
+	cur.Follow(&cur) // no effect
+	cur.Follow(nil)  // no effect
+	if !mid.Awaiting() || !cur.Awaiting() {
+		t.Fatal("a continuation of a source with a record awaiting Kafka does not count as awaiting")
+	}
+	// With one source awaiting, an acknowledged record alone would take
+	// the prompt lane; behind old's record it takes old's lane.
+	if got := cur.take(laneAcked, &sources, prompt); got != laneBestEffort {
+		t.Fatalf("an acknowledged record behind the predecessor's best-effort one: lane %d, want %d", got, laneBestEffort)
+	}
+	cur.settle(&sources)
+	if got := cur.take(laneAcked, &sources, prompt); got != laneBestEffort {
+		t.Fatalf("its own records delivered, the predecessor's not: lane %d, want %d", got, laneBestEffort)
+	}
+	cur.settle(&sources)
+	old.settle(&sources)
+	if cur.Awaiting() || mid.Awaiting() {
+		t.Fatal("nothing awaits Kafka, yet a continuation counts as awaiting")
+	}
+	if cur.after.Load() != nil {
+		t.Fatal("the link to the predecessors is kept after none of their records await Kafka")
+	}
+	if got := cur.take(laneAcked, &sources, prompt); got != lanePrompt {
+		t.Fatalf("the predecessor drained: lane %d, want the prompt lane %d", got, lanePrompt)
+	}
+	cur.settle(&sources)
+	if n := sources.Load(); n != 0 {
+		t.Fatalf("nothing awaiting, counted %d sources", n)
+	}
+
+	// A second predecessor does not cut the first off: it is continued
+	// in turn.
+	var first, second, next Order
+	first.take(laneBestEffort, &sources, prompt)
+	next.Follow(&first)
+	next.Follow(&second)
+	if got := next.take(laneAcked, &sources, prompt); got != laneBestEffort {
+		t.Fatalf("behind a new predecessor with nothing awaiting and an older one awaiting: lane %d, want %d", got, laneBestEffort)
+	}
+	next.settle(&sources)
+	first.settle(&sources)
+
+	// A loop of continuations, which concurrent takeovers could make,
+	// ends the walk.
+	var x, y Order
+	x.Follow(&y)
+	y.Follow(&x)
+	if x.Awaiting() || y.Awaiting() {
+		t.Fatal("a loop of Orders with nothing awaiting counts as awaiting")
+	}
+}
+
+// A client's new connection does not overtake its old one in Kafka: its
+// first acknowledged record, which alone would take the prompt lane, lands
+// after the old connection's records still lingering in the ack lane
+// (three seconds here, the prompt lane none), and with them.
+func TestOrderFollowKeepsAReconnectsRecordsInOrder(t *testing.T) {
+	for _, follow := range []bool{true, false} {
+		t.Run(map[bool]string{true: "following", false: "not following"}[follow], func(t *testing.T) {
+			p := kfakeProducer(t, ProducerConfig{
+				MaxMessageBytes: 1 << 20, InflightBudgetBytes: 1 << 24,
+				AckLinger: 3 * time.Second, PromptClients: 4,
+			}, "t")
+			reconnectInOrder(t, p, follow)
+		})
+	}
+}
+
+func reconnectInOrder(t *testing.T, p *Producer, follow bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	offsets := make(chan [2]int64, 4)
+	deliver := func(i int64) DeliveryHandler {
+		return DeliveryFunc(func(d Delivery) {
+			if d.Err != nil {
+				t.Errorf("record %d: %v", i, d.Err)
+			}
+			offsets <- [2]int64{i, d.Offset}
+		})
+	}
+	record := func(o *Order, v string) *Record {
+		return &Record{Topic: "t", Key: []byte("k"), Value: []byte(v), Timestamp: time.Now(), Order: o}
+	}
+	// The old connection's records: with five other sources awaiting,
+	// they take the ack lane.
+	others := make([]Order, 5)
+	for i := range others {
+		others[i].take(laneBestEffort, &p.sources, p.prompt)
+	}
+	var old Order
+	for i := range 3 {
+		if err := p.Produce(ctx, record(&old, "old"), deliver(int64(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if old.lane.Load() != laneAcked {
+		t.Fatalf("the old connection's records took lane %d, want the ack lane %d", old.lane.Load(), laneAcked)
+	}
+	for i := range others {
+		others[i].settle(&p.sources)
+	}
+	var cur Order
+	if follow {
+		cur.Follow(&old)
+	}
+	if err := p.Produce(ctx, record(&cur, "new"), deliver(3)); err != nil {
+		t.Fatal(err)
+	}
+	want := laneAcked
+	if !follow {
+		want = lanePrompt
+	}
+	if got := int(cur.lane.Load()); got != want {
+		t.Fatalf("the new connection's first record took lane %d, want %d", got, want)
+	}
+	at := map[int64]int64{}
+	for range 4 {
+		select {
+		case r := <-offsets:
+			at[r[0]] = r[1]
+		case <-ctx.Done():
+			t.Fatal("not every record was delivered")
+		}
+	}
+	inOrder := true
+	for i := int64(1); i < 4; i++ {
+		inOrder = inOrder && at[i] > at[i-1]
+	}
+	// Not following, the new record overtakes the lingering ones: the
+	// case shows that this test can tell.
+	if inOrder != follow {
+		t.Fatalf("following %v: offsets %v, in order %v", follow, at, inOrder)
 	}
 }

@@ -52,26 +52,96 @@ type Order struct {
 	// produce requests.
 	Aggregate bool
 
-	lane    int          // the lane of the records awaiting Kafka; only the producing goroutine uses it
-	stay    bool         // a drain to leave the prompt lane timed out: stay until none await; producing goroutine only
+	lane    atomic.Int32 // the lane of the records awaiting Kafka; set by the producing goroutine, read by a follower's (see Follow)
+	stay    bool         // a drain to leave the prompt lane timed out: stay until none await (see drain); producing goroutine only
 	pending atomic.Int64 // records produced with it whose delivery report is not handled yet
+	// after is the Order this one continues (see Follow); dropped by the
+	// first take or Awaiting that finds none of its records, nor those
+	// of the Orders it continues in turn, awaiting Kafka.
+	after atomic.Pointer[Order]
+}
+
+// Follow makes o continue prev: the same client's previous connection,
+// say, whose records may still await Kafka. Until none of prev's (or of
+// the Orders prev continues) await Kafka, o's records take the lane
+// theirs are in, so that a reconnecting client's new records cannot
+// overtake its earlier ones through a lane with a shorter linger. It may
+// be called from any goroutine; called after o's first record, it takes
+// effect once none of o's own records await Kafka. What o continued
+// before, prev continues in turn, unless prev continues another already.
+// A nil prev, or o itself, changes nothing.
+func (o *Order) Follow(prev *Order) {
+	if prev == nil || prev == o {
+		return
+	}
+	if old := o.after.Load(); old != nil && old != prev {
+		prev.after.CompareAndSwap(nil, old)
+	}
+	o.after.Store(prev)
+}
+
+// Awaiting reports whether records of o, or of an Order o continues (see
+// Follow), may still await Kafka: whether a source continuing o has an
+// order to keep.
+func (o *Order) Awaiting() bool {
+	_, ok := o.awaited()
+	return ok
+}
+
+// maxFollowed bounds how far back awaited looks along a chain of Orders
+// that continue one another.
+const maxFollowed = 64
+
+// awaited returns the lane of the first Order in o's chain (o, then the
+// Orders it continues) with records awaiting Kafka. It drops o's link to
+// what it continues once nothing there awaits, so that a chain of
+// reconnects is not kept alive.
+func (o *Order) awaited() (int, bool) {
+	if o.pending.Load() > 0 {
+		return int(o.lane.Load()), true
+	}
+	first := o.after.Load()
+	// Bounded: a chain longer than that is a client reconnecting faster
+	// than Kafka answers, and concurrent takeovers could in principle
+	// close a loop.
+	n := 0
+	for a := first; a != nil && a != o && n < maxFollowed; a = a.after.Load() {
+		if a.pending.Load() > 0 {
+			return int(a.lane.Load()), true
+		}
+		n++
+	}
+	// Unless a Follow came meanwhile.
+	o.after.CompareAndSwap(first, nil)
+	return 0, false
 }
 
 // take picks the lane for a record that would take want and counts the
 // record as pending. sources counts the Orders with records pending; while
 // fewer than prompt others have, an acknowledged record of a plain source
 // takes the prompt lane.
+//
+// A source that continues another (Follow) takes the lane of the records
+// still awaiting there, as if they were its own.
 func (o *Order) take(want int, sources *atomic.Int64, prompt int64) int {
 	if o.pending.Load() == 0 {
-		if want == laneAcked && !o.Aggregate && sources.Load() < prompt {
+		lane, follows := 0, false
+		if o.after.Load() != nil {
+			lane, follows = o.awaited()
+		}
+		switch {
+		case follows:
+			want = lane
+		case want == laneAcked && !o.Aggregate && sources.Load() < prompt:
 			want = lanePrompt
 		}
-		o.lane, o.stay = want, false
+		o.lane.Store(int32(want))
+		o.stay = o.stay && follows // a timed-out drain held for what o continues too
 	}
 	if o.pending.Add(1) == 1 {
 		sources.Add(1)
 	}
-	return o.lane
+	return int(o.lane.Load())
 }
 
 // leaving reports whether the source, in the prompt lane with records
@@ -82,7 +152,7 @@ func (o *Order) take(want int, sources *atomic.Int64, prompt int64) int {
 // source near the bound from moving back and forth. A source whose drain
 // timed out (Kafka slow or down) stays until none of its records await.
 func (o *Order) leaving(sources *atomic.Int64, prompt int64) bool {
-	return o.lane == lanePrompt && !o.stay && o.pending.Load() > 0 && sources.Load() >= 2*prompt
+	return o.lane.Load() == lanePrompt && !o.stay && o.pending.Load() > 0 && sources.Load() >= 2*prompt
 }
 
 // settle counts one of the source's records as no longer pending.
@@ -658,15 +728,16 @@ func (p *Producer) produce(ctx context.Context, lane int, rec *Record, h Deliver
 // connection's read loop): a few round trips of a healthy cluster.
 const drainWait = 25 * time.Millisecond
 
-// drain waits until none of o's records await Kafka, so that its next
-// record may take another lane and still land after them. After
+// drain waits until none of o's records (nor those of an Order it
+// continues, see Order.Follow) await Kafka, so that its next record may
+// take another lane and still land after them. After
 // drainWait, or when ctx ends or the producer closes, it gives up: o
 // stays in its lane, which keeps the order, until none of its records
-// await, so that a slow or unreachable Kafka holds the connection up
-// once, not once per record.
+// (nor those of what it continues) await, so that a slow or unreachable
+// Kafka holds the connection up once, not once per record.
 func (p *Producer) drain(ctx context.Context, o *Order) {
 	deadline := time.Now().Add(p.drainWait)
-	for o.pending.Load() > 0 {
+	for o.Awaiting() {
 		if ctx.Err() != nil || p.closing.Load() || time.Now().After(deadline) {
 			o.stay = true
 			return

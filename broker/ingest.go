@@ -73,9 +73,19 @@ type ingest struct {
 	dropLog      bridge.LogEvery
 
 	// orders keep each connection's records in Kafka in the order they
-	// came, across the producer's lanes (see bridge.Order); used on the
-	// client's read goroutine only.
+	// came, across the producer's lanes (see bridge.Order); each is made
+	// and produced with on its client's read goroutine.
 	orders sync.Map // *mqtt.Client -> *bridge.Order
+	// live holds the connections from their session's start to the end
+	// of their OnDisconnect (see handOver).
+	live sync.Map // *mqtt.Client -> struct{}
+	// leftOrders holds, by client id, the Order of a connection that ended
+	// with records still awaiting Kafka, until the client's next
+	// connection continues it (see order) or, at a prune, none await.
+	leftOrders sync.Map     // client id -> *bridge.Order
+	leftMu     sync.Mutex   // one prune at a time
+	leftAdds   atomic.Int64 // entries stored since the last prune
+	leftNext   atomic.Int64 // prune once leftAdds passes it
 
 	publishLimits PublishLimits
 	limiters      sync.Map // *mqtt.Client -> *publishLimiter; used on the client's read goroutine only
@@ -211,9 +221,7 @@ func (h *ingest) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 	rec, forged := buildRecord(cl, &pk, &res, received)
 	defer releaseRecord(rec)
 	if !delayed {
-		if v, ok := h.orders.Load(cl); ok {
-			rec.Order = v.(*bridge.Order)
-		}
+		rec.Order = h.order(cl)
 	}
 	h.m.forgedHeaders.Add(float64(forged))
 	if err := h.produceBestEffort(cl, pk.TopicName, "will not produced", rec); err != nil {
@@ -379,9 +387,11 @@ func (h *ingest) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Pack
 	return pk
 }
 
-// OnConnect refuses a bad will topic (checkWill) and, for a CONNECT that
-// resumes a session, settles the previous connection's QoS 2 publishes
-// first (settlePrevious). A returned error ends the connection.
+// OnConnect refuses a bad will topic (checkWill), waits for an open
+// connection it takes over to end when that one's records must stay
+// ahead of its own (handOver) and, for a CONNECT that resumes a session,
+// settles the previous connection's QoS 2 publishes first
+// (settlePrevious). A returned error ends the connection.
 func (h *ingest) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if h.draining.Load() {
 		// Shutting down: a new client would only be cut off again, its
@@ -399,7 +409,79 @@ func (h *ingest) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if isMQTTBridge(cl.Net.Conn) {
 		h.log.Info("MQTT bridge connecting (its CONNECT has the bridge bit): what it publishes will not be sent back to it", "client", cl.ID, "remote", cl.Net.Remote)
 	}
+	if prev, ok := h.server.Clients.Get(cl.ID); ok && prev != cl && h.hasOrderToKeep(prev) {
+		h.handOver(cl, prev)
+		if h.ctx.Err() != nil {
+			if err := h.server.SendConnack(cl, packets.ErrServerUnavailable, false, nil); err != nil {
+				h.log.Debug("writing a refusing CONNACK", "client", cl.ID, "error", err)
+			}
+			return packets.ErrServerUnavailable
+		}
+	}
 	return h.settlePrevious(cl, pk)
+}
+
+// hasOrderToKeep reports whether prev, a connection a CONNECT is about to
+// take over, is open and has produced records or will produce its will
+// as it ends: records the new connection's must not overtake.
+func (h *ingest) hasOrderToKeep(prev *mqtt.Client) bool {
+	if _, open := h.live.Load(prev); !open {
+		return false
+	}
+	if _, ok := h.orders.Load(prev); ok {
+		return true
+	}
+	return atomic.LoadUint32(&prev.Properties.Will.Flag) != 0 && prev.Properties.Will.WillDelayInterval == 0
+}
+
+// handoverWait bounds how long a CONNECT that takes over a connection
+// which has produced records waits for that connection to end (see
+// handOver).
+const handoverWait = time.Second
+
+// handOver ends prev, the connection of cl's client id that cl is about
+// to take over, and waits until prev's OnDisconnect has run, which leaves
+// its Order for cl (see orderEnded). Until then prev may still produce:
+// its will, which mochi sends as it ends, or a QoS 0 publish; cl's
+// records must land after those. If prev has not ended within
+// handoverWait (its goroutine held by a topic check while Kafka is slow,
+// say), its Order is left for cl now, and what prev produces later is not
+// ordered before cl's records.
+//
+// A session that ends with prev's connection is then waited for until
+// mochi has let it go: mochi forgets it by client id unless it was taken
+// over, and prev ended before this takeover, so otherwise it could
+// forget cl instead.
+func (h *ingest) handOver(cl, prev *mqtt.Client) {
+	if !prev.Closed() {
+		h.endPrevious(prev)
+	} else {
+		h.ended(prev)
+	}
+	deadline := time.NewTimer(handoverWait)
+	defer deadline.Stop()
+	poll := time.NewTicker(time.Millisecond)
+	defer poll.Stop()
+	for {
+		if _, open := h.live.Load(prev); !open {
+			break
+		}
+		select {
+		case <-poll.C:
+			continue
+		case <-deadline.C:
+			h.log.Debug("taking a session over before its previous connection ended", "client", cl.ID, "waited", handoverWait)
+			if v, ok := h.orders.Load(prev); ok {
+				h.leaveOrder(cl.ID, v.(*bridge.Order))
+			}
+		case <-h.ctx.Done():
+		}
+		return
+	}
+	p := prev.Properties
+	if p.ProtocolVersion == 5 && p.Props.SessionExpiryInterval == 0 || p.ProtocolVersion < 5 && p.Clean {
+		h.awaitGone(prev, deadline.C)
+	}
 }
 
 // checkWill refuses a will topic that is not a topic a client may publish
@@ -540,16 +622,20 @@ func (h *ingest) awaitGone(prev *mqtt.Client, timeout <-chan time.Time) bool {
 }
 
 func (h *ingest) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	h.live.Store(cl, struct{}{})
 	h.m.connections.WithLabelValues(cl.Net.Listener).Inc()
 }
 
 func (h *ingest) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 	h.m.connections.WithLabelValues(cl.Net.Listener).Dec()
 	h.limiters.Delete(cl)
-	h.orders.Delete(cl)
+	if v, ok := h.orders.LoadAndDelete(cl); ok {
+		h.orderEnded(cl, v.(*bridge.Order))
+	}
 	if v, ok := h.sessions.Load(cl); ok {
 		v.(*session).disconnect()
 	}
+	h.live.Delete(cl) // last: a takeover waiting for it (handOver) finds the Order left
 }
 
 // wait blocks until every ack writer has ended.
@@ -651,13 +737,81 @@ func (h *ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 	return taken(pk), nil
 }
 
-// order returns cl's bridge.Order.
+// order returns cl's bridge.Order. A new one continues the Order of the
+// client's previous connection if that ended with records still awaiting
+// Kafka, so that the client's records keep their order across a
+// reconnect: otherwise the first acknowledged record of the new
+// connection could take the prompt lane and reach Kafka before the old
+// connection's records lingering in another lane.
 func (h *ingest) order(cl *mqtt.Client) *bridge.Order {
 	v, ok := h.orders.Load(cl)
 	if !ok {
-		v, _ = h.orders.LoadOrStore(cl, new(bridge.Order))
+		o := new(bridge.Order)
+		if v, ok = h.orders.LoadOrStore(cl, o); !ok {
+			// Stored first, then looked up: orderEnded stores, then
+			// looks for this Order, so one of the two finds the other.
+			if prev, found := h.leftOrders.LoadAndDelete(cl.ID); found {
+				o.Follow(prev.(*bridge.Order))
+			}
+		}
 	}
 	return v.(*bridge.Order)
+}
+
+// orderEnded keeps the Order of cl, which has ended, for the client's
+// next connection while its records (or those of the connections it
+// continued) may await Kafka. A connection that took cl's session over
+// may have produced already: its Order continues cl's at once.
+//
+// An Order already left for the client id stays: a later connection left
+// it when taking over one that continues cl's (see handOver).
+func (h *ingest) orderEnded(cl *mqtt.Client, o *bridge.Order) {
+	if !o.Awaiting() {
+		return
+	}
+	if v, loaded := h.leftOrders.LoadOrStore(cl.ID, o); loaded {
+		if v != o {
+			return
+		}
+	} else {
+		h.countLeft()
+	}
+	if cur, ok := h.server.Clients.Get(cl.ID); ok && cur != cl {
+		if v, ok := h.orders.Load(cur); ok {
+			v.(*bridge.Order).Follow(o)
+			h.leftOrders.CompareAndDelete(cl.ID, o)
+		}
+	}
+}
+
+// leaveOrder leaves o for the next connection of client id to continue
+// (see order). Entries of clients that do not come back, or whose
+// connection was refused, are dropped once nothing of theirs awaits
+// Kafka: at a prune, each time as many entries have been left as the
+// last prune kept (and 64), so the work stays proportional to the
+// entries left.
+func (h *ingest) leaveOrder(id string, o *bridge.Order) {
+	h.leftOrders.Store(id, o)
+	h.countLeft()
+}
+
+// countLeft counts an entry left in leftOrders and prunes them when due
+// (see leaveOrder).
+func (h *ingest) countLeft() {
+	if h.leftAdds.Add(1) > h.leftNext.Load() && h.leftMu.TryLock() {
+		defer h.leftMu.Unlock()
+		left := int64(0)
+		h.leftOrders.Range(func(id, v any) bool {
+			if v.(*bridge.Order).Awaiting() {
+				left++
+			} else {
+				h.leftOrders.CompareAndDelete(id, v)
+			}
+			return true
+		})
+		h.leftAdds.Store(0)
+		h.leftNext.Store(left + 64)
+	}
 }
 
 // passOn returns a publish that produces no record to mochi, which

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -182,5 +183,85 @@ acls:
 			values = append(values, string(r.Value))
 		}
 		t.Fatalf("records %q, want only ops's will", values)
+	}
+}
+
+// heldWillRecorder is an orderRecorder that holds the producing of a
+// will until held is closed.
+type heldWillRecorder struct {
+	*orderRecorder
+	held chan struct{}
+}
+
+func (p *heldWillRecorder) TryProduce(ctx context.Context, rec *bridge.Record, h bridge.DeliveryHandler) error {
+	<-p.held
+	return p.orderRecorder.TryProduce(ctx, rec, h)
+}
+
+func (p *orderRecorder) produced() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.values...)
+}
+
+// A connection that takes a client's session over is answered only once
+// the old connection has ended, its will produced, so its records come
+// after the old connection's, will included: a device's new "online"
+// cannot land before its old connection's "offline". That holds for an
+// old connection that published and for one that only has a will. The
+// new connection's records have an Order of their own (that it continues
+// the old one's while that awaits Kafka is bridge.Order.Follow's test and
+// TestOrderingAcrossAReconnect's). Here the producer holds the old
+// connection's will for a moment.
+func TestTakeoverWaitsForTheOldConnectionsEnd(t *testing.T) {
+	for _, published := range []bool{true, false} {
+		t.Run(map[bool]string{true: "published", false: "will only"}[published], func(t *testing.T) {
+			takeoverAfterEnd(t, published)
+		})
+	}
+}
+
+func takeoverAfterEnd(t *testing.T, published bool) {
+	p := &heldWillRecorder{orderRecorder: &orderRecorder{fakeProducer: newFakeProducer()}, held: make(chan struct{})}
+	b := startWithMapping(t, p, mapping.Config{Rules: []mapping.Rule{{Match: `^devices/.*$`, KafkaTopic: "device-state"}}})
+	old, _ := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 4, id: "d1", will: "devices/d1/status"})
+	defer old.Close()
+	var want []string
+	if published {
+		if _, err := old.Write(publish(t, 4, 1, "devices/d1/status", 1, []byte("old"))); err != nil {
+			t.Fatal(err)
+		}
+		testutil.WaitFor(t, 10*time.Second, "the old connection's publish produced", func() bool { return len(p.produced()) == 1 })
+		want = append(want, "old")
+	}
+	want = append(want, "gone")
+	time.AfterFunc(200*time.Millisecond, func() { close(p.held) })
+	cur, ack := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 4, id: "d1"})
+	defer cur.Close()
+	if ack.ReasonCode != 0 {
+		t.Fatalf("the taking-over CONNECT was refused: %#x", ack.ReasonCode)
+	}
+	if got := p.produced(); !slices.Equal(got, want) {
+		t.Fatalf("at the takeover's CONNACK the records produced are %q, want %q", got, want)
+	}
+	if _, err := cur.Write(publish(t, 4, 1, "devices/d1/status", 1, []byte("new"))); err != nil {
+		t.Fatal(err)
+	}
+	want = append(want, "new")
+	testutil.WaitFor(t, 10*time.Second, "the new connection's publish produced", func() bool { return len(p.produced()) == len(want) })
+	if got, ok := b.server.Clients.Get("d1"); !ok || got.Closed() {
+		t.Fatal("the new connection is not listed as the client's: the old connection's end let it go")
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !slices.Equal(p.values, want) {
+		t.Fatalf("records %q, want %q", p.values, want)
+	}
+	last := len(want) - 1
+	if p.orders[last-1] == nil || p.orders[last] == nil || p.orders[last] == p.orders[last-1] {
+		t.Fatalf("Orders %p (the will) and %p (the new publish): want each set, and the new connection's its own", p.orders[last-1], p.orders[last])
+	}
+	if published && p.orders[0] != p.orders[1] {
+		t.Fatalf("the old publish's Order %p, its will's %p: want the same", p.orders[0], p.orders[1])
 	}
 }

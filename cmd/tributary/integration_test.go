@@ -312,6 +312,60 @@ func TestOrderingOfMixedQoS(t *testing.T) {
 	checkPublishOrder(t, 2000, func(i int) byte { return byte(i % 2) })
 }
 
+// A client's records stay in order across a reconnect, whether its old
+// connection ended first or was taken over by the new one: the new
+// connection's QoS 1 publish, which alone would be produced with the
+// prompt lane's short linger, lands after the old connection's QoS 0
+// records still lingering (three seconds here) in the best-effort lane.
+// (Were the new publish to come that much later, it would pass however
+// the lanes were chosen.)
+func TestOrderingAcrossAReconnect(t *testing.T) {
+	for _, takeover := range []bool{false, true} {
+		t.Run(map[bool]string{false: "after a disconnect", true: "taken over"}[takeover], func(t *testing.T) {
+			cfg := testConfig(t)
+			topic := uniq("reconnect")
+			cfg.Mapping.TopicRegexList = topic + ":.*"
+			cfg.Kafka.Properties = map[string]string{"linger.ms": "3000"}
+			d := startDaemon(t, cfg)
+			id := uniq("device")
+			const n = 20
+			old := mqttClient(t, "tcp://"+d.mqttAddr(), id)
+			// The first at QoS 1, so that the Kafka topic exists
+			// before the QoS 0 ones, which do not wait for it.
+			for i := range n {
+				qos := byte(0)
+				if i == 0 {
+					qos = 1
+				}
+				publish(t, old, "dev/one", qos, false, strconv.Itoa(i))
+			}
+			// Read by Tributary before the new connection: a takeover
+			// ends the old connection without reading what it still
+			// holds.
+			waitFor(t, 10*time.Second, "the QoS 0 publishes read", func() bool {
+				return metricValue(t, d, `tributary_mqtt_messages_received_total{listener="mqtt-tcp",qos="0"}`) == strconv.Itoa(n-1)
+			})
+			if !takeover {
+				old.Disconnect(250)
+				waitFor(t, 10*time.Second, "the old connection ended", func() bool {
+					return metricValue(t, d, `tributary_mqtt_connections{listener="mqtt-tcp"}`) == "0"
+				})
+			}
+			cur := mqttClient(t, "tcp://"+d.mqttAddr(), id)
+			publish(t, cur, "dev/one", 1, false, strconv.Itoa(n))
+			recs := kafkaRecords(t, d.bootstrap, topic, n+1, 30*time.Second)
+			if len(recs) != n+1 {
+				t.Fatalf("got %d records, want %d", len(recs), n+1)
+			}
+			for i, r := range recs {
+				if string(r.Value) != strconv.Itoa(i) {
+					t.Fatalf("record %d has value %q: the new connection's record overtook the old one's", i, r.Value)
+				}
+			}
+		})
+	}
+}
+
 // checkPublishOrder publishes n messages from one client to one MQTT topic,
 // the i-th at QoS qos(i), all at once, and checks that they are in Kafka,
 // in one partition, in the order they were published.
