@@ -77,8 +77,12 @@ type ingest struct {
 	// and produced with on its client's read goroutine.
 	orders sync.Map // *mqtt.Client -> *bridge.Order
 	// live holds the connections from their session's start to the end
-	// of their OnDisconnect (see handOver).
-	live sync.Map // *mqtt.Client -> struct{}
+	// of their OnDisconnect (see handOver), each with whether it had a
+	// will without delay then: mochi changes a client's will on its own
+	// goroutine, so other goroutines read this instead. A will cleared
+	// by DISCONNECT since costs a takeover a wait for an OnDisconnect
+	// about to run.
+	live sync.Map // *mqtt.Client -> bool
 	// leftOrders holds, by client id, the Order of a connection that ended
 	// with records still awaiting Kafka, until the client's next
 	// connection continues it (see order) or, at a prune, none await.
@@ -425,13 +429,14 @@ func (h *ingest) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 // take over, is open and has produced records or will produce its will
 // as it ends: records the new connection's must not overtake.
 func (h *ingest) hasOrderToKeep(prev *mqtt.Client) bool {
-	if _, open := h.live.Load(prev); !open {
+	will, open := h.live.Load(prev)
+	if !open {
 		return false
 	}
 	if _, ok := h.orders.Load(prev); ok {
 		return true
 	}
-	return atomic.LoadUint32(&prev.Properties.Will.Flag) != 0 && prev.Properties.Will.WillDelayInterval == 0
+	return will.(bool)
 }
 
 // handoverWait bounds how long a CONNECT that takes over a connection
@@ -622,7 +627,8 @@ func (h *ingest) awaitGone(prev *mqtt.Client, timeout <-chan time.Time) bool {
 }
 
 func (h *ingest) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
-	h.live.Store(cl, struct{}{})
+	w := &cl.Properties.Will
+	h.live.Store(cl, atomic.LoadUint32(&w.Flag) != 0 && w.WillDelayInterval == 0)
 	h.m.connections.WithLabelValues(cl.Net.Listener).Inc()
 }
 

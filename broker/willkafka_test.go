@@ -226,6 +226,16 @@ func takeoverAfterEnd(t *testing.T, published bool) {
 	b := startWithMapping(t, p, mapping.Config{Rules: []mapping.Rule{{Match: `^devices/.*$`, KafkaTopic: "device-state"}}})
 	old, _ := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 4, id: "d1", will: "devices/d1/status"})
 	defer old.Close()
+	// Its session established: mochi answers the CONNECT a moment before
+	// it says so, and a takeover in between does not wait.
+	testutil.WaitFor(t, 10*time.Second, "the old connection's session established", func() bool {
+		c, ok := b.server.Clients.Get("d1")
+		if !ok {
+			return false
+		}
+		_, live := b.ingest.live.Load(c)
+		return live
+	})
 	var want []string
 	if published {
 		if _, err := old.Write(publish(t, 4, 1, "devices/d1/status", 1, []byte("old"))); err != nil {
