@@ -402,10 +402,7 @@ func (h *ingest) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		// QoS 1 and 2 publishes unacknowledged. CONNACK has no "shutting
 		// down" code; server unavailable (MQTT 3 return code 3) says
 		// to come back later, elsewhere.
-		if err := h.server.SendConnack(cl, packets.ErrServerUnavailable, false, nil); err != nil {
-			h.log.Debug("writing a refusing CONNACK", "client", cl.ID, "error", err)
-		}
-		return packets.ErrServerUnavailable
+		return h.refuseConnect(cl, packets.ErrServerUnavailable)
 	}
 	if err := h.checkWill(cl, pk); err != nil {
 		return err
@@ -416,13 +413,19 @@ func (h *ingest) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if prev, ok := h.server.Clients.Get(cl.ID); ok && prev != cl && h.hasOrderToKeep(prev) {
 		h.handOver(cl, prev)
 		if h.ctx.Err() != nil {
-			if err := h.server.SendConnack(cl, packets.ErrServerUnavailable, false, nil); err != nil {
-				h.log.Debug("writing a refusing CONNACK", "client", cl.ID, "error", err)
-			}
-			return packets.ErrServerUnavailable
+			return h.refuseConnect(cl, packets.ErrServerUnavailable)
 		}
 	}
 	return h.settlePrevious(cl, pk)
+}
+
+// refuseConnect answers cl's CONNECT with code and returns code, which
+// ends the connection.
+func (h *ingest) refuseConnect(cl *mqtt.Client, code packets.Code) error {
+	if err := h.server.SendConnack(cl, code, false, nil); err != nil {
+		h.log.Debug("writing a refusing CONNACK", "client", cl.ID, "error", err)
+	}
+	return code
 }
 
 // hasOrderToKeep reports whether prev, a connection a CONNECT is about to
@@ -465,21 +468,13 @@ func (h *ingest) handOver(cl, prev *mqtt.Client) {
 	}
 	deadline := time.NewTimer(handoverWait)
 	defer deadline.Stop()
-	poll := time.NewTicker(time.Millisecond)
-	defer poll.Stop()
-	for {
-		if _, open := h.live.Load(prev); !open {
-			break
-		}
-		select {
-		case <-poll.C:
-			continue
-		case <-deadline.C:
+	ended := func() bool { _, open := h.live.Load(prev); return !open }
+	if !h.pollUntil(ended, time.Millisecond, deadline.C) {
+		if h.ctx.Err() == nil {
 			h.log.Debug("taking a session over before its previous connection ended", "client", cl.ID, "waited", handoverWait)
 			if v, ok := h.orders.Load(prev); ok {
 				h.leaveOrder(cl.ID, v.(*bridge.Order))
 			}
-		case <-h.ctx.Done():
 		}
 		return
 	}
@@ -581,10 +576,7 @@ func (h *ingest) settlePrevious(cl *mqtt.Client, pk packets.Packet) error {
 				"client", cl.ID, "remote", cl.Net.Remote, "waited", time.Since(start))
 		}
 	}
-	if err := h.server.SendConnack(cl, code, false, nil); err != nil {
-		h.log.Debug("writing a refusing CONNACK", "client", cl.ID, "error", err)
-	}
-	return code
+	return h.refuseConnect(cl, code)
 }
 
 // endPrevious closes a connection whose session a new one takes over, as
@@ -610,12 +602,18 @@ func (h *ingest) endPrevious(prev *mqtt.Client) {
 // awaitGone waits until mochi no longer lists prev under its client id.
 // It returns false when timeout fires or the broker closes first.
 func (h *ingest) awaitGone(prev *mqtt.Client, timeout <-chan time.Time) bool {
-	poll := time.NewTicker(5 * time.Millisecond)
+	return h.pollUntil(func() bool {
+		cur, ok := h.server.Clients.Get(prev.ID)
+		return !ok || cur != prev
+	}, 5*time.Millisecond, timeout)
+}
+
+// pollUntil checks done every interval until it holds, and reports
+// whether it did: false when timeout fires or the broker closes first.
+func (h *ingest) pollUntil(done func() bool, every time.Duration, timeout <-chan time.Time) bool {
+	poll := time.NewTicker(every)
 	defer poll.Stop()
-	for {
-		if cur, ok := h.server.Clients.Get(prev.ID); !ok || cur != prev {
-			return true
-		}
+	for !done() {
 		select {
 		case <-poll.C:
 		case <-timeout:
@@ -624,6 +622,7 @@ func (h *ingest) awaitGone(prev *mqtt.Client, timeout <-chan time.Time) bool {
 			return false
 		}
 	}
+	return true
 }
 
 func (h *ingest) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
