@@ -169,6 +169,7 @@ func NewUpstreams(cfgs []UpstreamConfig, p UpstreamProducer, mapper *mapping.Map
 
 			refusedLog: LogEvery{Interval: 10 * time.Second},
 			strayLog:   LogEvery{Interval: 10 * time.Second},
+			drainLog:   LogEvery{Interval: 10 * time.Second},
 		}
 		u.ctx, u.cancel = context.WithCancel(context.Background())
 		u.produceCtx, u.stopProducing = context.WithCancel(context.Background())
@@ -300,6 +301,7 @@ type upstream struct {
 	// a feed, which the metric counts.
 	refusedLog LogEvery
 	strayLog   LogEvery // messages of a subscription no longer configured
+	drainLog   LogEvery // QoS 0 messages arriving while shutting down
 
 	mu      sync.Mutex
 	lastErr string
@@ -845,7 +847,16 @@ func (c *conn) handle(msg *wireMessage) {
 		u.m.redelivered.Inc()
 	}
 	if u.draining.Load() {
-		return // unacknowledged: the remote broker keeps it for the next connection
+		if msg.Qos() > 0 {
+			return // unacknowledged: the remote broker keeps it for the next connection
+		}
+		// Nothing resends a QoS 0 message: it is lost, and counted.
+		u.m.failed.WithLabelValues(u.cfg.Name, "shutting_down").Inc()
+		if u.drainLog.Allow() {
+			u.log.Warn("QoS 0 messages arriving while shutting down are not produced (counted in tributary_upstream_records_failed_total{reason=\"shutting_down\"}; logged at most every 10s)",
+				"topic", msg.Topic())
+		}
+		return
 	}
 	qos := msg.Qos()
 	e := &inflight{c: c, msg: msg, received: received}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/eclipse/paho.mqtt.golang/packets"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/tributary-io/tributary/internal/testutil"
 	"github.com/tributary-io/tributary/mapping"
@@ -891,6 +892,39 @@ func TestUpstreamWaitForProducerEndsWithConnection(t *testing.T) {
 	}
 	if e := us.LastError(u.cfg.Name); e != "" {
 		t.Errorf("last error %q for a message the remote broker resends", e)
+	}
+}
+
+// Once the upstreams drain for shutdown, a QoS 1 message is left
+// unacknowledged for the remote broker to resend, and a QoS 0 message,
+// which nothing resends, is counted as lost and logged.
+func TestUpstreamDrainingCountsQoS0Messages(t *testing.T) {
+	p := &fakeProducer{}
+	var logs testutil.SyncBuffer
+	us, u := upstreamForTest(t, UpstreamConfig{}, p, slog.New(slog.NewTextHandler(&logs, nil)))
+	c, _, acks := connForTest(t, u)
+	us.Drain()
+	c.handle(&testMessage{topic: "plant/1", payload: []byte("Q1"), qos: 1, id: 1})
+	c.handle(&testMessage{topic: "plant/1", payload: []byte("Q0a")})
+	c.handle(&testMessage{topic: "plant/1", payload: []byte("Q0b")})
+	if got := p.values(); len(got) != 0 {
+		t.Fatalf("produced %q while draining", got)
+	}
+	u.closeAckers() // every ack writer has done its last pass
+	select {
+	case id := <-acks:
+		t.Fatalf("PUBACK %d for a message not produced", id)
+	default:
+	}
+	var m dto.Metric
+	if err := u.m.failed.WithLabelValues(u.cfg.Name, "shutting_down").Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.GetCounter().GetValue(); got != 2 {
+		t.Fatalf("records_failed_total{reason=shutting_down} = %v, want 2 (the QoS 0 messages)", got)
+	}
+	if n := strings.Count(logs.String(), "QoS 0 messages arriving while shutting down"); n != 1 {
+		t.Fatalf("%d warnings for the lost QoS 0 messages, want 1 (rate-limited):\n%s", n, logs.String())
 	}
 }
 
