@@ -272,8 +272,92 @@ func (p *publisher) closeOnDone(ctx context.Context) func() bool {
 // publishAcked sends n QoS 1 publishes with at most window unacknowledged
 // at a time and returns each one's PUBACK latency (written to the socket
 // buffer → PUBACK read).
+//
+// One goroutine does both halves: it fills the window, flushes, reads one
+// PUBACK (waiting for it) and every further packet already buffered, and
+// refills the slots they freed. With a separate reader handing each freed
+// slot to the writer (as publishPaced does), the harness spent about
+// 0.3 µs more per mqtt-qos1 record and 0.5 µs more per mqtt-qos1-single
+// record, on the cores the bridge is measured on. Not reading while
+// flushing cannot deadlock: the broker owes at most window PUBACKs.
 func (p *publisher) publishAcked(ctx context.Context, n, window int) ([]time.Duration, error) {
-	return p.publishPaced(ctx, n, window, nil)
+	if err := p.checkAcked(window); err != nil {
+		return nil, err
+	}
+	stop := p.closeOnDone(ctx)
+	defer stop()
+	ids := new(idTable)
+	lat := make([]time.Duration, 0, n)
+	base := time.Now()
+	fail := func(err error) ([]time.Duration, error) {
+		p.conn.Close()
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (after %d of %d acknowledgements)", ctx.Err(), len(lat), n)
+		}
+		return nil, err
+	}
+	var buf [8]byte
+	sent := 0
+	for len(lat) < n {
+		for ; sent < n && sent-len(lat) < window; sent++ {
+			p.stampID(ids.take(int64(time.Since(base)) + 1))
+			if _, err := p.w.Write(p.tmpl); err != nil {
+				return fail(fmt.Errorf("writing PUBLISH: %w", err))
+			}
+		}
+		if err := p.w.Flush(); err != nil {
+			return fail(fmt.Errorf("writing PUBLISH: %w", err))
+		}
+		// Wait for one packet, then take the ones already here.
+		for first := true; len(lat) < n && (first || packetBuffered(p.r)); first = false {
+			hdr, body, err := readPacket(p.r, buf[:0])
+			if err != nil {
+				return fail(fmt.Errorf("reading PUBACK (%d of %d received): %w", len(lat), n, err))
+			}
+			if err := ackPacket(hdr, body, ids, base, &lat); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	_ = p.disconnect()
+	return lat, nil
+}
+
+// checkAcked says whether p can publish with acknowledgements and window.
+func (p *publisher) checkAcked(window int) error {
+	if p.qos != 1 {
+		return errors.New("publishAcked needs a QoS 1 publisher")
+	}
+	if window < 1 || window > 65535 {
+		return fmt.Errorf("in-flight window %d outside 1..65535", window)
+	}
+	return nil
+}
+
+// stampID writes id into the encoded PUBLISH.
+func (p *publisher) stampID(id uint16) {
+	binary.BigEndian.PutUint16(p.tmpl[p.idAt:], id)
+}
+
+// packetBuffered says whether r holds a whole MQTT packet, so that reading
+// it does not wait for the network.
+func packetBuffered(r *bufio.Reader) bool {
+	have := r.Buffered()
+	if have < 2 {
+		return false
+	}
+	hdr, _ := r.Peek(min(have, 5))
+	n, mul := 0, 1
+	for i := 1; i < len(hdr); i++ {
+		n += int(hdr[i]&0x7f) * mul
+		mul <<= 7
+		if hdr[i]&0x80 == 0 {
+			return have >= i+1+n
+		}
+	}
+	// The remaining length is not all here (or is malformed, which
+	// readPacket reports).
+	return false
 }
 
 // pace makes publishPaced send on a schedule rather than as fast as the
@@ -300,11 +384,8 @@ func (pc *pace) due(elapsed time.Duration, n int) int {
 // nil. A schedule the broker cannot keep up with is throttled by window,
 // so window should leave room for the latencies being measured.
 func (p *publisher) publishPaced(ctx context.Context, n, window int, pc *pace) ([]time.Duration, error) {
-	if p.qos != 1 {
-		return nil, errors.New("publishAcked needs a QoS 1 publisher")
-	}
-	if window < 1 || window > 65535 {
-		return nil, fmt.Errorf("in-flight window %d outside 1..65535", window)
+	if err := p.checkAcked(window); err != nil {
+		return nil, err
 	}
 	if pc != nil && pc.stamp && len(p.tmpl)-p.payloadAt < 8 {
 		return nil, fmt.Errorf("a payload of %d bytes has no room for an 8-byte send time", len(p.tmpl)-p.payloadAt)
@@ -379,8 +460,7 @@ func (p *publisher) publishPaced(ctx context.Context, n, window int, pc *pace) (
 				return fail(ackFailed())
 			}
 		}
-		id := ids.take(int64(time.Since(base)) + 1)
-		binary.BigEndian.PutUint16(p.tmpl[p.idAt:], id)
+		p.stampID(ids.take(int64(time.Since(base)) + 1))
 		if pc != nil && pc.stamp {
 			binary.BigEndian.PutUint64(p.tmpl[p.payloadAt:], uint64(time.Now().UnixNano()))
 		}
@@ -408,23 +488,35 @@ func (p *publisher) readAcks(n int, ids *idTable, slots chan struct{}, base time
 		if err != nil {
 			return fmt.Errorf("reading PUBACK (%d of %d received): %w", len(*lat), n, err)
 		}
-		switch hdr >> 4 {
-		case packets.Puback:
-			if len(body) < 2 {
-				return fmt.Errorf("PUBACK of %d bytes", len(body))
-			}
-			now := int64(time.Since(base)) + 1
-			id := binary.BigEndian.Uint16(body)
-			at, ok := ids.release(id)
-			if !ok {
-				return fmt.Errorf("PUBACK for packet id %d, which is not in flight", id)
-			}
-			*lat = append(*lat, time.Duration(now-at))
-			<-slots
-		case packets.Pingresp:
-		default:
-			return fmt.Errorf("unexpected packet type %d from the broker", hdr>>4)
+		acked := len(*lat)
+		if err := ackPacket(hdr, body, ids, base, lat); err != nil {
+			return err
 		}
+		if len(*lat) > acked {
+			<-slots
+		}
+	}
+	return nil
+}
+
+// ackPacket handles one packet from the broker to a QoS 1 publisher: a
+// PUBACK releases its packet id and appends its latency to lat.
+func ackPacket(hdr byte, body []byte, ids *idTable, base time.Time, lat *[]time.Duration) error {
+	switch hdr >> 4 {
+	case packets.Puback:
+		if len(body) < 2 {
+			return fmt.Errorf("PUBACK of %d bytes", len(body))
+		}
+		now := int64(time.Since(base)) + 1
+		id := binary.BigEndian.Uint16(body)
+		at, ok := ids.release(id)
+		if !ok {
+			return fmt.Errorf("PUBACK for packet id %d, which is not in flight", id)
+		}
+		*lat = append(*lat, time.Duration(now-at))
+	case packets.Pingresp:
+	default:
+		return fmt.Errorf("unexpected packet type %d from the broker", hdr>>4)
 	}
 	return nil
 }

@@ -63,6 +63,40 @@ func TestEncodePublishRoundTrips(t *testing.T) {
 	}
 }
 
+func TestPacketBuffered(t *testing.T) {
+	long := append([]byte{packets.Publish << 4, 0xc8, 0x01}, make([]byte, 200)...) // remaining length 200
+	for _, tc := range []struct {
+		name string
+		in   []byte
+		want bool
+	}{
+		{"nothing", nil, false},
+		{"a header byte alone", []byte{packets.Puback << 4}, false},
+		{"a PUBACK", []byte{packets.Puback << 4, 2, 0, 1}, true},
+		{"a PUBACK short of a byte", []byte{packets.Puback << 4, 2, 0}, false},
+		{"a PINGRESP", []byte{packets.Pingresp << 4, 0}, true},
+		{"a PUBACK and part of the next", []byte{packets.Puback << 4, 2, 0, 1, packets.Puback << 4}, true},
+		{"a two-byte length", long, true},
+		{"a two-byte length, body short", long[:len(long)-1], false},
+		{"a two-byte length cut in the middle", long[:2], false},
+		{"a remaining length past four bytes", []byte{packets.Publish << 4, 0x80, 0x80, 0x80, 0x80, 0x01}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := bufio.NewReaderSize(bytes.NewReader(tc.in), 512)
+			_, _ = r.Peek(len(tc.in)) // buffer everything there is
+			if got := packetBuffered(r); got != tc.want {
+				t.Fatalf("packetBuffered = %v, want %v", got, tc.want)
+			}
+			if tc.want {
+				// What it promised is there: one whole packet reads.
+				if _, _, err := readPacket(r, nil); err != nil {
+					t.Fatalf("reading the buffered packet: %v", err)
+				}
+			}
+		})
+	}
+}
+
 func TestIDTableCyclesAndSkipsInFlight(t *testing.T) {
 	var tab idTable
 	if got := tab.take(10); got != 1 {
