@@ -69,6 +69,7 @@ fuzz: ## run each fuzz test for FUZZTIME (executions, e.g. 50000x)
 	$(GO) test ./websocket -run '^$$' -fuzz '^FuzzEncodeProduceResult$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./auth -run '^$$' -fuzz '^FuzzLoadUsers$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./auth -run '^$$' -fuzz '^FuzzMQTTRule$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./broker -run '^$$' -fuzz '^FuzzGuardConn$$' -fuzztime $(FUZZTIME)
 
 bench: ## MQTT → Kafka throughput against a native librdkafka producer, in one run
 	$(GO) run ./cmd/tributary-bench $(ARGS)

@@ -285,7 +285,7 @@ func (h *authHook) checkSessionOwner(id, name string) *refusal {
 // are not browsers (some device libraries send "file://"), which present
 // a certificate only because they were given one.
 func (h *authHook) foreignOrigin(cl *mqtt.Client) string {
-	ws, ok := cl.Net.Conn.(*wsConn)
+	ws, ok := connIn[*wsConn](cl.Net.Conn)
 	if !ok || !browserOrigin(ws.origin) || auth.OriginAllowed(ws.origin, ws.host, h.certOrigins) {
 		return ""
 	}

@@ -266,7 +266,7 @@ func (b *Broker) Start() (err error) {
 		} else {
 			l = listeners.NewNet(s.id, bridgeListener{served})
 		}
-		l = recordingListener{Listener: l, reasons: b.closes}
+		l = recordingListener{Listener: l, reasons: b.closes, maxPacket: b.cfg.MaxMessageBytes + packetHeadroom}
 		l = admittingListener{Listener: l, admit: &b.admit}
 		if err := b.server.AddListener(l); err != nil {
 			return fmt.Errorf("adding MQTT listener %s: %w", s.id, err)

@@ -88,15 +88,17 @@ func (c *closeReasons) record(listener, remote string, err error) {
 
 // recordingListener passes each connection's final error to closeReasons
 // instead of to mochi's listener, which would log it without a message.
+// Each connection reaches mochi through a guardConn.
 type recordingListener struct {
 	listeners.Listener
-	reasons *closeReasons
+	reasons   *closeReasons
+	maxPacket int // mochi's maximum packet size
 }
 
 func (l recordingListener) Serve(establish listeners.EstablishFn) {
 	l.Listener.Serve(func(id string, c net.Conn) error {
 		remote := c.RemoteAddr().String()
-		l.reasons.record(id, remote, establish(id, c))
+		l.reasons.record(id, remote, establish(id, newGuardConn(c, l.maxPacket)))
 		return nil
 	})
 }

@@ -1489,6 +1489,8 @@ func rawTCP(c net.Conn) syscall.RawConn {
 		switch w := c.(type) {
 		case *gatedConn:
 			c = w.Conn
+		case *guardConn:
+			c = w.Conn
 		case *bridgeBitConn:
 			c = w.Conn
 		case *net.TCPConn:
