@@ -384,11 +384,19 @@ func (h *ingest) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Pack
 	if pk.FixedHeader.Type != packets.Pubrec || pk.ReasonCode != packets.ErrPacketIdentifierInUse.Code {
 		return pk
 	}
-	if stored, ok := cl.State.Inflight.Get(pk.PacketID); ok && stored.FixedHeader.Type == packets.Pubrec && stored.ReasonCode == packets.CodeSuccess.Code {
+	if pubrecStored(cl, pk.PacketID) {
 		pk.ReasonCode = packets.CodeSuccess.Code
 		pk.Properties.ReasonString = ""
 	}
 	return pk
+}
+
+// pubrecStored reports whether cl's inflight store holds a successful
+// PUBREC for id: Kafka has the QoS 2 publish with that id, and the client
+// has yet to release it.
+func pubrecStored(cl *mqtt.Client, id uint16) bool {
+	stored, ok := cl.State.Inflight.Get(id)
+	return ok && stored.FixedHeader.Type == packets.Pubrec && stored.ReasonCode == packets.CodeSuccess.Code
 }
 
 // OnConnect refuses a bad will topic (checkWill), waits for an open
@@ -1207,6 +1215,13 @@ func (s *session) add(pk *packets.Packet, e *pending, forward bool, limit int) a
 		return closed
 	}
 	if _, ok := s.ids[pk.PacketID]; ok {
+		return duplicate
+	}
+	if pk.FixedHeader.Qos == 2 && pubrecStored(s.cl, pk.PacketID) {
+		// A resend that passed mochi's look at the inflight store before
+		// the writer stored the first copy's PUBREC there (under s.mu)
+		// and took the id out of s.ids: Kafka has the first copy, whose
+		// PUBREC the writer sends.
 		return duplicate
 	}
 	if len(s.queue) >= limit {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -261,4 +262,31 @@ func TestRefusedLoginLeavesTheSessionOwnerConnected(t *testing.T) {
 	p.deliver(0, nil)
 	writePackets(t, owner, qos2Publish(4, 2, "second", false))
 	readUntilPubrec(t, owner, 4, 2)
+}
+
+// A QoS 2 resend can pass mochi's look at the inflight store just before
+// the ack writer stores the first copy's PUBREC and releases its id: the
+// session then finds the stored PUBREC and takes the resend as the
+// duplicate it is, instead of producing it again.
+func TestQoS2ResendAfterItsPubrecWasStoredIsNotProducedAgain(t *testing.T) {
+	srv := mqtt.New(nil)
+	cl := srv.NewClient(nil, "t", "c", false)
+	s := &session{cl: cl, ids: map[uint16]*pending{}}
+	pk := qos2Publish(5, 7, "again", true)
+	if got := s.add(&pk, &pending{}, false, 10); got != added {
+		t.Fatalf("the first copy: add = %v, want added", got)
+	}
+	delete(s.ids, 7) // as the writer does once Kafka has it...
+	s.queue = nil
+	cl.State.Inflight.Set(ack(7, 2, packets.CodeSuccess)) // ...after storing its PUBREC
+	if got := s.add(&pk, &pending{}, false, 10); got != duplicate {
+		t.Fatalf("the resend: add = %v, want duplicate", got)
+	}
+	if len(s.queue) != 0 {
+		t.Fatalf("%d entries queued for the resend", len(s.queue))
+	}
+	cl.State.Inflight.Delete(7) // PUBREL: the id is free for a new publish
+	if got := s.add(&pk, &pending{}, false, 10); got != added {
+		t.Fatalf("a new publish with the released id: add = %v, want added", got)
+	}
 }
