@@ -15,20 +15,23 @@ import (
 // (mochi-mqtt/server#501, unreleased as of v2.7.9).
 //
 // guardConn sits between every MQTT connection and mochi. It follows the
-// packets' framing as mochi reads them, holds back an MQTT 5 SUBSCRIBE
-// until all of it is in, and in one cut short that way sets that filter's
-// length to more than the packet holds. mochi then refuses the packet as
+// packets' framing as mochi reads them, holds back the body of an MQTT 5
+// SUBSCRIBE until all of it is in (at most mochi's maximum packet size),
+// and in one cut short that way makes that filter one mochi refuses: its
+// length more than the packet holds or, for a filter of the largest
+// length, a NUL as its first character. mochi then refuses the packet as
 // the malformed packet it is, and ends the connection as for any other
 // (its will and Tributary's hooks included). Every other byte passes as
-// read, without a copy; only a SUBSCRIBE, and what arrives behind it in
-// the same read, is copied.
+// read, without a copy; only a SUBSCRIBE's body, and what arrives behind
+// it in the same read, is copied.
 type guardConn struct {
 	net.Conn
 	f framer
-	// q holds bytes read and not yet returned: from the start of an MQTT 5
-	// SUBSCRIBE not yet complete, and what followed it.
+	// q[off:] holds bytes read and not yet returned: from the start of an
+	// MQTT 5 SUBSCRIBE's body not yet complete, and what followed it.
 	q     []byte
-	ready int   // q[:ready] is checked and may be returned
+	off   int
+	ready int   // q[off:ready] is checked and may be returned
 	err   error // from the read that last filled q
 }
 
@@ -43,7 +46,7 @@ func (g *guardConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	if len(g.q) == 0 {
+	if g.q == nil {
 		if g.err != nil {
 			return 0, g.err
 		}
@@ -52,18 +55,22 @@ func (g *guardConn) Read(p []byte) (int, error) {
 		if held == n {
 			return n, err
 		}
-		g.q = append(g.q[:0], p[held:n]...)
-		g.err = err
-		g.ready = g.f.feed(g.q)
+		// The framer stays at the held body's first byte.
+		g.q = append(make([]byte, 0, max(4096, n-held)), p[held:n]...)
+		g.off, g.ready, g.err = 0, 0, err
 		if held > 0 {
 			return held, nil
 		}
 	}
-	for g.ready == 0 {
+	for g.ready == g.off {
 		if g.err != nil {
-			// The connection ended inside the SUBSCRIBE, which mochi
+			// The connection ended inside the SUBSCRIBE, whose body mochi
 			// never sees: it gets the error.
 			return 0, g.err
+		}
+		if g.off > 0 {
+			g.q = g.q[:copy(g.q, g.q[g.off:])]
+			g.off, g.ready = 0, 0
 		}
 		if cap(g.q)-len(g.q) < 512 {
 			g.q = append(g.q, make([]byte, 4096)...)[:len(g.q)]
@@ -71,13 +78,11 @@ func (g *guardConn) Read(p []byte) (int, error) {
 		n, err := g.Conn.Read(g.q[len(g.q):cap(g.q)])
 		g.q = g.q[:len(g.q)+n]
 		g.err = err
-		// The framer was left at the held SUBSCRIBE's first byte.
 		g.ready = g.f.feed(g.q)
 	}
-	n := copy(p, g.q[:g.ready])
-	g.q = g.q[:copy(g.q, g.q[n:])]
-	g.ready -= n
-	if len(g.q) == 0 {
+	n := copy(p, g.q[g.off:g.ready])
+	g.off += n
+	if g.off == len(g.q) {
 		g.q = nil // a connection holds no buffer between SUBSCRIBEs
 	}
 	return n, nil
@@ -99,6 +104,8 @@ type framer struct {
 	length   uint32
 	shift    uint32
 	body     int
+	// holdBody: body is an MQTT 5 SUBSCRIBE's, to be checked whole.
+	holdBody bool
 	packets  int // packets whose fixed header was read
 	// The start of the first packet's body, to read a CONNECT's protocol
 	// version from: a 2-byte name length, a name of at most 6 bytes, the
@@ -109,14 +116,22 @@ type framer struct {
 
 // feed follows b, the next bytes of the stream (mochi's view of them,
 // since the guard returns every byte it does not hold), and returns how
-// many of them may go to mochi now. A shorter count is where an MQTT 5
-// SUBSCRIBE starts that b does not hold whole: the framer is then left at
-// its first byte, and the caller feeds it again from there once more has
-// arrived. A whole MQTT 5 SUBSCRIBE in b is checked, and patched in place.
+// many of them may go to mochi now. A shorter count is where the body of
+// an MQTT 5 SUBSCRIBE starts that b does not hold whole: the framer then
+// stays there, and the caller feeds it again from there once more has
+// arrived. A whole MQTT 5 SUBSCRIBE body in b is checked, and patched in
+// place.
 func (f *framer) feed(b []byte) int {
 	i := 0
 	for i < len(b) && !f.inert {
 		switch {
+		case f.holdBody:
+			if len(b)-i < f.body {
+				return i
+			}
+			patchSubscribe(b[i : i+f.body])
+			i += f.body
+			f.body, f.holdBody = 0, false
 		case f.body > 0:
 			n := min(f.body, len(b)-i)
 			if f.packets == 1 && f.typ == packets.Connect {
@@ -132,14 +147,6 @@ func (f *framer) feed(b []byte) int {
 			if f.packets == 0 && f.typ != packets.Connect {
 				f.inert = true // mochi refuses a first packet that is not a CONNECT
 				break
-			}
-			if f.typ == packets.Subscribe && f.v5 {
-				n, ok := f.subscribe(b[i:])
-				if !ok {
-					return i
-				}
-				i += n
-				continue
 			}
 			f.packets++
 			f.inLength, f.length, f.shift = true, 0, 0
@@ -163,6 +170,10 @@ func (f *framer) lengthByte(c byte) {
 	}
 	f.inLength = false
 	f.body = int(f.length)
+	// mochi refuses a packet over its maximum from the fixed header, and
+	// never reads its body.
+	f.holdBody = f.typ == packets.Subscribe && f.v5 && f.body > 0 &&
+		(f.maxPacket == 0 || f.body+1 <= f.maxPacket)
 }
 
 // readConnect takes bytes of the first packet's body, a CONNECT, up to its
@@ -181,32 +192,6 @@ func (f *framer) readConnect(b []byte) {
 	if f.got > 2+name {
 		f.v5 = f.connect[2+name] == 5
 	}
-}
-
-// subscribe handles an MQTT 5 SUBSCRIBE starting at b[0]. It returns the
-// bytes of b the packet takes, or false if b does not hold all of it.
-func (f *framer) subscribe(b []byte) (int, bool) {
-	length, used, ok := mochiLength(b[1:])
-	switch {
-	case !ok && used < 0:
-		f.inert = true // mochi: malformed variable byte integer
-		return 1, true
-	case !ok:
-		return 0, false // the length is not all here
-	}
-	f.packets++
-	end := 1 + used + length
-	if f.maxPacket > 0 && length+1 > f.maxPacket {
-		// mochi refuses it from its fixed header: nothing to hold.
-		f.body = length
-		return 1 + used, true
-	}
-	if end > len(b) {
-		f.packets--
-		return 0, false
-	}
-	patchSubscribe(b[1+used : end])
-	return end, true
 }
 
 // mochiLength decodes a variable byte integer from the start of b as
@@ -230,10 +215,11 @@ func mochiLength(b []byte) (value, used int, ok bool) {
 
 // patchSubscribe finds, in an MQTT 5 SUBSCRIBE's body, a topic filter that
 // ends the packet with no subscription options byte after it, reading the
-// body as packets.SubscribeDecode does, and sets that filter's length to
-// 0xFFFF, more than the body holds, so that mochi refuses the packet as
-// malformed where it would index past the body's end. It reports whether
-// it patched.
+// body as packets.SubscribeDecode does, and makes mochi refuse the packet
+// as malformed (packets.ErrMalformedTopic) where it would index past the
+// body's end: it sets the filter's length to 0xFFFF, more than the body
+// holds, or, if that is its length already, its first character to NUL,
+// which no topic filter may hold. It reports whether it patched.
 func patchSubscribe(body []byte) bool {
 	off := 2 // the packet id
 	if len(body) < off {
@@ -250,7 +236,11 @@ func patchSubscribe(body []byte) bool {
 		}
 		end := off + 2 + int(binary.BigEndian.Uint16(body[off:]))
 		if end == len(body) {
-			body[off], body[off+1] = 0xff, 0xff
+			if end-off-2 == 0xffff {
+				body[off+2] = 0
+			} else {
+				body[off], body[off+1] = 0xff, 0xff
+			}
 			return true
 		}
 		if end > len(body) {

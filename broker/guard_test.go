@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"testing"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -120,7 +121,6 @@ func TestGuardConnPatchesASubscribeCutShort(t *testing.T) {
 // The patched SUBSCRIBE is one mochi refuses as malformed, where the
 // original would panic.
 func TestPatchedSubscribeIsMalformedToMochi(t *testing.T) {
-	body := bytes.Join([][]byte{{0, 1, 0}, mqttStr("a"), {1}, mqttStr("bc")}, nil)
 	decode := func(b []byte) (err error) {
 		defer func() {
 			if r := recover(); r != nil {
@@ -130,18 +130,53 @@ func TestPatchedSubscribeIsMalformedToMochi(t *testing.T) {
 		pk := packets.Packet{ProtocolVersion: 5, FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1, Remaining: len(b)}}
 		return pk.SubscribeDecode(b)
 	}
-	if err := decode(bytes.Clone(body)); err == nil || err.Error() != "panic" {
-		t.Fatalf("mochi decoded the unpatched packet with %v; this guard may no longer be needed", err)
-	}
-	if !patchSubscribe(body) {
-		t.Fatal("not patched")
-	}
-	if err := decode(body); !errors.Is(err, packets.ErrMalformedTopic) {
-		t.Fatalf("the patched packet decodes with %v, want %v", err, packets.ErrMalformedTopic)
+	for _, tc := range []struct {
+		name string
+		body []byte
+	}{
+		{"the second filter", bytes.Join([][]byte{{0, 1, 0}, mqttStr("a"), {1}, mqttStr("bc")}, nil)},
+		{"an empty filter", bytes.Join([][]byte{{0, 1, 0}, mqttStr("")}, nil)},
+		// Its length is 0xFFFF already: the guard makes it hold a NUL.
+		{"a filter of the largest length", bytes.Join([][]byte{{0, 1, 0}, mqttStr(strings.Repeat("a", 0xffff))}, nil)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := decode(bytes.Clone(tc.body)); err == nil || err.Error() != "panic" {
+				t.Fatalf("mochi decoded the unpatched packet with %v; this guard may no longer be needed", err)
+			}
+			if !patchSubscribe(tc.body) {
+				t.Fatal("not patched")
+			}
+			if err := decode(tc.body); !errors.Is(err, packets.ErrMalformedTopic) {
+				t.Fatalf("the patched packet decodes with %v, want %v", err, packets.ErrMalformedTopic)
+			}
+		})
 	}
 }
 
-// A connection ending inside a held SUBSCRIBE gives mochi the error.
+// mochi reads a remaining length of any number of 0x80 bytes (their value
+// stays 0). The guard passes them on as they come, holding nothing.
+func TestGuardConnHoldsNoEndlessLength(t *testing.T) {
+	in := append(guardConnect(5), packets.Subscribe<<4|2)
+	in = append(in, bytes.Repeat([]byte{0x80}, 1<<20)...)
+	g := newGuardConn(&chunkConn{data: bytes.Clone(in), chunk: 4096}, 1<<20)
+	buf := make([]byte, 2048)
+	got := 0
+	for {
+		n, err := g.Read(buf)
+		got += n
+		if g.q != nil {
+			t.Fatalf("holding %d bytes after %d of a header", len(g.q), got)
+		}
+		if err != nil {
+			break
+		}
+	}
+	if got != len(in) {
+		t.Fatalf("mochi got %d bytes of %d", got, len(in))
+	}
+}
+
+// A connection ending inside a held SUBSCRIBE body gives mochi the error.
 func TestGuardConnEndsInsideASubscribe(t *testing.T) {
 	in := bytes.Join([][]byte{guardConnect(5), packet(packets.Subscribe<<4|2, []byte{0, 1, 0}, mqttStr("abc"), []byte{1})}, nil)
 	in = in[:len(in)-2]
@@ -150,8 +185,8 @@ func TestGuardConnEndsInsideASubscribe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := len(guardConnect(5)); len(got) != want {
-		t.Fatalf("mochi got %d bytes, want the CONNECT's %d", len(got), want)
+	if want := len(guardConnect(5)) + 2; len(got) != want {
+		t.Fatalf("mochi got %d bytes, want the CONNECT's and the SUBSCRIBE's fixed header, %d", len(got), want)
 	}
 }
 
@@ -162,7 +197,7 @@ func FuzzGuardConn(f *testing.F) {
 	f.Add(packet(packets.Subscribe<<4|2, []byte{0, 1, 0}, mqttStr("a")), uint8(0))
 	f.Add(bytes.Join([][]byte{packet(packets.Pingreq << 4), packet(packets.Subscribe<<4|2, []byte{0, 1, 1, 0x0b}, mqttStr("a"), []byte{1}, mqttStr("b"))}, nil), uint8(2))
 	f.Add([]byte{packets.Subscribe<<4 | 2, 0x80, 0x80, 0x80, 0x80, 0x00}, uint8(1))
-	const maxPacket = 4096
+	const maxPacket = 70000
 	f.Fuzz(func(t *testing.T, data []byte, chunk uint8) {
 		in := append(guardConnect(5), data...)
 		g := newGuardConn(&chunkConn{data: bytes.Clone(in), chunk: int(chunk) + 1}, maxPacket)
