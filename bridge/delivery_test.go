@@ -2,6 +2,8 @@ package bridge
 
 import (
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
@@ -41,5 +43,36 @@ func TestDeliveryWithoutOffsetIsUnconfirmed(t *testing.T) {
 				t.Fatal("an unconfirmed record must be retried, not refused for good")
 			}
 		})
+	}
+}
+
+// A record within kafka.max_message_bytes that Kafka refuses for its own,
+// smaller limit is too large to whoever produced it (an MQTT 5 client
+// gets 0x95, not 0x80), refused for good, and still Kafka's error to the
+// metrics.
+func TestDeliveryTooLargeForKafka(t *testing.T) {
+	topic := "t"
+	for _, code := range []kafka.ErrorCode{kafka.ErrMsgSizeTooLarge, kafka.ErrInvalidMsgSize, kafka.ErrRecordListTooLarge} {
+		ke := kafka.NewError(code, "too large", false)
+		d := deliveryOf(&kafka.Message{TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: 1, Offset: kafka.OffsetInvalid, Error: ke}})
+		if !errors.Is(d.Err, ErrRecordTooLarge) || !RefusedAsTooLarge(d.Err) || !Permanent(d.Err) {
+			t.Errorf("%v: error %v: ErrRecordTooLarge %v, RefusedAsTooLarge %v, Permanent %v; want all", code, d.Err,
+				errors.Is(d.Err, ErrRecordTooLarge), RefusedAsTooLarge(d.Err), Permanent(d.Err))
+		}
+		var got kafka.Error
+		if !errors.As(d.Err, &got) || got.Code() != code {
+			t.Errorf("%v: the Kafka error is lost from %v", code, d.Err)
+		}
+		if !strings.Contains(d.Err.Error(), "max.message.bytes") {
+			t.Errorf("%v: %q does not name the setting to check", code, d.Err)
+		}
+	}
+	other := kafka.NewError(kafka.ErrMsgTimedOut, "timed out", false)
+	if d := deliveryOf(&kafka.Message{TopicPartition: kafka.TopicPartition{Topic: &topic, Error: other}}); errors.Is(d.Err, ErrRecordTooLarge) || RefusedAsTooLarge(d.Err) {
+		t.Errorf("a timed-out record is reported too large: %v", d.Err)
+	}
+	// Refused by Tributary before producing: logged where it was refused.
+	if RefusedAsTooLarge(fmt.Errorf("producing to %q: %w", topic, ErrRecordTooLarge)) {
+		t.Error("Tributary's own refusal taken for Kafka's")
 	}
 }

@@ -444,7 +444,40 @@ func deliveryOf(e *kafka.Message) Delivery {
 	if d.Err == nil && d.Offset < 0 {
 		d.Err = fmt.Errorf("producing to %s[%d]: %w", d.Topic, d.Partition, ErrUnconfirmed)
 	}
+	var ke kafka.Error
+	if errors.As(d.Err, &ke) {
+		switch ke.Code() {
+		case kafka.ErrMsgSizeTooLarge, kafka.ErrInvalidMsgSize, kafka.ErrRecordListTooLarge:
+			d.Err = &kafkaTooLarge{topic: d.Topic, err: ke}
+		}
+	}
 	return d
+}
+
+// kafkaTooLarge is the delivery error of a record that fits
+// kafka.max_message_bytes but that Kafka refused as too large: the
+// topic's max.message.bytes, or the brokers' message.max.bytes, is
+// smaller. It is ErrRecordTooLarge to whoever produced the record (MQTT 5
+// clients get 0x95) and its kafka.Error to the producer's metrics.
+type kafkaTooLarge struct {
+	topic string
+	err   kafka.Error
+}
+
+func (e *kafkaTooLarge) Error() string {
+	return fmt.Sprintf("producing to %q: Kafka refused the record as too large (%v): the topic's max.message.bytes, or the brokers' message.max.bytes, is under kafka.max_message_bytes", e.topic, e.err)
+}
+
+func (e *kafkaTooLarge) Is(target error) bool { return target == ErrRecordTooLarge }
+
+func (e *kafkaTooLarge) Unwrap() error { return e.err }
+
+// RefusedAsTooLarge reports whether err is the delivery report of a record
+// Kafka itself refused as too large, rather than one Tributary refused
+// before producing it.
+func RefusedAsTooLarge(err error) bool {
+	var k *kafkaTooLarge
+	return errors.As(err, &k)
 }
 
 type envelope struct {

@@ -1772,7 +1772,9 @@ func (h *ingest) failure(cl *mqtt.Client, e *pending) (code packets.Code, ok boo
 	} else if errors.Is(e.err, bridge.ErrTooManyTopics) {
 		code.Code = packets.ErrQuotaExceeded.Code
 	}
-	if !errors.Is(e.err, bridge.ErrRecordTooLarge) && h.refuseLog.Allow() { // too large: logged by OnPublish
+	// A record too large for kafka.max_message_bytes was logged by
+	// OnPublish; one Kafka refused for its own limit was not.
+	if (!errors.Is(e.err, bridge.ErrRecordTooLarge) || bridge.RefusedAsTooLarge(e.err)) && h.refuseLog.Allow() {
 		h.log.Warn("publish refused: the record cannot be produced (logged at most every 10s)", "client", cl.ID, "kafka_topic", e.kafkaTopic, "error", e.err)
 	}
 	return code, true
