@@ -444,8 +444,7 @@ func deliveryOf(e *kafka.Message) Delivery {
 	if d.Err == nil && d.Offset < 0 {
 		d.Err = fmt.Errorf("producing to %s[%d]: %w", d.Topic, d.Partition, ErrUnconfirmed)
 	}
-	var ke kafka.Error
-	if errors.As(d.Err, &ke) {
+	if ke, ok := d.Err.(kafka.Error); ok {
 		switch ke.Code() {
 		case kafka.ErrMsgSizeTooLarge, kafka.ErrInvalidMsgSize, kafka.ErrRecordListTooLarge:
 			d.Err = &kafkaTooLarge{topic: d.Topic, err: ke}
