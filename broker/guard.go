@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"encoding/binary"
 	"net"
 
@@ -194,25 +195,6 @@ func (f *framer) readConnect(b []byte) {
 	}
 }
 
-// mochiLength decodes a variable byte integer from the start of b as
-// packets.DecodeLength does, with its quirks: no limit on the number of
-// bytes, and the value only checked against the largest one allowed. ok
-// is false if b ends first (used 0) or the value is malformed (used -1).
-func mochiLength(b []byte) (value, used int, ok bool) {
-	var v, shift uint32
-	for i, c := range b {
-		v |= uint32(c&127) << shift
-		if v > 268435455 {
-			return 0, -1, false
-		}
-		if c&128 == 0 {
-			return int(v), i + 1, true
-		}
-		shift += 7
-	}
-	return 0, 0, false
-}
-
 // patchSubscribe finds, in an MQTT 5 SUBSCRIBE's body, a topic filter that
 // ends the packet with no subscription options byte after it, reading the
 // body as packets.SubscribeDecode does, and makes mochi refuse the packet
@@ -225,8 +207,8 @@ func patchSubscribe(body []byte) bool {
 	if len(body) < off {
 		return false
 	}
-	props, used, ok := mochiLength(body[off:])
-	if !ok {
+	props, used, err := packets.DecodeLength(bytes.NewReader(body[off:]))
+	if err != nil {
 		return false
 	}
 	off += used + props

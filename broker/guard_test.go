@@ -51,18 +51,6 @@ func mqttStr(s string) []byte {
 	return append(binary.BigEndian.AppendUint16(nil, uint16(len(s))), s...)
 }
 
-func guardConnect(version byte) []byte {
-	return packet(packets.Connect<<4, mqttStr("MQTT"), []byte{version, 0x02, 0, 60}, props(version), mqttStr("guard"))
-}
-
-// props is an empty MQTT 5 property list, nothing before MQTT 5.
-func props(version byte) []byte {
-	if version == 5 {
-		return []byte{0}
-	}
-	return nil
-}
-
 func TestGuardConnPatchesASubscribeCutShort(t *testing.T) {
 	pub := packet(packets.Publish<<4|2, mqttStr("a/b"), []byte{0, 7}, []byte{0}, bytes.Repeat([]byte("x"), 300))
 	short := packet(packets.Subscribe<<4|2, []byte{0, 1, 0}, mqttStr("a"))                                 // no options byte
@@ -78,17 +66,17 @@ func TestGuardConnPatchesASubscribeCutShort(t *testing.T) {
 		in, want []byte
 	}{
 		{"MQTT 5, cut short after the only filter",
-			bytes.Join([][]byte{guardConnect(5), pub, short, pub}, nil),
-			bytes.Join([][]byte{guardConnect(5), pub, patched(short, 5), pub}, nil)},
+			bytes.Join([][]byte{encodeConnect(t, "MQTT", 5, "guard", nil), pub, short, pub}, nil),
+			bytes.Join([][]byte{encodeConnect(t, "MQTT", 5, "guard", nil), pub, patched(short, 5), pub}, nil)},
 		{"MQTT 5, cut short after the second filter",
-			bytes.Join([][]byte{guardConnect(5), shortSecond, pub}, nil),
-			bytes.Join([][]byte{guardConnect(5), patched(shortSecond, 9), pub}, nil)},
+			bytes.Join([][]byte{encodeConnect(t, "MQTT", 5, "guard", nil), shortSecond, pub}, nil),
+			bytes.Join([][]byte{encodeConnect(t, "MQTT", 5, "guard", nil), patched(shortSecond, 9), pub}, nil)},
 		{"MQTT 5, whole SUBSCRIBEs pass unchanged",
-			bytes.Join([][]byte{guardConnect(5), good, pub, good}, nil),
-			bytes.Join([][]byte{guardConnect(5), good, pub, good}, nil)},
+			bytes.Join([][]byte{encodeConnect(t, "MQTT", 5, "guard", nil), good, pub, good}, nil),
+			bytes.Join([][]byte{encodeConnect(t, "MQTT", 5, "guard", nil), good, pub, good}, nil)},
 		{"MQTT 3.1.1: mochi checks the byte itself",
-			bytes.Join([][]byte{guardConnect(4), packet(packets.Subscribe<<4|2, []byte{0, 1}, mqttStr("a")), pub}, nil),
-			bytes.Join([][]byte{guardConnect(4), packet(packets.Subscribe<<4|2, []byte{0, 1}, mqttStr("a")), pub}, nil)},
+			bytes.Join([][]byte{encodeConnect(t, "MQTT", 4, "guard", nil), packet(packets.Subscribe<<4|2, []byte{0, 1}, mqttStr("a")), pub}, nil),
+			bytes.Join([][]byte{encodeConnect(t, "MQTT", 4, "guard", nil), packet(packets.Subscribe<<4|2, []byte{0, 1}, mqttStr("a")), pub}, nil)},
 		{"no CONNECT first: left to mochi",
 			bytes.Join([][]byte{short, pub}, nil),
 			bytes.Join([][]byte{short, pub}, nil)},
@@ -156,7 +144,7 @@ func TestPatchedSubscribeIsMalformedToMochi(t *testing.T) {
 // mochi reads a remaining length of any number of 0x80 bytes (their value
 // stays 0). The guard passes them on as they come, holding nothing.
 func TestGuardConnHoldsNoEndlessLength(t *testing.T) {
-	in := append(guardConnect(5), packets.Subscribe<<4|2)
+	in := append(encodeConnect(t, "MQTT", 5, "guard", nil), packets.Subscribe<<4|2)
 	in = append(in, bytes.Repeat([]byte{0x80}, 1<<20)...)
 	g := newGuardConn(&chunkConn{data: bytes.Clone(in), chunk: 4096}, 1<<20)
 	buf := make([]byte, 2048)
@@ -178,14 +166,14 @@ func TestGuardConnHoldsNoEndlessLength(t *testing.T) {
 
 // A connection ending inside a held SUBSCRIBE body gives mochi the error.
 func TestGuardConnEndsInsideASubscribe(t *testing.T) {
-	in := bytes.Join([][]byte{guardConnect(5), packet(packets.Subscribe<<4|2, []byte{0, 1, 0}, mqttStr("abc"), []byte{1})}, nil)
+	in := bytes.Join([][]byte{encodeConnect(t, "MQTT", 5, "guard", nil), packet(packets.Subscribe<<4|2, []byte{0, 1, 0}, mqttStr("abc"), []byte{1})}, nil)
 	in = in[:len(in)-2]
 	g := newGuardConn(&chunkConn{data: in, chunk: 4096}, 1<<20)
 	got, err := io.ReadAll(g)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := len(guardConnect(5)) + 2; len(got) != want {
+	if want := len(encodeConnect(t, "MQTT", 5, "guard", nil)) + 2; len(got) != want {
 		t.Fatalf("mochi got %d bytes, want the CONNECT's and the SUBSCRIBE's fixed header, %d", len(got), want)
 	}
 }
@@ -199,7 +187,7 @@ func FuzzGuardConn(f *testing.F) {
 	f.Add([]byte{packets.Subscribe<<4 | 2, 0x80, 0x80, 0x80, 0x80, 0x00}, uint8(1))
 	const maxPacket = 70000
 	f.Fuzz(func(t *testing.T, data []byte, chunk uint8) {
-		in := append(guardConnect(5), data...)
+		in := append(encodeConnect(t, "MQTT", 5, "guard", nil), data...)
 		g := newGuardConn(&chunkConn{data: bytes.Clone(in), chunk: int(chunk) + 1}, maxPacket)
 		out, err := io.ReadAll(g)
 		if err != nil {
