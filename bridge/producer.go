@@ -602,6 +602,15 @@ func NewProducer(cfg ProducerConfig, log *slog.Logger) (*Producer, error) {
 // the in-flight budget or librdkafka's queue is full, until ctx ends: that
 // is the backpressure publishing sockets feel. Errors returned here mean
 // the record was not produced and h will not be called.
+//
+// A record whose ctx has ended by the time it is counted as outstanding
+// is not produced (ctx.Err() is returned), even when there is room for
+// it. Its caller has given up on acknowledging it (a connection that
+// ended, a daemon draining for shutdown), so producing it would only make
+// a duplicate of the copy its client sends again. The check comes after
+// the count, so a Flush called after ctx ended (Drain, then flush) either
+// waits for the record or the record sees ctx ended: none reaches Kafka
+// behind the flush, unacknowledged.
 func (p *Producer) Produce(ctx context.Context, rec *Record, h DeliveryHandler) error {
 	size, err := p.admit(ctx, rec)
 	if err != nil {
@@ -698,6 +707,12 @@ func (p *Producer) produce(ctx context.Context, lane int, rec *Record, h Deliver
 		Opaque:         env,
 	}
 	p.outstanding.Add(1)
+	// Checked once counted (see Produce); best-effort records are not
+	// acknowledged, so their callers decide for themselves.
+	var ended error
+	if wait {
+		ended = ctx.Err()
+	}
 	waited := false
 	for {
 		// Counted before this check: Close sets closing, then waits for
@@ -705,11 +720,15 @@ func (p *Producer) produce(ctx context.Context, lane int, rec *Record, h Deliver
 		// call sees closing. A call between admit and here (waiting for
 		// budget, say) must not reach a handle Close destroys.
 		err := ErrClosed
-		p.inProduce.Add(1) // Close waits for calls counted here, whatever its context
-		if !p.closing.Load() {
-			err = p.lanes[lane].Produce(msg, nil)
+		if ended != nil {
+			err = ended
+		} else {
+			p.inProduce.Add(1) // Close waits for calls counted here, whatever its context
+			if !p.closing.Load() {
+				err = p.lanes[lane].Produce(msg, nil)
+			}
+			p.inProduce.Add(-1)
 		}
-		p.inProduce.Add(-1)
 		if err == nil {
 			if lane == lanePrompt && wait {
 				p.metrics.prompt.Inc()
@@ -742,7 +761,7 @@ func (p *Producer) produce(ctx context.Context, lane int, rec *Record, h Deliver
 			err = ErrBudgetExhausted
 		} else if errors.As(err, &ke) && (ke.Code() == kafka.ErrMsgSizeTooLarge || ke.Code() == kafka.ErrInvalidMsgSize) {
 			err = fmt.Errorf("producing to %q: %w: %v", rec.Topic, ErrRecordTooLarge, ke)
-		} else {
+		} else if err != ended { // ctx's own error goes as it is, as from a wait for budget
 			err = fmt.Errorf("producing to %q: %w", rec.Topic, p.topicGone(rec.Topic, err))
 		}
 		p.outstanding.Add(-1)

@@ -859,7 +859,8 @@ func (h *ingest) passOn(cl *mqtt.Client, pk packets.Packet, received time.Time) 
 // client has no such limit to break, so its read goroutine, which this
 // runs on, waits until the queue has room: the client is read more slowly,
 // and a client that stops reading its acknowledgements cannot grow the
-// queue without bound.
+// queue without bound. A wait that Drain ends leaves its publish
+// unacknowledged.
 func (h *ingest) enqueue(cl *mqtt.Client, pk *packets.Packet, e *pending, forward bool) (*session, bool) {
 	s := h.session(cl)
 	for {
@@ -878,7 +879,9 @@ func (h *ingest) enqueue(cl *mqtt.Client, pk *packets.Packet, e *pending, forwar
 			h.disconnect(cl, packets.ErrReceiveMaximum)
 			return s, false
 		}
-		if !s.waitRoom(h.ctx) {
+		// Until Drain at most: a publish taken once Drain has begun
+		// would reach Kafka after the flush, unacknowledged.
+		if !s.waitRoom(h.produceCtx) {
 			return s, false
 		}
 	}
@@ -1257,7 +1260,7 @@ func (s *session) closeAfterQueued(code packets.Code) bool {
 }
 
 // waitRoom waits until the writer has taken entries off the queue. It
-// returns false when the broker closes or the connection has ended.
+// returns false when ctx ends or the connection has ended.
 func (s *session) waitRoom(ctx context.Context) bool {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()

@@ -175,6 +175,50 @@ func TestPendingPublishesBounded(t *testing.T) {
 	})
 }
 
+// An MQTT 3 client waiting for room in its queue when the broker drains
+// for shutdown has that publish left unacknowledged and not produced:
+// taken after Drain, it could reach Kafka after the flush, with no PUBACK
+// to follow, and come back as a duplicate when the client resends it.
+func TestDrainEndsTheWaitForRoom(t *testing.T) {
+	p := newFakeProducer()
+	b := startBroker(t, p)
+	limit := b.ingest.maxPending
+	conn := dial(t, b.Addr("mqtt-tcp"), 4)
+	if _, err := conn.Write(publishes(t, 4, 1, limit+1)); err != nil {
+		t.Fatal(err)
+	}
+	p.waitFor(t, limit) // the last one waits for room
+	b.Drain()
+	for i := range limit {
+		p.deliver(i, nil)
+	}
+	// The read loop takes the PINGREQ only once it is done with the
+	// publish before it.
+	if _, err := conn.Write([]byte{packets.Pingreq << 4, 0}); err != nil {
+		t.Fatal(err)
+	}
+	acks, pong := 0, false
+	for range limit + 1 {
+		switch pk := readPacket(t, conn, 5*time.Second); pk[0] {
+		case packets.Puback << 4:
+			acks++
+		case packets.Pingresp << 4:
+			pong = true
+		default:
+			t.Fatalf("got % x, want PUBACK or PINGRESP", pk)
+		}
+	}
+	if acks != limit || !pong {
+		t.Fatalf("%d PUBACKs and PINGRESP %v, want the %d publishes Kafka had acknowledged and PINGRESP", acks, pong, limit)
+	}
+	p.mu.Lock()
+	produced := len(p.pending)
+	p.mu.Unlock()
+	if produced != limit {
+		t.Fatalf("%d records produced, want %d: the publish waiting at Drain was produced", produced, limit)
+	}
+}
+
 // A subscriber with No Local does not get its own QoS 1 publishes back
 // once Kafka has them; another subscriber does.
 func TestNoLocalHoldsForAcknowledgedPublishes(t *testing.T) {
