@@ -726,7 +726,21 @@ func (c *conn) waitReply(tok paho.Token, d time.Duration) error {
 	for {
 		select {
 		case <-tok.Done():
-			return tok.Error()
+			err := tok.Error()
+			if err == nil {
+				return nil
+			}
+			// paho fails the token ("connection lost before Subscribe
+			// completed") before it reports why the connection was lost
+			// (a malformed packet, say); that reason is what to log.
+			select {
+			case <-c.lost:
+				if lerr := c.lostErr(); lerr != nil {
+					return fmt.Errorf("connection lost: %w", lerr)
+				}
+			case <-time.After(time.Second):
+			}
+			return err
 		case <-t.C:
 			if !c.inProducerSince(&mark) {
 				return fmt.Errorf("no answer within %s", d)
@@ -1468,12 +1482,43 @@ func (a *ackConn) next() (int, error) {
 			hlen++
 		}
 		if first>>4 != packets.Publish {
+			if err := checkControl(first>>4, size); err != nil {
+				return 0, err
+			}
 			return hlen + size, nil
 		}
 		if err := a.readPublish(first, hlen, size); err != nil {
 			return 0, err
 		}
 	}
+}
+
+// checkControl refuses a packet other than PUBLISH that paho must not
+// read: one a broker does not send to a client, or one whose remaining
+// length is not what MQTT 3.1.1 gives that type (section 3). paho indexes
+// a SUBACK's return codes by the filters of its SUBSCRIBE, one here (see
+// upstream.connect), and would panic on a second code; and it would read
+// whatever length a packet claims into memory.
+func checkControl(typ byte, size int) error {
+	want := 2 // CONNACK, PUBACK, PUBREC, PUBREL, PUBCOMP, UNSUBACK: a packet id or the CONNACK flags and code
+	switch typ {
+	case packets.Connack, packets.Puback, packets.Pubrec, packets.Pubrel, packets.Pubcomp, packets.Unsuback:
+	case packets.Suback:
+		// A packet id and one return code per filter; a SUBACK with none
+		// is read as a refusal.
+		if size == 2 || size == 3 {
+			return nil
+		}
+		return fmt.Errorf("malformed SUBACK from the remote broker: %d return codes for a SUBSCRIBE of one filter", size-2)
+	case packets.Pingresp:
+		want = 0
+	default:
+		return fmt.Errorf("malformed stream from the remote broker: a packet of type %d, which a broker does not send to a client", typ)
+	}
+	if size != want {
+		return fmt.Errorf("malformed %s from the remote broker: a remaining length of %d bytes, want %d", packets.PacketNames[typ], size, want)
+	}
+	return nil
 }
 
 // readPublish reads a PUBLISH of size bytes after its fixed header of hlen

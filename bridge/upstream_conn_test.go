@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -956,5 +957,46 @@ func TestUpstreamRetainedFirstForgetsClearedTopics(t *testing.T) {
 	})
 	if !slices.Equal(left, []string{"trip/kept/state"}) {
 		t.Fatalf("topics remembered: %d (first %q), want only trip/kept/state", len(left), left[:min(len(left), 3)])
+	}
+}
+
+// A remote broker answering the subscription with a SUBACK of two return
+// codes (one filter was asked for) ended the whole process: paho indexes
+// the codes by the SUBSCRIBE's filters and panicked on its own goroutine.
+// The connection now fails, says why, and is made again.
+func TestUpstreamMalformedSubackEndsTheConnectionOnly(t *testing.T) {
+	var connects atomic.Int32
+	l := loopback(t)
+	serveConns(t, l, 10*time.Second, func(nc net.Conn) {
+		if _, err := packets.ReadPacket(nc); err != nil {
+			return
+		}
+		connects.Add(1)
+		if packets.NewControlPacket(packets.Connack).Write(nc) != nil {
+			return
+		}
+		pk, err := packets.ReadPacket(nc)
+		if err != nil {
+			return
+		}
+		sub, ok := pk.(*packets.SubscribePacket)
+		if !ok {
+			return
+		}
+		_, _ = nc.Write([]byte{packets.Suback << 4, 4, byte(sub.MessageID >> 8), byte(sub.MessageID), 1, 1})
+		_, _ = io.Copy(io.Discard, nc)
+	})
+	var logs testutil.SyncBuffer
+	us, _ := upstreamForTest(t, UpstreamConfig{
+		URL: "tcp://" + l.Addr().String(), ClientID: "trib-suback", Subscriptions: []UpstreamSubscription{{Filter: "d/#", QoS: 1}},
+		KeepAlive: 5 * time.Second, ConnectTimeout: 2 * time.Second, ReconnectMin: 10 * time.Millisecond, ReconnectMax: 20 * time.Millisecond,
+	}, &fakeProducer{}, slog.New(slog.NewTextHandler(&logs, nil)))
+	us.Start()
+	deadline := time.Now().Add(20 * time.Second)
+	for connects.Load() < 2 || len(logs.Lines("2 return codes for a SUBSCRIBE of one filter")) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections; log:\n%s", connects.Load(), strings.Join(logs.Lines(""), "\n"))
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -146,3 +146,42 @@ func TestAckConnMalformedPublish(t *testing.T) {
 		})
 	}
 }
+
+// A packet other than PUBLISH that paho must not read ends the read with
+// an error naming it, before paho sees any of it: a SUBACK with more
+// return codes than its SUBSCRIBE had filters (paho indexes them by
+// filter and would panic), a control packet of the wrong length (paho
+// would read whatever length is claimed into memory), and a packet type a
+// broker does not send.
+func TestAckConnRefusesMalformedControlPackets(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		stream []byte
+		want   string
+	}{
+		{"SUBACK with two return codes", []byte{packets.Suback << 4, 4, 0, 1, 0, 0}, "2 return codes for a SUBSCRIBE of one filter"},
+		{"CONNACK of 3 bytes", []byte{packets.Connack << 4, 3, 0, 0, 0}, "malformed CONNACK from the remote broker: a remaining length of 3 bytes, want 2"},
+		{"CONNACK claiming 256 MiB", []byte{packets.Connack << 4, 0xff, 0xff, 0xff, 0x7f}, "a remaining length of 268435455 bytes, want 2"},
+		{"PUBREL of 1 byte", []byte{packets.Pubrel<<4 | 2, 1, 0}, "malformed PUBREL"},
+		{"PINGRESP with a body", []byte{packets.Pingresp << 4, 1, 0}, "malformed PINGRESP"},
+		{"SUBSCRIBE", []byte{packets.Subscribe<<4 | 2, 6, 0, 1, 0, 1, 'a', 0}, "a packet of type 8, which a broker does not send to a client"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := feed(t, tc.stream, 64)
+			a.publish = func(*wireMessage) { t.Error("a publish handed over") }
+			_, err := packets.ReadPacket(a)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one saying %q", err, tc.want)
+			}
+		})
+	}
+	// A SUBACK with no return code is left to paho, which reads it as a
+	// refused subscription.
+	a := feed(t, []byte{packets.Suback << 4, 2, 0, 1}, 64)
+	a.publish = func(*wireMessage) {}
+	if pk, err := packets.ReadPacket(a); err != nil {
+		t.Fatalf("SUBACK without return codes: %v", err)
+	} else if sa, ok := pk.(*packets.SubackPacket); !ok || len(sa.ReturnCodes) != 0 {
+		t.Fatalf("paho read %v, want a SUBACK without return codes", pk)
+	}
+}
