@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
@@ -78,6 +79,44 @@ func TestAcksAfterALongWaitInTheProducer(t *testing.T) {
 	if pk := readMQTT(t, conn, 4); pk.FixedHeader.Type != packets.Puback || pk.PacketID != 2 {
 		t.Fatalf("got packet type %d id %d, want PUBACK 2", pk.FixedHeader.Type, pk.PacketID)
 	}
+}
+
+// Drain does not shorten the acknowledgements' write deadline: during the
+// flush that follows it, a client waiting for its PUBACKs sends nothing
+// that would move the deadline, and Kafka may confirm its records more
+// than a second apart. The ack writer took the session's context, which
+// Drain ends, for a sign that Tributary was closing the connection, and
+// set a deadline of one second that it then left alone: the next PUBACK's
+// write failed and closed the connection, and the client sent again
+// records Kafka had.
+func TestDrainKeepsTheAckWriteDeadline(t *testing.T) {
+	p := newFakeProducer()
+	// Over WebSocket every acknowledgement goes through the ack writer's
+	// write, which sets the deadline.
+	b := startConfigured(t, p, mapping.Config{}, Config{WSAddr: "127.0.0.1:0"})
+	c := dialWS(t, b.Addr("mqtt-ws"), "flushing") // keepalive 30 s
+	for id := uint16(1); id <= 2; id++ {
+		if err := c.WriteMessage(websocket.BinaryMessage, publish(t, 4, 1, "t", id, []byte("x"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.waitFor(t, 2)
+	b.Drain()
+	readAck := func(want byte) {
+		t.Helper()
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, msg, err := c.ReadMessage()
+		if err != nil || len(msg) != 4 || msg[0] != packets.Puback<<4 || msg[3] != want {
+			t.Fatalf("got % x, %v; want PUBACK %d", msg, err, want)
+		}
+	}
+	p.deliver(0, nil)
+	readAck(1)
+	// Longer than a second, far shorter than half the writer's deadline
+	// (1.5 keepalives), after which it would move it again.
+	time.Sleep(1500 * time.Millisecond)
+	p.deliver(1, nil)
+	readAck(2)
 }
 
 // A publish whose read loop waits in the producer (the budget used up)

@@ -1138,6 +1138,8 @@ type session struct {
 	// writeDeadline is the write deadline the ack writer last set (see
 	// completeAll); only the ack writer uses it.
 	writeDeadline time.Time
+	// ending is set by ingest.ended: Tributary is closing the connection.
+	ending atomic.Bool
 
 	// wmu is held by whoever takes finished entries off the queue and
 	// writes their acknowledgements, the ack writer or ackInline, from
@@ -1171,7 +1173,9 @@ type session struct {
 // would keep the client and its packet, and hold up a resuming session.
 func (h *ingest) ended(cl *mqtt.Client) {
 	if v, ok := h.sessions.Load(cl); ok {
-		v.(*session).cancel()
+		s := v.(*session)
+		s.ending.Store(true)
+		s.cancel()
 	}
 }
 
@@ -1689,13 +1693,16 @@ func (s *session) write(b []byte) error {
 	// time from now, the deadline moved only once half of it has passed:
 	// moving it costs more than a write of a few acknowledgements.
 	if now, d := time.Now(), ackWriteTimeout(cl); d > 0 && now.Add(d/2).After(s.writeDeadline) {
-		_ = cl.Net.Conn.SetWriteDeadline(now.Add(d))
 		s.writeDeadline = now.Add(d)
-		if s.ctx.Err() != nil {
+		if s.ending.Load() {
 			// Being closed (ended, then a short deadline to end a
-			// blocked write): keep the short one.
-			_ = cl.Net.Conn.SetWriteDeadline(now.Add(endingWriteTimeout))
+			// blocked write): keep a short one. Not at Drain, which
+			// ends s.ctx too: the flush's acknowledgements may come
+			// seconds apart, while the client, waiting for them, sends
+			// nothing that would move the deadline.
+			s.writeDeadline = now.Add(endingWriteTimeout)
 		}
+		_ = cl.Net.Conn.SetWriteDeadline(s.writeDeadline)
 	}
 	_, err := cl.Net.Conn.Write(b)
 	return err
