@@ -64,6 +64,12 @@ type API struct {
 	// sockets stop waiting for results that have not come.
 	flushed     chan struct{}
 	flushedOnce sync.Once
+	// produceCtx, the parent of every produce socket's context, ends at
+	// Drain: a record read from then on is not produced (see
+	// bridge.Producer.Produce), or it could reach Kafka after the flush
+	// with no result frame to follow, and its resend be a duplicate.
+	produceCtx    context.Context
+	stopProducing context.CancelFunc
 }
 
 // session is one open socket, as the registry sees it.
@@ -104,6 +110,7 @@ func NewAPI(cfg APIConfig, producer *bridge.Producer, log *slog.Logger) *API {
 		all:      map[*session]struct{}{},
 		flushed:  make(chan struct{}),
 	}
+	a.produceCtx, a.stopProducing = context.WithCancel(context.Background())
 	a.upgrader = websocket.Upgrader{
 		HandshakeTimeout: 10 * time.Second,
 		ReadBufferSize:   64 << 10,
@@ -263,6 +270,7 @@ func (a *API) revokeIfDenied(s *session) bool {
 // sockets stop reading and send the results still due, consume sockets
 // commit and leave their groups. It returns at once; Close waits.
 func (a *API) Drain() {
+	a.stopProducing()
 	a.mu.Lock()
 	a.closing = true
 	all := make([]*session, 0, len(a.all))

@@ -26,6 +26,7 @@ const (
 	CodeInvalidPayload = 42205 // malformed JSON, a wrong format, a value that does not fit its format
 	CodeRateLimited    = 42901 // the socket is over its rate limit
 	CodeKafka          = 50002 // Kafka refused or failed the record or commit
+	CodeShuttingDown   = 50302 // the server is shutting down: at connect, or a record read as it began (not produced)
 )
 
 // format is how a key, value or header value is written in JSON.

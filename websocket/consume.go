@@ -325,7 +325,7 @@ func (a *API) serveConsume(w http.ResponseWriter, r *http.Request) {
 			return ""
 		}}
 	if !a.register(r.Context(), sess) {
-		a.refuseWith(ws, consumeError{Error: errorBody{Code: 50302, Message: "server shutting down"}}, websocket.CloseGoingAway, "server shutting down")
+		a.refuseWith(ws, consumeError{Error: errorBody{Code: CodeShuttingDown, Message: "server shutting down"}}, websocket.CloseGoingAway, "server shutting down")
 		return
 	}
 	defer a.unregister(sess)

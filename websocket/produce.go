@@ -125,7 +125,7 @@ func (a *API) serveProduce(w http.ResponseWriter, r *http.Request) {
 		a.refuse(ws, produceError{Error: errorBody{Code: CodeForbidden, Message: msg}}, msg)
 		return
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(a.produceCtx)
 	defer cancel()
 	c := &produceConn{
 		sock:    newSock(ws, conn, a.cfg.MaxFrameBytes, a.cfg.PingInterval),
@@ -152,7 +152,7 @@ func (a *API) serveProduce(w http.ResponseWriter, r *http.Request) {
 			return ""
 		}}
 	if !a.register(ctx, sess) {
-		a.refuseWith(ws, produceError{Error: errorBody{Code: 50302, Message: "server shutting down"}}, websocket.CloseGoingAway, "server shutting down")
+		a.refuseWith(ws, produceError{Error: errorBody{Code: CodeShuttingDown, Message: "server shutting down"}}, websocket.CloseGoingAway, "server shutting down")
 		return
 	}
 	defer a.unregister(sess)
@@ -348,6 +348,10 @@ func (c *produceConn) handle(data []byte) {
 // producer refused or Kafka failed with err.
 func produceFailure(topic string, err error) *frameError {
 	switch {
+	case errors.Is(err, context.Canceled):
+		// Drain (the socket's own context ends only after its last
+		// read): not produced, and safe to send again.
+		return &frameError{code: CodeShuttingDown, msg: "record not produced: the server is shutting down; send it again"}
 	case errors.Is(err, bridge.ErrTooManyTopics):
 		// Tributary's own limit, which Kafka knows nothing of: blaming
 		// Kafka would send the user to the wrong place.

@@ -26,9 +26,15 @@ import (
 // server; it returns the API and the server's ws:// address.
 func produceAPI(t *testing.T, c *kfake.Cluster) (*API, string) {
 	t.Helper()
+	return produceAPIBudget(t, c, 8<<20)
+}
+
+// produceAPIBudget is produceAPI with an in-flight budget of budget bytes.
+func produceAPIBudget(t *testing.T, c *kfake.Cluster, budget int64) (*API, string) {
+	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	p, err := bridge.NewProducer(bridge.ProducerConfig{Bootstrap: c.ListenAddrs()[0], MaxMessageBytes: 1 << 20,
-		InflightBudgetBytes: 8 << 20, AckLinger: time.Millisecond}, log)
+		InflightBudgetBytes: budget, AckLinger: time.Millisecond}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,6 +154,47 @@ func TestProduceAnswersInFrameOrder(t *testing.T) {
 				if json.Unmarshal([]byte(f), &r) != nil || r.Offset == nil {
 					t.Fatalf("answer %d: %s, want a result", i+1, f)
 				}
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("answer %d did not come", i+1)
+		}
+	}
+}
+
+// A record waiting for room in the in-flight budget when the server
+// drains for shutdown is not produced, and its socket says so: produced
+// once the budget freed, it could reach Kafka after the flush, with no
+// result frame to follow, and the client's resend would be a duplicate.
+func TestProduceWaitingAtDrainIsNotProduced(t *testing.T) {
+	c := testutil.KafkaCluster(t)
+	a, addr := produceAPIBudget(t, c, 1000)
+	awaitHeld, let := holdRequests(t, c, kmsg.Produce, true)
+	in, _, err := websocket.DefaultDialer.Dial(addr+"/socket/in?"+url.Values{"clientId": {"c"}, "topic": {"t"}}.Encode(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { in.Close() })
+	got := frames(in)
+	value := strings.Repeat("v", 600) // two do not fit the budget together
+	for _, id := range []string{"m1", "m2"} {
+		if err := in.WriteMessage(websocket.TextMessage, []byte(`{"value":{"value":"`+value+`"},"messageId":"`+id+`"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	awaitHeld("m1")
+	// m2, read right after m1, waits for m1's bytes to be freed.
+	time.Sleep(300 * time.Millisecond)
+	if used := a.producer.InflightBytes(); used < 600 || used > 1000 {
+		t.Fatalf("%d bytes of the budget in use, want m1's alone", used)
+	}
+	a.Drain()
+	let()
+	want := []string{`"messageId":"m1"`, `{"messageId":"m2","error":{"code":50302,"message":"record not produced: the server is shutting down`}
+	for i, w := range want {
+		select {
+		case f := <-got:
+			if !strings.Contains(f, w) {
+				t.Fatalf("answer %d: %.200s, want one with %s", i+1, f, w)
 			}
 		case <-time.After(30 * time.Second):
 			t.Fatalf("answer %d did not come", i+1)
