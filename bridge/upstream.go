@@ -785,6 +785,9 @@ type conn struct {
 	acks  []byte // PUBACKs of the current burst; ack writer only
 	rec   Record // reused by handle
 	order Order  // this connection's records in order across the lanes; used by handle
+	// seen has a bit for each packet id of a QoS 1 or 2 message received
+	// on this connection (see handle); used by handle.
+	seen [1 << 10]uint64
 
 	// produceCtx ends handle's waits in the producer for a QoS 1 or 2
 	// message (for budget, queue space or a topic's metadata): at Drain,
@@ -873,6 +876,24 @@ func (c *conn) handle(msg *wireMessage) {
 		return
 	}
 	qos := msg.Qos()
+	if qos > 0 {
+		// A copy of a message this connection has already taken, resent
+		// on the same connection (MQTT 3.1.1 lets a broker do so; EMQX
+		// does after its retry interval): the first copy is produced once
+		// and acknowledged once Kafka has it, and the remote broker keeps
+		// the packet id until then. Produced and acknowledged again, the
+		// copy's PUBACK could reach the remote broker after it gave the id
+		// to a new message, and stand for that message before Kafka had
+		// it. A message sent with DUP set and an id this connection has
+		// not seen is a resend of what an earlier connection left; it is
+		// produced.
+		w, bit := msg.MessageID()>>6, uint64(1)<<(msg.MessageID()&63)
+		if msg.Duplicate() && c.seen[w]&bit != 0 {
+			u.m.skipped.WithLabelValues(u.cfg.Name, "resent_copy").Inc()
+			return
+		}
+		c.seen[w] |= bit
+	}
 	e := &inflight{c: c, msg: msg, received: received}
 	if !u.subscribed(msg.Topic()) {
 		// A persistent session can keep subscriptions the configuration
@@ -1336,7 +1357,7 @@ func newUpstreamMetrics(reg prometheus.Registerer) *upstreamMetrics {
 		redelivered: counter("redelivered_total", "Messages received with the DUP flag (resent by the upstream; may be duplicates in Kafka)."),
 		produced:    counter("records_produced_total", "Records from the upstream that Kafka acknowledged."),
 		failed:      counter("records_failed_total", "Records from the upstream that Kafka did not take, by reason.", "reason"),
-		skipped:     counter("messages_skipped_total", "Messages acknowledged without a record, by reason (not_subscribed, retained, retained_seen, unmatched, mapping_drop, mapping_reject, mapping_error).", "reason"),
+		skipped:     counter("messages_skipped_total", "Messages not produced, by reason: acknowledged without a record (not_subscribed, retained, retained_seen, unmatched, mapping_drop, mapping_reject, mapping_error), or, for resent_copy, a copy the upstream resent on the same connection of a QoS 1 or 2 message already taken there, which is produced and acknowledged once.", "reason"),
 		refused:     counter("subscriptions_refused_total", "Subscriptions the upstream refused (SUBACK 0x80), by filter.", "filter"),
 		lastError:   gauge("last_error_timestamp_seconds", "Unix time of the upstream's last connection, subscription or produce error (the message is in the log and /readyz)."),
 		ackLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{

@@ -777,7 +777,7 @@ func TestUpstreamSubscribeWaitsForABusyHandler(t *testing.T) {
 func TestUpstreamSkippedHelpNamesEveryReason(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m := newUpstreamMetrics(reg)
-	reasons := []string{"retained", "retained_seen", "unmatched", "mapping_drop", "mapping_reject", "mapping_error", "not_subscribed"}
+	reasons := []string{"retained", "retained_seen", "unmatched", "mapping_drop", "mapping_reject", "mapping_error", "not_subscribed", "resent_copy"}
 	for _, r := range reasons {
 		m.skipped.WithLabelValues("u", r).Inc()
 	}
@@ -1000,3 +1000,46 @@ func TestUpstreamMalformedSubackEndsTheConnectionOnly(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// A copy of a message the remote broker resends on the same connection
+// (DUP set, its id taken there already) is neither produced nor
+// acknowledged again: its first copy's PUBACK stands for it. A second
+// PUBACK for the id could reach the remote after it reused the id for a
+// new message, and acknowledge that one before Kafka had it. An id reused
+// for a new message (DUP clear) is produced, and so is a DUP message
+// whose id this connection has not seen (left by an earlier connection).
+func TestUpstreamCopyResentOnTheConnectionIsTakenOnce(t *testing.T) {
+	p := &fakeProducer{hold: true}
+	_, u := upstreamForTest(t, UpstreamConfig{}, p, nil)
+	c, _, acks := connForTest(t, u)
+	c.handle(&testMessage{topic: "d/1", payload: []byte("a"), qos: 1, id: 5})
+	c.handle(&testMessage{topic: "d/1", payload: []byte("a"), qos: 1, id: 5, dup: true})
+	c.handle(&testMessage{topic: "d/1", payload: []byte("c"), qos: 1, id: 7, dup: true})
+	held := p.heldHandlers()
+	if len(held) != 2 {
+		t.Fatalf("%d records produced (%q), want 2: the copy of 5 was produced again", len(held), p.values())
+	}
+	held[0].Delivered(Delivery{})
+	held[1].Delivered(Delivery{})
+	if id := nextAck(t, acks); id != 5 {
+		t.Fatalf("PUBACK %d, want 5", id)
+	}
+	c.handle(&testMessage{topic: "d/1", payload: []byte("d"), qos: 1, id: 5})
+	c.handle(&testMessage{topic: "d/1", payload: []byte("d"), qos: 1, id: 5, dup: true})
+	held = p.heldHandlers()
+	if len(held) != 3 {
+		t.Fatalf("%d records produced (%q), want 3: a new message on id 5", len(held), p.values())
+	}
+	held[2].Delivered(Delivery{})
+	if got := p.values(); !slices.Equal(got, []string{"a", "c", "d"}) {
+		t.Fatalf("produced %q, want [a c d]", got)
+	}
+	var m dto.Metric
+	if err := u.m.skipped.WithLabelValues(u.cfg.Name, "resent_copy").Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.GetCounter().GetValue(); got != 2 {
+		t.Fatalf("resent_copy counted %v, want 2", got)
+	}
+}
+
