@@ -294,6 +294,9 @@ type upstream struct {
 	stopProducing context.CancelFunc
 	draining      atomic.Bool
 	connected     atomic.Bool
+	// lastOrder is the Order of the last connection made; newConn, on
+	// run's goroutine, makes the next one continue it.
+	lastOrder     *Order
 	everConnected atomic.Bool
 	checkingTopic atomic.Bool // Start checks kafka_topic before the first connect
 	// refusedLog limits the log line of records Kafka refuses for good: a
@@ -804,6 +807,11 @@ var errConnectionEnded = errors.New("the upstream connection ended before the re
 func newConn(u *upstream) *conn {
 	c := &conn{u: u, lost: make(chan struct{}), notify: make(chan struct{}, 1)}
 	c.order.Aggregate = true // a remote broker's feed, not one publisher's
+	// The previous connection's records may still await Kafka in the
+	// acknowledged lane; a QoS 0 record of this one would otherwise take
+	// the best-effort lane and could reach a partition before them.
+	c.order.Follow(u.lastOrder)
+	u.lastOrder = &c.order
 	c.produceCtx, c.endWaits = u.produceCtx, func() {}
 	if !u.cfg.CleanSession {
 		// The remote broker resends what this connection leaves

@@ -1043,3 +1043,20 @@ func TestUpstreamCopyResentOnTheConnectionIsTakenOnce(t *testing.T) {
 	}
 }
 
+// A new connection's records keep the order of the previous connection's
+// that still await Kafka: while one of those is pending in the
+// acknowledged lane, the new connection's QoS 0 record takes that lane
+// too, not the best-effort one, where it could reach the partition first.
+func TestUpstreamReconnectKeepsOrderWithTheLastConnection(t *testing.T) {
+	_, u := upstreamForTest(t, UpstreamConfig{}, &fakeProducer{}, nil)
+	var sources atomic.Int64
+	first := newConn(u)
+	first.order.take(laneAcked, &sources, 0) // a record awaiting Kafka
+	second := newConn(u)
+	if !second.order.Awaiting() {
+		t.Fatal("the new connection does not continue the last one")
+	}
+	if lane := second.order.take(laneBestEffort, &sources, 0); lane != laneAcked {
+		t.Fatalf("the new connection's QoS 0 record took lane %d, want the acknowledged lane %d", lane, laneAcked)
+	}
+}
