@@ -2,6 +2,8 @@ package broker
 
 import (
 	"context"
+	"log/slog"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tributary-io/tributary/bridge"
+	"github.com/tributary-io/tributary/internal/testutil"
 	"github.com/tributary-io/tributary/mapping"
 )
 
@@ -165,11 +168,23 @@ func (p *qos0Counter) TryProduce(context.Context, *bridge.Record, bridge.Deliver
 // Once the broker drains for shutdown, QoS 0 publishes no longer go to
 // the producer (they still reach local subscribers): a steady stream of
 // them kept the producer from ever being empty, so the shutdown flush
-// ran until its timeout. They are counted as dropped.
+// ran until its timeout. They are counted as dropped, and logged.
 func TestDrainStopsProducingQoS0(t *testing.T) {
 	p := &qos0Counter{fakeProducer: newFakeProducer()}
 	reg := prometheus.NewRegistry()
-	b := startConfigured(t, p, mapping.Config{}, Config{Registerer: reg})
+	m, err := mapping.New(mapping.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs testutil.SyncBuffer
+	b, err := New(Config{Addr: "127.0.0.1:0", MaxMessageBytes: 1 << 20, Registerer: reg}, p, m, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
 	conn, _ := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 4, id: "q0"})
 	subscribe(t, conn, 4, "t", false)
 	publish0 := func(value string) {
@@ -193,6 +208,9 @@ func TestDrainStopsProducingQoS0(t *testing.T) {
 	}
 	if got := gathered(t, reg, "tributary_mqtt_dropped_total")["reason=shutting_down"]; got != 1 {
 		t.Fatalf(`tributary_mqtt_dropped_total{reason="shutting_down"} = %v, want 1`, got)
+	}
+	if lines := logs.Lines("QoS 0 publishes dropped at shutdown"); len(lines) != 1 {
+		t.Fatalf("%d log lines about the drop, want 1:\n%s", len(lines), strings.Join(logs.Lines(""), "\n"))
 	}
 }
 

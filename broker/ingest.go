@@ -242,6 +242,9 @@ func (h *ingest) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 func (h *ingest) produceBestEffort(cl *mqtt.Client, topic, what string, rec *bridge.Record) error {
 	if h.draining.Load() {
 		h.m.dropped.WithLabelValues("shutting_down").Inc()
+		if h.dropLog.Allow() {
+			h.log.Warn(what+" at shutdown (counted in tributary_mqtt_dropped_total{reason=\"shutting_down\"}; logged at most every 10s)", "client", cl.ID, "topic", topic)
+		}
 		return nil
 	}
 	err := h.producer.TryProduce(h.produceCtx, rec, nil)
