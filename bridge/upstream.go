@@ -872,14 +872,16 @@ func (c *conn) handle(msg *wireMessage) {
 		u.m.redelivered.Inc()
 	}
 	if u.draining.Load() {
-		if msg.Qos() > 0 {
+		if msg.Qos() > 0 && !u.cfg.CleanSession {
 			return // unacknowledged: the remote broker keeps it for the next connection
 		}
-		// Nothing resends a QoS 0 message: it is lost, and counted.
+		// Nothing resends a QoS 0 message, nor one of a clean session,
+		// which the remote broker forgets with the connection: it is
+		// lost, and counted.
 		u.m.failed.WithLabelValues(u.cfg.Name, "shutting_down").Inc()
 		if u.drainLog.Allow() {
-			u.log.Warn("QoS 0 messages arriving while shutting down are not produced (counted in tributary_upstream_records_failed_total{reason=\"shutting_down\"}; logged at most every 10s)",
-				"topic", msg.Topic())
+			u.log.Warn("messages arriving while shutting down are not produced, and neither QoS 0 ones nor those of a clean session are resent: lost (counted in tributary_upstream_records_failed_total{reason=\"shutting_down\"}; logged at most every 10s)",
+				"topic", msg.Topic(), "qos", msg.Qos(), "clean_session", u.cfg.CleanSession)
 		}
 		return
 	}
@@ -1192,7 +1194,9 @@ func (c *conn) writeAcks() {
 		}
 		c.flushAcks()
 		if finished {
-			if left > 0 {
+			if left > 0 && u.cfg.CleanSession {
+				u.log.Warn("upstream messages left unacknowledged at shutdown are lost: with clean_session the remote broker forgets them with the connection", "messages", left)
+			} else if left > 0 {
 				u.log.Warn("upstream messages left unacknowledged at shutdown; the remote broker will redeliver them", "messages", left)
 			}
 			return

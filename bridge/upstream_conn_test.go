@@ -896,36 +896,46 @@ func TestUpstreamWaitForProducerEndsWithConnection(t *testing.T) {
 	}
 }
 
-// Once the upstreams drain for shutdown, a QoS 1 message is left
-// unacknowledged for the remote broker to resend, and a QoS 0 message,
-// which nothing resends, is counted as lost and logged.
+// Once the upstreams drain for shutdown, a QoS 1 message of a persistent
+// session is left unacknowledged for the remote broker to resend; a QoS 0
+// message, which nothing resends, and a QoS 1 message of a clean session,
+// which the remote broker forgets with the connection, are counted as
+// lost and logged.
 func TestUpstreamDrainingCountsQoS0Messages(t *testing.T) {
-	p := &fakeProducer{}
-	var logs testutil.SyncBuffer
-	us, u := upstreamForTest(t, UpstreamConfig{}, p, slog.New(slog.NewTextHandler(&logs, nil)))
-	c, _, acks := connForTest(t, u)
-	us.Drain()
-	c.handle(&testMessage{topic: "plant/1", payload: []byte("Q1"), qos: 1, id: 1})
-	c.handle(&testMessage{topic: "plant/1", payload: []byte("Q0a")})
-	c.handle(&testMessage{topic: "plant/1", payload: []byte("Q0b")})
-	if got := p.values(); len(got) != 0 {
-		t.Fatalf("produced %q while draining", got)
-	}
-	u.closeAckers() // every ack writer has done its last pass
-	select {
-	case id := <-acks:
-		t.Fatalf("PUBACK %d for a message not produced", id)
-	default:
-	}
-	var m dto.Metric
-	if err := u.m.failed.WithLabelValues(u.cfg.Name, "shutting_down").Write(&m); err != nil {
-		t.Fatal(err)
-	}
-	if got := m.GetCounter().GetValue(); got != 2 {
-		t.Fatalf("records_failed_total{reason=shutting_down} = %v, want 2 (the QoS 0 messages)", got)
-	}
-	if n := strings.Count(logs.String(), "QoS 0 messages arriving while shutting down"); n != 1 {
-		t.Fatalf("%d warnings for the lost QoS 0 messages, want 1 (rate-limited):\n%s", n, logs.String())
+	for _, clean := range []bool{false, true} {
+		t.Run(fmt.Sprintf("clean_session %v", clean), func(t *testing.T) {
+			p := &fakeProducer{}
+			var logs testutil.SyncBuffer
+			us, u := upstreamForTest(t, UpstreamConfig{CleanSession: clean}, p, slog.New(slog.NewTextHandler(&logs, nil)))
+			c, _, acks := connForTest(t, u)
+			us.Drain()
+			c.handle(&testMessage{topic: "plant/1", payload: []byte("Q1"), qos: 1, id: 1})
+			c.handle(&testMessage{topic: "plant/1", payload: []byte("Q0a")})
+			c.handle(&testMessage{topic: "plant/1", payload: []byte("Q0b")})
+			if got := p.values(); len(got) != 0 {
+				t.Fatalf("produced %q while draining", got)
+			}
+			u.closeAckers() // every ack writer has done its last pass
+			select {
+			case id := <-acks:
+				t.Fatalf("PUBACK %d for a message not produced", id)
+			default:
+			}
+			var m dto.Metric
+			if err := u.m.failed.WithLabelValues(u.cfg.Name, "shutting_down").Write(&m); err != nil {
+				t.Fatal(err)
+			}
+			want := 2.0 // the QoS 0 messages
+			if clean {
+				want = 3 // and the QoS 1 one
+			}
+			if got := m.GetCounter().GetValue(); got != want {
+				t.Fatalf("records_failed_total{reason=shutting_down} = %v, want %v", got, want)
+			}
+			if n := strings.Count(logs.String(), "messages arriving while shutting down are not produced"); n != 1 {
+				t.Fatalf("%d warnings for the lost messages, want 1 (rate-limited):\n%s", n, logs.String())
+			}
+		})
 	}
 }
 
