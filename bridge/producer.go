@@ -942,6 +942,10 @@ func (p *Producer) useHandles(ctx context.Context) (_ context.Context, release f
 // Ready reports whether Kafka answered the last metadata request.
 func (p *Producer) Ready() bool { return p.ready.Load() }
 
+// MaxMessageBytes is the largest record the producer takes
+// (ProducerConfig.MaxMessageBytes).
+func (p *Producer) MaxMessageBytes() int { return p.cfg.MaxMessageBytes }
+
 // InflightBytes returns the bytes of records awaiting acknowledgement.
 func (p *Producer) InflightBytes() int64 { return p.budget.Used() }
 

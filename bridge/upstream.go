@@ -166,6 +166,7 @@ func NewUpstreams(cfgs []UpstreamConfig, p UpstreamProducer, mapper *mapping.Map
 			m:       us.metrics.forUpstream(c.Name),
 			closing: make(chan struct{}),
 			seed:    maphash.MakeSeed(),
+			maxBody: maxPublishBody(p),
 
 			refusedLog: LogEvery{Interval: 10 * time.Second},
 			strayLog:   LogEvery{Interval: 10 * time.Second},
@@ -182,6 +183,20 @@ func NewUpstreams(cfgs []UpstreamConfig, p UpstreamProducer, mapper *mapping.Map
 		us.list = append(us.list, u)
 	}
 	return us
+}
+
+// maxPublishBody is the largest PUBLISH body an upstream reads into
+// memory: the largest payload p produces (its MaxMessageBytes) with the
+// longest topic and a packet id. A remote broker could otherwise have a
+// connection allocate whatever length its fixed header claims, up to
+// 256 MiB, before sending any of it. A longer PUBLISH is read and thrown
+// away as it arrives, and refused as too large, as it would be anyway.
+// 0 (no limit) for a producer that does not say its limit.
+func maxPublishBody(p UpstreamProducer) int {
+	if m, ok := p.(interface{ MaxMessageBytes() int }); ok && m.MaxMessageBytes() > 0 {
+		return m.MaxMessageBytes() + 2 + math.MaxUint16 + 2
+	}
+	return 0
 }
 
 // topicCheckWait bounds Start's check of an upstream's kafka_topic.
@@ -294,6 +309,9 @@ type upstream struct {
 	stopProducing context.CancelFunc
 	draining      atomic.Bool
 	connected     atomic.Bool
+	// maxBody is the largest PUBLISH body (remaining length) read into
+	// memory; 0 for no limit (see maxPublishBody).
+	maxBody int
 	// lastOrder is the Order of the last connection made; newConn, on
 	// run's goroutine, makes the next one continue it.
 	lastOrder     *Order
@@ -867,7 +885,7 @@ func (c *conn) handle(msg *wireMessage) {
 	u := c.u
 	received := time.Now()
 	u.m.received.Inc()
-	u.m.bytes.Add(float64(len(msg.Payload())))
+	u.m.bytes.Add(float64(len(msg.Payload()) + msg.skipped))
 	if msg.Duplicate() {
 		u.m.redelivered.Inc()
 	}
@@ -914,6 +932,19 @@ func (c *conn) handle(msg *wireMessage) {
 				"topic", msg.Topic(), "client_id", u.cfg.ClientID)
 		}
 		c.finish(e, qos)
+		return
+	}
+	if msg.skipped > 0 {
+		// Too large to be produced, and not read into memory: refused
+		// as a record over kafka.max_message_bytes is (see complete).
+		err := fmt.Errorf("producing a message on %q: a payload of %d bytes: %w", msg.Topic(), msg.skipped, ErrRecordTooLarge)
+		if qos == 0 {
+			u.m.failed.WithLabelValues(u.cfg.Name, failReason(err)).Inc()
+			return
+		}
+		if c.enqueue(e) {
+			e.Delivered(Delivery{Err: err})
+		}
 		return
 	}
 
@@ -1430,7 +1461,9 @@ func (u *upstream) dial(uri *url.URL, opts paho.ClientOptions) (*ackConn, error)
 	if err != nil {
 		return nil, err
 	}
-	return newAckConn(c, 32<<10), nil
+	a := newAckConn(c, 32<<10)
+	a.maxBody = u.maxBody
+	return a, nil
 }
 
 // dial is upstream.dial, keeping the connection for the ack writer.
@@ -1462,6 +1495,9 @@ type ackConn struct {
 	publish func(*wireMessage)
 	// pass is how much of the packet being read is still paho's to read.
 	pass int
+	// maxBody, when positive, is the largest PUBLISH body read into
+	// memory (see maxPublishBody).
+	maxBody int
 }
 
 func newAckConn(c net.Conn, size int) *ackConn {
@@ -1558,6 +1594,9 @@ func checkControl(typ byte, size int) error {
 // bytes and hands it to a.publish. The payload handed over is a view of
 // the read buffer, good until a.publish returns.
 func (a *ackConn) readPublish(first byte, hlen, size int) error {
+	if a.maxBody > 0 && size > a.maxBody {
+		return a.skipPublish(first, hlen, size)
+	}
 	total := hlen + size
 	var pk []byte
 	buffered := total <= a.r.Size()
@@ -1582,6 +1621,28 @@ func (a *ackConn) readPublish(first byte, hlen, size int) error {
 	if buffered {
 		_, _ = a.r.Discard(total)
 	}
+	return nil
+}
+
+// skipPublish reads a PUBLISH whose body of size bytes is over a.maxBody:
+// its topic and packet id, for its acknowledgement, and then the payload,
+// which is thrown away as it is read. The message handed to a.publish has
+// no payload, only its length (wireMessage.skipped).
+func (a *ackConn) skipPublish(first byte, hlen, size int) error {
+	head := make([]byte, hlen+min(size, 2+math.MaxUint16+2))
+	if _, err := io.ReadFull(a.r, head); err != nil {
+		return err
+	}
+	m, err := parsePublish(first, head[hlen:])
+	if err != nil {
+		return err
+	}
+	rest := size - (len(head) - hlen)
+	m.skipped, m.payload = len(m.payload)+rest, nil
+	if _, err := a.r.Discard(rest); err != nil {
+		return err
+	}
+	a.publish(m)
 	return nil
 }
 
@@ -1615,6 +1676,7 @@ func parsePublish(first byte, body []byte) (*wireMessage, error) {
 type wireMessage struct {
 	topic    string
 	payload  []byte
+	skipped  int // the length of a payload too large to read into memory (see ackConn.skipPublish), which payload then lacks
 	id       uint16
 	qos      byte
 	retained bool

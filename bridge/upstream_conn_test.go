@@ -1070,3 +1070,30 @@ func TestUpstreamReconnectKeepsOrderWithTheLastConnection(t *testing.T) {
 		t.Fatalf("the new connection's QoS 0 record took lane %d, want the acknowledged lane %d", lane, laneAcked)
 	}
 }
+
+// A message too large to be read into memory (ackConn.skipPublish) is
+// refused as a record over kafka.max_message_bytes is: not produced,
+// counted as too large, and acknowledged, since it can never succeed and
+// holding its PUBACK would stall the feed.
+func TestUpstreamSkippedMessageIsRefusedAsTooLarge(t *testing.T) {
+	p := &fakeProducer{}
+	_, u := upstreamForTest(t, UpstreamConfig{}, p, nil)
+	c, _, acks := connForTest(t, u)
+	c.handle(&testMessage{topic: "d/1", qos: 1, id: 3, skipped: 5 << 20})
+	c.handle(&testMessage{topic: "d/1", payload: []byte("next"), qos: 1, id: 4})
+	for _, want := range []uint16{3, 4} {
+		if id := nextAck(t, acks); id != want {
+			t.Fatalf("PUBACK %d, want %d", id, want)
+		}
+	}
+	if got := p.values(); !slices.Equal(got, []string{"next"}) {
+		t.Fatalf("produced %q, want only the next message", got)
+	}
+	var m dto.Metric
+	if err := u.m.failed.WithLabelValues(u.cfg.Name, "too_large").Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.GetCounter().GetValue(); got != 1 {
+		t.Fatalf("records_failed_total{reason=too_large} = %v, want 1", got)
+	}
+}

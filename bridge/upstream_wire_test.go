@@ -5,8 +5,11 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/eclipse/paho.mqtt.golang/packets"
 )
@@ -183,5 +186,73 @@ func TestAckConnRefusesMalformedControlPackets(t *testing.T) {
 		t.Fatalf("SUBACK without return codes: %v", err)
 	} else if sa, ok := pk.(*packets.SubackPacket); !ok || len(sa.ReturnCodes) != 0 {
 		t.Fatalf("paho read %v, want a SUBACK without return codes", pk)
+	}
+}
+
+// A PUBLISH longer than the connection's limit is read and thrown away as
+// it arrives: its topic and packet id are handed over with the payload's
+// length and no payload, and the packets after it are read as usual. One
+// whose fixed header claims 256 MiB has no more memory allocated for it
+// than the reading takes, whatever it claims.
+func TestAckConnSkipsPublishOverTheLimit(t *testing.T) {
+	big := bytes.Repeat([]byte("x"), 1000)
+	pingresp := []byte{packets.Pingresp << 4, 0}
+	var stream []byte
+	for _, b := range [][]byte{
+		wirePublish(t, 1, 3, false, false, "too/big", big),
+		wirePublish(t, 1, 4, false, false, "fits", []byte("ok")),
+		pingresp,
+	} {
+		stream = append(stream, b...)
+	}
+	a := feed(t, stream, 64)
+	a.maxBody = 100
+	type got struct {
+		topic, payload string
+		id             uint16
+		skipped        int
+	}
+	var pubs []got
+	a.publish = func(m *wireMessage) {
+		pubs = append(pubs, got{m.Topic(), string(m.Payload()), m.MessageID(), m.skipped})
+	}
+	pk, err := packets.ReadPacket(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := pk.(*packets.PingrespPacket); !ok {
+		t.Fatalf("paho read %v, want the PINGRESP", pk)
+	}
+	want := []got{{"too/big", "", 3, 1000}, {"fits", "ok", 4, 0}}
+	if !slices.Equal(pubs, want) {
+		t.Fatalf("handed over %+v, want %+v", pubs, want)
+	}
+
+	t.Run("a length of 256 MiB claimed", func(t *testing.T) {
+		claim := []byte{packets.Publish<<4 | 2, 0xff, 0xff, 0xff, 0x7f, 0, 1, 't', 0, 9}
+		a := feed(t, append(claim, bytes.Repeat([]byte("y"), 1<<20)...), 32<<10)
+		a.maxBody = 1 << 20
+		a.publish = func(*wireMessage) { t.Error("a publish cut short was handed over") }
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		if _, err := packets.ReadPacket(a); !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Fatalf("read: %v, want the end of the stream", err)
+		}
+		runtime.ReadMemStats(&after)
+		if grew := after.TotalAlloc - before.TotalAlloc; grew > 8<<20 {
+			t.Fatalf("%d MiB allocated reading 1 MiB of a PUBLISH that claims 256 MiB", grew>>20)
+		}
+	})
+}
+
+// The limit is the producer's largest record with the longest topic and a
+// packet id; a producer that does not say its limit sets none.
+func TestMaxPublishBody(t *testing.T) {
+	p := kfakeProducer(t, ProducerConfig{MaxMessageBytes: 4096, InflightBudgetBytes: 1 << 20, AckLinger: time.Millisecond}, "t")
+	if got, want := maxPublishBody(p), 4096+2+65535+2; got != want {
+		t.Fatalf("maxPublishBody = %d, want %d", got, want)
+	}
+	if got := maxPublishBody(&fakeProducer{}); got != 0 {
+		t.Fatalf("maxPublishBody of a producer with no limit = %d, want 0", got)
 	}
 }
