@@ -1462,7 +1462,7 @@ func (u *upstream) dial(uri *url.URL, opts paho.ClientOptions) (*ackConn, error)
 		return nil, err
 	}
 	a := newAckConn(c, 32<<10)
-	a.maxBody = u.maxBody
+	a.maxBody, a.writeTimeout = u.maxBody, u.cfg.ConnectTimeout
 	return a, nil
 }
 
@@ -1498,6 +1498,8 @@ type ackConn struct {
 	// maxBody, when positive, is the largest PUBLISH body read into
 	// memory (see maxPublishBody).
 	maxBody int
+	// writeTimeout, when positive, bounds each Write (see Write).
+	writeTimeout time.Duration
 }
 
 func newAckConn(c net.Conn, size int) *ackConn {
@@ -1702,23 +1704,37 @@ func (c countedReads) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Write writes one of paho's packets, giving up after a.writeTimeout.
+// paho writes some packets (PUBCOMP, SUBSCRIBE, DISCONNECT) with no
+// deadline, and sets and clears its own around others outside this lock,
+// where writeAcks could clear it meanwhile: a remote broker that stopped
+// reading would then hold a write, and this lock, for good, and with it
+// the keepalive's PINGREQ (writeAcks) that would end the connection, and
+// Close. So each write here sets its own deadline, and paho's are
+// ignored (SetWriteDeadline).
 func (a *ackConn) Write(p []byte) (int, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.writeTimeout > 0 {
+		_ = a.Conn.SetWriteDeadline(time.Now().Add(a.writeTimeout))
+	}
 	a.writes.Add(1)
 	return a.Conn.Write(p)
 }
 
-// writeAcks writes b, giving up after timeout. (paho sets and clears its
-// own write deadline around each of its writes, outside this lock, so the
-// deadline can be cleared during this write; the keep-alive's ping
-// timeout then still ends a connection that takes nothing.)
+// SetWriteDeadline ignores paho's write deadlines: Write and writeAcks
+// set their own, under the lock.
+func (a *ackConn) SetWriteDeadline(time.Time) error { return nil }
+
+// SetDeadline sets the read deadline only (see SetWriteDeadline).
+func (a *ackConn) SetDeadline(t time.Time) error { return a.Conn.SetReadDeadline(t) }
+
+// writeAcks writes b, giving up after timeout.
 func (a *ackConn) writeAcks(b []byte, timeout time.Duration) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if timeout > 0 {
 		_ = a.Conn.SetWriteDeadline(time.Now().Add(timeout))
-		defer a.Conn.SetWriteDeadline(time.Time{})
 	}
 	a.writes.Add(1)
 	_, err := a.Conn.Write(b)

@@ -256,3 +256,30 @@ func TestMaxPublishBody(t *testing.T) {
 		t.Fatalf("maxPublishBody of a producer with no limit = %d, want 0", got)
 	}
 }
+
+// A remote broker that stops reading cannot hold one of paho's writes,
+// and the lock the keepalive's PINGREQ needs, for good: each Write has its
+// own deadline, whatever paho set or cleared.
+func TestAckConnWriteEndsWhenTheRemoteStopsReading(t *testing.T) {
+	local, remote := net.Pipe() // a write waits until the other end reads; remote never does
+	t.Cleanup(func() { local.Close(); remote.Close() })
+	a := newAckConn(local, 64)
+	a.writeTimeout = 100 * time.Millisecond
+	_ = a.SetWriteDeadline(time.Time{}) // as paho does after its writes
+	done := make(chan error, 2)
+	go func() {
+		_, err := a.Write([]byte{packets.Pubcomp << 4, 2, 0, 1})
+		done <- err
+	}()
+	go func() { done <- a.writeAcks(pingreq, 100*time.Millisecond) }()
+	for range 2 {
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Fatal("a write to a remote that reads nothing succeeded")
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a write to a remote that reads nothing still blocks after 5s")
+		}
+	}
+}
