@@ -34,6 +34,14 @@ func TestProduceWithAnEndedContextProducesNothing(t *testing.T) {
 	if d, err := produce(ctx, "first"); err != nil || d.Err != nil || d.Offset != 0 {
 		t.Fatalf("first record: %+v, %v; want offset 0", d, err)
 	}
+	// The handler runs before the record stops counting as outstanding
+	// and its bytes go back to the budget.
+	for p.outstanding.Load() != 0 || p.budget.Used() != 0 {
+		if ctx.Err() != nil {
+			t.Fatalf("%d records outstanding, %d budget bytes used after the first's delivery", p.outstanding.Load(), p.budget.Used())
+		}
+		time.Sleep(time.Millisecond)
+	}
 	ended, end := context.WithCancel(context.Background())
 	end()
 	if _, err := produce(ended, "after the end"); !errors.Is(err, context.Canceled) {

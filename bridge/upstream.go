@@ -806,9 +806,10 @@ type conn struct {
 	acks  []byte // PUBACKs of the current burst; ack writer only
 	rec   Record // reused by handle
 	order Order  // this connection's records in order across the lanes; used by handle
-	// seen has a bit for each packet id of a QoS 1 or 2 message received
-	// on this connection (see handle); used by handle.
-	seen [1 << 10]uint64
+	// awaiting has a bit for each packet id of a QoS 1 or 2 message queued
+	// on this connection whose acknowledgement is not written yet (see
+	// handle). Under mu.
+	awaiting [1 << 10]uint64
 
 	// produceCtx ends handle's waits in the producer for a QoS 1 or 2
 	// message (for budget, queue space or a topic's metadata): at Drain,
@@ -828,7 +829,9 @@ func newConn(u *upstream) *conn {
 	// The previous connection's records may still await Kafka in the
 	// acknowledged lane; a QoS 0 record of this one would otherwise take
 	// the best-effort lane and could reach a partition before them.
-	c.order.Follow(u.lastOrder)
+	if u.lastOrder != nil && u.lastOrder.Awaiting() {
+		c.order.Follow(u.lastOrder)
+	}
 	u.lastOrder = &c.order
 	c.produceCtx, c.endWaits = u.produceCtx, func() {}
 	if !u.cfg.CleanSession {
@@ -904,23 +907,19 @@ func (c *conn) handle(msg *wireMessage) {
 		return
 	}
 	qos := msg.Qos()
-	if qos > 0 {
-		// A copy of a message this connection has already taken, resent
-		// on the same connection (MQTT 3.1.1 lets a broker do so; EMQX
-		// does after its retry interval): the first copy is produced once
-		// and acknowledged once Kafka has it, and the remote broker keeps
-		// the packet id until then. Produced and acknowledged again, the
-		// copy's PUBACK could reach the remote broker after it gave the id
-		// to a new message, and stand for that message before Kafka had
-		// it. A message sent with DUP set and an id this connection has
-		// not seen is a resend of what an earlier connection left; it is
-		// produced.
-		w, bit := msg.MessageID()>>6, uint64(1)<<(msg.MessageID()&63)
-		if msg.Duplicate() && c.seen[w]&bit != 0 {
-			u.m.skipped.WithLabelValues(u.cfg.Name, "resent_copy").Inc()
-			return
-		}
-		c.seen[w] |= bit
+	if qos > 0 && msg.Duplicate() && c.isAwaiting(msg.MessageID()) {
+		// A copy of a message this connection has taken and not yet
+		// acknowledged, resent on the same connection (MQTT 3.1.1 lets a
+		// broker do so; EMQX does after its retry interval): the first
+		// copy is produced once and acknowledged once Kafka has it, and
+		// the remote broker keeps the packet id until then. Produced and
+		// acknowledged again, the copy's PUBACK could reach the remote
+		// broker after it gave the id to a new message, and stand for
+		// that message before Kafka had it. A DUP message whose id awaits
+		// nothing here (left by an earlier connection, or passed on with
+		// its flag by a shared subscription) is produced.
+		u.m.skipped.WithLabelValues(u.cfg.Name, "resent_copy").Inc()
+		return
 	}
 	e := &inflight{c: c, msg: msg, received: received}
 	if !u.subscribed(msg.Topic()) {
@@ -934,20 +933,6 @@ func (c *conn) handle(msg *wireMessage) {
 		c.finish(e, qos)
 		return
 	}
-	if msg.skipped > 0 {
-		// Too large to be produced, and not read into memory: refused
-		// as a record over kafka.max_message_bytes is (see complete).
-		err := fmt.Errorf("producing a message on %q: a payload of %d bytes: %w", msg.Topic(), msg.skipped, ErrRecordTooLarge)
-		if qos == 0 {
-			u.m.failed.WithLabelValues(u.cfg.Name, failReason(err)).Inc()
-			return
-		}
-		if c.enqueue(e) {
-			e.Delivered(Delivery{Err: err})
-		}
-		return
-	}
-
 	switch u.cfg.IngestRetained {
 	case RetainedNever:
 		if msg.Retained() {
@@ -956,7 +941,8 @@ func (c *conn) handle(msg *wireMessage) {
 			return
 		}
 	case RetainedFirst:
-		if u.retainedSeen(e) {
+		// A payload not read (msg.skipped) has no hash to compare.
+		if msg.skipped == 0 && u.retainedSeen(e) {
 			u.m.skipped.WithLabelValues(u.cfg.Name, "retained_seen").Inc()
 			c.finish(e, qos)
 			return
@@ -970,6 +956,19 @@ func (c *conn) handle(msg *wireMessage) {
 	if reason := u.record(msg, received, rec); reason != "" {
 		u.m.skipped.WithLabelValues(u.cfg.Name, reason).Inc()
 		c.finish(e, qos)
+		return
+	}
+	if msg.skipped > 0 {
+		// Too large to be produced, and not read into memory: refused
+		// as a record over kafka.max_message_bytes is (see complete).
+		err := fmt.Errorf("producing to %q: a payload of %d bytes: %w", rec.Topic, msg.skipped, ErrRecordTooLarge)
+		if qos == 0 {
+			u.m.failed.WithLabelValues(u.cfg.Name, failReason(err)).Inc()
+			return
+		}
+		if c.enqueue(e) {
+			e.Delivered(Delivery{Topic: rec.Topic, Err: err})
+		}
 		return
 	}
 	rec.Order = &c.order
@@ -1134,7 +1133,17 @@ func (c *conn) enqueue(e *inflight) bool {
 		return false
 	}
 	c.queue = append(c.queue, e)
+	id := e.msg.MessageID()
+	c.awaiting[id>>6] |= 1 << (id & 63)
 	return true
+}
+
+// isAwaiting reports whether a message with packet id is queued on c,
+// its acknowledgement not written yet.
+func (c *conn) isAwaiting(id uint16) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.awaiting[id>>6]&(1<<(id&63)) != 0
 }
 
 // clearRecord drops the reused record's references to the last message.
@@ -1215,6 +1224,10 @@ func (c *conn) writeAcks() {
 			i++
 		}
 		ready = append(ready[:0], c.queue[:i]...)
+		for _, e := range ready {
+			id := e.msg.MessageID()
+			c.awaiting[id>>6] &^= 1 << (id & 63)
+		}
 		clear(c.queue[:i])
 		c.queue = c.queue[i:]
 		finished := closing || (c.gone && len(c.queue) == 0)
@@ -1271,7 +1284,7 @@ func (c *conn) complete(e *inflight) {
 	if Permanent(e.err) && !(u.cfg.KafkaTopic != "" && topicRefused(e.err)) {
 		// It can never succeed; holding its ack would stall the feed.
 		if u.refusedLog.Allow() {
-			u.log.Error("messages dropped: Kafka refused the record for good (logged at most every 10s; tributary_upstream_records_failed_total counts them)", "topic", e.msg.Topic(), "error", e.err)
+			u.log.Error("messages dropped: the record can never be produced, refused for good by Kafka or as larger than kafka.max_message_bytes (logged at most every 10s; tributary_upstream_records_failed_total counts them)", "topic", e.msg.Topic(), "error", e.err)
 		}
 		c.ack(e.msg)
 		return
@@ -1400,7 +1413,7 @@ func newUpstreamMetrics(reg prometheus.Registerer) *upstreamMetrics {
 		redelivered: counter("redelivered_total", "Messages received with the DUP flag (resent by the upstream; may be duplicates in Kafka)."),
 		produced:    counter("records_produced_total", "Records from the upstream that Kafka acknowledged."),
 		failed:      counter("records_failed_total", "Records from the upstream that Kafka did not take, by reason.", "reason"),
-		skipped:     counter("messages_skipped_total", "Messages not produced, by reason: acknowledged without a record (not_subscribed, retained, retained_seen, unmatched, mapping_drop, mapping_reject, mapping_error), or, for resent_copy, a copy the upstream resent on the same connection of a QoS 1 or 2 message already taken there, which is produced and acknowledged once.", "reason"),
+		skipped:     counter("messages_skipped_total", "Messages not produced, by reason: acknowledged without a record (not_subscribed, retained, retained_seen, unmatched, mapping_drop, mapping_reject, mapping_error), or, for resent_copy, a copy the upstream resent on the same connection of a QoS 1 or 2 message taken there and not yet acknowledged, which is produced and acknowledged once.", "reason"),
 		refused:     counter("subscriptions_refused_total", "Subscriptions the upstream refused (SUBACK 0x80), by filter.", "filter"),
 		lastError:   gauge("last_error_timestamp_seconds", "Unix time of the upstream's last connection, subscription or produce error (the message is in the log and /readyz)."),
 		ackLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -1717,6 +1730,9 @@ func (a *ackConn) Write(p []byte) (int, error) {
 	defer a.mu.Unlock()
 	if a.writeTimeout > 0 {
 		_ = a.Conn.SetWriteDeadline(time.Now().Add(a.writeTimeout))
+		// Cleared after: a TLS connection also writes from Read (a key
+		// update's answer), which a deadline left past would fail.
+		defer a.Conn.SetWriteDeadline(time.Time{})
 	}
 	a.writes.Add(1)
 	return a.Conn.Write(p)
@@ -1735,6 +1751,7 @@ func (a *ackConn) writeAcks(b []byte, timeout time.Duration) error {
 	defer a.mu.Unlock()
 	if timeout > 0 {
 		_ = a.Conn.SetWriteDeadline(time.Now().Add(timeout))
+		defer a.Conn.SetWriteDeadline(time.Time{}) // see Write
 	}
 	a.writes.Add(1)
 	_, err := a.Conn.Write(b)

@@ -187,7 +187,8 @@ func TestDrainEndsTheWaitForRoom(t *testing.T) {
 	if _, err := conn.Write(publishes(t, 4, 1, limit+1)); err != nil {
 		t.Fatal(err)
 	}
-	p.waitFor(t, limit) // the last one waits for room
+	p.waitFor(t, limit)
+	time.Sleep(200 * time.Millisecond) // for the last one, read meanwhile, to wait for room
 	b.Drain()
 	for i := range limit {
 		p.deliver(i, nil)

@@ -270,7 +270,6 @@ func (a *API) revokeIfDenied(s *session) bool {
 // sockets stop reading and send the results still due, consume sockets
 // commit and leave their groups. It returns at once; Close waits.
 func (a *API) Drain() {
-	a.stopProducing()
 	a.mu.Lock()
 	a.closing = true
 	all := make([]*session, 0, len(a.all))
@@ -281,6 +280,9 @@ func (a *API) Drain() {
 	for _, s := range all {
 		s.stop(websocket.CloseGoingAway, "server shutting down")
 	}
+	// After the stops: a produce socket whose read loop sees its context
+	// end must find itself closing, and send the results still due.
+	a.stopProducing()
 }
 
 // Close drains and waits for every socket to close, until ctx ends. The

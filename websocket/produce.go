@@ -163,6 +163,11 @@ func (a *API) serveProduce(w http.ResponseWriter, r *http.Request) {
 
 	go c.writer()
 	err = c.read()
+	if !c.closing.Load() && a.produceCtx.Err() != nil {
+		// Drain stops every socket before it ends their contexts; one
+		// it did not list closes as shutting down all the same.
+		c.requestClose(websocket.CloseGoingAway, "server shutting down")
+	}
 	if c.closing.Load() {
 		// The server asked (shutdown, replacement, revoked credentials):
 		// send what Kafka acknowledges for the records already read, then
