@@ -386,6 +386,9 @@ type fakeRemote struct {
 	l              net.Listener
 	sessionPresent bool
 	serve          func(net.Conn)
+	// suback, if set, is the SUBACK written for sub instead of one
+	// granting what it asked.
+	suback func(sub *packets.SubscribePacket) []byte
 
 	mu       sync.Mutex
 	connects []time.Time
@@ -393,7 +396,14 @@ type fakeRemote struct {
 
 func startFakeRemote(t *testing.T, sessionPresent bool, serve func(net.Conn)) *fakeRemote {
 	t.Helper()
-	r := &fakeRemote{t: t, l: loopback(t), sessionPresent: sessionPresent, serve: serve}
+	return startFakeRemoteSuback(t, sessionPresent, nil, serve)
+}
+
+// startFakeRemoteSuback is startFakeRemote answering subscriptions with
+// suback (see fakeRemote.suback).
+func startFakeRemoteSuback(t *testing.T, sessionPresent bool, suback func(*packets.SubscribePacket) []byte, serve func(net.Conn)) *fakeRemote {
+	t.Helper()
+	r := &fakeRemote{t: t, l: loopback(t), sessionPresent: sessionPresent, serve: serve, suback: suback}
 	serveConns(t, r.l, 0, r.session)
 	return r
 }
@@ -425,10 +435,16 @@ func (r *fakeRemote) session(nc net.Conn) {
 		r.t.Errorf("packet %s, want SUBSCRIBE", pk)
 		return
 	}
-	sa := packets.NewControlPacket(packets.Suback).(*packets.SubackPacket)
-	sa.MessageID, sa.ReturnCodes = sub.MessageID, sub.Qoss
-	if sa.Write(nc) != nil {
-		return
+	if r.suback != nil {
+		if _, err := nc.Write(r.suback(sub)); err != nil {
+			return
+		}
+	} else {
+		sa := packets.NewControlPacket(packets.Suback).(*packets.SubackPacket)
+		sa.MessageID, sa.ReturnCodes = sub.MessageID, sub.Qoss
+		if sa.Write(nc) != nil {
+			return
+		}
 	}
 	r.serve(nc)
 }
@@ -975,37 +991,19 @@ func TestUpstreamRetainedFirstForgetsClearedTopics(t *testing.T) {
 // the codes by the SUBSCRIBE's filters and panicked on its own goroutine.
 // The connection now fails, says why, and is made again.
 func TestUpstreamMalformedSubackEndsTheConnectionOnly(t *testing.T) {
-	var connects atomic.Int32
-	l := loopback(t)
-	serveConns(t, l, 10*time.Second, func(nc net.Conn) {
-		if _, err := packets.ReadPacket(nc); err != nil {
-			return
-		}
-		connects.Add(1)
-		if packets.NewControlPacket(packets.Connack).Write(nc) != nil {
-			return
-		}
-		pk, err := packets.ReadPacket(nc)
-		if err != nil {
-			return
-		}
-		sub, ok := pk.(*packets.SubscribePacket)
-		if !ok {
-			return
-		}
-		_, _ = nc.Write([]byte{packets.Suback << 4, 4, byte(sub.MessageID >> 8), byte(sub.MessageID), 1, 1})
-		_, _ = io.Copy(io.Discard, nc)
-	})
+	r := startFakeRemoteSuback(t, false, func(sub *packets.SubscribePacket) []byte {
+		return []byte{packets.Suback << 4, 4, byte(sub.MessageID >> 8), byte(sub.MessageID), 1, 1}
+	}, func(nc net.Conn) { _, _ = io.Copy(io.Discard, nc) })
 	var logs testutil.SyncBuffer
 	us, _ := upstreamForTest(t, UpstreamConfig{
-		URL: "tcp://" + l.Addr().String(), ClientID: "trib-suback", Subscriptions: []UpstreamSubscription{{Filter: "d/#", QoS: 1}},
+		URL: r.url(), ClientID: "trib-suback", Subscriptions: []UpstreamSubscription{{Filter: "d/#", QoS: 1}},
 		KeepAlive: 5 * time.Second, ConnectTimeout: 2 * time.Second, ReconnectMin: 10 * time.Millisecond, ReconnectMax: 20 * time.Millisecond,
 	}, &fakeProducer{}, slog.New(slog.NewTextHandler(&logs, nil)))
 	us.Start()
 	deadline := time.Now().Add(20 * time.Second)
-	for connects.Load() < 2 || len(logs.Lines("2 return codes for a SUBSCRIBE of one filter")) == 0 {
+	for len(r.connectTimes()) < 2 || len(logs.Lines("2 return codes for a SUBSCRIBE of one filter")) == 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d connections; log:\n%s", connects.Load(), strings.Join(logs.Lines(""), "\n"))
+			t.Fatalf("%d connections; log:\n%s", len(r.connectTimes()), strings.Join(logs.Lines(""), "\n"))
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
