@@ -807,9 +807,10 @@ type conn struct {
 	rec   Record // reused by handle
 	order Order  // this connection's records in order across the lanes; used by handle
 	// awaiting has a bit for each packet id of a QoS 1 or 2 message queued
-	// on this connection whose acknowledgement is not written yet (see
-	// handle). Under mu.
-	awaiting [1 << 10]uint64
+	// on this connection (see handle), and acking one for each the ack
+	// writer has taken off the queue and is acknowledging: a copy resent
+	// while its PUBACK is being written is a copy too. Under mu.
+	awaiting, acking [1 << 10]uint64
 
 	// produceCtx ends handle's waits in the producer for a QoS 1 or 2
 	// message (for budget, queue space or a topic's metadata): at Drain,
@@ -829,7 +830,13 @@ func newConn(u *upstream) *conn {
 	// The previous connection's records may still await Kafka in the
 	// acknowledged lane; a QoS 0 record of this one would otherwise take
 	// the best-effort lane and could reach a partition before them.
-	if u.lastOrder != nil && u.lastOrder.Awaiting() {
+	// Awaiting first drops what the last one continued, if nothing there
+	// awaits Kafka, so that connections that come and go do not make a
+	// chain that keeps each of them in memory. The last one is followed
+	// even when nothing of it awaits now: a read loop of it may still be
+	// producing (under a clean session, what it had read).
+	if u.lastOrder != nil {
+		u.lastOrder.Awaiting()
 		c.order.Follow(u.lastOrder)
 	}
 	u.lastOrder = &c.order
@@ -1143,7 +1150,7 @@ func (c *conn) enqueue(e *inflight) bool {
 func (c *conn) isAwaiting(id uint16) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.awaiting[id>>6]&(1<<(id&63)) != 0
+	return (c.awaiting[id>>6]|c.acking[id>>6])&(1<<(id&63)) != 0
 }
 
 // clearRecord drops the reused record's references to the last message.
@@ -1227,6 +1234,7 @@ func (c *conn) writeAcks() {
 		for _, e := range ready {
 			id := e.msg.MessageID()
 			c.awaiting[id>>6] &^= 1 << (id & 63)
+			c.acking[id>>6] |= 1 << (id & 63)
 		}
 		clear(c.queue[:i])
 		c.queue = c.queue[i:]
@@ -1237,6 +1245,14 @@ func (c *conn) writeAcks() {
 			c.complete(e)
 		}
 		c.flushAcks()
+		if len(ready) > 0 {
+			c.mu.Lock()
+			for _, e := range ready {
+				id := e.msg.MessageID()
+				c.acking[id>>6] &^= 1 << (id & 63)
+			}
+			c.mu.Unlock()
+		}
 		if finished {
 			if left > 0 && u.cfg.CleanSession {
 				u.log.Warn("upstream messages left unacknowledged at shutdown are lost: with clean_session the remote broker forgets them with the connection", "messages", left)

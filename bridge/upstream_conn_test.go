@@ -1052,6 +1052,11 @@ func TestUpstreamCopyResentOnTheConnectionIsTakenOnce(t *testing.T) {
 	if id := nextAck(t, acks); id != 5 {
 		t.Fatalf("PUBACK %d, want 5", id)
 	}
+	for deadline := time.Now().Add(5 * time.Second); c.isAwaiting(5); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("id 5 still awaits its PUBACK 5s after it was written")
+		}
+	}
 	c.handle(&testMessage{topic: "d/1", payload: []byte("e"), qos: 1, id: 5, dup: true}) // 5 awaits nothing
 	deliverAll(4)
 	if id := nextAck(t, acks); id != 5 {
@@ -1090,14 +1095,15 @@ func TestUpstreamReconnectKeepsOrderWithTheLastConnection(t *testing.T) {
 	if lane := second.order.take(laneBestEffort, &sources, 0); lane != laneAcked {
 		t.Fatalf("the new connection's QoS 0 record took lane %d, want the acknowledged lane %d", lane, laneAcked)
 	}
-	// Once nothing awaits Kafka, a new connection continues nothing, so
-	// connections that come and go (a remote that is down, a quiet feed)
-	// do not make a chain that keeps each of them in memory.
+	// Once nothing awaits Kafka, a new connection continues only the last
+	// one, which continues nothing: connections that come and go (a
+	// remote that is down, a quiet feed) do not make a chain that keeps
+	// each of them in memory.
 	first.order.settle(&sources)
 	second.order.settle(&sources)
 	third := newConn(u)
-	if third.order.after.Load() != nil {
-		t.Fatal("a connection continues one with nothing awaiting Kafka")
+	if third.order.after.Load() != &second.order || second.order.after.Load() != nil {
+		t.Fatal("the chain of connections was not cut where nothing awaits Kafka")
 	}
 }
 
@@ -1125,5 +1131,44 @@ func TestUpstreamSkippedMessageIsRefusedAsTooLarge(t *testing.T) {
 	}
 	if got := m.GetCounter().GetValue(); got != 1 {
 		t.Fatalf("records_failed_total{reason=too_large} = %v, want 1", got)
+	}
+}
+
+// A copy resent while the first copy's PUBACK is being written (taken off
+// the queue, the write waiting for the remote to read) is a copy too: the
+// remote sent it before it had the PUBACK.
+func TestUpstreamCopyResentWhileItsPubackIsWrittenIsSkipped(t *testing.T) {
+	p := &fakeProducer{}
+	_, u := upstreamForTest(t, UpstreamConfig{}, p, nil)
+	client, remote := net.Pipe() // the remote reads nothing until told
+	c := newConn(u)
+	c.nc.Store(newAckConn(client, 4096))
+	u.ackers.Add(1)
+	go c.writeAcks()
+	t.Cleanup(func() {
+		c.lose(nil)
+		client.Close()
+		remote.Close()
+		u.closeAckers()
+	})
+	c.handle(&testMessage{topic: "d/1", payload: []byte("a"), qos: 1, id: 5}) // delivered at once
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		c.mu.Lock()
+		taken := len(c.queue) == 0
+		c.mu.Unlock()
+		if taken {
+			break // the writer has it, and waits in the write of its PUBACK
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the ack writer did not take the message")
+		}
+	}
+	c.handle(&testMessage{topic: "d/1", payload: []byte("a"), qos: 1, id: 5, dup: true})
+	var b [4]byte
+	if _, err := io.ReadFull(remote, b[:]); err != nil || b != [4]byte{packets.Puback << 4, 2, 0, 5} {
+		t.Fatalf("read % x, %v; want PUBACK 5", b, err)
+	}
+	if got := p.values(); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("produced %q, want the first copy only", got)
 	}
 }

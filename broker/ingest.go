@@ -1274,7 +1274,8 @@ func (s *session) waitRoom(ctx context.Context) bool {
 	for {
 		select {
 		case <-s.room:
-			return true
+			// Both may be ready (room made after ctx ended): ctx wins.
+			return ctx.Err() == nil
 		case <-ctx.Done():
 			return false
 		case <-t.C:
