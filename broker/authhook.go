@@ -192,7 +192,8 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			return packets.ErrServerShuttingDown
 		}
 	}
-	name, _, ref := h.authenticate(cl, pk, h.users.Load())
+	users := h.users.Load()
+	name, _, ref := h.authenticate(cl, pk, users)
 	if ref != nil {
 		h.throttle.Failed(addr)
 	} else {
@@ -207,6 +208,9 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		// clear the address's failures: one valid account must not reset
 		// the throttle for guesses at another; failures expire instead.
 		cl.Properties.Username = []byte(name)
+		if g, ok := cl.Net.Conn.(*guardConn); ok {
+			g.login = users
+		}
 		return nil
 	}
 	h.failures[ref.reason].Inc()
@@ -393,9 +397,10 @@ var revokedCode = packets.Code{Code: packets.ErrNotAuthorized.Code, Reason: "not
 // OnSessionEstablished repeats against the file now in force the check
 // that revoke makes after a reload. A login decided by the file before a
 // reload, of a client that mochi listed only after revoke had looked at
-// the list, would otherwise stay; the two are moments apart, and only
-// whether the name is still admitted is checked here (not whether its
-// password changed), and whether the will is still allowed. So are the
+// the list, would otherwise stay; the two are moments apart. Whether the
+// name is still admitted, and whether its password changed since the
+// file the login was decided by, are checked here, and whether the will
+// is still allowed. So are the
 // subscriptions of a session it resumed: mochi may have copied them from
 // the kept session before a reload's revoke dropped them there.
 func (h *authHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
@@ -406,7 +411,13 @@ func (h *authHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	if pk.Connect.WillFlag {
 		h.wills.Store(cl, pk.Connect.WillTopic)
 	}
-	if users.Admits(string(cl.Properties.Username)) {
+	// The file the login was decided by: a password changed since (a
+	// reload revoke did not see this client for) ends the login too.
+	var login *auth.Users
+	if g, ok := cl.Net.Conn.(*guardConn); ok {
+		login, g.login = g.login, nil
+	}
+	if !users.Revokes(login, string(cl.Properties.Username)) {
 		h.recheckWill(users, cl)
 		h.dropSubscriptions(users, cl)
 		return

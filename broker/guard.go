@@ -6,6 +6,8 @@ import (
 	"net"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/tributary-io/tributary/auth"
 )
 
 // mochi v2.7.9 decodes an MQTT 5 SUBSCRIBE's subscription options byte
@@ -34,6 +36,11 @@ type guardConn struct {
 	off   int
 	ready int   // q[off:ready] is checked and may be returned
 	err   error // from the read that last filled q
+
+	// login is the users file the connection's login was decided by
+	// (authHook.OnConnect), for OnSessionEstablished to compare with the
+	// one in force then. Set and read on the connection's goroutine.
+	login *auth.Users
 }
 
 func newGuardConn(c net.Conn, maxPacket int) *guardConn {

@@ -165,15 +165,35 @@ func TestAuthSessionEstablishedAfterReload(t *testing.T) {
 		cl.Properties.Username = []byte(user)
 		return cl
 	}
+	// loggedIn is a client whose login was decided by file.
+	loggedIn := func(id string, file *auth.Users) *mqtt.Client {
+		cl := client(id, "ops")
+		local, remote := net.Pipe()
+		t.Cleanup(func() { local.Close(); remote.Close() })
+		go func() { _, _ = io.Copy(io.Discard, remote) }()
+		g := newGuardConn(local, 1<<20)
+		g.login = file
+		cl.Net.Conn = g
+		return cl
+	}
+	before := users.Load()
 	kept, removed := client("c1", "ops"), client("c2", "dev")
-	users.Swap(parseTestUsers(t, "users:\n  - {username: ops, password_hash: \"{{ops}}\"}\n"))
-	h.OnSessionEstablished(kept, packets.Packet{})
-	h.OnSessionEstablished(removed, packets.Packet{})
-	if kept.StopCause() != nil {
-		t.Fatalf("a user still in the file was stopped: %v", kept.StopCause())
+	changed := loggedIn("c3", before)
+	users.Swap(parseTestUsers(t, "users:\n  - {username: ops, password_hash: \"{{ops}}\"}\n")) // a new password hash for ops
+	current := loggedIn("c4", users.Load())
+	for _, cl := range []*mqtt.Client{kept, removed, changed, current} {
+		h.OnSessionEstablished(cl, packets.Packet{})
+	}
+	for _, cl := range []*mqtt.Client{kept, current} {
+		if cl.StopCause() != nil {
+			t.Fatalf("%s, a user still in the file with the password it logged in with, was stopped: %v", cl.ID, cl.StopCause())
+		}
 	}
 	if !errors.Is(removed.StopCause(), revokedCode) {
 		t.Fatalf("a user no longer in the file: stop cause %v, want %v", removed.StopCause(), revokedCode)
+	}
+	if !errors.Is(changed.StopCause(), revokedCode) {
+		t.Fatalf("a login decided by a password the reload changed: stop cause %v, want %v", changed.StopCause(), revokedCode)
 	}
 }
 
