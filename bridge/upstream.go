@@ -708,7 +708,7 @@ func (c *conn) keepalive(nc *ackConn) {
 			return
 		}
 		if now.Sub(wroteAt) >= ka-interval*3/2 || (pingAt.IsZero() && now.Sub(readAt) >= ka) {
-			if err := nc.writeAcks(pingreq, c.u.cfg.ConnectTimeout); err != nil {
+			if _, err := nc.Write(pingreq); err != nil {
 				c.lose(fmt.Errorf("writing PINGREQ: %w", err))
 				return
 			}
@@ -810,7 +810,7 @@ type conn struct {
 	// on this connection (see handle), and acking one for each the ack
 	// writer has taken off the queue and is acknowledging: a copy resent
 	// while its PUBACK is being written is a copy too. Under mu.
-	awaiting, acking [1 << 10]uint64
+	awaiting, acking idSet
 
 	// produceCtx ends handle's waits in the producer for a QoS 1 or 2
 	// message (for budget, queue space or a topic's metadata): at Drain,
@@ -1140,8 +1140,7 @@ func (c *conn) enqueue(e *inflight) bool {
 		return false
 	}
 	c.queue = append(c.queue, e)
-	id := e.msg.MessageID()
-	c.awaiting[id>>6] |= 1 << (id & 63)
+	c.awaiting.add(e.msg.MessageID())
 	return true
 }
 
@@ -1150,8 +1149,15 @@ func (c *conn) enqueue(e *inflight) bool {
 func (c *conn) isAwaiting(id uint16) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return (c.awaiting[id>>6]|c.acking[id>>6])&(1<<(id&63)) != 0
+	return c.awaiting.has(id) || c.acking.has(id)
 }
+
+// idSet is a set of MQTT packet ids.
+type idSet [1 << 10]uint64
+
+func (s *idSet) add(id uint16)      { s[id>>6] |= 1 << (id & 63) }
+func (s *idSet) remove(id uint16)   { s[id>>6] &^= 1 << (id & 63) }
+func (s *idSet) has(id uint16) bool { return s[id>>6]&(1<<(id&63)) != 0 }
 
 // clearRecord drops the reused record's references to the last message.
 func (c *conn) clearRecord() {
@@ -1232,9 +1238,8 @@ func (c *conn) writeAcks() {
 		}
 		ready = append(ready[:0], c.queue[:i]...)
 		for _, e := range ready {
-			id := e.msg.MessageID()
-			c.awaiting[id>>6] &^= 1 << (id & 63)
-			c.acking[id>>6] |= 1 << (id & 63)
+			c.awaiting.remove(e.msg.MessageID())
+			c.acking.add(e.msg.MessageID())
 		}
 		clear(c.queue[:i])
 		c.queue = c.queue[i:]
@@ -1248,8 +1253,7 @@ func (c *conn) writeAcks() {
 		if len(ready) > 0 {
 			c.mu.Lock()
 			for _, e := range ready {
-				id := e.msg.MessageID()
-				c.acking[id>>6] &^= 1 << (id & 63)
+				c.acking.remove(e.msg.MessageID())
 			}
 			c.mu.Unlock()
 		}
@@ -1342,7 +1346,7 @@ func (c *conn) flushAcks() {
 	}
 	b := c.acks
 	c.acks = c.acks[:0]
-	if err := c.nc.Load().writeAcks(b, c.u.cfg.ConnectTimeout); err != nil {
+	if _, err := c.nc.Load().Write(b); err != nil {
 		c.broken = true
 		c.u.log.Debug("writing PUBACKs to the upstream broker", "url", c.u.cfg.URL, "error", err)
 		c.lose(fmt.Errorf("writing PUBACKs: %w", err))
@@ -1508,7 +1512,7 @@ func (c *conn) dial(uri *url.URL, opts paho.ClientOptions) (net.Conn, error) {
 
 // ackConn is a net.Conn whose reads go through a bufio.Reader and whose
 // writes are whole: paho writes every packet with one Write, and the ack
-// writer its PUBACKs with one writeAcks, so holding a lock per Write keeps
+// writer its PUBACKs with one Write too, so holding a lock per Write keeps
 // the two from interleaving within a packet. It counts the reads from
 // and writes to the network for the keepalive.
 type ackConn struct {
@@ -1733,12 +1737,12 @@ func (c countedReads) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Write writes one of paho's packets, giving up after a.writeTimeout.
-// paho writes some packets (PUBCOMP, SUBSCRIBE, DISCONNECT) with no
-// deadline, and sets and clears its own around others outside this lock,
-// where writeAcks could clear it meanwhile: a remote broker that stopped
-// reading would then hold a write, and this lock, for good, and with it
-// the keepalive's PINGREQ (writeAcks) that would end the connection, and
+// Write writes one of paho's packets, or the ack writer's PUBACKs, or the
+// keepalive's PINGREQ, whole, giving up after a.writeTimeout. paho writes
+// some packets (PUBCOMP, SUBSCRIBE, DISCONNECT) with no deadline, and sets
+// and clears its own around others outside this lock: a remote broker
+// that stopped reading would then hold a write, and this lock, for good,
+// and with it the keepalive's PINGREQ that would end the connection, and
 // Close. So each write here sets its own deadline, and paho's are
 // ignored (SetWriteDeadline).
 func (a *ackConn) Write(p []byte) (int, error) {
@@ -1754,25 +1758,12 @@ func (a *ackConn) Write(p []byte) (int, error) {
 	return a.Conn.Write(p)
 }
 
-// SetWriteDeadline ignores paho's write deadlines: Write and writeAcks
-// set their own, under the lock.
+// SetWriteDeadline ignores paho's write deadlines: Write sets its own,
+// under the lock.
 func (a *ackConn) SetWriteDeadline(time.Time) error { return nil }
 
 // SetDeadline sets the read deadline only (see SetWriteDeadline).
 func (a *ackConn) SetDeadline(t time.Time) error { return a.Conn.SetReadDeadline(t) }
-
-// writeAcks writes b, giving up after timeout.
-func (a *ackConn) writeAcks(b []byte, timeout time.Duration) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if timeout > 0 {
-		_ = a.Conn.SetWriteDeadline(time.Now().Add(timeout))
-		defer a.Conn.SetWriteDeadline(time.Time{}) // see Write
-	}
-	a.writes.Add(1)
-	_, err := a.Conn.Write(b)
-	return err
-}
 
 // noStore is a paho Store that keeps nothing (see the package notes on
 // upstream sources).

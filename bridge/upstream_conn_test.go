@@ -108,9 +108,7 @@ func writePublish(w io.Writer, id uint16, topic, payload string) error {
 // pipe is.
 func connForTest(t *testing.T, u *upstream) (*conn, net.Conn, <-chan uint16) {
 	t.Helper()
-	client, remote := net.Pipe()
-	c := newConn(u)
-	c.nc.Store(newAckConn(client, 4096))
+	c, client, remote := pipeConn(t, u)
 	acks := make(chan uint16, 100)
 	go func() {
 		defer close(acks)
@@ -126,15 +124,38 @@ func connForTest(t *testing.T, u *upstream) (*conn, net.Conn, <-chan uint16) {
 			acks <- uint16(b[2])<<8 | uint16(b[3])
 		}
 	}()
+	return c, client, acks
+}
+
+// pipeConn is a connection of u as connect makes it, with its ack writer
+// running, on a pipe whose remote end the caller reads; all closed at
+// cleanup.
+func pipeConn(t *testing.T, u *upstream) (c *conn, client, remote net.Conn) {
+	t.Helper()
+	client, remote = net.Pipe()
+	c = newConn(u)
+	a := newAckConn(client, 4096)
+	a.writeTimeout = u.cfg.ConnectTimeout // as upstream.dial sets it
+	c.nc.Store(a)
 	u.ackers.Add(1)
 	go c.writeAcks()
 	t.Cleanup(func() {
 		c.lose(nil)
-		u.closeAckers()
-		client.Close()
+		client.Close() // first: it ends a write the remote end does not read
 		remote.Close()
+		u.closeAckers()
 	})
-	return c, client, acks
+	return c, client, remote
+}
+
+// counterValue returns c's value.
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
 }
 
 func nextAck(t *testing.T, acks <-chan uint16) uint16 {
@@ -937,15 +958,11 @@ func TestUpstreamDrainingCountsQoS0Messages(t *testing.T) {
 				t.Fatalf("PUBACK %d for a message not produced", id)
 			default:
 			}
-			var m dto.Metric
-			if err := u.m.failed.WithLabelValues(u.cfg.Name, "shutting_down").Write(&m); err != nil {
-				t.Fatal(err)
-			}
 			want := 2.0 // the QoS 0 messages
 			if clean {
 				want = 3 // and the QoS 1 one
 			}
-			if got := m.GetCounter().GetValue(); got != want {
+			if got := counterValue(t, u.m.failed.WithLabelValues(u.cfg.Name, "shutting_down")); got != want {
 				t.Fatalf("records_failed_total{reason=shutting_down} = %v, want %v", got, want)
 			}
 			if n := strings.Count(logs.String(), "messages arriving while shutting down are not produced"); n != 1 {
@@ -1070,11 +1087,7 @@ func TestUpstreamCopyResentOnTheConnectionIsTakenOnce(t *testing.T) {
 		t.Fatalf("a PUBACK %d more: a copy was acknowledged again", id)
 	case <-time.After(100 * time.Millisecond):
 	}
-	var m dto.Metric
-	if err := u.m.skipped.WithLabelValues(u.cfg.Name, "resent_copy").Write(&m); err != nil {
-		t.Fatal(err)
-	}
-	if got := m.GetCounter().GetValue(); got != 2 {
+	if got := counterValue(t, u.m.skipped.WithLabelValues(u.cfg.Name, "resent_copy")); got != 2 {
 		t.Fatalf("resent_copy counted %v, want 2", got)
 	}
 }
@@ -1125,11 +1138,7 @@ func TestUpstreamSkippedMessageIsRefusedAsTooLarge(t *testing.T) {
 	if got := p.values(); !slices.Equal(got, []string{"next"}) {
 		t.Fatalf("produced %q, want only the next message", got)
 	}
-	var m dto.Metric
-	if err := u.m.failed.WithLabelValues(u.cfg.Name, "too_large").Write(&m); err != nil {
-		t.Fatal(err)
-	}
-	if got := m.GetCounter().GetValue(); got != 1 {
+	if got := counterValue(t, u.m.failed.WithLabelValues(u.cfg.Name, "too_large")); got != 1 {
 		t.Fatalf("records_failed_total{reason=too_large} = %v, want 1", got)
 	}
 }
@@ -1140,17 +1149,8 @@ func TestUpstreamSkippedMessageIsRefusedAsTooLarge(t *testing.T) {
 func TestUpstreamCopyResentWhileItsPubackIsWrittenIsSkipped(t *testing.T) {
 	p := &fakeProducer{}
 	_, u := upstreamForTest(t, UpstreamConfig{}, p, nil)
-	client, remote := net.Pipe() // the remote reads nothing until told
-	c := newConn(u)
-	c.nc.Store(newAckConn(client, 4096))
-	u.ackers.Add(1)
-	go c.writeAcks()
-	t.Cleanup(func() {
-		c.lose(nil)
-		client.Close()
-		remote.Close()
-		u.closeAckers()
-	})
+	// The remote end reads nothing until told.
+	c, _, remote := pipeConn(t, u)
 	c.handle(&testMessage{topic: "d/1", payload: []byte("a"), qos: 1, id: 5}) // delivered at once
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
 		c.mu.Lock()

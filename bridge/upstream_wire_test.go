@@ -271,7 +271,10 @@ func TestAckConnWriteEndsWhenTheRemoteStopsReading(t *testing.T) {
 		_, err := a.Write([]byte{packets.Pubcomp << 4, 2, 0, 1})
 		done <- err
 	}()
-	go func() { done <- a.writeAcks(pingreq, 100*time.Millisecond) }()
+	go func() {
+		_, err := a.Write(pingreq) // as the keepalive does
+		done <- err
+	}()
 	for range 2 {
 		select {
 		case err := <-done:
