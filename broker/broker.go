@@ -116,7 +116,14 @@ func New(cfg Config, producer Producer, mapper *mapping.Mapper, log *slog.Logger
 	}
 	server := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
-		Logger:       slog.New(newMochiLogHandler(log.With("component", "mqtt").Handler())),
+		// mochi holds packets back in a buffer of its own while deliveries
+		// are queued for a client. Tributary writes acknowledgements to the
+		// connection itself, so a PUBACK or PUBREC mochi held back would be
+		// passed by a later one, and a DISCONNECT with its reason code
+		// would be lost when the connection is closed right after it. Every
+		// packet is at least one byte long, so with 1 nothing is held back.
+		ClientNetWriteBufferSize: 1,
+		Logger:                   slog.New(newMochiLogHandler(log.With("component", "mqtt").Handler())),
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	reg := cfg.Registerer
