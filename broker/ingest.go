@@ -615,8 +615,39 @@ func (h *ingest) endPrevious(prev *mqtt.Client) {
 func (h *ingest) awaitGone(prev *mqtt.Client, timeout <-chan time.Time) bool {
 	return h.pollUntil(func() bool {
 		cur, ok := h.server.Clients.Get(prev.ID)
-		return !ok || cur != prev
+		return !ok || cur != prev || h.dropLeftover(prev)
 	}, 5*time.Millisecond, timeout)
+}
+
+// leftoverAfter is how long, in whole seconds of mochi's stop time, a
+// closed connection that never had its session established stays listed
+// before dropLeftover takes it for one mochi left behind.
+const leftoverAfter = 2
+
+// dropLeftover takes prev, a closed connection whose session ends with
+// it, out of mochi's client list when mochi left it there, and reports
+// whether it did. mochi lists a connection before writing its CONNACK;
+// when that write (or the resend of the session's messages) fails it
+// closes the connection without OnSessionEstablished or OnDisconnect,
+// and never unlists it, so every CONNECT resuming that client id would
+// wait for it in vain. An established connection is in h.live until
+// OnDisconnect ends, and mochi unlists it right after; one closed
+// seconds ago that never became live is such a leftover. What mochi
+// would have done at its disconnect is done here.
+func (h *ingest) dropLeftover(prev *mqtt.Client) bool {
+	if !prev.Closed() || time.Now().Unix()-prev.StopTime() < leftoverAfter {
+		return false
+	}
+	if _, live := h.live.Load(prev); live {
+		return false
+	}
+	prev.ClearInflights()
+	h.server.UnsubscribeClient(prev)
+	if cur, ok := h.server.Clients.Get(prev.ID); ok && cur == prev {
+		h.server.Clients.Delete(prev.ID)
+	}
+	h.log.Info("dropped a session left behind by a connection whose CONNACK could not be written", "client", prev.ID, "remote", prev.Net.Remote)
+	return true
 }
 
 // pollUntil checks done every interval until it holds, and reports

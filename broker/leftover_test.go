@@ -1,0 +1,41 @@
+package broker
+
+import (
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// failWrites is a connection whose writes fail, as one its peer reset
+// right after sending its CONNECT.
+type failWrites struct{ net.Conn }
+
+func (failWrites) Write([]byte) (int, error) { return 0, errors.New("connection reset by peer") }
+
+// A connection whose CONNACK could not be written is closed by mochi but
+// left in its client list. A client resuming with that id and an MQTT 5
+// session that ends with its connection still gets in, with a new
+// session, before the wait for the previous connection runs out.
+func TestResumeAfterACONNACKThatFailed(t *testing.T) {
+	b := startBroker(t, newFakeProducer())
+	b.ingest.takeoverWait = 6 * time.Second // longer than connectRaw waits for the CONNACK
+	srv, peer := net.Pipe()
+	t.Cleanup(func() { srv.Close(); peer.Close() })
+	connect := encodeConnect(t, "MQTT", 5, "lost", func(c *packets.ConnectParams) { c.Clean = false })
+	go func() { _, _ = peer.Write(connect) }()
+	if err := b.server.EstablishConnection("mqtt-tcp", failWrites{srv}); err == nil {
+		t.Fatal("the connection whose writes fail was established")
+	}
+	if cl, ok := b.server.Clients.Get("lost"); !ok || !cl.Closed() {
+		t.Fatalf("listed %v: want mochi to have left the closed connection listed", ok)
+	}
+
+	start := time.Now()
+	_, ack := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 5, id: "lost", keep: true, noExpiry: true})
+	if ack.ReasonCode != 0 || ack.SessionPresent {
+		t.Fatalf("CONNACK reason %#x, session present %v after %v; want 0 and a new session", ack.ReasonCode, ack.SessionPresent, time.Since(start))
+	}
+}
