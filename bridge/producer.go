@@ -274,6 +274,18 @@ func (p *Producer) topicGone(topic string, err error) error {
 	return fmt.Errorf("%w: %w", ErrTopicGone, err) // both: records_failed_total names the Kafka error
 }
 
+// TopicDeleted reports whether err, from a delivery report, says Kafka
+// does not have the record's topic although it was checked before the
+// record was produced: deleted since. With kafka.create_topics false the
+// error is librdkafka's (local, or the broker's) as it is; with it true,
+// topicGone wraps it in ErrTopicGone, the topic is created again and the
+// client resends, which this does not count.
+func TopicDeleted(err error) bool {
+	var ke kafka.Error
+	return !errors.Is(err, ErrTopicGone) && errors.As(err, &ke) &&
+		(ke.Code() == kafka.ErrUnknownTopic || ke.Code() == kafka.ErrUnknownTopicOrPart)
+}
+
 // topicRefused reports whether err refuses the record's topic, whatever
 // the record: the topic does not exist (and kafka.create_topics is
 // false), or writing to it is not authorized.

@@ -38,6 +38,12 @@ type APIConfig struct {
 	// SendQueue is how many records wait for one /socket/out socket before
 	// its partitions are paused. Default 1000.
 	SendQueue int
+	// FlushTimeout is kafka.flush_timeout, the longest the daemon's
+	// shutdown flush takes. A produce socket closing at shutdown sends the
+	// results that come until Close, which the daemon calls once the flush
+	// is over; it gives up shutdownGrace past FlushTimeout if Close does
+	// not come. Default 30s.
+	FlushTimeout time.Duration
 	// Consumer is the template for each /socket/out socket's consumer:
 	// bootstrap, properties and session timeout.
 	Consumer   bridge.ConsumerConfig
@@ -70,7 +76,18 @@ type API struct {
 	// with no result frame to follow, and its resend be a duplicate.
 	produceCtx    context.Context
 	stopProducing context.CancelFunc
+	// closeWait bounds how long a produce socket the server closes for
+	// another reason than shutdown (a newer socket with its clientId,
+	// revoked credentials) waits for the results still due; shutdownWait,
+	// how long one closing at shutdown waits for them if Close does not
+	// come.
+	closeWait, shutdownWait time.Duration
 }
+
+// shutdownGrace is how much longer than the flush a produce socket waits
+// at shutdown for Close: the daemon calls it only after the flush and the
+// closing of the MQTT side.
+const shutdownGrace = time.Minute
 
 // session is one open socket, as the registry sees it.
 type session struct {
@@ -97,18 +114,23 @@ func NewAPI(cfg APIConfig, producer *bridge.Producer, log *slog.Logger) *API {
 	if cfg.SendQueue <= 0 {
 		cfg.SendQueue = 1000
 	}
+	if cfg.FlushTimeout <= 0 {
+		cfg.FlushTimeout = 30 * time.Second
+	}
 	reg := cfg.Registerer
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
 	a := &API{
-		cfg:      cfg,
-		log:      log,
-		producer: producer,
-		metrics:  newAPIMetrics(reg),
-		sessions: map[string]*session{},
-		all:      map[*session]struct{}{},
-		flushed:  make(chan struct{}),
+		cfg:          cfg,
+		log:          log,
+		producer:     producer,
+		metrics:      newAPIMetrics(reg),
+		sessions:     map[string]*session{},
+		all:          map[*session]struct{}{},
+		flushed:      make(chan struct{}),
+		closeWait:    30 * time.Second,
+		shutdownWait: cfg.FlushTimeout + shutdownGrace,
 	}
 	a.produceCtx, a.stopProducing = context.WithCancel(context.Background())
 	a.upgrader = websocket.Upgrader{

@@ -52,7 +52,7 @@ func parseFormat(s string) (format, error) {
 			return format(i), nil
 		}
 	}
-	return 0, fmt.Errorf("format %q is not one of %s", s, strings.Join(formatNames[:], ", "))
+	return 0, fmt.Errorf("format %s is not one of %s", quote(s), strings.Join(formatNames[:], ", "))
 }
 
 // frameError is a problem with one client frame, sent back as an error frame.
@@ -170,7 +170,7 @@ func decodeProduceFrameJSON(data []byte, topic string, keyType, valType format) 
 }
 
 // unknownField names the first field of a produce frame that inFrame does
-// not have, or returns "" if there is none.
+// not have, quoted as quote does, or returns "" if there is none.
 func unknownField(data []byte) string {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
@@ -179,11 +179,9 @@ func unknownField(data []byte) string {
 	if err == nil {
 		return ""
 	}
-	// encoding/json's only words for it: `json: unknown field "name"`.
-	if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-		return f
-	}
-	return ""
+	// encoding/json's only words for it: `json: unknown field "name"`,
+	// with the whole name, which may be as long as the frame.
+	return unknownFieldName(err)
 }
 
 // checkFrameText refuses a frame that encoding/json would read as
@@ -307,19 +305,19 @@ func buildRecord(topic string, keyType, valType format, key, value *inValue, hea
 		if h.Format != "" {
 			var ferr error
 			if f, ferr = parseFormat(h.Format); ferr != nil || (f != formatString && f != formatBase64) {
-				return nil, id, invalid("headers[%d] (%s): format %q: header values are string or base64", i, h.Key, h.Format)
+				return nil, id, invalid("headers[%d] (%s): format %s: header values are string or base64", i, truncate(h.Key), quote(h.Format))
 			}
 		}
 		var v []byte
 		if len(h.Value) > 0 && !bytes.Equal(h.Value, []byte("null")) {
 			var ok bool
 			if v, ok = jsonString(h.Value); !ok {
-				return nil, id, invalid("headers[%d] (%s): value must be a JSON string", i, h.Key)
+				return nil, id, invalid("headers[%d] (%s): value must be a JSON string", i, truncate(h.Key))
 			}
 			if f == formatBase64 {
 				b, derr := decodeBase64(string(v))
 				if derr != nil {
-					return nil, id, invalid("headers[%d] (%s): value is not base64: %v", i, h.Key, derr)
+					return nil, id, invalid("headers[%d] (%s): value is not base64: %v", i, truncate(h.Key), derr)
 				}
 				v = b
 			}
@@ -406,7 +404,7 @@ func encodeValue(what string, v *inValue, def format) ([]byte, *frameError) {
 		}
 		n, err := strconv.ParseInt(string(raw), 10, bits)
 		if err != nil {
-			return nil, invalid("%s: format %s needs an integer that fits in %d bits, got %s", what, f, bits, truncate(string(raw), 40))
+			return nil, invalid("%s: format %s needs an integer that fits in %d bits, got %s", what, f, bits, truncate(string(raw)))
 		}
 		if f == formatInt {
 			return binary.BigEndian.AppendUint32(nil, uint32(int32(n))), nil
@@ -415,13 +413,13 @@ func encodeValue(what string, v *inValue, def format) ([]byte, *frameError) {
 	case formatDouble:
 		x, err := strconv.ParseFloat(string(raw), 64)
 		if err != nil || raw[0] == '"' {
-			return nil, invalid("%s: format double needs a number, got %s", what, truncate(string(raw), 40))
+			return nil, invalid("%s: format double needs a number, got %s", what, truncate(string(raw)))
 		}
 		return binary.BigEndian.AppendUint64(nil, math.Float64bits(x)), nil
 	case formatFloat:
 		x, err := strconv.ParseFloat(string(raw), 32)
 		if err != nil || raw[0] == '"' {
-			return nil, invalid("%s: format float needs a number that fits in 32 bits, got %s", what, truncate(string(raw), 40))
+			return nil, invalid("%s: format float needs a number that fits in 32 bits, got %s", what, truncate(string(raw)))
 		}
 		return binary.BigEndian.AppendUint32(nil, math.Float32bits(float32(x))), nil
 	}
@@ -469,11 +467,58 @@ func decodeBase64(s string) ([]byte, error) {
 	return base64.RawURLEncoding.DecodeString(s)
 }
 
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
+// Error messages show a string the client sent whole up to maxShown
+// bytes, and past that only its first shownCut bytes or fewer. An error
+// frame waits on its socket until written, as a result does, up to
+// websocket.max_inflight of them (see maxMessageIDBytes): one showing a
+// string as long as the frame it came in would multiply the frame limit
+// by that count.
+const (
+	maxShown = 40
+	shownCut = 32
+)
+
+// clip returns the start of s that an error message shows, cut at a rune
+// boundary, and what marks the cut: "..." and the length of the whole, or
+// "" if s is shown whole.
+func clip(s string) (start, mark string) {
+	if len(s) <= maxShown {
+		return s, ""
 	}
-	return s[:n] + "..."
+	n := shownCut
+	// Back to the start of the rune at the cut, if s is UTF-8 there.
+	for i := n; i > n-utf8.UTFMax; i-- {
+		if utf8.RuneStart(s[i]) {
+			n = i
+			break
+		}
+	}
+	return s[:n], "... (" + strconv.Itoa(len(s)) + " bytes)"
+}
+
+// quote is strconv.Quote for a string the client sent, as clip cuts it.
+func quote(s string) string {
+	start, mark := clip(s)
+	return strconv.Quote(start) + mark
+}
+
+// truncate is s, text the client sent, as clip cuts it.
+func truncate(s string) string {
+	start, mark := clip(s)
+	return start + mark
+}
+
+// unknownFieldName names the field of encoding/json's unknown-field error
+// err, quoted as quote does, or returns "" if err is another error.
+func unknownFieldName(err error) string {
+	f, ok := strings.CutPrefix(err.Error(), "json: unknown field ")
+	if !ok {
+		return ""
+	}
+	if name, uerr := strconv.Unquote(f); uerr == nil {
+		return quote(name)
+	}
+	return truncate(f)
 }
 
 // parseMessageID reads a wsProxyMessageId,

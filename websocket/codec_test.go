@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tributary-io/tributary/bridge"
 )
@@ -87,6 +89,47 @@ func TestDecodeProduceFrame(t *testing.T) {
 			}
 			if !bytes.Equal(rec.Key, tc.wantKey) || !bytes.Equal(rec.Value, tc.wantValue) {
 				t.Fatalf("key %x value %x, want %x %x", rec.Key, rec.Value, tc.wantKey, tc.wantValue)
+			}
+		})
+	}
+}
+
+// An error frame shows only the start of a long string the client sent
+// (a header key, a format, a field name), cut at a rune boundary and
+// marked with its length: error frames wait on the socket to be written,
+// up to websocket.max_inflight of them, and one holding the whole string
+// would make a socket hold that many frames' worth of memory.
+func TestErrorsShowLongStringsCut(t *testing.T) {
+	long := strings.Repeat("€", 1<<20/3) // 3 bytes a rune: a cut at a byte count lands inside one
+	for _, tc := range []struct {
+		name, frame string
+		val         format
+		want        string
+		json        bool // the error shows the JSON text, quotes included
+	}{
+		{"header key, bad format", `{"headers":[{"key":"` + long + `","value":"v","format":"json"}]}`, formatString, "header values are string or base64", false},
+		{"header format", `{"headers":[{"key":"k","value":"v","format":"` + long + `"}]}`, formatString, "header values are string or base64", false},
+		{"header key, value not a string", `{"headers":[{"key":"` + long + `","value":1}]}`, formatString, "value must be a JSON string", false},
+		{"header key, value not base64", `{"headers":[{"key":"` + long + `","value":"!!","format":"base64"}]}`, formatString, "value is not base64", false},
+		{"unknown field", `{"value":{"value":"v"},"` + long + `":1}`, formatString, "unknown field", false},
+		{"value format", `{"value":{"value":"v","format":"` + long + `"}}`, formatString, "is not one of string, json", false},
+		{"key format", `{"key":{"value":"v","format":"` + long + `"}}`, formatString, "is not one of string, json", false},
+		{"value not a number", `{"value":{"value":"` + long + `"}}`, formatDouble, "needs a number", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, ferr := decodeProduceFrame([]byte(tc.frame), "t", formatString, tc.val)
+			if ferr == nil {
+				t.Fatal("no error")
+			}
+			if len(ferr.msg) >= 2<<10 || !strings.Contains(ferr.msg, tc.want) {
+				t.Fatalf("error of %d bytes %.300q..., want one under 2 KiB saying %q", len(ferr.msg), ferr.msg, tc.want)
+			}
+			n := len(long)
+			if tc.json {
+				n += 2
+			}
+			if !utf8.ValidString(ferr.msg) || strings.Contains(ferr.msg, `\x`) || !strings.Contains(ferr.msg, strconv.Itoa(n)+" bytes") {
+				t.Fatalf("error %q: want the string cut between runes, marked with its length", ferr.msg)
 			}
 		})
 	}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"math"
 	"strconv"
-	"strings"
 	"unicode/utf8"
 
 	"github.com/tributary-io/tributary/bridge"
@@ -68,20 +67,20 @@ func decodeProduceFrameRef(data []byte, topic string, keyType, valType format) (
 		if h.Format != "" {
 			var ferr error
 			if f, ferr = parseFormat(h.Format); ferr != nil || (f != formatString && f != formatBase64) {
-				return nil, id, invalid("headers[%d] (%s): format %q: header values are string or base64", i, h.Key, h.Format)
+				return nil, id, invalid("headers[%d] (%s): format %s: header values are string or base64", i, truncate(h.Key), quote(h.Format))
 			}
 		}
 		var v []byte
 		if len(h.Value) > 0 && !bytes.Equal(h.Value, []byte("null")) {
 			var s string
 			if json.Unmarshal(h.Value, &s) != nil {
-				return nil, id, invalid("headers[%d] (%s): value must be a JSON string", i, h.Key)
+				return nil, id, invalid("headers[%d] (%s): value must be a JSON string", i, truncate(h.Key))
 			}
 			v = []byte(s)
 			if f == formatBase64 {
 				b, derr := decodeBase64(s)
 				if derr != nil {
-					return nil, id, invalid("headers[%d] (%s): value is not base64: %v", i, h.Key, derr)
+					return nil, id, invalid("headers[%d] (%s): value is not base64: %v", i, truncate(h.Key), derr)
 				}
 				v = b
 			}
@@ -92,7 +91,7 @@ func decodeProduceFrameRef(data []byte, topic string, keyType, valType format) (
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(new(inFrame)); err != nil {
 		return nil, id, invalid("invalid produce message: unknown field %s (a frame has headers, key, value and messageId; key and value have value and format; a header has key, value and format)",
-			strings.TrimPrefix(err.Error(), "json: unknown field "))
+			unknownFieldName(err))
 	}
 	return rec, id, nil
 }
@@ -136,7 +135,7 @@ func encodeValueRef(what string, v *inValue, def format) ([]byte, *frameError) {
 		}
 		n, err := strconv.ParseInt(string(raw), 10, bits)
 		if err != nil {
-			return nil, invalid("%s: format %s needs an integer that fits in %d bits, got %s", what, f, bits, truncate(string(raw), 40))
+			return nil, invalid("%s: format %s needs an integer that fits in %d bits, got %s", what, f, bits, truncate(string(raw)))
 		}
 		if f == formatInt {
 			return binary.BigEndian.AppendUint32(nil, uint32(int32(n))), nil
@@ -145,13 +144,13 @@ func encodeValueRef(what string, v *inValue, def format) ([]byte, *frameError) {
 	case formatDouble:
 		x, err := strconv.ParseFloat(string(raw), 64)
 		if err != nil || raw[0] == '"' {
-			return nil, invalid("%s: format double needs a number, got %s", what, truncate(string(raw), 40))
+			return nil, invalid("%s: format double needs a number, got %s", what, truncate(string(raw)))
 		}
 		return binary.BigEndian.AppendUint64(nil, math.Float64bits(x)), nil
 	case formatFloat:
 		x, err := strconv.ParseFloat(string(raw), 32)
 		if err != nil || raw[0] == '"' {
-			return nil, invalid("%s: format float needs a number that fits in 32 bits, got %s", what, truncate(string(raw), 40))
+			return nil, invalid("%s: format float needs a number that fits in 32 bits, got %s", what, truncate(string(raw)))
 		}
 		return binary.BigEndian.AppendUint32(nil, math.Float32bits(float32(x))), nil
 	}

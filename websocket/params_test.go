@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -98,7 +97,7 @@ func TestUnusableIDsRefused(t *testing.T) {
 		{"/socket/in", "clientId", "c\x00", []string{"clientId", "U+0000"}},
 		{"/socket/in", "clientId", "\xc0\xaf", []string{"clientId", "UTF-8"}},
 	} {
-		t.Run(tc.path+" "+tc.name+"="+strconv.Quote(truncate(tc.value, 20)), func(t *testing.T) {
+		t.Run(tc.path+" "+tc.name+"="+quote(tc.value), func(t *testing.T) {
 			q := url.Values{"clientId": {"c"}, "topic": {"t"}, tc.name: {tc.value}}
 			msg := refusal(t, a, tc.path, q)
 			for _, w := range tc.want {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
@@ -171,19 +172,8 @@ func (a *API) serveProduce(w http.ResponseWriter, r *http.Request) {
 	if c.closing.Load() {
 		// The server asked (shutdown, replacement, revoked credentials):
 		// send what Kafka acknowledges for the records already read, then
-		// close; at shutdown, only until the producer's flush is over.
-		deadline := time.Now().Add(30 * time.Second)
-	wait:
-		for len(c.slots) > 0 && time.Now().Before(deadline) {
-			select {
-			case <-time.After(5 * time.Millisecond):
-			case <-a.flushed:
-				if left := len(c.slots); left > 0 {
-					log.Warn("WebSocket produce socket closed at shutdown without the results of records Kafka did not acknowledge in time", "records", left)
-				}
-				break wait
-			}
-		}
+		// close.
+		c.awaitResults(log)
 	} else {
 		a.readEnded(err, r)
 		c.requestClose(closeFor(err, a.cfg.MaxFrameBytes))
@@ -192,6 +182,37 @@ func (a *API) serveProduce(w http.ResponseWriter, r *http.Request) {
 	cancel()
 	ws.Close()
 	log.Debug("WebSocket produce socket closed", "error", err)
+}
+
+// awaitResults waits, as the server closes the socket, until the results
+// still due are out, or: at shutdown, until Close says the producer's
+// flush is over, or for shutdownWait if Close does not come (the flush,
+// under kafka.flush_timeout, decides which records Kafka acknowledged in
+// time: giving up sooner would leave the client to resend one Kafka has);
+// otherwise for closeWait.
+func (c *produceConn) awaitResults(log *slog.Logger) {
+	a := c.a
+	deadline := time.Now().Add(a.closeWait)
+	shutdown := false
+	for len(c.slots) > 0 {
+		if !shutdown && a.produceCtx.Err() != nil {
+			// Drain, maybe while the socket waited for another reason.
+			shutdown = true
+			deadline = time.Now().Add(a.shutdownWait)
+		}
+		if !time.Now().Before(deadline) {
+			log.Warn("WebSocket produce socket closed without the results of records Kafka had not acknowledged yet", "records", len(c.slots), "shutdown", shutdown)
+			return
+		}
+		select {
+		case <-time.After(5 * time.Millisecond):
+		case <-a.flushed:
+			if left := len(c.slots); left > 0 {
+				log.Warn("WebSocket produce socket closed at shutdown without the results of records Kafka did not acknowledge in time", "records", left)
+			}
+			return
+		}
+	}
 }
 
 // topicProblem says what is wrong with t as a Kafka topic name, naming
@@ -203,11 +224,7 @@ func topicProblem(t string, problem func(string) string) string {
 	if why == "" {
 		return ""
 	}
-	name := strconv.Quote(t)
-	if len(t) > 40 {
-		name = strconv.Quote(t[:32]) + "..."
-	}
-	return "topic " + name + " is not a valid Kafka topic name: " + why
+	return "topic " + quote(t) + " is not a valid Kafka topic name: " + why
 }
 
 // maxKafkaString is the longest string the Kafka protocol carries (an
@@ -237,11 +254,7 @@ func idProblem(param, v, what string) string {
 	if why == "" {
 		return ""
 	}
-	name := strconv.Quote(v)
-	if len(v) > 40 {
-		name = strconv.Quote(v[:32]) + "..."
-	}
-	return param + " " + name + " is not usable as a Kafka " + what + ": " + why
+	return param + " " + quote(v) + " is not usable as a Kafka " + what + ": " + why
 }
 
 // socketPayload adds to problems a socketPayload other than json, the
@@ -364,6 +377,8 @@ func produceFailure(topic string, err error) *frameError {
 			" refused by Tributary, not by Kafka: records already go to as many distinct topics as kafka.max_topics allows; raise kafka.max_topics to allow more"}
 	case errors.Is(err, bridge.ErrUnknownTopic):
 		return &frameError{code: CodeUnknownTopic, msg: err.Error()}
+	case bridge.TopicDeleted(err):
+		return &frameError{code: CodeUnknownTopic, msg: "Kafka topic " + strconv.Quote(topic) + ": " + bridge.ErrUnknownTopic.Error() + ": " + err.Error()}
 	case errors.Is(err, bridge.ErrRecordTooLarge):
 		return &frameError{code: CodeInvalidPayload, msg: err.Error()}
 	case bridge.Permanent(err):

@@ -3,6 +3,7 @@ package websocket
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -23,14 +25,15 @@ import (
 )
 
 // produceAPI is an API whose producer writes to c, served on a test
-// server; it returns the API and the server's ws:// address.
-func produceAPI(t *testing.T, c *kfake.Cluster) (*API, string) {
+// server; it returns the API and the server's ws:// address. Each of set
+// changes the API before it serves.
+func produceAPI(t *testing.T, c *kfake.Cluster, set ...func(*API)) (*API, string) {
 	t.Helper()
-	return produceAPIBudget(t, c, 8<<20)
+	return produceAPIBudget(t, c, 8<<20, set...)
 }
 
 // produceAPIBudget is produceAPI with an in-flight budget of budget bytes.
-func produceAPIBudget(t *testing.T, c *kfake.Cluster, budget int64) (*API, string) {
+func produceAPIBudget(t *testing.T, c *kfake.Cluster, budget int64, set ...func(*API)) (*API, string) {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	p, err := bridge.NewProducer(bridge.ProducerConfig{Bootstrap: c.ListenAddrs()[0], MaxMessageBytes: 1 << 20,
@@ -39,6 +42,9 @@ func produceAPIBudget(t *testing.T, c *kfake.Cluster, budget int64) (*API, strin
 		t.Fatal(err)
 	}
 	a := NewAPI(APIConfig{Registerer: prometheus.NewRegistry()}, p, log)
+	for _, f := range set {
+		f(a)
+	}
 	mux := http.NewServeMux()
 	a.routes(mux, func(h http.Handler) http.Handler { return h })
 	srv := httptest.NewServer(mux)
@@ -202,6 +208,79 @@ func TestProduceWaitingAtDrainIsNotProduced(t *testing.T) {
 	}
 }
 
+// At shutdown a produce socket sends the results still due until the
+// producer's flush is over (Close), as long as kafka.flush_timeout lets it
+// run, not for a time of its own: a record Kafka acknowledged late in the
+// flush would get no result, and the client's resend be a duplicate.
+func TestProduceShutdownWaitsForTheFlush(t *testing.T) {
+	c := testutil.KafkaCluster(t)
+	// closeWait stands for the 30 s a socket the server closes waits
+	// otherwise, which a longer flush outlasts.
+	a, addr := produceAPI(t, c, func(a *API) { a.closeWait = 200 * time.Millisecond })
+	awaitHeld, let := holdRequests(t, c, kmsg.Produce, false)
+	in, _, err := websocket.DefaultDialer.Dial(addr+"/socket/in?"+url.Values{"clientId": {"c"}, "topic": {"t"}}.Encode(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { in.Close() })
+	got := frames(in)
+	if err := in.WriteMessage(websocket.TextMessage, []byte(`{"value":{"value":"a"},"messageId":"m1"}`)); err != nil {
+		t.Fatal(err)
+	}
+	awaitHeld("the record")
+	a.Drain() // the flush begins
+	select {
+	case f, ok := <-got:
+		if !ok {
+			t.Fatal("socket closed during the flush, before Kafka acknowledged m1")
+		}
+		t.Fatalf("frame %s before Kafka acknowledged m1", f)
+	case <-time.After(time.Second):
+	}
+	let() // Kafka acknowledges m1, the flush still running
+	select {
+	case f := <-got:
+		if !strings.Contains(f, `"messageId":"m1"`) || !strings.Contains(f, `"offset":`) {
+			t.Fatalf("frame %s, want the result of m1", f)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no result for m1, which Kafka acknowledged during the flush")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a.Close(ctx)
+	for f := range got {
+		t.Fatalf("frame %s after the result, want the socket closed", f)
+	}
+}
+
+// A socket closing at shutdown waits for its results only so long when
+// Close does not come to end the wait.
+func TestProduceShutdownWaitBounded(t *testing.T) {
+	c := testutil.KafkaCluster(t)
+	a, addr := produceAPI(t, c, func(a *API) { a.shutdownWait = 200 * time.Millisecond })
+	awaitHeld, _ := holdRequests(t, c, kmsg.Produce, false)
+	in, _, err := websocket.DefaultDialer.Dial(addr+"/socket/in?"+url.Values{"clientId": {"c"}, "topic": {"t"}}.Encode(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { in.Close() })
+	got := frames(in)
+	if err := in.WriteMessage(websocket.TextMessage, []byte(`{"value":{"value":"a"},"messageId":"m1"}`)); err != nil {
+		t.Fatal(err)
+	}
+	awaitHeld("the record")
+	a.Drain()
+	select {
+	case f, ok := <-got:
+		if ok {
+			t.Fatalf("frame %s, want the socket closed without the result Kafka has not given", f)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("socket still open 20 s into a shutdown whose wait is 200 ms, Close not called")
+	}
+}
+
 // The writer puts answers that Kafka's acknowledgements (of records in
 // different partitions) bring out of order back in frame order; as the
 // socket closes, it sends those that came, past the ones that did not.
@@ -245,6 +324,44 @@ func TestProduceWriterOrder(t *testing.T) {
 	}
 	if len(c.slots) != 0 || len(c.parked) != 0 {
 		t.Fatalf("%d slots still taken, %d answers parked; want each written answer's slot freed", len(c.slots), len(c.parked))
+	}
+}
+
+// A record whose topic Kafka no longer has (deleted after Tributary
+// checked it, with kafka.create_topics false) gets error 40401, as one to
+// a topic found missing before producing does, whether librdkafka or the
+// broker says so in the delivery report. With topic creation on the topic
+// is created again, and the client sends the record again (50002).
+func TestProduceDeliveryUnknownTopic(t *testing.T) {
+	client, ws, conn, _ := burstPair(t)
+	a := NewAPI(APIConfig{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c := &produceConn{sock: newSock(ws, conn, 1<<20, time.Minute), a: a, out: make(chan outFrame, 8),
+		slots: make(chan struct{}, 8)}
+	local := kafka.NewError(kafka.ErrUnknownTopic, "Local: Unknown topic", false)
+	broker := kafka.NewError(kafka.ErrUnknownTopicOrPart, "Broker: Unknown topic or partition", false)
+	for i, tc := range []struct {
+		name string
+		err  error
+		want int
+	}{
+		{"librdkafka", local, CodeUnknownTopic},
+		{"broker", broker, CodeUnknownTopic},
+		{"created again", fmt.Errorf("%w: %w", bridge.ErrTopicGone, broker), CodeKafka},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c.slots <- struct{}{}
+			d := &delivery{c: c, seq: uint64(i), id: json.RawMessage(`"m"`), ts: 1}
+			d.Delivered(bridge.Delivery{Topic: "t", Partition: -1, Offset: -1, Err: tc.err})
+			n, err := c.writeReady(nil)
+			c.release(n)
+			if err != nil || n != 1 {
+				t.Fatalf("wrote %d (%v), want the error frame", n, err)
+			}
+			var f produceError
+			if b := readFrames(t, client, 1)[0]; json.Unmarshal([]byte(b), &f) != nil || f.Error.Code != tc.want {
+				t.Fatalf("frame %s, want error %d", b, tc.want)
+			}
+		})
 	}
 }
 

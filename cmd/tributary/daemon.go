@@ -169,6 +169,7 @@ func start(cfg config.Config, log *slog.Logger) (_ *daemon, err error) {
 				MaxInflight:    cfg.WebSocket.MaxInflight,
 				ProduceRate:    float64(cfg.WebSocket.ProduceRate),
 				SendQueue:      cfg.WebSocket.SendQueue,
+				FlushTimeout:   cfg.Kafka.FlushTimeout,
 				Consumer: bridge.ConsumerConfig{
 					Bootstrap:      bootstrap,
 					Properties:     props,
