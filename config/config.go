@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"gopkg.in/yaml.v3"
 
@@ -73,7 +74,8 @@ type KafkaConfig struct {
 	// creates; -1 means the broker's default. Default -1.
 	TopicReplicationFactor int `yaml:"topic_replication_factor"`
 	// MaxMessageBytes is the largest record the bridge produces (key, value
-	// and headers); larger MQTT payloads are refused. Default 1000000.
+	// and headers); larger MQTT payloads are refused. At least 1024, at
+	// most 999998976 (see maxMessageBytes). Default 1000000.
 	MaxMessageBytes int `yaml:"max_message_bytes"`
 	// InflightBudgetBytes bounds the bytes of records waiting for Kafka's
 	// acknowledgement, across all clients. Past it, QoS 0 publishes are
@@ -259,8 +261,9 @@ func (e *Error) Error() string {
 // DecodeYAML decodes a YAML document onto cfg strictly: unknown keys are
 // errors, and so is a second document, which would otherwise be ignored.
 // An empty input (or one of comments only) leaves cfg as it was. A key it
-// does not know or a value of the wrong type is a *FileError naming the
-// key's path; the rest of the document is decoded onto cfg nonetheless.
+// does not know, a value of the wrong type, or a null value (see
+// addNulls) is a *FileError naming the key's path; the rest of the
+// document is decoded onto cfg nonetheless.
 func DecodeYAML(r io.Reader, cfg *Config) error {
 	data, err := io.ReadAll(r)
 	if err != nil {
@@ -274,19 +277,25 @@ func DecodeYAML(r io.Reader, cfg *Config) error {
 		}
 		var te *yaml.TypeError
 		if errors.As(err, &te) {
-			return describeTypeErrors(data, te.Errors)
+			fe := describeTypeErrors(data, te.Errors)
+			fe.addNulls(data)
+			return fe
 		}
 		return err
 	}
 	var next yaml.Node
 	switch err := dec.Decode(&next); {
 	case errors.Is(err, io.EOF):
-		return nil
 	case err != nil:
 		return err
 	default:
 		return fmt.Errorf("only one YAML document is allowed, but a second one starts at line %d", next.Line)
 	}
+	fe := &FileError{}
+	if fe.addNulls(data); len(fe.Problems) > 0 {
+		return fe
+	}
+	return nil
 }
 
 // LoadFile decodes the YAML file at path onto cfg. Its error is an
@@ -374,20 +383,21 @@ func (c *Config) Validate() error {
 	var problems []string
 	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
 
-	type listener struct{ key, addr string }
 	var listeners []listener
-	for _, l := range []listener{
-		{"mqtt.addr (--mqtt-addr)", c.MQTT.Addr},
-		{"mqtt.ws_addr (--mqtt-ws-addr)", c.MQTT.WSAddr},
-		{"http.addr (--http-addr)", c.HTTP.Addr},
-		{"mqtt.tls_addr (--mqtt-tls-addr)", c.MQTT.TLSAddr},
-		{"mqtt.wss_addr (--mqtt-wss-addr)", c.MQTT.WSSAddr},
-		{"http.tls_addr (--http-tls-addr)", c.HTTP.TLSAddr},
-	} {
+	for _, l := range c.optionalListeners() {
 		if l.addr == "" {
 			continue
 		}
 		listeners = append(listeners, l)
+	}
+	if !c.Kafka.Embedded() {
+		protocol := c.Kafka.Properties["security.protocol"]
+		if protocol == "" {
+			protocol = "plaintext" // librdkafka's default
+		}
+		for _, why := range bootstrapProblems(c.Kafka.Bootstrap, protocol) {
+			add("%s %q: %s", settingName("kafka.bootstrap"), c.Kafka.Bootstrap, why)
+		}
 	}
 	if c.Kafka.Embedded() {
 		if c.Kafka.EmbeddedAddr == "" {
@@ -399,9 +409,9 @@ func (c *Config) Validate() error {
 			add("data_dir (--data-dir) is empty but the embedded Kafka needs it")
 		}
 	}
-	// Two listeners clash on one port when they bind the same host, or
-	// one of them binds every address; 127.0.0.1:1883 and 10.0.0.1:1883
-	// do not.
+	// Two listeners clash on one port when they bind the same host,
+	// however it is spelled, or one of them binds every address;
+	// 127.0.0.1:1883 and 10.0.0.1:1883 do not.
 	type bound struct{ host, key string }
 	ports := map[int][]bound{}
 	for _, l := range listeners {
@@ -415,7 +425,7 @@ func (c *Config) Validate() error {
 		}
 		clash := ""
 		for _, o := range ports[port] {
-			if o.host == host || anyHost(o.host) || anyHost(host) {
+			if sameHost(o.host, host) {
 				clash = o.key
 				break
 			}
@@ -438,6 +448,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Kafka.MaxMessageBytes < 1024 {
 		add("%s %d: must be at least 1024", settingName("kafka.max_message_bytes"), c.Kafka.MaxMessageBytes)
+	} else if c.Kafka.MaxMessageBytes > maxMessageBytes {
+		add("%s %d: must be at most %d (librdkafka's largest message.max.bytes, %d, less %d bytes of record framing)",
+			settingName("kafka.max_message_bytes"), c.Kafka.MaxMessageBytes, maxMessageBytes, librdkafkaMaxMessageBytes, librdkafkaMaxMessageBytes-maxMessageBytes)
 	}
 	if c.Kafka.InflightBudgetBytes < int64(c.Kafka.MaxMessageBytes) {
 		add("%s %d: must be at least kafka.max_message_bytes (%d)", settingName("kafka.inflight_budget_bytes"), c.Kafka.InflightBudgetBytes, c.Kafka.MaxMessageBytes)
@@ -533,6 +546,22 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// listener is a listen address and the setting it comes from, named as
+// problems name it.
+type listener struct{ key, addr string }
+
+// optionalListeners are the listeners an empty address turns off.
+func (c *Config) optionalListeners() []listener {
+	return []listener{
+		{"mqtt.addr (--mqtt-addr)", c.MQTT.Addr},
+		{"mqtt.ws_addr (--mqtt-ws-addr)", c.MQTT.WSAddr},
+		{"http.addr (--http-addr)", c.HTTP.Addr},
+		{"mqtt.tls_addr (--mqtt-tls-addr)", c.MQTT.TLSAddr},
+		{"mqtt.wss_addr (--mqtt-wss-addr)", c.MQTT.WSSAddr},
+		{"http.tls_addr (--http-tls-addr)", c.HTTP.TLSAddr},
+	}
+}
+
 // unjoin splits an errors.Join result into its parts.
 func unjoin(err error) []error {
 	if j, ok := err.(interface{ Unwrap() []error }); ok {
@@ -552,6 +581,66 @@ func unjoin(err error) []error {
 	return []error{err}
 }
 
+// bootstrapProblems checks a comma-separated list of Kafka brokers as
+// librdkafka reads it, and says what is wrong with each bad item.
+// librdkafka logs and passes over what it cannot use; a list of nothing
+// usable leaves it without a broker to ask, waiting for one forever, and
+// a bad scheme makes it drop the rest of the list.
+func bootstrapProblems(list, securityProtocol string) []string {
+	var problems []string
+	brokers := 0
+	for i, item := range strings.Split(list, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue // passed over, as librdkafka does (a trailing comma)
+		}
+		brokers++
+		if why := brokerProblem(item, securityProtocol); why != "" {
+			problems = append(problems, fmt.Sprintf("item %d %q: %s", i+1, item, why))
+		}
+	}
+	if brokers == 0 {
+		problems = append(problems, "names no broker (host:port, comma-separated)")
+	}
+	return problems
+}
+
+// brokerProblem says what is wrong with one bootstrap item, or "": an
+// optional scheme:// naming the security protocol (anything after the
+// host's '/' is ignored), then host:port, [IPv6]:port, or a host or IPv6
+// address alone, which librdkafka gives port 9092.
+func brokerProblem(item, securityProtocol string) string {
+	addr := item
+	if scheme, rest, ok := strings.Cut(item, "://"); ok {
+		known := slices.ContainsFunc([]string{"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}, func(p string) bool { return strings.EqualFold(p, scheme) })
+		switch {
+		case !known:
+			return fmt.Sprintf("%q is not a security protocol (PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; or write host:port alone)", scheme)
+		case !strings.EqualFold(scheme, securityProtocol):
+			return fmt.Sprintf("%s:// is not kafka.properties.security.protocol (%s), so librdkafka would use neither this broker nor the ones after it", scheme, securityProtocol)
+		}
+		addr, _, _ = strings.Cut(rest, "/")
+	}
+	host := addr
+	if strings.Contains(addr, ":") && net.ParseIP(addr) == nil {
+		h, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			return fmt.Sprintf("not host:port or a host: %v", err)
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return fmt.Sprintf("port %q is not a number from 1 to 65535", port)
+		}
+		host = h
+	}
+	switch {
+	case host == "":
+		return "no host (write localhost:9092 for this machine)"
+	case strings.ContainsFunc(host, unicode.IsSpace):
+		return fmt.Sprintf("host %q holds white space (separate brokers with commas)", host)
+	}
+	return ""
+}
+
 // parseAddr checks a listen address of the form host:port and returns its port.
 func parseAddr(addr string) (host string, port int, err error) {
 	host, p, err := net.SplitHostPort(addr)
@@ -565,10 +654,60 @@ func parseAddr(addr string) (host string, port int, err error) {
 	return host, port, nil
 }
 
-// anyHost reports whether a listen host binds every address.
-func anyHost(host string) bool {
-	return host == "" || host == "0.0.0.0" || host == "::"
+// sameHost reports whether listeners on hosts a and b, on one port,
+// would bind an address in common: one of them binds every address
+// ("", 0.0.0.0, ::, ::ffff:0.0.0.0), or they are one address written two
+// ways (::1 and 0:0:0:0:0:0:0:1, 127.0.0.1 and ::ffff:127.0.0.1), or one
+// is localhost and the other a loopback address it resolves to. Other
+// host names are compared as text: what they resolve to is not known
+// here.
+func sameHost(a, b string) bool {
+	ipsA, everyA := hostIPs(a)
+	ipsB, everyB := hostIPs(b)
+	switch {
+	case everyA || everyB:
+		return true
+	case ipsA == nil || ipsB == nil:
+		return strings.EqualFold(a, b)
+	}
+	for _, x := range ipsA {
+		if slices.ContainsFunc(ipsB, x.Equal) {
+			return true
+		}
+	}
+	return false
 }
+
+// hostIPs returns the addresses a listen host binds, every if it binds
+// all of them, or nil for a host name other than localhost. net.IP's
+// Equal and IsUnspecified take an IPv4-mapped IPv6 address (::ffff:a.b.c.d)
+// as the IPv4 address it holds, as Go's listeners do.
+func hostIPs(host string) (ips []net.IP, every bool) {
+	if host == "" {
+		return nil, true
+	}
+	if strings.EqualFold(strings.TrimSuffix(host, "."), "localhost") {
+		return []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, false
+	}
+	ip := net.ParseIP(host)
+	if ip == nil {
+		return nil, false
+	}
+	return []net.IP{ip}, ip.IsUnspecified()
+}
+
+// librdkafkaMaxMessageBytes is the largest message.max.bytes librdkafka
+// takes; the producer caps its setting there.
+const librdkafkaMaxMessageBytes = 1000000000
+
+// maxMessageBytes is the largest kafka.max_message_bytes that works end to
+// end: the producer sets message.max.bytes to it plus bridge's
+// recordFraming (1024 bytes of room for a record's framing), which must
+// stay within librdkafka's maximum, and the MQTT packet limit, a uint32,
+// is it plus 64 KiB. Package config cannot import bridge (cgo), so the
+// framing is written out here; TestMaxMessageBytesMatchesTheProducer ties
+// the two together.
+const maxMessageBytes = librdkafkaMaxMessageBytes - 1024
 
 // propertyAliases maps other names librdkafka takes for properties that
 // Tributary sets itself to the names Tributary sets them by. Given both

@@ -3,9 +3,13 @@ package config
 import (
 	"bytes"
 	"errors"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"maps"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -229,6 +233,8 @@ func TestBadValues(t *testing.T) {
 		want string
 	}{
 		{[]string{"--kafka-create-topics=maybe"}, "not a valid boolean"},
+		{[]string{"--publish-rate=fast"}, `limits.publish_rate (--publish-rate) "fast": not a valid number`},
+		{[]string{"--mapping-default-topic", "__consumer_offsets"}, `mapping.default_topic (--mapping-default-topic) "__consumer_offsets": not a valid Kafka topic name: starts with "__"`},
 		{[]string{"--flush-timeout", "soon"}, "kafka.flush_timeout"},
 		{[]string{"--inflight-budget-bytes", "100"}, "inflight_budget_bytes (--inflight-budget-bytes) 100"},
 		{[]string{"--log-format", "xml"}, "log.format"},
@@ -327,6 +333,7 @@ func FuzzDecodeYAML(f *testing.F) {
 	f.Add([]byte("mapping:\n  topic_regex_list: 'temperature:.*temperature'\n  rules:\n    - match: '^s/(?P<a>[^/]+)$'\n      kafka_topic: 'x.${a}'\n"))
 	f.Add([]byte("kafka:\n  properties:\n    linger.ms: '5'\n  flush_timeout: 3s\n"))
 	f.Add([]byte("{{{"))
+	f.Add([]byte("mqtt:\n  ws_addr:\nkafka:\n  properties: {linger.ms: ~}\nupstreams: [~, {subscriptions: [{qos: null}]}]\nx: &a ~\nhttp: {addr: *a}\n"))
 	f.Add([]byte("upstreams:\n  - name: a\n    kafka-topic: x\n    keepalive: 30\n    subscriptions: [{qos: [1], filter: {a: b}}]\nmqtt: {addr: [1]}\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		cfg := Default()
@@ -477,6 +484,21 @@ func TestListenerPortClash(t *testing.T) {
 		{"0.0.0.0:18831", "10.0.0.1:18831", true},
 		{"[::]:18831", "127.0.0.1:18831", true},
 		{"127.0.0.1:18831", "10.0.0.1:18831", false},
+		// One host spelled two ways, or an address of every address.
+		{"localhost:18831", "127.0.0.1:18831", true},
+		{"LocalHost:18831", "[::1]:18831", true},
+		{"localhost:18831", "0.0.0.0:18831", true},
+		{"localhost:18831", "localhost:18831", true},
+		{"[::0]:18831", "127.0.0.1:18831", true},
+		{"[0:0:0:0:0:0:0:0]:18831", "127.0.0.1:18831", true},
+		{"[::ffff:0.0.0.0]:18831", "10.0.0.1:18831", true},
+		{"[::ffff:127.0.0.1]:18831", "127.0.0.1:18831", true},
+		{"[::1]:18831", "[0:0:0:0:0:0:0:1]:18831", true},
+		{"Host.Example:18831", "host.example:18831", true},
+		// Different specific addresses do not.
+		{"localhost:18831", "10.0.0.1:18831", false},
+		{"[::1]:18831", "127.0.0.1:18831", false},
+		{"[::ffff:10.0.0.1]:18831", "127.0.0.1:18831", false},
 	} {
 		_, _, err := Load(Options{Args: []string{"--mqtt-addr", tc.mqtt, "--http-addr", tc.http}})
 		if got := err != nil && strings.Contains(err.Error(), "already used by"); got != tc.clash {
@@ -703,5 +725,195 @@ func TestKafkaPropertiesThatBreakTheClients(t *testing.T) {
 	want := map[string]string{"acks": "1", "enable.idempotence": "false", "linger.ms": "20", "max.poll.interval.ms": "600000"}
 	if !maps.Equal(got, want) {
 		t.Fatalf("ClientProperties = %v, want %v", got, want)
+	}
+}
+
+// A YAML null (a key with nothing after it, ~, null) is not a value:
+// yaml.v3 would leave the default in place, so "ws_addr:" meant to turn
+// a listener off would keep it on. It is a problem naming the key, at any
+// depth, reported with every other one; a section left empty is not.
+func TestNullIsNotAValue(t *testing.T) {
+	listener := `null is not a value; write "" to disable the listener`
+	for _, tc := range []struct {
+		name, yaml string
+		want       []string
+	}{
+		{"nothing after the key", "mqtt:\n  ws_addr:\n", []string{"line 2: mqtt.ws_addr: " + listener}},
+		{"tilde", "mqtt:\n  ws_addr: ~\n", []string{"line 2: mqtt.ws_addr: " + listener}},
+		{"http listener", "http:\n  addr: ~\n", []string{"line 2: http.addr: " + listener}},
+		{"a number", "kafka:\n  max_topics: ~\n", []string{"line 2: kafka.max_topics: null is not a value; give it one"}},
+		{"a duration and a boolean", "kafka:\n  flush_timeout: null\nwebsocket:\n  enabled: Null\n",
+			[]string{"line 2: kafka.flush_timeout: null is not a value", "line 4: websocket.enabled: null is not a value"}},
+		{"a librdkafka property", "kafka:\n  properties:\n    linger.ms: ~\n", []string{"line 3: kafka.properties.linger.ms: null is not a value"}},
+		{"deep in an upstream", "upstreams:\n  - name: plant\n    url: tcp://broker:1883\n    keepalive:\n    subscriptions: [{filter: a/#, qos: ~}]\n",
+			[]string{"line 4: upstreams[0] (plant).keepalive: null is not a value", "line 5: upstreams[0] (plant).subscriptions[0].qos: null is not a value"}},
+		{"a list item", "websocket:\n  allowed_origins: [~]\n", []string{"line 2: websocket.allowed_origins[0]: null is not a value"}},
+		{"a mapping rule's topic", "mapping:\n  rules:\n    - match: a\n      kafka_topic:\n", []string{"line 4: mapping.rules[0].kafka_topic: null is not a value"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeFile(t, tc.yaml)
+			_, _, err := Load(Options{Args: []string{"--config", path, "--log-level", "loud"}})
+			var ce *Error
+			if !errors.As(err, &ce) {
+				t.Fatalf("err = %v, want *Error", err)
+			}
+			for _, want := range append(tc.want, `log.level (--log-level) "loud"`) {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("no problem says %q in:\n%s", want, err)
+				}
+			}
+			if len(ce.Problems) != len(tc.want)+1 {
+				t.Errorf("%d problems, want %d:\n%s", len(ce.Problems), len(tc.want)+1, err)
+			}
+		})
+	}
+	// A section with nothing in it (its keys commented out) is empty, and
+	// a quoted "null" is text.
+	path := writeFile(t, "kafka:\n  # bootstrap: k:9092\nmqtt:\n  ws_addr: \"\"\nmapping:\n  rules:\n  default_topic: \"null\"\nwebsocket:\n  allowed_origins:\n")
+	cfg, _, err := Load(Options{Args: []string{"--config", path}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MQTT.WSAddr != "" || cfg.Mapping.DefaultTopic != "null" || cfg.Kafka.MaxTopics != Default().Kafka.MaxTopics {
+		t.Fatalf("ws_addr %q, default_topic %q, max_topics %d", cfg.MQTT.WSAddr, cfg.Mapping.DefaultTopic, cfg.Kafka.MaxTopics)
+	}
+}
+
+// kafka.bootstrap is checked item by item: librdkafka given no broker
+// would wait for one forever, and the embedded Kafka is not started.
+func TestKafkaBootstrap(t *testing.T) {
+	// What librdkafka takes: host:port, a host or IPv6 address alone
+	// (port 9092), a scheme naming security.protocol before either; an
+	// empty item is passed over (a trailing comma).
+	for _, v := range []string{"k:9092", "k1:9092, k2:9092", "k", "10.0.0.1:9093", "[::1]:9092", "::1", "k.example.com", "PLAINTEXT://k:9092,plaintext://k2", "k:9092,"} {
+		if _, _, err := Load(Options{Args: []string{"--kafka-bootstrap", v}}); err != nil {
+			t.Errorf("--kafka-bootstrap %q refused: %v", v, err)
+		}
+	}
+	sasl := writeFile(t, "kafka:\n  bootstrap: SASL_SSL://k:9093/, SASL_SSL://k2:9093\n  properties:\n    security.protocol: sasl_ssl\n")
+	if _, _, err := Load(Options{Args: []string{"--config", sasl}}); err != nil {
+		t.Errorf("SASL_SSL:// with security.protocol sasl_ssl refused: %v", err)
+	}
+	for _, tc := range []struct{ value, want string }{
+		{" , ", `kafka.bootstrap (--kafka-bootstrap) " , ": names no broker`},
+		{"k:port", `item 1 "k:port": port "port" is not a number from 1 to 65535`},
+		{"k:0", `item 1 "k:0": port "0" is not a number from 1 to 65535`},
+		{":9092", `item 1 ":9092": no host (write localhost:9092 for this machine)`},
+		{"PLAINTEXT://", `item 1 "PLAINTEXT://": no host`},
+		{"k 9092", `item 1 "k 9092": host "k 9092" holds white space`},
+		{"k:1:2", `item 1 "k:1:2": not host:port or a host`},
+		{"http://k:9092/path", `item 1 "http://k:9092/path": "http" is not a security protocol`},
+		{"k1:9092,SSL://k2:9093", `item 2 "SSL://k2:9093": SSL:// is not kafka.properties.security.protocol (plaintext)`},
+	} {
+		_, _, err := Load(Options{Args: []string{"--kafka-bootstrap", tc.value}})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("--kafka-bootstrap %q: %v, want a problem containing %q", tc.value, err, tc.want)
+		}
+	}
+	_, _, err := Load(Options{LookupEnv: env(map[string]string{"TRIBUTARY_KAFKA_BOOTSTRAP": ","})})
+	if want := `kafka.bootstrap (env TRIBUTARY_KAFKA_BOOTSTRAP) ",": names no broker`; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("got %v, want a problem containing %q", err, want)
+	}
+}
+
+// A file key that did not decode does not hide the problem of the flag or
+// environment variable that replaced its value.
+func TestFlagProblemBesideTheFileProblemItReplaced(t *testing.T) {
+	file := writeFile(t, "kafka:\n  topic_partitions: many\n  max_topics: lots\n")
+	_, _, err := Load(Options{Args: []string{"--config", file, "--kafka-topic-partitions=0"},
+		LookupEnv: env(map[string]string{"TRIBUTARY_KAFKA_MAX_TOPICS": "-1"})})
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("err = %v, want *Error", err)
+	}
+	for _, want := range []string{
+		"line 2: kafka.topic_partitions many: not a whole number",
+		"line 3: kafka.max_topics lots: not a whole number",
+		"kafka.topic_partitions (--kafka-topic-partitions) 0: must be at least 1",
+		"kafka.max_topics (env TRIBUTARY_KAFKA_MAX_TOPICS) -1: must be 0 (no limit) or more",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("no problem says %q in:\n%s", want, err)
+		}
+	}
+	if len(ce.Problems) != 4 {
+		t.Errorf("%d problems, want 4:\n%s", len(ce.Problems), err)
+	}
+}
+
+// The largest record librdkafka can send is its message.max.bytes
+// maximum less the framing the bridge leaves room for; a larger
+// kafka.max_message_bytes would be refused there, or wrap the MQTT
+// packet limit.
+func TestMaxMessageBytesUpperBound(t *testing.T) {
+	if _, _, err := Load(Options{Args: []string{"--kafka-max-message-bytes", strconv.Itoa(maxMessageBytes), "--inflight-budget-bytes", "2000000000"}}); err != nil {
+		t.Fatalf("the largest value refused: %v", err)
+	}
+	for _, v := range []string{strconv.Itoa(maxMessageBytes + 1), "4294967296", "9223372036854775807"} {
+		_, _, err := Load(Options{Args: []string{"--kafka-max-message-bytes", v, "--inflight-budget-bytes", "9223372036854775807"}})
+		if want := "kafka.max_message_bytes (--kafka-max-message-bytes) " + v + ": must be at most 999998976"; err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: got %v, want a problem containing %q", v, err, want)
+		}
+	}
+}
+
+// maxMessageBytes is written out here because package config cannot
+// import bridge (cgo); this ties it to bridge's recordFraming and
+// librdkafka's message.max.bytes maximum that the producer caps it at.
+func TestMaxMessageBytesMatchesTheProducer(t *testing.T) {
+	fset := token.NewFileSet()
+	f, err := parser.ParseFile(fset, "../bridge/producer.go", nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	framing := -1
+	ast.Inspect(f, func(n ast.Node) bool {
+		vs, ok := n.(*ast.ValueSpec)
+		if !ok || len(vs.Names) != 1 || vs.Names[0].Name != "recordFraming" || len(vs.Values) != 1 {
+			return true
+		}
+		if lit, ok := vs.Values[0].(*ast.BasicLit); ok {
+			framing, _ = strconv.Atoi(lit.Value)
+		}
+		return false
+	})
+	if framing < 0 {
+		t.Fatal("bridge/producer.go has no const recordFraming = <number>")
+	}
+	if maxMessageBytes != librdkafkaMaxMessageBytes-framing {
+		t.Fatalf("maxMessageBytes %d, want %d (librdkafka's maximum) - %d (bridge's recordFraming)", maxMessageBytes, librdkafkaMaxMessageBytes, framing)
+	}
+	b, err := os.ReadFile("../bridge/producer.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "min(cfg.MaxMessageBytes+recordFraming, " + strconv.Itoa(librdkafkaMaxMessageBytes) + ")"; !bytes.Contains(b, []byte(want)) {
+		t.Fatalf("bridge/producer.go no longer sets message.max.bytes to %s", want)
+	}
+}
+
+// A reload interval under a second would have the watcher re-read the
+// files without pause; 0 still means SIGHUP only.
+func TestTLSReloadIntervalFloor(t *testing.T) {
+	for _, v := range []string{"0", "1s", "10s"} {
+		if _, _, err := Load(Options{Args: []string{"--tls-reload-interval", v}}); err != nil {
+			t.Errorf("--tls-reload-interval %s refused: %v", v, err)
+		}
+	}
+	for _, v := range []string{"1ns", "999ms", "-1s"} {
+		_, _, err := Load(Options{Args: []string{"--tls-reload-interval", v}})
+		if want := "tls.reload_interval (--tls-reload-interval) "; err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "must be 0 (SIGHUP only) or at least 1s") {
+			t.Errorf("--tls-reload-interval %s: got %v, want a problem naming it with the floor", v, err)
+		}
+	}
+}
+
+// An upstream's kafka_topic is produced to as it is: Kafka's internal
+// topics are refused like invalid names.
+func TestUpstreamKafkaTopicNotInternal(t *testing.T) {
+	file := writeFile(t, "upstreams:\n  - name: plant\n    url: tcp://broker:1883\n    kafka_topic: __consumer_offsets\n    subscriptions: [{filter: a/#}]\n")
+	_, _, err := Load(Options{Args: []string{"--config", file}})
+	if want := `upstreams[0] (plant).kafka_topic "__consumer_offsets": not a valid Kafka topic name: starts with "__"`; err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("got %v, want a problem containing %q", err, want)
 	}
 }

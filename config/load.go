@@ -291,6 +291,7 @@ func Load(opts Options) (Config, []string, error) {
 		return err
 	}
 	fromEnv := map[string]string{} // setting key → the environment variable its value came from
+	replaced := map[string]bool{}  // setting keys whose file value an environment variable or flag replaced
 	for _, s := range settings {
 		env, v, ok := lookupSetting(s, opts.LookupEnv)
 		if !ok || setFlags[s.Flag] {
@@ -300,6 +301,7 @@ func Load(opts Options) (Config, []string, error) {
 			problems = append(problems, fmt.Sprintf("%s (env %s) %q: %v", s.Key, env, v, cleanParseErr(err)))
 		} else {
 			fromEnv[s.Key] = env
+			replaced[s.Key] = true
 		}
 	}
 	for i, s := range settings {
@@ -308,6 +310,8 @@ func Load(opts Options) (Config, []string, error) {
 		}
 		if err := apply(s, values[i]); err != nil {
 			problems = append(problems, fmt.Sprintf("%s (--%s) %q: %v", s.Key, s.Flag, values[i], cleanParseErr(err)))
+		} else {
+			replaced[s.Key] = true
 		}
 	}
 	if p := strayBoolValue(fs, opts.Args); p != "" {
@@ -320,12 +324,14 @@ func Load(opts Options) (Config, []string, error) {
 			return Config{}, nil, err
 		}
 		// A key whose value did not parse, or whose secret could not be
-		// read, is reported once, for that. Validation's own problems are
+		// read, is reported once, for that; so is a key of the file that
+		// did not decode, unless the environment or a flag replaced its
+		// value, which is then judged too. Validation's own problems are
 		// all kept, several of them under one key included.
 		before := problems
 		for _, p := range ce.Problems {
 			if !slices.ContainsFunc(before, func(r string) bool { return problemKey(r) == problemKey(p) }) &&
-				!slices.ContainsFunc(fileKeys, func(k string) bool { return aboutKey(p, k) }) {
+				(replaced[problemKey(p)] || !slices.ContainsFunc(fileKeys, func(k string) bool { return aboutKey(p, k) })) {
 				problems = append(problems, namingEnv(p, fromEnv))
 			}
 		}
@@ -473,7 +479,7 @@ func (s Setting) EnvNames() []string { return s.envNames() }
 func cleanParseErr(err error) error {
 	var ne *strconv.NumError
 	if errors.As(err, &ne) {
-		return fmt.Errorf("not a valid %s", map[string]string{"ParseBool": "boolean", "ParseInt": "integer", "Atoi": "integer"}[ne.Func])
+		return fmt.Errorf("not a valid %s", map[string]string{"ParseBool": "boolean", "ParseInt": "integer", "Atoi": "integer", "ParseFloat": "number"}[ne.Func])
 	}
 	return err
 }

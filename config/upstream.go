@@ -345,8 +345,10 @@ func validateUpstreams(ups []UpstreamConfig) []string {
 		if u.SharedGroup != "" && strings.ContainsAny(u.SharedGroup, "/+#") {
 			add("shared_group %q: must not contain '/', '+' or '#'", u.SharedGroup)
 		}
-		if u.KafkaTopic != "" && !mapping.ValidTopicName(u.KafkaTopic) {
-			add("kafka_topic %q: not a valid Kafka topic name", u.KafkaTopic)
+		if u.KafkaTopic != "" {
+			if why := mapping.ProduceTopicProblem(u.KafkaTopic); why != "" {
+				add("kafka_topic %q: %v: %s", u.KafkaTopic, mapping.ErrInvalidTopicName, why)
+			}
 		}
 		switch u.IngestRetained {
 		case "", IngestRetainedFirst, IngestRetainedAlways, IngestRetainedNever:

@@ -2,8 +2,10 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -118,6 +120,83 @@ func (e *FileError) add(problem, key string) {
 	if key != "" {
 		e.Keys = append(e.Keys, key)
 	}
+}
+
+// addNulls adds a problem for each null value in data (a key with
+// nothing after it, ~ or null) that yaml.v3 passes over, leaving what was
+// there before: "ws_addr:" meant to turn a listener off would keep the
+// default one on. That is a value of one piece (a string, number,
+// duration, on/off) and any list item; a null section, mapping or list
+// is empty, as yaml.v3 makes it, and is accepted.
+func (e *FileError) addNulls(data []byte) {
+	var doc yaml.Node
+	if yaml.Unmarshal(data, &doc) != nil || len(doc.Content) == 0 {
+		return
+	}
+	e.nullValues(doc.Content[0], reflect.TypeFor[Config](), "")
+	// With the problems yaml.v3 found, in the order of the file.
+	slices.SortStableFunc(e.Problems, func(a, b string) int { return problemLine(a) - problemLine(b) })
+}
+
+// problemLine is the line a problem starts by naming ("line 4: ..."), or
+// a line after every other.
+func problemLine(p string) int {
+	var n int
+	if _, err := fmt.Sscanf(p, "line %d:", &n); err == nil {
+		return n
+	}
+	return math.MaxInt32
+}
+
+// nullValues adds the problems of addNulls under n, decoded into t.
+func (e *FileError) nullValues(n *yaml.Node, t reflect.Type, prefix string) {
+	t = deref(t)
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			ft := fieldType(t, k.Value)
+			if ft == nil {
+				continue // an unknown key, reported as that
+			}
+			name := join(prefix, k.Value)
+			if !isNull(v) {
+				e.nullValues(v, ft, name)
+				continue
+			}
+			switch deref(ft).Kind() {
+			case reflect.Struct, reflect.Map, reflect.Slice:
+			default:
+				hint := "give it one, or remove the key for the default"
+				if slices.ContainsFunc((&Config{}).optionalListeners(), func(l listener) bool { return problemKey(l.key) == name }) {
+					hint = `write "" to disable the listener`
+				}
+				e.add(fmt.Sprintf("line %d: %s: null is not a value; %s", k.Line, name, hint), name)
+			}
+		}
+	case yaml.SequenceNode:
+		if t == nil || t.Kind() != reflect.Slice {
+			return
+		}
+		for i, c := range n.Content {
+			name := item(prefix, i, c)
+			if isNull(c) {
+				e.add(fmt.Sprintf("line %d: %s: null is not a value; give it one, or remove the item", c.Line, name), name)
+				continue
+			}
+			e.nullValues(c, t.Elem(), name)
+		}
+	case yaml.AliasNode:
+		e.nullValues(n.Alias, t, prefix)
+	}
+}
+
+// isNull reports whether n is YAML's null, written or left empty.
+func isNull(n *yaml.Node) bool {
+	if n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
 }
 
 // found is a key's place in the file.

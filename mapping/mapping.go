@@ -194,7 +194,7 @@ func New(cfg Config) (*Mapper, error) {
 	m := &Mapper{policy: cfg.Unmatched, defaultTopic: cfg.DefaultTopic}
 	if m.defaultTopic == "" {
 		m.defaultTopic = DefaultKafkaTopic
-	} else if why := TopicNameProblem(m.defaultTopic); why != "" {
+	} else if why := ProduceTopicProblem(m.defaultTopic); why != "" {
 		errs = append(errs, &FieldError{Field: "default_topic", Value: m.defaultTopic, Err: fmt.Errorf("%w: %s", ErrInvalidTopicName, why)})
 	}
 	switch m.policy {
@@ -262,7 +262,7 @@ func compileRule(i int, r Rule) (compiledRule, []error) {
 	} else if cr.topic, err = parseTemplate(r.KafkaTopic, cr.re); err != nil {
 		fail("kafka_topic", r.KafkaTopic, err)
 	} else if cr.topic.static {
-		if why := TopicNameProblem(cr.topic.value); why != "" {
+		if why := ProduceTopicProblem(cr.topic.value); why != "" {
 			fail("kafka_topic", r.KafkaTopic, fmt.Errorf("%w: %s", ErrInvalidTopicName, why))
 		}
 	} else if why := cr.topic.literalTopicProblem(); why != "" {
@@ -459,19 +459,24 @@ func TopicNameProblem(s string) string {
 }
 
 // ProduceTopicProblem is TopicNameProblem for a topic a record is about
-// to be produced to, whose name came from a client (a rendered template,
-// a WebSocket query): it also refuses the "__" prefix Kafka keeps for its
-// internal topics, which a broker may not protect (the embedded one does
-// not).
+// to be produced to (a configured or rendered kafka_topic, the default
+// topic, a WebSocket query): it also refuses the "__" prefix Kafka keeps
+// for its internal topics, which a broker may not protect (the embedded
+// one does not).
 func ProduceTopicProblem(s string) string {
 	if why := TopicNameProblem(s); why != "" {
 		return why
 	}
-	if strings.HasPrefix(s, "__") {
-		return `starts with "__", which Kafka keeps for its internal topics such as __consumer_offsets`
+	if strings.HasPrefix(s, internalTopicPrefix) {
+		return internalTopicProblem
 	}
 	return ""
 }
+
+// internalTopicPrefix starts the names of Kafka's internal topics.
+const internalTopicPrefix = "__"
+
+const internalTopicProblem = `starts with "__", which Kafka keeps for its internal topics such as __consumer_offsets`
 
 func isTopicChar(c byte) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||

@@ -342,6 +342,24 @@ func TestNewErrors(t *testing.T) {
 			want: []string{`rules[0].kafka_topic ".."`, "reserved"},
 		},
 		{
+			// README: a topic starting with "__" (Kafka's internal topics)
+			// is refused; a fixed one can be refused at start-up.
+			name: "static topic internal",
+			cfg:  mapping.Config{Rules: []mapping.Rule{{Match: "a", KafkaTopic: "__consumer_offsets"}}},
+			want: []string{`rules[0].kafka_topic "__consumer_offsets": not a valid Kafka topic name: starts with "__"`},
+		},
+		{
+			name: "topic template whose fixed text starts with __",
+			cfg:  mapping.Config{Rules: []mapping.Rule{{Match: "(?P<kind>.*)", KafkaTopic: "__${kind}"}}},
+			want: []string{`rules[0].kafka_topic "__${kind}": not a valid Kafka topic name whatever it renders: its fixed text starts with "__"`},
+		},
+		{
+			name:  "internal default topic",
+			cfg:   mapping.Config{Unmatched: mapping.PolicyDefaultTopic, DefaultTopic: "__consumer_offsets"},
+			want:  []string{`default_topic "__consumer_offsets"`, `starts with "__"`},
+			field: "default_topic",
+		},
+		{
 			name:  "unknown policy",
 			cfg:   mapping.Config{Unmatched: "discard"},
 			want:  []string{`unmatched "discard"`, "unknown policy"},
@@ -389,6 +407,11 @@ func TestNewAccepts(t *testing.T) {
 		{"duplicate group names", mapping.Rule{Match: `(?P<k>a)|(?P<k>b)`, KafkaTopic: "t.${k}"}},
 		{"literal dollar in header", mapping.Rule{Match: `a`, KafkaTopic: "t", Headers: map[string]string{"price": "$$5"}}},
 		{"source variable", mapping.Rule{Match: `a`, KafkaTopic: "t", Key: "${source}/${topic}"}},
+		// Only a fixed "__" at the start is Kafka's; a rendering that
+		// makes one is refused when it does.
+		{"one underscore before a variable", mapping.Rule{Match: `(?P<k>.*)`, KafkaTopic: "_${k}"}},
+		{"two underscores after a variable", mapping.Rule{Match: `(?P<k>.*)`, KafkaTopic: "${k}__x"}},
+		{"two underscores inside a fixed topic", mapping.Rule{Match: `a`, KafkaTopic: "a__b"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

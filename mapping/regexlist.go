@@ -130,7 +130,7 @@ func parseListItem(item string) (Rule, error) {
 	case strings.TrimLeft(expr, listSpace) != expr:
 		return Rule{}, fmt.Errorf("regex %q starts with white space, which a topic would have to start with too (remove it, or write [ ] for a topic that does)", expr)
 	}
-	if why := TopicNameProblem(topic); why != "" {
+	if why := ProduceTopicProblem(topic); why != "" {
 		return Rule{}, fmt.Errorf("Kafka topic %q: %w: %s", topic, ErrInvalidTopicName, why)
 	}
 	// Compile as New will, so a list that parses always builds a Mapper.

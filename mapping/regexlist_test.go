@@ -89,6 +89,7 @@ func TestParseRegexListErrors(t *testing.T) {
 		{"bad regex", "bad:([", []string{`item 1 at byte 0 "bad:(["`, `regex "(["`, "error parsing regexp"}},
 		{"missing colon after a comma", "temperature:.*temperature,nocolon", []string{`item 2 at byte 26 "nocolon"`, "missing ':'"}},
 		{"invalid topic after a comma", "a:x, b/c:y", []string{`item 2`, `"b/c"`}},
+		{"Kafka's internal topic", "a:x, __consumer_offsets:y", []string{`item 2`, `Kafka topic "__consumer_offsets"`, `starts with "__"`}},
 		{"empty item between commas", "t:x, ,u:y", []string{`item 2`, "empty item"}},
 		{"trailing comma", "a:x,", []string{`item 2 at byte 4 ""`, "empty item"}},
 		{"leading comma", ",a:x", []string{`item 1 at byte 0 ""`, "empty item"}},

@@ -214,9 +214,13 @@ func (t *template) renderBytes(source, topic string, loc []int) []byte {
 }
 
 // literalTopicProblem says why t's fixed text keeps every rendering of t
-// from being a Kafka topic name (a character Kafka refuses, or more bytes
-// than a name may have), or returns "".
+// from being a Kafka topic name to produce to (a character Kafka refuses,
+// more bytes than a name may have, or the "__" of Kafka's internal topics
+// at the start), or returns "".
 func (t *template) literalTopicProblem() string {
+	if len(t.parts) > 0 && t.parts[0].kind == partLiteral && strings.HasPrefix(t.parts[0].lit, internalTopicPrefix) {
+		return internalTopicProblem
+	}
 	n := 0
 	for _, p := range t.parts {
 		if p.kind != partLiteral {

@@ -382,6 +382,10 @@ func TestBadConfigExitsTwo(t *testing.T) {
 	if err := os.WriteFile(twoDocs, []byte("log:\n  level: info\n---\nmqtt:\n  addr: \":1884\"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	nullListener := filepath.Join(dir, "null.yaml")
+	if err := os.WriteFile(nullListener, []byte("mqtt:\n  ws_addr:\nkafka:\n  max_topics: ~\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	host, _ := os.Hostname()
 	takesDefault := filepath.Join(dir, "clientid.yaml")
 	if err := os.WriteFile(takesDefault, []byte("upstreams:\n"+
@@ -401,6 +405,10 @@ func TestBadConfigExitsTwo(t *testing.T) {
 			`kafka.properties.lingr.ms: No such configuration property: "lingr.ms"`,
 			`kafka.properties.compression.type "brotli": Invalid value "brotli"`,
 			`kafka.properties.linger.ms "abc": Invalid value for configuration property`}},
+		{"null values", []string{"check-config", "--config", nullListener, "--log-level", "loud"}, []string{
+			"3 problems", `line 2: mqtt.ws_addr: null is not a value; write "" to disable the listener`,
+			"line 4: kafka.max_topics: null is not a value", "log.level"}},
+		{"no Kafka broker", []string{"check-config", "--kafka-bootstrap", " , "}, []string{`kafka.bootstrap (--kafka-bootstrap) " , ": names no broker`}},
 		{"two YAML documents", []string{"check-config", "--config", twoDocs}, []string{twoDocs, "only one YAML document is allowed", "line 3"}},
 		{"regex does not compile", []string{"check-config", "--topic-regex-list", "bad:(["}, []string{"bad:([", "missing closing ]"}},
 		{"malformed pair", []string{"check-config", "--topic-regex-list", "temperature:.*temperature,nocolon"}, []string{"nocolon"}},
