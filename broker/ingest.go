@@ -83,6 +83,10 @@ type ingest struct {
 	// by DISCONNECT since costs a takeover a wait for an OnDisconnect
 	// about to run.
 	live sync.Map // *mqtt.Client -> bool
+	// attaching holds the connections mochi is attaching: from
+	// OnSessionEstablish, before it lists them, to OnSessionEstablished.
+	// One whose CONNACK could not be written stays (see dropLeftover).
+	attaching sync.Map // *mqtt.Client -> struct{}
 	// leftOrders holds, by client id, the Order of a connection that ended
 	// with records still awaiting Kafka, until the client's next
 	// connection continues it (see order) or, at a prune, none await.
@@ -163,7 +167,7 @@ func (h *ingest) ID() string { return "tributary-ingest" }
 // switch rather than a search of a list.
 func (h *ingest) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnSessionEstablished, mqtt.OnDisconnect,
+	case mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect,
 		mqtt.OnPacketEncode, mqtt.OnSubscribe, mqtt.OnUnsubscribe, mqtt.OnClientExpired, mqtt.OnWillSent:
 		return true
 	}
@@ -270,6 +274,7 @@ func (h *ingest) drop(cl *mqtt.Client, topic, what string, err error) {
 // later connecting with the same id, told it has no session, would get
 // messages for filters it never subscribed to.
 func (h *ingest) OnClientExpired(cl *mqtt.Client) {
+	h.attaching.Delete(cl)
 	h.server.UnsubscribeClient(cl)
 	cl.ClearInflights()
 }
@@ -619,9 +624,9 @@ func (h *ingest) awaitGone(prev *mqtt.Client, timeout <-chan time.Time) bool {
 	}, 5*time.Millisecond, timeout)
 }
 
-// leftoverAfter is how long, in whole seconds of mochi's stop time, a
-// closed connection that never had its session established stays listed
-// before dropLeftover takes it for one mochi left behind.
+// leftoverAfter is how long, in whole seconds of mochi's stop time (so
+// one to two seconds), a closed connection mochi never finished attaching
+// stays listed before dropLeftover takes it for one mochi left behind.
 const leftoverAfter = 2
 
 // dropLeftover takes prev, a closed connection whose session ends with
@@ -630,19 +635,24 @@ const leftoverAfter = 2
 // when that write (or the resend of the session's messages) fails it
 // closes the connection without OnSessionEstablished or OnDisconnect,
 // and never unlists it, so every CONNECT resuming that client id would
-// wait for it in vain. An established connection is in h.live until
-// OnDisconnect ends, and mochi unlists it right after; one closed
-// seconds ago that never became live is such a leftover. What mochi
-// would have done at its disconnect is done here.
+// wait for it in vain. A connection still attaching (h.attaching) that
+// was closed seconds ago is such a leftover: once closed, its writes fail
+// at once. One that was established is never taken: mochi unlists it
+// itself, after OnDisconnect. What mochi would have done at its
+// disconnect is done here.
 func (h *ingest) dropLeftover(prev *mqtt.Client) bool {
-	if !prev.Closed() || time.Now().Unix()-prev.StopTime() < leftoverAfter {
+	stopped := prev.StopTime()
+	if !prev.Closed() || stopped == 0 || time.Now().Unix()-stopped < leftoverAfter {
 		return false
 	}
-	if _, live := h.live.Load(prev); live {
+	if _, ok := h.attaching.LoadAndDelete(prev); !ok {
 		return false
 	}
 	prev.ClearInflights()
 	h.server.UnsubscribeClient(prev)
+	// A clean-start CONNECT with the same id, which waits for nothing,
+	// could list itself between these two calls and be unlisted; mochi
+	// offers no delete of one given client.
 	if cur, ok := h.server.Clients.Get(prev.ID); ok && cur == prev {
 		h.server.Clients.Delete(prev.ID)
 	}
@@ -667,7 +677,12 @@ func (h *ingest) pollUntil(done func() bool, every time.Duration, timeout <-chan
 	return true
 }
 
+func (h *ingest) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
+	h.attaching.Store(cl, struct{}{})
+}
+
 func (h *ingest) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	h.attaching.Delete(cl)
 	w := &cl.Properties.Will
 	h.live.Store(cl, atomic.LoadUint32(&w.Flag) != 0 && w.WillDelayInterval == 0)
 	h.m.connections.WithLabelValues(cl.Net.Listener).Inc()

@@ -39,3 +39,30 @@ func TestResumeAfterACONNACKThatFailed(t *testing.T) {
 		t.Fatalf("CONNACK reason %#x, session present %v after %v; want 0 and a new session", ack.ReasonCode, ack.SessionPresent, time.Since(start))
 	}
 }
+
+// A connection that was established is never taken for a leftover, even
+// closed seconds ago and no longer live: mochi unlists it itself, after
+// OnDisconnect, and would then unlist a new connection listed meanwhile.
+func TestEstablishedConnectionIsNoLeftover(t *testing.T) {
+	b := startBroker(t, newFakeProducer())
+	conn, ack := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 5, id: "kept", keep: true, noExpiry: true})
+	if ack.ReasonCode != 0 {
+		t.Fatalf("CONNACK reason %#x", ack.ReasonCode)
+	}
+	cl, ok := b.server.Clients.Get("kept")
+	if !ok {
+		t.Fatal("the connection is not listed")
+	}
+	conn.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for _, live := b.ingest.live.Load(cl); live || !cl.Closed(); _, live = b.ingest.live.Load(cl) {
+		if time.Now().After(deadline) {
+			t.Fatal("the connection did not end")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(leftoverAfter * time.Second)
+	if b.ingest.dropLeftover(cl) {
+		t.Fatal("an established connection was taken for one mochi left behind")
+	}
+}
