@@ -321,9 +321,13 @@ func loadFile(path string, cfg *Config) (*FileError, error) {
 	if err := DecodeYAML(bytes.NewReader(b), cfg); err != nil {
 		var fe *FileError
 		if errors.As(err, &fe) {
-			out := &FileError{Keys: fe.Keys}
+			out := &FileError{Keys: fe.Keys, Nulls: map[string]string{}}
+			in := func(p string) string { return fmt.Sprintf("config file %s %s", path, p) }
 			for _, p := range fe.Problems {
-				out.Problems = append(out.Problems, fmt.Sprintf("config file %s %s", path, p))
+				out.Problems = append(out.Problems, in(p))
+			}
+			for k, p := range fe.Nulls {
+				out.Nulls[k] = in(p)
 			}
 			return out, nil
 		}
@@ -606,9 +610,10 @@ func bootstrapProblems(list, securityProtocol string) []string {
 }
 
 // brokerProblem says what is wrong with one bootstrap item, or "": an
-// optional scheme:// naming the security protocol (anything after the
-// host's '/' is ignored), then host:port, [IPv6]:port, or a host or IPv6
-// address alone, which librdkafka gives port 9092.
+// optional scheme:// naming the security protocol, then host:port,
+// [IPv6]:port, or a host or IPv6 address alone, which librdkafka gives
+// port 9092; anything after a '/' is ignored, and an empty host is
+// localhost, as librdkafka reads them.
 func brokerProblem(item, securityProtocol string) string {
 	addr := item
 	if scheme, rest, ok := strings.Cut(item, "://"); ok {
@@ -619,10 +624,12 @@ func brokerProblem(item, securityProtocol string) string {
 		case !strings.EqualFold(scheme, securityProtocol):
 			return fmt.Sprintf("%s:// is not kafka.properties.security.protocol (%s), so librdkafka would use neither this broker nor the ones after it", scheme, securityProtocol)
 		}
-		addr, _, _ = strings.Cut(rest, "/")
+		addr = rest
 	}
+	addr, _, _ = strings.Cut(addr, "/")
 	host := addr
-	if strings.Contains(addr, ":") && net.ParseIP(addr) == nil {
+	bracketed := strings.HasPrefix(addr, "[") && strings.HasSuffix(addr, "]")
+	if strings.Contains(addr, ":") && net.ParseIP(addr) == nil && !bracketed {
 		h, port, err := net.SplitHostPort(addr)
 		if err != nil {
 			return fmt.Sprintf("not host:port or a host: %v", err)
@@ -632,10 +639,7 @@ func brokerProblem(item, securityProtocol string) string {
 		}
 		host = h
 	}
-	switch {
-	case host == "":
-		return "no host (write localhost:9092 for this machine)"
-	case strings.ContainsFunc(host, unicode.IsSpace):
+	if strings.ContainsFunc(host, unicode.IsSpace) {
 		return fmt.Sprintf("host %q holds white space (separate brokers with commas)", host)
 	}
 	return ""
@@ -687,7 +691,8 @@ func hostIPs(host string) (ips []net.IP, every bool) {
 		return nil, true
 	}
 	if strings.EqualFold(strings.TrimSuffix(host, "."), "localhost") {
-		return []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, false
+		// Go listens on a host name's first IPv4 address only.
+		return []net.IP{net.IPv4(127, 0, 0, 1)}, false
 	}
 	ip := net.ParseIP(host)
 	if ip == nil {

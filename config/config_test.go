@@ -486,7 +486,7 @@ func TestListenerPortClash(t *testing.T) {
 		{"127.0.0.1:18831", "10.0.0.1:18831", false},
 		// One host spelled two ways, or an address of every address.
 		{"localhost:18831", "127.0.0.1:18831", true},
-		{"LocalHost:18831", "[::1]:18831", true},
+		{"LocalHost:18831", "[::1]:18831", false}, // Go listens on 127.0.0.1 only
 		{"localhost:18831", "0.0.0.0:18831", true},
 		{"localhost:18831", "localhost:18831", true},
 		{"[::0]:18831", "127.0.0.1:18831", true},
@@ -744,10 +744,8 @@ func TestNullIsNotAValue(t *testing.T) {
 		{"a number", "kafka:\n  max_topics: ~\n", []string{"line 2: kafka.max_topics: null is not a value; give it one"}},
 		{"a duration and a boolean", "kafka:\n  flush_timeout: null\nwebsocket:\n  enabled: Null\n",
 			[]string{"line 2: kafka.flush_timeout: null is not a value", "line 4: websocket.enabled: null is not a value"}},
-		{"a librdkafka property", "kafka:\n  properties:\n    linger.ms: ~\n", []string{"line 3: kafka.properties.linger.ms: null is not a value"}},
-		{"deep in an upstream", "upstreams:\n  - name: plant\n    url: tcp://broker:1883\n    keepalive:\n    subscriptions: [{filter: a/#, qos: ~}]\n",
-			[]string{"line 4: upstreams[0] (plant).keepalive: null is not a value", "line 5: upstreams[0] (plant).subscriptions[0].qos: null is not a value"}},
-		{"a list item", "websocket:\n  allowed_origins: [~]\n", []string{"line 2: websocket.allowed_origins[0]: null is not a value"}},
+		{"deep in an upstream", "upstreams:\n  - name: plant\n    url: tcp://broker:1883\n    keepalive:\n    subscriptions: [{filter: a/#}]\n",
+			[]string{"line 4: upstreams[0] (plant).keepalive: null is not a value"}},
 		{"a mapping rule's topic", "mapping:\n  rules:\n    - match: a\n      kafka_topic:\n", []string{"line 4: mapping.rules[0].kafka_topic: null is not a value"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -777,6 +775,33 @@ func TestNullIsNotAValue(t *testing.T) {
 	if cfg.MQTT.WSAddr != "" || cfg.Mapping.DefaultTopic != "null" || cfg.Kafka.MaxTopics != Default().Kafka.MaxTopics {
 		t.Fatalf("ws_addr %q, default_topic %q, max_topics %d", cfg.MQTT.WSAddr, cfg.Mapping.DefaultTopic, cfg.Kafka.MaxTopics)
 	}
+	// Where yaml.v3 applies a null, it is what the file says: the empty
+	// value in a mapping of any keys, an optional setting unset (an
+	// upstream subscription's qos: its default), a list item, and a key
+	// kept from being inherited beside a merge key.
+	path = writeFile(t, "kafka:\n  properties:\n    client.rack: ~\n"+
+		"upstreams:\n  - &a {name: a, url: tcp://h:1883, kafka_topic: plant, subscriptions: [{filter: a/#, qos: ~}]}\n"+
+		"  - {<<: *a, name: b, url: tcp://h2:1883, kafka_topic: }\n")
+	cfg, _, err = Load(Options{Args: []string{"--config", path}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := cfg.Kafka.Properties["client.rack"]; !ok || v != "" {
+		t.Errorf("client.rack %q (%v), want the empty value", v, ok)
+	}
+	if cfg.Upstreams[1].KafkaTopic != "" || cfg.Upstreams[0].KafkaTopic != "plant" {
+		t.Errorf("kafka_topic %q and %q, want plant and none", cfg.Upstreams[0].KafkaTopic, cfg.Upstreams[1].KafkaTopic)
+	}
+	// A key left null for the environment or a flag to set is set.
+	path = writeFile(t, "kafka:\n  bootstrap:\nmqtt:\n  ws_addr:\n")
+	cfg, _, err = Load(Options{Args: []string{"--config", path, "--mqtt-ws-addr", ""},
+		LookupEnv: env(map[string]string{"TRIBUTARY_KAFKA_BOOTSTRAP": "k:9092"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Kafka.Bootstrap != "k:9092" || cfg.MQTT.WSAddr != "" {
+		t.Errorf("bootstrap %q, ws_addr %q", cfg.Kafka.Bootstrap, cfg.MQTT.WSAddr)
+	}
 }
 
 // kafka.bootstrap is checked item by item: librdkafka given no broker
@@ -784,8 +809,9 @@ func TestNullIsNotAValue(t *testing.T) {
 func TestKafkaBootstrap(t *testing.T) {
 	// What librdkafka takes: host:port, a host or IPv6 address alone
 	// (port 9092), a scheme naming security.protocol before either; an
-	// empty item is passed over (a trailing comma).
-	for _, v := range []string{"k:9092", "k1:9092, k2:9092", "k", "10.0.0.1:9093", "[::1]:9092", "::1", "k.example.com", "PLAINTEXT://k:9092,plaintext://k2", "k:9092,"} {
+	// empty item is passed over (a trailing comma), an empty host is
+	// localhost, and what follows a '/' is ignored.
+	for _, v := range []string{"k:9092", "k1:9092, k2:9092", "k", "10.0.0.1:9093", "[::1]:9092", "::1", "k.example.com", "PLAINTEXT://k:9092,plaintext://k2", "k:9092,", ":9092", "PLAINTEXT://", "[::1]", "k:9092/x"} {
 		if _, _, err := Load(Options{Args: []string{"--kafka-bootstrap", v}}); err != nil {
 			t.Errorf("--kafka-bootstrap %q refused: %v", v, err)
 		}
@@ -798,8 +824,6 @@ func TestKafkaBootstrap(t *testing.T) {
 		{" , ", `kafka.bootstrap (--kafka-bootstrap) " , ": names no broker`},
 		{"k:port", `item 1 "k:port": port "port" is not a number from 1 to 65535`},
 		{"k:0", `item 1 "k:0": port "0" is not a number from 1 to 65535`},
-		{":9092", `item 1 ":9092": no host (write localhost:9092 for this machine)`},
-		{"PLAINTEXT://", `item 1 "PLAINTEXT://": no host`},
 		{"k 9092", `item 1 "k 9092": host "k 9092" holds white space`},
 		{"k:1:2", `item 1 "k:1:2": not host:port or a host`},
 		{"http://k:9092/path", `item 1 "http://k:9092/path": "http" is not a security protocol`},

@@ -269,6 +269,7 @@ func Load(opts Options) (Config, []string, error) {
 		}
 	}
 	var problems, fileKeys []string
+	var nulls map[string]string
 	if path != "" {
 		fe, err := loadFile(path, &cfg)
 		if err != nil {
@@ -277,7 +278,7 @@ func Load(opts Options) (Config, []string, error) {
 		if fe != nil {
 			// The rest of the file was decoded: validation reports its
 			// problems too, except for the keys that did not decode.
-			problems, fileKeys = append(problems, fe.Problems...), fe.Keys
+			problems, fileKeys, nulls = append(problems, fe.Problems...), fe.Keys, fe.Nulls
 		}
 	}
 	// A value that does not parse leaves the setting as it was, so that
@@ -312,6 +313,14 @@ func Load(opts Options) (Config, []string, error) {
 			problems = append(problems, fmt.Sprintf("%s (--%s) %q: %v", s.Key, s.Flag, values[i], cleanParseErr(err)))
 		} else {
 			replaced[s.Key] = true
+		}
+	}
+	// A key the file left null keeps no default unseen when the
+	// environment or a flag gives it a value (a file of keys left to be
+	// set that way).
+	for key, p := range nulls {
+		if replaced[key] {
+			problems = slices.DeleteFunc(problems, func(q string) bool { return q == p })
 		}
 	}
 	if p := strayBoolValue(fs, opts.Args); p != "" {

@@ -111,6 +111,9 @@ type FileError struct {
 	// Keys are the paths the problems name ("upstreams[0] (plant).qos"),
 	// so that validation does not report them again.
 	Keys []string
+	// Nulls are the problems of keys left null (see addNulls), by path:
+	// not problems once the environment or a flag gives the key a value.
+	Nulls map[string]string
 }
 
 func (e *FileError) Error() string { return strings.Join(e.Problems, "; ") }
@@ -125,9 +128,12 @@ func (e *FileError) add(problem, key string) {
 // addNulls adds a problem for each null value in data (a key with
 // nothing after it, ~ or null) that yaml.v3 passes over, leaving what was
 // there before: "ws_addr:" meant to turn a listener off would keep the
-// default one on. That is a value of one piece (a string, number,
-// duration, on/off) and any list item; a null section, mapping or list
-// is empty, as yaml.v3 makes it, and is accepted.
+// default one on. That is a key of a section whose value is one piece (a
+// string, number, duration, on/off). yaml.v3 does apply a null elsewhere,
+// so those are accepted: in a mapping of any keys (kafka.properties,
+// headers) it is the empty value, for an optional setting (a pointer) it
+// is unset, as the setting's default is, a list item is the empty value,
+// and beside a merge key (<<) it keeps the key from being inherited.
 func (e *FileError) addNulls(data []byte) {
 	var doc yaml.Node
 	if yaml.Unmarshal(data, &doc) != nil || len(doc.Content) == 0 {
@@ -153,6 +159,7 @@ func (e *FileError) nullValues(n *yaml.Node, t reflect.Type, prefix string) {
 	t = deref(t)
 	switch n.Kind {
 	case yaml.MappingNode:
+		merges := slices.ContainsFunc(n.Content, func(k *yaml.Node) bool { return k.ShortTag() == "!!merge" })
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
 			ft := fieldType(t, k.Value)
@@ -164,27 +171,30 @@ func (e *FileError) nullValues(n *yaml.Node, t reflect.Type, prefix string) {
 				e.nullValues(v, ft, name)
 				continue
 			}
-			switch deref(ft).Kind() {
-			case reflect.Struct, reflect.Map, reflect.Slice:
-			default:
-				hint := "give it one, or remove the key for the default"
-				if slices.ContainsFunc((&Config{}).optionalListeners(), func(l listener) bool { return problemKey(l.key) == name }) {
-					hint = `write "" to disable the listener`
-				}
-				e.add(fmt.Sprintf("line %d: %s: null is not a value; %s", k.Line, name, hint), name)
+			if merges || t.Kind() != reflect.Struct {
+				continue
 			}
+			switch ft.Kind() {
+			case reflect.Pointer, reflect.Interface, reflect.Struct, reflect.Map, reflect.Slice:
+				continue
+			}
+			hint := "give it one, or remove the key for the default"
+			if slices.ContainsFunc((&Config{}).optionalListeners(), func(l listener) bool { return problemKey(l.key) == name }) {
+				hint = `write "" to disable the listener`
+			}
+			if e.Nulls == nil {
+				e.Nulls = map[string]string{}
+			}
+			p := fmt.Sprintf("line %d: %s: null is not a value; %s", k.Line, name, hint)
+			e.Nulls[name] = p
+			e.add(p, name)
 		}
 	case yaml.SequenceNode:
 		if t == nil || t.Kind() != reflect.Slice {
 			return
 		}
 		for i, c := range n.Content {
-			name := item(prefix, i, c)
-			if isNull(c) {
-				e.add(fmt.Sprintf("line %d: %s: null is not a value; give it one, or remove the item", c.Line, name), name)
-				continue
-			}
-			e.nullValues(c, t.Elem(), name)
+			e.nullValues(c, t.Elem(), item(prefix, i, c))
 		}
 	case yaml.AliasNode:
 		e.nullValues(n.Alias, t, prefix)
