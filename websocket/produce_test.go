@@ -213,22 +213,9 @@ func TestProduceWaitingAtDrainIsNotProduced(t *testing.T) {
 // run, not for a time of its own: a record Kafka acknowledged late in the
 // flush would get no result, and the client's resend be a duplicate.
 func TestProduceShutdownWaitsForTheFlush(t *testing.T) {
-	c := testutil.KafkaCluster(t)
 	// closeWait stands for the 30 s a socket the server closes waits
 	// otherwise, which a longer flush outlasts.
-	a, addr := produceAPI(t, c, func(a *API) { a.closeWait = 200 * time.Millisecond })
-	awaitHeld, let := holdRequests(t, c, kmsg.Produce, false)
-	in, _, err := websocket.DefaultDialer.Dial(addr+"/socket/in?"+url.Values{"clientId": {"c"}, "topic": {"t"}}.Encode(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { in.Close() })
-	got := frames(in)
-	if err := in.WriteMessage(websocket.TextMessage, []byte(`{"value":{"value":"a"},"messageId":"m1"}`)); err != nil {
-		t.Fatal(err)
-	}
-	awaitHeld("the record")
-	a.Drain() // the flush begins
+	a, got, let := produceHeldAtDrain(t, func(a *API) { a.closeWait = 200 * time.Millisecond })
 	select {
 	case f, ok := <-got:
 		if !ok {
@@ -254,23 +241,33 @@ func TestProduceShutdownWaitsForTheFlush(t *testing.T) {
 	}
 }
 
-// A socket closing at shutdown waits for its results only so long when
-// Close does not come to end the wait.
-func TestProduceShutdownWaitBounded(t *testing.T) {
+// produceHeldAtDrain opens a produce socket on an API set up by set,
+// sends record m1, whose produce request Kafka holds until let is
+// called, and then begins the shutdown (Drain). got has the socket's
+// frames.
+func produceHeldAtDrain(t *testing.T, set func(*API)) (a *API, got <-chan string, let func()) {
+	t.Helper()
 	c := testutil.KafkaCluster(t)
-	a, addr := produceAPI(t, c, func(a *API) { a.shutdownWait = 200 * time.Millisecond })
-	awaitHeld, _ := holdRequests(t, c, kmsg.Produce, false)
+	a, addr := produceAPI(t, c, set)
+	awaitHeld, let := holdRequests(t, c, kmsg.Produce, false)
 	in, _, err := websocket.DefaultDialer.Dial(addr+"/socket/in?"+url.Values{"clientId": {"c"}, "topic": {"t"}}.Encode(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { in.Close() })
-	got := frames(in)
+	got = frames(in)
 	if err := in.WriteMessage(websocket.TextMessage, []byte(`{"value":{"value":"a"},"messageId":"m1"}`)); err != nil {
 		t.Fatal(err)
 	}
 	awaitHeld("the record")
-	a.Drain()
+	a.Drain() // the flush begins
+	return a, got, let
+}
+
+// A socket closing at shutdown waits for its results only so long when
+// Close does not come to end the wait.
+func TestProduceShutdownWaitBounded(t *testing.T) {
+	_, got, _ := produceHeldAtDrain(t, func(a *API) { a.shutdownWait = 200 * time.Millisecond })
 	select {
 	case f, ok := <-got:
 		if ok {
