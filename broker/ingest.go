@@ -83,10 +83,12 @@ type ingest struct {
 	// by DISCONNECT since costs a takeover a wait for an OnDisconnect
 	// about to run.
 	live sync.Map // *mqtt.Client -> bool
-	// attaching holds the connections mochi is attaching: from
-	// OnSessionEstablish, before it lists them, to OnSessionEstablished.
-	// One whose CONNACK could not be written stays (see dropLeftover).
-	attaching sync.Map // *mqtt.Client -> struct{}
+	// attaching holds, by client id, the connection mochi is attaching:
+	// from OnSessionEstablish, before it lists it, to
+	// OnSessionEstablished. One whose CONNACK could not be written stays
+	// (see dropLeftover) until the next connection with its id replaces
+	// it, here as in mochi's list.
+	attaching sync.Map // client id -> *mqtt.Client
 	// leftOrders holds, by client id, the Order of a connection that ended
 	// with records still awaiting Kafka, until the client's next
 	// connection continues it (see order) or, at a prune, none await.
@@ -274,7 +276,7 @@ func (h *ingest) drop(cl *mqtt.Client, topic, what string, err error) {
 // later connecting with the same id, told it has no session, would get
 // messages for filters it never subscribed to.
 func (h *ingest) OnClientExpired(cl *mqtt.Client) {
-	h.attaching.Delete(cl)
+	h.attaching.CompareAndDelete(cl.ID, cl)
 	h.server.UnsubscribeClient(cl)
 	cl.ClearInflights()
 }
@@ -645,7 +647,7 @@ func (h *ingest) dropLeftover(prev *mqtt.Client) bool {
 	if !prev.Closed() || stopped == 0 || time.Now().Unix()-stopped < leftoverAfter {
 		return false
 	}
-	if _, ok := h.attaching.LoadAndDelete(prev); !ok {
+	if !h.attaching.CompareAndDelete(prev.ID, prev) {
 		return false
 	}
 	prev.ClearInflights()
@@ -678,11 +680,11 @@ func (h *ingest) pollUntil(done func() bool, every time.Duration, timeout <-chan
 }
 
 func (h *ingest) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
-	h.attaching.Store(cl, struct{}{})
+	h.attaching.Store(cl.ID, cl)
 }
 
 func (h *ingest) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
-	h.attaching.Delete(cl)
+	h.attaching.CompareAndDelete(cl.ID, cl)
 	w := &cl.Properties.Will
 	h.live.Store(cl, atomic.LoadUint32(&w.Flag) != 0 && w.WillDelayInterval == 0)
 	h.m.connections.WithLabelValues(cl.Net.Listener).Inc()

@@ -66,3 +66,25 @@ func TestEstablishedConnectionIsNoLeftover(t *testing.T) {
 		t.Fatal("an established connection was taken for one mochi left behind")
 	}
 }
+
+// A connection mochi left behind is forgotten once another connection
+// with its id replaces it in mochi's list, however that one connects.
+func TestLeftoverReplacedIsForgotten(t *testing.T) {
+	b := startBroker(t, newFakeProducer())
+	srv, peer := net.Pipe()
+	t.Cleanup(func() { srv.Close(); peer.Close() })
+	connect := encodeConnect(t, "MQTT", 5, "lost", nil)
+	go func() { _, _ = peer.Write(connect) }()
+	if err := b.server.EstablishConnection("mqtt-tcp", failWrites{srv}); err == nil {
+		t.Fatal("the connection whose writes fail was established")
+	}
+	_, ack := connectRaw(t, b.Addr("mqtt-tcp"), rawConnect{version: 5, id: "lost"})
+	if ack.ReasonCode != 0 {
+		t.Fatalf("CONNACK reason %#x", ack.ReasonCode)
+	}
+	n := 0
+	b.ingest.attaching.Range(func(any, any) bool { n++; return true })
+	if n != 0 {
+		t.Fatalf("%d connections still held as attaching, want none", n)
+	}
+}
