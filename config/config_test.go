@@ -746,6 +746,7 @@ func TestNullIsNotAValue(t *testing.T) {
 			[]string{"line 2: kafka.flush_timeout: null is not a value", "line 4: websocket.enabled: null is not a value"}},
 		{"deep in an upstream", "upstreams:\n  - name: plant\n    url: tcp://broker:1883\n    keepalive:\n    subscriptions: [{filter: a/#}]\n",
 			[]string{"line 4: upstreams[0] (plant).keepalive: null is not a value"}},
+		{"a list item", "websocket:\n  allowed_origins: [a, ~]\n", []string{"line 2: websocket.allowed_origins[1]: a list item cannot be null"}},
 		{"a mapping rule's topic", "mapping:\n  rules:\n    - match: a\n      kafka_topic:\n", []string{"line 4: mapping.rules[0].kafka_topic: null is not a value"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -777,8 +778,8 @@ func TestNullIsNotAValue(t *testing.T) {
 	}
 	// Where yaml.v3 applies a null, it is what the file says: the empty
 	// value in a mapping of any keys, an optional setting unset (an
-	// upstream subscription's qos: its default), a list item, and a key
-	// kept from being inherited beside a merge key.
+	// upstream subscription's qos: its default), and a key kept from
+	// being inherited beside a merge key.
 	path = writeFile(t, "kafka:\n  properties:\n    client.rack: ~\n"+
 		"upstreams:\n  - &a {name: a, url: tcp://h:1883, kafka_topic: plant, subscriptions: [{filter: a/#, qos: ~}]}\n"+
 		"  - {<<: *a, name: b, url: tcp://h2:1883, kafka_topic: }\n")

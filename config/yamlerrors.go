@@ -129,11 +129,12 @@ func (e *FileError) add(problem, key string) {
 // nothing after it, ~ or null) that yaml.v3 passes over, leaving what was
 // there before: "ws_addr:" meant to turn a listener off would keep the
 // default one on. That is a key of a section whose value is one piece (a
-// string, number, duration, on/off). yaml.v3 does apply a null elsewhere,
-// so those are accepted: in a mapping of any keys (kafka.properties,
-// headers) it is the empty value, for an optional setting (a pointer) it
-// is unset, as the setting's default is, a list item is the empty value,
-// and beside a merge key (<<) it keeps the key from being inherited.
+// string, number, duration, on/off), and a list item, which yaml.v3
+// leaves out. yaml.v3 does apply a null elsewhere, so those are
+// accepted: in a mapping of any keys (kafka.properties, headers) it is
+// the empty value, for an optional setting (a pointer) it is unset, as
+// the setting's default is, and beside a merge key (<<) it keeps the key
+// from being inherited.
 func (e *FileError) addNulls(data []byte) {
 	var doc yaml.Node
 	if yaml.Unmarshal(data, &doc) != nil || len(doc.Content) == 0 {
@@ -194,7 +195,14 @@ func (e *FileError) nullValues(n *yaml.Node, t reflect.Type, prefix string) {
 			return
 		}
 		for i, c := range n.Content {
-			e.nullValues(c, t.Elem(), item(prefix, i, c))
+			name := item(prefix, i, c)
+			if isNull(c) {
+				// yaml.v3 leaves it out of the list, and the items after
+				// it move up: validation would name them by other numbers.
+				e.add(fmt.Sprintf("line %d: %s: a list item cannot be null; remove it", c.Line, name), name)
+				continue
+			}
+			e.nullValues(c, t.Elem(), name)
 		}
 	case yaml.AliasNode:
 		e.nullValues(n.Alias, t, prefix)
