@@ -319,7 +319,7 @@ func Load(opts Options) (Config, []string, error) {
 	// environment or a flag gives it a value (a file of keys left to be
 	// set that way).
 	for key, p := range nulls {
-		if replaced[key] {
+		if replaced[settingOf(key)] {
 			problems = slices.DeleteFunc(problems, func(q string) bool { return q == p })
 		}
 	}
@@ -340,7 +340,7 @@ func Load(opts Options) (Config, []string, error) {
 		before := problems
 		for _, p := range ce.Problems {
 			if !slices.ContainsFunc(before, func(r string) bool { return problemKey(r) == problemKey(p) }) &&
-				(replaced[problemKey(p)] || !slices.ContainsFunc(fileKeys, func(k string) bool { return aboutKey(p, k) })) {
+				(replaced[settingOf(problemKey(p))] || !slices.ContainsFunc(fileKeys, func(k string) bool { return aboutKey(p, k) })) {
 				problems = append(problems, namingEnv(p, fromEnv))
 			}
 		}
@@ -359,6 +359,15 @@ func Load(opts Options) (Config, []string, error) {
 func aboutKey(problem, key string) bool {
 	rest, ok := strings.CutPrefix(problem, key)
 	return ok && (rest == "" || strings.ContainsRune(" :.[", rune(rest[0])))
+}
+
+// settingOf is the setting a path within it belongs to: the list
+// "websocket.allowed_origins" for "websocket.allowed_origins[1]".
+func settingOf(path string) string {
+	if i := strings.IndexByte(path, '['); i >= 0 {
+		return path[:i]
+	}
+	return path
 }
 
 // problemKey is the setting a problem is about: its text up to the first

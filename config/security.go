@@ -33,7 +33,7 @@ type TLSConfig struct {
 	// "san-uri". Default "cn".
 	ClientCertUsername string `yaml:"client_cert_username"`
 	// ReloadInterval is how often the files are checked for changes, at
-	// least 1s; 0 reloads only on SIGHUP. Default 10s.
+	// least 100ms; 0 reloads only on SIGHUP. Default 10s.
 	ReloadInterval time.Duration `yaml:"reload_interval"`
 }
 
@@ -157,10 +157,10 @@ func (c *Config) validateSecurity(add func(string, ...any)) {
 	default:
 		add("tls.client_cert_username (--tls-client-cert-username) %q: must be cn, san-dns, san-email or san-uri", t.ClientCertUsername)
 	}
-	// The watcher re-reads the files every interval: below a second it
-	// would do little else, and certificates do not change that often.
-	if t.ReloadInterval < 0 || t.ReloadInterval > 0 && t.ReloadInterval < time.Second {
-		add("tls.reload_interval (--tls-reload-interval) %s: must be 0 (SIGHUP only) or at least 1s", t.ReloadInterval)
+	// The watcher re-reads and hashes the files every interval: at a
+	// nanosecond it would do nothing else.
+	if t.ReloadInterval < 0 || t.ReloadInterval > 0 && t.ReloadInterval < 100*time.Millisecond {
+		add("tls.reload_interval (--tls-reload-interval) %s: must be 0 (SIGHUP only) or at least 100ms", t.ReloadInterval)
 	}
 	if c.Auth.MetricsAuth && !c.Auth.Enabled() {
 		add("auth.metrics_auth (--metrics-auth) is true but neither auth.users_file nor auth.tokens_file is set")
@@ -235,7 +235,7 @@ func securitySettings() []Setting {
 			func(c *Config) *string { return &c.TLS.ClientAuth }),
 		str("tls-client-cert-username", "tls.client_cert_username", "where an MQTT username comes from in a verified client certificate: cn, san-dns, san-email or san-uri (empty: cn)",
 			func(c *Config) *string { return &c.TLS.ClientCertUsername }),
-		duration("tls-reload-interval", "tls.reload_interval", "how often the TLS files are checked for changes, at least 1s (0: only on SIGHUP)",
+		duration("tls-reload-interval", "tls.reload_interval", "how often the TLS files are checked for changes, at least 100ms (0: only on SIGHUP)",
 			func(c *Config) *time.Duration { return &c.TLS.ReloadInterval }),
 		str("users-file", "auth.users_file", "YAML users file (bcrypt hashes, allow_anonymous, ACLs) for MQTT and the HTTP API; empty: no authentication",
 			func(c *Config) *string { return &c.Auth.UsersFile }),

@@ -111,8 +111,9 @@ type FileError struct {
 	// Keys are the paths the problems name ("upstreams[0] (plant).qos"),
 	// so that validation does not report them again.
 	Keys []string
-	// Nulls are the problems of keys left null (see addNulls), by path:
-	// not problems once the environment or a flag gives the key a value.
+	// Nulls are the problems of keys and list items left null (see
+	// addNulls), by path: not problems once the environment or a flag
+	// gives the key, or the whole list, a value.
 	Nulls map[string]string
 }
 
@@ -194,12 +195,26 @@ func (e *FileError) nullValues(n *yaml.Node, t reflect.Type, prefix string) {
 		if t == nil || t.Kind() != reflect.Slice {
 			return
 		}
+		shifted := false
 		for i, c := range n.Content {
 			name := item(prefix, i, c)
 			if isNull(c) {
 				// yaml.v3 leaves it out of the list, and the items after
-				// it move up: validation would name them by other numbers.
-				e.add(fmt.Sprintf("line %d: %s: a list item cannot be null; remove it", c.Line, name), name)
+				// it move up: validation would name them by other
+				// numbers, so it does not judge them (Keys) until the
+				// null is gone.
+				p := fmt.Sprintf("line %d: %s: a list item cannot be null; remove it", c.Line, name)
+				e.add(p, name)
+				if e.Nulls == nil {
+					e.Nulls = map[string]string{}
+				}
+				e.Nulls[name] = p
+				if !shifted {
+					shifted = true
+					for j := i; j < len(n.Content); j++ {
+						e.Keys = append(e.Keys, fmt.Sprintf("%s[%d]", prefix, j))
+					}
+				}
 				continue
 			}
 			e.nullValues(c, t.Elem(), name)
