@@ -750,6 +750,10 @@ func TestNullIsNotAValue(t *testing.T) {
 		// yaml.v3 leaves the null item out; the next one, moved up, is
 		// not judged under the null's number (its problem would come
 		// once the null is removed).
+		{"items after one that did not decode", "upstreams:\n  - {name: a, url: \"tcp://h:1883\", subscriptions: [\"x/#\", {filter: ok/#}, {filter: \"a/#/b\"}]}\n",
+			[]string{"line 2: upstreams[0] (a).subscriptions[0]"}},
+		{"items after a null one in an upstream named null", "upstreams:\n  - {name: ~, url: \"tcp://h:1883\", subscriptions: [~, {filter: ok/#}, {filter: \"a/#/b\"}]}\n",
+			[]string{"line 2: upstreams[0].name: null is not a value", "line 2: upstreams[0].subscriptions[0]: a list item cannot be null"}},
 		{"items after a null one", "upstreams:\n  - ~\n  - {name: b, url: \"tcp://h:1883\", subscriptions: [{filter: a/#}]}\n  - {name: c, url: \"bad://x\", subscriptions: [{filter: a/#}]}\n",
 			[]string{"line 2: upstreams[0]: a list item cannot be null"}},
 		{"a mapping rule's topic", "mapping:\n  rules:\n    - match: a\n      kafka_topic:\n", []string{"line 4: mapping.rules[0].kafka_topic: null is not a value"}},
@@ -923,8 +927,8 @@ func TestMaxMessageBytesMatchesTheProducer(t *testing.T) {
 	}
 }
 
-// A reload interval under a second would have the watcher re-read the
-// files without pause; 0 still means SIGHUP only.
+// A reload interval near zero would have the watcher re-read the files
+// without pause; 0 still means SIGHUP only.
 func TestTLSReloadIntervalFloor(t *testing.T) {
 	for _, v := range []string{"0", "100ms", "500ms", "10s"} {
 		if _, _, err := Load(Options{Args: []string{"--tls-reload-interval", v}}); err != nil {

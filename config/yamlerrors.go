@@ -198,26 +198,29 @@ func (e *FileError) nullValues(n *yaml.Node, t reflect.Type, prefix string) {
 		shifted := false
 		for i, c := range n.Content {
 			name := item(prefix, i, c)
-			if isNull(c) {
-				// yaml.v3 leaves it out of the list, and the items after
-				// it move up: validation would name them by other
-				// numbers, so it does not judge them (Keys) until the
-				// null is gone.
+			null := isNull(c)
+			if null {
 				p := fmt.Sprintf("line %d: %s: a list item cannot be null; remove it", c.Line, name)
 				e.add(p, name)
 				if e.Nulls == nil {
 					e.Nulls = map[string]string{}
 				}
 				e.Nulls[name] = p
-				if !shifted {
-					shifted = true
-					for j := i; j < len(n.Content); j++ {
-						e.Keys = append(e.Keys, fmt.Sprintf("%s[%d]", prefix, j))
-					}
-				}
-				continue
 			}
-			e.nullValues(c, t.Elem(), name)
+			// yaml.v3 leaves a null item out of the list, and one that
+			// did not decode (a problem already names it): the items
+			// after it move up, and validation would name them by other
+			// numbers, so it does not judge them (Keys) until that item
+			// is mended.
+			if !shifted && (null || slices.Contains(e.Keys, name)) {
+				shifted = true
+				for j := i; j < len(n.Content); j++ {
+					e.Keys = append(e.Keys, fmt.Sprintf("%s[%d]", prefix, j))
+				}
+			}
+			if !null {
+				e.nullValues(c, t.Elem(), name)
+			}
 		}
 	case yaml.AliasNode:
 		e.nullValues(n.Alias, t, prefix)
@@ -309,8 +312,12 @@ func item(prefix string, i int, n *yaml.Node) string {
 	s := fmt.Sprintf("%s[%d]", prefix, i)
 	if prefix == "upstreams" && n.Kind == yaml.MappingNode {
 		for j := 0; j+1 < len(n.Content); j += 2 {
-			if n.Content[j].Value == "name" && n.Content[j+1].Value != "" {
-				s += " (" + n.Content[j+1].Value + ")"
+			v := n.Content[j+1]
+			if v.Kind == yaml.AliasNode && v.Alias != nil {
+				v = v.Alias // the value the name is decoded to
+			}
+			if n.Content[j].Value == "name" && v.Kind == yaml.ScalarNode && !isNull(v) && v.Value != "" {
+				s += " (" + v.Value + ")"
 			}
 		}
 	}
