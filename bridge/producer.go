@@ -266,8 +266,7 @@ func (p *Producer) topicGone(topic string, err error) error {
 	if err == nil || !p.cfg.CreateTopics {
 		return err // every delivery report passes here: nothing to allocate
 	}
-	var ke kafka.Error
-	if !errors.As(err, &ke) || ke.Code() != kafka.ErrUnknownTopic && ke.Code() != kafka.ErrUnknownTopicOrPart {
+	if !unknownTopic(err) {
 		return err
 	}
 	p.topics.forget(topic)
@@ -281,9 +280,14 @@ func (p *Producer) topicGone(topic string, err error) error {
 // topicGone wraps it in ErrTopicGone, the topic is created again and the
 // client resends, which this does not count.
 func TopicDeleted(err error) bool {
+	return !errors.Is(err, ErrTopicGone) && unknownTopic(err)
+}
+
+// unknownTopic reports whether err is librdkafka's (local) or the
+// broker's error for a topic Kafka does not have.
+func unknownTopic(err error) bool {
 	var ke kafka.Error
-	return !errors.Is(err, ErrTopicGone) && errors.As(err, &ke) &&
-		(ke.Code() == kafka.ErrUnknownTopic || ke.Code() == kafka.ErrUnknownTopicOrPart)
+	return errors.As(err, &ke) && (ke.Code() == kafka.ErrUnknownTopic || ke.Code() == kafka.ErrUnknownTopicOrPart)
 }
 
 // topicRefused reports whether err refuses the record's topic, whatever

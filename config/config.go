@@ -277,8 +277,9 @@ func DecodeYAML(r io.Reader, cfg *Config) error {
 		}
 		var te *yaml.TypeError
 		if errors.As(err, &te) {
-			fe := describeTypeErrors(data, te.Errors)
-			fe.addNulls(data)
+			root := documentRoot(data)
+			fe := describeTypeErrors(root, te.Errors)
+			fe.addNulls(root)
 			return fe
 		}
 		return err
@@ -292,7 +293,7 @@ func DecodeYAML(r io.Reader, cfg *Config) error {
 		return fmt.Errorf("only one YAML document is allowed, but a second one starts at line %d", next.Line)
 	}
 	fe := &FileError{}
-	if fe.addNulls(data); len(fe.Problems) > 0 {
+	if fe.addNulls(documentRoot(data)); len(fe.Problems) > 0 {
 		return fe
 	}
 	return nil
@@ -661,44 +662,38 @@ func parseAddr(addr string) (host string, port int, err error) {
 // sameHost reports whether listeners on hosts a and b, on one port,
 // would bind an address in common: one of them binds every address
 // ("", 0.0.0.0, ::, ::ffff:0.0.0.0), or they are one address written two
-// ways (::1 and 0:0:0:0:0:0:0:1, 127.0.0.1 and ::ffff:127.0.0.1), or one
-// is localhost and the other a loopback address it resolves to. Other
-// host names are compared as text: what they resolve to is not known
-// here.
+// ways (::1 and 0:0:0:0:0:0:0:1, 127.0.0.1 and ::ffff:127.0.0.1, or
+// localhost). Other host names are compared as text: what they resolve
+// to is not known here.
 func sameHost(a, b string) bool {
-	ipsA, everyA := hostIPs(a)
-	ipsB, everyB := hostIPs(b)
+	ipA, everyA := hostIP(a)
+	ipB, everyB := hostIP(b)
 	switch {
 	case everyA || everyB:
 		return true
-	case ipsA == nil || ipsB == nil:
+	case ipA == nil || ipB == nil:
 		return strings.EqualFold(a, b)
 	}
-	for _, x := range ipsA {
-		if slices.ContainsFunc(ipsB, x.Equal) {
-			return true
-		}
-	}
-	return false
+	return ipA.Equal(ipB)
 }
 
-// hostIPs returns the addresses a listen host binds, every if it binds
-// all of them, or nil for a host name other than localhost. net.IP's
-// Equal and IsUnspecified take an IPv4-mapped IPv6 address (::ffff:a.b.c.d)
-// as the IPv4 address it holds, as Go's listeners do.
-func hostIPs(host string) (ips []net.IP, every bool) {
+// hostIP returns the address a listen host binds, every if it binds all
+// of them, or nil for a host name other than localhost. net.IP's Equal
+// and IsUnspecified take an IPv4-mapped IPv6 address (::ffff:a.b.c.d) as
+// the IPv4 address it holds, as Go's listeners do.
+func hostIP(host string) (ip net.IP, every bool) {
 	if host == "" {
 		return nil, true
 	}
 	if strings.EqualFold(strings.TrimSuffix(host, "."), "localhost") {
 		// Go listens on a host name's first IPv4 address only.
-		return []net.IP{net.IPv4(127, 0, 0, 1)}, false
+		return net.IPv4(127, 0, 0, 1), false
 	}
-	ip := net.ParseIP(host)
+	ip = net.ParseIP(host)
 	if ip == nil {
 		return nil, false
 	}
-	return []net.IP{ip}, ip.IsUnspecified()
+	return ip, ip.IsUnspecified()
 }
 
 // librdkafkaMaxMessageBytes is the largest message.max.bytes librdkafka

@@ -26,16 +26,24 @@ var (
 	yamlBadNode      = regexp.MustCompile(`^line (\d+): cannot unmarshal (!!seq|!!map) into (\S+)$`)
 )
 
-// describeTypeErrors rewrites the problems of a yaml.TypeError of data
-// decoded into a Config; a problem it cannot place is kept as it is.
-func describeTypeErrors(data []byte, errs []string) *FileError {
-	fe := &FileError{}
+// documentRoot is the top node of the YAML document data, or nil.
+func documentRoot(data []byte) *yaml.Node {
 	var doc yaml.Node
 	if yaml.Unmarshal(data, &doc) != nil || len(doc.Content) == 0 {
+		return nil
+	}
+	return doc.Content[0]
+}
+
+// describeTypeErrors rewrites the problems of a yaml.TypeError of the
+// document under root decoded into a Config; a problem it cannot place
+// is kept as it is.
+func describeTypeErrors(root *yaml.Node, errs []string) *FileError {
+	fe := &FileError{}
+	if root == nil {
 		fe.Problems = errs
 		return fe
 	}
-	root := doc.Content[0]
 	for _, msg := range errs {
 		if m := yamlUnknownField.FindStringSubmatch(msg); m != nil {
 			line, _ := strconv.Atoi(m[1])
@@ -126,7 +134,7 @@ func (e *FileError) add(problem, key string) {
 	}
 }
 
-// addNulls adds a problem for each null value in data (a key with
+// addNulls adds a problem for each null value under root (a key with
 // nothing after it, ~ or null) that yaml.v3 passes over, leaving what was
 // there before: "ws_addr:" meant to turn a listener off would keep the
 // default one on. That is a key of a section whose value is one piece (a
@@ -136,12 +144,11 @@ func (e *FileError) add(problem, key string) {
 // the empty value, for an optional setting (a pointer) it is unset, as
 // the setting's default is, and beside a merge key (<<) it keeps the key
 // from being inherited.
-func (e *FileError) addNulls(data []byte) {
-	var doc yaml.Node
-	if yaml.Unmarshal(data, &doc) != nil || len(doc.Content) == 0 {
+func (e *FileError) addNulls(root *yaml.Node) {
+	if root == nil {
 		return
 	}
-	e.nullValues(doc.Content[0], reflect.TypeFor[Config](), "")
+	e.nullValues(root, reflect.TypeFor[Config](), "")
 	// With the problems yaml.v3 found, in the order of the file.
 	slices.SortStableFunc(e.Problems, func(a, b string) int { return problemLine(a) - problemLine(b) })
 }
